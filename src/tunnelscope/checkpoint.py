@@ -1,0 +1,77 @@
+"""Checkpoints that carry their model spec, data spec and class count.
+
+A checkpoint is a ``torch.save`` dict ``{"format", "format_version", "meta", "model"}``,
+``meta`` holding the model spec, data spec, number of classes, input shape, class names,
+the training step and epoch, and package versions. ``load_model(path)`` rebuilds the
+model from the path alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, TunnelscopeError
+from .io import atomic_write
+from .versions import package_versions
+
+FORMAT = "tunnelscope.checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_META = ("model_spec", "data_spec", "num_classes", "input_shape")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights with ``meta`` (and ``extra`` state) atomically to ``path``."""
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": {**meta, "versions": package_versions()},
+        "model": model.state_dict(),
+        **(extra or {}),
+    }
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint file, raising :class:`CheckpointError` if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tunnelscope checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer tunnelscope (format {payload['format_version']})")
+    meta = payload.get("meta", {})
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing or ['model']}")
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights: ``(model, meta)``."""
+    from .models import build
+
+    payload = read_checkpoint(path)
+    meta = payload["meta"]
+    try:
+        model = build(meta["model_spec"], meta["num_classes"], tuple(meta["input_shape"]))
+    except TunnelscopeError as exc:
+        raise CheckpointError(f"checkpoint {path} names a model that cannot be built: {exc}") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])
+        raise CheckpointError(f"weights in {path} do not match {meta['model_spec']}: {first}") from None
+    return model.to(device).eval(), meta

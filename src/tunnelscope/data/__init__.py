@@ -1,0 +1,6 @@
+"""Datasets by spec string: ``tunnelscope.data.load("fashion-mnist[classes=0-4]")``."""
+
+from .registry import Dataset, list_datasets, load, valid_names
+from .split import FolderSplit, Split, TensorSplit
+
+__all__ = ["Dataset", "FolderSplit", "Split", "TensorSplit", "list_datasets", "load", "valid_names"]

@@ -1,0 +1,314 @@
+"""``load(spec)``: a dataset spec string becomes train and test splits ready to batch.
+
+Modifiers, applied in this order whatever order they are written in:
+
+- ``classes=0-4``   keep these classes (range, index, or union ``0-2+5``), relabelled 0..k-1
+                    in the order given; class names are kept.
+- ``per_class=N``   at most N training samples per class (seeded by ``seed``).
+- ``test_per_class=N`` the same for the test split.
+- ``size=S``        resize images to S x S (bilinear, antialiased).
+- ``channels=C``    1 or 3 (grey replicated to RGB, or RGB to luminance).
+- ``aug=1``         RandomResizedCrop + horizontal flip on training images, per sample.
+- ``seed=K``        seed of the subsampling (default 0).
+
+Normalisation uses per-channel mean and std of the *whole* base training split (after the
+channel conversion), so class subsets of one dataset share it; it is recorded in
+:attr:`Dataset.info`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import SpecError, DataNotFoundError
+from ..specs import Spec, parse_index_set, parse_int, parse_spec
+from .sources import SOURCES, LoadContext, RawData
+from .split import FolderSplit, Split, TensorSplit
+
+COMMON_MODIFIERS: dict[str, str] = {
+    "classes": "keep these classes, relabelled 0..k-1: '0-4', '3', '0-2+5+7'",
+    "per_class": "at most N training samples per class (seeded)",
+    "test_per_class": "at most N test samples per class (seeded)",
+    "size": "resize images to S x S",
+    "channels": "1 or 3",
+    "aug": "1 = RandomResizedCrop + horizontal flip on training images",
+    "seed": "seed of the per-class subsampling (default 0)",
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATION = "RandomResizedCrop(scale=(0.08, 1.0), ratio=(3/4, 4/3)) + RandomHorizontalFlip(p=0.5)"
+
+
+@dataclass
+class Dataset:
+    """Both splits of a dataset and what describes it.
+
+    ``input_shape`` is the shape of one input without the batch dimension, e.g.
+    ``(1, 28, 28)``; ``info`` records everything about how the data was made (source,
+    modifiers, normalisation, sizes) for results and checkpoints.
+    """
+
+    spec: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+    info: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.spec!r}, train={len(self.train)}, test={len(self.test)}, "
+            f"classes={self.num_classes}, input_shape={self.input_shape})"
+        )
+
+
+def valid_names() -> list[str]:
+    """All base dataset names, plus the ``imagefolder:PATH`` form."""
+    return sorted(SOURCES) + ["imagefolder:PATH"]
+
+
+def _modifier_help(extra: dict[str, str]) -> str:
+    return ", ".join(sorted({**COMMON_MODIFIERS, **extra}))
+
+
+def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> dict:
+    allowed = {**COMMON_MODIFIERS, **extra}
+    options: dict = {}
+    for key, value in spec.modifiers.items():
+        if key not in allowed:
+            raise SpecError(
+                f"unknown modifier {key!r} in {text!r}; valid modifiers for {spec.name}: "
+                f"{_modifier_help(extra)}"
+            )
+        if key == "classes":
+            options[key] = parse_index_set(value, key, text)
+        elif key in ("per_class", "test_per_class", "size", "n"):
+            options[key] = parse_int(value, key, text, minimum=1)
+        elif key == "channels":
+            options[key] = parse_int(value, key, text)
+            if options[key] not in (1, 3):
+                raise SpecError(f"modifier channels={value} in {text!r} must be 1 or 3")
+        elif key == "aug":
+            if value not in ("0", "1"):
+                raise SpecError(f"modifier aug={value} in {text!r} must be 0 or 1")
+            options[key] = value == "1"
+        else:  # seeds
+            options[key] = parse_int(value, key, text, minimum=0)
+    if kind == "signal":
+        for key in ("size", "channels", "aug"):
+            if key in options:
+                raise SpecError(f"modifier {key!r} applies to images; {spec.name} holds 1-D signals")
+    return options
+
+
+def load(spec: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    """Load the dataset a spec names, e.g. ``load("fashion-mnist[classes=0-4]")``.
+
+    ``root`` is where files are looked for first (default ``$TUNNELSCOPE_DATA``), then the
+    user cache directory, then system locations; ``download`` lets torchvision fetch
+    datasets that are missing (it needs network access). Raises :class:`SpecError` for a
+    bad spec and :class:`DataNotFoundError` when the files are not on this machine.
+    """
+    parsed = parse_spec(spec, "dataset spec")
+    ctx = LoadContext.make(root, download)
+    if parsed.name.startswith("imagefolder:"):
+        options = _parse_options(parsed, spec, {}, "image")
+        return _load_imagefolder(parsed, spec, options)
+    source = SOURCES.get(parsed.name)
+    if source is None:
+        raise SpecError(
+            f"unknown dataset {parsed.name!r}; valid names: {', '.join(valid_names())}; "
+            f"modifiers in brackets: {_modifier_help({})}"
+        )
+    options = _parse_options(parsed, spec, source.extra_modifiers, source.kind)
+    raw = source.load(ctx, options)
+    return _build(raw, parsed, spec, options)
+
+
+# ----------------------------------------------------------------------------- selection
+def select_classes(labels: Tensor, classes: list[int] | None, num_classes: int, spec: str) -> tuple[Tensor, Tensor]:
+    """Indices of samples whose class is in ``classes``, and their new labels 0..k-1."""
+    if classes is None:
+        return torch.arange(len(labels)), labels
+    bad = [c for c in classes if c >= num_classes]
+    if bad:
+        raise SpecError(f"classes {bad} do not exist in {spec!r}, which has classes 0-{num_classes - 1}")
+    lookup = torch.full((num_classes,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    new = lookup[labels]
+    keep = torch.nonzero(new >= 0).flatten()
+    return keep, new[keep]
+
+
+def cap_per_class(labels: Tensor, cap: int | None, seed: int) -> Tensor:
+    """Indices (sorted) of at most ``cap`` samples per class, drawn with ``seed``."""
+    if cap is None:
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:cap]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def _select(x: Tensor, y: Tensor, options: dict, cap_key: str, num_classes: int, spec: str) -> tuple[Tensor, Tensor]:
+    keep, labels = select_classes(y, options.get("classes"), num_classes, spec)
+    capped = cap_per_class(labels, options.get(cap_key), options.get("seed", 0))
+    return x[keep[capped]], labels[capped]
+
+
+# ----------------------------------------------------------------------------- image ops
+def convert_channels(x: Tensor, channels: int | None) -> Tensor:
+    """Replicate grey to 3 channels or reduce RGB to luminance (ITU-R 601 weights)."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, *x.shape[2:]).contiguous()
+    if x.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        grey = (x.float() * weights).sum(1, keepdim=True)
+        return grey.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else grey
+    raise SpecError(f"cannot convert {x.shape[1]} channels to {channels}")
+
+
+def resize(x: Tensor, size: int | None, chunk: int = 4096) -> Tensor:
+    """Resize a batch of images to ``size`` x ``size`` (bilinear, antialiased), in chunks."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    out = []
+    for lo in range(0, len(x), chunk):
+        part = F.interpolate(x[lo : lo + chunk].float(), size=(size, size), mode="bilinear",
+                             antialias=True, align_corners=False)
+        out.append(part.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else part)
+    return torch.cat(out) if out else x.new_zeros((0, x.shape[1], size, size))
+
+
+def channel_stats(x: Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over a whole split, in float64."""
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double() * scale
+    mean, std = flat.mean(1), flat.std(1)
+    return tuple(mean.tolist()), tuple(std.clamp_min(1e-8).tolist())
+
+
+class RandomResizedCropFlip:
+    """Per-sample RandomResizedCrop to the input size plus a horizontal flip."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        from torchvision.transforms import v2
+
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+        ])
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        return torch.stack([self.transform(img) for img in batch])
+
+
+def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
+    n_base = len(raw.class_names)
+    channels = options.get("channels")
+    mean, std = channel_stats(convert_channels(raw.train_x, channels), raw.scale)
+    splits = {}
+    for name, x, y, cap in (("train", raw.train_x, raw.train_y, "per_class"),
+                            ("test", raw.test_x, raw.test_y, "test_per_class")):
+        x, y = _select(x, y, options, cap, n_base, text)
+        if len(y) == 0:
+            raise SpecError(f"{text!r} leaves no {name} samples")
+        if raw.kind == "image":
+            x = convert_channels(resize(x, options.get("size")), channels)
+        splits[name] = (x, y)
+    input_shape = tuple(splits["train"][0].shape[1:])
+    augment = RandomResizedCropFlip(input_shape[1:]) if options.get("aug") else None
+    train = TensorSplit(*splits["train"], scale=raw.scale, mean=mean, std=std, augment=augment)
+    test = TensorSplit(*splits["test"], scale=raw.scale, mean=mean, std=std)
+    classes = options.get("classes") or list(range(n_base))
+    info = {
+        "spec": text, "base": parsed.name, "modifiers": dict(parsed.modifiers),
+        "source": raw.source, "kind": raw.kind, "normalisation": {"mean": mean, "std": std,
+        "computed_on": f"{parsed.name} full training split"},
+        "train_samples": len(train), "test_samples": len(test),
+        "augmentation": AUGMENTATION if augment else None, "original_classes": classes,
+    }
+    return Dataset(text, train, test, len(classes), input_shape,
+                   [raw.class_names[c] for c in classes], info)
+
+
+# ----------------------------------------------------------------------------- imagefolder
+class _FolderImages(torch.utils.data.Dataset):
+    """ImageFolder samples at fixed indices, relabelled, transformed to normalised tensors."""
+
+    def __init__(self, folder, indices: Tensor, labels: Tensor, transform) -> None:
+        self.folder, self.indices, self.labels, self.transform = folder, indices.tolist(), labels.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        path, _ = self.folder.samples[self.indices[i]]
+        return self.transform(self.folder.loader(path)), self.labels[i]
+
+
+def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
+    import torchvision
+    from torchvision.transforms import v2
+
+    root = Path(parsed.name.split(":", 1)[1]).expanduser()
+    for sub in ("train", "test"):
+        if not (root / sub).is_dir():
+            raise DataNotFoundError(
+                f"imagefolder {root} needs train/ and test/ subfolders with one folder per class; "
+                f"{root / sub} is missing"
+            )
+    size = options.get("size", 224)
+    channels = options.get("channels", 3)
+    mean = IMAGENET_MEAN if channels == 3 else (0.449,)
+    std = IMAGENET_STD if channels == 3 else (0.226,)
+    base = [v2.Grayscale(1) if channels == 1 else v2.RGB()]
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    test_tf = v2.Compose(base + [v2.Resize(size, antialias=True), v2.CenterCrop(size)] + tail)
+    train_tf = test_tf
+    if options.get("aug"):
+        train_tf = v2.Compose(base + [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] + tail)
+    splits = {}
+    class_names: list[str] = []
+    for sub, tf, cap in (("train", train_tf, "per_class"), ("test", test_tf, "test_per_class")):
+        folder = torchvision.datasets.ImageFolder(str(root / sub))
+        if sub == "train":
+            class_names = list(folder.classes)
+        elif folder.classes != class_names:
+            raise DataNotFoundError(f"{root}: train/ and test/ hold different class folders")
+        targets = torch.tensor(folder.targets, dtype=torch.long)
+        keep, labels = select_classes(targets, options.get("classes"), len(class_names), text)
+        capped = cap_per_class(labels, options.get(cap), options.get("seed", 0))
+        images = _FolderImages(folder, keep[capped], labels[capped], tf)
+        splits[sub] = FolderSplit(images, labels[capped], num_workers=min(4, os.cpu_count() or 1))
+    classes = options.get("classes") or list(range(len(class_names)))
+    info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
+            "kind": "image", "normalisation": {"mean": mean, "std": std, "computed_on": "ImageNet statistics"},
+            "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
+            "augmentation": "RandomResizedCrop + RandomHorizontalFlip" if options.get("aug") else None,
+            "original_classes": classes}
+    return Dataset(text, splits["train"], splits["test"], len(classes), (channels, size, size),
+                   [class_names[c] for c in classes], info)
+
+
+def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
+    """Each known dataset with its description and whether it is available offline here."""
+    ctx = LoadContext.make(root, False)
+    rows = []
+    for name, source in SOURCES.items():
+        available, where = source.availability(ctx)
+        rows.append({"name": name, "description": source.description, "available": available, "where": where,
+                     "modifiers": sorted({**COMMON_MODIFIERS, **source.extra_modifiers})})
+    rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/train/<class>/*, PATH/test/<class>/*",
+                 "available": True, "where": "read from PATH", "modifiers": sorted(COMMON_MODIFIERS)})
+    return rows

@@ -1,0 +1,272 @@
+"""The base datasets tunnelscope knows, where their files are looked for, and how they load.
+
+Each source returns a :class:`RawData`: both splits as tensors at native resolution
+(uint8 images ``(N, C, H, W)`` or float signals ``(N, 1, L)``), integer labels and class
+names. Modifiers (class subsets, resizing, ...) are applied afterwards by
+:mod:`tunnelscope.data.registry`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DataNotFoundError
+from .idx import read_idx
+
+SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+_FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass
+class RawData:
+    """Both splits of a base dataset before modifiers."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    class_names: list[str]
+    scale: float  # multiply stored values by this to get floats in [0, 1] (images) or as-is
+    source: str  # where the data came from, recorded in results
+    kind: str = "image"  # "image" (N, C, H, W) or "signal" (N, 1, L)
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """Where to look for files and whether downloading is allowed."""
+
+    root: Path | None = None  # --data-root, else $TUNNELSCOPE_DATA
+    download: bool = False
+
+    @staticmethod
+    def make(root: str | os.PathLike | None = None, download: bool = False) -> "LoadContext":
+        """Resolve the explicit root: the argument, else ``$TUNNELSCOPE_DATA``, else none."""
+        chosen = root if root is not None else os.environ.get("TUNNELSCOPE_DATA") or None
+        return LoadContext(Path(chosen).expanduser() if chosen else None, download)
+
+    def user_roots(self) -> list[Path]:
+        """Writable roots in order of preference: the explicit root, then the user cache."""
+        roots = [self.root] if self.root is not None else []
+        roots.append(user_cache_dir())
+        return roots
+
+
+def user_cache_dir() -> Path:
+    """tunnelscope's per-user cache directory for downloaded data."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tunnelscope"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A base dataset: what it is, how to find out whether it is here, how to load it."""
+
+    name: str
+    description: str
+    kind: str
+    load: Callable[[LoadContext, dict], RawData]
+    availability: Callable[[LoadContext], tuple[bool, str]]
+    extra_modifiers: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+def fashion_search_dirs(ctx: LoadContext) -> list[Path]:
+    """Every directory searched for Fashion-MNIST IDX files, in order."""
+    dirs: list[Path] = []
+    for root in ctx.user_roots():
+        dirs += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    dirs.append(SYSTEM_FASHION_DIR)
+    return dirs
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_fashion(ctx: LoadContext) -> dict[str, Path] | None:
+    """The first directory holding all four Fashion-MNIST files, as a name → path map."""
+    for directory in fashion_search_dirs(ctx):
+        found = {key: _find_idx(directory, stem) for key, stem in _FASHION_FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_idx_cached(path: str, mtime: float) -> np.ndarray:
+    return read_idx(path)
+
+
+def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
+    files = find_fashion(ctx)
+    if files is None and ctx.download:
+        import torchvision
+
+        root = ctx.user_roots()[0]
+        try:
+            for train in (True, False):
+                torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise DataNotFoundError(f"downloading fashion-mnist into {root} failed: {exc}") from None
+        files = find_fashion(ctx)
+    if files is None:
+        looked = ", ".join(str(d) for d in fashion_search_dirs(ctx))
+        raise DataNotFoundError(
+            f"fashion-mnist not found (looked in: {looked}); install Debian's package "
+            "(apt-get install dataset-fashion-mnist) or run again with --download"
+        )
+    arrays = {k: _read_idx_cached(str(p), p.stat().st_mtime) for k, p in files.items()}
+    return RawData(
+        train_x=torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
+        train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
+        test_x=torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
+        test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
+        class_names=list(FASHION_CLASSES),
+        scale=1 / 255,
+        source=str(files["train_x"].parent),
+    )
+
+
+def _fashion_availability(ctx: LoadContext) -> tuple[bool, str]:
+    files = find_fashion(ctx)
+    if files is None:
+        return False, "missing: apt-get install dataset-fashion-mnist, or --download"
+    return True, f"offline, {files['train_x'].parent}"
+
+
+# ----------------------------------------------------------------------------- digits
+DIGITS_SPLIT_SEED = 0
+
+
+def _load_digits(ctx: LoadContext, options: dict) -> RawData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, bunch.target, test_size=0.2, random_state=DIGITS_SPLIT_SEED, stratify=bunch.target
+    )
+    return RawData(
+        train_x=torch.from_numpy(x_tr), train_y=torch.from_numpy(y_tr.astype(np.int64)),
+        test_x=torch.from_numpy(x_te), test_y=torch.from_numpy(y_te.astype(np.int64)),
+        class_names=[str(d) for d in range(10)], scale=1 / 255,
+        source=f"scikit-learn load_digits, stratified 80/20 split, seed {DIGITS_SPLIT_SEED}",
+    )
+
+
+def _always(text: str) -> Callable[[LoadContext], tuple[bool, str]]:
+    return lambda ctx: (True, text)
+
+
+# ----------------------------------------------------------------------------- mnist1d
+def _load_mnist1d(ctx: LoadContext, options: dict) -> RawData:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = options.get("n", 5000)
+    args.seed = options.get("data_seed", 42)
+    state = np.random.get_state()  # the generator seeds numpy's global RNG; leave it as it was
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+
+    def signal(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1)
+
+    return RawData(
+        train_x=signal(data["x"]), train_y=torch.from_numpy(data["y"].astype(np.int64)),
+        test_x=signal(data["x_test"]), test_y=torch.from_numpy(data["y_test"].astype(np.int64)),
+        class_names=[str(d) for d in range(10)], scale=1.0,
+        source=f"mnist1d generator, num_samples={args.num_samples}, seed={args.seed}",
+        kind="signal",
+    )
+
+
+# ----------------------------------------------------------------------------- torchvision
+def _torchvision_source(name: str, cls_name: str, description: str, marker: str) -> Source:
+    """A dataset read through torchvision's class of that name, downloaded only when asked."""
+
+    def find(ctx: LoadContext) -> Path | None:
+        for root in ctx.user_roots():
+            if (root / marker).exists():
+                return root
+        return None
+
+    def load(ctx: LoadContext, options: dict) -> RawData:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        root = find(ctx) or ctx.user_roots()[0]
+        if not (root / marker).exists() and not ctx.download:
+            looked = ", ".join(str(r) for r in ctx.user_roots())
+            raise DataNotFoundError(
+                f"{name} not found (looked in: {looked}); run again with --download "
+                "(needs network access), or point --data-root at a folder holding "
+                f"torchvision's '{marker}'"
+            )
+        splits = []
+        for train in (True, False):
+            kwargs = {"split": "train" if train else "test"} if cls_name in ("SVHN", "STL10") else {"train": train}
+            try:
+                ds = cls(str(root), download=ctx.download, **kwargs)
+            except Exception as exc:
+                raise DataNotFoundError(f"{name} could not be loaded from {root}: {exc}") from None
+            data = np.asarray(ds.data)
+            if data.shape[-1] == 3:  # CIFAR stores NHWC
+                data = data.transpose(0, 3, 1, 2)
+            labels = np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels)
+            splits.append((torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels.astype(np.int64))))
+            classes = list(getattr(ds, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
+        (trx, trY), (tex, teY) = splits
+        return RawData(trx, trY, tex, teY, classes, 1 / 255, source=str(root / marker))
+
+    def availability(ctx: LoadContext) -> tuple[bool, str]:
+        root = find(ctx)
+        return (True, f"offline, {root / marker}") if root else (False, "needs a download (--download)")
+
+    return Source(name, description, "image", load, availability)
+
+
+SOURCES: dict[str, Source] = {
+    "fashion-mnist": Source(
+        "fashion-mnist", "Fashion-MNIST, 28x28 grey, 10 classes, 60000/10000",
+        "image", _load_fashion, _fashion_availability,
+    ),
+    "digits": Source(
+        "digits", "scikit-learn's 8x8 handwritten digits, 10 classes, 1437/360 (seeded split)",
+        "image", _load_digits, _always("offline, bundled with scikit-learn"),
+    ),
+    "mnist1d": Source(
+        "mnist1d", "MNIST-1D signals of length 40, 10 classes, generated from a seed (80/20)",
+        "signal", _load_mnist1d, _always("offline, generated by the mnist1d package"),
+        extra_modifiers={"n": "number of samples generated (default 5000)",
+                         "data_seed": "generator seed (default 42)"},
+    ),
+    "cifar10": _torchvision_source("cifar10", "CIFAR10", "CIFAR-10, 32x32 RGB, 10 classes, 50000/10000", "cifar-10-batches-py"),
+    "cifar100": _torchvision_source("cifar100", "CIFAR100", "CIFAR-100, 32x32 RGB, 100 classes, 50000/10000", "cifar-100-python"),
+    "svhn": _torchvision_source("svhn", "SVHN", "SVHN digits, 32x32 RGB, 10 classes, 73257/26032", "train_32x32.mat"),
+    "stl10": _torchvision_source("stl10", "STL10", "STL-10, 96x96 RGB, 10 classes, 5000/8000", "stl10_binary"),
+}

@@ -1,0 +1,31 @@
+"""Typed exceptions raised by the tunnelscope API.
+
+Every error a user can cause derives from :class:`TunnelscopeError`; the command line
+prints its message as one line and exits non-zero, with no traceback.
+"""
+
+from __future__ import annotations
+
+
+class TunnelscopeError(Exception):
+    """Base class of every error tunnelscope raises on bad input."""
+
+
+class SpecError(TunnelscopeError, ValueError):
+    """A dataset or model spec string that cannot be parsed or is not known."""
+
+
+class DataNotFoundError(TunnelscopeError, FileNotFoundError):
+    """A dataset whose files are not on this machine."""
+
+
+class ShapeError(TunnelscopeError, ValueError):
+    """Inputs whose shape does not fit the model."""
+
+
+class CheckpointError(TunnelscopeError):
+    """A checkpoint that is corrupt, of another format, or does not match the request."""
+
+
+class ProbePointError(TunnelscopeError, ValueError):
+    """Probe points that cannot be found or do not fire in a forward pass."""

@@ -1,0 +1,11 @@
+"""The model zoo and probe points: ``tunnelscope.models.build("vgg19-w0.5", 10, (3, 32, 32))``."""
+
+from .base import ZooModel
+from .probe_points import POINT_SETS, order_by_execution, probe_points
+from .registry import FAMILIES, build, count_parameters, list_models, load_weights
+from .tv import torchvision_names
+
+__all__ = [
+    "FAMILIES", "POINT_SETS", "ZooModel", "build", "count_parameters", "list_models", "load_weights",
+    "order_by_execution", "probe_points", "torchvision_names",
+]

@@ -1,0 +1,204 @@
+"""``build(spec, num_classes, input_shape)``: a model spec string becomes a zoo model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ShapeError, SpecError
+from ..specs import parse_spec
+from .base import ZooModel
+from .convnet import ConvNet
+from .mlp import MLP
+from .probe_points import order_by_execution
+from .resnet import STAGES, ResNet
+from .tv import TorchvisionModel
+from .vgg import CONFIGS, VGG, VGGM_BASE
+
+MAX_WIDTH = 1 << 16
+MAX_DEPTH = 1000
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of model specs: its pattern, an example, what it is and how to build it."""
+
+    name: str
+    pattern: str
+    example: str
+    description: str
+    image_only: bool
+    build: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel]
+
+
+def _multiplier(text: str | None, spec: str) -> float:
+    if text is None:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"bad width multiplier in {spec!r}: write e.g. -w0.5") from None
+    if not 0 < value <= 64:
+        raise SpecError(f"width multiplier in {spec!r} must be in (0, 64], got {value}")
+    return value
+
+
+def _depth_width(spec: str, depth: int, width: int, min_depth: int, what: str) -> None:
+    if not min_depth <= depth <= MAX_DEPTH:
+        raise SpecError(f"impossible depth {depth} in {spec!r}: {what} depth must be in {min_depth}..{MAX_DEPTH}")
+    if not 1 <= width <= MAX_WIDTH:
+        raise SpecError(f"impossible width {width} in {spec!r}: width must be in 1..{MAX_WIDTH}")
+
+
+def _mlp(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    depth, width = int(m["depth"]), int(m["width"])
+    _depth_width(spec, depth, width, 2, "an MLP's (Linear layers, classifier included)")
+    return MLP(spec, depth, width, num_classes, shape)
+
+
+def _vgg(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return VGG(spec, CONFIGS[int(m["depth"])], num_classes, shape, width=_multiplier(m["w"], spec))
+
+
+def _vggm(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return VGG(spec, CONFIGS[VGGM_BASE[int(m["depth"])]], num_classes, shape,
+               width=_multiplier(m["w"], spec), adaptive_pool=True, skip_pools=2 if m["nopool"] else 0)
+
+
+def _resnet(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return ResNet(spec, int(m["depth"]), num_classes, shape, width=_multiplier(m["w"], spec),
+                  imagenet_stem=bool(m["imagenet"]))
+
+
+def _convnet(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    depth, width = int(m["depth"]), int(m["width"])
+    _depth_width(spec, depth, width, 0, "CONV-L-H's L")
+    return ConvNet(spec, depth, width, num_classes, shape)
+
+
+def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return TorchvisionModel(spec, m["name"], num_classes, shape)
+
+
+_W = r"(?:-w(?P<w>[0-9.]+))?"
+FAMILIES = [
+    Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
+           "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp),
+    Family("vgg", rf"vgg(?P<depth>{'|'.join(map(str, CONFIGS))}){_W}", "vgg19-w0.5",
+           "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg),
+    Family("vggm", rf"vggm(?P<depth>11|17)(?P<nopool>-nopool)?{_W}", "vggm17-nopool",
+           "Harun et al.'s VGGm-11/17: VGG-13/19 convs, BN, adaptive avg pool, one FC", True, _vggm),
+    Family("resnet", rf"resnet(?P<depth>{'|'.join(map(str, STAGES))})(?P<imagenet>-imagenet)?{_W}", "resnet18",
+           "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet),
+    Family("convnet", r"convnet-(?P<depth>\d+)x(?P<width>\d+)", "convnet-8x64",
+           "Galanti et al.'s CONV-L-H: 2 stride-2 stem convs + L 3x3 convs of width H", True, _convnet),
+    Family("tv", r"tv:(?P<name>[A-Za-z0-9_]+)", "tv:resnet50",
+           "any torchvision classification model, random init (weights from a local file)", True, _tv),
+]
+
+
+def _unknown(spec: str) -> SpecError:
+    hint = ""
+    for family in FAMILIES:
+        if spec.startswith(family.name) and family.name != "vgg":
+            hint = f" ({family.name} specs look like {family.example})"
+    if spec.startswith("vgg") and not spec.startswith("vggm"):
+        hint = f" (VGG depths: {', '.join(map(str, CONFIGS))})"
+    examples = ", ".join(f.example for f in FAMILIES)
+    return SpecError(f"unknown model spec {spec!r}{hint}; valid forms: {examples} "
+                     "(see `tunnelscope models`)")
+
+
+def _check_shape(input_shape: tuple[int, ...], image_only: bool, spec: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ShapeError(f"input shape {shape} for {spec!r} must be positive sizes, e.g. (1, 28, 28)")
+    if image_only and len(shape) != 3:
+        raise ShapeError(
+            f"{spec!r} takes images (channels, height, width) but the data has input shape {shape}; "
+            "use an mlp-DxW model for 1-D signals"
+        )
+    return shape
+
+
+def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: str | Path | None = None) -> ZooModel:
+    """Build the model a spec names, for ``num_classes`` outputs and inputs of ``input_shape``.
+
+    The model is checked with one forward pass of a dummy batch, which also puts its
+    probe points in execution order. ``weights`` loads a state dict from a local file.
+    Raises :class:`SpecError` for an unknown or impossible spec and :class:`ShapeError`
+    when the inputs do not fit.
+    """
+    parsed = parse_spec(spec, "model spec")
+    if parsed.modifiers:
+        raise SpecError(f"model spec {spec!r} takes no [modifiers]; they belong to dataset specs")
+    if int(num_classes) < 1:
+        raise SpecError(f"num_classes must be >= 1, got {num_classes}")
+    for family in FAMILIES:
+        match = re.fullmatch(family.pattern, parsed.name)
+        if match is None:
+            continue
+        shape = _check_shape(input_shape, family.image_only, spec)
+        model = family.build(parsed.name, match, int(num_classes), shape)
+        _dry_run(model, shape, spec)
+        if weights is not None:
+            load_weights(model, weights)
+        return model
+    raise _unknown(parsed.name)
+
+
+def _dry_run(model: ZooModel, shape: tuple[int, ...], spec: str) -> None:
+    example = torch.zeros(2, *shape)
+    try:
+        for key, names in model.probe_sets.items():
+            model.probe_sets[key] = order_by_execution(model, names, example)
+        model.eval()
+        with torch.no_grad():
+            out = model(example)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ShapeError(f"{spec!r} cannot take inputs of shape {shape}: {first}; "
+                         "resize the data with a [size=S] or [channels=C] modifier") from None
+    finally:
+        model.train()
+    if tuple(out.shape) != (2, model.num_classes):
+        raise ShapeError(f"{spec!r} returned shape {tuple(out.shape)[1:]} for {model.num_classes} classes")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state dict from a local file, with a clear error when it does not fit."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} does not exist") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    target = model.net if hasattr(model, "net") and not any(k.startswith("net.") for k in state) else model
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"weights in {path} do not fit {getattr(model, 'spec', type(model).__name__)}: "
+                              f"{' '.join(s.strip() for s in first[:3])}") from None
+
+
+def list_models() -> list[dict]:
+    """Every model family: its example spec, description and probe-point counts at 32 px."""
+    rows = []
+    for family in FAMILIES:
+        rows.append({"family": family.name, "example": family.example, "description": family.description})
+    return rows
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters of a model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["FAMILIES", "build", "count_parameters", "list_models", "load_weights"]

@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tunnelscope.cli import main
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_commands_with_examples(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and all(c in out for c in ("train", "datasets", "models", "demo"))
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0 and "Examples:" in out and "--resume" in out
+
+
+def test_datasets_json(capsys):
+    code, out, _ = run_cli(["datasets", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["fashion-mnist"]["available"] and rows["digits"]["available"]
+
+
+def test_models_json(capsys):
+    code, out, _ = run_cli(["models", "--json"], capsys)
+    rows = {r["family"]: r for r in json.loads(out) if "family" in r}
+    assert code == 0 and rows["mlp"]["blocks"] == 11 and rows["resnet"]["conv"] == 17
+
+
+def test_train_json_summary(tmp_path, capsys):
+    code, out, _ = run_cli(["train", "--model", "mlp-3x32", "--data", "digits", "--epochs", "1",
+                            "--batch-size", "64", "--out", str(tmp_path), "--json"], capsys)
+    summary = json.loads(out)
+    assert code == 0 and 0.5 < summary["test_accuracy"] <= 1.0
+    assert (tmp_path / "history.csv").is_file() and (tmp_path / "run.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "mlp-12", "--data", "digits"], "unknown model spec"),
+    (["--model", "mlp-3x32", "--data", "digitz"], "unknown dataset"),
+    (["--model", "mlp-0x32", "--data", "digits"], "impossible depth"),
+    (["--model", "mlp-3x0", "--data", "digits"], "impossible width"),
+    (["--model", "vgg11", "--data", "mnist1d"], "takes images"),
+    (["--model", "tv:resnet18", "--data", "digits[size=32]"], "channels"),
+    (["--model", "mlp-3x32", "--data", "cifar10"], "--download"),
+    (["--model", "mlp-3x32", "--data", "digits", "--device", "cuda:0"], "CUDA is not available"),
+    (["--model", "mlp-3x32", "--data", "digits", "--resume"], "nothing to resume"),
+])
+def test_train_bad_inputs_give_one_line(args, message, tmp_path, capsys, no_data):
+    code, out, err = run_cli(["train", *args, "--epochs", "1", "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 1 and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_fashion_offline(tmp_path, capsys, no_data):
+    code, _, err = run_cli(["train", "--model", "mlp-3x32", "--data", "fashion-mnist", "--out", str(tmp_path)], capsys)
+    assert code == 1 and "apt-get install dataset-fashion-mnist" in err and "--download" in err
+
+
+def test_corrupt_resume_state(tmp_path, capsys):
+    (tmp_path / "resume.pt").write_bytes(b"garbage")
+    code, _, err = run_cli(["train", "--model", "mlp-3x32", "--data", "digits", "--out", str(tmp_path),
+                            "--resume", "-q"], capsys)
+    assert code == 1 and "corrupt" in err and err.count("\n") == 1
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tunnelscope.cli", "train", "--model", "nope", "--data", "digits",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("tunnelscope: error: unknown model spec")
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tunnelscope.cli", "train", "--data", "digits"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Missing option" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_then_reuse(tmp_path, capsys):
+    code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
+    first = json.loads(out)
+    assert code == 0 and first["test_accuracy"] > 0.7
+    code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
+    again = json.loads(out)
+    assert code == 0 and again["reused"] and again["test_accuracy"] == first["test_accuracy"]

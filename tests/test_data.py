@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope import data
+from tunnelscope.data.sources import FASHION_CLASSES
+from tunnelscope.errors import DataNotFoundError, SpecError
+
+
+def test_fashion_mnist_sizes_and_class_balance(fashion):
+    assert (len(fashion.train), len(fashion.test)) == (60000, 10000)
+    assert fashion.input_shape == (1, 28, 28) and fashion.num_classes == 10
+    assert torch.bincount(fashion.train.labels).tolist() == [6000] * 10
+    assert torch.bincount(fashion.test.labels).tolist() == [1000] * 10
+    assert fashion.class_names == FASHION_CLASSES
+
+
+def test_normalisation_uses_train_statistics(fashion):
+    x = np.concatenate([xb.numpy() for xb, _ in fashion.train.batches(20000)]).astype(np.float64)
+    assert abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-4
+
+
+def test_class_subset_relabels_and_keeps_names(fashion):
+    sub = data.load("fashion-mnist[classes=5-9]")
+    assert sub.num_classes == 5 and sub.class_names == FASHION_CLASSES[5:]
+    assert torch.bincount(sub.train.labels).tolist() == [6000] * 5
+    # new label 0 is exactly the original class 5, in the same order
+    original = fashion.train.x[fashion.train.labels == 5]
+    assert torch.equal(sub.train.x[sub.train.labels == 0], original)
+    # same base normalisation for every subset
+    assert sub.train.mean == fashion.train.mean and sub.train.std == fashion.train.std
+
+
+def test_class_union_order_defines_labels():
+    sub = data.load("fashion-mnist[classes=9+0,per_class=10,test_per_class=5]")
+    assert sub.class_names == ["Ankle boot", "T-shirt/top"]
+    assert torch.bincount(sub.train.labels).tolist() == [10, 10]
+    assert torch.bincount(sub.test.labels).tolist() == [5, 5]
+
+
+def test_per_class_is_seeded():
+    a = data.load("digits[per_class=20]")
+    b = data.load("digits[per_class=20]")
+    c = data.load("digits[per_class=20,seed=1]")
+    assert torch.bincount(a.train.labels).tolist() == [20] * 10
+    assert len(a.test) == 360  # the test split is untouched by per_class
+    assert torch.equal(a.train.x, b.train.x) and not torch.equal(a.train.x, c.train.x)
+
+
+def test_digits_split_and_resize():
+    d = data.load("digits")
+    assert (len(d.train), len(d.test)) == (1437, 360) and d.input_shape == (1, 8, 8)
+    # stratified: every class in both splits in proportion
+    assert torch.bincount(d.test.labels).min() >= 35
+    big = data.load("digits[size=28,channels=3]")
+    assert big.input_shape == (3, 28, 28)
+    x, _ = next(big.test.batches(4))
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert torch.equal(big.test.labels, d.test.labels)
+
+
+def test_mnist1d_deterministic_per_seed():
+    a, b = data.load("mnist1d[n=1000]"), data.load("mnist1d[n=1000]")
+    c = data.load("mnist1d[n=1000,data_seed=7]")
+    assert (len(a.train), len(a.test)) == (800, 200) and a.input_shape == (1, 40)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.labels, b.test.labels)
+    assert not torch.equal(a.train.x, c.train.x)
+    state = np.random.get_state()[1].copy()
+    data.load("mnist1d[n=200]")
+    assert np.array_equal(np.random.get_state()[1], state), "generator must not disturb numpy's global RNG"
+
+
+def test_augmentation_only_on_training_batches():
+    plain = data.load("digits[size=16]")
+    aug = data.load("digits[size=16,aug=1]")
+    assert aug.info["augmentation"] and not plain.info["augmentation"]
+    xa, _ = next(aug.train.batches(64))
+    xp, _ = next(plain.train.batches(64))
+    assert xa.shape == xp.shape and not torch.equal(xa, xp)
+    ta, _ = next(aug.test.batches(64))
+    tp, _ = next(plain.test.batches(64))
+    assert torch.equal(ta, tp)
+
+
+def test_batches_shuffle_and_resume_offset():
+    d = data.load("digits")
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    full = [y for _, y in d.train.batches(100, shuffle=True, generator=g1)]
+    tail = [y for _, y in d.train.batches(100, shuffle=True, generator=g2, start_batch=5)]
+    assert len(full) == 15 and all(torch.equal(a, b) for a, b in zip(full[5:], tail))
+    assert sorted(torch.cat(full).tolist()) == sorted(d.train.labels.tolist())
+
+
+def test_imagefolder_streams_through_a_dataloader(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("cat", "dog", "eel"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    d = data.load(f"imagefolder:{tmp_path}[size=16,classes=1-2]")
+    assert d.class_names == ["dog", "eel"] and d.input_shape == (3, 16, 16)
+    assert (len(d.train), len(d.test)) == (12, 6)
+    batches = list(d.train.batches(5))
+    assert [tuple(x.shape) for x, _ in batches] == [(5, 3, 16, 16), (5, 3, 16, 16), (2, 3, 16, 16)]
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0] * 6 + [1] * 6
+
+
+def test_imagefolder_without_splits(tmp_path):
+    with pytest.raises(DataNotFoundError, match="train/ and test/"):
+        data.load(f"imagefolder:{tmp_path}")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fashion", "valid names: cifar10, cifar100, digits, fashion-mnist, mnist1d"),
+    ("fashion-mnist[colour=1]", "valid modifiers for fashion-mnist: aug, channels, classes"),
+    ("fashion-mnist[classes=8-12]", "do not exist"),
+    ("fashion-mnist[size=0]", "must be >= 1"),
+    ("fashion-mnist[channels=2]", "must be 1 or 3"),
+    ("mnist1d[size=28]", "1-D signals"),
+    ("digits[aug=yes]", "must be 0 or 1"),
+])
+def test_bad_specs_say_what_is_valid(spec, message):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[")):
+        data.load(spec)
+
+
+def test_missing_fashion_says_where_it_looked_and_how_to_get_it(no_data):
+    with pytest.raises(DataNotFoundError) as info:
+        data.load("fashion-mnist")
+    text = str(info.value)
+    assert str(no_data / "root") in text and str(no_data / "system") in text
+    assert "apt-get install dataset-fashion-mnist" in text and "--download" in text
+
+
+def test_torchvision_datasets_need_a_download(no_data):
+    with pytest.raises(DataNotFoundError, match="--download"):
+        data.load("cifar10")
+    rows = {r["name"]: r for r in data.list_datasets()}
+    assert rows["cifar10"]["available"] is False and rows["digits"]["available"] is True
+    assert rows["mnist1d"]["available"] is True and rows["fashion-mnist"]["available"] is False

@@ -1,0 +1,125 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import tunnelscope as ts
+from tunnelscope.checkpoint import read_checkpoint
+from tunnelscope.errors import CheckpointError, SpecError
+from tunnelscope.train import Recipe, early_steps
+
+SMALL = "fashion-mnist[classes=0-4,per_class=100,test_per_class=40,aug=1]"
+
+
+def test_early_steps_are_log_spaced():
+    assert early_steps(100) == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert early_steps(1) == [0]
+
+
+def test_recipes_resolve_defaults_and_schedules():
+    sgd = Recipe.resolve("sgd", 10)
+    assert (sgd.lr, sgd.momentum, sgd.weight_decay, sgd.label_smoothing) == (0.1, 0.9, 5e-4, 0.0)
+    adamw = Recipe.resolve("adamw", 100)
+    assert (adamw.lr, adamw.warmup_epochs, adamw.label_smoothing) == (1e-3, 5.0, 0.1)
+    model = torch.nn.Linear(2, 2)
+    opt = adamw.optimizer(model)
+    sched = adamw.scheduler(opt, total_steps=1000, steps_per_epoch=10)  # 50 warm-up steps
+    lrs = []
+    for _ in range(1000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3 / 50) and lrs[49] == pytest.approx(1e-3)
+    assert lrs[525] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 475 / 950)))
+    with pytest.raises(SpecError):
+        Recipe.resolve("adam", 10)
+    with pytest.raises(SpecError):
+        Recipe.resolve("adamw", 10, schedule="onecycle")
+
+
+@pytest.mark.slow
+def test_mlp6_reaches_80_percent_on_fashion_in_one_epoch(fashion, tmp_path):
+    result = ts.train("mlp-6x128", fashion, epochs=1, out=tmp_path, progress=False)
+    assert result.test_accuracy >= 0.80
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["test_acc"].iloc[-1] == pytest.approx(result.test_accuracy)
+
+
+def test_outputs_and_checkpoint_roundtrip(fashion_small, tmp_path):
+    result = ts.train("mlp-4x64", fashion_small, epochs=2, out=tmp_path, batch_size=64, progress=False)
+    steps = [read_checkpoint(p)["meta"]["step"] for p in result.checkpoints]
+    # 500 samples / 64 = 7 steps per epoch: 0, 1, 2, 4 in the first epoch, then epochs 1 and 2
+    assert steps == [0, 1, 2, 4, 7, 14]
+    run = __import__("json").loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "finished" and run["config"]["recipe"]["lr"] == 0.1
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"].startswith("2.")
+    assert run["data"]["normalisation"]["mean"] and run["model"]["probe_points"]["blocks"]
+    model, meta = ts.load_model(result.final_checkpoint)
+    assert (meta["model_spec"], meta["data_spec"], meta["num_classes"]) == ("mlp-4x64", fashion_small.spec, 5)
+    x, _ = next(fashion_small.test.batches(32))
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model(x))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _weights(path):
+    return read_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("stop_at", [6, 10])  # mid first epoch (after the step-4 checkpoint), and in epoch 2
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, stop_at):
+    kwargs = dict(epochs=3, batch_size=64, seed=3, progress=False)
+    full = ts.train("mlp-4x64", SMALL, out=tmp_path / "full", **kwargs)
+
+    def interrupt(step, loss):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ts.train("mlp-4x64", SMALL, out=tmp_path / "cut", on_step=interrupt, **kwargs)
+    last = read_checkpoint(tmp_path / "cut" / "resume.pt")["meta"]["step"]
+    assert last < stop_at  # the last complete checkpoint, usable
+    resumed = ts.train("mlp-4x64", SMALL, out=tmp_path / "cut", resume=True, **kwargs)
+    a, b = _weights(full.final_checkpoint), _weights(resumed.final_checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(full.history.drop(columns="seconds"), resumed.history.drop(columns="seconds"))
+
+
+def test_seed_gives_identical_weights_on_cpu(tmp_path):
+    kwargs = dict(epochs=1, batch_size=64, seed=5, progress=False, early_checkpoints=False)
+    a = ts.train("mlp-3x32", SMALL, out=tmp_path / "a", **kwargs)
+    b = ts.train("mlp-3x32", SMALL, out=tmp_path / "b", **kwargs)
+    c = ts.train("mlp-3x32", SMALL, out=tmp_path / "c", **{**kwargs, "seed": 6})
+    wa, wb, wc = (_weights(r.final_checkpoint) for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_run_directory_protection_and_resume_checks(tmp_path, fashion_small):
+    kwargs = dict(epochs=1, batch_size=64, progress=False, early_checkpoints=False)
+    ts.train("mlp-3x32", fashion_small, out=tmp_path, **kwargs)
+    with pytest.raises(SpecError, match="already holds a training run"):
+        ts.train("mlp-3x32", fashion_small, out=tmp_path, **kwargs)
+    with pytest.raises(CheckpointError, match="other settings"):
+        ts.train("mlp-3x64", fashion_small, out=tmp_path, resume=True, **kwargs)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        ts.train("mlp-3x32", fashion_small, out=tmp_path / "new", resume=True, **kwargs)
+    ts.train("mlp-3x32", fashion_small, out=tmp_path, overwrite=True, **kwargs)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path, fashion_small):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ts.load_model(bad)
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a tunnelscope checkpoint"):
+        ts.load_model(tmp_path / "foreign.pt")
+    result = ts.train("mlp-3x32", fashion_small, epochs=1, out=tmp_path / "run", batch_size=64, progress=False,
+                      early_checkpoints=False)
+    payload = torch.load(result.final_checkpoint, weights_only=False)
+    payload["meta"]["model_spec"] = "mlp-3x48"
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not match mlp-3x48"):
+        ts.load_model(tmp_path / "mismatch.pt")
