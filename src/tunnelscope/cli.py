@@ -160,9 +160,16 @@ def train(model_spec: str, data_spec: str, epochs: int, out: str, quiet: bool, a
 
 def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet: bool, as_json: bool,
                   **kwargs) -> None:
+    from .progress import should_show
     from .train import train as train_fn
 
-    result = train_fn(model_spec, data_spec, epochs, out, progress=False if (quiet or as_json) else None, **kwargs)
+    def log_epoch(row: dict) -> None:  # one line per epoch where no progress bar is drawn
+        err_console.print(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+                          f"test acc {row['test_acc']:.4f}, {row['seconds']:.1f} s")
+
+    bars = False if (quiet or as_json) else None
+    on_epoch = None if (quiet or as_json or should_show(bars)) else log_epoch
+    result = train_fn(model_spec, data_spec, epochs, out, progress=bars, on_epoch=on_epoch, **kwargs)
     summary = {"out": str(result.out), "test_accuracy": result.test_accuracy,
                "final_checkpoint": str(result.final_checkpoint), "checkpoints": len(result.checkpoints),
                "history": str(result.out / "history.csv"), "run": str(result.out / "run.json")}

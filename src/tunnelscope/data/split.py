@@ -38,6 +38,8 @@ class Split(Protocol):
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
 
+    def subset(self, indices: Tensor) -> "Split": ...
+
 
 def _count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
@@ -145,6 +147,11 @@ class FolderSplit:
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _count_batches(len(self), batch_size, drop_last)
+
+    def subset(self, indices: Tensor) -> "FolderSplit":
+        """The same split restricted to ``indices``."""
+        return FolderSplit(torch.utils.data.Subset(self.dataset, indices.tolist()), self._labels[indices],
+                           self.num_workers)
 
     def batches(
         self,

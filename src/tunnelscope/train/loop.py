@@ -99,6 +99,7 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train a zoo model on a dataset and write checkpoints, ``run.json`` and ``history.csv``.
 
@@ -106,7 +107,8 @@ def train(
     epoch (0, 1, 2, 4, ...; ``early_checkpoints``), every ``checkpoint_every`` epochs and
     after the last; each also refreshes ``out/resume.pt`` (optimiser, schedule and RNG
     state), from which ``resume=True`` continues exactly where the last checkpoint left
-    off. ``on_step(step, loss)`` is called after every optimiser step. On CPU a seed gives
+    off. ``on_step(step, loss)`` is called after every optimiser step and
+    ``on_epoch(row)`` with each epoch's history row. On CPU a seed gives
     identical weights run after run; on CUDA, ``amp`` (default on) uses bfloat16 autocast.
     """
     out = Path(out)
@@ -204,8 +206,8 @@ def train(
                     if step in early and epoch == 0:
                         _fold(sums, loss_sum, correct, seen, tic)
                         loss_sum.zero_(), correct.zero_()
+                        checkpoint()  # not counted in the epoch's seconds
                         seen, tic = 0, time.perf_counter()
-                        checkpoint()
                     if step % 20 == 0:
                         bars.update(task, completed=step - epoch * steps_per_epoch, info=f"loss {loss.item():.3f}")
                 _fold(sums, loss_sum, correct, seen, tic)
@@ -223,6 +225,8 @@ def train(
                 bars.update(task, completed=steps_per_epoch,
                             info=f"loss {train_loss:.3f} test acc {test_acc:.4f}")
                 _write_history(out, history)
+                if on_epoch is not None:
+                    on_epoch(history[-1])
                 if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
                     checkpoint()
     except KeyboardInterrupt:

@@ -1,0 +1,285 @@
+"""``analyze_layers``: one streaming pass per split feeds every layer statistic.
+
+Pass over the training split: moments (for rank, spectrum, neural collapse, the ridge
+probe and the class means) and, when NCC or ridge accuracy on train is asked for, a
+feature cache. Pass over the test split: moments, minibatch CKA, full-data CKA, and NCC
+and ridge accuracy against the training class means and probes. NCC and ridge accuracy
+on the training split are then read from the cache, without running the model again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .cache import DEFAULT_BUDGET, FeatureCache
+from .capture import DEFAULT_MAX_DIM, Capture
+from .checkpoint import load_model
+from .errors import SpecError
+from .metrics.cka import MIN_BATCH, FullCKA, MinibatchCKA
+from .metrics.collapse import NCCAccuracy, cdnv, effective_depth, nc1
+from .metrics.moments import Moments
+from .metrics.ridge import DEFAULT_RIDGE, RidgeAccuracy, ridge_weights
+from .metrics.spectrum import RANK_TOL, effective_rank, eigen, numerical_rank, pc1_cos2, pc1_ratio
+from .progress import progress_bar
+from .train.loop import resolve_device
+from .versions import package_versions
+
+METRICS = {
+    "rank": "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)",
+    "erank": "effective rank (RankMe) of the uncentred features",
+    "pc1": "share of variance on PC1, and squared cosine of PC1 between points",
+    "nc1": "neural collapse NC1 = tr(Σ_W Σ_B⁺)/C",
+    "cdnv": "class-distance normalised variance",
+    "ncc": "nearest-class-centre accuracy on train and test (class means from train)",
+    "cka": "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
+    "cka_full": "full-data linear CKA (feature-space form), for narrow points only",
+    "ridge": "closed-form ridge probe accuracy from the moments (a fast proxy, not a trained probe)",
+}
+DEFAULT_METRICS = ("rank", "erank", "pc1", "nc1", "cdnv", "ncc", "cka", "ridge")
+
+
+@dataclass
+class LayerStats:
+    """The tidy table of layer statistics, the config that produced it, and a summary.
+
+    ``table`` has one row per model × split × probe point × metric (plus ``other_point``
+    for pairwise metrics such as CKA), with the point's 1-based ``layer`` index and its
+    relative ``depth`` (layer / number of points). Unpacks as ``table, config``.
+    """
+
+    table: pd.DataFrame
+    config: dict
+    summary: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        yield self.table
+        yield self.config
+
+    def metric(self, name: str, split: str = "test") -> pd.Series:
+        """One per-point metric as a Series indexed by probe point, in layer order."""
+        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.isna()]
+        if rows.empty:
+            raise KeyError(f"no metric {name!r} on split {split!r}; have {sorted(self.table.metric.unique())}")
+        return rows.sort_values("layer").set_index("point")["value"]
+
+    def matrix(self, name: str = "cka", split: str = "test") -> pd.DataFrame:
+        """A pairwise metric (``cka``, ``cka_full``, ``pc1_cos2``) as a points × points frame."""
+        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.notna()]
+        if rows.empty:
+            raise KeyError(f"no pairwise metric {name!r} on split {split!r}")
+        order = self.config["points"]
+        return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
+
+
+def run_pass(capture: Capture, split, accumulators: Sequence, batch_size: int, device: torch.device,
+             progress=None, description: str = "") -> int:
+    """One model pass over ``split``: every accumulator's ``update`` sees every batch.
+
+    Returns the number of samples read.
+    """
+    seen = 0
+    for feats, y in capture.stream(split, batch_size, device, progress=progress, description=description):
+        for acc in accumulators:
+            acc.update(feats, y)
+        seen += len(y)
+    return seen
+
+
+def _parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = list(DEFAULT_METRICS) if metrics == "default" else (
+            list(METRICS) if metrics == "all" else [m.strip() for m in metrics.split(",") if m.strip()])
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise SpecError(f"unknown metric(s) {unknown}; valid: {', '.join(METRICS)}, or 'default' / 'all'")
+    return list(dict.fromkeys(metrics))
+
+
+def _sample(split, limit: int | None, seed: int):
+    if limit is None or len(split) <= limit:
+        return split, len(split)
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return split.subset(idx), limit
+
+
+def _resolve_model(model, device: torch.device) -> tuple[nn.Module, str, dict]:
+    if isinstance(model, (str, Path)):
+        net, meta = load_model(model, device)
+        return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step")}
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
+    return model.to(device), getattr(model, "spec", type(model).__name__), {}
+
+
+def analyze_layers(
+    model: nn.Module | str | Path,
+    data: data_mod.Dataset | str,
+    metrics: str | Sequence[str] = "default",
+    points: str | Sequence[str] = "blocks",
+    reduce: str = "pool2",
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    max_samples: int | None = 10_000,
+    seed: int = 0,
+    max_dim: int = DEFAULT_MAX_DIM,
+    eps: float = 0.01,
+    ridge: float = DEFAULT_RIDGE,
+    cache_budget: int = DEFAULT_BUDGET,
+    precision: str = "float32",
+    data_root: str | Path | None = None,
+    progress: bool | None = None,
+) -> LayerStats:
+    """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
+
+    ``model`` is a module or a checkpoint path; ``data`` a Dataset or a spec. ``metrics``
+    is ``"default"``, ``"all"`` or names from :data:`METRICS`. Each split is read at most
+    ``max_samples`` samples (a seeded random subset; ``None`` for all). ``batch_size`` is
+    also the CKA minibatch size ``n`` (>= 4). ``precision`` is that of the per-batch
+    covariance and Gram products of centred features (``float32`` default, or
+    ``float64``); every running sum is float64.
+    Returns a :class:`LayerStats`.
+    """
+    wanted = _parse_metrics(metrics)
+    if batch_size < MIN_BATCH and ("cka" in wanted):
+        raise SpecError(f"batch_size {batch_size} is below {MIN_BATCH}, the smallest minibatch HSIC₁ allows")
+    if precision not in ("float64", "float32"):
+        raise SpecError("precision must be float64 or float32")
+    matmul_dtype = torch.float64 if precision == "float64" else torch.float32
+    dev = resolve_device(device)
+    net, model_name, model_info = _resolve_model(model, dev)
+    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed,
+                      example=next(dataset.test.batches(2, device=dev))[0])
+    names = capture.names
+    C = dataset.num_classes
+    train_split, n_train = _sample(dataset.train, max_samples, seed)
+    test_split, n_test = _sample(dataset.test, max_samples, seed + 1)
+    warn: list[str] = []
+    need_cache = "ncc" in wanted or "ridge" in wanted
+    tic = time.perf_counter()
+
+    moments = {"train": Moments(C, matmul_dtype), "test": Moments(C, matmul_dtype)}
+    cka = MinibatchCKA(names, gram_dtype=matmul_dtype) if "cka" in wanted else None
+    full = FullCKA(names) if "cka_full" in wanted else None
+    ncc = probes = ridge_acc = None
+    with progress_bar(progress) as bars, FeatureCache(n_train, cache_budget) as cache:
+        run_pass(capture, train_split, [moments["train"]] + ([cache] if need_cache else []), batch_size, dev,
+                 bars, "train pass")
+        if cache.spilled_to is not None:
+            warn.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
+                        f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
+        train_m = moments["train"].points
+        test_accs: list = [moments["test"]] + [a for a in (cka, full) if a is not None]
+        cache_accs: list = []
+        if "ncc" in wanted:
+            means = {n: train_m[n].class_means() for n in names}
+            ncc = {"test": NCCAccuracy(means), "train": NCCAccuracy(means)}
+            test_accs.append(ncc["test"])
+            cache_accs.append(ncc["train"])
+        if "ridge" in wanted:
+            probes = {n: ridge_weights(train_m[n], ridge) for n in names if int(train_m[n].nonfinite) == 0}
+            ridge_acc = {"test": RidgeAccuracy(probes), "train": RidgeAccuracy(probes)}
+            test_accs.append(ridge_acc["test"])
+            cache_accs.append(ridge_acc["train"])
+        run_pass(capture, test_split, test_accs, batch_size, dev, bars, "test pass")
+        for feats, y in cache.batches(device=dev):
+            for acc in cache_accs:
+                acc.update(feats, y)
+
+    rows: list[dict] = []
+    L = len(names)
+    invalid: dict[str, set[str]] = {"train": set(), "test": set()}
+
+    def add(split: str, point: str, metric: str, value: float, other: str | None = None) -> None:
+        bad = point in invalid[split] or (other is not None and other in invalid[split])
+        rows.append({"model": model_name, "split": split, "point": point, "layer": names.index(point) + 1,
+                     "depth": (names.index(point) + 1) / L, "metric": metric,
+                     "value": float("nan") if bad else float(value), "other_point": other,
+                     "other_layer": names.index(other) + 1 if other is not None else None,
+                     "valid": not bad})
+
+    for split, acc in moments.items():
+        for name in names:
+            m = acc.points[name]
+            if int(m.nonfinite) > 0:
+                invalid[split].add(name)
+                warn.append(f"{split}: {int(m.nonfinite)} samples with NaN/Inf activations at {name}; "
+                            "its metrics are marked invalid")
+        absent = [dataset.class_names[c] for c in range(C) if acc.points[names[0]].cn[c] == 0]
+        if absent:
+            warn.append(f"{split}: classes absent from the sample: {absent}; class metrics use the others")
+        pcs = {}
+        for name in names:
+            m = acc.points[name]
+            if name in invalid[split]:
+                for metric in ("rank", "pc1", "erank", "nc1", "cdnv"):
+                    if metric.rstrip("1") in wanted or metric in wanted:
+                        add(split, name, metric, float("nan"))
+                continue
+            if {"rank", "pc1"} & set(wanted):
+                vals, vecs = eigen(m.covariance())
+                if "rank" in wanted:
+                    add(split, name, "rank", numerical_rank(vals))
+                if "pc1" in wanted:
+                    add(split, name, "pc1", pc1_ratio(vals))
+                    pcs[name] = vecs[:, 0]
+            if "erank" in wanted:
+                add(split, name, "erank", effective_rank(torch.linalg.eigvalsh(m.second_moment())))
+            if "nc1" in wanted:
+                add(split, name, "nc1", nc1(m))
+            if "cdnv" in wanted:
+                add(split, name, "cdnv", cdnv(m))
+        if "pc1" in wanted and split == "test":
+            for (a, b), v in pc1_cos2(pcs).items():
+                add(split, a, "pc1_cos2", v, b)
+    summary: dict = {}
+    if ncc is not None:
+        for split, acc in ncc.items():
+            for name, v in acc.compute().items():
+                add(split, name, "ncc_acc", v)
+        errors = [1 - ncc["train"].compute()[n] if n not in invalid["train"] else float("nan") for n in names]
+        depth = effective_depth(errors, eps)
+        summary["effective_depth"] = depth
+        summary["effective_depth_point"] = names[depth - 1] if depth else None
+    if probes is not None:
+        for split, acc in ridge_acc.items():
+            for name, v in acc.compute().items():
+                add(split, name, "ridge_acc", v)
+    if cka is not None:
+        mat = cka.compute()
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                add("test", a, "cka", float(mat[i, j]), b)
+        if cka.skipped:
+            warn.append(f"minibatch CKA skipped {cka.skipped} batch(es) smaller than {MIN_BATCH}")
+    if full is not None:
+        mat = full.compute()
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                add("test", a, "cka_full", float(mat[i, j]), b)
+    for w in warn:
+        warnings.warn(w, stacklevel=2)
+
+    table = pd.DataFrame(rows, columns=["model", "split", "point", "layer", "depth", "metric", "value",
+                                        "other_point", "other_layer", "valid"])
+    config = {
+        "model": model_name, **model_info, "data": dataset.spec, "points_set": points if isinstance(points, str) else list(points),
+        "points": names, "layout": capture.layout, "reduce": str(capture.reduction), "max_dim": max_dim,
+        "metrics": wanted, "batch_size": batch_size, "cka_minibatch": batch_size, "cka_passes": 1,
+        "cka_batches": cka.batches if cka else None, "samples": {"train": n_train, "test": n_test},
+        "sampling": f"seeded random subset of at most {max_samples} per split (seed {seed} train, {seed + 1} test)"
+        if max_samples else "all samples", "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": eps,
+        "ridge_lambda": f"{ridge} * tr(Σ)/D", "precision": precision, "device": str(dev),
+        "class_names": dataset.class_names, "data_info": dataset.info, "versions": package_versions(),
+        "seconds": time.perf_counter() - tic, "warnings": warn,
+    }
+    return LayerStats(table, config, summary)

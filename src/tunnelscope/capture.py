@@ -1,0 +1,194 @@
+"""Reading probe points: forward hooks, reductions to vectors, and a streaming pass.
+
+A :class:`Capture` hooks a model's probe points and turns each output into a ``(B, D)``
+matrix with a reduction (METRICS.md §1):
+
+- ``pool2`` (default): adaptive average pool of a conv map to 2x2, flattened (4C dims);
+  maps already at most 2x2 are flattened directly.
+- ``gap``: global average pool (C dims); ``poolK``: KxK adaptive pool; ``flatten``: C·H·W.
+- ``project:D``: flatten, then a fixed Gaussian random projection to D dims, seeded per
+  probe point.
+- Token sequences ``(B, T, D)`` are averaged over tokens, the class token excluded when
+  the model has one.
+
+Layers wider than ``max_dim`` after reduction keep a fixed, seeded random subset of
+``max_dim`` coordinates (METRICS.md §3: 8000), recorded in :attr:`Capture.layout`.
+The forward pass stops after the deepest probe point that was asked for.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ProbePointError, SpecError
+from .models.probe_points import order_by_execution, probe_points
+
+DEFAULT_MAX_DIM = 8000
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook to end a forward pass early."""
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A parsed reduction policy."""
+
+    kind: str  # pool, gap, flatten, project
+    size: int = 0  # pool size K, or projection dims D
+
+    @staticmethod
+    def parse(text: str) -> "Reduction":
+        """Parse ``pool2``, ``poolK``, ``gap``, ``flatten`` or ``project:D``."""
+        text = text.strip().lower()
+        if text == "gap":
+            return Reduction("gap")
+        if text == "flatten":
+            return Reduction("flatten")
+        if m := re.fullmatch(r"pool(\d+)", text):
+            if int(m[1]) >= 1:
+                return Reduction("pool", int(m[1]))
+        if m := re.fullmatch(r"project:(\d+)", text):
+            if int(m[1]) >= 1:
+                return Reduction("project", int(m[1]))
+        raise SpecError(f"unknown reduction {text!r}; valid: pool2 (default), poolK, gap, flatten, project:D")
+
+    def __str__(self) -> str:
+        return {"pool": f"pool{self.size}", "project": f"project:{self.size}"}.get(self.kind, self.kind)
+
+
+def _seed_for(name: str, seed: int) -> int:
+    return (zlib.crc32(name.encode()) + 7919 * seed) % (2**31)
+
+
+class Capture:
+    """Hooks on a model's probe points that return ``{name: (B, D) tensor}`` per batch.
+
+    ``points`` is a probe-point set (``blocks``, ``conv``) or glob patterns, or an explicit
+    list of module names. Use as ``features = capture(x)``; the model's own output is not
+    computed past the deepest point.
+    """
+
+    def __init__(self, model: nn.Module, points: str | Sequence[str] = "blocks", reduce: str = "pool2",
+                 max_dim: int = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None) -> None:
+        self.model = model
+        self.reduction = Reduction.parse(reduce)
+        self.max_dim = max_dim
+        self.seed = seed
+        names = probe_points(model, points)
+        if example is not None and not hasattr(model, "probe_sets"):
+            names = order_by_execution(model, names, example)
+        self.names = names
+        self.cls_token = hasattr(model, "class_token") or hasattr(getattr(model, "net", None), "class_token")
+        self.layout: dict[str, dict] = {}  # per point: raw shape, reduced dims, subset/projection
+        self._projections: dict[str, Tensor] = {}
+        self._subsets: dict[str, Tensor] = {}
+        self._features: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ reductions
+    def _reduce(self, name: str, out: Tensor) -> Tensor:
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise ProbePointError(f"probe point {name} returned {type(out).__name__}, not a tensor")
+        raw_shape = tuple(out.shape[1:])
+        out = out.detach()
+        if out.dim() == 4:
+            red = self.reduction
+            if red.kind == "gap":
+                x = out.mean((2, 3))
+            elif red.kind == "pool" and (out.shape[2] > red.size or out.shape[3] > red.size):
+                x = F.adaptive_avg_pool2d(out, red.size).flatten(1)
+            else:
+                x = out.flatten(1)
+            how = str(red) if red.kind != "project" else "flatten"
+        elif out.dim() == 3:
+            tokens = out[:, 1:] if (self.cls_token and out.shape[1] > 1) else out
+            x, how = tokens.mean(1), "token mean" + (" (class token excluded)" if tokens is not out else "")
+        elif out.dim() == 2:
+            x, how = out, "none"
+        else:
+            x, how = out.flatten(1), "flatten"
+        if self.reduction.kind == "project":
+            x = x.float() @ self._projection(name, x.shape[1], x.device)
+            how += f" + gaussian projection to {self.reduction.size}"
+        elif x.shape[1] > self.max_dim:
+            idx = self._subset(name, x.shape[1], x.device)
+            x = x[:, idx]
+            how += f" + seeded subset of {self.max_dim} coordinates"
+        if name not in self.layout:
+            self.layout[name] = {"raw_shape": list(raw_shape), "dims": int(x.shape[1]), "reduction": how}
+        return x
+
+    def _projection(self, name: str, d_in: int, device: torch.device) -> Tensor:
+        if name not in self._projections:
+            g = torch.Generator().manual_seed(_seed_for(name, self.seed))
+            d = self.reduction.size
+            self._projections[name] = (torch.randn(d_in, d, generator=g) / d**0.5).to(device)
+        return self._projections[name]
+
+    def _subset(self, name: str, d_in: int, device: torch.device) -> Tensor:
+        if name not in self._subsets:
+            g = torch.Generator().manual_seed(_seed_for(name, self.seed))
+            self._subsets[name] = torch.sort(torch.randperm(d_in, generator=g)[: self.max_dim]).values.to(device)
+        return self._subsets[name]
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Run the model on ``x`` and return the reduced features of ``names`` (default: all)."""
+        wanted = list(names) if names is not None else self.names
+        modules = dict(self.model.named_modules())
+        last = wanted[-1] if names is None else max(wanted, key=self.names.index)
+        self._features = {}
+        handles = []
+        for name in wanted:
+            def hook(_m, _i, out, name=name):
+                self._features[name] = self._reduce(name, out)
+                if name == last:
+                    raise _StopForward
+            handles.append(modules[name].register_forward_hook(hook))
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in wanted if n not in self._features]
+        if missing:
+            raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
+        feats, self._features = self._features, {}
+        return {n: feats[n] for n in wanted}
+
+    def stream(self, split, batch_size: int, device: torch.device, limit: int | None = None,
+               progress=None, description: str = "") -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """One pass over a split under ``inference_mode``: yields ``(features, labels)``.
+
+        ``limit`` stops after that many samples (the split's order is kept, so pass a
+        subset to sample at random). ``progress`` is a rich Progress (or the silent one).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        total = len(split) if limit is None else min(limit, len(split))
+        task = progress.add_task(description, total=total, info="") if progress is not None else None
+        seen = 0
+        try:
+            with torch.inference_mode():
+                for x, y in split.batches(batch_size, device=device):
+                    if seen >= total:
+                        break
+                    if seen + len(y) > total:
+                        x, y = x[: total - seen], y[: total - seen]
+                    seen += len(y)
+                    yield self(x), y
+                    if task is not None:
+                        progress.update(task, completed=seen)
+        finally:
+            self.model.train(was_training)

@@ -1,0 +1,156 @@
+"""CKA within and across models (METRICS.md §7; Kornblith et al. 2019, Nguyen et al. 2021).
+
+Minibatch CKA with the unbiased HSIC₁ estimator: for each minibatch of ``n >= 4``
+examples and each probe point, the linear Gram ``K = X Xᵀ`` with its diagonal set to zero;
+
+    HSIC₁(K, L) = [tr(K̃ L̃) + (1ᵀK̃1)(1ᵀL̃1) / ((n-1)(n-2)) - (2/(n-2)) 1ᵀK̃L̃1] / (n(n-3))
+
+summed over minibatches, and ``CKA(l, m) = ΣHSIC₁(K_l, K_m) / sqrt(ΣHSIC₁(K_l, K_l) ΣHSIC₁(K_m, K_m))``.
+
+HSIC₁ is unchanged when ``k_ij`` becomes ``k_ij + u_i + u_j`` for ``i ≠ j``, so each
+minibatch's features are centred at their mean before the Gram is formed: this is exact
+and keeps large ReLU means from cancelling in floating point. All sums are float64; the
+estimator can be negative and is never clamped.
+
+For all pairs at once: with ``V_l = vec(K̃_l)``, ``r_l = K̃_l 1`` and ``s_l = 1ᵀK̃_l1``,
+``tr(K̃_l K̃_m) = V_l·V_m`` and ``1ᵀK̃_lK̃_m1 = r_l·r_m``, two small matrix products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import TunnelscopeError
+from .moments import Moments
+
+MIN_BATCH = 4
+
+
+class MinibatchCKA:
+    """The ``L x L`` matrix of summed HSIC₁ over minibatches, for the given points.
+
+    Points from two models read on the same batches (e.g. keys ``"a/…"`` and ``"b/…"``)
+    give the cross-model matrix as an off-diagonal block. Batches smaller than 4 are
+    skipped and counted in ``skipped``.
+    """
+
+    def __init__(self, names: Sequence[str], gram_dtype: torch.dtype = torch.float32) -> None:
+        self.names = list(names)
+        self.gram_dtype = gram_dtype
+        self.hsic: Tensor | None = None
+        self.batches = 0
+        self.skipped = 0
+
+    def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
+        """Add one minibatch (all points read on the same ``n`` examples)."""
+        n = len(next(iter(features.values())))
+        if n < MIN_BATCH:
+            self.skipped += 1
+            return
+        work = torch.float64 if self.gram_dtype == torch.float64 else torch.float32
+        joint = torch.cat([features[name].to(work) for name in self.names], dim=1)
+        joint = joint - joint.mean(0)  # any shift is exact for HSIC₁; this one keeps values small
+        grams = joint.new_empty(len(self.names), n, n)
+        lo = 0
+        for i, name in enumerate(self.names):
+            hi = lo + features[name].shape[1]
+            torch.matmul(joint[:, lo:hi], joint[:, lo:hi].T, out=grams[i])
+            lo = hi
+        diag = grams.diagonal(dim1=1, dim2=2)
+        # K̃1 = X(Xᵀ1) - diag(K): X is centred, so the first term is only a rounding residue
+        colsum = torch.stack([joint[:, lo:hi].sum(0) @ joint[:, lo:hi].T for lo, hi in self._bounds(features)])
+        r = colsum.to(torch.float64) - diag.to(torch.float64)
+        s = r.sum(1)
+        diag.zero_()
+        # tr(K̃_l K̃_m): each row's n products summed in the Gram's precision, rows summed in float64
+        by_row = grams.transpose(0, 1)  # (n, L, n)
+        traces = torch.bmm(by_row, by_row.transpose(1, 2)).sum(0, dtype=torch.float64)
+        batch = (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r @ r.T)) / (n * (n - 3))
+        self.hsic = batch if self.hsic is None else self.hsic + batch
+        self.batches += 1
+
+    def _bounds(self, features: dict[str, Tensor]) -> list[tuple[int, int]]:
+        ends = torch.tensor([features[n].shape[1] for n in self.names]).cumsum(0).tolist()
+        return [(e - features[n].shape[1], e) for n, e in zip(self.names, ends)]
+
+    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
+        if other.names != self.names:
+            raise ValueError("cannot merge CKA accumulators over different points")
+        if other.hsic is not None:
+            self.hsic = other.hsic.clone() if self.hsic is None else self.hsic + other.hsic
+        self.batches += other.batches
+        self.skipped += other.skipped
+        return self
+
+    def all_reduce(self, group=None) -> None:
+        import torch.distributed as dist
+
+        if self.hsic is None:
+            raise TunnelscopeError("all_reduce before any update: every process needs at least one batch")
+        counts = torch.tensor([self.batches, self.skipped], dtype=torch.float64, device=self.hsic.device)
+        dist.all_reduce(self.hsic, group=group)
+        dist.all_reduce(counts, group=group)
+        self.batches, self.skipped = int(counts[0]), int(counts[1])
+
+    def compute(self) -> Tensor:
+        """The CKA matrix (float64); NaN where a point's self-HSIC is not positive."""
+        if self.hsic is None:
+            raise TunnelscopeError(f"minibatch CKA needs at least one batch of >= {MIN_BATCH} examples")
+        diag = self.hsic.diagonal()
+        norm = torch.sqrt(torch.outer(diag, diag))
+        return torch.where(norm > 0, self.hsic / norm, torch.full_like(norm, float("nan")))
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Full-data linear CKA in the feature-space form, ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)``, float64."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    return float((y.T @ x).square().sum() / (torch.linalg.norm(x.T @ x) * torch.linalg.norm(y.T @ y)))
+
+
+class FullCKA:
+    """Full-data linear CKA for all pairs of points, from streamed joint moments.
+
+    Keeps the covariance of the concatenated features, so its state is ``(Σ D_l)²``:
+    only for points whose total width is at most ``max_total_dim``.
+    """
+
+    def __init__(self, names: Sequence[str], max_total_dim: int = 4096) -> None:
+        self.names = list(names)
+        self.max_total_dim = max_total_dim
+        self.moments = Moments(num_classes=1, matmul_dtype=torch.float64)
+        self.dims: list[int] = []
+
+    def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
+        parts = [features[n] for n in self.names]
+        if not self.dims:
+            self.dims = [p.shape[1] for p in parts]
+            if sum(self.dims) > self.max_total_dim:
+                raise TunnelscopeError(
+                    f"full-data CKA over {sum(self.dims)} dims exceeds max_total_dim={self.max_total_dim}; "
+                    "use minibatch CKA, fewer points, or a smaller reduction (gap, project:D)")
+        joint = torch.cat([p.double() for p in parts], dim=1)
+        self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
+
+    def merge(self, other: "FullCKA") -> "FullCKA":
+        self.moments.merge(other.moments)
+        self.dims = self.dims or other.dims
+        return self
+
+    def all_reduce(self, group=None) -> None:
+        self.moments.all_reduce(group)
+
+    def compute(self) -> Tensor:
+        """The full-data linear CKA matrix (float64)."""
+        scatter = self.moments.points["joint"].scatter()
+        bounds = torch.tensor([0] + self.dims).cumsum(0).tolist()
+        blocks = [slice(bounds[i], bounds[i + 1]) for i in range(len(self.dims))]
+        norms = torch.stack([torch.linalg.norm(scatter[b, b]) for b in blocks])
+        out = torch.empty(len(blocks), len(blocks), dtype=torch.float64)
+        for i, bi in enumerate(blocks):
+            for j, bj in enumerate(blocks):
+                out[i, j] = scatter[bi, bj].square().sum() / (norms[i] * norms[j])
+        return out

@@ -1,0 +1,91 @@
+"""Neural collapse at every probe point (METRICS.md §6; Papyan et al. 2020, Galanti et al.)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .moments import PointMoments
+
+
+def nc1(m: PointMoments) -> float:
+    """``tr(Σ_W Σ_B⁺) / C`` over the classes present.
+
+    ``Σ_W = (1/N) Σ_c Σ_{i∈c} (h_i - μ_c)(h_i - μ_c)ᵀ``, ``Σ_B = (1/C) Σ_c (μ_c - μ)(μ_c - μ)ᵀ``
+    with ``μ`` the global mean. With ``M`` the ``D x C`` matrix of ``μ_c - μ``,
+    ``Σ_B⁺ = C (M⁺)ᵀ M⁺``, so only a ``C x C`` pseudo-inverse is needed.
+    """
+    keep = m.present()
+    c = int(keep.sum())
+    if c < 2:
+        return float("nan")
+    sigma_w = m.within_scatter() / m.n
+    dev = (m.class_means()[keep] - m.mean()).T  # D x C
+    pinv = torch.linalg.pinv(dev, hermitian=False)  # C x D
+    # tr(Σ_W Σ_B⁺) / C = tr(Σ_W · C (M⁺)ᵀ M⁺) / C = tr(M⁺ Σ_W (M⁺)ᵀ)
+    return float(torch.trace(pinv @ sigma_w @ pinv.T))
+
+
+def cdnv(m: PointMoments) -> float:
+    """Mean over class pairs of ``(Var_i + Var_j) / (2 ‖μ_i - μ_j‖²)``."""
+    keep = m.present()
+    if int(keep.sum()) < 2:
+        return float("nan")
+    var = m.class_variances()[keep]
+    means = m.class_means()[keep]
+    i, j = torch.triu_indices(len(var), len(var), offset=1)
+    dist2 = ((means[i] - means[j]) ** 2).sum(1)
+    return float(((var[i] + var[j]) / (2 * dist2)).mean())
+
+
+class NCCAccuracy:
+    """Nearest-class-centre accuracy per point, with class means fixed beforehand (from train).
+
+    ``argmin_c ‖h - μ_c‖`` over the classes present in the means; a sample whose class has
+    no mean counts as an error.
+    """
+
+    def __init__(self, means: dict[str, Tensor]) -> None:
+        self.means = {k: v.double() for k, v in means.items()}
+        self.correct = {k: torch.zeros((), dtype=torch.float64, device=v.device) for k, v in means.items()}
+        self.seen = 0
+
+    def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        self.seen += len(labels)
+        for name, mu in self.means.items():
+            x = features[name].double()
+            ok = torch.isfinite(mu).all(1)
+            ref = mu[ok].mean(0)  # distances are unchanged by a common shift
+            xs, ms = x - ref, mu - ref
+            d2 = (ms * ms).sum(1)[None, :] - 2 * xs @ ms.T.nan_to_num()
+            d2[:, ~ok] = float("inf")
+            self.correct[name] += (d2.argmin(1) == labels).sum()
+
+    def merge(self, other: "NCCAccuracy") -> "NCCAccuracy":
+        for k in self.correct:
+            self.correct[k] += other.correct[k]
+        self.seen += other.seen
+        return self
+
+    def all_reduce(self, group=None) -> None:
+        import torch.distributed as dist
+
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=next(iter(self.correct.values())).device)
+        dist.all_reduce(seen, group=group)
+        self.seen = int(seen)
+        for k in sorted(self.correct):
+            dist.all_reduce(self.correct[k], group=group)
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(v) / self.seen for k, v in self.correct.items()}
+
+
+def effective_depth(ncc_train_error: list[float], eps: float = 0.01) -> int | None:
+    """1-based index of the first point whose NCC train error is ``<= eps``; None if none."""
+    for i, err in enumerate(ncc_train_error, start=1):
+        if err == err and err <= eps:
+            return i
+    return None
+
+
+__all__ = ["NCCAccuracy", "cdnv", "effective_depth", "nc1"]

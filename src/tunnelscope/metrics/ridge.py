@@ -1,0 +1,53 @@
+"""A closed-form ridge probe from streamed moments: a fast proxy for linear probes.
+
+Least squares on one-hot targets with an intercept, ``W = (Σ + λI)⁻¹ Cov(h, y)``, where
+``Cov(h, y_c) = (n_c / N)(μ_c - μ)`` comes from the class means and ``λ = ridge · tr(Σ)/D``.
+Scores ``(h - μ) W + p`` (``p`` the class priors); the prediction is their argmax. Never
+the default probe: METRICS.md §2 keeps trained softmax probes for that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .moments import PointMoments
+
+DEFAULT_RIDGE = 1e-3
+
+
+def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W, μ, p)`` of the ridge probe fitted to a point's training moments."""
+    n = m.n
+    cov = m.scatter() / n
+    d = cov.shape[0]
+    lam = ridge * torch.trace(cov) / d
+    prior = m.cn / n
+    means = torch.nan_to_num(m.class_means() - m.mean())  # μ_c - μ (zero for absent classes)
+    cross = (means * prior[:, None]).T  # D x C
+    w = torch.linalg.solve(cov + lam * torch.eye(d, dtype=cov.dtype, device=cov.device), cross)
+    return w, m.mean(), prior
+
+
+class RidgeAccuracy:
+    """Accuracy of fixed ridge probes per point on a stream of batches."""
+
+    def __init__(self, probes: dict[str, tuple[Tensor, Tensor, Tensor]]) -> None:
+        self.probes = probes
+        self.correct = {k: torch.zeros((), dtype=torch.float64, device=w.device) for k, (w, _, _) in probes.items()}
+        self.seen = 0
+
+    def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        self.seen += len(labels)
+        for name, (w, mu, prior) in self.probes.items():
+            scores = (features[name].double() - mu) @ w + prior
+            self.correct[name] += (scores.argmax(1) == labels).sum()
+
+    def merge(self, other: "RidgeAccuracy") -> "RidgeAccuracy":
+        for k in self.correct:
+            self.correct[k] += other.correct[k]
+        self.seen += other.seen
+        return self
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(v) / self.seen for k, v in self.correct.items()}

@@ -1,0 +1,54 @@
+"""Rank and spectrum of a probe point's representation (METRICS.md §3, §5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RANK_TOL = 1e-3
+
+
+def eigen(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, float64."""
+    vals, vecs = torch.linalg.eigh(matrix.double())
+    return vals.flip(0), vecs.flip(1)
+
+
+def numerical_rank(eigenvalues: Tensor, tol: float = RANK_TOL) -> int:
+    """``#{i : s_i > tol · s_1}`` for covariance eigenvalues ``s`` (METRICS.md §3)."""
+    top = eigenvalues.max()
+    if not torch.isfinite(top) or top <= 0:
+        return 0
+    return int((eigenvalues > tol * top).sum())
+
+
+def pc1_ratio(eigenvalues: Tensor) -> float:
+    """Share of variance along the first principal component, ``s_1 / Σ s_i``."""
+    clipped = eigenvalues.clamp_min(0)
+    total = clipped.sum()
+    return float(clipped.max() / total) if total > 0 else float("nan")
+
+
+def effective_rank(second_moment_eigenvalues: Tensor) -> float:
+    """RankMe: entropy of the normalised singular values of the uncentred feature matrix.
+
+    Takes the eigenvalues of ``Hᵀ H``; singular values are their square roots.
+    ``p_i = σ_i / Σ σ_j + 1e-7``, ``erank = exp(-Σ p_i log p_i)``.
+    """
+    sigma = second_moment_eigenvalues.clamp_min(0).sqrt()
+    total = sigma.sum()
+    if total <= 0:
+        return float("nan")
+    p = sigma / total + 1e-7
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def pc1_cos2(first_components: dict[str, Tensor]) -> dict[tuple[str, str], float]:
+    """Squared cosine between the PC1 directions of every pair of points of equal width."""
+    out = {}
+    names = list(first_components)
+    for a in names:
+        for b in names:
+            u, v = first_components[a], first_components[b]
+            out[(a, b)] = float((u @ v) ** 2 / ((u @ u) * (v @ v))) if u.shape == v.shape else float("nan")
+    return out

@@ -1,0 +1,162 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from references import minibatch_cka, ncc_accuracy, numerical_rank
+from tunnelscope import data, models, train
+from tunnelscope.analysis import LayerStats, analyze_layers
+from tunnelscope.cache import FeatureCache
+from tunnelscope.capture import Capture
+from tunnelscope.errors import ProbePointError, SpecError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_small):
+    out = tmp_path_factory.mktemp("mlp")
+    result = train("mlp-5x64", fashion_small, epochs=3, out=out, batch_size=64, progress=False, early_checkpoints=False)
+    return result
+
+
+def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
+    stats = analyze_layers(trained.final_checkpoint, fashion_small, metrics="all", batch_size=64, progress=False)
+    table, config = stats
+    assert isinstance(stats, LayerStats) and len(config["points"]) == 4
+    assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full", "pc1_cos2"} <= set(table.metric)
+    assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}
+    assert config["samples"] == {"train": 500, "test": 200} and config["reduce"] == "pool2"
+    assert config["versions"]["torch"] and config["layout"]["blocks.0"]["dims"] == 64
+    cka = stats.matrix("cka").to_numpy()
+    np.testing.assert_allclose(np.diag(cka), 1.0, atol=1e-9)
+    np.testing.assert_allclose(cka, cka.T, atol=1e-12)
+    assert table[table.metric == "rank"]["depth"].max() == 1.0
+    # against the float64 references on the very same features
+    model, _ = __import__("tunnelscope").load_model(trained.final_checkpoint)
+    cap = Capture(model, "blocks")
+    with torch.inference_mode():
+        tr = [(cap(x), y) for x, y in fashion_small.train.batches(64)]
+        te = [(cap(x), y) for x, y in fashion_small.test.batches(64)]
+    for point in cap.names:
+        xtr = torch.cat([f[point] for f, _ in tr]).double().numpy()
+        ytr = torch.cat([y for _, y in tr]).numpy()
+        xte = torch.cat([f[point] for f, _ in te]).double().numpy()
+        yte = torch.cat([y for _, y in te]).numpy()
+        assert stats.metric("rank", "test")[point] == numerical_rank(xte)
+        assert stats.metric("ncc_acc", "test")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xte, yte))
+        assert stats.metric("ncc_acc", "train")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xtr, ytr))
+    a, b = cap.names[0], cap.names[-1]
+    ref = minibatch_cka([f[a].double().numpy() for f, _ in te], [f[b].double().numpy() for f, _ in te])
+    assert stats.matrix("cka").loc[a, b] == pytest.approx(ref, rel=1e-6)
+
+
+def test_effective_depth_and_accuracy_saturate_on_separable_data():
+    ds = data.load("digits[per_class=60]")
+    torch.manual_seed(0)
+    stats = analyze_layers(models.build("mlp-4x64", 10, ds.input_shape), ds, metrics="ncc", eps=1.0,
+                           batch_size=128, progress=False)
+    assert stats.summary["effective_depth"] == 1  # eps = 1 accepts any layer
+
+
+class _Poison(nn.Module):
+    """Turns every third row into NaN."""
+
+    def forward(self, h):
+        h = h.clone()
+        h[::3] = float("nan")
+        return h
+
+
+def test_nonfinite_activations_invalidate_only_that_layer():
+    ds = data.load("digits[size=8]")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), _Poison(), nn.Linear(8, 8), nn.Linear(8, 10))
+    # every third row is NaN from module 2 on
+    with pytest.warns(UserWarning, match="NaN/Inf"):
+        stats = analyze_layers(model, ds, metrics="rank,nc1,cka", points=["1", "2"], batch_size=64, progress=False)
+    rank = stats.table[(stats.table.metric == "rank") & (stats.table.split == "test")].set_index("point")
+    assert rank.loc["1", "valid"] and not rank.loc["2", "valid"] and np.isnan(rank.loc["2", "value"])
+    assert np.isfinite(stats.matrix("cka").loc["1", "1"]) and np.isnan(stats.matrix("cka").loc["1", "2"])
+    assert any("NaN/Inf" in w for w in stats.config["warnings"])
+
+
+def test_absent_class_is_recorded():
+    ds = data.load("digits[classes=0-2]")
+    ds.test = ds.test.subset(torch.nonzero(ds.test.labels != 2).flatten())
+    with pytest.warns(UserWarning, match="absent"):
+        stats = analyze_layers(models.build("mlp-3x16", 3, ds.input_shape), ds, metrics="nc1,cdnv", progress=False)
+    assert np.isfinite(stats.metric("nc1", "test")).all()
+
+
+def test_bad_arguments():
+    ds = data.load("digits[per_class=10]")
+    model = models.build("mlp-3x16", 10, ds.input_shape)
+    with pytest.raises(SpecError, match="unknown metric"):
+        analyze_layers(model, ds, metrics="rank,bogus", progress=False)
+    with pytest.raises(SpecError, match="smallest minibatch"):
+        analyze_layers(model, ds, metrics="cka", batch_size=3, progress=False)
+    with pytest.raises(ProbePointError):
+        analyze_layers(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ds, points="blocks", progress=False)
+
+
+def test_feature_cache_spills_to_disk_beyond_its_budget(tmp_path):
+    feats = {"a": torch.randn(10, 3), "b": torch.randn(10, 5)}
+    labels = torch.arange(10)
+    with FeatureCache(20, budget_bytes=100, spill_dir=tmp_path) as cache:
+        cache.update(feats, labels)
+        cache.update({k: v + 1 for k, v in feats.items()}, labels)
+        assert cache.spilled_to is not None and any(cache.spilled_to.iterdir())
+        got = list(cache.batches(batch_size=15))
+        assert [len(y) for _, y in got] == [15, 5]
+        allb = torch.cat([f["b"] for f, _ in got])
+        torch.testing.assert_close(allb, torch.cat([feats["b"], feats["b"] + 1]))
+        spilled = cache.spilled_to
+    assert not spilled.exists()
+
+
+def _distributed_worker(rank: int, world: int, path: str, x, y, out):
+    import torch.distributed as dist
+
+    from tunnelscope.metrics.cka import MinibatchCKA
+    from tunnelscope.metrics.moments import Moments
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    shard = slice(rank * 128, (rank + 1) * 128)
+    m, c = Moments(3), MinibatchCKA(["a", "b"])
+    for lo in range(shard.start, shard.stop, 64):
+        batch = {"a": x[lo:lo + 64], "b": x[lo:lo + 64] ** 2}
+        m.update(batch, y[lo:lo + 64])
+        c.update(batch)
+    m.all_reduce()
+    c.all_reduce()
+    if rank == 0:
+        p = m.points["a"]
+        out.put((p.covariance().numpy(), p.class_variances().numpy(), c.compute().numpy()))
+    dist.destroy_process_group()
+
+
+def test_all_reduce_across_processes_equals_one_pass(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tunnelscope.metrics.cka import MinibatchCKA
+    from tunnelscope.metrics.moments import Moments
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 6, generator=g) + 10
+    y = torch.randint(0, 3, (256,), generator=g)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, str(tmp_path / "store"), x, y, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    cov, var, cka = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    whole, c = Moments(3), MinibatchCKA(["a", "b"])
+    for lo in range(0, 256, 64):
+        batch = {"a": x[lo:lo + 64], "b": x[lo:lo + 64] ** 2}
+        whole.update(batch, y[lo:lo + 64])
+        c.update(batch)
+    np.testing.assert_allclose(cov, whole.points["a"].covariance().numpy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(var, whole.points["a"].class_variances().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cka, c.compute().numpy(), rtol=1e-12)
