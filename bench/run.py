@@ -1,15 +1,18 @@
 """Benchmarks, written to docs/benchmarks.md. Run with `make bench`.
 
-Each figure is a ratio against the forward-pass floor (one inference pass of the same model
-over the same data), measured in this process run, median of repeats after a warm-up;
-absolute seconds are shown for context only.
+Every case runs in a fresh process (bench/cases.py) so that peak memory belongs to it.
+Figures are ratios against the forward-pass floor measured in the same process: one plain
+inference pass of the same model over the same batches; seconds are context only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,10 +23,19 @@ import tunnelscope as ts
 from tunnelscope.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
+CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg"]
+
+
+def run_case(name: str, device: str, repeats: int) -> dict:
+    print(f"bench: {name} on {device} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cases.py"), name, device, str(repeats)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench case {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
     fn()
     times = []
     for _ in range(repeats):
@@ -33,87 +45,142 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_pipeline(model_spec: str, data_spec: str, device: torch.device, batch: int, repeats: int) -> dict:
-    """Forward floor, batching alone, and one training epoch of a model on a dataset."""
+def bench_training(model_spec: str, data_spec: str, device: torch.device, batch: int, repeats: int) -> dict:
+    """Batching alone and an SGD epoch, against the forward floor over the same test split."""
     ds = ts.data.load(data_spec)
     model = ts.models.build(model_spec, ds.num_classes, ds.input_shape).to(device)
-    test = ds.test
 
     def batches_only():
-        for x, _ in test.batches(batch, device=device):
+        for _ in ds.test.batches(batch, device=device):
             pass
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     @torch.inference_mode()
     def forward():
         model.eval()
-        for x, _ in test.batches(batch, device=device):
+        for x, _ in ds.test.batches(batch, device=device):
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def train_pass():
         model.train()
-        for x, y in test.batches(batch, device=device, drop_last=True):
+        for x, y in ds.test.batches(batch, device=device, drop_last=True):
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     t_fwd = timed(forward, repeats)
-    t_data = timed(batches_only, repeats)
-    t_train = timed(train_pass, repeats)
-    return {"model": model_spec, "data": data_spec, "samples": len(test), "device": str(device),
-            "forward_s": t_fwd, "batching_ratio": t_data / t_fwd, "train_ratio": t_train / t_fwd}
+    return {"model": model_spec, "data": data_spec, "samples": len(ds.test), "device": str(device),
+            "forward_s": t_fwd, "batching_ratio": timed(batches_only, repeats) / t_fwd,
+            "train_ratio": timed(train_pass, repeats) / t_fwd}
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def sci(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1e}"
+
+
+def write_report(out: Path, results: list[dict], training: list[dict], repeats: int) -> None:
+    versions = package_versions()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run.py`); every case runs in a fresh process (`bench/cases.py`).",
+        "Ratios are against the forward-pass floor: one plain inference pass of the same model over the",
+        f"same batches, in the same process, median of {repeats} repeats after a warm-up. Seconds are",
+        "context only: the machines are shared and noisy.",
+        "",
+        f"- Machine: {cpu}, {torch.get_num_threads()} torch threads; GPU: {gpu or 'none'}.",
+        f"- torch {versions['torch']}, numpy {versions['numpy']}, tunnelscope {versions['tunnelscope']}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "## 1. The statistics pass against the forward pass",
+        "",
+        "The test-split pass of `analyze_layers` with its default metrics, at the default `blocks` probe",
+        "points and `pool2` reduction, batches of 256: capture alone, + moments (rank, spectrum, neural",
+        "collapse), + minibatch CKA, and everything (moments, CKA, NCC and ridge read-outs). Peak memory",
+        "is the resident high-water mark while each pass runs (reset before it).",
+        "",
+        "| device | model | samples | points (dims) | forward (s) | capture | + moments | + CKA | all | goal | peak MiB forward → all |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if not r["case"].startswith("stats"):
+            continue
+        goal = "≤ 3" if "mlp" in r["case"] else "≤ 1.3"
+        lines.append(
+            f"| {r['device']} | {r['model']} | {r['samples']} | {r['points']} ({r['dims']}) | {fmt(r['forward_s'], 3)} | "
+            f"{fmt(r['capture_ratio'])} | {fmt(r['moments_ratio'])} | {fmt(r['cka_ratio'])} | **{fmt(r['all_ratio'])}** | "
+            f"{goal} | {r['peak_mib_forward']:.0f} → {r['peak_mib_stats']:.0f} |")
+    lines += [
+        "",
+        "`+ moments` and `+ CKA` are each measured alone on top of capture; `all` is the real pass.",
+        "",
+        "## 2. Within-model CKA heatmap: tunnelscope against torch-cka",
+        "",
+        "Both tools compute the same L × L minibatch-CKA matrix over the same batches of 256 (torch-cka",
+        "0.21 from PyPI, its own hooks and loop, given the same model twice as its API requires). Errors",
+        "are the largest absolute difference from a float64 numpy evaluation of METRICS.md §7 on the",
+        "same captured features, each batch centred first (HSIC₁ is unchanged by that shift).",
+        "`uncentred f64` is the same float64 formula on uncentred Grams: what float64 alone loses.",
+        "",
+        "| device | model | reduce | samples | points (dims) | tunnelscope (s) | torch-cka (s) | speed-up | tunnelscope / forward | max error tunnelscope | max error torch-cka | max error uncentred f64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if not r["case"].startswith("cka"):
+            continue
+        peer = fmt(r["peer_s"], 3) if r.get("peer_error") is None else f"fails: {r['peer_error']}"
+        speed = fmt(r["peer_s"] / r["ours_s"], 1) + "×" if r.get("peer_error") is None else "n/a"
+        lines.append(
+            f"| {r['device']} | {r['model']} | {r['reduce']} | {r['samples']} | {r['points']} ({r['dims']}) | "
+            f"{fmt(r['ours_s'], 3)} | {peer} | {speed} | {fmt(r['ours_ratio'])} | {sci(r['ours_max_err'])} | "
+            f"{sci(r['peer_max_err'])} | {sci(r['uncentred_f64_max_err'])} |")
+    lines += [
+        "",
+        "Where torch-cka goes wrong: it forms float32 Gram matrices of uncentred features and evaluates the",
+        "unbiased HSIC₁ by cancelling large terms, so features with large means (here ReLU outputs shifted",
+        "by +20) make its self-HSIC negative and it stops with `HSIC computation resulted in NANs`; even",
+        "in float64 the uncentred formula loses about five digits there. It also recomputes the second",
+        "model's Gram for every layer pair, syncs with `.item()` per pair, and runs the model twice per",
+        "batch with autograd on.",
+        "",
+        "## 3. Training step and batching",
+        "",
+        "`batching / forward`: producing the normalised batches alone, over the forward pass that consumes",
+        "them. `train / forward`: one epoch of SGD steps over the same data.",
+        "",
+        "| device | model | data | samples | forward (s) | batching / forward | train / forward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in training:
+        lines.append(f"| {r['device']} | `{r['model']}` | `{r['data']}` | {r['samples']} | {fmt(r['forward_s'], 3)} | "
+                     f"{fmt(r['batching_ratio'])} | {fmt(r['train_ratio'])} |")
+    lines += ["", "## GPU", ""]
+    lines.append(f"Measured on {gpu}: the rows with device `cuda` above." if gpu else
+                 "No GPU was available to this run; the CUDA column is empty. `make bench` on a CUDA machine adds "
+                 "`cuda` rows to every table.")
+    out.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", nargs="*", default=CASES)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    cases = [("mlp-12x256", "fashion-mnist[classes=0-4]", 512),
-             ("vggm11-w0.25", "fashion-mnist[classes=0-4,size=32,channels=3]", 256)]
-    rows = []
-    for device in devices:
-        for model_spec, data_spec, batch in cases:
-            row = bench_pipeline(model_spec, data_spec, device, batch, args.repeats)
-            rows.append(row)
-            print(f"{row['device']:5s} {model_spec:14s} forward {row['forward_s']:.3f} s  "
-                  f"batching/forward {row['batching_ratio']:.2f}  train/forward {row['train_ratio']:.2f}",
-                  file=sys.stderr)
-    versions = package_versions()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`bench/run.py`). Ratios are against the forward-pass floor: one",
-        "inference pass of the same model over the same test split, in the same process run, median of",
-        f"{args.repeats} repeats after a warm-up. Seconds are for context only; machines here are shared.",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"GPU: {gpu}; torch {versions['torch']}, tunnelscope {versions['tunnelscope']}; "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
-        "## Data pipeline and training step",
-        "",
-        "`batching/forward`: time to produce the normalised batches alone, over the forward pass that",
-        "consumes them (the batching is included in the forward time). `train/forward`: one epoch of",
-        "SGD steps over the same data.",
-        "",
-        "| device | model | data | samples | forward (s) | batching / forward | train / forward |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['device']} | `{r['model']}` | `{r['data']}` | {r['samples']} | {r['forward_s']:.3f} | "
-                     f"{r['batching_ratio']:.2f} | {r['train_ratio']:.2f} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = [run_case(name, dev, args.repeats) for dev in devices for name in args.cases]
+    training = [bench_training(m, d, torch.device(dev), b, args.repeats) for dev in devices
+                for m, d, b in (("mlp-12x256", "fashion-mnist[classes=0-4]", 512),
+                                ("vggm11-w0.25", "fashion-mnist[classes=0-4,size=32,channels=3]", 256))]
+    write_report(args.out, results, training, args.repeats)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

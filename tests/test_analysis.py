@@ -160,3 +160,18 @@ def test_all_reduce_across_processes_equals_one_pass(tmp_path):
     np.testing.assert_allclose(cov, whole.points["a"].covariance().numpy(), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(var, whole.points["a"].class_variances().numpy(), rtol=1e-6)
     np.testing.assert_allclose(cka, c.compute().numpy(), rtol=1e-12)
+
+
+def test_cross_model_cka(trained, fashion_small):
+    from tunnelscope.analysis import cross_model_cka
+
+    within = analyze_layers(trained.final_checkpoint, fashion_small, metrics="cka", batch_size=64,
+                            precision="float64", progress=False).matrix("cka")
+    same = cross_model_cka(trained.final_checkpoint, trained.final_checkpoint, fashion_small, batch_size=64,
+                           precision="float64", progress=False)
+    np.testing.assert_allclose(same.to_numpy(), within.to_numpy(), rtol=1e-9, atol=1e-12)
+    torch.manual_seed(1)
+    other = models.build("mlp-3x32", 5, fashion_small.input_shape)
+    cross = cross_model_cka(trained.final_checkpoint, other, fashion_small, batch_size=64, progress=False)
+    assert cross.shape == (4, 2) and list(cross.columns) == ["blocks.0", "blocks.1"]
+    assert np.isfinite(cross.to_numpy()).all() and cross.attrs["samples"] == 200

@@ -124,6 +124,16 @@ def test_minibatch_cka_matches_the_formula():
     assert one.hsic[0, 0].item() == pytest.approx(hsic_ref(k, k), rel=1e-10)
 
 
+def test_hsic1_is_unchanged_by_shifting_features():
+    """The identity behind centring each minibatch before its Gram is formed."""
+    hsic_ref = __import__("references").hsic1
+    x = RNG.normal(size=(40, 6))
+    y = RNG.normal(size=(40, 4))
+    shifted = x + RNG.normal(size=6) * 3
+    assert hsic_ref(shifted @ shifted.T, y @ y.T) == pytest.approx(hsic_ref(x @ x.T, y @ y.T), rel=1e-9)
+    assert hsic_ref((x - x.mean(0)) @ (x - x.mean(0)).T, y @ y.T) == pytest.approx(hsic_ref(x @ x.T, y @ y.T), rel=1e-9)
+
+
 def test_unbiased_cka_can_be_negative_and_is_not_clamped():
     rng = np.random.default_rng(11)
     values = [_mb_cka(rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), n=8, dtype=torch.float64).compute()[0, 1].item()

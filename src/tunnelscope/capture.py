@@ -33,6 +33,40 @@ from .models.probe_points import order_by_execution, probe_points
 DEFAULT_MAX_DIM = 8000
 
 
+class Features(dict):
+    """``{point: (B, D) tensor}`` for one batch, that also builds, once per dtype, the
+    matrix of all points side by side (``B x Σ D``) which several accumulators share."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._joint: dict[torch.dtype, Tensor] = {}
+
+    def joint(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """All points' features concatenated along dim 1, in ``dtype`` (cached)."""
+        if dtype not in self._joint:
+            self._joint[dtype] = torch.cat([x.to(dtype) for x in self.values()], dim=1)
+        return self._joint[dtype]
+
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Column range of each point in :meth:`joint`."""
+        out, lo = {}, 0
+        for name, x in self.items():
+            out[name] = (lo, lo + x.shape[1])
+            lo += x.shape[1]
+        return out
+
+
+def joint_features(features: dict[str, Tensor], names: list[str], dtype: torch.dtype) -> tuple[Tensor, list[tuple[int, int]]]:
+    """The ``B x Σ D`` matrix of ``names`` in ``dtype`` and each point's column range,
+    reusing a :class:`Features` cache when the points are all of it, in order."""
+    if isinstance(features, Features) and list(features) == list(names):
+        bounds = features.bounds()
+        return features.joint(dtype), [bounds[n] for n in names]
+    parts = [features[n].to(dtype) for n in names]
+    ends = torch.tensor([p.shape[1] for p in parts]).cumsum(0).tolist()
+    return torch.cat(parts, dim=1), [(e - p.shape[1], e) for p, e in zip(parts, ends)]
+
+
 class _StopForward(Exception):
     """Raised by the deepest hook to end a forward pass early."""
 
@@ -141,7 +175,7 @@ class Capture:
         return self._subsets[name]
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def __call__(self, x: Tensor, names: Sequence[str] | None = None) -> Features:
         """Run the model on ``x`` and return the reduced features of ``names`` (default: all)."""
         wanted = list(names) if names is not None else self.names
         modules = dict(self.model.named_modules())
@@ -165,7 +199,7 @@ class Capture:
         if missing:
             raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
         feats, self._features = self._features, {}
-        return {n: feats[n] for n in wanted}
+        return Features((n, feats[n]) for n in wanted)
 
     def stream(self, split, batch_size: int, device: torch.device, limit: int | None = None,
                progress=None, description: str = "") -> Iterator[tuple[dict[str, Tensor], Tensor]]:

@@ -191,11 +191,28 @@ def resize(x: Tensor, size: int | None, chunk: int = 4096) -> Tensor:
     return torch.cat(out) if out else x.new_zeros((0, x.shape[1], size, size))
 
 
-def channel_stats(x: Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std over a whole split, in float64."""
-    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double() * scale
-    mean, std = flat.mean(1), flat.std(1)
-    return tuple(mean.tolist()), tuple(std.clamp_min(1e-8).tolist())
+def channel_stats(x: Tensor, scale: float, channels: int | None = None,
+                  chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over a whole split, float64 sums over chunks of samples.
+
+    ``channels`` gives the stats after :func:`convert_channels` without materialising the
+    converted split: grey replicated to 3 channels has the grey stats three times.
+    """
+    if channels == 3 and x.shape[1] == 1:
+        mean, std = channel_stats(x, scale, None, chunk)
+        return mean * 3, std * 3
+    total = torch.zeros(channels if channels == 1 else x.shape[1], dtype=torch.float64)
+    square = torch.zeros_like(total)
+    count = 0
+    for lo in range(0, len(x), chunk):
+        part = convert_channels(x[lo : lo + chunk], channels).double() * scale
+        flat = part.transpose(0, 1).reshape(part.shape[1], -1)
+        total += flat.sum(1)
+        square += (flat * flat).sum(1)
+        count += flat.shape[1]
+    mean = total / count
+    var = (square - count * mean * mean) / (count - 1)
+    return tuple(mean.tolist()), tuple(var.clamp_min(1e-16).sqrt().tolist())
 
 
 class RandomResizedCropFlip:
@@ -216,7 +233,7 @@ class RandomResizedCropFlip:
 def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
     n_base = len(raw.class_names)
     channels = options.get("channels")
-    mean, std = channel_stats(convert_channels(raw.train_x, channels), raw.scale)
+    mean, std = channel_stats(raw.train_x, raw.scale, channels)
     splits = {}
     for name, x, y, cap in (("train", raw.train_x, raw.train_y, "per_class"),
                             ("test", raw.test_x, raw.test_y, "test_per_class")):

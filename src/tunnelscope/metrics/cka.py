@@ -50,18 +50,17 @@ class MinibatchCKA:
         if n < MIN_BATCH:
             self.skipped += 1
             return
+        from ..capture import joint_features
+
         work = torch.float64 if self.gram_dtype == torch.float64 else torch.float32
-        joint = torch.cat([features[name].to(work) for name in self.names], dim=1)
+        joint, bounds = joint_features(features, self.names, work)
         joint = joint - joint.mean(0)  # any shift is exact for HSIC₁; this one keeps values small
         grams = joint.new_empty(len(self.names), n, n)
-        lo = 0
-        for i, name in enumerate(self.names):
-            hi = lo + features[name].shape[1]
+        for i, (lo, hi) in enumerate(bounds):
             torch.matmul(joint[:, lo:hi], joint[:, lo:hi].T, out=grams[i])
-            lo = hi
         diag = grams.diagonal(dim1=1, dim2=2)
         # K̃1 = X(Xᵀ1) - diag(K): X is centred, so the first term is only a rounding residue
-        colsum = torch.stack([joint[:, lo:hi].sum(0) @ joint[:, lo:hi].T for lo, hi in self._bounds(features)])
+        colsum = torch.stack([joint[:, lo:hi].sum(0) @ joint[:, lo:hi].T for lo, hi in bounds])
         r = colsum.to(torch.float64) - diag.to(torch.float64)
         s = r.sum(1)
         diag.zero_()
@@ -71,10 +70,6 @@ class MinibatchCKA:
         batch = (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r @ r.T)) / (n * (n - 3))
         self.hsic = batch if self.hsic is None else self.hsic + batch
         self.batches += 1
-
-    def _bounds(self, features: dict[str, Tensor]) -> list[tuple[int, int]]:
-        ends = torch.tensor([features[n].shape[1] for n in self.names]).cumsum(0).tolist()
-        return [(e - features[n].shape[1], e) for n, e in zip(self.names, ends)]
 
     def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
         if other.names != self.names:

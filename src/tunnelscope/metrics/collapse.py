@@ -42,24 +42,35 @@ class NCCAccuracy:
     """Nearest-class-centre accuracy per point, with class means fixed beforehand (from train).
 
     ``argmin_c ‖h - μ_c‖`` over the classes present in the means; a sample whose class has
-    no mean counts as an error.
+    no mean counts as an error. Distances are taken relative to the mean of the class
+    means, in ``dtype`` (float64 by default; float32 changes a decision only at ties
+    closer than float32 rounding).
     """
 
-    def __init__(self, means: dict[str, Tensor]) -> None:
+    def __init__(self, means: dict[str, Tensor], dtype: torch.dtype = torch.float64) -> None:
+        self.dtype = dtype
         self.means = {k: v.double() for k, v in means.items()}
         self.correct = {k: torch.zeros((), dtype=torch.float64, device=v.device) for k, v in means.items()}
         self.seen = 0
+        # argmin_c ‖x - μ_c‖² = argmin_c (‖μ_c - r‖² - 2 (x - r)ᵀ(μ_c - r)) for any r; r = mean of the μ_c
+        self._terms: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for name, mu in self.means.items():
+            ok = torch.isfinite(mu).all(1)
+            ref = mu[ok].mean(0)
+            centred = torch.where(ok[:, None], mu - ref, torch.zeros_like(mu))
+            norms = torch.where(ok, (centred * centred).sum(1), torch.full_like(ok, float("inf"), dtype=mu.dtype))
+            self._terms[name] = (ref.to(dtype), (2 * centred).T.contiguous().to(dtype), norms.to(dtype))
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        from ..capture import Features
+
         self.seen += len(labels)
-        for name, mu in self.means.items():
-            x = features[name].double()
-            ok = torch.isfinite(mu).all(1)
-            ref = mu[ok].mean(0)  # distances are unchanged by a common shift
-            xs, ms = x - ref, mu - ref
-            d2 = (ms * ms).sum(1)[None, :] - 2 * xs @ ms.T.nan_to_num()
-            d2[:, ~ok] = float("inf")
-            self.correct[name] += (d2.argmin(1) == labels).sum()
+        bounds = features.bounds() if isinstance(features, Features) else {}
+        joint = features.joint(self.dtype) if bounds else None
+        for name, (ref, twice_centred_t, norms) in self._terms.items():
+            x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
+            xs = x - ref
+            self.correct[name] += ((norms - xs @ twice_centred_t).argmin(1) == labels).sum()
 
     def merge(self, other: "NCCAccuracy") -> "NCCAccuracy":
         for k in self.correct:

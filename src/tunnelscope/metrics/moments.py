@@ -143,10 +143,11 @@ class Moments:
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         """Add one batch: ``features[point]`` is ``(B, D)``, ``labels`` is ``(B,)``."""
-        xs = [x if x.is_floating_point() else x.float() for x in features.values()]
-        full = self.matmul_dtype == f64 or any(x.dtype == f64 for x in xs)
+        from ..capture import joint_features
+
+        full = self.matmul_dtype == f64 or any(x.dtype == f64 for x in features.values())
         work = f64 if full else torch.float32
-        joint = torch.cat([x.to(work) for x in xs], dim=1)
+        joint, _ = joint_features(features, list(features), work)
         labels = labels.long()
         if not self.state:
             self._init(features, joint.shape[1], joint.device)

@@ -30,17 +30,23 @@ def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor
 
 
 class RidgeAccuracy:
-    """Accuracy of fixed ridge probes per point on a stream of batches."""
+    """Accuracy of fixed ridge probes per point on a stream of batches, scored in ``dtype``."""
 
-    def __init__(self, probes: dict[str, tuple[Tensor, Tensor, Tensor]]) -> None:
-        self.probes = probes
+    def __init__(self, probes: dict[str, tuple[Tensor, Tensor, Tensor]], dtype: torch.dtype = torch.float64) -> None:
+        self.dtype = dtype
+        self.probes = {k: tuple(t.to(dtype) for t in v) for k, v in probes.items()}
         self.correct = {k: torch.zeros((), dtype=torch.float64, device=w.device) for k, (w, _, _) in probes.items()}
         self.seen = 0
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        from ..capture import Features
+
         self.seen += len(labels)
+        bounds = features.bounds() if isinstance(features, Features) else {}
+        joint = features.joint(self.dtype) if bounds else None
         for name, (w, mu, prior) in self.probes.items():
-            scores = (features[name].double() - mu) @ w + prior
+            x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
+            scores = (x - mu) @ w + prior
             self.correct[name] += (scores.argmax(1) == labels).sum()
 
     def merge(self, other: "RidgeAccuracy") -> "RidgeAccuracy":

@@ -1,0 +1,250 @@
+"""One benchmark case per process (run by bench/run.py): prints one JSON line.
+
+Times are medians of repeats after a warm-up; every ratio is against the forward-pass
+floor measured in the same process: one plain inference pass of the same model over the
+same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import tunnelscope as ts  # noqa: E402
+from references import hsic1  # noqa: E402  float64 numpy reference of METRICS.md §7
+from tunnelscope.analysis import run_pass  # noqa: E402
+from tunnelscope.capture import Capture  # noqa: E402
+from tunnelscope.metrics.cka import MinibatchCKA  # noqa: E402
+from tunnelscope.metrics.collapse import NCCAccuracy  # noqa: E402
+from tunnelscope.metrics.moments import Moments  # noqa: E402
+from tunnelscope.metrics.ridge import RidgeAccuracy, ridge_weights  # noqa: E402
+
+MLP_DATA = "fashion-mnist[classes=0-4]"
+VGG_DATA = "fashion-mnist[classes=0-4,size=32,channels=3,test_per_class=200]"
+BATCH = 256
+
+
+def reset_peak() -> None:
+    """Reset the kernel's record of this process's peak resident memory (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_mib() -> float:
+    """Peak resident memory since the last :func:`reset_peak`, in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_peak(fn, repeats: int) -> tuple[float, float]:
+    """Median time of ``fn`` and the peak resident memory while it ran."""
+    fn()
+    reset_peak()
+    t = timed(fn, repeats)
+    return t, peak_mib()
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def mlp12(device) -> tuple[torch.nn.Module, str]:
+    """The trained demo MLP-12 (trained here if no finished demo run exists)."""
+    run = ROOT / "runs" / "demo" / "run.json"
+    if run.is_file() and json.loads(run.read_text()).get("status") == "finished":
+        ckpt = ROOT / "runs" / "demo" / json.loads(run.read_text())["final_checkpoint"]
+    else:
+        out = ROOT / "runs" / "bench-mlp12"
+        info = out / "run.json"
+        if info.is_file() and json.loads(info.read_text()).get("status") == "finished":
+            ckpt = out / json.loads(info.read_text())["final_checkpoint"]
+        else:
+            ckpt = ts.train("mlp-12x256", MLP_DATA, epochs=10, out=out, overwrite=True, progress=False).final_checkpoint
+    model, _ = ts.load_model(ckpt, device)
+    return model, "mlp-12x256 (trained 10 epochs)"
+
+
+def vgg(device) -> tuple[torch.nn.Module, str]:
+    torch.manual_seed(0)
+    return ts.models.build("vggm11", 5, (3, 32, 32)).to(device).eval(), "vggm11 (untrained; timing only)"
+
+
+def case_stats(model_fn, data_spec: str, device: torch.device, repeats: int) -> dict:
+    """Forward floor vs the analysis test pass (moments, minibatch CKA, NCC, ridge)."""
+    ds = ts.data.load(data_spec)
+    model, label = model_fn(device)
+    split = ds.test
+
+    @torch.inference_mode()
+    def forward():
+        for x, _ in split.batches(BATCH, device=device):
+            model(x)
+        sync(device)
+
+    capture = Capture(model, "blocks")
+    train_moments = Moments(ds.num_classes)
+    run_pass(capture, ds.train.subset(torch.arange(min(5000, len(ds.train)))), [train_moments], BATCH, device)
+    points = train_moments.points
+    means = {n: p.class_means() for n, p in points.items()}
+    probes = {n: ridge_weights(p) for n, p in points.items()}
+
+    def accumulators(which: str):
+        out = []
+        if which in ("all", "moments"):
+            out.append(Moments(ds.num_classes))
+        if which in ("all", "cka"):
+            out.append(MinibatchCKA(capture.names))
+        if which == "all":
+            out += [NCCAccuracy(means, torch.float32), RidgeAccuracy(probes, torch.float32)]
+        return out
+
+    def stats(which: str):
+        def go():
+            run_pass(capture, split, accumulators(which), BATCH, device)
+            sync(device)
+        return go
+
+    base = peak_mib()
+    t_fwd, peak_fwd = timed_peak(forward, repeats)
+    t_capture = timed(stats("none"), repeats)
+    t_moments = timed(stats("moments"), repeats)
+    t_cka = timed(stats("cka"), repeats)
+    t_all, peak_all = timed_peak(stats("all"), repeats)
+    return {"model": label, "data": data_spec, "samples": len(split), "device": str(device),
+            "points": len(capture.names), "dims": sum(v["dims"] for v in capture.layout.values()),
+            "forward_s": t_fwd, "capture_ratio": t_capture / t_fwd, "moments_ratio": t_moments / t_fwd,
+            "cka_ratio": t_cka / t_fwd, "all_ratio": t_all / t_fwd,
+            "peak_mib_after_load": base, "peak_mib_forward": peak_fwd, "peak_mib_stats": peak_all}
+
+
+def case_cka_peer(model_fn, data_spec: str, reduce: str, device: torch.device, repeats: int, limit: int,
+                  offset: float = 0.0) -> dict:
+    """Within-model CKA heatmap: tunnelscope vs torch-cka, both against float64 numpy.
+
+    ``offset`` is added to every probe point's output (by a forward hook both tools see),
+    as in ReLU features with large means.
+    """
+    from torch_cka import CKA
+
+    ds = ts.data.load(data_spec)
+    model, label = model_fn(device)
+    if offset:
+        modules = dict(model.named_modules())
+        for name in ts.models.probe_points(model, "blocks"):
+            modules[name].register_forward_hook(lambda m, i, out: out + offset)
+        label += f", probe outputs + {offset:g}"
+    split = ds.test.subset(torch.arange(min(limit, len(ds.test))))
+    capture = Capture(model, "blocks", reduce=reduce, max_dim=10**7)
+    names = capture.names
+
+    def ours():
+        acc = MinibatchCKA(names)
+        run_pass(capture, split, [acc], BATCH, device)
+        sync(device)
+        return acc.compute().cpu().numpy()
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*[torch.cat(t) for t in zip(*split.batches(BATCH))]), batch_size=BATCH)
+
+    def peer():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cka = CKA(model, model, model1_layers=names, model2_layers=names, device=str(device))
+            cka.compare(loader)
+        return cka.export()["CKA"].cpu().numpy()
+
+    t_ours = timed(ours, repeats)
+    mine = ours()
+    try:
+        t_peer = timed(peer, max(1, repeats // 2))
+        theirs, peer_error = peer(), None
+    except Exception as exc:  # the peer's own failure is a result
+        t_peer, theirs, peer_error = float("nan"), None, f"{type(exc).__name__}: {exc}"
+    # float64 references on the exact same minibatches, from the same captured float32 features,
+    # one batch at a time keeping only its n x n Grams. HSIC₁ is unchanged by shifting a batch's
+    # features, so the reference centres each batch first; the §7 formula on uncentred Grams is
+    # evaluated too, to show what float64 alone loses when features have large means.
+    hs = {"centred": np.zeros((len(names), len(names))), "uncentred": np.zeros((len(names), len(names)))}
+    with torch.inference_mode():
+        for x, _ in split.batches(BATCH, device=device):
+            feats = {k: v.double().cpu().numpy() for k, v in capture(x).items()}
+            grams = {"uncentred": {k: v @ v.T for k, v in feats.items()},
+                     "centred": {k: (v - v.mean(0)) @ (v - v.mean(0)).T for k, v in feats.items()}}
+            for kind, g in grams.items():
+                for i, a in enumerate(names):
+                    for j, b in enumerate(names[i:], start=i):
+                        hs[kind][i, j] += hsic1(g[a], g[b])
+    refs = {}
+    for kind, h in hs.items():
+        h = np.triu(h) + np.triu(h, 1).T
+        refs[kind] = h / np.sqrt(np.outer(np.diag(h), np.diag(h)))
+    ref = refs["centred"]
+    fwd_model = model
+
+    @torch.inference_mode()
+    def forward():
+        for x, _ in split.batches(BATCH, device=device):
+            fwd_model(x)
+        sync(device)
+
+    t_fwd = timed(forward, repeats)
+    return {"model": label, "data": data_spec, "reduce": reduce, "samples": len(split), "points": len(names),
+            "dims": sum(v["dims"] for v in capture.layout.values()),
+            "device": str(device), "forward_s": t_fwd, "ours_s": t_ours, "peer_s": t_peer,
+            "ours_ratio": t_ours / t_fwd, "peer_ratio": t_peer / t_fwd,
+            "ours_max_err": float(np.abs(mine - ref).max()),
+            "peer_max_err": float(np.abs(theirs - ref).max()) if theirs is not None else float("nan"),
+            "peer_error": peer_error,
+            "uncentred_f64_max_err": float(np.abs(refs["uncentred"] - ref).max()), "ref_min": float(ref.min())}
+
+
+def main() -> None:
+    name, device, repeats = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
+    torch.manual_seed(0)
+    if name == "stats-mlp12":
+        out = case_stats(mlp12, MLP_DATA, device, repeats)
+    elif name == "stats-vgg":
+        out = case_stats(vgg, VGG_DATA, device, repeats)
+    elif name == "cka-mlp12":
+        out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000)
+    elif name == "cka-mlp12-offset":
+        out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000, offset=20.0)
+    elif name == "cka-vgg":
+        out = case_cka_peer(vgg, VGG_DATA, "flatten", device, max(1, repeats // 2), limit=512)
+    else:
+        raise SystemExit(f"unknown case {name}")
+    out["case"] = name
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
