@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import tunnelscope as ts
 from tunnelscope.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from cases import timed  # noqa: E402
 CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg"]
 
 
@@ -33,16 +34,6 @@ def run_case(name: str, device: str, repeats: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"bench case {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def bench_training(model_spec: str, data_spec: str, device: torch.device, batch: int, repeats: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 
@@ -23,3 +24,36 @@ class Accumulator(Protocol):
 
     def all_reduce(self, group=None) -> None:
         """Sum the state over the processes of a ``torch.distributed`` group, in place."""
+
+
+class PointAccuracy:
+    """Correct-prediction counts per point over a stream: the shared half of the read-outs.
+
+    Subclasses implement ``update`` and add to ``self.correct[point]`` and ``self.seen``.
+    """
+
+    def __init__(self, points: list[str], device: torch.device | str = "cpu") -> None:
+        self.correct = {k: torch.zeros((), dtype=torch.float64, device=device) for k in points}
+        self.seen = 0
+
+    def merge(self, other: "PointAccuracy") -> "PointAccuracy":
+        """Add another shard's counts and return self."""
+        for k in self.correct:
+            self.correct[k] += other.correct[k]
+        self.seen += other.seen
+        return self
+
+    def all_reduce(self, group=None) -> None:
+        """Sum the counts over a ``torch.distributed`` group."""
+        import torch.distributed as dist
+
+        device = next(iter(self.correct.values())).device
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=device)
+        dist.all_reduce(seen, group=group)
+        self.seen = int(seen)
+        for k in sorted(self.correct):
+            dist.all_reduce(self.correct[k], group=group)
+
+    def compute(self) -> dict[str, float]:
+        """Accuracy per point."""
+        return {k: float(v) / self.seen for k, v in self.correct.items()}

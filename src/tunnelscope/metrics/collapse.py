@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .base import PointAccuracy
 from .moments import PointMoments
 
 
@@ -38,7 +39,7 @@ def cdnv(m: PointMoments) -> float:
     return float(((var[i] + var[j]) / (2 * dist2)).mean())
 
 
-class NCCAccuracy:
+class NCCAccuracy(PointAccuracy):
     """Nearest-class-centre accuracy per point, with class means fixed beforehand (from train).
 
     ``argmin_c ‖h - μ_c‖`` over the classes present in the means; a sample whose class has
@@ -48,10 +49,10 @@ class NCCAccuracy:
     """
 
     def __init__(self, means: dict[str, Tensor], dtype: torch.dtype = torch.float64) -> None:
+        first = next(iter(means.values()))
+        super().__init__(list(means), first.device)
         self.dtype = dtype
         self.means = {k: v.double() for k, v in means.items()}
-        self.correct = {k: torch.zeros((), dtype=torch.float64, device=v.device) for k, v in means.items()}
-        self.seen = 0
         # argmin_c ‖x - μ_c‖² = argmin_c (‖μ_c - r‖² - 2 (x - r)ᵀ(μ_c - r)) for any r; r = mean of the μ_c
         self._terms: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for name, mu in self.means.items():
@@ -71,24 +72,6 @@ class NCCAccuracy:
             x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
             xs = x - ref
             self.correct[name] += ((norms - xs @ twice_centred_t).argmin(1) == labels).sum()
-
-    def merge(self, other: "NCCAccuracy") -> "NCCAccuracy":
-        for k in self.correct:
-            self.correct[k] += other.correct[k]
-        self.seen += other.seen
-        return self
-
-    def all_reduce(self, group=None) -> None:
-        import torch.distributed as dist
-
-        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=next(iter(self.correct.values())).device)
-        dist.all_reduce(seen, group=group)
-        self.seen = int(seen)
-        for k in sorted(self.correct):
-            dist.all_reduce(self.correct[k], group=group)
-
-    def compute(self) -> dict[str, float]:
-        return {k: float(v) / self.seen for k, v in self.correct.items()}
 
 
 def effective_depth(ncc_train_error: list[float], eps: float = 0.01) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .base import PointAccuracy
 from .moments import PointMoments
 
 DEFAULT_RIDGE = 1e-3
@@ -29,14 +30,14 @@ def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor
     return w, m.mean(), prior
 
 
-class RidgeAccuracy:
+class RidgeAccuracy(PointAccuracy):
     """Accuracy of fixed ridge probes per point on a stream of batches, scored in ``dtype``."""
 
     def __init__(self, probes: dict[str, tuple[Tensor, Tensor, Tensor]], dtype: torch.dtype = torch.float64) -> None:
+        first = next(iter(probes.values()))[0]
+        super().__init__(list(probes), first.device)
         self.dtype = dtype
         self.probes = {k: tuple(t.to(dtype) for t in v) for k, v in probes.items()}
-        self.correct = {k: torch.zeros((), dtype=torch.float64, device=w.device) for k, (w, _, _) in probes.items()}
-        self.seen = 0
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         from ..capture import Features
@@ -48,12 +49,3 @@ class RidgeAccuracy:
             x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
             scores = (x - mu) @ w + prior
             self.correct[name] += (scores.argmax(1) == labels).sum()
-
-    def merge(self, other: "RidgeAccuracy") -> "RidgeAccuracy":
-        for k in self.correct:
-            self.correct[k] += other.correct[k]
-        self.seen += other.seen
-        return self
-
-    def compute(self) -> dict[str, float]:
-        return {k: float(v) / self.seen for k, v in self.correct.items()}
