@@ -87,3 +87,8 @@ def test_demo_quick_then_reuse(tmp_path, capsys):
     code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
     again = json.loads(out)
     assert code == 0 and again["reused"] and again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_messages_keep_spec_brackets(tmp_path, capsys):
+    code, _, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "fashion-mnist[classes=0-4," in err

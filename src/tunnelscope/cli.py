@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import TunnelscopeError
@@ -178,8 +179,8 @@ def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet
     elif not quiet:
         _print_history(result.history)
         out_console.print(f"test accuracy [bold]{result.test_accuracy:.4f}[/] after {len(result.history)} epochs; "
-                          f"{len(result.checkpoints)} checkpoints in {result.out / 'checkpoints'}")
-        out_console.print(f"final checkpoint: {result.final_checkpoint}")
+                          f"{len(result.checkpoints)} checkpoints in {escape(str(result.out / 'checkpoints'))}")
+        out_console.print(f"final checkpoint: {result.final_checkpoint}", markup=False)
 
 
 def _print_history(history) -> None:
@@ -226,7 +227,7 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
         if same and run.get("status") == "finished":
             if not quiet:
                 err_console.print(f"{out_path} already holds the finished demo run (test accuracy "
-                                  f"{run['final']['test_acc']:.4f}); reusing it. Use --overwrite to retrain.")
+                                  f"{run['final']['test_acc']:.4f}); reusing it. Use --overwrite to retrain.", markup=False)
             if as_json:
                 click.echo(json.dumps({"out": str(out_path), "test_accuracy": run["final"]["test_acc"],
                                        "final_checkpoint": str(out_path / run["final_checkpoint"]), "reused": True}))
@@ -234,7 +235,7 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
         resume = same and (out_path / RESUME_FILE).is_file()
         overwrite = not resume
     if not quiet and not as_json:
-        err_console.print(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out_path}")
+        err_console.print(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out_path}", markup=False)
     _run_training(DEMO_MODEL, data_spec, epochs, out_path, quiet, as_json, device=device, data_root=data_root,
                   download=download, resume=resume, overwrite=overwrite)
 

@@ -235,7 +235,7 @@ def train(
                                     "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
         if should_show(progress) or progress is None:
             console.print(f"interrupted at step {step}; last complete checkpoint: {last}; "
-                          f"continue with --resume --out {out}")
+                          f"continue with --resume --out {out}", markup=False)
         raise
 
     final = history[-1]
