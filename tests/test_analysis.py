@@ -80,6 +80,41 @@ def test_nonfinite_activations_invalidate_only_that_layer():
     assert any("NaN/Inf" in w for w in stats.config["warnings"])
 
 
+class _PoisonTrainOnly(nn.Module):
+    """NaN in one training row only (the test rows stay finite)."""
+
+    def forward(self, h):
+        if not torch.is_inference_mode_enabled() or len(h) != 100:
+            return h
+        h = h.clone()
+        h[0] = float("nan")
+        return h
+
+
+def test_readouts_fitted_on_nonfinite_training_features_are_invalid():
+    ds = data.load("digits[per_class=40,test_per_class=10]")
+    ds.test = ds.test.subset(torch.arange(99))  # test batches never have 100 rows
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), _PoisonTrainOnly(), nn.Linear(8, 10))
+    with pytest.warns(UserWarning, match="NaN/Inf"):
+        stats = analyze_layers(model, ds, metrics="ncc,ridge", points=["1", "2"], batch_size=100, progress=False)
+    rows = stats.table.set_index(["split", "point", "metric"])
+    for split in ("train", "test"):
+        for metric in ("ncc_acc", "ridge_acc"):
+            assert not rows.loc[(split, "2", metric), "valid"] and np.isnan(rows.loc[(split, "2", metric), "value"])
+            assert rows.loc[(split, "1", metric), "valid"]
+
+
+def test_extra_cka_passes_shuffle_the_test_split():
+    ds = data.load("digits[per_class=20,test_per_class=20]")
+    torch.manual_seed(0)
+    model = models.build("mlp-4x16", 10, ds.input_shape)
+    one = analyze_layers(model, ds, metrics="cka", batch_size=32, progress=False)
+    three = analyze_layers(model, ds, metrics="cka", batch_size=32, cka_passes=3, progress=False)
+    assert three.config["cka_passes"] == 3 and three.config["cka_batches"] == 3 * one.config["cka_batches"]
+    np.testing.assert_allclose(np.diag(three.matrix("cka")), 1.0, atol=1e-9)
+    assert not np.allclose(three.matrix("cka").to_numpy(), one.matrix("cka").to_numpy(), atol=1e-9)
+
+
 def test_absent_class_is_recorded():
     ds = data.load("digits[classes=0-2]")
     ds.test = ds.test.subset(torch.nonzero(ds.test.labels != 2).flatten())

@@ -104,3 +104,43 @@ def test_bad_reduction():
     for bad in ("pool0", "mean", "project:", "project:-3"):
         with pytest.raises(SpecError, match="valid: pool2"):
             Reduction.parse(bad)
+
+
+def test_features_do_not_alias_outputs_rewritten_in_place():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, 3)).eval()
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        feats = Capture(model, ["0", "2"])(x)
+        assert feats["0"].min() < 0
+        torch.testing.assert_close(feats["0"], model[0](x))
+
+
+def test_projection_is_capped_like_any_wide_layer():
+    model = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 2))
+    cap = Capture(model, ["0"], reduce="project:50", max_dim=20)
+    with torch.no_grad():
+        assert cap(torch.randn(3, 4))["0"].shape == (3, 20)
+    assert "subset of 20" in cap.layout["0"]["reduction"]
+
+
+class _RNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_three_dimensional_outputs_are_tokens_or_1d_maps():
+    rnn = _RNN()
+    x = torch.randn(5, 7, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(Capture(rnn, ["rnn"])(x)["rnn"], rnn.rnn(x)[0].mean(1))
+    conv = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(120, 2))
+    s = torch.randn(2, 1, 40)
+    cap = Capture(conv, ["0"])
+    with torch.no_grad():
+        torch.testing.assert_close(cap(s)["0"], F.adaptive_avg_pool1d(conv[0](s), 2).flatten(1))
+    assert cap.layout["0"]["dims"] == 6

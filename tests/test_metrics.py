@@ -221,3 +221,24 @@ def test_absent_class_and_nonfinite_rows_are_tracked():
     x[3, 2] = np.nan
     x[7, 0] = np.inf
     assert int(stream(Moments(4), x, y).points["a"].nonfinite) == 2
+
+
+def test_nc1_ignores_the_rounding_null_direction_of_offset_class_means():
+    """Σ n_c(μ_c - μ) = 0 leaves M one direction that rounding makes ~eps·|μ|, not 0."""
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(5), 40)
+    x = (100 + rng.normal(size=(5, 10))[y] + 0.3 * rng.normal(size=(len(y), 10))).astype(np.float32)
+    m = stream(Moments(5, torch.float64), x, y).points["a"]
+    assert nc1(m) == pytest.approx(ref_nc1(x.astype(np.float64), y), rel=1e-8)
+
+
+def test_effective_rank_with_fewer_samples_than_dimensions():
+    x = RNG.normal(size=(120, 500))
+    m = stream(Moments(1, torch.float64), x).points["a"]
+    assert effective_rank(torch.linalg.eigvalsh(m.second_moment()), m.count) == pytest.approx(ref_erank(x), rel=1e-8)
+
+
+def test_large_finite_values_are_not_flagged_nonfinite():
+    x = np.ones((8, 3), dtype=np.float32) * 3e19
+    x[::2] *= -1
+    assert int(stream(Moments(1), x).points["a"].nonfinite) == 0

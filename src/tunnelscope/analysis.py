@@ -81,13 +81,14 @@ class LayerStats:
 
 
 def run_pass(capture: Capture, split, accumulators: Sequence, batch_size: int, device: torch.device,
-             progress=None, description: str = "") -> int:
+             progress=None, description: str = "", generator: torch.Generator | None = None) -> int:
     """One model pass over ``split``: every accumulator's ``update`` sees every batch.
 
-    Returns the number of samples read.
+    ``generator`` shuffles the order (for extra CKA passes). Returns the samples read.
     """
     seen = 0
-    for feats, y in capture.stream(split, batch_size, device, progress=progress, description=description):
+    for feats, y in capture.stream(split, batch_size, device, progress=progress, description=description,
+                                   generator=generator):
         for acc in accumulators:
             acc.update(feats, y)
         seen += len(y)
@@ -135,6 +136,7 @@ def analyze_layers(
     ridge: float = DEFAULT_RIDGE,
     cache_budget: int = DEFAULT_BUDGET,
     precision: str = "float32",
+    cka_passes: int = 1,
     data_root: str | Path | None = None,
     progress: bool | None = None,
 ) -> LayerStats:
@@ -153,6 +155,8 @@ def analyze_layers(
         raise SpecError(f"batch_size {batch_size} is below {MIN_BATCH}, the smallest minibatch HSIC₁ allows")
     if precision not in ("float64", "float32"):
         raise SpecError("precision must be float64 or float32")
+    if cka_passes < 1:
+        raise SpecError("cka_passes must be >= 1")
     matmul_dtype = torch.float64 if precision == "float64" else torch.float32
     dev = resolve_device(device)
     net, model_name, model_info = _resolve_model(model, dev)
@@ -191,6 +195,10 @@ def analyze_layers(
             test_accs.append(ridge_acc["test"])
             cache_accs.append(ridge_acc["train"])
         run_pass(capture, test_split, test_accs, batch_size, dev, bars, "test pass")
+        if cka is not None:
+            for extra in range(1, cka_passes):
+                run_pass(capture, test_split, [cka], batch_size, dev, bars, f"CKA pass {extra + 1}/{cka_passes}",
+                         generator=torch.Generator().manual_seed(seed + 1000 + extra))
         for feats, y in cache.batches(device=dev):
             for acc in cache_accs:
                 acc.update(feats, y)
@@ -199,8 +207,10 @@ def analyze_layers(
     L = len(names)
     invalid: dict[str, set[str]] = {"train": set(), "test": set()}
 
-    def add(split: str, point: str, metric: str, value: float, other: str | None = None) -> None:
+    def add(split: str, point: str, metric: str, value: float, other: str | None = None,
+            uses_train: bool = False) -> None:
         bad = point in invalid[split] or (other is not None and other in invalid[split])
+        bad = bad or (uses_train and point in invalid["train"])  # read-outs fitted on the training split
         rows.append({"model": model_name, "split": split, "point": point, "layer": names.index(point) + 1,
                      "depth": (names.index(point) + 1) / L, "metric": metric,
                      "value": float("nan") if bad else float(value), "other_point": other,
@@ -233,7 +243,7 @@ def analyze_layers(
                     add(split, name, "pc1", pc1_ratio(vals))
                     pcs[name] = vecs[:, 0]
             if "erank" in wanted:
-                add(split, name, "erank", effective_rank(torch.linalg.eigvalsh(m.second_moment())))
+                add(split, name, "erank", effective_rank(torch.linalg.eigvalsh(m.second_moment()), m.count))
             if "nc1" in wanted:
                 add(split, name, "nc1", nc1(m))
             if "cdnv" in wanted:
@@ -245,15 +255,16 @@ def analyze_layers(
     if ncc is not None:
         for split, acc in ncc.items():
             for name, v in acc.compute().items():
-                add(split, name, "ncc_acc", v)
+                add(split, name, "ncc_acc", v, uses_train=True)
         errors = [1 - ncc["train"].compute()[n] if n not in invalid["train"] else float("nan") for n in names]
         depth = effective_depth(errors, eps)
         summary["effective_depth"] = depth
         summary["effective_depth_point"] = names[depth - 1] if depth else None
     if probes is not None:
         for split, acc in ridge_acc.items():
-            for name, v in acc.compute().items():
-                add(split, name, "ridge_acc", v)
+            values = acc.compute()
+            for name in names:  # points without a probe (non-finite training features) get a NaN row
+                add(split, name, "ridge_acc", values.get(name, float("nan")), uses_train=True)
     if cka is not None:
         mat = cka.compute()
         for i, a in enumerate(names):
@@ -274,7 +285,7 @@ def analyze_layers(
     config = {
         "model": model_name, **model_info, "data": dataset.spec, "points_set": points if isinstance(points, str) else list(points),
         "points": names, "layout": capture.layout, "reduce": str(capture.reduction), "max_dim": max_dim,
-        "metrics": wanted, "batch_size": batch_size, "cka_minibatch": batch_size, "cka_passes": 1,
+        "metrics": wanted, "batch_size": batch_size, "cka_minibatch": batch_size, "cka_passes": cka_passes,
         "cka_batches": cka.batches if cka else None, "samples": {"train": n_train, "test": n_test},
         "sampling": f"seeded random subset of at most {max_samples} per split (seed {seed} train, {seed + 1} test)"
         if max_samples else "all samples", "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": eps,

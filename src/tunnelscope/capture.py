@@ -8,11 +8,14 @@ matrix with a reduction (METRICS.md §1):
 - ``gap``: global average pool (C dims); ``poolK``: KxK adaptive pool; ``flatten``: C·H·W.
 - ``project:D``: flatten, then a fixed Gaussian random projection to D dims, seeded per
   probe point.
-- Token sequences ``(B, T, D)`` are averaged over tokens, the class token excluded when
-  the model has one.
+- 3-D outputs are token sequences ``(B, T, D)`` (transformers, RNNs), averaged over
+  tokens with the class token excluded when the model has one; in models built on
+  ``Conv1d`` they are 1-D maps ``(B, C, L)``, pooled like 2-D ones (``pool2`` → 2
+  positions per channel).
 
-Layers wider than ``max_dim`` after reduction keep a fixed, seeded random subset of
-``max_dim`` coordinates (METRICS.md §3: 8000), recorded in :attr:`Capture.layout`.
+Layers wider than ``max_dim`` after reduction (projection included) keep a fixed, seeded
+random subset of ``max_dim`` coordinates (METRICS.md §3: 8000), recorded in
+:attr:`Capture.layout`. Features never share memory with the module's output.
 The forward pass stops after the deepest probe point that was asked for.
 """
 
@@ -121,6 +124,8 @@ class Capture:
             names = order_by_execution(model, names, example)
         self.names = names
         self.cls_token = hasattr(model, "class_token") or hasattr(getattr(model, "net", None), "class_token")
+        # 3-D outputs are (B, C, L) maps in models built on Conv1d, token sequences otherwise
+        self.tokens = self.cls_token or not any(isinstance(m, nn.Conv1d) for m in model.modules())
         self.layout: dict[str, dict] = {}  # per point: raw shape, reduced dims, subset/projection
         self._projections: dict[str, Tensor] = {}
         self._subsets: dict[str, Tensor] = {}
@@ -134,8 +139,8 @@ class Capture:
             raise ProbePointError(f"probe point {name} returned {type(out).__name__}, not a tensor")
         raw_shape = tuple(out.shape[1:])
         out = out.detach()
+        red = self.reduction
         if out.dim() == 4:
-            red = self.reduction
             if red.kind == "gap":
                 x = out.mean((2, 3))
             elif red.kind == "pool" and (out.shape[2] > red.size or out.shape[3] > red.size):
@@ -143,20 +148,30 @@ class Capture:
             else:
                 x = out.flatten(1)
             how = str(red) if red.kind != "project" else "flatten"
-        elif out.dim() == 3:
+        elif out.dim() == 3 and self.tokens:
             tokens = out[:, 1:] if (self.cls_token and out.shape[1] > 1) else out
             x, how = tokens.mean(1), "token mean" + (" (class token excluded)" if tokens is not out else "")
+        elif out.dim() == 3:  # (B, C, L): a 1-D conv map
+            if red.kind == "gap":
+                x = out.mean(2)
+            elif red.kind == "pool" and out.shape[2] > red.size:
+                x = F.adaptive_avg_pool1d(out, red.size).flatten(1)
+            else:
+                x = out.flatten(1)
+            how = (str(red) if red.kind != "project" else "flatten") + " (1-D map)"
         elif out.dim() == 2:
             x, how = out, "none"
         else:
             x, how = out.flatten(1), "flatten"
-        if self.reduction.kind == "project":
+        if red.kind == "project":
             x = x.float() @ self._projection(name, x.shape[1], x.device)
-            how += f" + gaussian projection to {self.reduction.size}"
-        elif x.shape[1] > self.max_dim:
+            how += f" + gaussian projection to {red.size}"
+        if x.shape[1] > self.max_dim:
             idx = self._subset(name, x.shape[1], x.device)
             x = x[:, idx]
             how += f" + seeded subset of {self.max_dim} coordinates"
+        if x.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+            x = x.clone()  # a later in-place op (e.g. ReLU(inplace=True)) must not rewrite what was read
         if name not in self.layout:
             self.layout[name] = {"raw_shape": list(raw_shape), "dims": int(x.shape[1]), "reduction": how}
         return x
@@ -202,11 +217,13 @@ class Capture:
         return Features((n, feats[n]) for n in wanted)
 
     def stream(self, split, batch_size: int, device: torch.device, limit: int | None = None,
-               progress=None, description: str = "") -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+               progress=None, description: str = "",
+               generator: torch.Generator | None = None) -> Iterator[tuple[Features, Tensor]]:
         """One pass over a split under ``inference_mode``: yields ``(features, labels)``.
 
-        ``limit`` stops after that many samples (the split's order is kept, so pass a
-        subset to sample at random). ``progress`` is a rich Progress (or the silent one).
+        ``limit`` stops after that many samples; the split's order is kept unless a
+        ``generator`` is given, which shuffles it. ``progress`` is a rich Progress (or
+        the silent one).
         """
         was_training = self.model.training
         self.model.eval()
@@ -215,7 +232,8 @@ class Capture:
         seen = 0
         try:
             with torch.inference_mode():
-                for x, y in split.batches(batch_size, device=device):
+                for x, y in split.batches(batch_size, device=device, shuffle=generator is not None,
+                                          generator=generator):
                     if seen >= total:
                         break
                     if seen + len(y) > total:

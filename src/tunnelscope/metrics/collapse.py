@@ -9,6 +9,9 @@ from .base import PointAccuracy
 from .moments import PointMoments
 
 
+PINV_RTOL = 1e-15 ** 0.5
+
+
 def nc1(m: PointMoments) -> float:
     """``tr(Σ_W Σ_B⁺) / C`` over the classes present.
 
@@ -22,7 +25,10 @@ def nc1(m: PointMoments) -> float:
         return float("nan")
     sigma_w = m.within_scatter() / m.n
     dev = (m.class_means()[keep] - m.mean()).T  # D x C
-    pinv = torch.linalg.pinv(dev, hermitian=False)  # C x D
+    # M always has a null direction (Σ n_c (μ_c - μ) = 0) that rounding makes ~eps·|μ| instead of 0.
+    # Singular values of M below sqrt(1e-15)·s_max are dropped: the same cut as numpy's default
+    # pinv(Σ_B) (eigenvalues below 1e-15·λ_max), since Σ_B's eigenvalues are M's squared / C.
+    pinv = torch.linalg.pinv(dev, rtol=PINV_RTOL)  # C x D
     # tr(Σ_W Σ_B⁺) / C = tr(Σ_W · C (M⁺)ᵀ M⁺) / C = tr(M⁺ Σ_W (M⁺)ᵀ)
     return float(torch.trace(pinv @ sigma_w @ pinv.T))
 

@@ -158,7 +158,8 @@ class Moments:
         st = self.state
         centred = joint - st["shift"].to(work)[labels]  # exact for values near their class's shift
         # per-batch sums of at most B small centred values, in the working precision, then float64 totals
-        rowsq = torch.stack([centred[:, lo:hi].square().sum(1, dtype=f64) for lo, hi in self.bounds], dim=1)
+        rowsq = torch.stack([torch.linalg.vector_norm(centred[:, lo:hi], dim=1, dtype=f64) for lo, hi in self.bounds],
+                            dim=1).square()  # float64 norms: large finite values do not overflow
         batch_cs1 = torch.zeros(self.num_classes, joint.shape[1], dtype=work, device=joint.device)
         st["cs1"] += batch_cs1.index_add_(0, labels, centred)
         st["cn"] += torch.bincount(labels, minlength=self.num_classes).to(f64)

@@ -29,13 +29,17 @@ def pc1_ratio(eigenvalues: Tensor) -> float:
     return float(clipped.max() / total) if total > 0 else float("nan")
 
 
-def effective_rank(second_moment_eigenvalues: Tensor) -> float:
+def effective_rank(second_moment_eigenvalues: Tensor, n_samples: int | None = None) -> float:
     """RankMe: entropy of the normalised singular values of the uncentred feature matrix.
 
-    Takes the eigenvalues of ``Hᵀ H``; singular values are their square roots.
-    ``p_i = σ_i / Σ σ_j + 1e-7``, ``erank = exp(-Σ p_i log p_i)``.
+    Takes the eigenvalues of ``Hᵀ H`` (``H`` is ``N x D``); singular values are the square
+    roots of the largest ``min(N, D)`` of them. ``p_i = σ_i / Σ σ_j + 1e-7``,
+    ``erank = exp(-Σ p_i log p_i)``.
     """
-    sigma = second_moment_eigenvalues.clamp_min(0).sqrt()
+    vals = torch.sort(second_moment_eigenvalues, descending=True).values
+    if n_samples is not None:
+        vals = vals[: min(n_samples, len(vals))]
+    sigma = vals.clamp_min(0).sqrt()
     total = sigma.sum()
     if total <= 0:
         return float("nan")
