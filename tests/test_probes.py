@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope.errors import SpecError
+from tunnelscope.probes import ProbeConfig, train_probes
+
+
+def _features(seed=0, n=600, m=300):
+    """Three points: two of width 12 (stacked together), one of width 7; 4 Gaussian classes."""
+    g = torch.Generator().manual_seed(seed)
+    centres = {"a": torch.randn(4, 12, generator=g) * 2, "b": torch.randn(4, 12, generator=g), "c": torch.randn(4, 7, generator=g) * 3}
+    y, yt = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 4, (m,), generator=g)
+    train = {k: c[y] + torch.randn(n, c.shape[1], generator=g) for k, c in centres.items()}
+    test = {k: c[yt] + torch.randn(m, c.shape[1], generator=g) for k, c in centres.items()}
+    return train, y, test, yt
+
+
+def test_joint_training_equals_one_by_one():
+    train, y, test, yt = _features()
+    cfg = ProbeConfig(epochs=3, batch_size=32, seed=5)
+    joint = train_probes(train, y, test, yt, 4, cfg, progress=False)
+    for name in train:
+        alone = train_probes({name: train[name]}, y, {name: test[name]}, yt, 4, cfg, progress=False)
+        torch.testing.assert_close(alone.weights[name][0], joint.weights[name][0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(alone.weights[name][1], joint.weights[name][1], rtol=1e-6, atol=1e-7)
+        assert alone.accuracy[name] == joint.accuracy[name]
+
+
+def test_probes_learn_separable_classes_and_selection_is_recorded():
+    train, y, test, yt = _features(seed=1)
+    last = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=10, batch_size=64), progress=False)
+    assert min(last.accuracy.values()) > 0.6 and set(last.epoch.values()) == {10}
+    chosen = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=10, batch_size=64, select="test"), progress=False)
+    assert all(chosen.accuracy[n] >= last.accuracy[n] - 1e-12 for n in train)
+    assert "test split" in chosen.config["note"]
+    val = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=5, batch_size=64, select="val"), progress=False)
+    assert all(1 <= e <= 5 for e in val.epoch.values())
+
+
+def test_harun_protocol_initialisation():
+    train, y, test, yt = _features()
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=1, lr=1e-12), progress=False)
+    w, b = res.weights["a"]
+    assert float(w.std()) == pytest.approx(0.01, rel=0.2) and float(b.abs().max()) < 1e-9
+
+
+def test_a_diverging_probe_is_reported_without_crashing():
+    train, y, test, yt = _features()
+    train["b"] = train["b"].clone()
+    train["b"][3, 0] = float("inf")
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=2), progress=False)
+    assert res.diverged == ["b"] and math.isnan(res.accuracy["b"])
+    assert np.isfinite(res.accuracy["a"]) and np.isfinite(res.accuracy["c"])
+
+
+def test_bad_configs():
+    with pytest.raises(SpecError, match="valid: last, val, test"):
+        ProbeConfig(select="best")
+    with pytest.raises(SpecError):
+        ProbeConfig(epochs=0)
