@@ -70,6 +70,15 @@ def joint_features(features: dict[str, Tensor], names: list[str], dtype: torch.d
     return torch.cat(parts, dim=1), [(e - p.shape[1], e) for p, e in zip(parts, ends)]
 
 
+def point_views(features: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """Each point's features in ``dtype``: views of the shared joint matrix of a
+    :class:`Features` (converted once for all points), or per-point conversions."""
+    if isinstance(features, Features):
+        joint = features.joint(dtype)
+        return {name: joint[:, lo:hi] for name, (lo, hi) in features.bounds().items()}
+    return {name: x.to(dtype) for name, x in features.items()}
+
+
 class _StopForward(Exception):
     """Raised by the deepest hook to end a forward pass early."""
 

@@ -69,14 +69,12 @@ class NCCAccuracy(PointAccuracy):
             self._terms[name] = (ref.to(dtype), (2 * centred).T.contiguous().to(dtype), norms.to(dtype))
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
-        from ..capture import Features
+        from ..capture import point_views
 
         self.seen += len(labels)
-        bounds = features.bounds() if isinstance(features, Features) else {}
-        joint = features.joint(self.dtype) if bounds else None
+        views = point_views(features, self.dtype)
         for name, (ref, twice_centred_t, norms) in self._terms.items():
-            x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
-            xs = x - ref
+            xs = views[name] - ref
             self.correct[name] += ((norms - xs @ twice_centred_t).argmin(1) == labels).sum()
 
 

@@ -40,12 +40,10 @@ class RidgeAccuracy(PointAccuracy):
         self.probes = {k: tuple(t.to(dtype) for t in v) for k, v in probes.items()}
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
-        from ..capture import Features
+        from ..capture import point_views
 
         self.seen += len(labels)
-        bounds = features.bounds() if isinstance(features, Features) else {}
-        joint = features.joint(self.dtype) if bounds else None
+        views = point_views(features, self.dtype)
         for name, (w, mu, prior) in self.probes.items():
-            x = joint[:, slice(*bounds[name])] if name in bounds else features[name].to(self.dtype)
-            scores = (x - mu) @ w + prior
+            scores = (views[name] - mu) @ w + prior
             self.correct[name] += (scores.argmax(1) == labels).sum()
