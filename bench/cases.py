@@ -227,6 +227,58 @@ def case_cka_peer(model_fn, data_spec: str, reduce: str, device: torch.device, r
             "uncentred_f64_max_err": float(np.abs(refs["uncentred"] - ref).max()), "ref_min": float(ref.min())}
 
 
+def case_probes(device: torch.device, epochs: int) -> dict:
+    """All-layer probes: the joint trainer against the per-layer loop of the same protocol
+    (the papers' way) and against scikit-learn's LogisticRegression per layer."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from tunnelscope.probes import ProbeConfig, train_probes
+
+    model, label = mlp12(device)
+    ds = ts.data.load(MLP_DATA)
+    capture = Capture(model, "blocks")
+
+    def features(split, n):
+        split = split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values)
+        out, ys = {k: [] for k in capture.names}, []
+        with torch.inference_mode():
+            for x, y in split.batches(1024, device=device):
+                f = capture(x)
+                for k in capture.names:
+                    out[k].append(f[k])
+                ys.append(y)
+        return {k: torch.cat(v) for k, v in out.items()}, torch.cat(ys)
+
+    train, y = features(ds.train, 15000)
+    test, yt = features(ds.test, 5000)
+    cfg = ProbeConfig(epochs=epochs)
+    tic = time.perf_counter()
+    joint = train_probes(train, y, test, yt, ds.num_classes, cfg, device=device, progress=False)
+    sync(device)
+    t_joint = time.perf_counter() - tic
+    tic = time.perf_counter()
+    loop = {k: train_probes({k: train[k]}, y, {k: test[k]}, yt, ds.num_classes, cfg, device=device,
+                            progress=False).accuracy[k] for k in capture.names}
+    sync(device)
+    t_loop = time.perf_counter() - tic
+    tic = time.perf_counter()
+    sk = {}
+    for k in capture.names:
+        scaler = StandardScaler().fit(train[k].cpu().numpy())
+        clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train[k].cpu().numpy()), y.cpu().numpy())
+        sk[k] = clf.score(scaler.transform(test[k].cpu().numpy()), yt.cpu().numpy())
+    t_sk = time.perf_counter() - tic
+    names = capture.names
+    return {"model": label, "data": MLP_DATA, "device": str(device), "points": len(names), "train": len(y),
+            "test": len(yt), "epochs": epochs, "joint_s": t_joint, "loop_s": t_loop, "sklearn_s": t_sk,
+            "speedup_loop": t_loop / t_joint, "speedup_sklearn": t_sk / t_joint,
+            "max_diff_loop_pp": 100 * max(abs(joint.accuracy[k] - loop[k]) for k in names),
+            "mean_acc_joint": float(np.mean([joint.accuracy[k] for k in names])),
+            "mean_acc_sklearn": float(np.mean([sk[k] for k in names])),
+            "acc_joint": [joint.accuracy[k] for k in names], "acc_sklearn": [sk[k] for k in names]}
+
+
 def main() -> None:
     name, device, repeats = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)
@@ -238,6 +290,8 @@ def main() -> None:
         out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000)
     elif name == "cka-mlp12-offset":
         out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000, offset=20.0)
+    elif name == "probes-mlp12":
+        out = case_probes(device, epochs=10)
     elif name == "cka-vgg":
         out = case_cka_peer(vgg, VGG_DATA, "flatten", device, max(1, repeats // 2), limit=512)
     else:

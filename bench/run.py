@@ -24,7 +24,7 @@ from tunnelscope.versions import package_versions
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from cases import timed  # noqa: E402
-CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg"]
+CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg", "probes-mlp12"]
 
 
 def run_case(name: str, device: str, repeats: int) -> dict:
@@ -142,7 +142,26 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "model's Gram for every layer pair, syncs with `.item()` per pair, and runs the model twice per",
         "batch with autograd on.",
         "",
-        "## 3. Training step and batching",
+        "## 3. All-layer linear probes",
+        "",
+        "Softmax probes for every probe point on cached MLP-12 features (15000 train, 5000 test; harun",
+        "protocol, here for 10 epochs): tunnelscope's joint trainer, the per-layer loop of the same",
+        "protocol that the papers' code runs (one probe after another), and scikit-learn's",
+        "LogisticRegression (lbfgs, standardised features) per layer. Goal: >= 10x the loop at equal",
+        "accuracy (±0.5 pp).",
+        "",
+        "| device | points | joint (s) | per-layer loop (s) | speed-up vs loop | max accuracy difference vs loop (pp) | scikit-learn (s) | speed-up vs scikit-learn | mean accuracy joint / scikit-learn |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["case"] != "probes-mlp12":
+            continue
+        lines.append(f"| {r['device']} | {r['points']} | {fmt(r['joint_s'])} | {fmt(r['loop_s'])} | "
+                     f"**{fmt(r['speedup_loop'], 1)}×** | {fmt(r['max_diff_loop_pp'])} | {fmt(r['sklearn_s'])} | "
+                     f"{fmt(r['speedup_sklearn'], 1)}× | {fmt(r['mean_acc_joint'], 4)} / {fmt(r['mean_acc_sklearn'], 4)} |")
+    lines += [
+        "",
+        "## 4. Training step and batching",
         "",
         "`batching / forward`: producing the normalised batches alone, over the forward pass that consumes",
         "them. `train / forward`: one epoch of SGD steps over the same data.",

@@ -61,3 +61,36 @@ def test_bad_configs():
         ProbeConfig(select="best")
     with pytest.raises(SpecError):
         ProbeConfig(epochs=0)
+
+
+def test_lbfgs_matches_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, y, test, yt = _features(seed=3)
+    for name in train:  # make the problem hard enough that the penalty matters
+        train[name] = train[name] + 2.5 * torch.randn(train[name].shape, generator=torch.Generator().manual_seed(9))
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="lbfgs", C=0.05), progress=False)
+    for name in train:
+        scaler = StandardScaler().fit(train[name].double().numpy())
+        ref = LogisticRegression(C=0.05, max_iter=5000).fit(scaler.transform(train[name].double().numpy()), y.numpy())
+        ref_acc = ref.score(scaler.transform(test[name].double().numpy()), yt.numpy())
+        assert abs(res.accuracy[name] - ref_acc) <= 0.01
+        # the weights in the original feature space reproduce the predictions
+        w, b = res.weights[name]
+        pred = (test[name].double() @ w + b).argmax(1)
+        assert float((pred == yt).double().mean()) == pytest.approx(res.accuracy[name])
+
+
+def test_ridge_protocol_uses_the_closed_form():
+    train, y, test, yt = _features(seed=4)
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="ridge"), progress=False)
+    x, xt = train["c"].double().numpy(), test["c"].double().numpy()
+    onehot = np.eye(4)[y.numpy()]
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / len(x)
+    w = np.linalg.solve(cov + 1e-3 * np.trace(cov) / x.shape[1] * np.eye(x.shape[1]), xc.T @ (onehot - onehot.mean(0)) / len(x))
+    ref = np.mean(((xt - x.mean(0)) @ w + onehot.mean(0)).argmax(1) == yt.numpy())
+    assert res.accuracy["c"] == pytest.approx(ref)
+    with pytest.raises(SpecError, match="needs epochs"):
+        ProbeConfig(protocol="ridge", select="val")

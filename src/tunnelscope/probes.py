@@ -28,6 +28,7 @@ from .errors import SpecError
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
+PROTOCOLS = ("harun", "lbfgs", "ridge")
 
 
 @dataclass
@@ -44,12 +45,17 @@ class ProbeConfig:
     select: str = "last"
     val_fraction: float = 0.1
     seed: int = 0
+    C: float = 1.0  # lbfgs: inverse L2 strength, as scikit-learn's LogisticRegression
+    max_iter: int = 500  # lbfgs
+    ridge: float = 1e-3  # ridge: λ = ridge · tr(Σ)/D
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise SpecError(f"unknown probe selection {self.select!r}; valid: {', '.join(SELECTIONS)}")
-        if self.protocol != "harun":
-            raise SpecError(f"probe protocol {self.protocol!r} is not implemented by train_probes; use 'harun'")
+        if self.protocol not in PROTOCOLS:
+            raise SpecError(f"unknown probe protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        if self.protocol != "harun" and self.select != "last":
+            raise SpecError(f"selection {self.select!r} needs epochs; protocol {self.protocol!r} is fitted once")
         if self.epochs < 1 or self.batch_size < 1:
             raise SpecError("probe epochs and batch_size must be >= 1")
 
@@ -116,6 +122,10 @@ def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
     names = list(train)
     if list(test) != names:
         raise SpecError("train and test features must hold the same probe points in the same order")
+    if cfg.protocol == "lbfgs":
+        return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev)
+    if cfg.protocol == "ridge":
+        return _train_ridge(train, train_labels, test, test_labels, num_classes, cfg, dev)
     y_all = train_labels.long().to(dev)
     feats = {n: train[n].float().to(dev) for n in names}
     evals = {n: test[n].float().to(dev) for n in names}
@@ -136,6 +146,8 @@ def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
     for n, d in zip(names, dims):
         by_dim.setdefault(d, []).append(n)
     groups = [_Group(ns, [weights[n] for n in ns], dev) for ns in by_dim.values()]
+    # each group's training features stacked once, (G, N, D): a step gathers one minibatch per group
+    stacked = [torch.stack([feats[name] for name in g.names]) for g in groups]
     params = [p for g in groups for p in (g.w, g.b)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(y_all)
@@ -150,9 +162,8 @@ def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
                 idx = order[lo : lo + cfg.batch_size]
                 y = y_all[idx]
                 loss = 0.0
-                for g in groups:
-                    x = torch.stack([feats[name][idx] for name in g.names])
-                    logits = g.logits(x)  # (G, B, C)
+                for g, xs in zip(groups, stacked):
+                    logits = g.logits(xs[:, idx])  # (G, B, C)
                     per_point = F.cross_entropy(logits.transpose(1, 2), y.expand(len(g.names), -1),
                                                 label_smoothing=cfg.label_smoothing, reduction="none").mean(1)
                     loss = loss + per_point.sum()
@@ -187,3 +198,58 @@ def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
         cfg_out["note"] = "selected on the test split (the papers' behaviour): accuracies are optimistic"
     weights_out = {name: (g.w.detach()[i].cpu(), g.b.detach()[i, 0].cpu()) for g in groups for i, name in enumerate(g.names)}
     return ProbeResult(accuracy, train_accuracy, chosen_epoch, sorted(diverged), weights_out, cfg_out)
+
+
+def _train_lbfgs(train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor], test_labels: Tensor,
+                 num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
+    """Multinomial logistic regression per point on standardised features, L2 penalty, L-BFGS in float64.
+
+    Minimises ``½‖W‖² + C Σ_i CE_i`` (intercept unpenalised), scikit-learn's objective,
+    divided by ``C·N``. Deterministic; each point is solved on its own (L-BFGS's line
+    search is not elementwise, so a joint solve would not equal separate ones).
+    """
+    y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
+    acc, train_acc, weights, diverged = {}, {}, {}, []
+    for name in train:
+        x = train[name].to(dev, torch.float64)
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
+        xs, xt = (x - mean) / std, (test[name].to(dev, torch.float64) - mean) / std
+        w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=dev, requires_grad=True)
+        b = torch.zeros(num_classes, dtype=torch.float64, device=dev, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                history_size=20, line_search_fn="strong_wolfe")
+        scale = 1.0 / (cfg.C * len(y))
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(xs @ w + b, y) + 0.5 * scale * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+                diverged.append(name)
+                acc[name] = train_acc[name] = math.nan
+            else:
+                acc[name] = float(((xt @ w + b).argmax(1) == yt).float().mean())
+                train_acc[name] = float(((xs @ w + b).argmax(1) == y).float().mean())
+        weights[name] = (w.detach().cpu() / std.cpu()[:, None], (b - (mean / std) @ w).detach().cpu())
+    return ProbeResult(acc, train_acc, {n: 0 for n in train}, diverged, weights, asdict(cfg))
+
+
+def _train_ridge(train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor], test_labels: Tensor,
+                 num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
+    """The closed-form ridge probe of :mod:`tunnelscope.metrics.ridge`, fitted on the given features."""
+    from .metrics.moments import Moments
+    from .metrics.ridge import RidgeAccuracy, ridge_weights
+
+    moments = Moments(num_classes, torch.float64)
+    y = train_labels.long().to(dev)
+    moments.update({n: x.to(dev) for n, x in train.items()}, y)
+    probes = {n: ridge_weights(m, cfg.ridge) for n, m in moments.points.items()}
+    test_acc, train_acc = RidgeAccuracy(probes), RidgeAccuracy(probes)
+    test_acc.update({n: x.to(dev) for n, x in test.items()}, test_labels.long().to(dev))
+    train_acc.update({n: x.to(dev) for n, x in train.items()}, y)
+    weights = {n: (w.cpu(), (prior - mu @ w).cpu()) for n, (w, mu, prior) in probes.items()}
+    return ProbeResult(test_acc.compute(), train_acc.compute(), {n: 0 for n in train}, [], weights, asdict(cfg))

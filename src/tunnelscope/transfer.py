@@ -1,0 +1,159 @@
+"""``probe_layers``: linear probes at every probe point, in and out of distribution, and the
+tunnel's verdict (METRICS.md §2-§4).
+
+For the ID dataset and each OOD dataset, the model runs once over the training split and
+once over the test split; the features go to a feature cache, and the probes of every
+point are trained jointly from it (:mod:`tunnelscope.probes`). OOD inputs are resized
+and converted to the backbone's input shape when they differ, and that is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .analysis import _resolve_model, _sample
+from .cache import DEFAULT_BUDGET, FeatureCache
+from .capture import DEFAULT_MAX_DIM, Capture
+from .errors import SpecError
+from .ood import load_adapted
+from .probes import ProbeConfig, train_probes
+from .progress import progress_bar
+from .train.loop import resolve_device
+from .tunnel import summarize
+from .versions import package_versions
+
+
+@dataclass
+class TransferStats:
+    """Probe accuracies per dataset × split × point, the tunnel summary, and the config."""
+
+    table: pd.DataFrame
+    summary: dict
+    config: dict = field(default_factory=dict)
+
+    def curve(self, dataset: str = "id", split: str = "test") -> pd.Series:
+        """Probe accuracy per point, in layer order."""
+        rows = self.table[(self.table.dataset == dataset) & (self.table.split == split)]
+        if rows.empty:
+            raise KeyError(f"no probe accuracies for dataset {dataset!r}; have {sorted(self.table.dataset.unique())}")
+        return rows.sort_values("layer").set_index("point")["accuracy"]
+
+
+def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
+              cache_dtype: str, bars, description: str) -> tuple[FeatureCache, dict[str, torch.Tensor], torch.Tensor, dict]:
+    """One model pass over ``split`` into a feature cache; the caller closes the cache."""
+    chosen, n = _sample(split, limit, seed)
+    cache = FeatureCache(n, budget, cache_dtype)
+    for feats, y in capture.stream(chosen, batch_size, device, progress=bars, description=description):
+        cache.update(feats, y)
+    info = {"samples": n, "cache_mib": cache.nbytes / 2**20, "spilled": str(cache.spilled_to) if cache.spilled_to else None}
+    if cache.spilled_to is not None:
+        warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
+                      f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
+    # the probes read the cache through torch views (memory-mapped files stay on disk until closed)
+    feats = {name: torch.from_numpy(np.asarray(a)) for name, a in cache.arrays.items()}
+    return cache, feats, torch.from_numpy(cache.labels), info
+
+
+def probe_layers(
+    model: nn.Module | str | Path,
+    data: data_mod.Dataset | str,
+    ood: Sequence[str] = (),
+    points: str | Sequence[str] = "blocks",
+    reduce: str = "pool2",
+    probe: ProbeConfig | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    max_dim: int = DEFAULT_MAX_DIM,
+    cache_budget: int = DEFAULT_BUDGET,
+    cache_dtype: str = "float32",
+    taus: Sequence[float] = (0.95, 0.98),
+    data_root: str | Path | None = None,
+    progress: bool | None = None,
+) -> TransferStats:
+    """Train linear probes at every point on the ID data and on each OOD dataset.
+
+    ``ood`` is a list of dataset specs; each gets its own probes, trained on its training
+    split and scored on its test split, reading the same backbone. ``probe`` sets the
+    protocol (default ``harun``, selection ``last``). ``max_train`` / ``max_test`` cap the
+    samples read per split (seeded subsets). Returns a :class:`TransferStats` whose
+    ``summary["verdict"]`` says in one line where the tunnel starts and which layer
+    transfers best.
+    """
+    cfg = probe or ProbeConfig(seed=seed)
+    dev = resolve_device(device)
+    net, model_name, model_info = _resolve_model(model, dev)
+    id_ds = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    example = next(id_ds.test.batches(2, device=dev))[0]
+    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example)
+    names = capture.names
+    datasets: dict[str, tuple[data_mod.Dataset, list[str]]] = {"id": (id_ds, [])}
+    for spec in ood:
+        ds, changes = load_adapted(spec, id_ds.input_shape, data_root)
+        if ds.num_classes < 2:
+            raise SpecError(f"OOD dataset {spec!r} has a single class; a probe needs at least two")
+        datasets[spec] = (ds, changes)
+    rows, info, curves = [], {}, {}
+    tic = time.perf_counter()
+    with progress_bar(progress) as bars:
+        for key, (ds, changes) in datasets.items():
+            label = "ID" if key == "id" else key
+            tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev, cache_budget,
+                                                   cache_dtype, bars, f"{label} train")
+            te_cache, te, yte, te_info = _features(capture, ds.test, max_test, seed + 1, batch_size, dev,
+                                                   cache_budget, cache_dtype, bars, f"{label} test")
+            try:
+                result = train_probes(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
+            finally:
+                del tr, te
+                tr_cache.close()
+                te_cache.close()
+            curves[key] = ([result.accuracy[n] for n in names], ds.num_classes)
+            for i, name in enumerate(names):
+                for split, acc in (("test", result.accuracy), ("train", result.train_accuracy)):
+                    rows.append({"model": model_name, "dataset": key, "split": split, "point": name, "layer": i + 1,
+                                 "depth": (i + 1) / len(names), "accuracy": acc[name],
+                                 "epoch": result.epoch[name], "diverged": name in result.diverged})
+            info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
+                         "test": te_info, "diverged": result.diverged}
+    id_curve = curves["id"][0]
+    ood_curves = {k: v for k, v in curves.items() if k != "id"}
+    valid = all(np.isfinite(c).all() for c, _ in curves.values())
+    summary = summarize(id_curve, id_ds.num_classes, ood_curves, taus) if valid else {"points": len(names)}
+    summary["verdict"] = _verdict(summary, names, valid, ood_curves)
+    summary["ood"] = [vars(r) for r in summary.get("ood", [])]
+    config = {"model": model_name, **model_info, "points": names, "reduce": str(capture.reduction),
+              "layout": capture.layout, "probe": {**vars(cfg)}, "selection_note": (
+                  "selected on the test split (the papers' behaviour): accuracies are optimistic"
+                  if cfg.select == "test" else None), "datasets": info, "seed": seed, "batch_size": batch_size,
+              "device": str(dev), "versions": package_versions(), "seconds": time.perf_counter() - tic}
+    return TransferStats(pd.DataFrame(rows), summary, config)
+
+
+def _verdict(summary: dict, names: list[str], valid: bool, ood_curves: dict) -> str:
+    """One line: where the tunnel starts and which layer transfers best (highest mean OOD accuracy)."""
+    if not valid:
+        return "some probes diverged (NaN accuracy); no tunnel verdict"
+    start, L = summary["tunnel_start@0.95"], summary["points"]
+    text = (f"the tunnel starts at layer {start} of {L}" if start < L
+            else f"no tunnel: ID probe accuracy still rises at the last layer ({L})")
+    if ood_curves:
+        mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
+        j = int(np.argmax(mean)) + 1
+        summary["best_transfer_layer"] = j
+        text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
+                 f"at the last layer: {summary['mean_retained']:.1f}% ({summary['strength']})")
+    return text

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope import data, models, train
+from tunnelscope.errors import ShapeError, SpecError
+from tunnelscope.ood import adapted_spec
+from tunnelscope.probes import ProbeConfig
+from tunnelscope.transfer import probe_layers
+
+
+def test_adapted_spec_resizes_and_converts_channels():
+    assert adapted_spec("digits", (1, 8, 8), (1, 8, 8)) == ("digits", [])
+    spec, changes = adapted_spec("digits[per_class=5]", (3, 28, 28), (1, 8, 8))
+    assert spec == "digits[per_class=5,size=28,channels=3]"
+    assert changes == ["resized 8x8 -> 28x28", "channels 1 -> 3"]
+    assert data.load(spec).input_shape == (3, 28, 28)
+    with pytest.raises(ShapeError, match="only images"):
+        adapted_spec("mnist1d", (1, 28, 28), (1, 40))
+
+
+@pytest.fixture(scope="module")
+def small_mlp(tmp_path_factory):
+    ds = data.load("fashion-mnist[classes=0-4,per_class=300,test_per_class=100]")
+    out = tmp_path_factory.mktemp("mlp")
+    return train("mlp-6x64", ds, epochs=4, out=out, batch_size=64, progress=False, early_checkpoints=False), ds
+
+
+def test_end_to_end_id_accuracy_saturates_before_the_last_layer(small_mlp):
+    result, ds = small_mlp
+    stats = probe_layers(result.final_checkpoint, ds, ood=["digits[per_class=60]"],
+                         probe=ProbeConfig(epochs=15), batch_size=128, progress=False)
+    id_curve = stats.curve("id").to_numpy()
+    assert len(id_curve) == 5 and stats.summary["tunnel_start@0.95"] < 5
+    assert id_curve.max() > 0.7
+    assert "the tunnel starts at layer" in stats.summary["verdict"]
+    assert stats.config["datasets"]["digits[per_class=60]"]["adapted"] == ["resized 8x8 -> 28x28"]
+    ood = stats.summary["ood"][0]
+    curve = stats.curve("digits[per_class=60]").to_numpy()
+    assert ood["retained"] == pytest.approx(100 * curve[-1] / curve.max())
+    assert set(stats.table.columns) >= {"dataset", "split", "point", "layer", "accuracy", "epoch"}
+
+
+def test_single_class_ood_and_unadaptable_ood_are_refused(small_mlp):
+    result, ds = small_mlp
+    with pytest.raises(SpecError, match="single class"):
+        probe_layers(result.final_checkpoint, ds, ood=["digits[classes=3]"], progress=False)
+    with pytest.raises(ShapeError):
+        probe_layers(result.final_checkpoint, ds, ood=["mnist1d[n=200]"], progress=False)
+
+
+def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
+    result, ds = small_mlp
+    cfg = ProbeConfig(epochs=2)
+    a = probe_layers(result.final_checkpoint, ds, probe=cfg, progress=False)
+    with pytest.warns(UserWarning, match="exceed the cache budget"):
+        b = probe_layers(result.final_checkpoint, ds, probe=cfg, cache_budget=1000, progress=False)
+    spilled = b.config["datasets"]["id"]["train"]["spilled"]
+    assert spilled is not None and not __import__("pathlib").Path(spilled).exists()  # cleaned up
+    np.testing.assert_allclose(a.curve("id").to_numpy(), b.curve("id").to_numpy())
