@@ -189,7 +189,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def list_models() -> list[dict]:
-    """Every model family: its example spec, description and probe-point counts at 32 px."""
+    """Every model family: its name, an example spec and a description."""
     rows = []
     for family in FAMILIES:
         rows.append({"family": family.name, "example": family.example, "description": family.description})
