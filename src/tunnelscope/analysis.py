@@ -105,14 +105,16 @@ def _parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(metrics))
 
 
-def _sample(split, limit: int | None, seed: int):
+def sample_split(split, limit: int | None, seed: int):
+    """``split`` itself, or a seeded random subset of ``limit`` samples in their original order; and its size."""
     if limit is None or len(split) <= limit:
         return split, len(split)
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
     return split.subset(idx), limit
 
 
-def _resolve_model(model, device: torch.device) -> tuple[nn.Module, str, dict]:
+def resolve_model(model, device: torch.device) -> tuple[nn.Module, str, dict]:
+    """A module or a checkpoint path → ``(module on device, its name, checkpoint info)``."""
     if isinstance(model, (str, Path)):
         net, meta = load_model(model, device)
         return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step")}
@@ -159,14 +161,14 @@ def analyze_layers(
         raise SpecError("cka_passes must be >= 1")
     matmul_dtype = torch.float64 if precision == "float64" else torch.float32
     dev = resolve_device(device)
-    net, model_name, model_info = _resolve_model(model, dev)
+    net, model_name, model_info = resolve_model(model, dev)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed,
                       example=next(dataset.test.batches(2, device=dev))[0])
     names = capture.names
     C = dataset.num_classes
-    train_split, n_train = _sample(dataset.train, max_samples, seed)
-    test_split, n_test = _sample(dataset.test, max_samples, seed + 1)
+    train_split, n_train = sample_split(dataset.train, max_samples, seed)
+    test_split, n_test = sample_split(dataset.test, max_samples, seed + 1)
     warn: list[str] = []
     need_cache = "ncc" in wanted or "ridge" in wanted
     tic = time.perf_counter()
@@ -232,7 +234,7 @@ def analyze_layers(
             m = acc.points[name]
             if name in invalid[split]:
                 for metric in ("rank", "pc1", "erank", "nc1", "cdnv"):
-                    if metric.rstrip("1") in wanted or metric in wanted:
+                    if metric in wanted:
                         add(split, name, metric, float("nan"))
                 continue
             if {"rank", "pc1"} & set(wanted):
@@ -323,9 +325,9 @@ def cross_model_cka(
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     if split not in ("train", "test"):
         raise SpecError(f"split must be train or test, not {split!r}")
-    chosen, n = _sample(getattr(dataset, split), max_samples, seed)
+    chosen, n = sample_split(getattr(dataset, split), max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
-    (net_a, name_a, _), (net_b, name_b, _) = _resolve_model(model_a, dev), _resolve_model(model_b, dev)
+    (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev), resolve_model(model_b, dev)
     cap_a = Capture(net_a, points, reduce=reduce, seed=seed, example=example)
     cap_b = Capture(net_b, points, reduce=reduce, seed=seed, example=example)
     keys = [f"a/{p}" for p in cap_a.names] + [f"b/{p}" for p in cap_b.names]

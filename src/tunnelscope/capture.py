@@ -225,28 +225,21 @@ class Capture:
         feats, self._features = self._features, {}
         return Features((n, feats[n]) for n in wanted)
 
-    def stream(self, split, batch_size: int, device: torch.device, limit: int | None = None,
-               progress=None, description: str = "",
+    def stream(self, split, batch_size: int, device: torch.device, progress=None, description: str = "",
                generator: torch.Generator | None = None) -> Iterator[tuple[Features, Tensor]]:
         """One pass over a split under ``inference_mode``: yields ``(features, labels)``.
 
-        ``limit`` stops after that many samples; the split's order is kept unless a
-        ``generator`` is given, which shuffles it. ``progress`` is a rich Progress (or
-        the silent one).
+        The split's order is kept unless a ``generator`` is given, which shuffles it.
+        ``progress`` is a rich Progress (or the silent one).
         """
         was_training = self.model.training
         self.model.eval()
-        total = len(split) if limit is None else min(limit, len(split))
-        task = progress.add_task(description, total=total, info="") if progress is not None else None
+        task = progress.add_task(description, total=len(split), info="") if progress is not None else None
         seen = 0
         try:
             with torch.inference_mode():
                 for x, y in split.batches(batch_size, device=device, shuffle=generator is not None,
                                           generator=generator):
-                    if seen >= total:
-                        break
-                    if seen + len(y) > total:
-                        x, y = x[: total - seen], y[: total - seen]
                     seen += len(y)
                     yield self(x), y
                     if task is not None:

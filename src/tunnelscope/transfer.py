@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .analysis import _resolve_model, _sample
+from .analysis import resolve_model, sample_split
 from .cache import DEFAULT_BUDGET, FeatureCache
 from .capture import DEFAULT_MAX_DIM, Capture
 from .errors import SpecError
@@ -52,7 +52,7 @@ class TransferStats:
 def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
               cache_dtype: str, bars, description: str) -> tuple[FeatureCache, dict[str, torch.Tensor], torch.Tensor, dict]:
     """One model pass over ``split`` into a feature cache; the caller closes the cache."""
-    chosen, n = _sample(split, limit, seed)
+    chosen, n = sample_split(split, limit, seed)
     cache = FeatureCache(n, budget, cache_dtype)
     for feats, y in capture.stream(chosen, batch_size, device, progress=bars, description=description):
         cache.update(feats, y)
@@ -95,7 +95,7 @@ def probe_layers(
     """
     cfg = probe or ProbeConfig(seed=seed)
     dev = resolve_device(device)
-    net, model_name, model_info = _resolve_model(model, dev)
+    net, model_name, model_info = resolve_model(model, dev)
     id_ds = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     example = next(id_ds.test.batches(2, device=dev))[0]
     capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example)

@@ -120,14 +120,15 @@ class FullCKA:
         self.dims: list[int] = []
 
     def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
-        parts = [features[n] for n in self.names]
+        from ..capture import joint_features
+
         if not self.dims:
-            self.dims = [p.shape[1] for p in parts]
+            self.dims = [features[n].shape[1] for n in self.names]
             if sum(self.dims) > self.max_total_dim:
                 raise TunnelscopeError(
                     f"full-data CKA over {sum(self.dims)} dims exceeds max_total_dim={self.max_total_dim}; "
                     "use minibatch CKA, fewer points, or a smaller reduction (gap, project:D)")
-        joint = torch.cat([p.double() for p in parts], dim=1)
+        joint, _ = joint_features(features, self.names, torch.float64)
         self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
 
     def merge(self, other: "FullCKA") -> "FullCKA":

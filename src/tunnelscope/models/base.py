@@ -23,9 +23,14 @@ class ZooModel(nn.Module):
             "spec": self.spec,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
-            "parameters": sum(p.numel() for p in self.parameters()),
+            "parameters": count_parameters(self),
             "probe_points": {k: list(v) for k, v in self.probe_sets.items()},
         }
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of a model."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def scaled(channels: int, multiplier: float) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CheckpointError, ShapeError, SpecError
 from ..specs import parse_spec
-from .base import ZooModel
+from .base import ZooModel, count_parameters
 from .convnet import ConvNet
 from .mlp import MLP
 from .probe_points import order_by_execution
@@ -194,11 +194,6 @@ def list_models() -> list[dict]:
     for family in FAMILIES:
         rows.append({"family": family.name, "example": family.example, "description": family.description})
     return rows
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters of a model."""
-    return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["FAMILIES", "build", "count_parameters", "list_models", "load_weights"]
