@@ -227,6 +227,25 @@ def case_cka_peer(model_fn, data_spec: str, reduce: str, device: torch.device, r
             "uncentred_f64_max_err": float(np.abs(refs["uncentred"] - ref).max()), "ref_min": float(ref.min())}
 
 
+def plain_probe(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, num_classes: int, cfg) -> float:
+    """One layer's probe the way the papers' code trains it: an ``nn.Linear`` with PyTorch's
+    default initialisation, autograd, ``torch.optim.AdamW``, shuffled minibatches; the same
+    protocol (epochs, batch, lr, label smoothing) as tunnelscope's joint trainer."""
+    lin = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
+    opt = torch.optim.AdamW(lin.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=g).to(x.device)
+        for lo in range(0, len(y), cfg.batch_size):
+            idx = order[lo : lo + cfg.batch_size]
+            loss = torch.nn.functional.cross_entropy(lin(x[idx]), y[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((lin(xt).argmax(1) == yt).float().mean())
+
+
 def case_probes(device: torch.device, epochs: int) -> dict:
     """All-layer probes: the joint trainer against the per-layer loop of the same protocol
     (the papers' way) and against scikit-learn's LogisticRegression per layer."""
@@ -263,6 +282,10 @@ def case_probes(device: torch.device, epochs: int) -> dict:
     sync(device)
     t_loop = time.perf_counter() - tic
     tic = time.perf_counter()
+    plain = {k: plain_probe(train[k], y, test[k], yt, ds.num_classes, cfg) for k in capture.names}
+    sync(device)
+    t_plain = time.perf_counter() - tic
+    tic = time.perf_counter()
     sk = {}
     for k in capture.names:
         scaler = StandardScaler().fit(train[k].cpu().numpy())
@@ -272,8 +295,10 @@ def case_probes(device: torch.device, epochs: int) -> dict:
     names = capture.names
     return {"model": label, "data": MLP_DATA, "device": str(device), "points": len(names), "train": len(y),
             "test": len(yt), "epochs": epochs, "joint_s": t_joint, "loop_s": t_loop, "sklearn_s": t_sk,
+            "plain_s": t_plain, "speedup_plain": t_plain / t_joint,
             "speedup_loop": t_loop / t_joint, "speedup_sklearn": t_sk / t_joint,
             "max_diff_loop_pp": 100 * max(abs(joint.accuracy[k] - loop[k]) for k in names),
+            "max_diff_plain_pp": 100 * max(abs(joint.accuracy[k] - plain[k]) for k in names),
             "mean_acc_joint": float(np.mean([joint.accuracy[k] for k in names])),
             "mean_acc_sklearn": float(np.mean([sk[k] for k in names])),
             "acc_joint": [joint.accuracy[k] for k in names], "acc_sklearn": [sk[k] for k in names]}

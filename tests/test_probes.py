@@ -94,3 +94,55 @@ def test_ridge_protocol_uses_the_closed_form():
     assert res.accuracy["c"] == pytest.approx(ref)
     with pytest.raises(SpecError, match="needs epochs"):
         ProbeConfig(protocol="ridge", select="val")
+
+
+def _reference_adamw(x, y, w0, cfg, num_classes, batches):
+    """The papers' way: an nn.Linear, autograd, and torch.optim.AdamW over the given batches."""
+    lin = torch.nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        lin.weight.copy_(w0.t())
+        lin.bias.zero_()
+    opt = torch.optim.AdamW(lin.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for idx in batches:
+        loss = torch.nn.functional.cross_entropy(lin(x[idx]), y[idx], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lin.weight.detach().t(), lin.bias.detach()
+
+
+@pytest.mark.parametrize("batch_size", [600, 32])
+def test_written_out_gradient_and_update_equal_autograd_and_torch_adamw(batch_size):
+    from tunnelscope.probes import _init
+
+    train, y, test, yt = _features(seed=2)
+    cfg = ProbeConfig(epochs=4, batch_size=batch_size, seed=1, weight_decay=0.05, lr=3e-3, label_smoothing=0.2)
+    res = train_probes(train, y, test, yt, 4, cfg, progress=False)
+    for name in ("a", "c"):
+        w0 = _init([name], [train[name].shape[1]], 4, cfg.init_std, cfg.seed)[0]
+        batches = []
+        for epoch in range(1, cfg.epochs + 1):  # the documented order: a seeded permutation per epoch
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            batches += [order[lo : lo + batch_size] for lo in range(0, len(y), batch_size)]
+        w, b = _reference_adamw(train[name], y, w0, cfg, 4, batches)
+        torch.testing.assert_close(res.weights[name][0], w, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(res.weights[name][1], b, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(w, w0)
+
+
+def test_memory_mapped_features_are_streamed_with_the_same_result(tmp_path):
+    train, y, test, yt = _features(seed=4)
+
+    def mapped(feats, tag):
+        out = {}
+        for k, x in feats.items():
+            out[k] = np.lib.format.open_memmap(tmp_path / f"{tag}-{k}.npy", mode="w+", dtype=np.float32, shape=tuple(x.shape))
+            out[k][:] = x.numpy()
+        return out
+
+    cfg = ProbeConfig(epochs=3, batch_size=64, select="val")
+    resident = train_probes(train, y, test, yt, 4, cfg, progress=False)
+    streamed = train_probes(mapped(train, "tr"), y, mapped(test, "te"), yt, 4, cfg, progress=False)
+    for name in train:
+        torch.testing.assert_close(streamed.weights[name][0], resident.weights[name][0], rtol=0, atol=0)
+    assert streamed.accuracy == resident.accuracy and streamed.epoch == resident.epoch

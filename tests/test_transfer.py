@@ -58,3 +58,35 @@ def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
     spilled = b.config["datasets"]["id"]["train"]["spilled"]
     assert spilled is not None and not __import__("pathlib").Path(spilled).exists()  # cleaned up
     np.testing.assert_allclose(a.curve("id").to_numpy(), b.curve("id").to_numpy())
+
+
+def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp):
+    from tunnelscope.capture import Capture
+    from tunnelscope.checkpoint import load_model
+
+    result, ds = small_mlp
+    stats = probe_layers(result.final_checkpoint, ds, probe=ProbeConfig(epochs=1), ncc_eps=0.05, progress=False)
+    model, _ = load_model(result.final_checkpoint)
+    capture = Capture(model.eval(), "blocks")
+
+    def features(split):
+        feats, labels = {n: [] for n in capture.names}, []
+        with torch.no_grad():
+            for x, y in split.batches(256):
+                for n, f in capture(x).items():
+                    feats[n].append(f.double().numpy())
+                labels.append(y.numpy())
+        return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
+
+    (tr, ytr), (te, yte) = features(ds.train), features(ds.test)
+    errors = []
+    for name in capture.names:
+        means = np.stack([tr[name][ytr == c].mean(0) for c in range(ds.num_classes)])
+        for split, x, y in (("train", tr[name], ytr), ("test", te[name], yte)):
+            pred = ((x[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
+            row = stats.table[(stats.table.dataset == "id") & (stats.table.split == split) & (stats.table.point == name)]
+            assert row.ncc_accuracy.item() == pytest.approx((pred == y).mean(), abs=1e-12)
+            if split == "train":
+                errors.append(1 - (pred == y).mean())
+    expected = next((i + 1 for i, e in enumerate(errors) if e <= 0.05), None)
+    assert stats.summary["effective_depth@0.05"] == expected

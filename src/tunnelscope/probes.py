@@ -1,10 +1,14 @@
 """Softmax linear probes for every probe point, trained jointly (METRICS.md §2).
 
-``train_probes`` fits one ``nn.Linear`` probe per point on frozen features, all in the
+``train_probes`` fits one linear softmax probe per point on frozen features, all in the
 same steps: every point sees the same minibatch, points of equal width are stacked into
-one batched matmul, and one AdamW updates all parameters. AdamW acts elementwise and
+one batched matmul, and AdamW updates all of them at once. AdamW acts elementwise and
 each probe's initial weights come from its own seeded generator, so the joint result
-equals training the probes one by one with the same seed (tested).
+equals training the probes one by one with the same seed (tested). The gradient of the
+smoothed cross-entropy is written out rather than taken by autograd, and AdamW's update
+is applied in place; both are tested against ``torch.optim.AdamW`` on an ``nn.Linear``.
+Features may be memory-mapped arrays (a spilled feature cache): minibatches are then read
+from disk as they are needed.
 
 Protocol ``harun`` (Harun et al. 2024, App. A.2): weights N(0, 0.01²), bias 0; AdamW lr
 1e-3, weight decay 0; batch 128; 30 epochs; cross-entropy with label smoothing 0.1; no
@@ -20,6 +24,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -73,8 +78,8 @@ class ProbeResult:
 
 
 def _init(names: Sequence[str], dims: Sequence[int], classes: int, std: float, seed: int) -> list[Tensor]:
-    """One weight matrix per point from a generator seeded by the point's name and ``seed``:
-    the same whether the probe is trained alone or with others."""
+    """One weight matrix ``(D, C)`` per point from a generator seeded by the point's name and
+    ``seed``: the same whether the probe is trained alone or with others."""
     weights = []
     for name, d in zip(names, dims):
         g = torch.Generator().manual_seed((zlib.crc32(name.encode()) + 100_003 * seed) % 2**63)
@@ -82,40 +87,107 @@ def _init(names: Sequence[str], dims: Sequence[int], classes: int, std: float, s
     return weights
 
 
+Features = Tensor | np.ndarray
+
+
+class _Rows:
+    """Every point's feature rows, gathered by index one width group at a time.
+
+    Resident: each group's features stacked once as ``(N, G, D)`` on the device, so a
+    minibatch is one ``index_select``. Streamed (memory-mapped caches that exceed the
+    budget): a minibatch is read from each point's array on demand, so the probes never
+    hold more than a batch of features in memory.
+    """
+
+    def __init__(self, feats: dict[str, Features], groups: list[list[str]], device: torch.device, resident: bool):
+        self.groups, self.device, self.resident = groups, device, resident
+        self.n = len(next(iter(feats.values())))
+        if resident:
+            self.stacked = [torch.stack([_tensor(feats[n]) for n in g], 1).to(device) for g in groups]
+        else:
+            self.arrays = [[feats[n] for n in g] for g in groups]
+
+    def gather(self, idx: Tensor) -> list[Tensor]:
+        """``(B, G, D)`` float32 per group for the rows ``idx`` (a sorted index on the device)."""
+        if self.resident:
+            return [x.index_select(0, idx) for x in self.stacked]
+        rows = idx.cpu().numpy()
+        return [torch.stack([_tensor(a[rows]) for a in arrays], 1).to(self.device) for arrays in self.arrays]
+
+    def chunks(self, index: Tensor | None = None, chunk: int = 8192):
+        """``(rows, per-group features)`` in chunks over ``index`` (sorted; default all rows)."""
+        index = torch.arange(self.n, device=self.device) if index is None else index
+        for lo in range(0, len(index), chunk):
+            idx = index[lo : lo + chunk]
+            yield idx, self.gather(idx)
+
+
+def _tensor(x: Features) -> Tensor:
+    return (torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x).float()
+
+
 class _Group:
-    """Probes of equal width, stacked: weights ``(G, D, C)``, biases ``(G, 1, C)``."""
+    """Probes of equal width, stacked and transposed: weights ``(G, C, D)``, biases ``(G, C, 1)``,
+    and their AdamW moments. Transposed because ``(C, D) @ (D, B)`` products with a long
+    output dimension run several times faster on the CPU than ``(B, D) @ (D, C)`` ones."""
 
     def __init__(self, names: list[str], weights: list[Tensor], device: torch.device) -> None:
         self.names = names
-        self.w = torch.stack(weights).to(device).requires_grad_()
-        self.b = torch.zeros(len(names), 1, weights[0].shape[1], device=device, requires_grad=True)
+        self.w = torch.stack([w.t() for w in weights]).contiguous().to(device)
+        self.b = torch.zeros(len(names), weights[0].shape[1], 1, device=device)
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.w, self.b)]
 
-    def logits(self, x: Tensor) -> Tensor:  # x: (G, B, D)
-        return torch.baddbmm(self.b, x, self.w)
+    def logits(self, x: Tensor) -> Tensor:
+        """``(G, C, B)`` for features ``x`` of shape ``(B, G, D)``."""
+        return torch.baddbmm(self.b, self.w, x.permute(1, 2, 0))
+
+    def step(self, x: Tensor, target: Tensor, cfg: "ProbeConfig", step: int) -> None:
+        """One AdamW step on the mean smoothed cross-entropy of every probe in the group.
+
+        The gradient is written out (softmax minus the smoothed one-hot target, over the
+        batch size) instead of taken by autograd; the update is ``torch.optim.AdamW``'s
+        (tested against both)."""
+        grad_logits = torch.softmax(self.logits(x), 1).sub_(target).div_(x.shape[0])  # (G, C, B)
+        grads = (torch.bmm(grad_logits, x.transpose(0, 1)), grad_logits.sum(2, keepdim=True))
+        b1, b2 = 0.9, 0.999
+        step_size = cfg.lr / (1 - b1**step)
+        bc2_sqrt = math.sqrt(1 - b2**step)
+        for p, g, (m, v) in zip((self.w, self.b), grads, self.state):
+            p.mul_(1 - cfg.lr * cfg.weight_decay)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(1e-8), value=-step_size)
+
+    def weights(self, i: int) -> tuple[Tensor, Tensor]:
+        """Point ``i``'s ``(W (D, C), b (C,))``."""
+        return self.w[i].t(), self.b[i, :, 0]
 
 
-def _accuracy(groups: list[_Group], feats: dict[str, Tensor], labels: Tensor, chunk: int = 8192) -> dict[str, float]:
+def _accuracy(groups: list[_Group], rows: _Rows, labels: Tensor, index: Tensor | None = None) -> dict[str, float]:
+    """Per point, the share of ``rows`` (those in ``index``, default all) classified right."""
     correct = {n: 0 for g in groups for n in g.names}
-    with torch.no_grad():
-        for lo in range(0, len(labels), chunk):
-            y = labels[lo : lo + chunk]
-            for g in groups:
-                x = torch.stack([feats[n][lo : lo + chunk] for n in g.names])
-                pred = g.logits(x).argmax(2)
-                for i, n in enumerate(g.names):
-                    correct[n] += int((pred[i] == y).sum())
-    return {n: c / max(1, len(labels)) for n, c in correct.items()}
+    total = 0
+    for idx, xs in rows.chunks(index):
+        y = labels[idx]
+        total += len(idx)
+        for g, x in zip(groups, xs):
+            pred = g.logits(x).argmax(1)  # (G, B)
+            for i, n in enumerate(g.names):
+                correct[n] += int((pred[i] == y).sum())
+    return {n: c / max(1, total) for n, c in correct.items()}
 
 
-def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor], test_labels: Tensor,
+def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[str, Features], test_labels: Tensor,
                  num_classes: int, config: ProbeConfig | None = None, device: str | torch.device = "cpu",
-                 progress: bool | None = None) -> ProbeResult:
+                 progress: bool | None = None, resident: bool | None = None) -> ProbeResult:
     """Train a softmax probe per point on ``train`` features and score it on ``test``.
 
     ``train[point]`` is ``(N, D_point)`` and ``test[point]`` ``(M, D_point)``, in the same
-    point order. Returns per-point accuracy (on ``test``; with ``select="test"`` the best
-    epoch's, as the papers report), the epoch used, and the points whose loss diverged
-    (their accuracy is NaN).
+    point order: tensors, numpy arrays, or memory-mapped arrays. ``resident`` (default:
+    unless any array is memory-mapped) stacks the features on the device; otherwise each
+    minibatch is read from the arrays as it is needed. Returns per-point accuracy (on
+    ``test``; with ``select="test"`` the best epoch's, as the papers report), the epoch
+    used, and the points whose loss diverged (their accuracy is NaN).
     """
     cfg = config or ProbeConfig()
     dev = torch.device(device)
@@ -126,77 +198,66 @@ def train_probes(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
         return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev)
     if cfg.protocol == "ridge":
         return _train_ridge(train, train_labels, test, test_labels, num_classes, cfg, dev)
+    if resident is None:
+        resident = not any(isinstance(x, np.memmap) for x in [*train.values(), *test.values()])
     y_all = train_labels.long().to(dev)
-    feats = {n: train[n].float().to(dev) for n in names}
-    evals = {n: test[n].float().to(dev) for n in names}
     y_eval = test_labels.long().to(dev)
-    # selection split
-    if cfg.select == "val":
-        g = torch.Generator().manual_seed(cfg.seed + 7)
-        perm = torch.randperm(len(y_all), generator=g).to(dev)
-        n_val = max(1, int(round(cfg.val_fraction * len(y_all))))
-        val_idx, fit_idx = perm[:n_val], perm[n_val:]
-        sel_feats, sel_y = {n: feats[n][val_idx] for n in names}, y_all[val_idx]
-        feats, y_all = {n: feats[n][fit_idx] for n in names}, y_all[fit_idx]
-    elif cfg.select == "test":
-        sel_feats, sel_y = evals, y_eval
-    dims = [feats[n].shape[1] for n in names]
+    dims = [train[n].shape[1] for n in names]
     weights = dict(zip(names, _init(names, dims, num_classes, cfg.init_std, cfg.seed)))
     by_dim: dict[int, list[str]] = {}
     for n, d in zip(names, dims):
         by_dim.setdefault(d, []).append(n)
     groups = [_Group(ns, [weights[n] for n in ns], dev) for ns in by_dim.values()]
-    # each group's training features stacked once, (G, N, D): a step gathers one minibatch per group
-    stacked = [torch.stack([feats[name] for name in g.names]) for g in groups]
-    params = [p for g in groups for p in (g.w, g.b)]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(y_all)
+    rows = _Rows(train, list(by_dim.values()), dev, resident)
+    eval_rows = _Rows(test, list(by_dim.values()), dev, resident)
+    fit_idx = torch.arange(len(y_all), device=dev)
+    if cfg.select == "val":  # a seeded share of train held out for selection
+        perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(cfg.seed + 7)).to(dev)
+        n_val = max(1, int(round(cfg.val_fraction * len(y_all))))
+        val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:]
+    n = len(fit_idx)
     best = {name: (-1.0, 0) for name in names}
     snapshots: dict[str, tuple[Tensor, Tensor]] = {}
     diverged: set[str] = set()
+    smooth = cfg.label_smoothing
+    step = 0
     with progress_bar(progress) as bars:
         task = bars.add_task("probes", total=cfg.epochs, info=f"{len(names)} points")
         for epoch in range(1, cfg.epochs + 1):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
+            order = fit_idx[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)]
             for lo in range(0, n, cfg.batch_size):
-                idx = order[lo : lo + cfg.batch_size]
+                idx = order[lo : lo + cfg.batch_size].sort().values
                 y = y_all[idx]
-                loss = 0.0
-                for g, xs in zip(groups, stacked):
-                    logits = g.logits(xs[:, idx])  # (G, B, C)
-                    per_point = F.cross_entropy(logits.transpose(1, 2), y.expand(len(g.names), -1),
-                                                label_smoothing=cfg.label_smoothing, reduction="none").mean(1)
-                    loss = loss + per_point.sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                target = F.one_hot(y, num_classes).t().float().mul_(1 - smooth).add_(smooth / num_classes)  # (C, B)
+                step += 1
+                for g, x in zip(groups, rows.gather(idx)):
+                    g.step(x, target, cfg, step)
             for g in groups:
-                bad = ~torch.isfinite(g.w.detach()).flatten(1).all(1)
+                bad = ~(torch.isfinite(g.w).flatten(1).all(1) & torch.isfinite(g.b).flatten(1).all(1))
                 diverged |= {name for name, b in zip(g.names, bad.tolist()) if b}
             if cfg.select != "last":
-                acc = _accuracy(groups, sel_feats, sel_y)
-                for gi, g in enumerate(groups):
+                acc = (_accuracy(groups, rows, y_all, val_idx) if cfg.select == "val"
+                       else _accuracy(groups, eval_rows, y_eval))
+                for g in groups:
                     for i, name in enumerate(g.names):
                         if acc[name] > best[name][0]:
                             best[name] = (acc[name], epoch)
-                            snapshots[name] = (g.w.detach()[i].clone(), g.b.detach()[i].clone())
+                            snapshots[name] = (g.w[i].clone(), g.b[i].clone())
             bars.update(task, completed=epoch)
     chosen_epoch = {name: cfg.epochs for name in names}
-    if cfg.select != "last":
-        with torch.no_grad():
-            for g in groups:
-                for i, name in enumerate(g.names):
-                    if name in snapshots:
-                        g.w[i], g.b[i] = snapshots[name]
-                        chosen_epoch[name] = best[name][1]
-    accuracy = _accuracy(groups, evals, y_eval)
-    train_accuracy = _accuracy(groups, feats, y_all)
+    for g in groups:
+        for i, name in enumerate(g.names):
+            if name in snapshots:
+                g.w[i], g.b[i] = snapshots[name]
+                chosen_epoch[name] = best[name][1]
+    accuracy = _accuracy(groups, eval_rows, y_eval)
+    train_accuracy = _accuracy(groups, rows, y_all, fit_idx.sort().values)
     for name in diverged:
         accuracy[name] = train_accuracy[name] = math.nan
     cfg_out = asdict(cfg)
     if cfg.select == "test":
         cfg_out["note"] = "selected on the test split (the papers' behaviour): accuracies are optimistic"
-    weights_out = {name: (g.w.detach()[i].cpu(), g.b.detach()[i, 0].cpu()) for g in groups for i, name in enumerate(g.names)}
+    weights_out = {name: tuple(t.cpu() for t in g.weights(i)) for g in groups for i, name in enumerate(g.names)}
     return ProbeResult(accuracy, train_accuracy, chosen_epoch, sorted(diverged), weights_out, cfg_out)
 
 
@@ -211,9 +272,9 @@ def _train_lbfgs(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
     y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
     acc, train_acc, weights, diverged = {}, {}, {}, []
     for name in train:
-        x = train[name].to(dev, torch.float64)
+        x = _tensor(train[name]).to(dev, torch.float64)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
-        xs, xt = (x - mean) / std, (test[name].to(dev, torch.float64) - mean) / std
+        xs, xt = (x - mean) / std, (_tensor(test[name]).to(dev, torch.float64) - mean) / std
         w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=dev, requires_grad=True)
         b = torch.zeros(num_classes, dtype=torch.float64, device=dev, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
@@ -246,10 +307,10 @@ def _train_ridge(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
 
     moments = Moments(num_classes, torch.float64)
     y = train_labels.long().to(dev)
-    moments.update({n: x.to(dev) for n, x in train.items()}, y)
+    moments.update({n: _tensor(x).to(dev) for n, x in train.items()}, y)
     probes = {n: ridge_weights(m, cfg.ridge) for n, m in moments.points.items()}
     test_acc, train_acc = RidgeAccuracy(probes), RidgeAccuracy(probes)
-    test_acc.update({n: x.to(dev) for n, x in test.items()}, test_labels.long().to(dev))
-    train_acc.update({n: x.to(dev) for n, x in train.items()}, y)
+    test_acc.update({n: _tensor(x).to(dev) for n, x in test.items()}, test_labels.long().to(dev))
+    train_acc.update({n: _tensor(x).to(dev) for n, x in train.items()}, y)
     weights = {n: (w.cpu(), (prior - mu @ w).cpu()) for n, (w, mu, prior) in probes.items()}
     return ProbeResult(test_acc.compute(), train_acc.compute(), {n: 0 for n in train}, [], weights, asdict(cfg))

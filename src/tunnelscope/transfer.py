@@ -25,6 +25,8 @@ from .analysis import resolve_model, sample_split
 from .cache import DEFAULT_BUDGET, FeatureCache
 from .capture import DEFAULT_MAX_DIM, Capture
 from .errors import SpecError
+from .metrics.collapse import NCCAccuracy, effective_depth
+from .metrics.moments import Moments
 from .ood import load_adapted
 from .probes import ProbeConfig, train_probes
 from .progress import progress_bar
@@ -60,9 +62,23 @@ def _features(capture: Capture, split, limit: int | None, seed: int, batch_size:
     if cache.spilled_to is not None:
         warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
                       f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
-    # the probes read the cache through torch views (memory-mapped files stay on disk until closed)
-    feats = {name: torch.from_numpy(np.asarray(a)) for name, a in cache.arrays.items()}
-    return cache, feats, torch.from_numpy(cache.labels), info
+    # in-memory arrays are stacked by the probe trainer; memory-mapped ones are read a minibatch at a time
+    return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
+
+
+def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device) -> dict[str, dict[str, float]]:
+    """Nearest-class-centre accuracy per point on both splits, class means from the train cache."""
+    moments = Moments(num_classes, torch.float64)
+    for feats, y in train.batches(device=device):
+        moments.update(feats, y)
+    means = {name: point.class_means() for name, point in moments.points.items()}
+    out = {}
+    for split, cache in (("train", train), ("test", test)):
+        acc = NCCAccuracy(means)
+        for feats, y in cache.batches(device=device):
+            acc.update(feats, y)
+        out[split] = acc.compute()
+    return out
 
 
 def probe_layers(
@@ -81,6 +97,7 @@ def probe_layers(
     cache_budget: int = DEFAULT_BUDGET,
     cache_dtype: str = "float32",
     taus: Sequence[float] = (0.95, 0.98),
+    ncc_eps: float = 0.01,
     data_root: str | Path | None = None,
     progress: bool | None = None,
 ) -> TransferStats:
@@ -89,7 +106,9 @@ def probe_layers(
     ``ood`` is a list of dataset specs; each gets its own probes, trained on its training
     split and scored on its test split, reading the same backbone. ``probe`` sets the
     protocol (default ``harun``, selection ``last``). ``max_train`` / ``max_test`` cap the
-    samples read per split (seeded subsets). Returns a :class:`TransferStats` whose
+    samples read per split (seeded subsets). Nearest-class-centre accuracy is measured on the
+    same cached features (class means from each dataset's train split) and gives the ID
+    ``effective_depth`` (first point with NCC train error <= ``ncc_eps``). Returns a :class:`TransferStats` whose
     ``summary["verdict"]`` says in one line where the tunnel starts and which layer
     transfers best.
     """
@@ -117,6 +136,9 @@ def probe_layers(
                                                    cache_budget, cache_dtype, bars, f"{label} test")
             try:
                 result = train_probes(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
+                ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev)
+                if key == "id":
+                    ncc_id_train = ncc["train"]
             finally:
                 del tr, te
                 tr_cache.close()
@@ -126,6 +148,7 @@ def probe_layers(
                 for split, acc in (("test", result.accuracy), ("train", result.train_accuracy)):
                     rows.append({"model": model_name, "dataset": key, "split": split, "point": name, "layer": i + 1,
                                  "depth": (i + 1) / len(names), "accuracy": acc[name],
+                                 "ncc_accuracy": ncc[split][name],
                                  "epoch": result.epoch[name], "diverged": name in result.diverged})
             info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
                          "test": te_info, "diverged": result.diverged}
@@ -133,6 +156,9 @@ def probe_layers(
     ood_curves = {k: v for k, v in curves.items() if k != "id"}
     valid = all(np.isfinite(c).all() for c, _ in curves.values())
     summary = summarize(id_curve, id_ds.num_classes, ood_curves, taus) if valid else {"points": len(names)}
+    depth = effective_depth([1 - ncc_id_train[n] for n in names], ncc_eps)
+    summary[f"effective_depth@{ncc_eps:g}"] = depth
+    summary["effective_depth_point"] = names[depth - 1] if depth else None
     summary["verdict"] = _verdict(summary, names, valid, ood_curves)
     summary["ood"] = [vars(r) for r in summary.get("ood", [])]
     config = {"model": model_name, **model_info, "points": names, "reduce": str(capture.reduction),
@@ -156,4 +182,7 @@ def _verdict(summary: dict, names: list[str], valid: bool, ood_curves: dict) -> 
         summary["best_transfer_layer"] = j
         text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
                  f"at the last layer: {summary['mean_retained']:.1f}% ({summary['strength']})")
+    depth = next((v for k, v in summary.items() if k.startswith("effective_depth@")), None)
+    if depth:
+        text += f"; nearest-class-centre separable from layer {depth}"
     return text
