@@ -15,7 +15,7 @@ def run_cli(args, capsys):
 
 def test_help_lists_commands_with_examples(capsys):
     code, out, _ = run_cli(["--help"], capsys)
-    assert code == 0 and all(c in out for c in ("train", "datasets", "models", "demo"))
+    assert code == 0 and all(c in out for c in ("train", "datasets", "models", "demo", "analyze", "report", "compare"))
     code, out, _ = run_cli(["train", "--help"], capsys)
     assert code == 0 and "Examples:" in out and "--resume" in out
 
@@ -80,15 +80,14 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_quick_then_reuse(tmp_path, capsys):
-    code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
-    first = json.loads(out)
-    assert code == 0 and first["test_accuracy"] > 0.7
+def test_demo_quick_trains_analyses_and_is_reused(tmp_path, capsys):
+    code, out, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "fashion-mnist[classes=0-4," in err  # spec brackets survive rich markup
+    assert "the tunnel starts at layer" in out and str(tmp_path / "report.html") in out
+    for name in ("results.parquet", "summary.json", "config.json", "report.html", "figures/probes.png"):
+        assert (tmp_path / name).is_file(), name
     code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
     again = json.loads(out)
-    assert code == 0 and again["reused"] and again["test_accuracy"] == first["test_accuracy"]
-
-
-def test_messages_keep_spec_brackets(tmp_path, capsys):
-    code, _, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
-    assert code == 0 and "fashion-mnist[classes=0-4," in err
+    assert code == 0 and again["training"]["reused"] and again["training"]["analysis_reused"]
+    assert again["training"]["test_accuracy"] > 0.7 and again["points"] == 11
+    assert [o["name"].split("[")[0] for o in again["ood"]] == ["fashion-mnist", "digits"]

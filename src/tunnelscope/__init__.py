@@ -9,9 +9,11 @@ from .checkpoint import load_model  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError, DataNotFoundError, ProbePointError, ShapeError, SpecError, TunnelscopeError,
 )
+from .pipeline import analyze  # noqa: E402
+from .results import Results  # noqa: E402
 from .train import train  # noqa: E402
 
 __all__ = [
     "CheckpointError", "DataNotFoundError", "ProbePointError", "ShapeError", "SpecError",
-    "TunnelscopeError", "data", "load_model", "models", "train", "__version__",
+    "Results", "TunnelscopeError", "analyze", "data", "load_model", "models", "train", "__version__",
 ]

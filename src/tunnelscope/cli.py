@@ -24,6 +24,8 @@ DEMO_MODEL = "mlp-12x256"
 DEMO_DATA = "fashion-mnist[classes=0-4]"
 DEMO_QUICK_DATA = "fashion-mnist[classes=0-4,per_class=1000,test_per_class=500]"
 DEMO_EPOCHS, DEMO_QUICK_EPOCHS = 10, 2
+DEMO_OOD = ("fashion-mnist[classes=5-9]", "digits[size=28]")
+DEMO_QUICK_OOD = ("fashion-mnist[classes=5-9,per_class=1000,test_per_class=500]", "digits[size=28]")
 
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
@@ -40,6 +42,9 @@ def cli() -> None:
     Examples:
       tunnelscope demo
       tunnelscope datasets
+      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" --out runs/a
+      tunnelscope report runs/demo
+      tunnelscope compare runs/demo runs/a
       tunnelscope train --model mlp-12x256 --data "fashion-mnist[classes=0-4]" --epochs 10 --out runs/mlp12
     """
 
@@ -160,7 +165,7 @@ def train(model_spec: str, data_spec: str, epochs: int, out: str, quiet: bool, a
 
 
 def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet: bool, as_json: bool,
-                  **kwargs) -> None:
+                  report: bool = True, **kwargs):
     from .progress import should_show
     from .train import train as train_fn
 
@@ -174,6 +179,8 @@ def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet
     summary = {"out": str(result.out), "test_accuracy": result.test_accuracy,
                "final_checkpoint": str(result.final_checkpoint), "checkpoints": len(result.checkpoints),
                "history": str(result.out / "history.csv"), "run": str(result.out / "run.json")}
+    if not report:
+        return result
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
@@ -181,6 +188,7 @@ def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet
         out_console.print(f"test accuracy [bold]{result.test_accuracy:.4f}[/] after {len(result.history)} epochs; "
                           f"{len(result.checkpoints)} checkpoints in {escape(str(result.out / 'checkpoints'))}")
         out_console.print(f"final checkpoint: {result.final_checkpoint}", markup=False)
+    return result
 
 
 def _print_history(history) -> None:
@@ -195,49 +203,229 @@ def _print_history(history) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--quick", is_flag=True, help="A 2-epoch run on 1000 images per class, for tests.")
+@click.option("--quick", is_flag=True, help="A 2-epoch run on 1000 images per class (OOD sets capped too), for tests.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @data_root_option
 @download_option
-@click.option("--overwrite", is_flag=True, help="Retrain even if --out already holds a finished demo run.")
+@click.option("--overwrite", is_flag=True, help="Retrain and re-analyse even if --out already holds the demo.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on standard output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
 def demo(out: str, quick: bool, device: str, data_root: str | None, download: bool, overwrite: bool,
          quiet: bool, as_json: bool) -> None:
-    """The main job on the embedded default: train mlp-12x256 on Fashion-MNIST classes 0-4.
+    """The main job on the embedded default: train mlp-12x256 on Fashion-MNIST classes 0-4
+    for 10 epochs, then analyse it with OOD sets Fashion-MNIST classes 5-9 and digits.
 
-    Trains for 10 epochs with checkpoints (log-spaced in the first epoch, then every epoch).
-    A finished demo run already in --out is reused; an interrupted one is resumed.
+    Writes the training run (checkpoints, history) and the analysis (results.parquet,
+    summary.json, config.json, figures/, report.html) to --out. A finished demo already
+    in --out is reused; an interrupted training run is resumed.
 
     \b
     Examples:
       tunnelscope demo
       tunnelscope demo --quick --out /tmp/demo
+      tunnelscope demo --json
     """
+    from .results import Results, ResultsError
     from .train.loop import RESUME_FILE, RUN_FILE
 
     out_path = Path(out)
-    data_spec = DEMO_QUICK_DATA if quick else DEMO_DATA
+    data_spec, ood = (DEMO_QUICK_DATA, DEMO_QUICK_OOD) if quick else (DEMO_DATA, DEMO_OOD)
     epochs = DEMO_QUICK_EPOCHS if quick else DEMO_EPOCHS
     run_file = out_path / RUN_FILE
-    resume = False
+    say = (lambda text: None) if (quiet or as_json) else (lambda text: err_console.print(text, markup=False))
+    resume, checkpoint = False, None
     if run_file.is_file() and not overwrite:
         run = json.loads(run_file.read_text())
         same = run.get("config", {}).get("data") == data_spec and run.get("config", {}).get("epochs") == epochs
         if same and run.get("status") == "finished":
-            if not quiet:
-                err_console.print(f"{out_path} already holds the finished demo run (test accuracy "
-                                  f"{run['final']['test_acc']:.4f}); reusing it. Use --overwrite to retrain.", markup=False)
-            if as_json:
-                click.echo(json.dumps({"out": str(out_path), "test_accuracy": run["final"]["test_acc"],
-                                       "final_checkpoint": str(out_path / run["final_checkpoint"]), "reused": True}))
-            return
-        resume = same and (out_path / RESUME_FILE).is_file()
-        overwrite = not resume
-    if not quiet and not as_json:
-        err_console.print(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out_path}", markup=False)
-    _run_training(DEMO_MODEL, data_spec, epochs, out_path, quiet, as_json, device=device, data_root=data_root,
-                  download=download, resume=resume, overwrite=overwrite)
+            say(f"{out_path} already holds the finished demo training run (test accuracy "
+                f"{run['final']['test_acc']:.4f}); reusing it. Use --overwrite to retrain.")
+            checkpoint = out_path / run["final_checkpoint"]
+            training = {"test_accuracy": run["final"]["test_acc"], "reused": True}
+        else:
+            resume = same and (out_path / RESUME_FILE).is_file()
+    if checkpoint is None:
+        say(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out_path}")
+        result = _run_training(DEMO_MODEL, data_spec, epochs, out_path, quiet, as_json, report=False, device=device,
+                               data_root=data_root, download=download, resume=resume,
+                               overwrite=overwrite or not resume)
+        checkpoint = result.final_checkpoint
+        training = {"test_accuracy": result.test_accuracy, "reused": False}
+        say(f"demo: trained to test accuracy {result.test_accuracy:.4f}")
+        overwrite = True  # analyses of an earlier model in --out are stale now
+    try:
+        results = None if overwrite else Results.load(out_path)
+        if results is not None and results.config.get("model", {}).get("checkpoint") != str(checkpoint):
+            results = None
+        if results is not None:
+            say(f"{out_path} already holds the demo's analysis; reusing it. Use --overwrite to re-analyse.")
+    except ResultsError:
+        results = None
+    if results is None:
+        say(f"demo: analysing {checkpoint} with OOD sets {', '.join(ood)}")
+        results = _analyze(checkpoint, None, data_spec, ood, "default", "blocks", "pool2", device, out_path,
+                           overwrite=True, quiet=quiet or as_json, data_root=data_root)
+        training["analysis_reused"] = False
+    else:
+        training["analysis_reused"] = True
+    _print_results(results, quiet, as_json, {"training": {**training, "checkpoint": str(checkpoint)}})
+
+
+def _analyze(model, weights, data_spec: str, ood, metrics: str, points: str, reduce: str, device: str, out: Path,
+             overwrite: bool, quiet: bool, data_root: str | None = None, **kwargs):
+    """Run :func:`tunnelscope.analyze` and save the run directory (refusing a taken one first)."""
+    from .pipeline import analyze
+    from .results import SUMMARY_FILE, RESULTS_FILE, ResultsError
+
+    if not overwrite and ((out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists()):
+        raise ResultsError(f"{out} already holds analysis results; pass --overwrite to replace them "
+                           "or choose another --out")
+    results = analyze(model, data_spec, ood=list(ood), metrics=metrics, points=points, reduce=reduce, device=device,
+                      weights=weights, data_root=data_root, progress=False if quiet else None, **kwargs)
+    results.save(out, overwrite=overwrite)
+    return results
+
+
+def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = None) -> None:
+    """The per-layer table, the headline numbers and the verdict; or JSON (with ``extra``); or nothing."""
+    from .report import summary_lines
+    from .results import REPORT_FILE
+
+    report = results.path / REPORT_FILE if results.path else None
+    if as_json:
+        click.echo(json.dumps({**results.summary, "report": str(report) if report else None,
+                               "out": str(results.path) if results.path else None, **(extra or {})},
+                              indent=2, default=str))
+        return
+    if quiet:
+        return
+    layers = results.layer_table()
+    wanted = ["probe_acc", *[c for c in layers.columns if c.startswith("probe_acc · ")], "rank", "erank", "ncc_acc",
+              "nc1"]
+    columns = [c for c in wanted if c in layers.columns]
+    table = Table(title="per layer (test split)")
+    table.add_column("layer", justify="right")
+    table.add_column("point", no_wrap=True)
+    for c in columns:  # OOD probe columns by dataset name: "probe digits"
+        table.add_column(c.replace("probe_acc · ", "probe ").split("[")[0].replace("probe_acc", "probe ID")
+                         .replace("ncc_acc", "NCC"), justify="right")
+    for row in layers.to_dict("records"):
+        table.add_row(str(row["layer"]), row["point"], *(f"{row[c]:.4g}" for c in columns))
+    out_console.print(table)
+    for label, value in summary_lines(results.summary):
+        out_console.print(f"{label}: {value}", markup=False)
+    out_console.print(f"[bold]{escape(results.summary.get('verdict', ''))}[/]")
+    if report:
+        out_console.print(f"report: {report}", markup=False)
+
+
+def _metrics_help() -> str:
+    from .pipeline import ANALYZE_METRICS
+
+    return "Comma list of " + ", ".join(ANALYZE_METRICS) + "; aliases nc/collapse; or default/all."
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by train.")
+@click.option("--model", "model_spec", default=None, help="A model spec instead of --checkpoint (random init or --weights).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for --model.")
+@click.option("--data", "data_spec", required=True, help="ID dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
+@click.option("--ood", multiple=True, help="An OOD dataset spec (repeat for several); adapted to the input shape.")
+@click.option("--metrics", default="default", show_default=True, help=_metrics_help())
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
+@click.option("--protocol", type=click.Choice(["harun", "lbfgs", "ridge"]), default="harun", show_default=True,
+              help="Linear probe protocol (METRICS.md §2).")
+@click.option("--select", type=click.Choice(["last", "val", "test"]), default="last", show_default=True,
+              help="Probe epoch selection; 'test' is the papers' behaviour and is labelled so.")
+@click.option("--probe-epochs", type=int, default=30, show_default=True)
+@click.option("--max-samples", type=int, default=10_000, show_default=True, help="Per split, for the statistics.")
+@click.option("--max-train", type=int, default=None, help="Training samples per dataset for the probes (default all).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace analysis results already in --out.")
+@data_root_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
+def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, reduce, protocol, select, probe_epochs,
+            max_samples, max_train, batch_size, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
+    """Analyse every layer of a model: probes in and out of distribution, rank, neural
+    collapse, CKA; write results, figures and report.html to --out.
+
+    \b
+    Examples:
+      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0002340.pt \\
+          --data "fashion-mnist[classes=0-4]" --ood "fashion-mnist[classes=5-9]" --ood digits --out runs/a
+      tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
+      tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol lbfgs --json --out runs/b
+    """
+    from .probes import ProbeConfig
+
+    if (checkpoint is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --checkpoint PATH or --model SPEC")
+    if weights is not None and model_spec is None:
+        raise click.UsageError("--weights goes with --model")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise click.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
+    probe = ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed)
+    results = _analyze(checkpoint or model_spec, weights, data_spec, ood, metrics, points, reduce, device, Path(out),
+                       overwrite, quiet or as_json, data_root, probe=probe, max_samples=max_samples,
+                       max_train=max_train, batch_size=batch_size, seed=seed)
+    _print_results(results, quiet, as_json)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def report(run_dir: str, quiet: bool) -> None:
+    """Rebuild figures/ and report.html of a saved run, without running a model.
+
+    \b
+    Examples:
+      tunnelscope report runs/demo
+    """
+    from .results import FIGURES_DIR, REPORT_FILE, Results
+
+    results = Results.load(run_dir)
+    pngs = results.save_figures(Path(run_dir) / FIGURES_DIR)
+    path = results.to_html(Path(run_dir) / REPORT_FILE, {p.stem: p for p in pngs})
+    if not quiet:
+        out_console.print(f"{len(pngs)} figures and {path}", markup=False)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True,
+              help="Folder for compare.png/.svg and compare.csv.")
+@click.option("--label", "labels", multiple=True, help="A label per run (default: model and folder name).")
+@click.option("--quiet", "-q", is_flag=True, help="No table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
+def compare(run_dirs, out, labels, quiet, as_json) -> None:
+    """Overlay several saved runs (depths, widths, checkpoints) in one figure and one table,
+    with layers aligned by index and by relative depth.
+
+    \b
+    Examples:
+      tunnelscope compare runs/mlp6 runs/mlp12 --out runs/compare
+      tunnelscope compare runs/a runs/b --label "epoch 1" --label "epoch 10"
+    """
+    from .compare import compare_runs
+
+    summary, paths = compare_runs(run_dirs, out, labels or None)
+    if as_json:
+        click.echo(summary.to_json(orient="records", indent=2))
+        return
+    if quiet:
+        return
+    table = Table(title="runs")
+    for col in summary.columns:
+        table.add_column(str(col))
+    for row in summary.itertuples(index=False):
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out_console.print(table)
+    out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

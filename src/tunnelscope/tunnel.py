@@ -68,7 +68,7 @@ def alignment(acc_id_penultimate: float, classes_id: int, acc_ood_penultimate: f
             raise SpecError(f"alignment takes accuracies as fractions in [0, 1], got {value}")
     if classes_id < 2 or classes_ood < 2:
         raise SpecError("alignment needs at least 2 classes on each side")
-    return (acc_id_penultimate - 1 / classes_id) * (acc_ood_penultimate - 1 / classes_ood)
+    return float((acc_id_penultimate - 1 / classes_id) * (acc_ood_penultimate - 1 / classes_ood))
 
 
 def strength(mean_retained: float) -> str:

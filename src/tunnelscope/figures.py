@@ -1,0 +1,199 @@
+"""Figures of one run (and of several, for ``compare``), drawn with matplotlib's Agg backend.
+
+Each function takes a :class:`~tunnelscope.results.Results` and returns a Figure, or None
+when the run lacks the metrics it needs. ``save_figures`` writes PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+TUNNEL_COLOUR = "#f4d58d"
+
+
+def _layers(curve) -> np.ndarray:
+    return np.arange(1, len(curve) + 1)
+
+
+def _layer_axis(ax, n: int, label: str = "layer (probe point)") -> None:
+    ax.set_xlabel(label)
+    ax.set_xticks(range(1, n + 1) if n <= 24 else np.linspace(1, n, 12).round().astype(int))
+    ax.grid(alpha=0.3)
+
+
+def _shade_tunnel(ax, results, n: int) -> None:
+    start = results.summary.get("tunnel_start@0.95")
+    if start is not None and start < n:
+        ax.axvspan(start, n + 0.5, color=TUNNEL_COLOUR, alpha=0.5, lw=0, label=f"tunnel (from layer {start})")
+
+
+def probe_figure(results) -> Figure | None:
+    """ID and OOD probe accuracy against layer; the tunnel shaded, the best transfer layer marked."""
+    if not results.has("probe_acc"):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
+    n = len(results.points)
+    _shade_tunnel(ax, results, n)
+    for dataset in results.datasets:
+        try:
+            curve = results.curve("probe_acc", dataset)
+        except KeyError:
+            continue
+        label = "ID " + results.summary.get("data", "") if dataset == "id" else "OOD " + dataset
+        ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, lw=2 if dataset == "id" else 1.5, label=label)
+    best = results.summary.get("best_transfer_layer")
+    if best:
+        ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
+    ax.set_ylabel("linear probe accuracy (test)")
+    ax.set_title(results.summary.get("model", ""))
+    _layer_axis(ax, n)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    return fig
+
+
+def rank_figure(results) -> Figure | None:
+    """Numerical and effective rank against layer (test split)."""
+    metrics = [m for m in ("rank", "erank") if results.has(m)]
+    if not metrics:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    n = len(results.points)
+    _shade_tunnel(ax, results, n)
+    names = {"rank": "numerical rank (eigenvalues > 1e-3·s₁)", "erank": "effective rank (RankMe)"}
+    for m in metrics:
+        curve = results.curve(m)
+        ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, label=names[m])
+    ax.set_ylabel("rank of the representation (test)")
+    ax.set_yscale("log")
+    _layer_axis(ax, n)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def collapse_figure(results) -> Figure | None:
+    """NC1, CDNV (log scale) and NCC accuracy (train and test) against layer."""
+    panels = [m for m in ("nc1", "cdnv", "ncc_acc") if results.has(m)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), layout="constrained", squeeze=False)
+    n = len(results.points)
+    titles = {"nc1": "NC1 = tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "ncc_acc": "nearest-class-centre accuracy"}
+    for ax, m in zip(axes[0], panels):
+        _shade_tunnel(ax, results, n)
+        for split in ("train", "test"):
+            try:
+                curve = results.curve(m, split=split)
+            except KeyError:
+                continue
+            ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=3, label=split)
+        if m != "ncc_acc":
+            ax.set_yscale("log")
+        ax.set_title(titles[m], fontsize=10)
+        _layer_axis(ax, n, "layer")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def pc1_figure(results) -> Figure | None:
+    """Share of variance on the first principal component against layer."""
+    if not results.has("pc1"):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    n = len(results.points)
+    _shade_tunnel(ax, results, n)
+    curve = results.curve("pc1")
+    ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, color="C3")
+    ax.set_ylabel("variance share of PC1 (test)")
+    ax.set_ylim(0, 1)
+    _layer_axis(ax, n)
+    return fig
+
+
+def cka_figure(results) -> Figure | None:
+    """Minibatch CKA between every pair of probe points."""
+    if not results.has("cka"):
+        return None
+    mat = results.matrix("cka")
+    n = len(mat)
+    fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+    im = ax.imshow(mat.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, origin="lower",
+                   extent=(0.5, n + 0.5, 0.5, n + 0.5))
+    fig.colorbar(im, ax=ax, label="CKA")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    ax.set_title("minibatch CKA (test)", fontsize=10)
+    return fig
+
+
+FIGURES = {"probes": probe_figure, "rank": rank_figure, "collapse": collapse_figure, "pc1": pc1_figure,
+           "cka": cka_figure}
+
+
+def run_figures(results) -> dict[str, Figure]:
+    """Every figure the run's metrics allow, by name."""
+    out = {}
+    for name, draw in FIGURES.items():
+        fig = draw(results)
+        if fig is not None:
+            out[name] = fig
+    return out
+
+
+def save_figures(figures: dict[str, Figure], folder: str | Path) -> list[Path]:
+    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg``; close them; return the PNG paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for name, fig in figures.items():
+        for fmt in ("png", "svg"):
+            atomic_write(folder / f"{name}.{fmt}", lambda h, fmt=fmt: fig.savefig(h, format=fmt, dpi=150))
+        plt.close(fig)
+        pngs.append(folder / f"{name}.png")
+    return pngs
+
+
+def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
+    """ID probe accuracy (or, without probes, NCC accuracy) and numerical rank of several runs,
+    against layer index (left) and relative depth (right)."""
+    metrics = [m for m in ("probe_acc", "ncc_acc", "rank") if any(r.has(m) for r in runs)]
+    accuracy = next((m for m in ("probe_acc", "ncc_acc") if m in metrics), None)
+    rows = [m for m in (accuracy, "rank") if m in metrics]
+    if not rows:
+        raise ValueError("none of the runs has probe, NCC or rank results to compare")
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
+    ylabels = {"probe_acc": "ID linear probe accuracy (test)", "ncc_acc": "ID NCC accuracy (test)",
+               "rank": "numerical rank (test)"}
+    for row, metric in zip(axes, rows):
+        for i, (run, label) in enumerate(zip(runs, labels)):
+            if not run.has(metric):
+                continue
+            curve = run.curve(metric).to_numpy()
+            layers = _layers(curve)
+            row[0].plot(layers, curve, marker="o", ms=3, color=f"C{i}", label=label)
+            row[1].plot(layers / len(curve), curve, marker="o", ms=3, color=f"C{i}", label=label)
+            start = run.summary.get("tunnel_start@0.95")
+            if metric == rows[0] and start is not None and start < len(curve):
+                row[0].axvline(start, color=f"C{i}", ls=":", lw=1)
+                row[1].axvline(start / len(curve), color=f"C{i}", ls=":", lw=1)
+        for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabels[metric])
+            ax.grid(alpha=0.3)
+            if metric == "rank":
+                ax.set_yscale("log")
+        row[0].legend(fontsize=8)
+    fig.suptitle("dotted lines: tunnel start (τ = 0.95)", fontsize=9)
+    return fig
+
+
+__all__ = ["FIGURES", "compare_figure", "run_figures", "save_figures"]

@@ -1,0 +1,149 @@
+"""``tunnelscope.analyze``: layer statistics and linear probes of one model, as one :class:`Results`.
+
+The statistics (:func:`tunnelscope.analysis.analyze_layers`: rank, effective rank, PC1,
+neural collapse, NCC, CKA, ridge) read each ID split once; the probes
+(:func:`tunnelscope.transfer.probe_layers`) read the train and test split of the ID set and
+of every OOD set once each into a feature cache and train all points' probes jointly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .analysis import DEFAULT_METRICS, METRICS, analyze_layers
+from .checkpoint import load_model
+from .errors import SpecError
+from .models import build, load_weights
+from .probes import ProbeConfig
+from .results import COLUMNS, Results
+from .train.loop import resolve_device
+from .transfer import probe_layers
+from .versions import package_versions
+
+PROBE = "probe"
+ALIASES = {"nc": ("nc1", "cdnv", "ncc"), "collapse": ("nc1", "cdnv", "ncc")}
+ANALYZE_METRICS = {PROBE: "trained linear probes on the ID and every OOD dataset (the tunnel verdict)", **METRICS}
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    """``"default"`` (probes and the default statistics), ``"all"``, or a comma list of
+    names from :data:`ANALYZE_METRICS` and the aliases ``nc`` / ``collapse``."""
+    if isinstance(metrics, str):
+        if metrics in ("default", "all"):
+            return [PROBE, *(DEFAULT_METRICS if metrics == "default" else METRICS)]
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    out: list[str] = []
+    for m in metrics:
+        out += ALIASES.get(m, (m,))
+    unknown = [m for m in out if m not in ANALYZE_METRICS]
+    if unknown or not out:
+        raise SpecError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: "
+                        f"{', '.join(ANALYZE_METRICS)}, the aliases nc/collapse, or default/all")
+    return list(dict.fromkeys(out))
+
+
+def _resolve(model: nn.Module | str | Path, weights: str | Path | None, dataset: data_mod.Dataset,
+             device: torch.device) -> tuple[nn.Module, dict]:
+    """A checkpoint path, a model spec (random init or ``weights``), or a module → a module in eval mode."""
+    if isinstance(model, nn.Module):
+        return model.to(device).eval(), {"model": getattr(model, "spec", type(model).__name__)}
+    path = Path(model)
+    if path.suffix in (".pt", ".pth") or path.is_file():
+        net, meta = load_model(path, device)
+        if getattr(net, "num_classes", dataset.num_classes) != dataset.num_classes:
+            raise SpecError(f"checkpoint {path} has {net.num_classes} classes but {dataset.spec} has "
+                            f"{dataset.num_classes}; give --data with the classes it was trained on")
+        shape = tuple(getattr(net, "input_shape", dataset.input_shape))
+        if shape != tuple(dataset.input_shape):
+            raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
+                            f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
+        return net.eval(), {"model": meta["model_spec"], "checkpoint": str(path), "step": meta.get("step"),
+                            "trained_on": meta.get("data_spec")}
+    net = build(str(model), dataset.num_classes, dataset.input_shape)
+    info = {"model": str(model), "weights": None}
+    if weights is not None:
+        load_weights(net, weights)
+        info["weights"] = str(weights)
+    return net.to(device).eval(), info
+
+
+def analyze(
+    model: nn.Module | str | Path,
+    data: data_mod.Dataset | str,
+    ood: Sequence[str] = (),
+    metrics: str | Sequence[str] = "default",
+    points: str | Sequence[str] = "blocks",
+    reduce: str = "pool2",
+    device: str | torch.device = "auto",
+    weights: str | Path | None = None,
+    probe: ProbeConfig | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = 10_000,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    progress: bool | None = None,
+) -> Results:
+    """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
+
+    ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
+    initialised), or a module. ``metrics``: see :func:`parse_metrics`. Statistics read
+    at most ``max_samples`` per split; probes read ``max_train`` / ``max_test`` (default:
+    all). Returns a :class:`Results`; ``results.summary["verdict"]`` says in one line where
+    the tunnel starts and which layer transfers best.
+    """
+    wanted = parse_metrics(metrics)
+    stats_metrics = [m for m in wanted if m != PROBE]
+    if ood and PROBE not in wanted:
+        raise SpecError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
+    dev = resolve_device(device)
+    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    net, model_info = _resolve(model, weights, dataset, dev)
+    frames, summary = [], {"model": model_info["model"], "data": dataset.spec, "ood_datasets": list(ood)}
+    config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
+                    "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
+                    "device": str(dev), "seed": seed, "versions": package_versions()}
+    if stats_metrics:
+        stats = analyze_layers(net, dataset, stats_metrics, points=points, reduce=reduce, batch_size=batch_size,
+                               device=dev, max_samples=max_samples, seed=seed, progress=progress)
+        frames.append(stats.table.assign(dataset="id"))
+        summary.update(stats.summary)
+        config["statistics"] = stats.config
+        config["points"] = stats.config["points"]
+    if PROBE in wanted:
+        transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
+                                batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test, seed=seed,
+                                data_root=data_root, progress=progress)
+        frames.append(_probe_rows(transfer.table, skip_id_ncc=bool(stats_metrics) and "ncc" in stats_metrics))
+        for key, value in transfer.summary.items():
+            if key.startswith("effective_depth@"):  # NCC on the probes' cache: used when the statistics lack it
+                summary.setdefault("effective_depth", value)
+            elif key != "effective_depth_point" or "effective_depth_point" not in summary:
+                summary[key] = value
+        config["probes"] = transfer.config
+        config["points"] = transfer.config["points"]
+    else:
+        summary["verdict"] = "no probes were run (add 'probe' to --metrics for the tunnel verdict)"
+    table = pd.concat(frames, ignore_index=True)[COLUMNS]
+    summary["points"] = len(config["points"])
+    return Results(table, summary, config)
+
+
+def _probe_rows(table: pd.DataFrame, skip_id_ncc: bool) -> pd.DataFrame:
+    """probe_layers' wide rows → the tidy columns: ``probe_acc`` (and ``ncc_acc`` per dataset)."""
+    base = table.assign(other_point=None, other_layer=None)
+    probe = base.assign(metric="probe_acc", value=base.accuracy, valid=~base.diverged)
+    ncc = base.assign(metric="ncc_acc", value=base.ncc_accuracy, valid=base.ncc_accuracy.notna())
+    if skip_id_ncc:  # the statistics pass measured the ID NCC already
+        ncc = ncc[ncc.dataset != "id"]
+    return pd.concat([probe, ncc], ignore_index=True)[COLUMNS]
+
+
+__all__ = ["ANALYZE_METRICS", "analyze", "parse_metrics"]

@@ -1,0 +1,101 @@
+"""The HTML report of one run: a single self-contained file (figures embedded as data
+URIs, styles inline, no scripts, nothing fetched from the network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import write_text
+
+CAPTIONS = {
+    "probes": "Linear probe accuracy on each dataset's test split against layer. Shaded: the tunnel (from the "
+              "first layer reaching 95% of the penultimate point's ID accuracy). Dashed: the best layer to "
+              "transfer from (highest mean OOD accuracy).",
+    "rank": "Numerical rank (eigenvalues of the centred covariance above 1e-3 of the largest) and effective rank.",
+    "collapse": "Neural collapse: NC1 and CDNV (lower is more collapsed), and nearest-class-centre accuracy.",
+    "pc1": "Share of the representation's variance on its first principal component.",
+    "cka": "Minibatch CKA between every pair of probe points: blocks of similar layers.",
+}
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.verdict{font-size:1.1em;background:#fff6d9;border-left:4px solid #e0b400;padding:.6em 1em}
+figure{margin:1.5em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}
+table{border-collapse:collapse;font-size:.85em} td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;max-height:40em}
+"""
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "NaN" if np.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def summary_lines(summary: dict) -> list[tuple[str, str]]:
+    """The summary's headline numbers as (label, value) pairs, for the report and the terminal."""
+    rows = [("model", summary.get("model")), ("data", summary.get("data")), ("probe points", summary.get("points"))]
+    for key, label in (("tunnel_start@0.95", "tunnel start (τ = 0.95)"), ("tunnel_length@0.95", "tunnel length (τ = 0.95)"),
+                       ("tunnel_start@0.98", "tunnel start (τ = 0.98)"), ("best_transfer_layer", "best layer to transfer from"),
+                       ("effective_depth", "NCC effective depth (train error ≤ ε)"),
+                       ("mean_retained", "mean OOD accuracy retained at the last layer (%)"), ("strength", "tunnel strength")):
+        if key in summary:
+            rows.append((label, summary[key]))
+    for o in summary.get("ood", []):
+        rows.append((f"OOD {o['name']}: % retained / Pearson ρ / alignment",
+                     f"{o['retained']:.1f} / {o['pearson']:.3f} / {o['alignment']:.3f}"))
+    return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]
+
+
+def _figure_html(name: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    caption = CAPTIONS.get(name, "")
+    return (f'<figure id="fig-{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def render(results, figures: dict[str, Path] | None = None) -> str:
+    """The report as one HTML string; ``figures`` maps names to PNG files (drawn now when None)."""
+    if figures is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return render(results, {p.stem: p for p in results.save_figures(tmp)})
+    s = results.summary
+    title = f"tunnelscope: {s.get('model', 'model')} on {s.get('data', 'data')}"
+    summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                           for k, v in summary_lines(s))
+    layer_table = results.layer_table().to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
+                                                border=0)
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
+        f"<h2>Summary</h2><table>{summary_rows}</table>",
+        "<h2>Figures</h2>", *(_figure_html(name, path) for name, path in figures.items()),
+        "<h2>Per layer (test split)</h2>", layer_table,
+        "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
+        "sample counts, versions.</p>",
+        f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(results, path: str | Path, figures: dict[str, Path] | None = None) -> Path:
+    """Write :func:`render`'s HTML atomically to ``path``."""
+    return write_text(path, render(results, figures))
+
+
+__all__ = ["render", "summary_lines", "write_report"]

@@ -1,0 +1,187 @@
+"""The analysis API and run directory, figures, report.html (opened in headless Chromium),
+``tunnelscope report`` and ``tunnelscope compare``."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tunnelscope import Results, analyze, data, train
+from tunnelscope.cli import main
+from tunnelscope.figures import compare_figure
+from tunnelscope.probes import ProbeConfig
+from tunnelscope.results import ResultsError
+
+DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
+OOD = "digits[per_class=60]"
+FIGURES = ("probes", "rank", "collapse", "pc1", "cka")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two small MLPs of different depth, trained briefly and analysed into run directories."""
+    ds = data.load(DATA)
+    out = {}
+    for model in ("mlp-6x64", "mlp-3x64"):
+        root = tmp_path_factory.mktemp(model)
+        trained = train(model, ds, epochs=3, out=root / "train", batch_size=64, progress=False,
+                        early_checkpoints=False)
+        results = analyze(trained.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(epochs=10), progress=False)
+        results.save(root / "analysis")
+        out[model] = (root / "analysis", trained.final_checkpoint, results)
+    return out
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_directory_holds_everything_and_loads_back(runs):
+    path, checkpoint, results = runs["mlp-6x64"]
+    for name in ("results.parquet", "summary.json", "config.json", "report.html"):
+        assert (path / name).is_file(), name
+    for name in FIGURES:
+        assert (path / "figures" / f"{name}.png").stat().st_size > 5000
+        assert (path / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    loaded = Results.load(path)
+    pd.testing.assert_frame_equal(loaded.table.reset_index(drop=True), results.table.reset_index(drop=True),
+                                  check_dtype=False)
+    assert loaded.summary == json.loads(json.dumps(results.summary, default=str))
+    config = loaded.config
+    assert config["model"]["checkpoint"] == str(checkpoint) and config["ood"] == [OOD]
+    assert config["probes"]["probe"]["protocol"] == "harun" and config["probes"]["probe"]["epochs"] == 10
+    assert config["statistics"]["samples"] == {"train": 1500, "test": 500}
+    assert {"torch", "numpy", "tunnelscope"} <= set(config["versions"])
+    assert config["points"] == [f"blocks.{i}" for i in range(5)]
+
+
+def test_summary_follows_from_the_table_by_the_definitions(runs):
+    _, _, results = runs["mlp-6x64"]
+    acc = results.curve("probe_acc").to_numpy()
+    # METRICS.md §3: first point reaching tau times the last (penultimate-layer) point's accuracy
+    for tau in (0.95, 0.98):
+        assert results.summary[f"tunnel_start@{tau}"] == 1 + int(np.argmax(acc >= tau * acc[-1]))
+    ood = results.curve("probe_acc", OOD).to_numpy()
+    (entry,) = results.summary["ood"]
+    assert entry["retained"] == pytest.approx(100 * ood[-1] / ood.max())
+    assert entry["pearson"] == pytest.approx(np.corrcoef(acc, ood)[0, 1])
+    errors = 1 - results.curve("ncc_acc", split="train").to_numpy()
+    reached = np.flatnonzero(errors <= 0.01)
+    assert results.summary["effective_depth"] == (int(reached[0]) + 1 if len(reached) else None)
+    assert results.summary["verdict"].startswith(("the tunnel starts at layer", "no tunnel"))
+
+
+def test_report_is_one_self_contained_file(runs):
+    path, _, results = runs["mlp-6x64"]
+    text = (path / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == len(FIGURES)
+    assert results.summary["verdict"].split(";")[0] in text
+    assert "<table" in text and "&quot;versions&quot;" in text
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.fail("no Chromium on PATH: run 'make setup' (it installs Debian's chromium) or apt-get install chromium")
+
+
+def test_report_in_headless_chromium_loads_every_figure_offline(runs):
+    from playwright.sync_api import sync_playwright
+
+    path, _, _ = runs["mlp-6x64"]
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            def offline(route):  # the report must not need the network: record and refuse every fetch
+                if route.request.url.startswith(("file:", "data:")):
+                    route.continue_()
+                else:
+                    requests.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
+            page.goto((path / "report.html").as_uri())
+            page.wait_for_load_state("load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            verdict = page.inner_text("#verdict")
+            page.screenshot(path=str(path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert sorted(alt for alt, _, _ in images) == sorted(FIGURES)
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert errors == [] and requests == []
+    assert "tunnel" in verdict
+    assert (path / "report.png").stat().st_size > 20_000
+
+
+def test_partial_and_unreadable_runs_are_refused(runs, tmp_path, capsys):
+    path, _, _ = runs["mlp-6x64"]
+    partial = tmp_path / "partial"
+    shutil.copytree(path, partial)
+    (partial / "summary.json").unlink()
+    with pytest.raises(ResultsError, match="no complete analysis"):
+        Results.load(partial)
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "results.parquet").write_bytes(b"not parquet")
+    code, _, err = run_cli(["report", broken], capsys)
+    assert code == 1 and err.startswith("tunnelscope: error: cannot read the results") and len(err.splitlines()) == 1
+
+
+def test_report_command_rebuilds_figures_and_html_without_a_model(runs, tmp_path, capsys):
+    path, _, _ = runs["mlp-6x64"]
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "figures")
+    (copy / "report.html").unlink()
+    code, out, _ = run_cli(["report", copy], capsys)
+    assert code == 0 and (copy / "report.html").is_file()
+    assert sorted(p.stem for p in (copy / "figures").glob("*.png")) == sorted(FIGURES)
+
+
+def test_compare_overlays_runs_of_different_depth(runs, tmp_path, capsys):
+    deep, shallow = runs["mlp-6x64"], runs["mlp-3x64"]
+    code, out, _ = run_cli(["compare", deep[0], shallow[0], "--out", tmp_path, "--json"], capsys)
+    assert code == 0
+    table = json.loads(out)
+    assert [r["points"] for r in table] == [5, 2]
+    assert (tmp_path / "compare.png").stat().st_size > 5000 and (tmp_path / "compare.csv").is_file()
+    fig = compare_figure([deep[2], shallow[2]], ["deep", "shallow"])
+    by_index, by_depth = fig.axes[0], fig.axes[1]
+    lines = [line for line in by_index.get_lines() if line.get_label() in ("deep", "shallow")]
+    assert [len(line.get_xdata()) for line in lines] == [5, 2]
+    np.testing.assert_allclose(lines[0].get_ydata(), deep[2].curve("probe_acc").to_numpy())
+    ends = [line.get_xdata()[-1] for line in by_depth.get_lines() if line.get_label() in ("deep", "shallow")]
+    assert ends == [1.0, 1.0]
+
+
+def test_analyze_command_json_and_bad_input(runs, tmp_path, capsys):
+    _, checkpoint, _ = runs["mlp-3x64"]
+    out = tmp_path / "a"
+    code, stdout, _ = run_cli(["analyze", "--checkpoint", checkpoint, "--data", DATA, "--metrics", "probe,rank",
+                               "--probe-epochs", "2", "--out", out, "--json"], capsys)
+    summary = json.loads(stdout)
+    assert code == 0 and summary["points"] == 2 and (out / "report.html").is_file()
+    assert Results.load(out).has("rank") and not Results.load(out).has("cka")
+    code, _, err = run_cli(["analyze", "--checkpoint", checkpoint, "--data", DATA, "--out", out], capsys)
+    assert code == 1 and "already holds analysis results" in err and "--overwrite" in err
+    code, _, err = run_cli(["analyze", "--checkpoint", checkpoint, "--data", DATA, "--metrics", "rank,bogus",
+                            "--out", tmp_path / "b"], capsys)
+    assert code == 1 and "unknown metric(s) bogus" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(["analyze", "--checkpoint", checkpoint, "--data", "digits[size=28]", "--out",
+                            tmp_path / "c"], capsys)
+    assert code == 1 and "has 5 classes" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(["analyze", "--data", DATA, "--out", tmp_path / "d"], capsys)
+    assert code == 2 and "--checkpoint" in err
