@@ -185,3 +185,25 @@ def test_analyze_command_json_and_bad_input(runs, tmp_path, capsys):
     assert code == 1 and "has 5 classes" in err and len(err.splitlines()) == 1
     code, _, err = run_cli(["analyze", "--data", DATA, "--out", tmp_path / "d"], capsys)
     assert code == 2 and "--checkpoint" in err
+
+
+def test_replacing_a_run_removes_its_old_figures_and_compare_needs_metrics(runs, tmp_path, capsys):
+    path, checkpoint, results = runs["mlp-3x64"]
+    target = tmp_path / "run"
+    results.save(target)
+    probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(epochs=1), progress=False)
+    probe_only.save(target, overwrite=True)
+    assert {p.stem for p in (target / "figures").iterdir()} == {"probes", "collapse"}  # NCC rides on the probes
+    cka_only = analyze(checkpoint, DATA, metrics="cka", progress=False)
+    cka_only.save(tmp_path / "cka")
+    code, _, err = run_cli(["compare", tmp_path / "cka", "--out", tmp_path / "cmp"], capsys)
+    assert code == 1 and "none of the runs has probe, NCC or rank" in err and len(err.splitlines()) == 1
+    stats_only = analyze(checkpoint, DATA, metrics="rank,ncc", progress=False)
+    fig = compare_figure([probe_only, stats_only], ["probes", "stats"])
+    assert [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")] == \
+        ["probes", "stats (NCC)"]
+
+
+def test_summary_json_is_strict(runs):
+    path, _, _ = runs["mlp-6x64"]
+    json.loads((path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))

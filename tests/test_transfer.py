@@ -89,4 +89,4 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
             if split == "train":
                 errors.append(1 - (pred == y).mean())
     expected = next((i + 1 for i, e in enumerate(errors) if e <= 0.05), None)
-    assert stats.summary["effective_depth@0.05"] == expected
+    assert stats.summary["effective_depth"] == expected and stats.summary["ncc_eps"] == 0.05

@@ -9,6 +9,7 @@ on the training split are then read from the cache, without running the model ag
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -141,6 +142,8 @@ def analyze_layers(
     cka_passes: int = 1,
     data_root: str | Path | None = None,
     progress: bool | None = None,
+    train_cache: FeatureCache | None = None,
+    test_cache: FeatureCache | None = None,
 ) -> LayerStats:
     """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
 
@@ -150,7 +153,9 @@ def analyze_layers(
     also the CKA minibatch size ``n`` (>= 4). ``precision`` is that of the per-batch
     covariance and Gram products of centred features and of the NCC and ridge scores
     (``float32`` default, or ``float64``); every running sum is float64.
-    Returns a :class:`LayerStats`.
+    ``train_cache`` / ``test_cache`` (feature caches sized for the sampled splits, owned by
+    the caller) are filled by the same passes, so that the linear probes can train from
+    them without running the model again. Returns a :class:`LayerStats`.
     """
     wanted = _parse_metrics(metrics)
     if batch_size < MIN_BATCH and ("cka" in wanted):
@@ -170,21 +175,25 @@ def analyze_layers(
     train_split, n_train = sample_split(dataset.train, max_samples, seed)
     test_split, n_test = sample_split(dataset.test, max_samples, seed + 1)
     warn: list[str] = []
-    need_cache = "ncc" in wanted or "ridge" in wanted
+    need_cache = "ncc" in wanted or "ridge" in wanted or train_cache is not None
+    for given, n in ((train_cache, n_train), (test_cache, n_test)):
+        if given is not None and given.capacity != n:
+            raise SpecError(f"a shared feature cache holds {given.capacity} rows but the split sample has {n}")
     tic = time.perf_counter()
 
     moments = {"train": Moments(C, matmul_dtype), "test": Moments(C, matmul_dtype)}
     cka = MinibatchCKA(names, gram_dtype=matmul_dtype) if "cka" in wanted else None
     full = FullCKA(names) if "cka_full" in wanted else None
     ncc = probes = ridge_acc = None
-    with progress_bar(progress) as bars, FeatureCache(n_train, cache_budget) as cache:
+    own_cache = FeatureCache(n_train, cache_budget) if train_cache is None else contextlib.nullcontext(train_cache)
+    with progress_bar(progress) as bars, own_cache as cache:
         run_pass(capture, train_split, [moments["train"]] + ([cache] if need_cache else []), batch_size, dev,
                  bars, "train pass")
         if cache.spilled_to is not None:
             warn.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
                         f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
         train_m = moments["train"].points
-        test_accs: list = [moments["test"]] + [a for a in (cka, full) if a is not None]
+        test_accs: list = [moments["test"]] + [a for a in (cka, full, test_cache) if a is not None]
         cache_accs: list = []
         if "ncc" in wanted:
             means = {n: train_m[n].class_means() for n in names}
@@ -262,6 +271,7 @@ def analyze_layers(
         depth = effective_depth(errors, eps)
         summary["effective_depth"] = depth
         summary["effective_depth_point"] = names[depth - 1] if depth else None
+        summary["ncc_eps"] = eps
     if probes is not None:
         for split, acc in ridge_acc.items():
             values = acc.compute()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import TunnelscopeError
+from .errors import CheckpointError, TunnelscopeError
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -235,7 +235,13 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
     say = (lambda text: None) if (quiet or as_json) else (lambda text: err_console.print(text, markup=False))
     resume, checkpoint = False, None
     if run_file.is_file() and not overwrite:
-        run = json.loads(run_file.read_text())
+        try:
+            run = json.loads(run_file.read_text())
+            if run.get("status") == "finished":
+                float(run["final"]["test_acc"])
+        except (ValueError, KeyError, TypeError):  # damaged or foreign run.json: train afresh
+            say(f"{run_file} is unreadable; training the demo again")
+            run = {}
         same = run.get("config", {}).get("data") == data_spec and run.get("config", {}).get("epochs") == epochs
         if same and run.get("status") == "finished":
             say(f"{out_path} already holds the finished demo training run (test accuracy "
@@ -293,22 +299,27 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
     report = results.path / REPORT_FILE if results.path else None
     if as_json:
-        click.echo(json.dumps({**results.summary, "report": str(report) if report else None,
-                               "out": str(results.path) if results.path else None, **(extra or {})},
+        from .io import jsonable
+
+        click.echo(json.dumps(jsonable({**results.summary, "report": str(report) if report else None,
+                                        "out": str(results.path) if results.path else None, **(extra or {})}),
                               indent=2, default=str))
         return
     if quiet:
         return
     layers = results.layer_table()
-    wanted = ["probe_acc", *[c for c in layers.columns if c.startswith("probe_acc · ")], "rank", "erank", "ncc_acc",
-              "nc1"]
+    wanted = ["probe_acc", *[c for c in layers.columns if c.startswith("probe_acc · ")], "rank", "ncc_acc"]
     columns = [c for c in wanted if c in layers.columns]
-    table = Table(title="per layer (test split)")
+    table = Table(title="per layer (test split; all metrics in the report)")
     table.add_column("layer", justify="right")
     table.add_column("point", no_wrap=True)
-    for c in columns:  # OOD probe columns by dataset name: "probe digits"
-        table.add_column(c.replace("probe_acc · ", "probe ").split("[")[0].replace("probe_acc", "probe ID")
-                         .replace("ncc_acc", "NCC"), justify="right")
+    ood = [c.removeprefix("probe_acc · ") for c in columns if c.startswith("probe_acc · ")]
+    short = {spec: spec.split("[")[0] for spec in ood}
+    unique = len(set(short.values())) == len(short)  # "probe digits" unless two sets share a dataset
+    names = {"probe_acc": "probe ID", "rank": "rank", "ncc_acc": "NCC",
+             **{f"probe_acc · {spec}": "probe " + (short[spec] if unique else spec) for spec in ood}}
+    for c in columns:
+        table.add_column(names[c], justify="right")
     for row in layers.to_dict("records"):
         table.add_row(str(row["layer"]), row["point"], *(f"{row[c]:.4g}" for c in columns))
     out_console.print(table)
@@ -339,8 +350,11 @@ def _metrics_help() -> str:
 @click.option("--select", type=click.Choice(["last", "val", "test"]), default="last", show_default=True,
               help="Probe epoch selection; 'test' is the papers' behaviour and is labelled so.")
 @click.option("--probe-epochs", type=int, default=30, show_default=True)
-@click.option("--max-samples", type=int, default=10_000, show_default=True, help="Per split, for the statistics.")
-@click.option("--max-train", type=int, default=None, help="Training samples per dataset for the probes (default all).")
+@click.option("--max-samples", type=int, default=10_000, show_default=True,
+              help="Samples read per split (a seeded subset; 0 for all).")
+@click.option("--max-train", type=int, default=None,
+              help="Training samples per dataset for the probes (default: --max-samples, so that one pass per "
+                   "ID split serves the statistics and the probes).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -368,8 +382,9 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
     if weights is not None and model_spec is None:
         raise click.UsageError("--weights goes with --model")
     if checkpoint is not None and not Path(checkpoint).is_file():
-        raise click.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
     probe = ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed)
+    max_samples = max_samples or None
     results = _analyze(checkpoint or model_spec, weights, data_spec, ood, metrics, points, reduce, device, Path(out),
                        overwrite, quiet or as_json, data_root, probe=probe, max_samples=max_samples,
                        max_train=max_train, batch_size=batch_size, seed=seed)
@@ -419,13 +434,92 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
         return
     if quiet:
         return
-    table = Table(title="runs")
-    for col in summary.columns:
-        table.add_column(str(col))
-    for row in summary.itertuples(index=False):
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    out_console.print(table)
+    _print_frame(summary, "runs")
     out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
+
+
+SWEEP_ACTIONS = ("run", "status", "collect")
+
+
+@cli.command()
+@click.argument("first")
+@click.argument("spec_file", required=False)
+@click.option("--address", default=None, help="A Ray cluster (host:port or ray://host:port); default: a local Ray.")
+@click.option("--max-concurrent", type=int, default=None, help="Cells running at once (default: as Ray schedules).")
+@click.option("--device", default="auto", show_default=True, help="Device inside each cell (GPU cells: auto/cuda).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="collect: the Parquet (or .csv) file to write (default STORE/collected.parquet).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on standard output.")
+def sweep(first: str, spec_file: str | None, address, max_concurrent, device, out, quiet, as_json) -> None:
+    """Run a YAML sweep of cells on Ray (SPEC.yaml), or show its status, or collect its table.
+
+    \b
+    tunnelscope sweep SPEC.yaml          run every unfinished cell; write STORE/report.html
+    tunnelscope sweep status SPEC.yaml   one row per cell: pending, running, finished or failed
+    tunnelscope sweep collect SPEC.yaml  every finished cell's rows in one tidy table
+
+    \b
+    Examples:
+      tunnelscope sweep examples/mlp-depth-width.yaml
+      tunnelscope sweep examples/harun-cifar.yaml --address ray://head:10001 --max-concurrent 8
+      tunnelscope sweep collect examples/mlp-depth-width.yaml --out mlp.parquet
+    """
+    from .sweep import Store, SweepSpec
+
+    action, path = (first, spec_file) if first in SWEEP_ACTIONS else ("run", first)
+    if path is None or (first not in SWEEP_ACTIONS and spec_file is not None):
+        raise click.UsageError("usage: tunnelscope sweep [run|status|collect] SPEC.yaml")
+    spec = SweepSpec.load(path)
+    store = Store(spec.store)
+    if action == "status":
+        status = store.status(spec)
+        if as_json:
+            click.echo(status.to_json(orient="records", indent=2))
+        elif not quiet:
+            _print_frame(status, f"sweep {spec.name}: {len(status)} cells in {spec.store}")
+        return
+    if action == "collect":
+        table = store.collect(spec)
+        target = Path(out) if out else spec.store / "collected.parquet"
+        from .io import atomic_write
+
+        atomic_write(target, (lambda h: table.to_csv(h, index=False)) if target.suffix == ".csv"
+                     else (lambda h: table.to_parquet(h, index=False)))
+        if as_json:
+            click.echo(json.dumps({"rows": len(table), "cells": int(table["cell"].nunique()) if len(table) else 0,
+                                   "out": str(target)}))
+        elif not quiet:
+            out_console.print(f"{len(table)} rows from {table['cell'].nunique() if len(table) else 0} cells "
+                              f"-> {target}", markup=False)
+        return
+    from .sweep.report import write_sweep_report
+    from .sweep.run import run_sweep
+
+    outcome = run_sweep(spec, address=address, max_concurrent=max_concurrent, device=device,
+                        progress=False if (quiet or as_json) else None)
+    report = write_sweep_report(spec, store)
+    summary = {"cells": len(spec.cells), "ran": len(outcome.ran), "already_finished": len(outcome.skipped),
+               "failed": outcome.failed, "store": str(spec.store), "report": str(report)}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        out_console.print(f"sweep {spec.name}: {len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, "
+                          f"{len(outcome.failed)} failed", markup=False)
+        for key, error in outcome.failed.items():
+            out_console.print(f"  failed {key}: {error}", markup=False)
+        out_console.print(f"report: {report}", markup=False)
+    if outcome.failed:
+        raise click.exceptions.Exit(1)
+
+
+def _print_frame(frame, title: str) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out_console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .errors import SpecError  # noqa: E402
 from .io import atomic_write  # noqa: E402
 
 TUNNEL_COLOUR = "#f4d58d"
@@ -149,10 +150,15 @@ def run_figures(results) -> dict[str, Figure]:
     return out
 
 
-def save_figures(figures: dict[str, Figure], folder: str | Path) -> list[Path]:
-    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg``; close them; return the PNG paths."""
+def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequence[str] = ()) -> list[Path]:
+    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg``; close them; return the PNG paths.
+
+    ``replace`` names figures of an earlier run to delete first, so none of them outlives it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in replace:
+        for fmt in ("png", "svg"):
+            (folder / f"{name}.{fmt}").unlink(missing_ok=True)
     pngs = []
     for name, fig in figures.items():
         for fmt in ("png", "svg"):
@@ -163,33 +169,35 @@ def save_figures(figures: dict[str, Figure], folder: str | Path) -> list[Path]:
 
 
 def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
-    """ID probe accuracy (or, without probes, NCC accuracy) and numerical rank of several runs,
-    against layer index (left) and relative depth (right)."""
-    metrics = [m for m in ("probe_acc", "ncc_acc", "rank") if any(r.has(m) for r in runs)]
-    accuracy = next((m for m in ("probe_acc", "ncc_acc") if m in metrics), None)
-    rows = [m for m in (accuracy, "rank") if m in metrics]
+    """ID probe accuracy (NCC accuracy for a run without probes) and numerical rank of
+    several runs, against layer index (left) and relative depth (right)."""
+    accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
+    rows = [name for name, present in (("accuracy", any(accuracy)), ("rank", any(r.has("rank") for r in runs)))
+            if present]
     if not rows:
-        raise ValueError("none of the runs has probe, NCC or rank results to compare")
+        raise SpecError("none of the runs has probe, NCC or rank results to compare; analyse them with "
+                        "--metrics including probe, ncc or rank")
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
-    ylabels = {"probe_acc": "ID linear probe accuracy (test)", "ncc_acc": "ID NCC accuracy (test)",
-               "rank": "numerical rank (test)"}
-    for row, metric in zip(axes, rows):
-        for i, (run, label) in enumerate(zip(runs, labels)):
-            if not run.has(metric):
+    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "rank": "numerical rank (test)"}
+    for row, kind in zip(axes, rows):
+        for i, (run, label, acc) in enumerate(zip(runs, labels, accuracy)):
+            metric = acc if kind == "accuracy" else ("rank" if run.has("rank") else None)
+            if metric is None:
                 continue
             curve = run.curve(metric).to_numpy()
             layers = _layers(curve)
-            row[0].plot(layers, curve, marker="o", ms=3, color=f"C{i}", label=label)
-            row[1].plot(layers / len(curve), curve, marker="o", ms=3, color=f"C{i}", label=label)
+            name = label + (" (NCC)" if metric == "ncc_acc" else "")
+            row[0].plot(layers, curve, marker="o", ms=3, color=f"C{i}", label=name)
+            row[1].plot(layers / len(curve), curve, marker="o", ms=3, color=f"C{i}", label=name)
             start = run.summary.get("tunnel_start@0.95")
-            if metric == rows[0] and start is not None and start < len(curve):
+            if kind == rows[0] and start is not None and start < len(curve):
                 row[0].axvline(start, color=f"C{i}", ls=":", lw=1)
                 row[1].axvline(start / len(curve), color=f"C{i}", ls=":", lw=1)
         for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabels[metric])
+            ax.set_ylabel(ylabels[kind])
             ax.grid(alpha=0.3)
-            if metric == "rank":
+            if kind == "rank":
                 ax.set_yscale("log")
         row[0].legend(fontsize=8)
     fig.suptitle("dotted lines: tunnel start (τ = 0.95)", fontsize=9)

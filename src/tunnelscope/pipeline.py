@@ -8,6 +8,7 @@ of every OOD set once each into a feature cache and train all points' probes joi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,14 +17,15 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .analysis import DEFAULT_METRICS, METRICS, analyze_layers
+from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, sample_split
+from .cache import FeatureCache
 from .checkpoint import load_model
 from .errors import SpecError
 from .models import build, load_weights
 from .probes import ProbeConfig
 from .results import COLUMNS, Results
 from .train.loop import resolve_device
-from .transfer import probe_layers
+from .transfer import probe_layers, verdict
 from .versions import package_versions
 
 PROBE = "probe"
@@ -94,43 +96,60 @@ def analyze(
     """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
 
     ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
-    initialised), or a module. ``metrics``: see :func:`parse_metrics`. Statistics read
-    at most ``max_samples`` per split; probes read ``max_train`` / ``max_test`` (default:
-    all). Returns a :class:`Results`; ``results.summary["verdict"]`` says in one line where
-    the tunnel starts and which layer transfers best.
+    initialised), or a module. ``metrics``: see :func:`parse_metrics`. Every split is read
+    as a seeded subset of at most ``max_samples`` samples (``None``: all); the probes may
+    read other amounts (``max_train`` / ``max_test``, default ``max_samples``). When the
+    probes and the statistics read the same ID samples, one pass per ID split serves both:
+    the statistics pass fills the probes' feature cache. Returns a :class:`Results`;
+    ``results.summary["verdict"]`` says in one line where the tunnel starts and which
+    layer transfers best.
     """
     wanted = parse_metrics(metrics)
+    if batch_size < 1:
+        raise SpecError(f"batch_size must be >= 1, got {batch_size}")
     stats_metrics = [m for m in wanted if m != PROBE]
     if ood and PROBE not in wanted:
         raise SpecError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(device)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     net, model_info = _resolve(model, weights, dataset, dev)
-    frames, summary = [], {"model": model_info["model"], "data": dataset.spec, "ood_datasets": list(ood)}
+    frames, summary = [], {"model": model_info["model"], "data": dataset.spec, "classes": dataset.num_classes,
+                           "ood_datasets": list(ood)}
     config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
                     "device": str(dev), "seed": seed, "versions": package_versions()}
-    if stats_metrics:
-        stats = analyze_layers(net, dataset, stats_metrics, points=points, reduce=reduce, batch_size=batch_size,
-                               device=dev, max_samples=max_samples, seed=seed, progress=progress)
-        frames.append(stats.table.assign(dataset="id"))
-        summary.update(stats.summary)
-        config["statistics"] = stats.config
-        config["points"] = stats.config["points"]
-    if PROBE in wanted:
-        transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
-                                batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test, seed=seed,
-                                data_root=data_root, progress=progress)
-        frames.append(_probe_rows(transfer.table, skip_id_ncc=bool(stats_metrics) and "ncc" in stats_metrics))
-        for key, value in transfer.summary.items():
-            if key.startswith("effective_depth@"):  # NCC on the probes' cache: used when the statistics lack it
-                summary.setdefault("effective_depth", value)
-            elif key != "effective_depth_point" or "effective_depth_point" not in summary:
-                summary[key] = value
-        config["probes"] = transfer.config
-        config["points"] = transfer.config["points"]
-    else:
-        summary["verdict"] = "no probes were run (add 'probe' to --metrics for the tunnel verdict)"
+    max_train = max_samples if max_train is None else max_train
+    max_test = max_samples if max_test is None else max_test
+    shared = bool(stats_metrics) and PROBE in wanted and max_train == max_samples and max_test == max_samples
+    config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
+                           else "the statistics and the probes read the ID splits separately")
+    with contextlib.ExitStack() as stack:
+        caches = None
+        if shared:
+            caches = tuple(stack.enter_context(FeatureCache(sample_split(split, max_samples, seed + i)[1]))
+                           for i, split in enumerate((dataset.train, dataset.test)))
+        if stats_metrics:
+            stats = analyze_layers(net, dataset, stats_metrics, points=points, reduce=reduce, batch_size=batch_size,
+                                   device=dev, max_samples=max_samples, seed=seed, progress=progress,
+                                   train_cache=caches[0] if caches else None,
+                                   test_cache=caches[1] if caches else None)
+            frames.append(stats.table.assign(dataset="id"))
+            summary.update(stats.summary)
+            config["statistics"] = stats.config
+            config["points"] = stats.config["points"]
+        if PROBE in wanted:
+            transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
+                                    batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test,
+                                    seed=seed, data_root=data_root, progress=progress, id_features=caches)
+            frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
+            kept = {k: summary[k] for k in ("effective_depth", "effective_depth_point", "ncc_eps") if k in summary}
+            summary.update(transfer.summary)
+            summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it
+            summary["verdict"] = verdict(summary, transfer.config["points"])
+            config["probes"] = transfer.config
+            config["points"] = transfer.config["points"]
+        else:
+            summary["verdict"] = "no probes were run (add 'probe' to --metrics for the tunnel verdict)"
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
     summary["points"] = len(config["points"])
     return Results(table, summary, config)

@@ -56,7 +56,7 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]
 
 
-def _figure_html(name: str, path: Path) -> str:
+def figure_html(name: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     caption = CAPTIONS.get(name, "")
     return (f'<figure id="fig-{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
@@ -83,7 +83,7 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>",
-        "<h2>Figures</h2>", *(_figure_html(name, path) for name, path in figures.items()),
+        "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
         "<h2>Per layer (test split)</h2>", layer_table,
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
@@ -98,4 +98,4 @@ def write_report(results, path: str | Path, figures: dict[str, Path] | None = No
     return write_text(path, render(results, figures))
 
 
-__all__ = ["render", "summary_lines", "write_report"]
+__all__ = ["figure_html", "render", "summary_lines", "write_report"]

@@ -95,9 +95,9 @@ class Results:
 
     def save_figures(self, folder: str | Path) -> list[Path]:
         """Write every figure as PNG and SVG into ``folder``; returns the PNG paths."""
-        from .figures import save_figures
+        from .figures import FIGURES, save_figures
 
-        return save_figures(self.figures(), folder)
+        return save_figures(self.figures(), folder, replace=list(FIGURES))
 
     def to_html(self, path: str | Path, figures: dict[str, Path] | None = None) -> Path:
         """Write the self-contained HTML report (figures embedded, no network)."""

@@ -62,7 +62,16 @@ def _features(capture: Capture, split, limit: int | None, seed: int, batch_size:
     if cache.spilled_to is not None:
         warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
                       f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
-    # in-memory arrays are stacked by the probe trainer; memory-mapped ones are read a minibatch at a time
+    return _read(cache, info)
+
+
+def _read(cache: FeatureCache, info: dict | None = None) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
+    """The cache, its arrays (in-memory ones are stacked by the probe trainer, memory-mapped ones
+    read a minibatch at a time), its labels, and its description."""
+    if cache.size != cache.capacity:
+        raise ValueError(f"feature cache filled {cache.size} of {cache.capacity} rows")
+    info = info or {"samples": cache.size, "cache_mib": cache.nbytes / 2**20,
+                    "spilled": str(cache.spilled_to) if cache.spilled_to else None, "shared_with_statistics": True}
     return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
 
 
@@ -100,6 +109,7 @@ def probe_layers(
     ncc_eps: float = 0.01,
     data_root: str | Path | None = None,
     progress: bool | None = None,
+    id_features: tuple[FeatureCache, FeatureCache] | None = None,
 ) -> TransferStats:
     """Train linear probes at every point on the ID data and on each OOD dataset.
 
@@ -110,7 +120,9 @@ def probe_layers(
     same cached features (class means from each dataset's train split) and gives the ID
     ``effective_depth`` (first point with NCC train error <= ``ncc_eps``). Returns a :class:`TransferStats` whose
     ``summary["verdict"]`` says in one line where the tunnel starts and which layer
-    transfers best.
+    transfers best. ``id_features`` (train and test caches already filled by the
+    statistics pass, see :func:`tunnelscope.analyze`) replaces the ID passes; the caller
+    closes them.
     """
     cfg = probe or ProbeConfig(seed=seed)
     dev = resolve_device(device)
@@ -130,10 +142,14 @@ def probe_layers(
     with progress_bar(progress) as bars:
         for key, (ds, changes) in datasets.items():
             label = "ID" if key == "id" else key
-            tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev, cache_budget,
-                                                   cache_dtype, bars, f"{label} train")
-            te_cache, te, yte, te_info = _features(capture, ds.test, max_test, seed + 1, batch_size, dev,
-                                                   cache_budget, cache_dtype, bars, f"{label} test")
+            shared = key == "id" and id_features is not None
+            if shared:
+                (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (_read(c) for c in id_features)
+            else:
+                tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev,
+                                                       cache_budget, cache_dtype, bars, f"{label} train")
+                te_cache, te, yte, te_info = _features(capture, ds.test, max_test, seed + 1, batch_size, dev,
+                                                       cache_budget, cache_dtype, bars, f"{label} test")
             try:
                 result = train_probes(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
                 ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev)
@@ -141,8 +157,9 @@ def probe_layers(
                     ncc_id_train = ncc["train"]
             finally:
                 del tr, te
-                tr_cache.close()
-                te_cache.close()
+                if not shared:
+                    tr_cache.close()
+                    te_cache.close()
             curves[key] = ([result.accuracy[n] for n in names], ds.num_classes)
             for i, name in enumerate(names):
                 for split, acc in (("test", result.accuracy), ("train", result.train_accuracy)):
@@ -153,13 +170,17 @@ def probe_layers(
             info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
                          "test": te_info, "diverged": result.diverged}
     id_curve = curves["id"][0]
-    ood_curves = {k: v for k, v in curves.items() if k != "id"}
-    valid = all(np.isfinite(c).all() for c, _ in curves.values())
-    summary = summarize(id_curve, id_ds.num_classes, ood_curves, taus) if valid else {"points": len(names)}
+    finite = {k: bool(np.isfinite(c).all()) for k, (c, _) in curves.items()}
+    ood_curves = {k: v for k, v in curves.items() if k != "id" and finite[k]}
+    summary = summarize(id_curve, id_ds.num_classes, ood_curves, taus) if finite["id"] else {"points": len(names)}
+    summary["ood_skipped"] = [k for k, ok in finite.items() if k != "id" and not ok]  # a probe diverged there
+    if ood_curves and finite["id"]:
+        mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
+        summary["best_transfer_layer"] = int(np.argmax(mean)) + 1
     depth = effective_depth([1 - ncc_id_train[n] for n in names], ncc_eps)
-    summary[f"effective_depth@{ncc_eps:g}"] = depth
-    summary["effective_depth_point"] = names[depth - 1] if depth else None
-    summary["verdict"] = _verdict(summary, names, valid, ood_curves)
+    summary.update({"effective_depth": depth, "effective_depth_point": names[depth - 1] if depth else None,
+                    "ncc_eps": ncc_eps})
+    summary["verdict"] = verdict(summary, names)
     summary["ood"] = [vars(r) for r in summary.get("ood", [])]
     config = {"model": model_name, **model_info, "points": names, "reduce": str(capture.reduction),
               "layout": capture.layout, "probe": {**vars(cfg)}, "selection_note": (
@@ -169,20 +190,21 @@ def probe_layers(
     return TransferStats(pd.DataFrame(rows), summary, config)
 
 
-def _verdict(summary: dict, names: list[str], valid: bool, ood_curves: dict) -> str:
-    """One line: where the tunnel starts and which layer transfers best (highest mean OOD accuracy)."""
-    if not valid:
-        return "some probes diverged (NaN accuracy); no tunnel verdict"
+def verdict(summary: dict, names: list[str]) -> str:
+    """One line from a summary: where the tunnel starts, which layer transfers best (highest
+    mean OOD probe accuracy), how much OOD accuracy the last layer keeps, NCC separability."""
+    if "tunnel_start@0.95" not in summary:
+        return "the ID probes diverged (NaN accuracy); no tunnel verdict"
     start, L = summary["tunnel_start@0.95"], summary["points"]
     text = (f"the tunnel starts at layer {start} of {L}" if start < L
             else f"no tunnel: ID probe accuracy still rises at the last layer ({L})")
-    if ood_curves:
-        mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
-        j = int(np.argmax(mean)) + 1
-        summary["best_transfer_layer"] = j
+    if summary.get("best_transfer_layer"):
+        j = summary["best_transfer_layer"]
         text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
                  f"at the last layer: {summary['mean_retained']:.1f}% ({summary['strength']})")
-    depth = next((v for k, v in summary.items() if k.startswith("effective_depth@")), None)
-    if depth:
-        text += f"; nearest-class-centre separable from layer {depth}"
+    if summary.get("ood_skipped"):
+        text += f"; OOD probes diverged on {', '.join(summary['ood_skipped'])}"
+    if summary.get("effective_depth"):
+        text += (f"; nearest-class-centre separable (train error <= {summary.get('ncc_eps', 0.01):g}) "
+                 f"from layer {summary['effective_depth']}")
     return text

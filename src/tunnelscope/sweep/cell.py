@@ -1,0 +1,87 @@
+"""Running one cell: train (or resume) into the store, then analyse the chosen checkpoints,
+skipping those already done. Runs inside a Ray worker or in-process."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..errors import SpecError
+from .spec import Cell
+from .store import Store
+
+_CKPT = re.compile(r"step-(\d+)\.pt$")
+
+
+def checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The run's checkpoints by step."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in sorted(folder.iterdir()) if (m := _CKPT.search(p.name))}
+
+
+def chosen_steps(available: list[int], which) -> list[int]:
+    """``final``, ``all``, or a list of steps (each must exist)."""
+    if which == "final":
+        return available[-1:]
+    if which == "all":
+        return available
+    if isinstance(which, list):
+        missing = [s for s in which if s not in available]
+        if missing:
+            raise SpecError(f"checkpoints {missing} do not exist; the run has steps {available}")
+        return list(which)
+    raise SpecError(f"analysis.checkpoints must be final, all or a list of steps, not {which!r}")
+
+
+def _train(cell: Cell, run_dir: Path, device: str) -> None:
+    from ..train import train
+    from ..train.loop import RESUME_FILE, RUN_FILE
+
+    run_file = run_dir / RUN_FILE
+    if run_file.is_file() and '"status": "finished"' in run_file.read_text():
+        return
+    resume = (run_dir / RESUME_FILE).is_file()
+    options = {k: v for k, v in cell.train.items() if k not in ("model", "data", "epochs")}
+    train(cell.train["model"], cell.train["data"], cell.train["epochs"], run_dir, device=device, progress=False,
+          resume=resume, overwrite=not resume, **options)
+
+
+def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | None = None) -> dict:
+    """Train and analyse ``cell``; returns its record. Errors are recorded, not raised."""
+    from ..pipeline import analyze
+    from ..probes import ProbeConfig
+
+    if threads:
+        torch.set_num_threads(threads)  # one worker per core: oversubscribed OpenMP threads crawl
+    store = Store(store_root)
+    run_dir = store.run_dir(cell.key)
+    store.write_record(cell, status="running", pid=os.getpid(), started=time.time(), error=None)
+    try:
+        _train(cell, run_dir, device)
+        available = checkpoints(run_dir)
+        a = cell.analysis
+        done = set(store.done_steps(cell.key))
+        for step in chosen_steps(sorted(available), a["checkpoints"]):
+            if step in done:
+                continue
+            results = analyze(available[step], cell.train["data"], ood=a["ood"], metrics=a["metrics"],
+                              points=a["points"], reduce=a["reduce"], device=device,
+                              probe=ProbeConfig(protocol=a["protocol"], epochs=a["probe_epochs"],
+                                                seed=cell.train.get("seed", 0)),
+                              max_samples=a["max_samples"], seed=cell.train.get("seed", 0), progress=False)
+            store.write_step(cell, step, results.table, results.summary)
+        store.write_record(cell, status="finished", finished=time.time(), steps=store.done_steps(cell.key))
+    except Exception as exc:  # a failing cell is recorded and the sweep goes on
+        store.write_record(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc(limit=8))
+    return store.record(cell.key)
+
+
+__all__ = ["checkpoints", "chosen_steps", "run_cell"]

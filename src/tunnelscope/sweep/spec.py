@@ -1,0 +1,174 @@
+"""The sweep specification: a YAML grid of variables, a cell template that uses them, and
+the analysis every cell runs. Each combination of the grid's values is one *cell*,
+identified by a content hash of its resolved configuration.
+
+```yaml
+name: mlp-depth-width
+store: runs/sweeps/mlp-depth-width      # relative to the YAML file
+grid:                                    # every combination is a cell
+  depth: [4, 8]
+  width: [64, 256]
+  seed: [0, 1]
+cell:                                    # {var} is replaced by the cell's value
+  model: "mlp-{depth}x{width}"
+  data: "fashion-mnist[classes=0-4]"
+  epochs: 10
+  seed: "{seed}"
+analysis:
+  ood: ["fashion-mnist[classes=5-9]", "digits[size=28]"]
+  metrics: "probe,rank,nc"
+  checkpoints: final                     # final | all | a list of steps
+resources: {cpus: 1, gpus: 0}
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import SpecError
+
+TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
+CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
+             "label_smoothing", "checkpoint_every", "early_checkpoints"}
+ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_samples", "probe_epochs", "protocol"}
+RESOURCE_KEYS = {"cpus", "gpus", "retries"}
+ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "points": "blocks", "reduce": "pool2",
+                                     "checkpoints": "final", "max_samples": 10_000, "probe_epochs": 30,
+                                     "protocol": "harun"}
+CELL_DEFAULTS: dict[str, Any] = {"epochs": 10, "recipe": "sgd", "seed": 0, "batch_size": 128}
+RESOURCE_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "retries": 2}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _check_keys(given: dict, valid: set[str], where: str) -> None:
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise SpecError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}; "
+                        f"valid keys: {', '.join(sorted(valid))}")
+
+
+def _fill(value: Any, variables: dict[str, Any]) -> Any:
+    """Replace ``{var}`` in strings (a string that is exactly one placeholder keeps the value's type)."""
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole:
+            return variables[whole.group(1)]
+        return _PLACEHOLDER.sub(lambda m: str(variables[m.group(1)]), value)
+    if isinstance(value, list):
+        return [_fill(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, variables) for k, v in value.items()}
+    return value
+
+
+def _placeholders(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(_PLACEHOLDER.findall(value))
+    if isinstance(value, list):
+        return set().union(*(_placeholders(v) for v in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(_placeholders(v) for v in value.values())) if value else set()
+    return set()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One resolved combination: the grid values, the training config and the analysis config."""
+
+    variables: dict[str, Any]
+    train: dict[str, Any]
+    analysis: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """A content hash of everything that changes the cell's numbers (16 hex digits)."""
+        canonical = json.dumps({"train": self.train, "analysis": self.analysis}, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.variables.items()) or self.key
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file."""
+
+    name: str
+    store: Path
+    grid: dict[str, list]
+    cell: dict[str, Any]
+    analysis: dict[str, Any]
+    resources: dict[str, Any]
+    source: Path | None = None
+    cells: list[Cell] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepSpec":
+        """Read and validate a YAML sweep file."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"sweep file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SpecError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: Path | None = None) -> "SweepSpec":
+        """Validate a sweep given as a dict (as read from YAML)."""
+        where = str(source) if source else "the sweep"
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where} must be a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+        _check_keys(raw, TOP_KEYS, where)
+        for required in ("name", "cell"):
+            if required not in raw:
+                raise SpecError(f"{where} lacks the key {required!r}")
+        grid = raw.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise SpecError(f"'grid' in {where} must map each variable to a non-empty list of values")
+        cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
+        _check_keys(cell, CELL_KEYS, "'cell'")
+        for required in ("model", "data"):
+            if required not in cell:
+                raise SpecError(f"'cell' in {where} lacks the key {required!r}")
+        analysis = {**ANALYSIS_DEFAULTS, **(raw.get("analysis") or {})}
+        _check_keys(analysis, ANALYSIS_KEYS, "'analysis'")
+        resources = {**RESOURCE_DEFAULTS, **(raw.get("resources") or {})}
+        _check_keys(resources, RESOURCE_KEYS, "'resources'")
+        undefined = sorted((_placeholders(cell) | _placeholders(analysis)) - set(grid))
+        if undefined:
+            raise SpecError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid variables; "
+                            f"grid variables: {', '.join(grid) or '(none)'}")
+        base = source.parent if source else Path.cwd()
+        store = Path(raw.get("store") or f"runs/sweeps/{raw['name']}")
+        spec = cls(str(raw["name"]), store if store.is_absolute() else base / store, grid, cell, analysis, resources,
+                   source)
+        spec.cells = spec._expand()
+        return spec
+
+    def _expand(self) -> list[Cell]:
+        names = list(self.grid)
+        cells = []
+        for values in itertools.product(*(self.grid[n] for n in names)):
+            variables = dict(zip(names, values))
+            cells.append(Cell(variables, _fill(self.cell, variables), _fill(self.analysis, variables)))
+        keys = [c.key for c in cells]
+        if len(set(keys)) != len(keys):
+            raise SpecError("two grid combinations give the same cell; a grid variable is not used by 'cell' or "
+                            "'analysis'")
+        return cells
+
+
+__all__ = ["Cell", "SweepSpec"]

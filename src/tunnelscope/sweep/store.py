@@ -1,0 +1,95 @@
+"""The sweep store: a folder of atomically written files, one per cell and checkpoint.
+
+```
+STORE/cells/KEY.json                  the cell's record: variables, config, status, error
+STORE/runs/KEY/                       its training run (checkpoints, run.json, resume.pt)
+STORE/results/KEY/step-NNNNNNN.parquet   the analysis table of one checkpoint (+ cell columns)
+STORE/results/KEY/step-NNNNNNN.json      its summary; written last, so it marks the step done
+```
+Collecting reads only steps whose summary exists, so a cell killed mid-write leaves no
+partial rows behind, and re-running never duplicates one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import atomic_write, write_json
+from .spec import Cell, SweepSpec
+
+VAR_PREFIX = "var_"
+_STEP = re.compile(r"step-(\d+)\.json$")
+
+
+class Store:
+    """Paths and reads of one sweep's store."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def run_dir(self, key: str) -> Path:
+        return self.root / "runs" / key
+
+    def record_path(self, key: str) -> Path:
+        return self.root / "cells" / f"{key}.json"
+
+    def record(self, key: str) -> dict | None:
+        """The cell's record, or None if it never started."""
+        path = self.record_path(key)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_record(self, cell: Cell, **fields) -> None:
+        record = {"key": cell.key, "variables": cell.variables, "train": cell.train, "analysis": cell.analysis,
+                  **(self.record(cell.key) or {}), **fields}
+        write_json(self.record_path(cell.key), record)
+
+    def done_steps(self, key: str) -> list[int]:
+        """Steps whose analysis is complete (their summary exists)."""
+        folder = self.root / "results" / key
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP.search(p.name)))
+
+    def write_step(self, cell: Cell, step: int, table: pd.DataFrame, summary: dict) -> None:
+        """The table of one checkpoint's analysis, then its summary (the completion mark)."""
+        folder = self.root / "results" / cell.key
+        cols = {"cell": cell.key, "step": step, **{VAR_PREFIX + k: v for k, v in cell.variables.items()}}
+        table = table.assign(**{k: [v] * len(table) for k, v in cols.items()})
+        atomic_write(folder / f"step-{step:07d}.parquet", lambda h: table.to_parquet(h, index=False))
+        write_json(folder / f"step-{step:07d}.json", {**cols, **summary})
+
+    def status(self, spec: SweepSpec) -> pd.DataFrame:
+        """One row per cell: its variables, status, analysed steps and error."""
+        rows = []
+        for cell in spec.cells:
+            record = self.record(cell.key) or {}
+            rows.append({"cell": cell.key, **cell.variables, "status": record.get("status", "pending"),
+                         "steps_done": len(self.done_steps(cell.key)), "error": record.get("error")})
+        return pd.DataFrame(rows)
+
+    def collect(self, spec: SweepSpec) -> pd.DataFrame:
+        """Every finished step's table, one tidy frame (cell columns first)."""
+        frames = [pd.read_parquet(self.root / "results" / cell.key / f"step-{step:07d}.parquet")
+                  for cell in spec.cells for step in self.done_steps(cell.key)]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    def summaries(self, spec: SweepSpec) -> pd.DataFrame:
+        """One row per finished cell × step: the cell's variables and its summary's scalars."""
+        rows = []
+        for cell in spec.cells:
+            for step in self.done_steps(cell.key):
+                summary = json.loads((self.root / "results" / cell.key / f"step-{step:07d}.json").read_text())
+                row = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+                for entry in summary.get("ood", []):
+                    row[f"retained · {entry['name']}"] = entry["retained"]
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+
+__all__ = ["Store", "VAR_PREFIX"]

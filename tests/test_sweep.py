@@ -1,0 +1,156 @@
+"""Sweeps: the YAML spec, a tiny grid on local Ray, resuming after a killed worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tunnelscope.cli import main
+from tunnelscope.errors import SpecError
+from tunnelscope.sweep import Store, SweepSpec
+from tunnelscope.sweep.report import mean_ci
+
+KEY_COLUMNS = ["cell", "step", "dataset", "split", "point", "metric", "other_point"]
+
+
+def tiny_spec(tmp_path, name="tiny", per_class=100, epochs=1, checkpoints="all", **extra):
+    spec = {
+        "name": name,
+        "store": "store",
+        "grid": {"depth": [2, 3], "seed": [0, 1]},
+        "cell": {"model": "mlp-{depth}x16", "data": f"fashion-mnist[classes=0-2,per_class={per_class},test_per_class=40]",
+                 "epochs": epochs, "seed": "{seed}", "batch_size": 64},
+        "analysis": {"ood": ["digits[classes=0-2,per_class=30]"], "metrics": "probe,rank", "probe_epochs": 3,
+                     "checkpoints": checkpoints, "max_samples": 2000},
+        "resources": {"cpus": 1},
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_spec_expands_the_grid_and_hashes_cells(tmp_path):
+    spec = SweepSpec.load(tiny_spec(tmp_path))
+    assert len(spec.cells) == 4 and spec.store == tmp_path / "store"
+    cell = spec.cells[0]
+    assert cell.train["model"] == "mlp-2x16" and cell.train["seed"] == 0 and isinstance(cell.train["seed"], int)
+    assert len({c.key for c in spec.cells}) == 4
+    assert SweepSpec.load(tiny_spec(tmp_path)).cells[0].key == cell.key  # content hash: stable
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"depth": [2]}, "cell": {"model": "mlp-{depth}x16", "dta": "digits"}}, "unknown key 'dta' in 'cell'"),
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"cell": {"model": "mlp-{height}x16", "data": "digits"}}, "{height} are not grid variables"),
+    ({"grid": {"depth": []}}, "non-empty list"),
+])
+def test_bad_specs_name_the_key(tmp_path, change, message):
+    raw = {"name": "x", "grid": {"depth": [2]}, "cell": {"model": "mlp-{depth}x16", "data": "digits"}, **change}
+    with pytest.raises(SpecError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        SweepSpec.from_dict(raw)
+    if "valid keys" in message or "unknown key" in message:
+        with pytest.raises(SpecError, match="valid keys: "):
+            SweepSpec.from_dict(raw)
+
+
+def test_invalid_yaml_and_unreachable_ray_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: [1, 2\n")
+    code, _, err = run_cli(["sweep", bad], capsys)
+    assert code == 1 and "is not valid YAML at line" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(["sweep", tiny_spec(tmp_path), "--address", "127.0.0.1:1"], capsys)
+    assert code == 1 and "cannot reach a Ray cluster at '127.0.0.1:1'" in err and len(err.splitlines()) == 1
+
+
+def test_mean_ci_matches_scipy():
+    from scipy import stats
+
+    values = np.array([3.0, 5.0, 4.0, 6.5])
+    mean, half = mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean()) and half == pytest.approx((high - low) / 2)
+    assert mean_ci(np.array([2.0])) == (2.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_tiny_grid_on_local_ray_then_nothing_to_do(tmp_path, capsys, ray_local):
+    path = tiny_spec(tmp_path)
+    code, out, _ = run_cli(["sweep", path, "--json"], capsys)
+    first = json.loads(out)
+    assert code == 0 and first["ran"] == 4 and first["failed"] == {}
+    spec = SweepSpec.load(path)
+    status = Store(spec.store).status(spec)
+    assert (status.status == "finished").all()
+    code, out, _ = run_cli(["sweep", "collect", path, "--json"], capsys)
+    collected = json.loads(out)
+    table = pd.read_parquet(collected["out"])
+    assert collected["cells"] == 4 and not table.duplicated(KEY_COLUMNS).any()
+    # 1 epoch of 300 samples in batches of 64 = 5 steps: checkpoints at 0, 1, 2, 4 and 5 (log-spaced, then final)
+    assert sorted(table.step.unique()) == [0, 1, 2, 4, 5]
+    assert {"var_depth", "var_seed"} <= set(table.columns)
+    figures = {p.name for p in (spec.store / "figures").glob("*.png")}
+    assert "by-depth.png" in figures and sum(f.startswith("dynamics-") for f in figures) == 4
+    assert (spec.store / "report.html").is_file()
+    code, out, _ = run_cli(["sweep", path, "--json"], capsys)
+    again = json.loads(out)
+    assert code == 0 and again["ran"] == 0 and again["already_finished"] == 4
+
+
+def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
+    path = tiny_spec(tmp_path, name="kill", per_class=400, epochs=2, checkpoints="final")
+    spec = SweepSpec.load(path)
+    store = Store(spec.store)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "tunnelscope.cli", "sweep", str(path), "--max-concurrent", "1", "--quiet"]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, finished_before = None, {}
+    deadline = time.time() + 240
+    try:
+        while killed is None and time.time() < deadline and driver.poll() is None:
+            records = [store.record(c.key) for c in spec.cells]
+            done = [r for r in records if r and r["status"] == "finished"]
+            running = [r for r in records if r and r["status"] == "running"]
+            if done and running:
+                finished_before = {r["key"]: pd.read_parquet(next((spec.store / "results" / r["key"]).glob("*.parquet")))
+                                   for r in done}
+                killed = running[0]
+                os.kill(killed["pid"], signal.SIGKILL)
+            time.sleep(0.05)
+        driver.communicate(timeout=240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert killed is not None, "no cell was caught running after another had finished"
+    # Ray retried the killed task or the cell failed; either way a re-run completes the sweep
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (store.status(spec).status == "finished").all()
+    table = store.collect(spec)
+    assert not table.duplicated(KEY_COLUMNS).any()
+    assert sorted(table.cell.unique()) == sorted(c.key for c in spec.cells)
+    per_cell = table.groupby("cell").size()
+    assert per_cell.nunique() == 1  # every cell has the same rows: none missing
+    for key, before in finished_before.items():
+        after = table[table.cell == key].reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, before.reset_index(drop=True))
