@@ -86,7 +86,7 @@ def test_mean_ci_matches_scipy():
     assert mean_ci(np.array([2.0])) == (2.0, 0.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def ray_local():
     import ray
 
@@ -106,8 +106,8 @@ def test_tiny_grid_on_local_ray_then_nothing_to_do(tmp_path, capsys, ray_local):
     collected = json.loads(out)
     table = pd.read_parquet(collected["out"])
     assert collected["cells"] == 4 and not table.duplicated(KEY_COLUMNS).any()
-    # 1 epoch of 300 samples in batches of 64 = 5 steps: checkpoints at 0, 1, 2, 4 and 5 (log-spaced, then final)
-    assert sorted(table.step.unique()) == [0, 1, 2, 4, 5]
+    # 1 epoch of 300 samples in full batches of 64 = 4 steps: checkpoints at 0, 1, 2 (log-spaced) and 4 (final)
+    assert sorted(table.step.unique()) == [0, 1, 2, 4]
     assert {"var_depth", "var_seed"} <= set(table.columns)
     figures = {p.name for p in (spec.store / "figures").glob("*.png")}
     assert "by-depth.png" in figures and sum(f.startswith("dynamics-") for f in figures) == 4
@@ -142,15 +142,54 @@ def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
         if driver.poll() is None:
             driver.kill()
     assert killed is not None, "no cell was caught running after another had finished"
-    # Ray retried the killed task or the cell failed; either way a re-run completes the sweep
+    assert driver.returncode == 0  # Ray retried the killed task on a new worker, which resumed the cell
+    assert store.record(killed["key"])["status"] == "finished" and store.record(killed["key"])["pid"] != killed["pid"]
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (store.status(spec).status == "finished").all()
     table = store.collect(spec)
     assert not table.duplicated(KEY_COLUMNS).any()
     assert sorted(table.cell.unique()) == sorted(c.key for c in spec.cells)
-    per_cell = table.groupby("cell").size()
-    assert per_cell.nunique() == 1  # every cell has the same rows: none missing
+    cells = {c.key: c for c in spec.cells}
+    points = table.groupby("cell").point.nunique()
+    assert all(points[key] == cells[key].variables["depth"] - 1 for key in cells)  # mlp-D has D-1 points
+    assert (table.groupby("cell").size() / points).nunique() == 1  # the same rows per point in every cell
     for key, before in finished_before.items():
         after = table[table.cell == key].reset_index(drop=True)
         pd.testing.assert_frame_equal(after, before.reset_index(drop=True))
+    # the killed cell, resumed, has the numbers of an uninterrupted run of the same cell
+    from tunnelscope.sweep.cell import run_cell
+
+    clean = run_cell(cells[killed["key"]], str(tmp_path / "clean"), "cpu")
+    assert clean["status"] == "finished"
+    reference = Store(tmp_path / "clean").collect(spec)
+    resumed = table[table.cell == killed["key"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed.drop(columns="value"), reference.drop(columns="value"))
+    np.testing.assert_allclose(resumed.value, reference.value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, ray_local):
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "fail", "store": "store", "grid": {"classes": ["0-2", "0-42"]},
+        "cell": {"model": "mlp-2x16", "data": "fashion-mnist[classes={classes},per_class=50,test_per_class=20]",
+                 "epochs": 1},
+        "analysis": {"metrics": "rank", "checkpoints": "final"},
+    }))
+    code, out, _ = run_cli(["sweep", path], capsys)
+    assert code == 1 and "1 cells run" not in out and "2 cells run, 0 already finished, 1 failed" in out
+    assert "failed" in out and "0-42" not in out.split("failed", 1)[0]
+    spec = SweepSpec.load(path)
+    status = Store(spec.store).status(spec).set_index("classes")
+    assert status.loc["0-2", "status"] == "finished" and status.loc["0-42", "status"] == "failed"
+    assert "classes" in status.loc["0-42", "error"]
+    html = (spec.store / "report.html").read_text()
+    assert "1 of 2 cells finished, 1 failed" in html
+
+
+@pytest.mark.parametrize("name, cells", [("mlp-depth-width.yaml", 12), ("harun-vgg-resnet-cifar.yaml", 24)])
+def test_the_examples_parse(name, cells):
+    from pathlib import Path
+
+    spec = SweepSpec.load(Path(__file__).parents[1] / "examples" / name)
+    assert len(spec.cells) == cells and spec.store.parts[-3:-1] == ("runs", "sweeps")

@@ -525,7 +525,9 @@ def _print_frame(frame, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="tunnelscope", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="tunnelscope", standalone_mode=False)
+        if isinstance(code, int):  # a command's click.exceptions.Exit, returned in non-standalone mode
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

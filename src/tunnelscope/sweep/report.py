@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -98,6 +99,7 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
         ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
         ax.set_xlabel("checkpoint (training step)")
         ax.set_ylabel("layer")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title({"probe_acc": "ID probe accuracy", "rank": "numerical rank"}[metric], fontsize=10)
     ax = axes[-1]
     s = summaries.sort_values("step")
@@ -106,6 +108,7 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
         ax.set_xticks(range(len(s)), [str(v) for v in s.step], rotation=90, fontsize=7)
     ax.set_xlabel("checkpoint (training step)")
     ax.set_ylabel("tunnel start (layer, τ = 0.95)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.suptitle(label, fontsize=10)
     return fig
