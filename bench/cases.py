@@ -304,6 +304,36 @@ def case_probes(device: torch.device, epochs: int) -> dict:
             "acc_joint": [joint.accuracy[k] for k in names], "acc_sklearn": [sk[k] for k in names]}
 
 
+def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict:
+    """Input reconstruction of images × layers in one batched optimisation against the original
+    protocol's loop (one image and one layer per run), same starts and steps."""
+    from tunnelscope.invert import InvertConfig, invert
+
+    model, label = mlp12(device)
+    ds = ts.data.load(MLP_DATA)
+    x = next(ds.test.batches(images, device=device))[0]
+    names = ts.models.probe_points(model, "blocks")
+    cfg = InvertConfig(steps=steps)
+    tic = time.perf_counter()
+    batched = invert(model, x, names, cfg, device, progress=False)
+    sync(device)
+    t_batched = time.perf_counter() - tic
+    tic = time.perf_counter()
+    diffs = []
+    for i in range(images):  # the loop starts each run where the batched one started that image
+        for name in names:
+            alone = invert(model, x[i : i + 1], [name], cfg, device, progress=False,
+                           starts=batched.starts[:, i : i + 1])
+            diffs.append(float((alone.reconstructions[name][0, 0] - batched.reconstructions[name][0, i]).abs().max()))
+    sync(device)
+    t_loop = time.perf_counter() - tic
+    rows = images * len(names)
+    return {"model": label, "device": str(device), "images": images, "points": len(names), "steps": steps,
+            "batched_s": t_batched, "loop_s": t_loop, "rows_per_s_batched": rows / t_batched,
+            "rows_per_s_loop": rows / t_loop, "speedup": t_loop / t_batched, "max_abs_diff_first_image": diffs[0],
+            "max_abs_diff": max(diffs)}
+
+
 def main() -> None:
     name, device, repeats = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)
@@ -315,6 +345,8 @@ def main() -> None:
         out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000)
     elif name == "cka-mlp12-offset":
         out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000, offset=20.0)
+    elif name == "invert-mlp12":
+        out = case_invert(device)
     elif name == "probes-mlp12":
         out = case_probes(device, epochs=10)
     elif name == "cka-vgg":

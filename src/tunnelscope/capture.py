@@ -83,6 +83,31 @@ class _StopForward(Exception):
     """Raised by the deepest hook to end a forward pass early."""
 
 
+def activations(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
+    """The full, unreduced outputs of ``names`` (in execution order) for input ``x``, with
+    autograd intact; the forward pass stops after the last of them."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    for name in names:
+        def hook(_m, _i, out, name=name):
+            outputs[name] = (out[0] if isinstance(out, (tuple, list)) else out).clone()  # safe from in-place ops
+            if len(outputs) == len(names):
+                raise _StopForward
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        model(x)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
+    return outputs
+
+
 @dataclass(frozen=True)
 class Reduction:
     """A parsed reduction policy."""

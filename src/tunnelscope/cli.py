@@ -401,8 +401,16 @@ def report(run_dir: str, quiet: bool) -> None:
     Examples:
       tunnelscope report runs/demo
     """
-    from .results import FIGURES_DIR, REPORT_FILE, Results
+    from .report import render_inversion_only
+    from .results import FIGURES_DIR, REPORT_FILE, SUMMARY_FILE, Results
 
+    if not (Path(run_dir) / SUMMARY_FILE).exists() and (Path(run_dir) / "inversion.json").is_file():
+        from .io import write_text
+
+        path = write_text(Path(run_dir) / REPORT_FILE, render_inversion_only(Path(run_dir), f"tunnelscope: {run_dir}"))
+        if not quiet:
+            out_console.print(f"inversion report {path}", markup=False)
+        return
     results = Results.load(run_dir)
     pngs = results.save_figures(Path(run_dir) / FIGURES_DIR)
     path = results.to_html(Path(run_dir) / REPORT_FILE, {p.stem: p for p in pngs})
@@ -436,6 +444,90 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
         return
     _print_frame(summary, "runs")
     out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="A checkpoint written by train.")
+@click.option("--data", "data_spec", required=True, help="Dataset spec; images are drawn from its test split.")
+@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="How many test images.")
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Random starts per image and layer (their spread is reported).")
+@click.option("--tv", type=float, default=0.0, show_default=True, help="Weight of a total-variation prior.")
+@click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
+@click.option("--untrained/--no-untrained", default=True, show_default=True,
+              help="Also invert a re-initialised copy of the model, side by side.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an inversion already in --out.")
+@data_root_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-layer summary as JSON.")
+def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, untrained, seed, device, out,
+           overwrite, data_root, quiet, as_json) -> None:
+    """Reconstruct test images from each layer's full activations (Badger 2022), for the
+    trained model and a re-initialised copy; write scores, figures and report.html.
+
+    \b
+    Examples:
+      tunnelscope invert --checkpoint runs/demo/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" \\
+          --images 8 --out runs/demo
+      tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
+    """
+    import torch
+
+    from . import data as data_mod
+    from .analysis import sample_split
+    from .checkpoint import load_model
+    from .invert import INVERSION_FILE, InvertConfig, invert as invert_fn, save_inversions, untrained_copy
+    from .report import render_inversion_only
+    from .results import REPORT_FILE, SUMMARY_FILE, Results
+    from .train.loop import resolve_device
+
+    out_path = Path(out)
+    if (out_path / INVERSION_FILE).exists() and not overwrite:
+        raise TunnelscopeError(f"{out_path} already holds an inversion; pass --overwrite or choose another --out")
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    dataset = data_mod.load(data_spec, root=data_root)
+    split, n = sample_split(dataset.test, images, seed)
+    x = torch.cat([b for b, _ in split.batches(256, device=dev)])
+    cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed)
+    pts = points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
+    bars = False if (quiet or as_json) else None
+    runs = [invert_fn(model, x, pts, cfg, dev, "trained", bars)]
+    if untrained:
+        runs.append(invert_fn(untrained_copy(model, seed), x, pts, cfg, dev, "untrained", bars))
+    save_inversions(runs, out_path, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": data_spec,
+                                     "images": n, "device": str(dev)})
+    if (out_path / SUMMARY_FILE).exists():
+        results = Results.load(out_path)
+        from .figures import FIGURES
+
+        shown = {name: out_path / "figures" / f"{name}.png" for name in FIGURES}
+        results.to_html(out_path / REPORT_FILE, {k: v for k, v in shown.items() if v.is_file()})
+    else:
+        from .io import write_text
+
+        write_text(out_path / REPORT_FILE, render_inversion_only(out_path, f"tunnelscope invert: {meta['model_spec']}"))
+    from .invert import summarize_inversions
+
+    summary = summarize_inversions(runs)
+    if as_json:
+        click.echo(json.dumps({"out": str(out_path), "summary": summary}, indent=2))
+    elif not quiet:
+        table = Table(title="input reconstruction, mean over images (m_i: input distance)")
+        for col in ("model", "layer", "point", "m_g", "m_i", "m_r", "non-unique"):
+            table.add_column(col, justify="right")
+        for state, rows in summary.items():
+            for r in rows:
+                table.add_row(state, str(r["layer"]), r["point"], *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique")))
+        out_console.print(table)
+        out_console.print(f"report: {out_path / REPORT_FILE}", markup=False)
 
 
 SWEEP_ACTIONS = ("run", "status", "collect")

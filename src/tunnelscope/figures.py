@@ -204,4 +204,54 @@ def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
     return fig
 
 
-__all__ = ["FIGURES", "compare_figure", "run_figures", "save_figures"]
+
+
+def inversion_grid(inv, max_images: int = 8) -> Figure:
+    """Originals on top, then one row per point of reconstructions (first restart); each
+    column shares the original's grey scale."""
+    points = list(inv.reconstructions)
+    n = min(max_images, len(inv.images))
+    fig, axes = plt.subplots(len(points) + 1, n, figsize=(1.3 * n + 1.2, 1.3 * (len(points) + 1)),
+                             squeeze=False, layout="constrained")
+    rows = [("original", inv.images)] + [(p, inv.reconstructions[p][0]) for p in points]
+    for r, (label, batch) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            original = inv.images[c]
+            ax.imshow(_displayable(batch[c]), cmap="gray" if batch[c].shape[0] == 1 else None,
+                      vmin=float(original.min()), vmax=float(original.max()))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"reconstructions from each layer ({inv.config.get('state', '')} model)", fontsize=9)
+    return fig
+
+
+def _displayable(x) -> np.ndarray:
+    x = x.detach().cpu().float()
+    if x.dim() == 3 and x.shape[0] == 3:  # RGB: scale jointly into [0, 1]
+        x = (x - x.min()) / (x.max() - x.min() + 1e-12)
+        return x.permute(1, 2, 0).numpy()
+    return x.reshape(x.shape[-2], x.shape[-1]).numpy() if x.dim() >= 2 else x.reshape(1, -1).numpy()
+
+
+def inversion_curves(inversions: Sequence) -> Figure:
+    """m_g, m_i and m_r against layer, one line style per model state (trained / untrained)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    titles = {"m_g": "embedding distance m_g = ‖O(a) − O(a_g)‖", "m_i": "input distance m_i = ‖a_g − a‖",
+              "m_r": "reference m_r = ‖O(a) − O(a′)‖"}
+    for inv, style in zip(inversions, ("-", "--", ":")):
+        for ax, metric in zip(axes, titles):
+            s = inv.score(metric)
+            ax.plot(s.layer, s.value, style, marker="o", ms=3, label=inv.config.get("state"))
+    for ax, metric in zip(axes, titles):
+        ax.set_title(titles[metric], fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+__all__ = ["FIGURES", "compare_figure", "inversion_curves", "inversion_grid", "run_figures", "save_figures"]

@@ -63,6 +63,37 @@ def figure_html(name: str, path: Path) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def inversion_section(directory: Path) -> str:
+    """The inversion part of a report, from ``inversion.json`` and its figures; '' when absent."""
+    config_path = Path(directory) / "inversion.json"
+    if not config_path.is_file():
+        return ""
+    info = json.loads(config_path.read_text())
+    rows = []
+    for state, points in info.get("summary", {}).items():
+        for p in points:
+            rows.append(f"<tr><td>{html.escape(state)}</td><td>{p['layer']}</td><td>{html.escape(p['point'])}</td>"
+                        + "".join(f"<td>{_fmt(p[m])}</td>" for m in ("m_g", "m_i", "m_r", "nonunique")) + "</tr>")
+    figures = sorted((Path(directory) / "figures").glob("inversion-*.png"))
+    return "\n".join([
+        "<h2>Input reconstruction from each layer</h2>",
+        "<p>Gradient descent on the input to match a layer's full activations (Badger 2022): m_g embedding "
+        "distance, m_i input distance, m_r the embedding distance of a barely visible perturbation; "
+        "non-unique where m_g &lt; m_r while m_i is large (share of images).</p>",
+        *(figure_html(p.stem, p) for p in figures),
+        "<table><tr><th>model</th><th>layer</th><th>point</th><th>m_g</th><th>m_i</th><th>m_r</th>"
+        "<th>non-unique</th></tr>", *rows, "</table>",
+        f"<pre>{html.escape(json.dumps(info.get('config', {}), indent=2, default=str))}</pre>",
+    ])
+
+
+def render_inversion_only(directory: Path, title: str) -> str:
+    """A report page holding only the inversion section."""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+                      f"<h1>{html.escape(title)}</h1>", inversion_section(directory), "</body></html>"])
+
+
 def render(results, figures: dict[str, Path] | None = None) -> str:
     """The report as one HTML string; ``figures`` maps names to PNG files (drawn now when None)."""
     if figures is None:
@@ -84,6 +115,7 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>",
         "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
+        inversion_section(results.path) if results.path else "",
         "<h2>Per layer (test split)</h2>", layer_table,
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
@@ -98,4 +130,4 @@ def write_report(results, path: str | Path, figures: dict[str, Path] | None = No
     return write_text(path, render(results, figures))
 
 
-__all__ = ["figure_html", "render", "summary_lines", "write_report"]
+__all__ = ["figure_html", "inversion_section", "render", "render_inversion_only", "summary_lines", "write_report"]

@@ -119,9 +119,9 @@ class Results:
         atomic_write(out / RESULTS_FILE, lambda h: table.to_parquet(h, index=False))
         write_json(out / CONFIG_FILE, self.config)
         pngs = self.save_figures(out / FIGURES_DIR) if figures else []
+        self.path = out  # the report also shows what else the directory holds (an inversion)
         self.to_html(out / REPORT_FILE, {p.stem: p for p in pngs})
         write_json(out / SUMMARY_FILE, self.summary)
-        self.path = out
         return out
 
     @classmethod

@@ -1,0 +1,229 @@
+"""Reconstructing inputs from a layer's embedding (Badger 2022; METRICS.md §8).
+
+``invert`` recovers each image from each chosen probe point's full activation tensor by
+gradient descent on the input, for all images × points × restarts in one batched
+optimisation (rows are independent: the model runs in eval mode). Scores per row:
+
+- ``m_g = ‖O(a) − O(a_g)‖``: how close the reconstruction's embedding is,
+- ``m_i = ‖a_g − a‖``: how far the reconstruction is from the image,
+- ``m_r = ‖O(a) − O(a′)‖`` for a barely visible perturbation ``a′ = a + N(0,1)/18``,
+- ``nonunique``: 1 when ``m_g < m_r`` while ``m_i > ratio · ‖a − a′‖`` (the embedding
+  cannot tell the reconstruction from the image, yet they differ far more than ``a′``),
+- ``spread``: the mean pairwise input distance between restarts (per image and point).
+
+All norms are L2 over the whole tensor. Inputs live in the model's (normalised) input
+space; Badger's start ``N(0,1)/20 + 0.7`` is applied there.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
+
+from .capture import activations
+from .errors import SpecError
+from .models.probe_points import order_by_execution, probe_points
+from .progress import progress_bar
+
+
+@dataclass
+class InvertConfig:
+    """Badger's protocol by default; every field is recorded with the results."""
+
+    steps: int = 500
+    lr: float = 0.1
+    l1_weight: float = 0.15
+    init_mean: float = 0.7
+    init_std: float = 1 / 20
+    blur: bool = True  # 3x3 Gaussian blur after each step (image inputs only)
+    sigma_start: float = 2.4
+    sigma_end: float = 0.4
+    tv_weight: float = 0.0  # optional total-variation prior
+    restarts: int = 1
+    perturb_std: float = 1 / 18
+    nonunique_ratio: float = 2.0
+    seed: int = 0
+    max_rows: int = 512  # images × points × restarts optimised together at most
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1 or self.max_rows < 1:
+            raise SpecError("steps, restarts and max_rows must be >= 1")
+
+
+@dataclass
+class Inversion:
+    """Scores (tidy ``table``), reconstructions per point ``(restarts, N, *input)``, config."""
+
+    table: pd.DataFrame
+    reconstructions: dict[str, Tensor]
+    images: Tensor
+    perturbed: Tensor  # a′ = a + N(0,1)·perturb_std, the reference for m_r
+    starts: Tensor  # (restarts, N, *input): where the descent began
+    config: dict = field(default_factory=dict)
+
+    def score(self, metric: str, state: str | None = None) -> pd.DataFrame:
+        """``metric`` averaged over images and restarts: one row per point (and model state)."""
+        t = self.table[self.table.metric == metric]
+        if state is not None:
+            t = t[t.state == state]
+        return t.groupby(["state", "layer", "point"], as_index=False)["value"].mean()
+
+
+def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The same architecture with every parameter re-initialised (PyTorch's defaults, seeded)."""
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return fresh
+
+
+def _tv(x: Tensor) -> Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
+
+
+def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]], start: Tensor,
+             targets: dict[str, Tensor], cfg: InvertConfig, bar, task) -> Tensor:
+    """Gradient descent for one chunk of rows ``(point index, restart, image)``."""
+    deepest = max(p for p, _, _ in rows)
+    needed = names[: deepest + 1]
+    by_point = {p: [i for i, r in enumerate(rows) if r[0] == p] for p in sorted({r[0] for r in rows})}
+    index = {p: torch.tensor(ix, device=start.device) for p, ix in by_point.items()}
+    images = {p: torch.tensor([rows[i][2] for i in ix], device=start.device) for p, ix in by_point.items()}
+    image_like = start.dim() == 4
+    x = start.clone()
+    for step in range(cfg.steps):
+        x.requires_grad_(True)
+        outs = activations(model, needed, x)
+        loss = sum(cfg.l1_weight * (outs[names[p]][index[p]] - targets[names[p]][images[p]]).abs().sum()
+                   for p in by_point)
+        if cfg.tv_weight and image_like:
+            loss = loss + cfg.tv_weight * _tv(x)
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            x = x - cfg.lr * grad
+            if cfg.blur and image_like:
+                sigma = cfg.sigma_start + (cfg.sigma_end - cfg.sigma_start) * step / max(1, cfg.steps - 1)
+                x = gaussian_blur(x, [3, 3], [sigma, sigma])
+        bar.advance(task)
+    return x.detach()
+
+
+def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks", config: InvertConfig | None = None,
+           device: str | torch.device = "cpu", state: str = "trained", progress: bool | None = None,
+           starts: Tensor | None = None) -> Inversion:
+    """Reconstruct ``images`` (N, *input shape) from every chosen point's full activations.
+
+    ``starts`` ``(restarts, N, *input shape)`` replaces the seeded ``N(0,1)·init_std +
+    init_mean`` starting points (the same start serves every point)."""
+    cfg = config or InvertConfig()
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    images = images.to(dev)
+    names = order_by_execution(model, probe_points(model, layers), images[:1])
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            targets = {k: v.detach() for k, v in activations(model, names, images).items()}
+        g = torch.Generator().manual_seed(cfg.seed)
+        n, R = len(images), cfg.restarts
+        drawn = torch.randn(R, n, *images.shape[1:], generator=g) * cfg.init_std + cfg.init_mean
+        starts = (drawn if starts is None else starts).to(dev)
+        if starts.shape != (R, n, *images.shape[1:]):
+            raise SpecError(f"starts must have shape {(R, n, *images.shape[1:])}, got {tuple(starts.shape)}")
+        perturbed = images + (torch.randn(images.shape, generator=g) * cfg.perturb_std).to(dev)
+        rows = list(itertools.product(range(len(names)), range(R), range(n)))
+        out = torch.empty(len(names), R, n, *images.shape[1:], device=dev)
+        with progress_bar(progress) as bars:
+            task = bars.add_task(f"inverting ({state})", total=cfg.steps * math.ceil(len(rows) / cfg.max_rows),
+                                 info=f"{n} images × {len(names)} points × {R} restarts")
+            for lo in range(0, len(rows), cfg.max_rows):
+                chunk = rows[lo : lo + cfg.max_rows]
+                start = torch.stack([starts[r, i] for _, r, i in chunk])
+                result = _descend(model, names, chunk, start, targets, cfg, bars, task)
+                for (p, r, i), x in zip(chunk, result):
+                    out[p, r, i] = x
+        table = _scores(model, names, images, perturbed, out, targets, cfg, state)
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    recon = {name: out[p].cpu() for p, name in enumerate(names)}
+    return Inversion(table, recon, images.cpu(), perturbed.cpu(), starts.cpu(), {**asdict(cfg), "points": names, "state": state})
+
+
+def _norms(x: Tensor) -> Tensor:
+    return x.flatten(1).double().norm(dim=1)
+
+
+def _scores(model, names, images, perturbed, out, targets, cfg: InvertConfig, state: str) -> pd.DataFrame:
+    rows = []
+    with torch.no_grad():
+        ref = activations(model, names, perturbed)
+        input_perturb = _norms(perturbed - images)
+        for p, name in enumerate(names):
+            m_r = _norms(ref[name] - targets[name])
+            for r in range(out.shape[1]):
+                emb = activations(model, names[: p + 1], out[p, r])[name]
+                m_g = _norms(emb - targets[name])
+                m_i = _norms(out[p, r] - images)
+                nonunique = (m_g < m_r) & (m_i > cfg.nonunique_ratio * input_perturb)
+                for i in range(len(images)):
+                    for metric, value in (("m_g", m_g[i]), ("m_i", m_i[i]), ("m_r", m_r[i]),
+                                          ("input_perturbation", input_perturb[i]), ("nonunique", nonunique[i])):
+                        rows.append({"state": state, "image": i, "restart": r, "point": name, "layer": p + 1,
+                                     "metric": metric, "value": float(value)})
+            if out.shape[1] > 1:
+                for i in range(len(images)):
+                    flat = out[p, :, i].flatten(1).double()
+                    rows.append({"state": state, "image": i, "restart": -1, "point": name, "layer": p + 1,
+                                 "metric": "spread", "value": float(torch.pdist(flat).mean())})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["InvertConfig", "Inversion", "invert", "untrained_copy"]
+
+
+INVERSION_FILE, INVERSION_CONFIG = "inversion.parquet", "inversion.json"
+
+
+def summarize_inversions(inversions: list[Inversion]) -> dict:
+    """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+    out: dict = {}
+    for inv in inversions:
+        state = inv.config["state"]
+        t = inv.table
+        per = t[t.metric.isin(["m_g", "m_i", "m_r", "nonunique"])].groupby(["layer", "point", "metric"]).value.mean()
+        out[state] = [{"layer": int(layer), "point": point, **{m: float(per[(layer, point, m)])
+                       for m in ("m_g", "m_i", "m_r", "nonunique")}}
+                      for layer, point in sorted({(lay, p) for lay, p, _ in per.index})]
+    return out
+
+
+def save_inversions(inversions: list[Inversion], out, extra_config: dict | None = None) -> list:
+    """Write ``inversion.parquet``, ``inversion.json`` and the figures into ``out``; returns the PNGs."""
+    from pathlib import Path
+
+    from .figures import inversion_curves, inversion_grid, save_figures
+    from .io import atomic_write, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.concat([inv.table for inv in inversions], ignore_index=True)
+    atomic_write(out / INVERSION_FILE, lambda h: table.to_parquet(h, index=False))
+    figures = {f"inversion-grid-{inv.config['state']}": inversion_grid(inv) for inv in inversions}
+    figures["inversion-scores"] = inversion_curves(inversions)
+    pngs = save_figures(figures, out / "figures")
+    write_json(out / INVERSION_CONFIG, {"config": inversions[0].config, **(extra_config or {}),
+                                        "summary": summarize_inversions(inversions)})
+    return pngs

@@ -1,0 +1,129 @@
+"""Input reconstruction (METRICS.md §8) on layers whose invertibility is known."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tunnelscope.invert import InvertConfig, invert, untrained_copy
+
+
+def _images(n=3, seed=0):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _orthogonal():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64, bias=False))
+    nn.init.orthogonal_(model[1].weight, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def test_an_orthogonal_layer_is_reconstructed():
+    images = _images()
+    res = invert(_orthogonal(), images, ["1"], InvertConfig(steps=300, blur=False), progress=False)
+    error = (res.reconstructions["1"][0] - images).flatten(1).norm(dim=1)
+    start = (0.7 - images).flatten(1).norm(dim=1)
+    assert (error < 0.05 * start).all(), (error / start)
+    assert (res.score("nonunique").value == 0).all()
+
+
+def test_a_pixel_average_is_not_unique():
+    images = _images()
+    # without the blur, which mixes neighbouring pooling windows on so small an image
+    res = invert(nn.Sequential(nn.AvgPool2d(4)), images, ["0"], InvertConfig(steps=500, blur=False), progress=False)
+    wide = res.table.pivot_table(index="image", columns="metric", values="value")
+    assert (wide.m_g < wide.m_r).all()  # the embedding cannot tell them apart ...
+    assert (wide.m_i > 2 * wide.input_perturbation).all()  # ... yet the inputs differ far more than a'
+    assert (wide.nonunique == 1).all()
+
+
+def test_scores_equal_direct_numpy_computations():
+    images = _images(2, seed=3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    res = invert(model, images, ["1", "2"], InvertConfig(steps=20, restarts=2), progress=False)
+    a, a_prime = images.double().numpy(), res.perturbed.double().numpy()
+    def embed(x, upto):
+        with torch.no_grad():
+            return model[: upto + 1](x.float()).double().numpy().reshape(len(x), -1)
+    for layer, (name, upto) in enumerate((("1", 1), ("2", 2)), start=1):
+        t = res.table[res.table.point == name]
+        target = embed(images, upto)
+        m_r = np.linalg.norm(embed(res.perturbed, upto) - target, axis=1)
+        for r in range(2):
+            recon = res.reconstructions[name][r]
+            m_g = np.linalg.norm(embed(recon, upto) - target, axis=1)
+            m_i = np.linalg.norm((recon.double().numpy() - a).reshape(2, -1), axis=1)
+            for metric, expected in (("m_g", m_g), ("m_i", m_i), ("m_r", m_r)):
+                got = t[(t.metric == metric) & (t.restart == r)].sort_values("image").value.to_numpy()
+                np.testing.assert_allclose(got, expected, rtol=1e-5)
+        pairs = [np.linalg.norm((res.reconstructions[name][0][i] - res.reconstructions[name][1][i]).double().numpy())
+                 for i in range(2)]
+        got = t[t.metric == "spread"].sort_values("image").value.to_numpy()
+        np.testing.assert_allclose(got, pairs, rtol=1e-6)
+        assert layer == t.layer.iloc[0]
+    np.testing.assert_allclose(np.linalg.norm((a_prime - a).reshape(2, -1), axis=1),
+                               res.table[res.table.metric == "input_perturbation"].groupby("image").value.first(),
+                               rtol=1e-6)
+
+
+def test_batched_rows_equal_one_image_one_layer_at_a_time():
+    images = _images(2, seed=5)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1), nn.Tanh())
+    cfg = dict(steps=30)
+    batched = invert(model, images, ["1", "3"], InvertConfig(**cfg), progress=False)
+    alone = invert(model, images, ["1", "3"], InvertConfig(max_rows=1, **cfg), progress=False)
+    for name in ("1", "3"):
+        torch.testing.assert_close(batched.reconstructions[name], alone.reconstructions[name], rtol=1e-4, atol=1e-5)
+    # one image and one layer per call (the original protocol), from the same start
+    single = invert(model, images[1:], ["3"], InvertConfig(**cfg), progress=False, starts=batched.starts[:, 1:])
+    torch.testing.assert_close(single.reconstructions["3"][0, 0], batched.reconstructions["3"][0, 1], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_untrained_copy_reinitialises_and_leaves_the_model_alone():
+    model = _orthogonal()
+    before = model[1].weight.clone()
+    fresh = untrained_copy(model, seed=3)
+    assert torch.equal(model[1].weight, before) and not torch.allclose(fresh[1].weight, before)
+    assert torch.equal(untrained_copy(model, seed=3)[1].weight, fresh[1].weight)
+
+
+def test_bad_config():
+    from tunnelscope.errors import SpecError
+
+    with pytest.raises(SpecError):
+        InvertConfig(steps=0)
+
+
+def test_invert_command_writes_scores_figures_and_a_report_section(tmp_path, capsys):
+    import json
+
+    from tunnelscope import data, train
+    from tunnelscope.cli import main
+    from tunnelscope.results import Results
+
+    ds = data.load("fashion-mnist[classes=0-2,per_class=100,test_per_class=20]")
+    run = train("mlp-3x32", ds, epochs=1, out=tmp_path / "run", batch_size=64, progress=False,
+                early_checkpoints=False)
+    out = tmp_path / "inv"
+    code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--images", "3",
+                 "--steps", "5", "--out", str(out), "--json"])
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert code == 0 and set(summary) == {"trained", "untrained"} and len(summary["trained"]) == 2
+    for name in ("inversion.parquet", "inversion.json", "report.html", "figures/inversion-grid-trained.png",
+                 "figures/inversion-grid-untrained.png", "figures/inversion-scores.svg"):
+        assert (out / name).is_file(), name
+    assert "Input reconstruction from each layer" in (out / "report.html").read_text()
+    code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--out", str(out)])
+    assert code == 1 and "already holds an inversion" in capsys.readouterr().err
+    # next to an analysis, the run's report gains the inversion section
+    analysed = tmp_path / "analysed"
+    from tunnelscope import analyze
+
+    analyze(run.final_checkpoint, ds, metrics="rank", progress=False).save(analysed)
+    assert "Input reconstruction" not in (analysed / "report.html").read_text()
+    code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--images", "2",
+                 "--steps", "3", "--no-untrained", "--out", str(analysed), "--quiet"])
+    text = (analysed / "report.html").read_text()
+    assert code == 0 and "Input reconstruction from each layer" in text and 'id="fig-rank"' in text
+    assert Results.load(analysed).has("rank")
