@@ -187,9 +187,10 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, ray_
     assert "1 of 2 cells finished, 1 failed" in html
 
 
-@pytest.mark.parametrize("name, cells", [("mlp-depth-width.yaml", 12), ("harun-vgg-resnet-cifar.yaml", 24)])
+@pytest.mark.parametrize("name, cells", [("mlp-depth-width.yaml", 12), ("harun-vgg-resnet-cifar.yaml", 24),
+                                         ("mlp-dynamics.yaml", 2)])
 def test_the_examples_parse(name, cells):
     from pathlib import Path
 
     spec = SweepSpec.load(Path(__file__).parents[1] / "examples" / name)
-    assert len(spec.cells) == cells and spec.store.parts[-3:-1] == ("runs", "sweeps")
+    assert len(spec.cells) == cells and spec.store.parts[-3:-1] == ("runs", "sweeps") and ".." not in spec.store.parts

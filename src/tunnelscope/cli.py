@@ -29,6 +29,7 @@ DEMO_QUICK_OOD = ("fashion-mnist[classes=5-9,per_class=1000,test_per_class=500]"
 
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 download_option = click.option("--download", is_flag=True,
                                help="Let torchvision download missing datasets (needs network access).")
 
@@ -204,7 +205,7 @@ def _print_history(history) -> None:
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--quick", is_flag=True, help="A 2-epoch run on 1000 images per class (OOD sets capped too), for tests.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @data_root_option
 @download_option
 @click.option("--overwrite", is_flag=True, help="Retrain and re-analyse even if --out already holds the demo.")
@@ -357,7 +358,7 @@ def _metrics_help() -> str:
                    "ID split serves the statistics and the probes).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace analysis results already in --out.")
 @data_root_option
@@ -459,7 +460,7 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an inversion already in --out.")
 @data_root_option

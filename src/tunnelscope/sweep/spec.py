@@ -153,8 +153,8 @@ class SweepSpec:
                             f"grid variables: {', '.join(grid) or '(none)'}")
         base = source.parent if source else Path.cwd()
         store = Path(raw.get("store") or f"runs/sweeps/{raw['name']}")
-        spec = cls(str(raw["name"]), store if store.is_absolute() else base / store, grid, cell, analysis, resources,
-                   source)
+        store = (store if store.is_absolute() else base / store).resolve()
+        spec = cls(str(raw["name"]), store, grid, cell, analysis, resources, source)
         spec.cells = spec._expand()
         return spec
 
