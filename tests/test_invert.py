@@ -127,3 +127,23 @@ def test_invert_command_writes_scores_figures_and_a_report_section(tmp_path, cap
     text = (analysed / "report.html").read_text()
     assert code == 0 and "Input reconstruction from each layer" in text and 'id="fig-rank"' in text
     assert Results.load(analysed).has("rank")
+
+
+def test_untrained_copy_redraws_parameters_no_module_resets():
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.ones(4))
+            self.attn = nn.MultiheadAttention(4, 1)
+
+    model = WithToken()
+    with pytest.warns(UserWarning, match="no module resets token"):
+        fresh = untrained_copy(model)
+    assert not torch.equal(fresh.token, model.token)
+    assert not torch.equal(fresh.attn.in_proj_weight, model.attn.in_proj_weight)  # via _reset_parameters
+
+
+def test_invert_leaves_the_models_mode_alone():
+    model = _orthogonal().train()
+    invert(model, _images(1), ["1"], InvertConfig(steps=2), progress=False)
+    assert model.training and all(p.requires_grad for p in model.parameters())

@@ -194,3 +194,38 @@ def test_the_examples_parse(name, cells):
 
     spec = SweepSpec.load(Path(__file__).parents[1] / "examples" / name)
     assert len(spec.cells) == cells and spec.store.parts[-3:-1] == ("runs", "sweeps") and ".." not in spec.store.parts
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cell": ["a"]}, "'cell' in the sweep must be a mapping"),
+    ({"cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": "fast"}}, "'cell.lr' must be a number"),
+    ({"analysis": {"checkpoints": "finall"}}, "'analysis.checkpoints' must be final, all or a list"),
+    ({"grid": {"depth": [2, 2]}}, "lists a value twice"),
+    ({"grid": {"depth": [[2], [3]]}}, "takes single values"),
+])
+def test_bad_values_are_refused_when_the_sweep_is_read(change, message):
+    raw = {"name": "x", "grid": {"depth": [2, 3]}, "cell": {"model": "mlp-{depth}x16", "data": "digits"}, **change}
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        SweepSpec.from_dict(raw)
+
+
+def test_yaml_numbers_written_as_strings_are_numbers_and_hash_alike():
+    base = {"name": "x", "grid": {"depth": [2]}}
+    a = SweepSpec.from_dict({**base, "cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": "1e-3", "epochs": 10}})
+    b = SweepSpec.from_dict({**base, "cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": 0.001, "epochs": 10.0}})
+    assert a.cells[0].train["lr"] == 0.001 and a.cells[0].key == b.cells[0].key
+
+
+def test_report_of_a_statistics_only_sweep_and_x_order():
+    from tunnelscope.sweep.report import aggregate_figures
+
+    spec = SweepSpec.from_dict({"name": "x", "grid": {"depth": [4, 8, 16], "width": [8, 32]},
+                                "cell": {"model": "mlp-{depth}x{width}", "data": "digits"}})
+    rows = [{"cell": c.key, "step": 1, "var_depth": c.variables["depth"], "var_width": c.variables["width"],
+             "mean_retained": float(c.variables["depth"])} for c in spec.cells
+            if not (c.variables["depth"] == 4 and c.variables["width"] == 8)]
+    figs = aggregate_figures(spec, pd.DataFrame(rows))
+    labels = [t.get_text() for t in figs["by-depth"].axes[0].get_xticklabels()]
+    assert labels == ["4", "8", "16"]
+    stats_only = pd.DataFrame([{k: v for k, v in r.items() if k != "mean_retained"} for r in rows])
+    assert aggregate_figures(spec, stats_only) == {}

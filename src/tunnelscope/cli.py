@@ -538,7 +538,8 @@ SWEEP_ACTIONS = ("run", "status", "collect")
 @click.argument("first")
 @click.argument("spec_file", required=False)
 @click.option("--address", default=None, help="A Ray cluster (host:port or ray://host:port); default: a local Ray.")
-@click.option("--max-concurrent", type=int, default=None, help="Cells running at once (default: as Ray schedules).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Cells running at once (default: as Ray schedules).")
 @click.option("--device", default="auto", show_default=True, help="Device inside each cell (GPU cells: auto/cuda).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="collect: the Parquet (or .csv) file to write (default STORE/collected.parquet).")

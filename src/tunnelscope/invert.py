@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -77,13 +78,26 @@ class Inversion:
 
 
 def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture with every parameter re-initialised (PyTorch's defaults, seeded)."""
+    """The same architecture re-initialised by each module's own ``reset_parameters`` (or
+    ``_reset_parameters``), seeded. Parameters no module resets (bare ``nn.Parameter``s such
+    as a ViT's class token) are redrawn from N(0, 0.02²) and named in a warning."""
     fresh = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+        kept = [name for name, p in fresh.named_parameters()
+                if p.numel() > 1 and torch.equal(p.detach().cpu(), before[name].cpu())]
+        with torch.no_grad():
+            for name, p in fresh.named_parameters():
+                if name in kept:
+                    p.normal_(0.0, 0.02)
+    if kept:
+        warnings.warn(f"untrained copy: no module resets {', '.join(kept)}; redrawn from N(0, 0.02²)", stacklevel=2)
     return fresh
 
 
@@ -127,6 +141,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
     init_mean`` starting points (the same start serves every point)."""
     cfg = config or InvertConfig()
     dev = torch.device(device)
+    was_training = model.training
     model = model.to(dev).eval()
     images = images.to(dev)
     names = order_by_execution(model, probe_points(model, layers), images[:1])
@@ -158,6 +173,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
+        model.train(was_training)
     recon = {name: out[p].cpu() for p, name in enumerate(names)}
     return Inversion(table, recon, images.cpu(), perturbed.cpu(), starts.cpu(), {**asdict(cfg), "points": names, "state": state})
 
@@ -223,7 +239,8 @@ def save_inversions(inversions: list[Inversion], out, extra_config: dict | None 
     atomic_write(out / INVERSION_FILE, lambda h: table.to_parquet(h, index=False))
     figures = {f"inversion-grid-{inv.config['state']}": inversion_grid(inv) for inv in inversions}
     figures["inversion-scores"] = inversion_curves(inversions)
-    pngs = save_figures(figures, out / "figures")
+    pngs = save_figures(figures, out / "figures", replace=["inversion-grid-trained", "inversion-grid-untrained",
+                                                           "inversion-scores"])
     write_json(out / INVERSION_CONFIG, {"config": inversions[0].config, **(extra_config or {}),
                                         "summary": summarize_inversions(inversions)})
     return pngs

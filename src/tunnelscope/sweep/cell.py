@@ -77,7 +77,8 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
                                                 seed=cell.train.get("seed", 0)),
                               max_samples=a["max_samples"], seed=cell.train.get("seed", 0), progress=False)
             store.write_step(cell, step, results.table, results.summary)
-        store.write_record(cell, status="finished", finished=time.time(), steps=store.done_steps(cell.key))
+        store.write_record(cell, status="finished", finished=time.time(), steps=store.done_steps(cell.key),
+                           error=None, traceback=None)
     except Exception as exc:  # a failing cell is recorded and the sweep goes on
         store.write_record(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc(limit=8))

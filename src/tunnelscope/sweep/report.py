@@ -47,7 +47,7 @@ def final_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
     """Each cell's row at its last analysed step."""
     if summaries.empty:
         return summaries
-    return summaries.sort_values("step").groupby("cell", as_index=False).last()
+    return summaries.sort_values("step").drop_duplicates("cell", keep="last")
 
 
 def aggregate_figures(spec: SweepSpec, summaries: pd.DataFrame) -> dict:
@@ -60,19 +60,23 @@ def aggregate_figures(spec: SweepSpec, summaries: pd.DataFrame) -> dict:
     if "classes" in final and final["classes"].nunique() > 1 and not variables:
         xs.append("classes")
     ys = [y for y in Y_METRICS if y in final and final[y].notna().any()]
+    if not ys:  # statistics-only sweeps have no tunnel numbers to aggregate
+        return {}
     figures = {}
     for x in xs:
         others = [VAR_PREFIX + v for v in variables if VAR_PREFIX + v != x]
         fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), layout="constrained", squeeze=False)
+        ticks = sorted(final[x].unique(), key=lambda v: (isinstance(v, str), v))  # one order for every line
+        position = {v: i for i, v in enumerate(ticks)}
         for ax, y in zip(axes[0], ys):
             groups = final.groupby(others, dropna=False) if others else [((), final)]
             for key, group in groups:
-                points = [(xv, *mean_ci(g[y].to_numpy())) for xv, g in group.groupby(x)]
-                points.sort(key=lambda p: p[0])
+                points = sorted(((position[xv], *mean_ci(g[y].to_numpy())) for xv, g in group.groupby(x)))
                 label = ", ".join(f"{o.removeprefix(VAR_PREFIX)}={k}" for o, k in
                                   zip(others, key if isinstance(key, tuple) else (key,))) or None
-                ax.errorbar([str(p[0]) for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                             marker="o", capsize=3, label=label)
+            ax.set_xticks(range(len(ticks)), [str(v) for v in ticks])
             ax.set_xlabel(x.removeprefix(VAR_PREFIX))
             ax.set_ylabel(Y_METRICS[y])
             ax.grid(alpha=0.3)

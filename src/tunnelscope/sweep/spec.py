@@ -70,6 +70,35 @@ def _fill(value: Any, variables: dict[str, Any]) -> Any:
     return value
 
 
+INT_KEYS = {"epochs", "seed", "batch_size", "checkpoint_every", "max_samples", "probe_epochs"}
+FLOAT_KEYS = {"lr", "weight_decay", "label_smoothing"}
+
+
+def _typed(section: dict[str, Any], where: str) -> dict[str, Any]:
+    """Numbers as numbers (YAML reads ``1e-3`` as a string), ``checkpoints`` checked, so that a
+    bad value fails when the sweep is read, not in every cell, and equal settings hash equally."""
+    out = dict(section)
+    for key, value in section.items():
+        if value is None:
+            continue
+        try:
+            if key in INT_KEYS:
+                number = float(value)
+                if number != int(number):
+                    raise ValueError
+                out[key] = int(number)
+            elif key in FLOAT_KEYS:
+                out[key] = float(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if key in INT_KEYS else "a number"
+            raise SpecError(f"'{where}.{key}' must be {kind}, not {value!r}") from None
+    which = out.get("checkpoints")
+    if where == "analysis" and not (which in ("final", "all") or (
+            isinstance(which, list) and which and all(isinstance(s, int) for s in which))):
+        raise SpecError(f"'analysis.checkpoints' must be final, all or a list of training steps, not {which!r}")
+    return out
+
+
 def _placeholders(value: Any) -> set[str]:
     if isinstance(value, str):
         return set(_PLACEHOLDER.findall(value))
@@ -135,9 +164,20 @@ class SweepSpec:
         for required in ("name", "cell"):
             if required not in raw:
                 raise SpecError(f"{where} lacks the key {required!r}")
+        for section in ("grid", "cell", "analysis", "resources"):
+            if raw.get(section) is not None and not isinstance(raw[section], dict):
+                raise SpecError(f"'{section}' in {where} must be a mapping of keys to values, "
+                                f"not {type(raw[section]).__name__}")
         grid = raw.get("grid") or {}
-        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        if not all(isinstance(v, list) and v for v in grid.values()):
             raise SpecError(f"'grid' in {where} must map each variable to a non-empty list of values")
+        for name, values in grid.items():
+            if not re.fullmatch(r"\w+", str(name)):
+                raise SpecError(f"grid variable {name!r} must be letters, digits and underscores (it is used as {{{name}}})")
+            if any(isinstance(v, (list, dict)) for v in values):
+                raise SpecError(f"grid variable {name!r} takes single values (numbers or strings), not lists")
+            if len(set(map(repr, values))) != len(values):
+                raise SpecError(f"grid variable {name!r} lists a value twice: {values}")
         cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
         _check_keys(cell, CELL_KEYS, "'cell'")
         for required in ("model", "data"):
@@ -163,7 +203,8 @@ class SweepSpec:
         cells = []
         for values in itertools.product(*(self.grid[n] for n in names)):
             variables = dict(zip(names, values))
-            cells.append(Cell(variables, _fill(self.cell, variables), _fill(self.analysis, variables)))
+            cells.append(Cell(variables, _typed(_fill(self.cell, variables), "cell"),
+                              _typed(_fill(self.analysis, variables), "analysis")))
         keys = [c.key for c in cells]
         if len(set(keys)) != len(keys):
             raise SpecError("two grid combinations give the same cell; a grid variable is not used by 'cell' or "
