@@ -229,3 +229,20 @@ def test_report_of_a_statistics_only_sweep_and_x_order():
     assert labels == ["4", "8", "16"]
     stats_only = pd.DataFrame([{k: v for k, v in r.items() if k != "mean_retained"} for r in rows])
     assert aggregate_figures(spec, stats_only) == {}
+
+
+def test_cells_that_differ_only_in_their_analysis_share_one_training_run(tmp_path):
+    from tunnelscope.sweep.cell import run_cells
+
+    spec = SweepSpec.from_dict({
+        "name": "x", "store": str(tmp_path / "store"), "grid": {"metrics": ["rank", "probe"]},
+        "cell": {"model": "mlp-2x16", "data": "fashion-mnist[classes=0-2,per_class=50,test_per_class=20]",
+                 "epochs": 1},
+        "analysis": {"metrics": "{metrics}", "probe_epochs": 1}})
+    a, b = spec.cells
+    assert a.key != b.key and a.train_key == b.train_key
+    records = run_cells(spec.cells, str(spec.store), "cpu")
+    assert [r["status"] for r in records] == ["finished", "finished"]
+    assert [p.name for p in (spec.store / "runs").iterdir()] == [a.train_key]
+    run = json.loads((spec.store / "runs" / a.train_key / "run.json").read_text())
+    assert run["status"] == "finished" and len(Store(spec.store).collect(spec).cell.unique()) == 2

@@ -61,7 +61,7 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
     if threads:
         torch.set_num_threads(threads)  # one worker per core: oversubscribed OpenMP threads crawl
     store = Store(store_root)
-    run_dir = store.run_dir(cell.key)
+    run_dir = store.run_dir(cell.train_key)
     store.write_record(cell, status="running", pid=os.getpid(), started=time.time(), error=None)
     try:
         _train(cell, run_dir, device)
@@ -85,4 +85,9 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
     return store.record(cell.key)
 
 
-__all__ = ["checkpoints", "chosen_steps", "run_cell"]
+def run_cells(cells: list[Cell], store_root: str, device: str = "auto", threads: int | None = None) -> list[dict]:
+    """Cells that share a training run, one after another (so that it is trained once)."""
+    return [run_cell(cell, store_root, device, threads) for cell in cells]
+
+
+__all__ = ["checkpoints", "chosen_steps", "run_cell", "run_cells"]

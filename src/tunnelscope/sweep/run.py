@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import TunnelscopeError
 from ..progress import progress_bar
-from .cell import run_cell
+from .cell import run_cells
 from .spec import SweepSpec
 from .store import Store
 
@@ -71,31 +71,38 @@ def run_sweep(spec: SweepSpec, address: str | None = None, max_concurrent: int |
         return outcome
     ray = init_ray(address)
     res = spec.resources
-    task = ray.remote(run_cell).options(num_cpus=res["cpus"], num_gpus=res["gpus"], max_retries=res["retries"],
-                                        retry_exceptions=False)
+    task = ray.remote(run_cells).options(num_cpus=res["cpus"], num_gpus=res["gpus"], max_retries=res["retries"],
+                                         retry_exceptions=False)
     threads = max(1, int(res["cpus"]))
     cell_device = device if res["gpus"] else ("cpu" if device == "auto" else device)
-    limit = max_concurrent or len(pending)
-    waiting = list(pending)
+    groups: dict[str, list] = {}  # cells sharing a training run go to one task, so it is trained once
+    for cell in pending:
+        groups.setdefault(cell.train_key, []).append(cell)
+    waiting = list(groups.values())
+    limit = max_concurrent or len(waiting)
     running: dict = {}
     with progress_bar(progress) as bars:
         bar = bars.add_task(f"sweep {spec.name}", total=len(pending), info=f"{len(skipped)} already done")
         while waiting or running:
             while waiting and len(running) < limit:
-                cell = waiting.pop(0)
-                running[task.remote(cell, str(spec.store), cell_device, threads)] = cell
+                group = waiting.pop(0)
+                running[task.remote(group, str(spec.store), cell_device, threads)] = group
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                cell = running.pop(ref)
+                group = running.pop(ref)
                 try:
-                    record = ray.get(ref)
+                    records = ray.get(ref)
                 except Exception as exc:  # the worker died more often than the retries allow
-                    store.write_record(cell, status="failed", error=f"worker lost: {type(exc).__name__}: {exc}")
-                    record = store.record(cell.key)
-                outcome.ran.append(cell.key)
-                if record.get("status") != "finished":
-                    outcome.failed[cell.key] = record.get("error") or "unknown error"
-                bars.advance(bar)
+                    for cell in group:
+                        if (store.record(cell.key) or {}).get("status") != "finished":
+                            store.write_record(cell, status="failed",
+                                               error=f"worker lost: {type(exc).__name__}: {exc}")
+                    records = [store.record(cell.key) for cell in group]
+                for cell, record in zip(group, records):
+                    outcome.ran.append(cell.key)
+                    if record.get("status") != "finished":
+                        outcome.failed[cell.key] = record.get("error") or "unknown error"
+                    bars.advance(bar)
     return outcome
 
 

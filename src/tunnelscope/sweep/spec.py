@@ -109,6 +109,10 @@ def _placeholders(value: Any) -> set[str]:
     return set()
 
 
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One resolved combination: the grid values, the training config and the analysis config."""
@@ -120,8 +124,13 @@ class Cell:
     @property
     def key(self) -> str:
         """A content hash of everything that changes the cell's numbers (16 hex digits)."""
-        canonical = json.dumps({"train": self.train, "analysis": self.analysis}, sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _hash({"train": self.train, "analysis": self.analysis})
+
+    @property
+    def train_key(self) -> str:
+        """A content hash of the training config alone: cells that differ only in their
+        analysis share one training run."""
+        return _hash({"train": self.train})
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.variables.items()) or self.key

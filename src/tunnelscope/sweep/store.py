@@ -2,7 +2,8 @@
 
 ```
 STORE/cells/KEY.json                  the cell's record: variables, config, status, error
-STORE/runs/KEY/                       its training run (checkpoints, run.json, resume.pt)
+STORE/runs/TRAIN_KEY/                 its training run (checkpoints, run.json, resume.pt), shared by
+                                      the cells whose training config is the same
 STORE/results/KEY/step-NNNNNNN.parquet   the analysis table of one checkpoint (+ cell columns)
 STORE/results/KEY/step-NNNNNNN.json      its summary; written last, so it marks the step done
 ```
@@ -31,8 +32,8 @@ class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def run_dir(self, key: str) -> Path:
-        return self.root / "runs" / key
+    def run_dir(self, train_key: str) -> Path:
+        return self.root / "runs" / train_key
 
     def record_path(self, key: str) -> Path:
         return self.root / "cells" / f"{key}.json"
