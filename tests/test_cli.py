@@ -76,7 +76,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "tunnelscope.cli", "train", "--data", "digits"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "Missing option" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("tunnelscope: error: Missing option '--model'")
+    assert len(proc.stderr.splitlines()) == 1 and "tunnelscope train --help" in proc.stderr
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The ``tunnelscope`` command line: a thin shell over the Python API.
 
-Errors a user can cause print one line to standard error and exit with status 1 (2 for
-usage errors), without a traceback.
+Errors a user can cause print one line to standard error (``tunnelscope: error: ...``) and
+exit with status 1 (2 for usage errors: a missing or malformed option), without a traceback.
 """
 
 from __future__ import annotations
@@ -624,8 +624,12 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:  # one line, like every other error, and a pointer to the help
+        command = exc.ctx.command_path if exc.ctx else "tunnelscope"
+        click.echo(f"tunnelscope: error: {exc.format_message()} (see '{command} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"tunnelscope: error: {exc.format_message()}", err=True)
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         err_console.print("tunnelscope: interrupted")
