@@ -24,6 +24,7 @@ from . import data as data_mod
 from .cache import DEFAULT_BUDGET, FeatureCache
 from .capture import DEFAULT_MAX_DIM, Capture
 from .checkpoint import load_model
+from .models import build
 from .errors import SpecError
 from .metrics.cka import MIN_BATCH, FullCKA, MinibatchCKA
 from .metrics.collapse import NCCAccuracy, cdnv, effective_depth, nc1
@@ -114,14 +115,30 @@ def sample_split(split, limit: int | None, seed: int):
     return split.subset(idx), limit
 
 
-def resolve_model(model, device: torch.device) -> tuple[nn.Module, str, dict]:
-    """A module or a checkpoint path → ``(module on device, its name, checkpoint info)``."""
-    if isinstance(model, (str, Path)):
-        net, meta = load_model(model, device)
-        return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step")}
-    if not isinstance(model, nn.Module):
+def resolve_model(model, device: torch.device, dataset: data_mod.Dataset | None = None,
+                  weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
+    """A module, a checkpoint path, or (given ``dataset``) a model spec with optional
+    ``weights`` → ``(module on device, its name, where it came from)``.
+
+    With ``dataset``, a checkpoint whose class count or input shape differs from it is refused."""
+    if isinstance(model, nn.Module):
+        return model.to(device), getattr(model, "spec", type(model).__name__), {}
+    if not isinstance(model, (str, Path)):
         raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
-    return model.to(device), getattr(model, "spec", type(model).__name__), {}
+    path = Path(model)
+    if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
+        net = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
+        return net.to(device), str(model), {"weights": str(weights) if weights is not None else None}
+    net, meta = load_model(path, device)
+    if dataset is not None:
+        if getattr(net, "num_classes", dataset.num_classes) != dataset.num_classes:
+            raise SpecError(f"checkpoint {path} has {net.num_classes} classes but {dataset.spec} has "
+                            f"{dataset.num_classes}; give --data with the classes it was trained on")
+        shape = tuple(getattr(net, "input_shape", dataset.input_shape))
+        if shape != tuple(dataset.input_shape):
+            raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
+                            f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
+    return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step")}
 
 
 def analyze_layers(
@@ -229,32 +246,34 @@ def analyze_layers(
                      "valid": not bad})
 
     for split, acc in moments.items():
+        points_m = acc.points  # per-point views, built once
         for name in names:
-            m = acc.points[name]
+            m = points_m[name]
             if int(m.nonfinite) > 0:
                 invalid[split].add(name)
                 warn.append(f"{split}: {int(m.nonfinite)} samples with NaN/Inf activations at {name}; "
                             "its metrics are marked invalid")
-        absent = [dataset.class_names[c] for c in range(C) if acc.points[names[0]].cn[c] == 0]
+        absent = [dataset.class_names[c] for c in range(C) if points_m[names[0]].cn[c] == 0]
         if absent:
             warn.append(f"{split}: classes absent from the sample: {absent}; class metrics use the others")
         pcs = {}
         for name in names:
-            m = acc.points[name]
+            m = points_m[name]
             if name in invalid[split]:
                 for metric in ("rank", "pc1", "erank", "nc1", "cdnv"):
                     if metric in wanted:
                         add(split, name, metric, float("nan"))
                 continue
+            scatter = m.scatter() if {"rank", "pc1", "erank"} & set(wanted) else None
             if {"rank", "pc1"} & set(wanted):
-                vals, vecs = eigen(m.covariance())
+                vals, vecs = eigen(m.covariance(scatter))
                 if "rank" in wanted:
                     add(split, name, "rank", numerical_rank(vals))
                 if "pc1" in wanted:
                     add(split, name, "pc1", pc1_ratio(vals))
                     pcs[name] = vecs[:, 0]
             if "erank" in wanted:
-                add(split, name, "erank", effective_rank(torch.linalg.eigvalsh(m.second_moment()), m.count))
+                add(split, name, "erank", effective_rank(torch.linalg.eigvalsh(m.second_moment(scatter)), m.count))
             if "nc1" in wanted:
                 add(split, name, "nc1", nc1(m))
             if "cdnv" in wanted:
@@ -264,10 +283,11 @@ def analyze_layers(
                 add(split, a, "pc1_cos2", v, b)
     summary: dict = {}
     if ncc is not None:
-        for split, acc in ncc.items():
-            for name, v in acc.compute().items():
+        ncc_acc = {split: acc.compute() for split, acc in ncc.items()}
+        for split, values in ncc_acc.items():
+            for name, v in values.items():
                 add(split, name, "ncc_acc", v, uses_train=True)
-        errors = [1 - ncc["train"].compute()[n] if n not in invalid["train"] else float("nan") for n in names]
+        errors = [1 - ncc_acc["train"][n] if n not in invalid["train"] else float("nan") for n in names]
         depth = effective_depth(errors, eps)
         summary["effective_depth"] = depth
         summary["effective_depth_point"] = names[depth - 1] if depth else None

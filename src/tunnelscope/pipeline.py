@@ -17,11 +17,9 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, sample_split
+from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, resolve_model, sample_split
 from .cache import FeatureCache
-from .checkpoint import load_model
 from .errors import SpecError
-from .models import build, load_weights
 from .probes import ProbeConfig
 from .results import COLUMNS, Results
 from .train.loop import resolve_device
@@ -48,31 +46,6 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
         raise SpecError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: "
                         f"{', '.join(ANALYZE_METRICS)}, the aliases nc/collapse, or default/all")
     return list(dict.fromkeys(out))
-
-
-def _resolve(model: nn.Module | str | Path, weights: str | Path | None, dataset: data_mod.Dataset,
-             device: torch.device) -> tuple[nn.Module, dict]:
-    """A checkpoint path, a model spec (random init or ``weights``), or a module → a module in eval mode."""
-    if isinstance(model, nn.Module):
-        return model.to(device).eval(), {"model": getattr(model, "spec", type(model).__name__)}
-    path = Path(model)
-    if path.suffix in (".pt", ".pth") or path.is_file():
-        net, meta = load_model(path, device)
-        if getattr(net, "num_classes", dataset.num_classes) != dataset.num_classes:
-            raise SpecError(f"checkpoint {path} has {net.num_classes} classes but {dataset.spec} has "
-                            f"{dataset.num_classes}; give --data with the classes it was trained on")
-        shape = tuple(getattr(net, "input_shape", dataset.input_shape))
-        if shape != tuple(dataset.input_shape):
-            raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
-                            f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
-        return net.eval(), {"model": meta["model_spec"], "checkpoint": str(path), "step": meta.get("step"),
-                            "trained_on": meta.get("data_spec")}
-    net = build(str(model), dataset.num_classes, dataset.input_shape)
-    info = {"model": str(model), "weights": None}
-    if weights is not None:
-        load_weights(net, weights)
-        info["weights"] = str(weights)
-    return net.to(device).eval(), info
 
 
 def analyze(
@@ -112,8 +85,10 @@ def analyze(
         raise SpecError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(device)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
-    net, model_info = _resolve(model, weights, dataset, dev)
-    frames, summary = [], {"model": model_info["model"], "data": dataset.spec, "classes": dataset.num_classes,
+    net, model_name, model_info = resolve_model(model, dev, dataset, weights)
+    net.eval()
+    model_info = {"model": model_name, **model_info}
+    frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
                            "ood_datasets": list(ood)}
     config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
@@ -140,7 +115,8 @@ def analyze(
         if PROBE in wanted:
             transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
                                     batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test,
-                                    seed=seed, data_root=data_root, progress=progress, id_features=caches)
+                                    seed=seed, data_root=data_root, progress=progress, id_features=caches,
+                                    id_ncc="ncc" not in stats_metrics)  # the statistics measured it
             frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
             kept = {k: summary[k] for k in ("effective_depth", "effective_depth_point", "ncc_eps") if k in summary}
             summary.update(transfer.summary)

@@ -9,6 +9,7 @@ and converted to the backbone's input shape when they differ, and that is record
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -58,26 +59,25 @@ def _features(capture: Capture, split, limit: int | None, seed: int, batch_size:
     cache = FeatureCache(n, budget, cache_dtype)
     for feats, y in capture.stream(chosen, batch_size, device, progress=bars, description=description):
         cache.update(feats, y)
-    info = {"samples": n, "cache_mib": cache.nbytes / 2**20, "spilled": str(cache.spilled_to) if cache.spilled_to else None}
     if cache.spilled_to is not None:
         warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
                       f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
-    return _read(cache, info)
+    return _read(cache)
 
 
-def _read(cache: FeatureCache, info: dict | None = None) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
+def _read(cache: FeatureCache, **info) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
     """The cache, its arrays (in-memory ones are stacked by the probe trainer, memory-mapped ones
-    read a minibatch at a time), its labels, and its description."""
+    read a minibatch at a time), its labels, and its description (plus ``info``)."""
     if cache.size != cache.capacity:
         raise ValueError(f"feature cache filled {cache.size} of {cache.capacity} rows")
-    info = info or {"samples": cache.size, "cache_mib": cache.nbytes / 2**20,
-                    "spilled": str(cache.spilled_to) if cache.spilled_to else None, "shared_with_statistics": True}
+    info = {"samples": cache.size, "cache_mib": cache.nbytes / 2**20,
+            "spilled": str(cache.spilled_to) if cache.spilled_to else None, **info}
     return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
 
 
 def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device) -> dict[str, dict[str, float]]:
     """Nearest-class-centre accuracy per point on both splits, class means from the train cache."""
-    moments = Moments(num_classes, torch.float64)
+    moments = Moments(num_classes, torch.float64, scatter=False)  # class means are all NCC needs
     for feats, y in train.batches(device=device):
         moments.update(feats, y)
     means = {name: point.class_means() for name, point in moments.points.items()}
@@ -110,6 +110,7 @@ def probe_layers(
     data_root: str | Path | None = None,
     progress: bool | None = None,
     id_features: tuple[FeatureCache, FeatureCache] | None = None,
+    id_ncc: bool = True,
 ) -> TransferStats:
     """Train linear probes at every point on the ID data and on each OOD dataset.
 
@@ -122,7 +123,8 @@ def probe_layers(
     ``summary["verdict"]`` says in one line where the tunnel starts and which layer
     transfers best. ``id_features`` (train and test caches already filled by the
     statistics pass, see :func:`tunnelscope.analyze`) replaces the ID passes; the caller
-    closes them.
+    closes them. ``id_ncc=False`` skips the ID nearest-class-centre scores (and the effective
+    depth) when the caller has them already.
     """
     cfg = probe or ProbeConfig(seed=seed)
     dev = resolve_device(device)
@@ -144,7 +146,8 @@ def probe_layers(
             label = "ID" if key == "id" else key
             shared = key == "id" and id_features is not None
             if shared:
-                (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (_read(c) for c in id_features)
+                (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (_read(c, shared_with_statistics=True)
+                                                                         for c in id_features)
             else:
                 tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev,
                                                        cache_budget, cache_dtype, bars, f"{label} train")
@@ -152,9 +155,9 @@ def probe_layers(
                                                        cache_budget, cache_dtype, bars, f"{label} test")
             try:
                 result = train_probes(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
-                ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev)
+                ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev) if key != "id" or id_ncc else None
                 if key == "id":
-                    ncc_id_train = ncc["train"]
+                    ncc_id_train = ncc and ncc["train"]
             finally:
                 del tr, te
                 if not shared:
@@ -165,7 +168,7 @@ def probe_layers(
                 for split, acc in (("test", result.accuracy), ("train", result.train_accuracy)):
                     rows.append({"model": model_name, "dataset": key, "split": split, "point": name, "layer": i + 1,
                                  "depth": (i + 1) / len(names), "accuracy": acc[name],
-                                 "ncc_accuracy": ncc[split][name],
+                                 "ncc_accuracy": ncc[split][name] if ncc else math.nan,
                                  "epoch": result.epoch[name], "diverged": name in result.diverged})
             info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
                          "test": te_info, "diverged": result.diverged}
@@ -177,7 +180,7 @@ def probe_layers(
     if ood_curves and finite["id"]:
         mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
         summary["best_transfer_layer"] = int(np.argmax(mean)) + 1
-    depth = effective_depth([1 - ncc_id_train[n] for n in names], ncc_eps)
+    depth = effective_depth([1 - ncc_id_train[n] for n in names], ncc_eps) if ncc_id_train else None
     summary.update({"effective_depth": depth, "effective_depth_point": names[depth - 1] if depth else None,
                     "ncc_eps": ncc_eps})
     summary["verdict"] = verdict(summary, names)

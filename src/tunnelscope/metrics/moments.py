@@ -38,7 +38,7 @@ class PointMoments:
     cn: Tensor  # (C,)
     cs1: Tensor  # (C, D)
     cq: Tensor  # (C,)
-    w2: Tensor  # (D, D)
+    w2: Tensor | None  # (D, D); None when the moments were kept without scatter
     nonfinite: Tensor  # ()
 
     @property
@@ -82,14 +82,14 @@ class PointMoments:
         """``Σ_i (x_i - μ)(x_i - μ)ᵀ`` over all samples: within plus between."""
         return self.within_scatter() + self.between_scatter()
 
-    def covariance(self) -> Tensor:
-        """Centred sample covariance, divided by ``n - 1``."""
-        return self.scatter() / (self.n - 1)
+    def covariance(self, scatter: Tensor | None = None) -> Tensor:
+        """Centred sample covariance, divided by ``n - 1`` (``scatter``: :meth:`scatter`, if at hand)."""
+        return (self.scatter() if scatter is None else scatter) / (self.n - 1)
 
-    def second_moment(self) -> Tensor:
-        """Uncentred ``Σ x xᵀ`` (``Hᵀ H`` for the feature matrix ``H``)."""
+    def second_moment(self, scatter: Tensor | None = None) -> Tensor:
+        """Uncentred ``Σ x xᵀ`` (``Hᵀ H`` for the feature matrix ``H``; ``scatter`` as above)."""
         mu = self.mean()
-        return self.scatter() + self.n * torch.outer(mu, mu)
+        return (self.scatter() if scatter is None else scatter) + self.n * torch.outer(mu, mu)
 
 
 class Moments:
@@ -101,9 +101,10 @@ class Moments:
     Running sums are always float64.
     """
 
-    def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32, scatter: bool = True) -> None:
         self.num_classes = num_classes
         self.matmul_dtype = matmul_dtype
+        self.scatter = scatter  # False: class counts, means and norms only, no D x D products
         self.names: list[str] = []
         self.dims: list[int] = []
         self.state: dict[str, Tensor] = {}
@@ -126,7 +127,7 @@ class Moments:
         z = lambda *s: torch.zeros(*s, dtype=f64, device=device)  # noqa: E731
         C, L = self.num_classes, len(self.dims)
         self.state = {"shift": z(C, total), "cn": z(C), "cs1": z(C, total), "cq": z(C, L), "nonfinite": z(L)}
-        self.w2 = [z(d, d) for d in self.dims]
+        self.w2 = [z(d, d) for d in self.dims] if self.scatter else []
 
     def _set_new_shifts(self, joint: Tensor, labels: Tensor) -> None:
         """Give classes seen for the first time their batch mean as shift."""
@@ -166,9 +167,9 @@ class Moments:
         st["cq"].index_add_(0, labels, rowsq)
         st["nonfinite"] += (~torch.isfinite(rowsq)).sum(0)  # NaN and Inf survive the row sums
         mm = centred.to(self.matmul_dtype)
-        for i, (lo, hi) in enumerate(self.bounds):
+        for w2, (lo, hi) in zip(self.w2, self.bounds):  # no w2 kept: no products
             part = mm[:, lo:hi]
-            self.w2[i] += part.T @ part
+            w2 += part.T @ part
 
     # ------------------------------------------------------------------ shards
     def reshift(self, new: Tensor) -> None:
@@ -176,15 +177,15 @@ class Moments:
         st = self.state
         d = st["shift"] - new  # (C, Σ D): x - new_c = (x - old_c) + d_c
         cn, cs1 = st["cn"], st["cs1"]
-        for i, (lo, hi) in enumerate(self.bounds):
+        for w2, (lo, hi) in zip(self.w2, self.bounds):
             s, di = cs1[:, lo:hi], d[:, lo:hi]
-            self.w2[i] += s.T @ di + di.T @ s + (di.T * cn) @ di
+            w2 += s.T @ di + di.T @ s + (di.T * cn) @ di
         st["cq"] += 2 * self._segment_sums(cs1 * d) + cn[:, None] * self._segment_sums(d * d)
         st["cs1"] += cn[:, None] * d
         st["shift"] = new.clone()
 
     def _copy(self) -> "Moments":
-        other = Moments(self.num_classes, self.matmul_dtype)
+        other = Moments(self.num_classes, self.matmul_dtype, self.scatter)
         other.names, other.dims = list(self.names), list(self.dims)
         other.state = {k: v.clone() for k, v in self.state.items()}
         other.w2 = [s.clone() for s in self.w2]
@@ -238,5 +239,5 @@ class Moments:
         """Per-point views of the state."""
         st = self.state
         return {name: PointMoments(st["shift"][:, lo:hi], st["cn"], st["cs1"][:, lo:hi], st["cq"][:, i],
-                                   self.w2[i], st["nonfinite"][i])
+                                   self.w2[i] if self.scatter else None, st["nonfinite"][i])
                 for i, (name, (lo, hi)) in enumerate(zip(self.names, self.bounds))}
