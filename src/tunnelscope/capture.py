@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -83,16 +84,24 @@ class _StopForward(Exception):
     """Raised by the deepest hook to end a forward pass early."""
 
 
-def activations(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-    """The full, unreduced outputs of ``names`` (in execution order) for input ``x``, with
-    autograd intact; the forward pass stops after the last of them."""
+def _full_copy(_name: str, out) -> Tensor:
+    """The whole output, copied so that later in-place ops cannot change it; autograd intact."""
+    return (out[0] if isinstance(out, (tuple, list)) else out).clone()
+
+
+def activations(model: nn.Module, names: Sequence[str], x: Tensor,
+                keep: Callable[[str, Any], Tensor] = _full_copy) -> dict[str, Tensor]:
+    """``keep(name, output)`` for each of ``names`` (in execution order) on input ``x``: by
+    default the full, unreduced output with autograd intact. The forward pass stops after the
+    last of them; a point that did not run is an error."""
     modules = dict(model.named_modules())
     outputs: dict[str, Tensor] = {}
     handles = []
+    last = names[-1]
     for name in names:
         def hook(_m, _i, out, name=name):
-            outputs[name] = (out[0] if isinstance(out, (tuple, list)) else out).clone()  # safe from in-place ops
-            if len(outputs) == len(names):
+            outputs[name] = keep(name, out)
+            if name == last:
                 raise _StopForward
         handles.append(modules[name].register_forward_hook(hook))
     try:
@@ -163,7 +172,6 @@ class Capture:
         self.layout: dict[str, dict] = {}  # per point: raw shape, reduced dims, subset/projection
         self._projections: dict[str, Tensor] = {}
         self._subsets: dict[str, Tensor] = {}
-        self._features: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ reductions
     def _reduce(self, name: str, out: Tensor) -> Tensor:
@@ -224,31 +232,10 @@ class Capture:
         return self._subsets[name]
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x: Tensor, names: Sequence[str] | None = None) -> Features:
-        """Run the model on ``x`` and return the reduced features of ``names`` (default: all)."""
-        wanted = list(names) if names is not None else self.names
-        modules = dict(self.model.named_modules())
-        last = wanted[-1] if names is None else max(wanted, key=self.names.index)
-        self._features = {}
-        handles = []
-        for name in wanted:
-            def hook(_m, _i, out, name=name):
-                self._features[name] = self._reduce(name, out)
-                if name == last:
-                    raise _StopForward
-            handles.append(modules[name].register_forward_hook(hook))
-        try:
-            self.model(x)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [n for n in wanted if n not in self._features]
-        if missing:
-            raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
-        feats, self._features = self._features, {}
-        return Features((n, feats[n]) for n in wanted)
+    def __call__(self, x: Tensor) -> Features:
+        """Run the model on ``x`` and return every point's reduced features."""
+        feats = activations(self.model, self.names, x, keep=self._reduce)
+        return Features((n, feats[n]) for n in self.names)
 
     def stream(self, split, batch_size: int, device: torch.device, progress=None, description: str = "",
                generator: torch.Generator | None = None) -> Iterator[tuple[Features, Tensor]]:
