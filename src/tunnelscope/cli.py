@@ -227,7 +227,7 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
       tunnelscope demo --json
     """
     from .results import Results, ResultsError
-    from .train.loop import RESUME_FILE, RUN_FILE
+    from .train.loop import RESUME_FILE, RUN_FILE, read_run
 
     out_path = Path(out)
     data_spec, ood = (DEMO_QUICK_DATA, DEMO_QUICK_OOD) if quick else (DEMO_DATA, DEMO_OOD)
@@ -236,13 +236,9 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
     say = (lambda text: None) if (quiet or as_json) else (lambda text: err_console.print(text, markup=False))
     resume, checkpoint = False, None
     if run_file.is_file() and not overwrite:
-        try:
-            run = json.loads(run_file.read_text())
-            if run.get("status") == "finished":
-                float(run["final"]["test_acc"])
-        except (ValueError, KeyError, TypeError):  # damaged or foreign run.json: train afresh
+        run = read_run(out_path)
+        if not run:  # damaged or foreign run.json: train afresh
             say(f"{run_file} is unreadable; training the demo again")
-            run = {}
         same = run.get("config", {}).get("data") == data_spec and run.get("config", {}).get("epochs") == epochs
         if same and run.get("status") == "finished":
             say(f"{out_path} already holds the finished demo training run (test accuracy "
@@ -282,11 +278,9 @@ def _analyze(model, weights, data_spec: str, ood, metrics: str, points: str, red
              overwrite: bool, quiet: bool, data_root: str | None = None, **kwargs):
     """Run :func:`tunnelscope.analyze` and save the run directory (refusing a taken one first)."""
     from .pipeline import analyze
-    from .results import SUMMARY_FILE, RESULTS_FILE, ResultsError
+    from .results import check_free
 
-    if not overwrite and ((out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists()):
-        raise ResultsError(f"{out} already holds analysis results; pass --overwrite to replace them "
-                           "or choose another --out")
+    check_free(out, overwrite)  # before the model runs, not after
     results = analyze(model, data_spec, ood=list(ood), metrics=metrics, points=points, reduce=reduce, device=device,
                       weights=weights, data_root=data_root, progress=False if quiet else None, **kwargs)
     results.save(out, overwrite=overwrite)
@@ -402,21 +396,11 @@ def report(run_dir: str, quiet: bool) -> None:
     Examples:
       tunnelscope report runs/demo
     """
-    from .report import render_inversion_only
-    from .results import FIGURES_DIR, REPORT_FILE, SUMMARY_FILE, Results
+    from .report import refresh_report
 
-    if not (Path(run_dir) / SUMMARY_FILE).exists() and (Path(run_dir) / "inversion.json").is_file():
-        from .io import write_text
-
-        path = write_text(Path(run_dir) / REPORT_FILE, render_inversion_only(Path(run_dir), f"tunnelscope: {run_dir}"))
-        if not quiet:
-            out_console.print(f"inversion report {path}", markup=False)
-        return
-    results = Results.load(run_dir)
-    pngs = results.save_figures(Path(run_dir) / FIGURES_DIR)
-    path = results.to_html(Path(run_dir) / REPORT_FILE, {p.stem: p for p in pngs})
+    path, figures = refresh_report(run_dir, redraw=True)
     if not quiet:
-        out_console.print(f"{len(pngs)} figures and {path}", markup=False)
+        out_console.print(f"{figures} figures and {path}" if figures else f"inversion report {path}", markup=False)
 
 
 @cli.command()
@@ -483,8 +467,8 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
     from .analysis import sample_split
     from .checkpoint import load_model
     from .invert import INVERSION_FILE, InvertConfig, invert as invert_fn, save_inversions, untrained_copy
-    from .report import render_inversion_only
-    from .results import REPORT_FILE, SUMMARY_FILE, Results
+    from .report import refresh_report
+    from .results import REPORT_FILE
     from .train.loop import resolve_device
 
     out_path = Path(out)
@@ -505,16 +489,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
         runs.append(invert_fn(untrained_copy(model, seed), x, pts, cfg, dev, "untrained", bars))
     save_inversions(runs, out_path, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": data_spec,
                                      "images": n, "device": str(dev)})
-    if (out_path / SUMMARY_FILE).exists():
-        results = Results.load(out_path)
-        from .figures import FIGURES
-
-        shown = {name: out_path / "figures" / f"{name}.png" for name in FIGURES}
-        results.to_html(out_path / REPORT_FILE, {k: v for k, v in shown.items() if v.is_file()})
-    else:
-        from .io import write_text
-
-        write_text(out_path / REPORT_FILE, render_inversion_only(out_path, f"tunnelscope invert: {meta['model_spec']}"))
+    refresh_report(out_path, title=f"tunnelscope invert: {meta['model_spec']}")
     from .invert import summarize_inversions
 
     summary = summarize_inversions(runs)

@@ -87,11 +87,35 @@ def inversion_section(directory: Path) -> str:
     ])
 
 
+def page(title: str, *parts: str) -> str:
+    """A self-contained HTML page: the shared style, ``title`` as heading, then ``parts``."""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                      f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+                      f"<h1>{html.escape(title)}</h1>", *parts, "</body></html>"])
+
+
 def render_inversion_only(directory: Path, title: str) -> str:
     """A report page holding only the inversion section."""
-    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                      f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-                      f"<h1>{html.escape(title)}</h1>", inversion_section(directory), "</body></html>"])
+    return page(title, inversion_section(directory))
+
+
+def refresh_report(directory: str | Path, redraw: bool = False, title: str | None = None) -> tuple[Path, int]:
+    """Rewrite ``directory/report.html`` from what the directory holds: its analysis (figures
+    redrawn from the saved table when ``redraw``, else the saved ones) with any inversion
+    section, or an inversion alone. Returns the report's path and the analysis figures shown."""
+    from .figures import FIGURES
+    from .results import FIGURES_DIR, REPORT_FILE, SUMMARY_FILE, Results
+
+    directory = Path(directory)
+    if not (directory / SUMMARY_FILE).exists() and (directory / "inversion.json").is_file():
+        return write_text(directory / REPORT_FILE, render_inversion_only(directory, title or f"tunnelscope: {directory}")), 0
+    results = Results.load(directory)
+    if redraw:
+        pngs = results.save_figures(directory / FIGURES_DIR)
+    else:
+        pngs = [p for p in (directory / FIGURES_DIR / f"{name}.png" for name in FIGURES) if p.is_file()]
+    return results.to_html(directory / REPORT_FILE, {p.stem: p for p in pngs}), len(pngs)
 
 
 def render(results, figures: dict[str, Path] | None = None) -> str:
@@ -107,11 +131,8 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
                            for k, v in summary_lines(s))
     layer_table = results.layer_table().to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
                                                 border=0)
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+    return page(
+        title,
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>",
         "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
@@ -120,9 +141,7 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
         f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    )
 
 
 def write_report(results, path: str | Path, figures: dict[str, Path] | None = None) -> Path:
@@ -130,4 +149,5 @@ def write_report(results, path: str | Path, figures: dict[str, Path] | None = No
     return write_text(path, render(results, figures))
 
 
-__all__ = ["figure_html", "inversion_section", "render", "render_inversion_only", "summary_lines", "write_report"]
+__all__ = ["figure_html", "inversion_section", "page", "refresh_report", "render", "render_inversion_only",
+           "summary_lines", "write_report"]

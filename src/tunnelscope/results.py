@@ -28,6 +28,16 @@ class ResultsError(TunnelscopeError):
     """A run directory that is missing, partial, unreadable, or already taken."""
 
 
+def check_free(directory: str | Path, overwrite: bool) -> bool:
+    """Whether ``directory`` already holds analysis results; refuses it unless ``overwrite``."""
+    out = Path(directory)
+    taken = (out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists()
+    if taken and not overwrite:
+        raise ResultsError(f"{out} already holds analysis results; pass --overwrite (overwrite=True) "
+                           "to replace them or choose another --out")
+    return taken
+
+
 @dataclass
 class Results:
     """An analysis: ``table`` (tidy pandas), ``summary`` (the tunnel in numbers and words),
@@ -109,10 +119,7 @@ class Results:
     def save(self, directory: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
         """Write the run directory: table, config, figures, report, and the summary last."""
         out = Path(directory)
-        if (out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists():
-            if not overwrite:
-                raise ResultsError(f"{out} already holds analysis results; pass --overwrite (overwrite=True) "
-                                   "to replace them or choose another --out")
+        if check_free(out, overwrite):
             (out / SUMMARY_FILE).unlink(missing_ok=True)  # from here until the end, the run reads as partial
         out.mkdir(parents=True, exist_ok=True)
         table = self.table[COLUMNS + [c for c in self.table.columns if c not in COLUMNS]]
@@ -145,4 +152,4 @@ class Results:
         return cls(table, summary, config, d)
 
 
-__all__ = ["COLUMNS", "Results", "ResultsError"]
+__all__ = ["COLUMNS", "Results", "ResultsError", "check_free"]

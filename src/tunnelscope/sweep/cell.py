@@ -42,10 +42,9 @@ def chosen_steps(available: list[int], which) -> list[int]:
 
 def _train(cell: Cell, run_dir: Path, device: str) -> None:
     from ..train import train
-    from ..train.loop import RESUME_FILE, RUN_FILE
+    from ..train.loop import RESUME_FILE, read_run
 
-    run_file = run_dir / RUN_FILE
-    if run_file.is_file() and '"status": "finished"' in run_file.read_text():
+    if read_run(run_dir).get("status") == "finished":
         return
     resume = (run_dir / RESUME_FILE).is_file()
     options = {k: v for k, v in cell.train.items() if k not in ("model", "data", "epochs")}

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +22,7 @@ from scipy import stats  # noqa: E402
 
 from ..figures import save_figures  # noqa: E402
 from ..io import write_text  # noqa: E402
-from ..report import STYLE, figure_html  # noqa: E402
+from ..report import figure_html, page  # noqa: E402
 from .spec import SweepSpec  # noqa: E402
 from .store import VAR_PREFIX, Store  # noqa: E402
 
@@ -136,10 +135,8 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "cell", "step", "points", "tunnel_start@0.95", "tunnel_length@0.95", "best_transfer_layer", "mean_retained",
         "effective_depth") or c.startswith("retained · ")]
     failures = status[status.status == "failed"]
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>sweep {html.escape(spec.name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>sweep {html.escape(spec.name)}</h1>",
+    body = page(
+        f"sweep {spec.name}",
         f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '
         f"{len(failures)} failed.</p>",
         "<h2>Cells</h2>", status.to_html(index=False, na_rep="", border=0),
@@ -147,9 +144,8 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "<h2>Last checkpoint of each cell</h2>",
         final[keep].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
         if not final.empty else "<p>no finished cells yet</p>",
-        "</body></html>",
-    ]
-    return write_text(spec.store / "report.html", "\n".join(parts))
+    )
+    return write_text(spec.store / "report.html", body)
 
 
 __all__ = ["aggregate_figures", "dynamics_figure", "mean_ci", "write_sweep_report"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from torch import nn
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError, SpecError, TunnelscopeError
-from ..io import atomic_write, write_json
+from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
 from ..versions import package_versions
@@ -59,6 +60,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def _shuffle_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def read_run(out: str | Path) -> dict:
+    """``out/run.json`` as a dict; ``{}`` when it is missing or unreadable (a damaged or foreign
+    file counts as no run). A finished run always has its final accuracy and checkpoint."""
+    try:
+        run = json.loads((Path(out) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(run, dict):
+        return {}
+    complete = run.get("status") != "finished" or (
+        isinstance(run.get("final"), dict) and "test_acc" in run["final"] and "final_checkpoint" in run)
+    return run if complete else {}
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -274,8 +289,7 @@ def evaluate(model: nn.Module, split: data_mod.Split, device: torch.device,
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
-    text = pd.DataFrame(history).to_csv(index=False)
-    atomic_write(out / HISTORY_FILE, lambda h: h.write(text.encode()))
+    write_text(out / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
 
 
 def _load_resume(out: Path, config: dict) -> dict[str, Any]:
