@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import tunnelscope as ts  # noqa: E402
 from references import hsic1  # noqa: E402  float64 numpy reference of METRICS.md §7
-from tunnelscope.analysis import run_pass  # noqa: E402
+from tunnelscope.analysis import run_pass, sample_split  # noqa: E402
 from tunnelscope.capture import Capture  # noqa: E402
 from tunnelscope.metrics.cka import MinibatchCKA  # noqa: E402
 from tunnelscope.metrics.collapse import NCCAccuracy  # noqa: E402
@@ -259,7 +259,7 @@ def case_probes(device: torch.device, epochs: int) -> dict:
     capture = Capture(model, "blocks")
 
     def features(split, n):
-        split = split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values)
+        split = sample_split(split, n, 0)[0]
         out, ys = {k: [] for k in capture.names}, []
         with torch.inference_mode():
             for x, y in split.batches(1024, device=device):

@@ -27,6 +27,12 @@ from cases import timed  # noqa: E402
 CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg", "probes-mlp12", "invert-mlp12"]
 
 
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table: the header, its separator, and one line per row of cells."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def run_case(name: str, device: str, repeats: int) -> dict:
     print(f"bench: {name} on {device} ...", file=sys.stderr, flush=True)
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cases.py"), name, device, str(repeats)],
@@ -98,17 +104,14 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "collapse), + minibatch CKA, and everything (moments, CKA, NCC and ridge read-outs). Peak memory",
         "is the resident high-water mark while each pass runs (reset before it).",
         "",
-        "| device | model | samples | points (dims) | forward (s) | capture | + moments | + CKA | all | goal | peak MiB forward → all |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        if not r["case"].startswith("stats"):
-            continue
-        goal = "≤ 3" if "mlp" in r["case"] else "≤ 1.3"
-        lines.append(
-            f"| {r['device']} | {r['model']} | {r['samples']} | {r['points']} ({r['dims']}) | {fmt(r['forward_s'], 3)} | "
-            f"{fmt(r['capture_ratio'])} | {fmt(r['moments_ratio'])} | {fmt(r['cka_ratio'])} | **{fmt(r['all_ratio'])}** | "
-            f"{goal} | {r['peak_mib_forward']:.0f} → {r['peak_mib_stats']:.0f} |")
+    lines += md_table(
+        ["device", "model", "samples", "points (dims)", "forward (s)", "capture", "+ moments", "+ CKA", "all", "goal",
+         "peak MiB forward → all"],
+        [[r["device"], r["model"], r["samples"], f"{r['points']} ({r['dims']})", fmt(r["forward_s"], 3),
+          fmt(r["capture_ratio"]), fmt(r["moments_ratio"]), fmt(r["cka_ratio"]), f"**{fmt(r['all_ratio'])}**",
+          "≤ 3" if "mlp" in r["case"] else "≤ 1.3", f"{r['peak_mib_forward']:.0f} → {r['peak_mib_stats']:.0f}"]
+         for r in results if r["case"].startswith("stats")])
     lines += [
         "",
         "`+ moments` and `+ CKA` are each measured alone on top of capture; `all` is the real pass.",
@@ -121,18 +124,16 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "same captured features, each batch centred first (HSIC₁ is unchanged by that shift).",
         "`uncentred f64` is the same float64 formula on uncentred Grams: what float64 alone loses.",
         "",
-        "| device | model | reduce | samples | points (dims) | tunnelscope (s) | torch-cka (s) | speed-up | tunnelscope / forward | max error tunnelscope | max error torch-cka | max error uncentred f64 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        if not r["case"].startswith("cka"):
-            continue
-        peer = fmt(r["peer_s"], 3) if r.get("peer_error") is None else f"fails: {r['peer_error']}"
-        speed = fmt(r["peer_s"] / r["ours_s"], 1) + "×" if r.get("peer_error") is None else "n/a"
-        lines.append(
-            f"| {r['device']} | {r['model']} | {r['reduce']} | {r['samples']} | {r['points']} ({r['dims']}) | "
-            f"{fmt(r['ours_s'], 3)} | {peer} | {speed} | {fmt(r['ours_ratio'])} | {sci(r['ours_max_err'])} | "
-            f"{sci(r['peer_max_err'])} | {sci(r['uncentred_f64_max_err'])} |")
+    ok = lambda r: r.get("peer_error") is None  # noqa: E731
+    lines += md_table(
+        ["device", "model", "reduce", "samples", "points (dims)", "tunnelscope (s)", "torch-cka (s)", "speed-up",
+         "tunnelscope / forward", "max error tunnelscope", "max error torch-cka", "max error uncentred f64"],
+        [[r["device"], r["model"], r["reduce"], r["samples"], f"{r['points']} ({r['dims']})", fmt(r["ours_s"], 3),
+          fmt(r["peer_s"], 3) if ok(r) else f"fails: {r['peer_error']}",
+          fmt(r["peer_s"] / r["ours_s"], 1) + "×" if ok(r) else "n/a", fmt(r["ours_ratio"]), sci(r["ours_max_err"]),
+          sci(r["peer_max_err"]), sci(r["uncentred_f64_max_err"])]
+         for r in results if r["case"].startswith("cka")])
     lines += [
         "",
         "Where torch-cka goes wrong: it forms float32 Gram matrices of uncentred features and evaluates the",
@@ -152,16 +153,16 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "run, so equal accuracy is expected); and scikit-learn's LogisticRegression (lbfgs,",
         "standardised features) per layer. Goal: >= 10x the per-layer loop at equal accuracy (±0.5 pp).",
         "",
-        "| device | points | joint (s) | per-layer loop (s) | speed-up | max accuracy difference (pp) | tunnelscope one layer at a time (s) | speed-up | max difference (pp) | scikit-learn (s) | speed-up | mean accuracy joint / scikit-learn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        if r["case"] != "probes-mlp12":
-            continue
-        lines.append(f"| {r['device']} | {r['points']} | {fmt(r['joint_s'])} | {fmt(r['plain_s'])} | "
-                     f"**{fmt(r['speedup_plain'], 1)}×** | {fmt(r['max_diff_plain_pp'])} | {fmt(r['loop_s'])} | "
-                     f"{fmt(r['speedup_loop'], 1)}× | {fmt(r['max_diff_loop_pp'])} | {fmt(r['sklearn_s'])} | "
-                     f"{fmt(r['speedup_sklearn'], 1)}× | {fmt(r['mean_acc_joint'], 4)} / {fmt(r['mean_acc_sklearn'], 4)} |")
+    lines += md_table(
+        ["device", "points", "joint (s)", "per-layer loop (s)", "speed-up", "max accuracy difference (pp)",
+         "tunnelscope one layer at a time (s)", "speed-up", "max difference (pp)", "scikit-learn (s)", "speed-up",
+         "mean accuracy joint / scikit-learn"],
+        [[r["device"], r["points"], fmt(r["joint_s"]), fmt(r["plain_s"]), f"**{fmt(r['speedup_plain'], 1)}×**",
+          fmt(r["max_diff_plain_pp"]), fmt(r["loop_s"]), f"{fmt(r['speedup_loop'], 1)}×", fmt(r["max_diff_loop_pp"]),
+          fmt(r["sklearn_s"]), f"{fmt(r['speedup_sklearn'], 1)}×",
+          f"{fmt(r['mean_acc_joint'], 4)} / {fmt(r['mean_acc_sklearn'], 4)}"]
+         for r in results if r["case"] == "probes-mlp12"])
     lines += [
         "",
         "## 4. Input reconstruction",
@@ -171,14 +172,12 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "one layer per run, from the same starting points. The difference column is the largest",
         "absolute difference between the two reconstructions of any pixel.",
         "",
-        "| device | model | images × points | batched (rows/s) | loop (rows/s) | speed-up | max difference |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        if r["case"] != "invert-mlp12":
-            continue
-        lines.append(f"| {r['device']} | {r['model']} | {r['images']} × {r['points']} | {fmt(r['rows_per_s_batched'])} | "
-                     f"{fmt(r['rows_per_s_loop'])} | **{fmt(r['speedup'], 1)}×** | {r['max_abs_diff']:.1e} |")
+    lines += md_table(
+        ["device", "model", "images × points", "batched (rows/s)", "loop (rows/s)", "speed-up", "max difference"],
+        [[r["device"], r["model"], f"{r['images']} × {r['points']}", fmt(r["rows_per_s_batched"]),
+          fmt(r["rows_per_s_loop"]), f"**{fmt(r['speedup'], 1)}×**", f"{r['max_abs_diff']:.1e}"]
+         for r in results if r["case"] == "invert-mlp12"])
     lines += [
         "",
         "## 5. Training step and batching",
@@ -186,12 +185,11 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         "`batching / forward`: producing the normalised batches alone, over the forward pass that consumes",
         "them. `train / forward`: one epoch of SGD steps over the same data.",
         "",
-        "| device | model | data | samples | forward (s) | batching / forward | train / forward |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in training:
-        lines.append(f"| {r['device']} | `{r['model']}` | `{r['data']}` | {r['samples']} | {fmt(r['forward_s'], 3)} | "
-                     f"{fmt(r['batching_ratio'])} | {fmt(r['train_ratio'])} |")
+    lines += md_table(
+        ["device", "model", "data", "samples", "forward (s)", "batching / forward", "train / forward"],
+        [[r["device"], f"`{r['model']}`", f"`{r['data']}`", r["samples"], fmt(r["forward_s"], 3),
+          fmt(r["batching_ratio"]), fmt(r["train_ratio"])] for r in training])
     lines += ["", "## GPU", ""]
     lines.append(f"Measured on {gpu}: the rows with device `cuda` above." if gpu else
                  "No GPU was available to this run; the CUDA column is empty. `make bench` on a CUDA machine adds "
