@@ -4,13 +4,7 @@ import sys
 
 import pytest
 
-from tunnelscope.cli import main
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import run_cli
 
 
 def test_help_lists_commands_with_examples(capsys):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tunnelscope import Results, analyze, data, train
-from tunnelscope.cli import main
+from cli_helpers import run_cli
 from tunnelscope.figures import compare_figure
 from tunnelscope.probes import ProbeConfig
 from tunnelscope.results import ResultsError
@@ -33,12 +33,6 @@ def runs(tmp_path_factory):
         results.save(root / "analysis")
         out[model] = (root / "analysis", trained.final_checkpoint, results)
     return out
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_run_directory_holds_everything_and_loads_back(runs):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tunnelscope.cli import main
+from cli_helpers import run_cli
 from tunnelscope.errors import SpecError
 from tunnelscope.sweep import Store, SweepSpec
 from tunnelscope.sweep.report import mean_ci
@@ -35,12 +35,6 @@ def tiny_spec(tmp_path, name="tiny", per_class=100, epochs=1, checkpoints="all",
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_spec_expands_the_grid_and_hashes_cells(tmp_path):

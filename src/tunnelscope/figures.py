@@ -38,13 +38,19 @@ def _shade_tunnel(ax, results, n: int) -> None:
         ax.axvspan(start, n + 0.5, color=TUNNEL_COLOUR, alpha=0.5, lw=0, label=f"tunnel (from layer {start})")
 
 
+def _tunnel_axes(results, height: float):
+    """A one-panel figure over the run's points with the tunnel shaded; ``(fig, ax, points)``."""
+    fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
+    n = len(results.points)
+    _shade_tunnel(ax, results, n)
+    return fig, ax, n
+
+
 def probe_figure(results) -> Figure | None:
     """ID and OOD probe accuracy against layer; the tunnel shaded, the best transfer layer marked."""
     if not results.has("probe_acc"):
         return None
-    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
-    n = len(results.points)
-    _shade_tunnel(ax, results, n)
+    fig, ax, n = _tunnel_axes(results, height=5.2)
     for dataset in results.datasets:
         try:
             curve = results.curve("probe_acc", dataset)
@@ -67,9 +73,7 @@ def rank_figure(results) -> Figure | None:
     metrics = [m for m in ("rank", "erank") if results.has(m)]
     if not metrics:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    n = len(results.points)
-    _shade_tunnel(ax, results, n)
+    fig, ax, n = _tunnel_axes(results, height=4)
     names = {"rank": "numerical rank (eigenvalues > 1e-3·s₁)", "erank": "effective rank (RankMe)"}
     for m in metrics:
         curve = results.curve(m)
@@ -109,9 +113,7 @@ def pc1_figure(results) -> Figure | None:
     """Share of variance on the first principal component against layer."""
     if not results.has("pc1"):
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-    n = len(results.points)
-    _shade_tunnel(ax, results, n)
+    fig, ax, n = _tunnel_axes(results, height=3.6)
     curve = results.curve("pc1")
     ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, color="C3")
     ax.set_ylabel("variance share of PC1 (test)")
