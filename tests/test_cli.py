@@ -78,11 +78,15 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 def test_demo_quick_trains_analyses_and_is_reused(tmp_path, capsys):
     code, out, err = run_cli(["demo", "--quick", "--out", str(tmp_path)], capsys)
     assert code == 0 and "fashion-mnist[classes=0-4," in err  # spec brackets survive rich markup
-    assert "the tunnel starts at layer" in out and str(tmp_path / "report.html") in out
+    verdict = next(line for line in out.splitlines() if "mean OOD accuracy retained" in line and ";" in line)
+    assert verdict.startswith(("the tunnel starts at layer", "no tunnel evidence", "NOT A VALID VERDICT"))
+    assert f"report: {tmp_path / 'report.html'}" in out.splitlines()
+    assert "untrained reference" in out
     for name in ("results.parquet", "summary.json", "config.json", "report.html", "figures/probes.png"):
         assert (tmp_path / name).is_file(), name
     code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--json"], capsys)
     again = json.loads(out)
     assert code == 0 and again["training"]["reused"] and again["training"]["analysis_reused"]
-    assert again["training"]["test_accuracy"] > 0.7 and again["points"] == 11
+    assert again["training"]["test_accuracy"] > 0.7 and again["points"] == 8
+    assert again["reference"]["untrained"]["model_accuracy"] < 0.4 and again["mean_retained_ci"][0] <= again["mean_retained"]
     assert [o["name"].split("[")[0] for o in again["ood"]] == ["fashion-mnist", "digits"]

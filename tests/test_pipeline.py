@@ -29,7 +29,7 @@ def _count_batches(model):
 
 def test_statistics_and_probes_share_one_pass_per_split(trained):
     model, ds = trained
-    cfg = ProbeConfig(epochs=3)
+    cfg = ProbeConfig(protocol="harun", epochs=3)
     calls, handle = _count_batches(model)
     try:
         shared = analyze(model, ds, metrics="probe,rank,ncc", probe=cfg, batch_size=256, progress=False)
@@ -46,7 +46,7 @@ def test_different_probe_samples_read_the_splits_separately(trained):
     model, ds = trained
     calls, handle = _count_batches(model)
     try:
-        res = analyze(model, ds, metrics="probe,rank", probe=ProbeConfig(epochs=1), max_train=700, progress=False)
+        res = analyze(model, ds, metrics="probe,rank", probe=ProbeConfig(protocol="harun", epochs=1), max_train=700, progress=False)
     finally:
         handle.remove()
     assert sum(n for n in calls if n > 2) == len(ds.train) + len(ds.test) + 700 + len(ds.test)

@@ -20,7 +20,7 @@ def _features(seed=0, n=600, m=300):
 
 def test_joint_training_equals_one_by_one():
     train, y, test, yt = _features()
-    cfg = ProbeConfig(epochs=3, batch_size=32, seed=5)
+    cfg = ProbeConfig(protocol="harun", epochs=3, batch_size=32, seed=5)
     joint = train_probes(train, y, test, yt, 4, cfg, progress=False)
     for name in train:
         alone = train_probes({name: train[name]}, y, {name: test[name]}, yt, 4, cfg, progress=False)
@@ -31,18 +31,18 @@ def test_joint_training_equals_one_by_one():
 
 def test_probes_learn_separable_classes_and_selection_is_recorded():
     train, y, test, yt = _features(seed=1)
-    last = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=10, batch_size=64), progress=False)
+    last = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=10, batch_size=64), progress=False)
     assert min(last.accuracy.values()) > 0.6 and set(last.epoch.values()) == {10}
-    chosen = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=10, batch_size=64, select="test"), progress=False)
+    chosen = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=10, batch_size=64, select="test"), progress=False)
     assert all(chosen.accuracy[n] >= last.accuracy[n] - 1e-12 for n in train)
     assert "test split" in chosen.config["note"]
-    val = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=5, batch_size=64, select="val"), progress=False)
+    val = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=5, batch_size=64, select="val"), progress=False)
     assert all(1 <= e <= 5 for e in val.epoch.values())
 
 
 def test_harun_protocol_initialisation():
     train, y, test, yt = _features()
-    res = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=1, lr=1e-12), progress=False)
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=1, lr=1e-12), progress=False)
     w, b = res.weights["a"]
     assert float(w.std()) == pytest.approx(0.01, rel=0.2) and float(b.abs().max()) < 1e-9
 
@@ -51,7 +51,7 @@ def test_a_diverging_probe_is_reported_without_crashing():
     train, y, test, yt = _features()
     train["b"] = train["b"].clone()
     train["b"][3, 0] = float("inf")
-    res = train_probes(train, y, test, yt, 4, ProbeConfig(epochs=2), progress=False)
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=2), progress=False)
     assert res.diverged == ["b"] and math.isnan(res.accuracy["b"])
     assert np.isfinite(res.accuracy["a"]) and np.isfinite(res.accuracy["c"])
 
@@ -60,7 +60,7 @@ def test_bad_configs():
     with pytest.raises(SpecError, match="valid: last, val, test"):
         ProbeConfig(select="best")
     with pytest.raises(SpecError):
-        ProbeConfig(epochs=0)
+        ProbeConfig(protocol="harun", epochs=0)
 
 
 def test_lbfgs_matches_scikit_learn_logistic_regression():
@@ -116,7 +116,7 @@ def test_written_out_gradient_and_update_equal_autograd_and_torch_adamw(batch_si
     from tunnelscope.probes import _init
 
     train, y, test, yt = _features(seed=2)
-    cfg = ProbeConfig(epochs=4, batch_size=batch_size, seed=1, weight_decay=0.05, lr=3e-3, label_smoothing=0.2)
+    cfg = ProbeConfig(protocol="harun", epochs=4, batch_size=batch_size, seed=1, weight_decay=0.05, lr=3e-3, label_smoothing=0.2)
     res = train_probes(train, y, test, yt, 4, cfg, progress=False)
     for name in ("a", "c"):
         w0 = _init([name], [train[name].shape[1]], 4, cfg.init_std, cfg.seed)[0]
@@ -140,9 +140,76 @@ def test_memory_mapped_features_are_streamed_with_the_same_result(tmp_path):
             out[k][:] = x.numpy()
         return out
 
-    cfg = ProbeConfig(epochs=3, batch_size=64, select="val")
+    cfg = ProbeConfig(protocol="harun", epochs=3, batch_size=64, select="val")
     resident = train_probes(train, y, test, yt, 4, cfg, progress=False)
     streamed = train_probes(mapped(train, "tr"), y, mapped(test, "te"), yt, 4, cfg, progress=False)
     for name in train:
         torch.testing.assert_close(streamed.weights[name][0], resident.weights[name][0], rtol=0, atol=0)
     assert streamed.accuracy == resident.accuracy and streamed.epoch == resident.epoch
+
+
+def _sklearn_objective(x, y, xt, C, num_classes):
+    """scikit-learn's fitted multinomial logistic regression on standardised x: its mean objective
+    (cross-entropy + ‖W‖²/(2·C·N)) at its own optimum, and its test predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    ref = LogisticRegression(C=C, max_iter=10_000, tol=1e-8).fit(xs, y)
+    logits = xs @ ref.coef_.T + ref.intercept_
+    logits -= logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    loss = -log_p[np.arange(len(y)), y].mean() + (ref.coef_ ** 2).sum() / (2 * C * len(y))
+    return loss, ref.predict(scaler.transform(xt))
+
+
+def test_lbfgs_reaches_scikit_learns_optimum_and_says_it_converged():
+    train, y, test, yt = _features(seed=5, n=400)
+    res = train_probes(train, y, test, yt, 4, ProbeConfig(), progress=False)  # the default protocol
+    assert res.config["protocol"] == "lbfgs" and res.unconverged == []
+    for name in train:
+        loss, pred = _sklearn_objective(train[name].double().numpy(), y.numpy(), test[name].double().numpy(), 1.0, 4)
+        # |gradient| <= tol = 1e-4 per coordinate and strong convexity 1/(C·N) bound the gap to the optimum
+        # by (D·C·tol²)·C·N/2 = 1e-4 here; and no probe can go below scikit-learn's optimum
+        assert loss - 1e-9 <= res.train_loss[name] <= loss + 1e-4
+        agree = float((torch.from_numpy(pred) == yt).double().mean())
+        assert abs(res.accuracy[name] - agree) <= 0.01
+        assert res.correct[name].mean() == pytest.approx(res.accuracy[name]) and 0 < res.iterations[name] < 1000
+
+
+def test_a_starved_probe_is_reported_as_not_converged():
+    train, y, test, yt = _features(seed=6, n=300)
+    starved = train_probes(train, y, test, yt, 4, ProbeConfig(max_iter=2), progress=False)
+    assert sorted(starved.unconverged) == sorted(train)
+    short = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=3), progress=False)
+    assert sorted(short.unconverged) == sorted(train)  # a fixed budget far too small for 300 samples
+    long = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=400, lr=1e-2), progress=False)
+    assert long.unconverged == [] and all(long.train_loss[n] < short.train_loss[n] for n in train)
+    ridge = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="ridge"), progress=False)
+    assert ridge.unconverged == []
+
+
+@pytest.mark.parametrize("losses, falling", [
+    ([1.0], True),  # one epoch shows nothing
+    ([1.0, 0.5, 0.4, 0.3, 0.2, 0.1], True),
+    ([1.0, 0.5, 0.30, 0.300, 0.2999, 0.2998], False),
+    ([1.0] * 12 + [0.9], True),
+    ([0.5, float("nan")], True),
+])
+def test_still_falling(losses, falling):
+    from tunnelscope.probes import still_falling
+
+    assert still_falling(losses, 0.01) is falling
+
+
+def test_probe_seeds():
+    from tunnelscope.probes import train_probe_seeds
+
+    train, y, test, yt = _features(seed=7, n=300)
+    lbfgs = train_probe_seeds(train, y, test, yt, 4, ProbeConfig(seeds=3), progress=False)
+    plain = train_probes(train, y, test, yt, 4, ProbeConfig(), progress=False)
+    assert len(lbfgs) == 3 and lbfgs[0].accuracy == plain.accuracy
+    assert not torch.equal(lbfgs[1].weights["a"][0], lbfgs[0].weights["a"][0])  # a bootstrap resample of train
+    harun = train_probe_seeds(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=2, seeds=2), progress=False)
+    assert harun[1].config["seed"] == 1 and not torch.equal(harun[1].weights["a"][0], harun[0].weights["a"][0])

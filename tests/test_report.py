@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
         root = tmp_path_factory.mktemp(model)
         trained = train(model, ds, epochs=3, out=root / "train", batch_size=64, progress=False,
                         early_checkpoints=False)
-        results = analyze(trained.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(epochs=10), progress=False)
+        results = analyze(trained.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(protocol="harun", epochs=10), progress=False)
         results.save(root / "analysis")
         out[model] = (root / "analysis", trained.final_checkpoint, results)
     return out
@@ -56,18 +56,18 @@ def test_run_directory_holds_everything_and_loads_back(runs):
 
 def test_summary_follows_from_the_table_by_the_definitions(runs):
     _, _, results = runs["mlp-6x64"]
-    acc = results.curve("probe_acc").to_numpy()
+    acc = results.curve("probe_acc", with_input=False).to_numpy()
     # METRICS.md §3: first point reaching tau times the last (penultimate-layer) point's accuracy
     for tau in (0.95, 0.98):
         assert results.summary[f"tunnel_start@{tau}"] == 1 + int(np.argmax(acc >= tau * acc[-1]))
-    ood = results.curve("probe_acc", OOD).to_numpy()
+    ood = results.curve("probe_acc", OOD, with_input=False).to_numpy()
     (entry,) = results.summary["ood"]
     assert entry["retained"] == pytest.approx(100 * ood[-1] / ood.max())
     assert entry["pearson"] == pytest.approx(np.corrcoef(acc, ood)[0, 1])
-    errors = 1 - results.curve("ncc_acc", split="train").to_numpy()
+    errors = 1 - results.curve("ncc_acc", split="train", with_input=False).to_numpy()
     reached = np.flatnonzero(errors <= 0.01)
     assert results.summary["effective_depth"] == (int(reached[0]) + 1 if len(reached) else None)
-    assert results.summary["verdict"].startswith(("the tunnel starts at layer", "no tunnel"))
+    assert "the tunnel starts at layer" in results.summary["verdict"] or "no tunnel" in results.summary["verdict"]
 
 
 def test_report_is_one_self_contained_file(runs):
@@ -156,7 +156,7 @@ def test_compare_overlays_runs_of_different_depth(runs, tmp_path, capsys):
     by_index, by_depth = fig.axes[0], fig.axes[1]
     lines = [line for line in by_index.get_lines() if line.get_label() in ("deep", "shallow")]
     assert [len(line.get_xdata()) for line in lines] == [5, 2]
-    np.testing.assert_allclose(lines[0].get_ydata(), deep[2].curve("probe_acc").to_numpy())
+    np.testing.assert_allclose(lines[0].get_ydata(), deep[2].curve("probe_acc", with_input=False).to_numpy())
     ends = [line.get_xdata()[-1] for line in by_depth.get_lines() if line.get_label() in ("deep", "shallow")]
     assert ends == [1.0, 1.0]
 
@@ -185,7 +185,7 @@ def test_replacing_a_run_removes_its_old_figures_and_compare_needs_metrics(runs,
     path, checkpoint, results = runs["mlp-3x64"]
     target = tmp_path / "run"
     results.save(target)
-    probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(epochs=1), progress=False)
+    probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(protocol="harun", epochs=1), progress=False)
     probe_only.save(target, overwrite=True)
     assert {p.stem for p in (target / "figures").iterdir()} == {"probes", "collapse"}  # NCC rides on the probes
     cka_only = analyze(checkpoint, DATA, metrics="cka", progress=False)

@@ -146,7 +146,7 @@ def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
     assert sorted(table.cell.unique()) == sorted(c.key for c in spec.cells)
     cells = {c.key: c for c in spec.cells}
     points = table.groupby("cell").point.nunique()
-    assert all(points[key] == cells[key].variables["depth"] - 1 for key in cells)  # mlp-D has D-1 points
+    assert all(points[key] == cells[key].variables["depth"] for key in cells)  # mlp-D: D-1 points and the input
     assert (table.groupby("cell").size() / points).nunique() == 1  # the same rows per point in every cell
     for key, before in finished_before.items():
         after = table[table.cell == key].reset_index(drop=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tunnelscope import data, models, train
-from tunnelscope.errors import ShapeError, SpecError
+from tunnelscope.errors import InsufficientDataError, ShapeError
 from tunnelscope.ood import adapted_spec
 from tunnelscope.probes import ProbeConfig
 from tunnelscope.transfer import probe_layers
@@ -29,21 +29,23 @@ def small_mlp(tmp_path_factory):
 def test_end_to_end_id_accuracy_saturates_before_the_last_layer(small_mlp):
     result, ds = small_mlp
     stats = probe_layers(result.final_checkpoint, ds, ood=["digits[per_class=60]"],
-                         probe=ProbeConfig(epochs=15), batch_size=128, progress=False)
-    id_curve = stats.curve("id").to_numpy()
-    assert len(id_curve) == 5 and stats.summary["tunnel_start@0.95"] < 5
+                         batch_size=128, progress=False)
+    id_curve = stats.curve("id").to_numpy()[1:]  # layer 0 (the input) first
+    assert stats.curve("id").index[0] == "input" and len(id_curve) == 5 and stats.summary["tunnel_start@0.95"] < 5
     assert id_curve.max() > 0.7
-    assert "the tunnel starts at layer" in stats.summary["verdict"]
+    assert stats.summary["verdict_valid"] and stats.config["probe"]["protocol"] == "lbfgs"
+    assert ("the tunnel starts at layer" in stats.summary["verdict"]) != ("first_layer" in
+                                                                        {f["code"] for f in stats.summary["flags"]})
     assert stats.config["datasets"]["digits[per_class=60]"]["adapted"] == ["resized 8x8 -> 28x28"]
     ood = stats.summary["ood"][0]
-    curve = stats.curve("digits[per_class=60]").to_numpy()
+    curve = stats.curve("digits[per_class=60]").to_numpy()[1:]
     assert ood["retained"] == pytest.approx(100 * curve[-1] / curve.max())
     assert set(stats.table.columns) >= {"dataset", "split", "point", "layer", "accuracy", "epoch"}
 
 
 def test_single_class_ood_and_unadaptable_ood_are_refused(small_mlp):
     result, ds = small_mlp
-    with pytest.raises(SpecError, match="single class"):
+    with pytest.raises(InsufficientDataError, match="single class"):
         probe_layers(result.final_checkpoint, ds, ood=["digits[classes=3]"], progress=False)
     with pytest.raises(ShapeError):
         probe_layers(result.final_checkpoint, ds, ood=["mnist1d[n=200]"], progress=False)
@@ -51,7 +53,7 @@ def test_single_class_ood_and_unadaptable_ood_are_refused(small_mlp):
 
 def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
     result, ds = small_mlp
-    cfg = ProbeConfig(epochs=2)
+    cfg = ProbeConfig(protocol="harun", epochs=2)
     a = probe_layers(result.final_checkpoint, ds, probe=cfg, progress=False)
     with pytest.warns(UserWarning, match="exceed the cache budget"):
         b = probe_layers(result.final_checkpoint, ds, probe=cfg, cache_budget=1000, progress=False)
@@ -65,7 +67,7 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
     from tunnelscope.checkpoint import load_model
 
     result, ds = small_mlp
-    stats = probe_layers(result.final_checkpoint, ds, probe=ProbeConfig(epochs=1), ncc_eps=0.05, progress=False)
+    stats = probe_layers(result.final_checkpoint, ds, probe=ProbeConfig(protocol="harun", epochs=1), ncc_eps=0.05, progress=False)
     model, _ = load_model(result.final_checkpoint)
     capture = Capture(model.eval(), "blocks")
 

@@ -10,6 +10,7 @@ on the training split are then read from the cache, without running the model ag
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from .capture import DEFAULT_MAX_DIM, Capture
 from .checkpoint import load_model
 from .models import build
 from .errors import SpecError
+from .metrics.base import ModelAccuracy
 from .metrics.cka import MIN_BATCH, FullCKA, MinibatchCKA
 from .metrics.collapse import NCCAccuracy, cdnv, effective_depth, nc1
 from .metrics.moments import Moments
@@ -33,6 +35,7 @@ from .metrics.ridge import DEFAULT_RIDGE, RidgeAccuracy, ridge_weights
 from .metrics.spectrum import RANK_TOL, effective_rank, eigen, numerical_rank, pc1_cos2, pc1_ratio
 from .progress import progress_bar
 from .train.loop import resolve_device
+from .verdict import check_statistics_samples
 from .versions import package_versions
 
 METRICS = {
@@ -78,7 +81,7 @@ class LayerStats:
         rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.notna()]
         if rows.empty:
             raise KeyError(f"no pairwise metric {name!r} on split {split!r}")
-        order = self.config["points"]
+        order = [p for p in [self.config.get("input_point"), *self.config["points"]] if p in set(rows.point)]
         return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
 
 
@@ -128,7 +131,8 @@ def resolve_model(model, device: torch.device, dataset: data_mod.Dataset | None 
     path = Path(model)
     if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
         net = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
-        return net.to(device), str(model), {"weights": str(weights) if weights is not None else None}
+        return net.to(device), str(model), {"weights": str(weights) if weights is not None else None,
+                                            "untrained": weights is None}
     net, meta = load_model(path, device)
     if dataset is not None:
         if getattr(net, "num_classes", dataset.num_classes) != dataset.num_classes:
@@ -161,10 +165,13 @@ def analyze_layers(
     progress: bool | None = None,
     train_cache: FeatureCache | None = None,
     test_cache: FeatureCache | None = None,
+    include_input: bool = True,
+    model_accuracy: bool = True,
 ) -> LayerStats:
     """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
 
-    ``model`` is a module or a checkpoint path; ``data`` a Dataset or a spec. ``metrics``
+    ``model`` is a module, a checkpoint path or a model spec (randomly initialised); ``data``
+    a Dataset or a spec. ``metrics``
     is ``"default"``, ``"all"`` or names from :data:`METRICS`. Each split is read at most
     ``max_samples`` samples (a seeded random subset; ``None`` for all). ``batch_size`` is
     also the CKA minibatch size ``n`` (>= 4). ``precision`` is that of the per-batch
@@ -172,7 +179,10 @@ def analyze_layers(
     (``float32`` default, or ``float64``); every running sum is float64.
     ``train_cache`` / ``test_cache`` (feature caches sized for the sampled splits, owned by
     the caller) are filled by the same passes, so that the linear probes can train from
-    them without running the model again. Returns a :class:`LayerStats`.
+    them without running the model again. ``include_input`` adds layer 0 (the model's input,
+    reduced like the points) as a reference; ``model_accuracy`` runs the test pass through the
+    whole model to record its own test accuracy in ``summary["model_accuracy"]``. A split
+    sample of fewer than 2 samples is refused. Returns a :class:`LayerStats`.
     """
     wanted = _parse_metrics(metrics)
     if batch_size < MIN_BATCH and ("cka" in wanted):
@@ -183,14 +193,16 @@ def analyze_layers(
         raise SpecError("cka_passes must be >= 1")
     matmul_dtype = torch.float64 if precision == "float64" else torch.float32
     dev = resolve_device(device)
-    net, model_name, model_info = resolve_model(model, dev)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    net, model_name, model_info = resolve_model(model, dev, dataset)
     capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed,
-                      example=next(dataset.test.batches(2, device=dev))[0])
+                      example=next(dataset.test.batches(2, device=dev))[0], include_input=include_input)
     names = capture.names
     C = dataset.num_classes
     train_split, n_train = sample_split(dataset.train, max_samples, seed)
     test_split, n_test = sample_split(dataset.test, max_samples, seed + 1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        check_statistics_samples(n, split, dataset.spec)
     warn: list[str] = []
     need_cache = "ncc" in wanted or "ridge" in wanted or train_cache is not None
     for given, n in ((train_cache, n_train), (test_cache, n_test)):
@@ -210,7 +222,8 @@ def analyze_layers(
             warn.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
                         f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
         train_m = moments["train"].points
-        test_accs: list = [moments["test"]] + [a for a in (cka, full, test_cache) if a is not None]
+        own = ModelAccuracy()
+        test_accs: list = [moments["test"], own] + [a for a in (cka, full, test_cache) if a is not None]
         cache_accs: list = []
         if "ncc" in wanted:
             means = {n: train_m[n].class_means() for n in names}
@@ -222,7 +235,11 @@ def analyze_layers(
             ridge_acc = {"test": RidgeAccuracy(probes, matmul_dtype), "train": RidgeAccuracy(probes, matmul_dtype)}
             test_accs.append(ridge_acc["test"])
             cache_accs.append(ridge_acc["train"])
-        run_pass(capture, test_split, test_accs, batch_size, dev, bars, "test pass")
+        capture.model_output = model_accuracy
+        try:
+            run_pass(capture, test_split, test_accs, batch_size, dev, bars, "test pass")
+        finally:
+            capture.model_output = False
         if cka is not None:
             for extra in range(1, cka_passes):
                 run_pass(capture, test_split, [cka], batch_size, dev, bars, f"CKA pass {extra + 1}/{cka_passes}",
@@ -232,18 +249,18 @@ def analyze_layers(
                 acc.update(feats, y)
 
     rows: list[dict] = []
-    L = len(names)
+    L = len(capture.points)
     invalid: dict[str, set[str]] = {"train": set(), "test": set()}
 
     def add(split: str, point: str, metric: str, value: float, other: str | None = None,
             uses_train: bool = False) -> None:
         bad = point in invalid[split] or (other is not None and other in invalid[split])
         bad = bad or (uses_train and point in invalid["train"])  # read-outs fitted on the training split
-        rows.append({"model": model_name, "split": split, "point": point, "layer": names.index(point) + 1,
-                     "depth": (names.index(point) + 1) / L, "metric": metric,
-                     "value": float("nan") if bad else float(value), "other_point": other,
-                     "other_layer": names.index(other) + 1 if other is not None else None,
-                     "valid": not bad})
+        value = float("nan") if bad else float(value)
+        rows.append({"model": model_name, "split": split, "point": point, "layer": capture.layer(point),
+                     "depth": capture.layer(point) / L, "metric": metric, "value": value, "other_point": other,
+                     "other_layer": capture.layer(other) if other is not None else None,
+                     "valid": not bad and math.isfinite(value)})
 
     for split, acc in moments.items():
         points_m = acc.points  # per-point views, built once
@@ -281,16 +298,16 @@ def analyze_layers(
         if "pc1" in wanted and split == "test":
             for (a, b), v in pc1_cos2(pcs).items():
                 add(split, a, "pc1_cos2", v, b)
-    summary: dict = {}
+    summary: dict = {"model_accuracy": own.compute() if model_accuracy else None}
     if ncc is not None:
         ncc_acc = {split: acc.compute() for split, acc in ncc.items()}
         for split, values in ncc_acc.items():
             for name, v in values.items():
                 add(split, name, "ncc_acc", v, uses_train=True)
-        errors = [1 - ncc_acc["train"][n] if n not in invalid["train"] else float("nan") for n in names]
+        errors = [1 - ncc_acc["train"][n] if n not in invalid["train"] else float("nan") for n in capture.points]
         depth = effective_depth(errors, eps)
         summary["effective_depth"] = depth
-        summary["effective_depth_point"] = names[depth - 1] if depth else None
+        summary["effective_depth_point"] = capture.points[depth - 1] if depth else None
         summary["ncc_eps"] = eps
     if probes is not None:
         for split, acc in ridge_acc.items():
@@ -316,12 +333,13 @@ def analyze_layers(
                                         "other_point", "other_layer", "valid"])
     config = {
         "model": model_name, **model_info, "data": dataset.spec, "points_set": points if isinstance(points, str) else list(points),
-        "points": names, "layout": capture.layout, "reduce": str(capture.reduction), "max_dim": max_dim,
+        "points": capture.points, "input_point": capture.input_point, "layout": capture.layout, "reduce": str(capture.reduction), "max_dim": max_dim,
         "metrics": wanted, "batch_size": batch_size, "cka_minibatch": batch_size, "cka_passes": cka_passes,
         "cka_batches": cka.batches if cka else None, "samples": {"train": n_train, "test": n_test},
         "sampling": f"seeded random subset of at most {max_samples} per split (seed {seed} train, {seed + 1} test)"
         if max_samples else "all samples", "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": eps,
         "ridge_lambda": f"{ridge} * tr(Σ)/D", "precision": precision, "device": str(dev),
+        "threads": torch.get_num_threads(),
         "class_names": dataset.class_names, "data_info": dataset.info, "versions": package_versions(),
         "seconds": time.perf_counter() - tic, "warnings": warn,
     }

@@ -35,15 +35,19 @@ from .errors import ProbePointError, SpecError
 from .models.probe_points import order_by_execution, probe_points
 
 DEFAULT_MAX_DIM = 8000
+INPUT_POINT = "input"  # layer 0: the model's input, reduced like the probe points
 
 
 class Features(dict):
     """``{point: (B, D) tensor}`` for one batch, that also builds, once per dtype, the
-    matrix of all points side by side (``B x Σ D``) which several accumulators share."""
+    matrix of all points side by side (``B x Σ D``) which several accumulators share.
+    ``output`` is the model's own output for the batch when the capture ran the whole
+    forward pass (else None)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._joint: dict[torch.dtype, Tensor] = {}
+        self.output: Tensor | None = None
 
     def joint(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """All points' features concatenated along dim 1, in ``dtype`` (cached)."""
@@ -89,11 +93,12 @@ def _full_copy(_name: str, out) -> Tensor:
     return (out[0] if isinstance(out, (tuple, list)) else out).clone()
 
 
-def activations(model: nn.Module, names: Sequence[str], x: Tensor,
-                keep: Callable[[str, Any], Tensor] = _full_copy) -> dict[str, Tensor]:
-    """``keep(name, output)`` for each of ``names`` (in execution order) on input ``x``: by
-    default the full, unreduced output with autograd intact. The forward pass stops after the
-    last of them; a point that did not run is an error."""
+def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable[[str, Any], Tensor] = None,
+               stop: bool = True) -> tuple[dict[str, Tensor], Any]:
+    """``({name: keep(name, output)}, model output)`` on input ``x``; with ``stop`` the forward
+    pass ends after the last of ``names`` (in execution order) and the model output is None.
+    A point that did not run is an error."""
+    keep = keep or _full_copy
     modules = dict(model.named_modules())
     outputs: dict[str, Tensor] = {}
     handles = []
@@ -101,11 +106,12 @@ def activations(model: nn.Module, names: Sequence[str], x: Tensor,
     for name in names:
         def hook(_m, _i, out, name=name):
             outputs[name] = keep(name, out)
-            if name == last:
+            if stop and name == last:
                 raise _StopForward
         handles.append(modules[name].register_forward_hook(hook))
+    result = None
     try:
-        model(x)
+        result = model(x)
     except _StopForward:
         pass
     finally:
@@ -114,7 +120,15 @@ def activations(model: nn.Module, names: Sequence[str], x: Tensor,
     missing = [n for n in names if n not in outputs]
     if missing:
         raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
-    return outputs
+    return outputs, result
+
+
+def activations(model: nn.Module, names: Sequence[str], x: Tensor,
+                keep: Callable[[str, Any], Tensor] = _full_copy) -> dict[str, Tensor]:
+    """``keep(name, output)`` for each of ``names`` (in execution order) on input ``x``: by
+    default the full, unreduced output with autograd intact. The forward pass stops after the
+    last of them; a point that did not run is an error."""
+    return run_points(model, names, x, keep)[0]
 
 
 @dataclass(frozen=True)
@@ -153,11 +167,15 @@ class Capture:
 
     ``points`` is a probe-point set (``blocks``, ``conv``) or glob patterns, or an explicit
     list of module names. Use as ``features = capture(x)``; the model's own output is not
-    computed past the deepest point.
+    computed past the deepest point unless ``model_output`` (then ``features.output`` holds it).
+    ``include_input`` adds layer 0, :data:`INPUT_POINT`: the model's input reduced the same
+    way as the points (flattened for models that flatten their input first, such as the MLPs).
+    ``names`` lists every point read, layer 0 first; ``points`` only the modules.
     """
 
     def __init__(self, model: nn.Module, points: str | Sequence[str] = "blocks", reduce: str = "pool2",
-                 max_dim: int = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None) -> None:
+                 max_dim: int = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None,
+                 include_input: bool = False, model_output: bool = False) -> None:
         self.model = model
         self.reduction = Reduction.parse(reduce)
         self.max_dim = max_dim
@@ -165,7 +183,14 @@ class Capture:
         names = probe_points(model, points)
         if example is not None and not hasattr(model, "probe_sets"):
             names = order_by_execution(model, names, example)
-        self.names = names
+        if include_input and INPUT_POINT in names:
+            raise ProbePointError(f"a probe point is named {INPUT_POINT!r}, the name of layer 0 (the input); "
+                                  "rename the module or analyse without the input point")
+        self.points = names
+        self.input_point = INPUT_POINT if include_input else None
+        self.names = ([INPUT_POINT] if include_input else []) + names
+        self.model_output = model_output
+        self.flat_input = bool(getattr(model, "flat_input", False))
         self.cls_token = hasattr(model, "class_token") or hasattr(getattr(model, "net", None), "class_token")
         # 3-D outputs are (B, C, L) maps in models built on Conv1d, token sequences otherwise
         self.tokens = self.cls_token or not any(isinstance(m, nn.Conv1d) for m in model.modules())
@@ -232,10 +257,20 @@ class Capture:
         return self._subsets[name]
 
     # ------------------------------------------------------------------ running
+    def layer(self, name: str) -> int:
+        """The layer index of a point: 0 for the input, then 1, 2, ... in execution order."""
+        return self.names.index(name) + (0 if self.input_point else 1)
+
     def __call__(self, x: Tensor) -> Features:
         """Run the model on ``x`` and return every point's reduced features."""
-        feats = activations(self.model, self.names, x, keep=self._reduce)
-        return Features((n, feats[n]) for n in self.names)
+        feats, output = run_points(self.model, self.points, x, keep=self._reduce, stop=not self.model_output)
+        out = Features()
+        if self.input_point:
+            out[self.input_point] = self._reduce(self.input_point, x.flatten(1) if self.flat_input else x)
+        for n in self.points:
+            out[n] = feats[n]
+        out.output = output if isinstance(output, Tensor) else None
+        return out
 
     def stream(self, split, batch_size: int, device: torch.device, progress=None, description: str = "",
                generator: torch.Generator | None = None) -> Iterator[tuple[Features, Tensor]]:

@@ -13,17 +13,18 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 
 from .errors import CheckpointError, TunnelscopeError
 
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
+err_console = Console(stderr=True, soft_wrap=True)
 
-DEMO_MODEL = "mlp-12x256"
+DEMO_MODEL = "vgg11-w0.125"
 DEMO_DATA = "fashion-mnist[classes=0-4]"
 DEMO_QUICK_DATA = "fashion-mnist[classes=0-4,per_class=1000,test_per_class=500]"
-DEMO_EPOCHS, DEMO_QUICK_EPOCHS = 10, 2
+DEMO_EPOCHS, DEMO_QUICK_EPOCHS = 4, 2
 DEMO_OOD = ("fashion-mnist[classes=5-9]", "digits[size=28]")
 DEMO_QUICK_OOD = ("fashion-mnist[classes=5-9,per_class=1000,test_per_class=500]", "digits[size=28]")
 
@@ -213,8 +214,9 @@ def _print_history(history) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
 def demo(out: str, quick: bool, device: str, data_root: str | None, download: bool, overwrite: bool,
          quiet: bool, as_json: bool) -> None:
-    """The main job on the embedded default: train mlp-12x256 on Fashion-MNIST classes 0-4
-    for 10 epochs, then analyse it with OOD sets Fashion-MNIST classes 5-9 and digits.
+    """The main job on the embedded default: train vgg11-w0.125 (8 conv blocks, widths 8-64) on
+    Fashion-MNIST classes 0-4 for 4 epochs, then analyse it with OOD sets Fashion-MNIST classes
+    5-9 and digits, beside an untrained copy of the same architecture.
 
     Writes the training run (checkpoints, history) and the analysis (results.parquet,
     summary.json, config.json, figures/, report.html) to --out. A finished demo already
@@ -267,7 +269,7 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
     if results is None:
         say(f"demo: analysing {checkpoint} with OOD sets {', '.join(ood)}")
         results = _analyze(checkpoint, None, data_spec, ood, "default", "blocks", "pool2", device, out_path,
-                           overwrite=True, quiet=quiet or as_json, data_root=data_root)
+                           overwrite=True, quiet=quiet or as_json, data_root=data_root, untrained_reference=True)
         training["analysis_reused"] = False
     else:
         training["analysis_reused"] = True
@@ -302,22 +304,35 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
         return
     if quiet:
         return
-    layers = results.layer_table()
-    wanted = ["probe_acc", *[c for c in layers.columns if c.startswith("probe_acc · ")], "rank", "ncc_acc"]
-    columns = [c for c in wanted if c in layers.columns]
-    table = Table(title="per layer (test split; all metrics in the report)")
+    layers = results.layer_table(intervals=True)
+    ood = [c for c in (f"probe_acc · {d}" for d in results.datasets if d != "id") if c in layers.columns]
+    names = {"probe_acc": "ID", **{c: f"OOD{i + 1}" for i, c in enumerate(ood)}, "rank": "rank", "ncc_acc": "NCC"}
+    columns = [c for c in names if c in layers.columns]
+    table = Table(title="per layer, test split (layer 0 = the input; * = probe not converged)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     table.add_column("layer", justify="right")
     table.add_column("point", no_wrap=True)
-    ood = [c.removeprefix("probe_acc · ") for c in columns if c.startswith("probe_acc · ")]
-    short = {spec: spec.split("[")[0] for spec in ood}
-    unique = len(set(short.values())) == len(short)  # "probe digits" unless two sets share a dataset
-    names = {"probe_acc": "probe ID", "rank": "rank", "ncc_acc": "NCC",
-             **{f"probe_acc · {spec}": "probe " + (short[spec] if unique else spec) for spec in ood}}
     for c in columns:
-        table.add_column(names[c], justify="right")
+        table.add_column(names[c], justify="right", no_wrap=True)
+        if c == "probe_acc" and "probe_acc lo" in layers.columns:
+            table.add_column("ID 95%", justify="right", no_wrap=True)
+    t = results.table
+    bad = t[(t.metric == "probe_converged") & (t.value < 1) & t.reference.isna()]
+    unconverged = set(zip(bad.point, bad.dataset))
+
+    def cells(row: dict, c: str) -> list[str]:
+        text = f"{row[c]:.3f}" if c != "rank" else f"{row[c]:.0f}"
+        dataset = "id" if " · " not in c else c.split(" · ", 1)[1]
+        text += " *" if c.startswith("probe_acc") and (row["point"], dataset) in unconverged else ""
+        if c == "probe_acc" and "probe_acc lo" in row:
+            return [text, f"{row['probe_acc lo']:.3f}-{row['probe_acc hi']:.3f}"]
+        return [text]
+
     for row in layers.to_dict("records"):
-        table.add_row(str(row["layer"]), row["point"], *(f"{row[c]:.4g}" for c in columns))
+        table.add_row(str(row["layer"]), row["point"], *(x for c in columns for x in cells(row, c)))
     out_console.print(table)
+    for i, c in enumerate(ood):
+        out_console.print(f"OOD{i + 1} = {c.removeprefix('probe_acc · ')}", markup=False)
     for label, value in summary_lines(results.summary):
         out_console.print(f"{label}: {value}", markup=False)
     out_console.print(f"[bold]{escape(results.summary.get('verdict', ''))}[/]")
@@ -340,11 +355,21 @@ def _metrics_help() -> str:
 @click.option("--metrics", default="default", show_default=True, help=_metrics_help())
 @click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
-@click.option("--protocol", type=click.Choice(["harun", "lbfgs", "ridge"]), default="harun", show_default=True,
-              help="Linear probe protocol (METRICS.md §2).")
+@click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
+              help="Linear probe protocol: lbfgs (standardised logistic regression run to convergence), harun "
+                   "(the papers' AdamW protocol, a fixed budget), ridge (closed form).")
 @click.option("--select", type=click.Choice(["last", "val", "test"]), default="last", show_default=True,
               help="Probe epoch selection; 'test' is the papers' behaviour and is labelled so.")
-@click.option("--probe-epochs", type=int, default=30, show_default=True)
+@click.option("--probe-epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Epochs of the harun protocol.")
+@click.option("--probe-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Probes per point (harun: other seeds; lbfgs/ridge: bootstrap resamples of the training rows); "
+                   "their spread joins the intervals.")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples of the test samples behind every 95% interval (0: no intervals).")
+@click.option("--untrained-reference", is_flag=True,
+              help="Also analyse the same architecture re-initialised (seed --seed), drawn beside the model.")
+@click.option("--no-input", "no_input", is_flag=True, help="Leave out layer 0 (the input, reduced like the layers).")
 @click.option("--max-samples", type=int, default=10_000, show_default=True,
               help="Samples read per split (a seeded subset; 0 for all).")
 @click.option("--max-train", type=int, default=None,
@@ -359,7 +384,8 @@ def _metrics_help() -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
 def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, reduce, protocol, select, probe_epochs,
-            max_samples, max_train, batch_size, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
+            probe_seeds, resamples, untrained_reference, no_input, max_samples, max_train, batch_size, seed, device,
+            out, overwrite, data_root, quiet, as_json) -> None:
     """Analyse every layer of a model: probes in and out of distribution, rank, neural
     collapse, CKA; write results, figures and report.html to --out.
 
@@ -368,7 +394,7 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
       tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0002340.pt \\
           --data "fashion-mnist[classes=0-4]" --ood "fashion-mnist[classes=5-9]" --ood digits --out runs/a
       tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
-      tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol lbfgs --json --out runs/b
+      tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol harun --probe-seeds 3 --json --out runs/b
     """
     from .probes import ProbeConfig
 
@@ -378,11 +404,12 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
         raise click.UsageError("--weights goes with --model")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
-    probe = ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed)
+    probe = ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed, seeds=probe_seeds)
     max_samples = max_samples or None
     results = _analyze(checkpoint or model_spec, weights, data_spec, ood, metrics, points, reduce, device, Path(out),
                        overwrite, quiet or as_json, data_root, probe=probe, max_samples=max_samples,
-                       max_train=max_train, batch_size=batch_size, seed=seed)
+                       max_train=max_train, batch_size=batch_size, seed=seed, resamples=resamples,
+                       untrained_reference=untrained_reference, include_input=not no_input)
     _print_results(results, quiet, as_json)
 
 

@@ -29,3 +29,7 @@ class CheckpointError(TunnelscopeError):
 
 class ProbePointError(TunnelscopeError, ValueError):
     """Probe points that cannot be found or do not fire in a forward pass."""
+
+
+class InsufficientDataError(TunnelscopeError, ValueError):
+    """Too few samples or classes for a measurement to mean anything (refused, not guessed)."""

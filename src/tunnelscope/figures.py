@@ -22,14 +22,14 @@ from .io import atomic_write  # noqa: E402
 TUNNEL_COLOUR = "#f4d58d"
 
 
-def _layers(curve) -> np.ndarray:
-    return np.arange(1, len(curve) + 1)
-
-
-def _layer_axis(ax, n: int, label: str = "layer (probe point)") -> None:
+def _layer_axis(ax, first: int, n: int, label: str = "layer (probe point; 0 = the input)") -> None:
     ax.set_xlabel(label)
-    ax.set_xticks(range(1, n + 1) if n <= 24 else np.linspace(1, n, 12).round().astype(int))
+    ax.set_xticks(range(first, n + 1) if n <= 24 else np.linspace(first, n, 12).round().astype(int))
     ax.grid(alpha=0.3)
+
+
+def _first_layer(results) -> int:
+    return 0 if results.input_point else 1
 
 
 def _shade_tunnel(ax, results, n: int) -> None:
@@ -46,24 +46,42 @@ def _tunnel_axes(results, height: float):
     return fig, ax, n
 
 
+def _plot(ax, results, metric: str, dataset: str = "id", split: str = "test", label: str = "",
+          colour: str | None = None, **style) -> bool:
+    """The model's curve with its 95% interval as a band, and the untrained reference's (when
+    stored) dashed in the same colour. Returns False when the metric is absent."""
+    try:
+        rows = results.interval(metric, dataset, split)
+    except KeyError:
+        return False
+    line = ax.plot(rows.layer, rows.value, **{"marker": "o", "ms": 4, "label": label, "color": colour, **style})[0]
+    if rows.ci_lo.notna().any():
+        ax.fill_between(rows.layer, rows.ci_lo, rows.ci_hi, color=line.get_color(), alpha=0.2, lw=0)
+    for reference in results.references:
+        try:
+            ref = results.interval(metric, dataset, split, reference=reference)
+        except KeyError:
+            continue
+        ax.plot(ref.layer, ref.value, ls="--", lw=1, marker=".", color=line.get_color(), alpha=0.8,
+                label=f"{label} ({reference})" if label else reference)
+    return True
+
+
 def probe_figure(results) -> Figure | None:
-    """ID and OOD probe accuracy against layer; the tunnel shaded, the best transfer layer marked."""
+    """ID and OOD probe accuracy against layer (95% bands; layer 0 = the input; dashed: the
+    untrained reference); the tunnel shaded, the best transfer layer marked."""
     if not results.has("probe_acc"):
         return None
     fig, ax, n = _tunnel_axes(results, height=5.2)
-    for dataset in results.datasets:
-        try:
-            curve = results.curve("probe_acc", dataset)
-        except KeyError:
-            continue
+    for i, dataset in enumerate(results.datasets):
         label = "ID " + results.summary.get("data", "") if dataset == "id" else "OOD " + dataset
-        ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, lw=2 if dataset == "id" else 1.5, label=label)
+        _plot(ax, results, "probe_acc", dataset, label=label, colour=f"C{i}", lw=2 if dataset == "id" else 1.5)
     best = results.summary.get("best_transfer_layer")
     if best:
         ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
-    ax.set_ylabel("linear probe accuracy (test)")
+    ax.set_ylabel("linear probe accuracy (test, 95% interval)")
     ax.set_title(results.summary.get("model", ""))
-    _layer_axis(ax, n)
+    _layer_axis(ax, _first_layer(results), n)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     return fig
 
@@ -75,12 +93,11 @@ def rank_figure(results) -> Figure | None:
         return None
     fig, ax, n = _tunnel_axes(results, height=4)
     names = {"rank": "numerical rank (eigenvalues > 1e-3·s₁)", "erank": "effective rank (RankMe)"}
-    for m in metrics:
-        curve = results.curve(m)
-        ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, label=names[m])
+    for i, m in enumerate(metrics):
+        _plot(ax, results, m, label=names[m], colour=f"C{i}")
     ax.set_ylabel("rank of the representation (test)")
     ax.set_yscale("log")
-    _layer_axis(ax, n)
+    _layer_axis(ax, _first_layer(results), n)
     ax.legend(fontsize=8)
     return fig
 
@@ -95,16 +112,12 @@ def collapse_figure(results) -> Figure | None:
     titles = {"nc1": "NC1 = tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "ncc_acc": "nearest-class-centre accuracy"}
     for ax, m in zip(axes[0], panels):
         _shade_tunnel(ax, results, n)
-        for split in ("train", "test"):
-            try:
-                curve = results.curve(m, split=split)
-            except KeyError:
-                continue
-            ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=3, label=split)
+        for i, split in enumerate(("train", "test")):
+            _plot(ax, results, m, split=split, label=split, colour=f"C{i}", ms=3)
         if m != "ncc_acc":
             ax.set_yscale("log")
         ax.set_title(titles[m], fontsize=10)
-        _layer_axis(ax, n, "layer")
+        _layer_axis(ax, _first_layer(results), n, "layer")
         ax.legend(fontsize=8)
     return fig
 
@@ -114,23 +127,24 @@ def pc1_figure(results) -> Figure | None:
     if not results.has("pc1"):
         return None
     fig, ax, n = _tunnel_axes(results, height=3.6)
-    curve = results.curve("pc1")
-    ax.plot(_layers(curve), curve.to_numpy(), marker="o", ms=4, color="C3")
+    _plot(ax, results, "pc1", colour="C3")
     ax.set_ylabel("variance share of PC1 (test)")
     ax.set_ylim(0, 1)
-    _layer_axis(ax, n)
+    _layer_axis(ax, _first_layer(results), n)
     return fig
 
 
 def cka_figure(results) -> Figure | None:
-    """Minibatch CKA between every pair of probe points."""
+    """Minibatch CKA between every pair of probe points (layer 0 = the input, when read)."""
     if not results.has("cka"):
         return None
     mat = results.matrix("cka")
+    first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
     n = len(mat)
     fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+    lo = first - 0.5
     im = ax.imshow(mat.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, origin="lower",
-                   extent=(0.5, n + 0.5, 0.5, n + 0.5))
+                   extent=(lo, lo + n, lo, lo + n))
     fig.colorbar(im, ax=ax, label="CKA")
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
@@ -186,8 +200,8 @@ def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
             metric = acc if kind == "accuracy" else ("rank" if run.has("rank") else None)
             if metric is None:
                 continue
-            curve = run.curve(metric).to_numpy()
-            layers = _layers(curve)
+            curve = run.curve(metric, with_input=False).to_numpy()
+            layers = np.arange(1, len(curve) + 1)
             name = label + (" (NCC)" if metric == "ncc_acc" else "")
             row[0].plot(layers, curve, marker="o", ms=3, color=f"C{i}", label=name)
             row[1].plot(layers / len(curve), curve, marker="o", ms=3, color=f"C{i}", label=name)

@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from . import data as data_mod
+from .bootstrap import DEFAULT_RESAMPLES
 from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, resolve_model, sample_split
 from .cache import FeatureCache
 from .errors import SpecError
 from .probes import ProbeConfig
 from .results import COLUMNS, Results
 from .train.loop import resolve_device
-from .transfer import probe_layers, verdict
+from .transfer import probe_layers
+from .verdict import model_flags, verdict
 from .versions import package_versions
 
 PROBE = "probe"
@@ -65,17 +67,25 @@ def analyze(
     seed: int = 0,
     data_root: str | Path | None = None,
     progress: bool | None = None,
+    include_input: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    untrained_reference: bool = False,
+    model_info: dict | None = None,
 ) -> Results:
     """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
 
     ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
-    initialised), or a module. ``metrics``: see :func:`parse_metrics`. Every split is read
-    as a seeded subset of at most ``max_samples`` samples (``None``: all); the probes may
-    read other amounts (``max_train`` / ``max_test``, default ``max_samples``). When the
-    probes and the statistics read the same ID samples, one pass per ID split serves both:
-    the statistics pass fills the probes' feature cache. Returns a :class:`Results`;
-    ``results.summary["verdict"]`` says in one line where the tunnel starts and which
-    layer transfers best.
+    initialised), or a module (``model_info`` may say how it was trained: ``{"step": ...}``).
+    ``metrics``: see :func:`parse_metrics`. Every split is read as a seeded subset of at most
+    ``max_samples`` samples (``None``: all); the probes may read other amounts (``max_train``
+    / ``max_test``, default ``max_samples``). When the probes and the statistics read the
+    same ID samples, one pass per ID split serves both: the statistics pass fills the probes'
+    feature cache. ``include_input`` adds layer 0 (the input, reduced like the points) to
+    every curve; ``resamples`` sets the bootstrap behind every interval (0: none);
+    ``untrained_reference`` also analyses a re-initialised copy of the model (seeded by
+    ``seed``), stored as rows with ``reference == "untrained"``. Returns a :class:`Results`;
+    ``results.summary["verdict"]`` says in one line where the tunnel starts and which layer
+    transfers best, and ``results.summary["flags"]`` why it may not be valid.
     """
     wanted = parse_metrics(metrics)
     if batch_size < 1:
@@ -85,19 +95,21 @@ def analyze(
         raise SpecError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(device)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
-    net, model_name, model_info = resolve_model(model, dev, dataset, weights)
+    net, model_name, resolved = resolve_model(model, dev, dataset, weights)
     net.eval()
-    model_info = {"model": model_name, **model_info}
+    model_info = {"model": model_name, **resolved, **(model_info or {})}
     frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
                            "ood_datasets": list(ood)}
     config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
-                    "device": str(dev), "seed": seed, "versions": package_versions()}
+                    "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
+                    "versions": package_versions()}
     max_train = max_samples if max_train is None else max_train
     max_test = max_samples if max_test is None else max_test
     shared = bool(stats_metrics) and PROBE in wanted and max_train == max_samples and max_test == max_samples
     config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
                            else "the statistics and the probes read the ID splits separately")
+    model_accuracy = None
     with contextlib.ExitStack() as stack:
         caches = None
         if shared:
@@ -107,16 +119,20 @@ def analyze(
             stats = analyze_layers(net, dataset, stats_metrics, points=points, reduce=reduce, batch_size=batch_size,
                                    device=dev, max_samples=max_samples, seed=seed, progress=progress,
                                    train_cache=caches[0] if caches else None,
-                                   test_cache=caches[1] if caches else None)
+                                   test_cache=caches[1] if caches else None, include_input=include_input)
             frames.append(stats.table.assign(dataset="id"))
             summary.update(stats.summary)
+            model_accuracy = stats.summary.get("model_accuracy")
             config["statistics"] = stats.config
             config["points"] = stats.config["points"]
+            config["input_point"] = stats.config["input_point"]
         if PROBE in wanted:
             transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
                                     batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test,
                                     seed=seed, data_root=data_root, progress=progress, id_features=caches,
-                                    id_ncc="ncc" not in stats_metrics)  # the statistics measured it
+                                    id_ncc="ncc" not in stats_metrics,  # the statistics measured it
+                                    include_input=include_input, resamples=resamples, model_info=model_info,
+                                    model_accuracy=model_accuracy)
             frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
             kept = {k: summary[k] for k in ("effective_depth", "effective_depth_point", "ncc_eps") if k in summary}
             summary.update(transfer.summary)
@@ -124,21 +140,56 @@ def analyze(
             summary["verdict"] = verdict(summary, transfer.config["points"])
             config["probes"] = transfer.config
             config["points"] = transfer.config["points"]
+            config["input_point"] = transfer.config["input_point"]
         else:
-            summary["verdict"] = "no probes were run (add 'probe' to --metrics for the tunnel verdict)"
-    table = pd.concat(frames, ignore_index=True)[COLUMNS]
+            flags = [f.as_dict() for f in model_flags(model_info, model_accuracy, dataset.num_classes)]
+            summary.update(flags=flags, verdict_valid=False,
+                           verdict="no probes were run (add 'probe' to --metrics for the tunnel verdict)")
+    table = pd.concat(frames, ignore_index=True).assign(reference=None)
     summary["points"] = len(config["points"])
-    return Results(table, summary, config)
+    if untrained_reference:
+        table, summary, config = _with_untrained_reference(
+            net, dataset, table, summary, config, dict(ood=ood, metrics=wanted, points=points, reduce=reduce,
+                                                        device=dev, probe=probe, batch_size=batch_size,
+                                                        max_samples=max_samples, max_train=max_train,
+                                                        max_test=max_test, seed=seed, data_root=data_root,
+                                                        progress=progress, include_input=include_input,
+                                                        resamples=resamples))
+    return Results(table.reindex(columns=COLUMNS), summary, config)
+
+
+REFERENCE_KEYS = ("model_accuracy", "tunnel_start@0.95", "tunnel_start@0.95_ci", "mean_retained",
+                  "mean_retained_ci", "effective_depth")
+
+
+def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summary: dict, config: dict,
+                              options: dict) -> tuple[pd.DataFrame, dict, dict]:
+    """The same analysis of a seeded re-initialisation of ``net``, appended as reference rows."""
+    from .invert import untrained_copy
+
+    reference = analyze(untrained_copy(net, options["seed"]), dataset, model_info={"untrained": True}, **options)
+    rows = reference.table.assign(reference="untrained", model=summary["model"])
+    summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
+    config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
+                                        f"seed {options['seed']}; same data, points, probes and samples"}
+    return pd.concat([table, rows], ignore_index=True), summary, config
 
 
 def _probe_rows(table: pd.DataFrame, skip_id_ncc: bool) -> pd.DataFrame:
-    """probe_layers' wide rows → the tidy columns: ``probe_acc`` (and ``ncc_acc`` per dataset)."""
+    """probe_layers' wide rows → the tidy columns: ``probe_acc`` (test rows with a 95% interval),
+    ``probe_loss`` and ``probe_converged`` (train rows), and ``ncc_acc`` per dataset."""
     base = table.assign(other_point=None, other_layer=None)
-    probe = base.assign(metric="probe_acc", value=base.accuracy, valid=~base.diverged)
-    ncc = base.assign(metric="ncc_acc", value=base.ncc_accuracy, valid=base.ncc_accuracy.notna())
+    trusted = ~base.diverged & base.converged
+    probe = base.assign(metric="probe_acc", value=base.accuracy, valid=trusted)
+    train = base[base.split == "train"]
+    loss = train.assign(metric="probe_loss", value=train.loss, valid=~train.diverged, ci_lo=None, ci_hi=None)
+    converged = train.assign(metric="probe_converged", value=train.converged.astype(float), valid=True,
+                             ci_lo=None, ci_hi=None)
+    ncc = base.assign(metric="ncc_acc", value=base.ncc_accuracy, valid=base.ncc_accuracy.notna(), ci_lo=None,
+                      ci_hi=None)
     if skip_id_ncc:  # the statistics pass measured the ID NCC already
         ncc = ncc[ncc.dataset != "id"]
-    return pd.concat([probe, ncc], ignore_index=True)[COLUMNS]
+    return pd.concat([probe, loss, converged, ncc], ignore_index=True).reindex(columns=COLUMNS)
 
 
 __all__ = ["ANALYZE_METRICS", "analyze", "parse_metrics"]

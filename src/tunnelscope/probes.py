@@ -1,20 +1,34 @@
-"""Softmax linear probes for every probe point, trained jointly (METRICS.md §2).
+"""Softmax linear probes for every probe point (METRICS.md §2), with a convergence record.
 
-``train_probes`` fits one linear softmax probe per point on frozen features, all in the
-same steps: every point sees the same minibatch, points of equal width are stacked into
-one batched matmul, and AdamW updates all of them at once. AdamW acts elementwise and
-each probe's initial weights come from its own seeded generator, so the joint result
-equals training the probes one by one with the same seed (tested). The gradient of the
-smoothed cross-entropy is written out rather than taken by autograd, and AdamW's update
-is applied in place; both are tested against ``torch.optim.AdamW`` on an ``nn.Linear``.
-Features may be memory-mapped arrays (a spilled feature cache): minibatches are then read
-from disk as they are needed.
+Three protocols:
 
-Protocol ``harun`` (Harun et al. 2024, App. A.2): weights N(0, 0.01²), bias 0; AdamW lr
-1e-3, weight decay 0; batch 128; 30 epochs; cross-entropy with label smoothing 0.1; no
-feature standardisation. Selection ``last`` (default: the final weights), ``val`` (a
-seeded 10% of train held out, best epoch on it), or ``test`` (best epoch on the test
-split: the papers' behaviour, labelled so in every output).
+- ``lbfgs`` (default): multinomial logistic regression on standardised features with an L2
+  penalty (scikit-learn's objective, ``C = 1``), solved by L-BFGS in float64 until the
+  largest absolute gradient of the mean objective is at most ``tol`` (1e-4, scikit-learn's
+  default). Deterministic, and it reaches the optimum on every dataset size; a probe that
+  stops at ``max_iter`` first is reported as not converged.
+- ``harun``: the papers' protocol (Harun et al. 2024, App. A.2): weights N(0, 0.01²), bias 0;
+  AdamW lr 1e-3, weight decay 0; batch 128; 30 epochs; cross-entropy with label smoothing
+  0.1; no feature standardisation. A fixed budget: a probe whose epoch-mean training loss
+  still fell by more than ``converge_rtol`` (1%) over the last sixth of the epochs is
+  reported as not converged (it under-trains on small datasets and unstandardised
+  features). Selection ``last`` (the final weights), ``val`` (a seeded 10% of train held
+  out, best epoch on it), or ``test`` (best epoch on the test split: the papers' behaviour,
+  labelled so in every output).
+- ``ridge``: least squares on one-hot targets in closed form (exact; a fast proxy).
+
+The ``harun`` probes of every point are trained jointly: every point sees the same
+minibatch, points of equal width are stacked into one batched matmul, and AdamW updates all
+of them at once. AdamW acts elementwise and each probe's initial weights come from its own
+seeded generator, so the joint result equals training the probes one by one (tested). The
+gradient of the smoothed cross-entropy is written out rather than taken by autograd, and
+AdamW's update is applied in place; both are tested against ``torch.optim.AdamW`` on an
+``nn.Linear``. Features may be memory-mapped arrays (a spilled feature cache): minibatches
+are then read from disk as they are needed.
+
+Every result records, per point: test and train accuracy, the final training loss, whether
+the probe converged, the iterations or epochs used, and which test samples it classified
+right (for bootstrap intervals).
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,26 +47,34 @@ from .errors import SpecError
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
-PROTOCOLS = ("harun", "lbfgs", "ridge")
+PROTOCOLS = ("lbfgs", "harun", "ridge")
+PROTOCOL_NOTES = {
+    "lbfgs": "L2-regularised logistic regression on standardised features, L-BFGS to convergence (default)",
+    "harun": "the papers' protocol (Harun et al. 2024): AdamW, 30 epochs, fixed budget",
+    "ridge": "closed-form ridge regression on one-hot targets (a fast proxy)",
+}
 
 
 @dataclass
 class ProbeConfig:
     """Everything that changes a probe's number."""
 
-    protocol: str = "harun"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    init_std: float = 0.01
+    protocol: str = "lbfgs"
+    epochs: int = 30  # harun
+    batch_size: int = 128  # harun
+    lr: float = 1e-3  # harun
+    weight_decay: float = 0.0  # harun
+    label_smoothing: float = 0.1  # harun
+    init_std: float = 0.01  # harun
     select: str = "last"
     val_fraction: float = 0.1
     seed: int = 0
     C: float = 1.0  # lbfgs: inverse L2 strength, as scikit-learn's LogisticRegression
-    max_iter: int = 500  # lbfgs
+    max_iter: int = 1000  # lbfgs
+    tol: float = 1e-4  # lbfgs: converged when max |gradient of the mean objective| <= tol
+    converge_rtol: float = 0.01  # harun: converged when the loss fell by at most this share over the last epochs
     ridge: float = 1e-3  # ridge: λ = ridge · tr(Σ)/D
+    seeds: int = 1  # probes trained per point; see train_probe_seeds
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -61,13 +83,17 @@ class ProbeConfig:
             raise SpecError(f"unknown probe protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
         if self.protocol != "harun" and self.select != "last":
             raise SpecError(f"selection {self.select!r} needs epochs; protocol {self.protocol!r} is fitted once")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise SpecError("probe epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.max_iter < 1 or self.seeds < 1:
+            raise SpecError("probe epochs, batch_size, max_iter and seeds must be >= 1")
+        if not (self.C > 0 and self.tol > 0 and self.lr > 0):
+            raise SpecError("probe C, tol and lr must be > 0")
 
 
 @dataclass
 class ProbeResult:
-    """Per point: accuracy on the evaluation split, the epoch selected, and whether the loss diverged."""
+    """Per point: accuracy on the evaluation split and on the training rows, the final training
+    loss, whether it converged, the epochs (harun) or iterations (lbfgs) used, which evaluation
+    samples it got right, and the points whose loss diverged (their accuracy is NaN)."""
 
     accuracy: dict[str, float]
     train_accuracy: dict[str, float]
@@ -75,6 +101,15 @@ class ProbeResult:
     diverged: list[str]
     weights: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (W (D, C), b (C,)) on the CPU
     config: dict = field(default_factory=dict)
+    train_loss: dict[str, float] = field(default_factory=dict)
+    converged: dict[str, bool] = field(default_factory=dict)
+    iterations: dict[str, int] = field(default_factory=dict)
+    correct: dict[str, np.ndarray] = field(default_factory=dict)  # bool per evaluation sample
+
+    @property
+    def unconverged(self) -> list[str]:
+        """Points whose probe did not converge (diverged ones included)."""
+        return [n for n, ok in self.converged.items() if not ok]
 
 
 def _init(names: Sequence[str], dims: Sequence[int], classes: int, std: float, seed: int) -> list[Tensor]:
@@ -87,19 +122,21 @@ def _init(names: Sequence[str], dims: Sequence[int], classes: int, std: float, s
     return weights
 
 
-Features = Tensor | np.ndarray
+FeatureArray = Tensor | np.ndarray
 
 
 class _Rows:
     """Every point's feature rows, gathered by index one width group at a time.
 
     Resident: each group's features stacked once as ``(N, G, D)`` on the device, so a
-    minibatch is one ``index_select``. Streamed (memory-mapped caches that exceed the
-    budget): a minibatch is read from each point's array on demand, so the probes never
-    hold more than a batch of features in memory.
+    minibatch is one ``index_select`` and a run of consecutive rows is a view. Streamed
+    (memory-mapped caches that exceed the budget): a minibatch is read from each point's
+    array on demand, so the probes never hold more than a batch of features in memory.
+    Both return ``(G, B, D)`` contiguous blocks, the layout the batched matmuls want.
     """
 
-    def __init__(self, feats: dict[str, Features], groups: list[list[str]], device: torch.device, resident: bool):
+    def __init__(self, feats: dict[str, FeatureArray], groups: list[list[str]], device: torch.device,
+                 resident: bool):
         self.groups, self.device, self.resident = groups, device, resident
         self.n = len(next(iter(feats.values())))
         if resident:
@@ -108,47 +145,63 @@ class _Rows:
             self.arrays = [[feats[n] for n in g] for g in groups]
 
     def gather(self, idx: Tensor) -> list[Tensor]:
-        """``(B, G, D)`` float32 per group for the rows ``idx`` (a sorted index on the device)."""
+        """``(G, B, D)`` float32 per group for the rows ``idx`` (a sorted index on the device)."""
         if self.resident:
-            return [x.index_select(0, idx) for x in self.stacked]
+            return [x.index_select(0, idx).transpose(0, 1).contiguous() for x in self.stacked]
         rows = idx.cpu().numpy()
-        return [torch.stack([_tensor(a[rows]) for a in arrays], 1).to(self.device) for arrays in self.arrays]
+        return [torch.stack([_tensor(a[rows]) for a in arrays]).to(self.device) for arrays in self.arrays]
 
-    def chunks(self, index: Tensor | None = None, chunk: int = 8192):
-        """``(rows, per-group features)`` in chunks over ``index`` (sorted; default all rows)."""
-        index = torch.arange(self.n, device=self.device) if index is None else index
+    def span(self, lo: int, hi: int) -> list[Tensor]:
+        """Rows ``lo:hi`` of every group, as ``(G, B, D)``: a slice, no gather."""
+        if self.resident:
+            return [x[lo:hi].transpose(0, 1).contiguous() for x in self.stacked]
+        return [torch.stack([_tensor(np.asarray(a[lo:hi])) for a in arrays]).to(self.device)
+                for arrays in self.arrays]
+
+    def chunks(self, index: Tensor | None = None, chunk: int = 4096):
+        """``(rows, per-group features)`` in chunks over ``index`` (sorted; default all rows, read as slices)."""
+        if index is None:
+            for lo in range(0, self.n, chunk):
+                hi = min(lo + chunk, self.n)
+                yield torch.arange(lo, hi, device=self.device), self.span(lo, hi)
+            return
         for lo in range(0, len(index), chunk):
             idx = index[lo : lo + chunk]
             yield idx, self.gather(idx)
 
 
-def _tensor(x: Features) -> Tensor:
+def _tensor(x: FeatureArray) -> Tensor:
     return (torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x).float()
 
 
 class _Group:
     """Probes of equal width, stacked and transposed: weights ``(G, C, D)``, biases ``(G, C, 1)``,
-    and their AdamW moments. Transposed because ``(C, D) @ (D, B)`` products with a long
-    output dimension run several times faster on the CPU than ``(B, D) @ (D, C)`` ones."""
+    trained with a written-out gradient and an in-place AdamW step."""
 
     def __init__(self, names: list[str], weights: list[Tensor], device: torch.device) -> None:
         self.names = names
         self.w = torch.stack([w.t() for w in weights]).contiguous().to(device)
         self.b = torch.zeros(len(names), weights[0].shape[1], 1, device=device)
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.w, self.b)]
+        self.loss_sum = torch.zeros(len(names), dtype=torch.float64, device=device)  # this epoch's
+        self.loss_rows = 0
 
     def logits(self, x: Tensor) -> Tensor:
-        """``(G, C, B)`` for features ``x`` of shape ``(B, G, D)``."""
-        return torch.baddbmm(self.b, self.w, x.permute(1, 2, 0))
+        """``(G, C, B)`` for features ``x`` of shape ``(G, B, D)``."""
+        return torch.baddbmm(self.b, self.w, x.transpose(1, 2))
 
-    def step(self, x: Tensor, target: Tensor, cfg: "ProbeConfig", step: int) -> None:
+    def step(self, x: Tensor, target: Tensor, cfg: ProbeConfig, step: int) -> None:
         """One AdamW step on the mean smoothed cross-entropy of every probe in the group.
 
         The gradient is written out (softmax minus the smoothed one-hot target, over the
         batch size) instead of taken by autograd; the update is ``torch.optim.AdamW``'s
-        (tested against both)."""
-        grad_logits = torch.softmax(self.logits(x), 1).sub_(target).div_(x.shape[0])  # (G, C, B)
-        grads = (torch.bmm(grad_logits, x.transpose(0, 1)), grad_logits.sum(2, keepdim=True))
+        (tested against both). The batch's loss is added to the epoch's sum."""
+        batch = x.shape[1]
+        log_p = torch.log_softmax(self.logits(x), 1)  # (G, C, B)
+        self.loss_sum -= (log_p * target).sum((1, 2), dtype=torch.float64)
+        self.loss_rows += batch
+        grad_logits = log_p.exp_().sub_(target).div_(batch)
+        grads = (torch.bmm(grad_logits, x), grad_logits.sum(2, keepdim=True))
         b1, b2 = 0.9, 0.999
         step_size = cfg.lr / (1 - b1**step)
         bc2_sqrt = math.sqrt(1 - b2**step)
@@ -156,38 +209,58 @@ class _Group:
             p.mul_(1 - cfg.lr * cfg.weight_decay)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(1e-8), value=-step_size)
+            p.addcdiv_(m, v.sqrt().div_(bc2_sqrt).add_(1e-8), value=-step_size)
+
+    def epoch_loss(self) -> Tensor:
+        """Mean training loss per probe over this epoch's minibatches; resets the sums."""
+        loss = self.loss_sum / max(1, self.loss_rows)
+        self.loss_sum = torch.zeros_like(self.loss_sum)
+        self.loss_rows = 0
+        return loss.cpu()
 
     def weights(self, i: int) -> tuple[Tensor, Tensor]:
         """Point ``i``'s ``(W (D, C), b (C,))``."""
         return self.w[i].t(), self.b[i, :, 0]
 
 
-def _accuracy(groups: list[_Group], rows: _Rows, labels: Tensor, index: Tensor | None = None) -> dict[str, float]:
-    """Per point, the share of ``rows`` (those in ``index``, default all) classified right."""
-    correct = {n: 0 for g in groups for n in g.names}
-    total = 0
+def _correct(groups: list[_Group], rows: _Rows, labels: Tensor, index: Tensor | None = None) -> dict[str, np.ndarray]:
+    """Per point, whether each of ``rows`` (those in ``index``, default all) is classified right."""
+    out: dict[str, list[np.ndarray]] = {n: [] for g in groups for n in g.names}
     for idx, xs in rows.chunks(index):
         y = labels[idx]
-        total += len(idx)
         for g, x in zip(groups, xs):
             pred = g.logits(x).argmax(1)  # (G, B)
             for i, n in enumerate(g.names):
-                correct[n] += int((pred[i] == y).sum())
-    return {n: c / max(1, total) for n, c in correct.items()}
+                out[n].append((pred[i] == y).cpu().numpy())
+    return {n: np.concatenate(v) if v else np.zeros(0, bool) for n, v in out.items()}
 
 
-def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[str, Features], test_labels: Tensor,
-                 num_classes: int, config: ProbeConfig | None = None, device: str | torch.device = "cpu",
-                 progress: bool | None = None, resident: bool | None = None) -> ProbeResult:
+def _mean(correct: dict[str, np.ndarray]) -> dict[str, float]:
+    return {n: float(c.mean()) if len(c) else math.nan for n, c in correct.items()}
+
+
+def still_falling(losses: Sequence[float], rtol: float) -> bool:
+    """Whether an epoch-loss history still fell by more than ``rtol`` (relative to its last value)
+    over its last sixth (at least one epoch); one epoch alone cannot show convergence."""
+    if len(losses) < 2:
+        return True
+    k = max(1, round(len(losses) / 6))
+    last, before = losses[-1], losses[-1 - k]
+    if not (math.isfinite(last) and math.isfinite(before)):
+        return True
+    return before - last > rtol * abs(last)
+
+
+def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                 test_labels: Tensor, num_classes: int, config: ProbeConfig | None = None,
+                 device: str | torch.device = "cpu", progress: bool | None = None,
+                 resident: bool | None = None) -> ProbeResult:
     """Train a softmax probe per point on ``train`` features and score it on ``test``.
 
     ``train[point]`` is ``(N, D_point)`` and ``test[point]`` ``(M, D_point)``, in the same
     point order: tensors, numpy arrays, or memory-mapped arrays. ``resident`` (default:
-    unless any array is memory-mapped) stacks the features on the device; otherwise each
-    minibatch is read from the arrays as it is needed. Returns per-point accuracy (on
-    ``test``; with ``select="test"`` the best epoch's, as the papers report), the epoch
-    used, and the points whose loss diverged (their accuracy is NaN).
+    unless any array is memory-mapped) stacks the ``harun`` features on the device; otherwise
+    each minibatch is read from the arrays as it is needed. Returns a :class:`ProbeResult`.
     """
     cfg = config or ProbeConfig()
     dev = torch.device(device)
@@ -198,6 +271,14 @@ def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[st
         return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev)
     if cfg.protocol == "ridge":
         return _train_ridge(train, train_labels, test, test_labels, num_classes, cfg, dev)
+    return _train_harun(train, train_labels, test, test_labels, num_classes, cfg, dev, progress, resident)
+
+
+def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                 test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device,
+                 progress: bool | None, resident: bool | None) -> ProbeResult:
+    """The joint AdamW trainer of the ``harun`` protocol (see the module docstring)."""
+    names = list(train)
     if resident is None:
         resident = not any(isinstance(x, np.memmap) for x in [*train.values(), *test.values()])
     y_all = train_labels.long().to(dev)
@@ -211,6 +292,7 @@ def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[st
     rows = _Rows(train, list(by_dim.values()), dev, resident)
     eval_rows = _Rows(test, list(by_dim.values()), dev, resident)
     fit_idx = torch.arange(len(y_all), device=dev)
+    val_idx = None
     if cfg.select == "val":  # a seeded share of train held out for selection
         perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(cfg.seed + 7)).to(dev)
         n_val = max(1, int(round(cfg.val_fraction * len(y_all))))
@@ -219,6 +301,7 @@ def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[st
     best = {name: (-1.0, 0) for name in names}
     snapshots: dict[str, tuple[Tensor, Tensor]] = {}
     diverged: set[str] = set()
+    history: dict[str, list[float]] = {name: [] for name in names}
     smooth = cfg.label_smoothing
     step = 0
     with progress_bar(progress) as bars:
@@ -235,9 +318,11 @@ def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[st
             for g in groups:
                 bad = ~(torch.isfinite(g.w).flatten(1).all(1) & torch.isfinite(g.b).flatten(1).all(1))
                 diverged |= {name for name, b in zip(g.names, bad.tolist()) if b}
+                for name, loss in zip(g.names, g.epoch_loss().tolist()):
+                    history[name].append(loss)
             if cfg.select != "last":
-                acc = (_accuracy(groups, rows, y_all, val_idx) if cfg.select == "val"
-                       else _accuracy(groups, eval_rows, y_eval))
+                acc = _mean(_correct(groups, rows, y_all, val_idx) if cfg.select == "val"
+                            else _correct(groups, eval_rows, y_eval))
                 for g in groups:
                     for i, name in enumerate(g.names):
                         if acc[name] > best[name][0]:
@@ -250,34 +335,39 @@ def train_probes(train: dict[str, Features], train_labels: Tensor, test: dict[st
             if name in snapshots:
                 g.w[i], g.b[i] = snapshots[name]
                 chosen_epoch[name] = best[name][1]
-    accuracy = _accuracy(groups, eval_rows, y_eval)
-    train_accuracy = _accuracy(groups, rows, y_all, fit_idx.sort().values)
+    correct = _correct(groups, eval_rows, y_eval)
+    accuracy = _mean(correct)
+    train_accuracy = _mean(_correct(groups, rows, y_all, None if cfg.select != "val" else fit_idx.sort().values))
+    converged = {name: name not in diverged and not still_falling(history[name], cfg.converge_rtol) for name in names}
     for name in diverged:
         accuracy[name] = train_accuracy[name] = math.nan
     cfg_out = asdict(cfg)
     if cfg.select == "test":
         cfg_out["note"] = "selected on the test split (the papers' behaviour): accuracies are optimistic"
     weights_out = {name: tuple(t.cpu() for t in g.weights(i)) for g in groups for i, name in enumerate(g.names)}
-    return ProbeResult(accuracy, train_accuracy, chosen_epoch, sorted(diverged), weights_out, cfg_out)
+    return ProbeResult(accuracy, train_accuracy, chosen_epoch, sorted(diverged), weights_out, cfg_out,
+                       train_loss={n: history[n][-1] for n in names}, converged=converged,
+                       iterations={n: cfg.epochs for n in names}, correct=correct)
 
 
-def _train_lbfgs(train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor], test_labels: Tensor,
-                 num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
+def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                 test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
     """Multinomial logistic regression per point on standardised features, L2 penalty, L-BFGS in float64.
 
-    Minimises ``½‖W‖² + C Σ_i CE_i`` (intercept unpenalised), scikit-learn's objective,
-    divided by ``C·N``. Deterministic; each point is solved on its own (L-BFGS's line
-    search is not elementwise, so a joint solve would not equal separate ones).
+    Minimises ``CE + ‖W‖² / (2·C·N)`` (the mean cross-entropy plus the penalty: scikit-learn's
+    objective divided by ``C·N``; intercept unpenalised) until ``max |∇| <= tol``. Each point is
+    solved on its own (L-BFGS's line search is not elementwise).
     """
     y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
-    acc, train_acc, weights, diverged = {}, {}, {}, []
+    out = ProbeResult({}, {}, {}, [], {}, {**asdict(cfg), "objective": "mean cross-entropy + ‖W‖²/(2·C·N)"})
     for name in train:
         x = _tensor(train[name]).to(dev, torch.float64)
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
+        mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-12)  # population std, as scikit-learn
         xs, xt = (x - mean) / std, (_tensor(test[name]).to(dev, torch.float64) - mean) / std
-        w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=dev, requires_grad=True)
+        del x
+        w = torch.zeros(xs.shape[1], num_classes, dtype=torch.float64, device=dev, requires_grad=True)
         b = torch.zeros(num_classes, dtype=torch.float64, device=dev, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=cfg.tol, tolerance_change=0.0,
                                 history_size=20, line_search_fn="strong_wolfe")
         scale = 1.0 / (cfg.C * len(y))
 
@@ -288,29 +378,68 @@ def _train_lbfgs(train: dict[str, Tensor], train_labels: Tensor, test: dict[str,
             return loss
 
         opt.step(closure)
+        loss = float(closure().detach())  # also leaves the final gradient in .grad
+        grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
+        out.iterations[name] = int(opt.state[w].get("n_iter", 0))
         with torch.no_grad():
-            if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
-                diverged.append(name)
-                acc[name] = train_acc[name] = math.nan
+            finite = bool(torch.isfinite(w).all() and torch.isfinite(b).all()) and math.isfinite(loss)
+            if not finite:
+                out.diverged.append(name)
+                out.accuracy[name] = out.train_accuracy[name] = math.nan
+                out.correct[name] = np.zeros(len(yt), bool)
             else:
-                acc[name] = float(((xt @ w + b).argmax(1) == yt).float().mean())
-                train_acc[name] = float(((xs @ w + b).argmax(1) == y).float().mean())
-        weights[name] = (w.detach().cpu() / std.cpu()[:, None], (b - (mean / std) @ w).detach().cpu())
-    return ProbeResult(acc, train_acc, {n: 0 for n in train}, diverged, weights, asdict(cfg))
+                out.correct[name] = ((xt @ w + b).argmax(1) == yt).cpu().numpy()
+                out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan
+                out.train_accuracy[name] = float(((xs @ w + b).argmax(1) == y).double().mean())
+        out.train_loss[name] = loss
+        out.converged[name] = finite and grad <= cfg.tol
+        out.epoch[name] = 0
+        out.weights[name] = (w.detach().cpu() / std.cpu()[:, None], (b - (mean / std) @ w).detach().cpu())
+    return out
 
 
-def _train_ridge(train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor], test_labels: Tensor,
-                 num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
-    """The closed-form ridge probe of :mod:`tunnelscope.metrics.ridge`, fitted on the given features."""
+def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                 test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
+    """The closed-form ridge probe of :mod:`tunnelscope.metrics.ridge`, fitted on the given features
+    (exact, so always converged; its loss is the mean squared error on one-hot targets)."""
     from .metrics.moments import Moments
-    from .metrics.ridge import RidgeAccuracy, ridge_weights
+    from .metrics.ridge import ridge_weights
 
     moments = Moments(num_classes, torch.float64)
-    y = train_labels.long().to(dev)
+    y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
     moments.update({n: _tensor(x).to(dev) for n, x in train.items()}, y)
-    probes = {n: ridge_weights(m, cfg.ridge) for n, m in moments.points.items()}
-    test_acc, train_acc = RidgeAccuracy(probes), RidgeAccuracy(probes)
-    test_acc.update({n: _tensor(x).to(dev) for n, x in test.items()}, test_labels.long().to(dev))
-    train_acc.update({n: _tensor(x).to(dev) for n, x in train.items()}, y)
-    weights = {n: (w.cpu(), (prior - mu @ w).cpu()) for n, (w, mu, prior) in probes.items()}
-    return ProbeResult(test_acc.compute(), train_acc.compute(), {n: 0 for n in train}, [], weights, asdict(cfg))
+    out = ProbeResult({}, {}, {}, [], {}, asdict(cfg))
+    for name, point in moments.points.items():
+        w, mu, prior = ridge_weights(point, cfg.ridge)
+        scores = lambda feats: (_tensor(feats).to(dev, torch.float64) - mu) @ w + prior  # noqa: E731
+        train_scores = scores(train[name])
+        out.correct[name] = (scores(test[name]).argmax(1) == yt).cpu().numpy()
+        out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan
+        out.train_accuracy[name] = float((train_scores.argmax(1) == y).double().mean())
+        out.train_loss[name] = float((train_scores - F.one_hot(y, num_classes)).square().sum(1).mean())
+        out.converged[name], out.iterations[name], out.epoch[name] = True, 0, 0
+        out.weights[name] = (w.cpu(), (prior - mu @ w).cpu())
+    return out
+
+
+def train_probe_seeds(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                      test_labels: Tensor, num_classes: int, config: ProbeConfig | None = None,
+                      device: str | torch.device = "cpu", progress: bool | None = None) -> list[ProbeResult]:
+    """``config.seeds`` probe results per point. Seed ``k`` of ``harun`` draws its own
+    initialisation and minibatch order (``seed + k``); ``lbfgs`` and ``ridge`` are deterministic,
+    so their seed ``k >= 1`` is fitted on a seeded bootstrap resample of the training rows.
+    The first result is always the plain one."""
+    cfg = config or ProbeConfig()
+    results = [train_probes(train, train_labels, test, test_labels, num_classes, cfg, device, progress)]
+    for k in range(1, cfg.seeds):
+        if cfg.protocol == "harun":
+            results.append(train_probes(train, train_labels, test, test_labels, num_classes,
+                                        replace(cfg, seed=cfg.seed + k), device, progress))
+            continue
+        n = len(train_labels)
+        rows = torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(cfg.seed * 7919 + k)).sort().values
+        resampled = {name: _tensor(x)[rows] if not isinstance(x, np.ndarray) else np.asarray(x)[rows.numpy()]
+                     for name, x in train.items()}
+        results.append(train_probes(resampled, train_labels[rows], test, test_labels, num_classes, cfg, device,
+                                    progress))
+    return results

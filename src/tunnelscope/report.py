@@ -13,9 +13,11 @@ import numpy as np
 from .io import write_text
 
 CAPTIONS = {
-    "probes": "Linear probe accuracy on each dataset's test split against layer. Shaded: the tunnel (from the "
-              "first layer reaching 95% of the penultimate point's ID accuracy). Dashed: the best layer to "
-              "transfer from (highest mean OOD accuracy).",
+    "probes": "Linear probe accuracy on each dataset's test split against layer, with 95% bootstrap intervals "
+              "(bands); layer 0 is the input, reduced like the layers. Shaded: the tunnel (from the first layer "
+              "reaching 95% of the penultimate point's ID accuracy). Vertical dashed line: the best layer to "
+              "transfer from (highest mean OOD accuracy). Dashed curves, when present: the same architecture "
+              "re-initialised (untrained reference).",
     "rank": "Numerical rank (eigenvalues of the centred covariance above 1e-3 of the largest) and effective rank.",
     "collapse": "Neural collapse: NC1 and CDNV (lower is more collapsed), and nearest-class-centre accuracy.",
     "pc1": "Share of the representation's variance on its first principal component.",
@@ -41,18 +43,38 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+def _with_ci(summary: dict, key: str, fmt: str = "{:.4g}") -> str | None:
+    if key not in summary or summary[key] is None:
+        return None
+    value = summary[key]
+    text = fmt.format(value) if isinstance(value, (int, float)) else str(value)
+    ci = summary.get(f"{key}_ci")
+    if ci and all(v is not None for v in ci):
+        text += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return text
+
+
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
-    """The summary's headline numbers as (label, value) pairs, for the report and the terminal."""
+    """The summary's headline numbers (with 95% intervals in brackets) as (label, value) pairs,
+    for the report and the terminal."""
     rows = [("model", summary.get("model")), ("data", summary.get("data")), ("probe points", summary.get("points"))]
+    if summary.get("model_accuracy") is not None:
+        rows.append(("the model's own test accuracy", _fmt(summary["model_accuracy"])))
+    formats = {"mean_retained": "{:.1f}", "tunnel_start@0.95": "{:.0f}", "tunnel_start@0.98": "{:.0f}"}
     for key, label in (("tunnel_start@0.95", "tunnel start (τ = 0.95)"), ("tunnel_length@0.95", "tunnel length (τ = 0.95)"),
                        ("tunnel_start@0.98", "tunnel start (τ = 0.98)"), ("best_transfer_layer", "best layer to transfer from"),
                        ("effective_depth", "NCC effective depth (train error ≤ ε)"),
                        ("mean_retained", "mean OOD accuracy retained at the last layer (%)"), ("strength", "tunnel strength")):
         if key in summary:
-            rows.append((label, summary[key]))
+            rows.append((label, _with_ci(summary, key, formats.get(key, "{:.4g}")) if summary[key] is not None else None))
     for o in summary.get("ood", []):
-        rows.append((f"OOD {o['name']}: % retained / Pearson ρ / alignment",
-                     f"{o['retained']:.1f} / {o['pearson']:.3f} / {o['alignment']:.3f}"))
+        parts = [_with_ci(o, "retained", "{:.1f}"), _with_ci(o, "pearson", "{:.3f}"), _with_ci(o, "alignment", "{:.3f}")]
+        rows.append((f"OOD {o['name']}: % retained / Pearson ρ / alignment", " / ".join(p or "—" for p in parts)))
+    for reference, numbers in (summary.get("reference") or {}).items():
+        rows.append((f"{reference} reference: the model's own accuracy / tunnel start / mean % retained",
+                     " / ".join(_fmt(numbers.get(k)) for k in ("model_accuracy", "tunnel_start@0.95", "mean_retained"))))
+    for flag in summary.get("flags", []):
+        rows.append((("NOT VALID: " if flag["blocking"] else "note: ") + flag["code"], flag["message"]))
     return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]
 
 
@@ -129,19 +151,44 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
     title = f"tunnelscope: {s.get('model', 'model')} on {s.get('data', 'data')}"
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                            for k, v in summary_lines(s))
-    layer_table = results.layer_table().to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
-                                                border=0)
+    layer_table = _layer_table_html(results)
     return page(
         title,
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>",
         "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
         inversion_section(results.path) if results.path else "",
-        "<h2>Per layer (test split)</h2>", layer_table,
+        "<h2>Per layer (test split; layer 0 is the input; [95% interval])</h2>", layer_table,
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
         f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
     )
+
+
+def _layer_table_html(results) -> str:
+    """The per-layer table: intervals in brackets after probe accuracies, unconverged probes starred."""
+    wide = results.layer_table(intervals=True)
+    unconverged: set[tuple[str, str]] = set()
+    if results.has("probe_converged"):
+        t = results.table
+        bad = t[(t.metric == "probe_converged") & (t.value < 1) & t.reference.isna()]
+        unconverged = {(p, d) for p, d in zip(bad.point, bad.dataset)}
+    columns = [c for c in wide.columns if not c.endswith((" lo", " hi"))]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for row in wide.to_dict("records"):
+        cells = []
+        for c in columns:
+            text = _fmt(row[c]) if c not in ("layer", "point") else html.escape(str(row[c]))
+            if f"{c} lo" in row and row[f"{c} lo"] == row[f"{c} lo"]:
+                text += f" [{row[f'{c} lo']:.3g}, {row[f'{c} hi']:.3g}]"
+            dataset = "id" if " · " not in c else c.split(" · ", 1)[1]
+            if c.startswith("probe_acc") and (row["point"], dataset) in unconverged:
+                text += " *"
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = ("<p>* the probe did not converge (see the flags above).</p>" if unconverged else "")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{note}"
 
 
 def write_report(results, path: str | Path, figures: dict[str, Path] | None = None) -> Path:

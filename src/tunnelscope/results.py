@@ -20,8 +20,10 @@ from .io import atomic_write, write_json
 
 RESULTS_FILE, SUMMARY_FILE, CONFIG_FILE = "results.parquet", "summary.json", "config.json"
 FIGURES_DIR, REPORT_FILE = "figures", "report.html"
-COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
-           "valid"]
+REQUIRED_COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
+                    "other_layer", "valid"]
+COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "ci_lo", "ci_hi",
+           "other_point", "other_layer", "valid", "reference"]
 
 
 class ResultsError(TunnelscopeError):
@@ -48,17 +50,31 @@ class Results:
     config: dict = field(default_factory=dict)
     path: Path | None = None
 
-    def __post_init__(self) -> None:  # one spelling of "no other point" (None), in memory and after loading
-        other = self.table["other_point"].astype(object)
-        self.table = self.table.assign(other_point=other.where(other.notna(), None),
-                                       other_layer=self.table["other_layer"].astype(float))
+    def __post_init__(self) -> None:  # one spelling of "none" (None), in memory and after loading
+        table = self.table
+        for column in ("ci_lo", "ci_hi"):  # runs saved before intervals existed
+            if column not in table:
+                table = table.assign(**{column: float("nan")})
+        if "reference" not in table:
+            table = table.assign(reference=None)
+        other, ref = table["other_point"].astype(object), table["reference"].astype(object)
+        self.table = table.assign(other_point=other.where(other.notna(), None),
+                                  other_layer=table["other_layer"].astype(float),
+                                  ci_lo=table["ci_lo"].astype(float), ci_hi=table["ci_hi"].astype(float),
+                                  reference=ref.where(ref.notna(), None))
 
     # ------------------------------------------------------------------ access
     @property
     def points(self) -> list[str]:
-        """Probe point names in layer order."""
+        """Probe point names in layer order (layer 0, the input, not included)."""
         return list(self.config.get("points") or
-                    self.table.drop_duplicates("point").sort_values("layer")["point"].tolist())
+                    self.table[self.table.layer > 0].drop_duplicates("point").sort_values("layer")["point"].tolist())
+
+    @property
+    def input_point(self) -> str | None:
+        """The name of layer 0 (the input) when the run read it."""
+        name = self.config.get("input_point")
+        return name if name and bool((self.table.point == name).any()) else None
 
     @property
     def datasets(self) -> list[str]:
@@ -66,33 +82,67 @@ class Results:
         seen = list(dict.fromkeys(self.table["dataset"]))
         return sorted(seen, key=lambda d: (d != "id", seen.index(d)))
 
-    def has(self, metric: str) -> bool:
-        """Whether the table holds ``metric``."""
-        return bool((self.table.metric == metric).any())
+    @property
+    def references(self) -> list[str]:
+        """Reference analyses stored beside the model's (e.g. ``"untrained"``)."""
+        return [r for r in dict.fromkeys(self.table["reference"]) if r is not None]
 
-    def curve(self, metric: str, dataset: str = "id", split: str = "test") -> pd.Series:
-        """A per-point metric as a Series indexed by point, in layer order."""
+    def has(self, metric: str, reference: str | None = None) -> bool:
+        """Whether the table holds ``metric`` (for the model, or for a reference)."""
         t = self.table
-        rows = t[(t.metric == metric) & (t.dataset == dataset) & (t.split == split) & t.other_point.isna()]
+        return bool(((t.metric == metric) & self._is(reference)).any())
+
+    def _is(self, reference: str | None) -> pd.Series:
+        ref = self.table.reference
+        return ref.isna() if reference is None else ref == reference
+
+    def _rows(self, metric: str, dataset: str, split: str, reference: str | None) -> pd.DataFrame:
+        t = self.table
+        rows = t[(t.metric == metric) & (t.dataset == dataset) & (t.split == split) & t.other_point.isna()
+                 & self._is(reference)]
         if rows.empty:
-            raise KeyError(f"no {metric!r} for dataset {dataset!r} split {split!r}; "
-                           f"metrics here: {sorted(t.metric.unique())}")
-        return rows.sort_values("layer").set_index("point")["value"]
+            raise KeyError(f"no {metric!r} for dataset {dataset!r} split {split!r}"
+                           f"{f' reference {reference!r}' if reference else ''}; metrics here: "
+                           f"{sorted(t.metric.unique())}")
+        return rows.sort_values("layer")
+
+    def curve(self, metric: str, dataset: str = "id", split: str = "test", reference: str | None = None,
+              with_input: bool = True) -> pd.Series:
+        """A per-point metric as a Series indexed by point, in layer order (layer 0 first when read,
+        unless ``with_input`` is false). ``reference="untrained"`` reads the reference analysis."""
+        rows = self._rows(metric, dataset, split, reference)
+        if not with_input:
+            rows = rows[rows.layer > 0]
+        return rows.set_index("point")["value"]
+
+    def interval(self, metric: str, dataset: str = "id", split: str = "test",
+                 reference: str | None = None) -> pd.DataFrame:
+        """``layer``, ``value``, ``ci_lo``, ``ci_hi`` per point (intervals are NaN where none was computed)."""
+        rows = self._rows(metric, dataset, split, reference)
+        return rows.set_index("point")[["layer", "value", "ci_lo", "ci_hi"]]
 
     def matrix(self, metric: str = "cka", split: str = "test") -> pd.DataFrame:
-        """A pairwise metric as a points × points frame."""
+        """A pairwise metric as a points × points frame (layer 0 first when read)."""
         t = self.table
-        rows = t[(t.metric == metric) & (t.split == split) & t.other_point.notna()]
+        rows = t[(t.metric == metric) & (t.split == split) & t.other_point.notna() & self._is(None)]
         if rows.empty:
             raise KeyError(f"no pairwise metric {metric!r} on split {split!r}")
-        order = [p for p in self.points if p in set(rows.point)]
+        order = [p for p in [self.input_point, *self.points] if p in set(rows.point)]
         return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
 
-    def layer_table(self, split: str = "test") -> pd.DataFrame:
-        """One row per point, one column per per-point metric (OOD probe columns named by dataset)."""
-        t = self.table[(self.table.split == split) & self.table.other_point.isna()]
+    def layer_table(self, split: str = "test", intervals: bool = False) -> pd.DataFrame:
+        """One row per point (layer 0 first when read), one column per per-point metric (OOD columns
+        named ``metric · dataset``); ``intervals`` adds ``column lo`` / ``column hi`` where they exist."""
+        t = self.table[(self.table.split == split) & self.table.other_point.isna() & self._is(None)]
         label = t.metric.where(t.dataset == "id", t.metric + " · " + t.dataset)
-        wide = t.assign(column=label).set_index(["layer", "point", "column"])["value"].unstack("column")
+        t = t.assign(column=label)
+        wide = t.set_index(["layer", "point", "column"])["value"].unstack("column")
+        if intervals:
+            bounded = t[t.ci_lo.notna()]
+            for bound in ("ci_lo", "ci_hi"):
+                part = bounded.set_index(["layer", "point", "column"])[bound].unstack("column")
+                part.columns = [f"{c} {'lo' if bound == 'ci_lo' else 'hi'}" for c in part.columns]
+                wide = wide.join(part)
         wide.columns.name = None
         return wide.sort_index().reset_index()
 
@@ -122,7 +172,7 @@ class Results:
         if check_free(out, overwrite):
             (out / SUMMARY_FILE).unlink(missing_ok=True)  # from here until the end, the run reads as partial
         out.mkdir(parents=True, exist_ok=True)
-        table = self.table[COLUMNS + [c for c in self.table.columns if c not in COLUMNS]]
+        table = self.table.reindex(columns=COLUMNS + [c for c in self.table.columns if c not in COLUMNS])
         atomic_write(out / RESULTS_FILE, lambda h: table.to_parquet(h, index=False))
         write_json(out / CONFIG_FILE, self.config)
         pngs = self.save_figures(out / FIGURES_DIR) if figures else []
@@ -147,7 +197,7 @@ class Results:
             config = json.loads((d / CONFIG_FILE).read_text())
         except Exception as exc:  # pyarrow and json raise many types for a damaged file
             raise ResultsError(f"cannot read the results in {d}: {type(exc).__name__}: {exc}") from None
-        if missing_cols := [c for c in COLUMNS if c not in table.columns]:
+        if missing_cols := [c for c in REQUIRED_COLUMNS if c not in table.columns]:
             raise ResultsError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; it was not written by tunnelscope")
         return cls(table, summary, config, d)
 

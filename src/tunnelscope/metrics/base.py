@@ -57,3 +57,26 @@ class PointAccuracy:
     def compute(self) -> dict[str, float]:
         """Accuracy per point."""
         return {k: float(v) / self.seen for k, v in self.correct.items()}
+
+
+class ModelAccuracy:
+    """The model's own test accuracy, read from ``features.output`` (a capture that ran the whole
+    forward pass). Batches without a ``(B, C)`` output are not counted; ``compute`` is NaN then."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.seen = 0
+
+    def update(self, features, labels: Tensor) -> None:
+        out = getattr(features, "output", None)
+        if isinstance(out, Tensor) and out.dim() == 2 and len(out) == len(labels):
+            self.correct += int((out.argmax(1) == labels).sum())
+            self.seen += len(labels)
+
+    def merge(self, other: "ModelAccuracy") -> "ModelAccuracy":
+        self.correct += other.correct
+        self.seen += other.seen
+        return self
+
+    def compute(self) -> float:
+        return self.correct / self.seen if self.seen else float("nan")

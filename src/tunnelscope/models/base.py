@@ -16,6 +16,7 @@ class ZooModel(nn.Module):
     num_classes: int
     input_shape: tuple[int, ...]
     probe_sets: dict[str, list[str]]
+    flat_input: bool = False  # True when the model flattens its input before the first layer
 
     def describe(self) -> dict:
         """What is recorded about the model in results and checkpoints."""

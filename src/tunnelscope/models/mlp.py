@@ -14,8 +14,11 @@ class MLP(ZooModel):
     """An MLP with ``depth`` Linear layers in all (``depth - 1`` hidden blocks + classifier).
 
     Probe sets: ``blocks`` = each hidden block's output after ReLU; ``conv`` = each hidden
-    Linear's output before BatchNorm.
+    Linear's output before BatchNorm. ``flat_input``: the first block reads the flattened input,
+    so layer 0 (the input point) is the flattened input too.
     """
+
+    flat_input = True
 
     def __init__(self, spec: str, depth: int, width: int, num_classes: int, input_shape: tuple[int, ...]) -> None:
         super().__init__()

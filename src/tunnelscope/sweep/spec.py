@@ -43,7 +43,7 @@ ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_sampl
 RESOURCE_KEYS = {"cpus", "gpus", "retries"}
 ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "points": "blocks", "reduce": "pool2",
                                      "checkpoints": "final", "max_samples": 10_000, "probe_epochs": 30,
-                                     "protocol": "harun"}
+                                     "protocol": "lbfgs"}
 CELL_DEFAULTS: dict[str, Any] = {"epochs": 10, "recipe": "sgd", "seed": 0, "batch_size": 128}
 RESOURCE_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "retries": 2}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..errors import CheckpointError, SpecError, TunnelscopeError
+from ..errors import CheckpointError, InsufficientDataError, SpecError, TunnelscopeError
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
@@ -133,6 +133,9 @@ def train(
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     rec = Recipe.resolve(recipe, epochs, lr, weight_decay, schedule, warmup_epochs, label_smoothing)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root, download=download)
+    if dataset.num_classes < 2:
+        raise InsufficientDataError(f"{dataset.spec} has a single class; a classifier needs at least 2 "
+                                    "(widen classes=)")
     config = {
         "model": model, "data": dataset.spec, "epochs": epochs, "batch_size": batch_size, "seed": seed,
         "recipe": asdict(rec), "checkpoint_every": checkpoint_every, "early_checkpoints": early_checkpoints,

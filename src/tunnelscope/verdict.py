@@ -1,0 +1,184 @@
+"""Honest verdicts: what is refused, what is flagged, and the one-line verdict.
+
+Refused (an :class:`~tunnelscope.errors.InsufficientDataError`): a probe over one class, over
+fewer samples than classes, or over fewer than :data:`MIN_PER_CLASS` training samples in some
+class. Flagged in ``summary["flags"]`` (each ``{"code", "message", "blocking"}``; a blocking
+flag makes ``summary["verdict_valid"]`` false and is named in the verdict):
+
+- ``untrained`` (blocking): the model is at step 0 or randomly initialised;
+- ``near_chance`` (blocking): the model's own test accuracy is within a tenth of the way
+  from chance to perfect;
+- ``unconverged`` (blocking): a probe on a curve the verdict reads did not converge;
+- ``diverged`` (blocking): a probe's loss became NaN or infinite;
+- ``few_samples``: fewer than :data:`FEW_PER_CLASS` samples in some class of a split;
+- ``first_layer``: ID accuracy is within τ of its final value from the first layer (or the
+  input), so the task is linearly solvable early; that is not evidence of a long tunnel;
+- ``non_monotone``: the ID curve falls by more than :data:`DROP_PP` points somewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .errors import InsufficientDataError
+
+MIN_PER_CLASS = 5
+FEW_PER_CLASS = 20
+MIN_TEST = 10
+NEAR_CHANCE_SHARE = 0.1
+DROP_PP = 2.0
+
+
+@dataclass
+class Flag:
+    """One reason to distrust (``blocking``) or to read carefully a result."""
+
+    code: str
+    message: str
+    blocking: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Samples per class (classes ``0 … num_classes-1``)."""
+    return torch.bincount(labels.long().cpu(), minlength=num_classes).numpy()
+
+
+def check_probe_samples(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+                        what: str, class_names: Sequence[str] | None = None) -> list[Flag]:
+    """Refuse probes that cannot mean anything; flag thin ones. ``what`` names the dataset."""
+    if num_classes < 2:
+        raise InsufficientDataError(f"{what} has a single class; a linear probe and the tunnel verdict need "
+                                    "at least 2 classes")
+    counts = class_counts(train_labels, num_classes)
+    names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+    if len(train_labels) < num_classes:
+        raise InsufficientDataError(f"{what}: {len(train_labels)} training samples for {num_classes} classes; "
+                                    f"a probe needs at least {MIN_PER_CLASS} per class (raise --max-samples / "
+                                    "--max-train, or drop per_class=)")
+    if counts.min() < MIN_PER_CLASS:
+        c = int(counts.argmin())
+        raise InsufficientDataError(f"{what}: class {names[c]!r} has {int(counts[c])} training samples; a probe "
+                                    f"needs at least {MIN_PER_CLASS} per class (raise --max-samples / --max-train, "
+                                    "or drop per_class=)")
+    if len(test_labels) < MIN_TEST:
+        raise InsufficientDataError(f"{what}: {len(test_labels)} test samples; probe accuracy needs at least "
+                                    f"{MIN_TEST} (raise --max-samples or drop test_per_class=)")
+    test_counts = class_counts(test_labels, num_classes)
+    few = min(int(counts.min()), int(test_counts.min()))
+    if few < FEW_PER_CLASS:
+        return [Flag("few_samples", f"{what}: as few as {few} samples in a class of a split; its probe "
+                                    "accuracies are noisy (see their intervals)", False)]
+    return []
+
+
+def check_statistics_samples(n: int, split: str, what: str) -> None:
+    """Layer statistics need at least two samples per split."""
+    if n < 2:
+        raise InsufficientDataError(f"{what}: the {split} sample has {n} sample(s); covariances, rank and "
+                                    "neural collapse need at least 2 (raise --max-samples)")
+
+
+def model_flags(model_info: dict, model_accuracy: float | None, num_classes: int) -> list[Flag]:
+    """``untrained`` from where the model came from; ``near_chance`` from its own test accuracy."""
+    flags = []
+    step = model_info.get("step")
+    if model_info.get("untrained") or step == 0:
+        why = "a checkpoint at training step 0" if step == 0 else "randomly initialised (no weights given)"
+        flags.append(Flag("untrained", f"the model is untrained ({why}): its layers hold random features, "
+                                       "not learned ones, so there is no tunnel to find", True))
+    if model_accuracy is not None and np.isfinite(model_accuracy):
+        chance = 1 / num_classes
+        if model_accuracy < chance + NEAR_CHANCE_SHARE * (1 - chance):
+            flags.append(Flag("near_chance", f"the model's own test accuracy is {model_accuracy:.3f}, near chance "
+                                             f"({chance:.3f}): it has not learned the task", True))
+    return flags
+
+
+def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: float = 0.95) -> list[Flag]:
+    """``first_layer`` and ``non_monotone`` from the ID probe curve (points 1 … penultimate)."""
+    curve = np.asarray(id_curve, dtype=float)
+    flags = []
+    if len(curve) and np.isfinite(curve).all():
+        target = tau * curve[-1]
+        if input_accuracy is not None and np.isfinite(input_accuracy) and input_accuracy >= target:
+            flags.append(Flag("first_layer", f"a probe on the raw input already reaches {input_accuracy:.3f}, within "
+                                              f"{1 - tau:.0%} of the last layer's {curve[-1]:.3f}: the task is linearly "
+                                              "solvable from the input, so the layers add little and this is not "
+                                              "evidence of a long tunnel", False))
+        elif len(curve) > 1 and curve[0] >= target:
+            flags.append(Flag("first_layer", f"ID probe accuracy is within {1 - tau:.0%} of its final value from "
+                                              "layer 1: the task is linearly solvable from the first layer, which is "
+                                              "not evidence of a long tunnel", False))
+        running = np.maximum.accumulate(curve)
+        drop = float(np.max(running - curve)) * 100
+        if drop > DROP_PP:
+            at = int(np.argmax(running - curve)) + 1
+            flags.append(Flag("non_monotone", f"ID probe accuracy is not monotone: it falls {drop:.1f} points below "
+                                               f"an earlier layer's at layer {at}", False))
+    return flags
+
+
+def probe_flags(unconverged: dict[str, list[str]], diverged: dict[str, list[str]]) -> list[Flag]:
+    """``unconverged`` and ``diverged`` per dataset (``{dataset: [points]}``)."""
+    flags = []
+    for dataset, points in unconverged.items():
+        if points:
+            flags.append(Flag("unconverged", f"{dataset}: probes at {len(points)} point(s) did not converge "
+                                             f"({', '.join(points[:4])}{', ...' if len(points) > 4 else ''}); use "
+                                             "the default lbfgs protocol or a larger budget", True))
+    for dataset, points in diverged.items():
+        if points:
+            flags.append(Flag("diverged", f"{dataset}: probes diverged at {', '.join(points)}", True))
+    return flags
+
+
+def _ci(summary: dict, key: str, digits: int = 1) -> str:
+    ci = summary.get(f"{key}_ci")
+    if not ci or any(v is None or not np.isfinite(v) for v in ci):
+        return ""
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if digits else f" [{int(ci[0])}, {int(ci[1])}]"
+
+
+def verdict(summary: dict, names: list[str]) -> str:
+    """One line from a summary: where the tunnel starts (with its interval), which layer
+    transfers best (highest mean OOD probe accuracy), how much OOD accuracy the last layer
+    keeps, NCC separability, and the reasons the verdict is not valid or must be read carefully."""
+    if "tunnel_start@0.95" not in summary:
+        return "the ID probes diverged (NaN accuracy); no tunnel verdict"
+    start, L = summary["tunnel_start@0.95"], summary["points"]
+    flags = summary.get("flags", [])
+    codes = {f["code"] for f in flags}
+    if "first_layer" in codes:
+        text = f"no tunnel evidence: ID probe accuracy is reached from the first layer (of {L}), the task is linearly " \
+               "solvable early"
+    elif start < L:
+        text = f"the tunnel starts at layer {start}{_ci(summary, 'tunnel_start@0.95', 0)} of {L}"
+    else:
+        text = f"no tunnel: ID probe accuracy still rises at the last layer ({L})"
+    if summary.get("best_transfer_layer"):
+        j = summary["best_transfer_layer"]
+        text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
+                 f"at the last layer: {summary['mean_retained']:.1f}%{_ci(summary, 'mean_retained')} "
+                 f"({summary['strength']})")
+    if summary.get("ood_skipped"):
+        text += f"; OOD probes diverged on {', '.join(summary['ood_skipped'])}"
+    if summary.get("effective_depth"):
+        text += (f"; nearest-class-centre separable (train error <= {summary.get('ncc_eps', 0.01):g}) "
+                 f"from layer {summary['effective_depth']}")
+    if "non_monotone" in codes:
+        text += "; the ID curve is not monotone"
+    blocking = [f["code"] for f in flags if f["blocking"]]
+    if blocking:
+        text = f"NOT A VALID VERDICT ({', '.join(dict.fromkeys(blocking))}): " + text
+    return text
+
+
+__all__ = ["DROP_PP", "FEW_PER_CLASS", "Flag", "MIN_PER_CLASS", "check_probe_samples", "check_statistics_samples",
+           "curve_flags", "model_flags", "probe_flags", "verdict"]

@@ -1,0 +1,123 @@
+"""Honest verdicts: degenerate input is refused or flagged, never marked valid."""
+
+import math
+
+import pytest
+import torch
+
+from tunnelscope import analyze, data, train
+from tunnelscope.analysis import analyze_layers
+from tunnelscope.errors import InsufficientDataError
+from tunnelscope.probes import ProbeConfig
+from tunnelscope.verdict import curve_flags
+
+DATA = "fashion-mnist[classes=0-4,per_class=200,test_per_class=60]"
+FAST = dict(metrics="probe", resamples=50, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    result = train("mlp-4x32", DATA, epochs=2, out=tmp_path_factory.mktemp("mlp"), batch_size=64, progress=False)
+    return result, data.load(DATA)
+
+
+def _codes(results):
+    return {f["code"] for f in results.summary["flags"]}
+
+
+def _invalid(results, code):
+    assert code in _codes(results) and results.summary["verdict_valid"] is False
+    assert results.summary["verdict"].startswith("NOT A VALID VERDICT") and code in results.summary["verdict"]
+
+
+def test_a_trained_model_gets_a_valid_verdict(run):
+    result, ds = run
+    res = analyze(result.final_checkpoint, ds, **FAST)
+    assert res.summary["verdict_valid"] is True and res.summary["model_accuracy"] > 0.7
+    assert not any(f["blocking"] for f in res.summary["flags"])
+
+
+def test_one_class_is_refused_for_training_and_probes():
+    with pytest.raises(InsufficientDataError, match="single class"):
+        train("mlp-3x16", "digits[classes=3]", epochs=1, out="/nonexistent/never-written", progress=False)
+    with pytest.raises(InsufficientDataError, match="single class"):
+        analyze("mlp-3x16", "digits[classes=3]", **FAST)
+
+
+def test_one_class_statistics_are_marked_invalid_not_valid():
+    stats = analyze_layers("mlp-3x16", "digits[classes=3]", metrics="rank,nc1,cdnv", progress=False)
+    collapse = stats.table[stats.table.metric.isin(["nc1", "cdnv"])]
+    assert collapse.value.isna().all() and not collapse.valid.any()
+    assert stats.table[stats.table.metric == "rank"].valid.all()
+
+
+def test_probes_fitted_on_one_sample_are_refused(run):
+    result, ds = run
+    with pytest.raises(InsufficientDataError, match="training samples for 5 classes"):
+        analyze(result.final_checkpoint, ds, max_train=1, **FAST)
+
+
+def test_ten_samples_in_all_are_refused(run):
+    result, ds = run
+    with pytest.raises(InsufficientDataError, match="at least 5 per class"):
+        analyze(result.final_checkpoint, ds, max_samples=10, **FAST)
+
+
+def test_one_sample_statistics_are_refused_with_the_projects_error(run):
+    result, ds = run
+    with pytest.raises(InsufficientDataError, match="at least 2"):
+        analyze_layers(result.final_checkpoint, ds, max_samples=1, progress=False)
+
+
+def test_an_untrained_model_is_flagged(run, tmp_path):
+    _, ds = run
+    _invalid(analyze("mlp-4x32", ds, **FAST), "untrained")  # a spec without weights
+    step0 = train("mlp-4x32", ds, epochs=1, out=tmp_path, batch_size=64, progress=False).checkpoints[0]
+    assert step0.name == "step-0000000.pt"
+    _invalid(analyze(step0, ds, **FAST), "untrained")
+
+
+def test_a_near_chance_model_is_flagged(run):
+    result, ds = run
+    model = result.model
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.arange(5.0))  # always predicts class 4
+    res = analyze(model, ds, **FAST)
+    assert res.summary["model_accuracy"] == pytest.approx(0.2)
+    _invalid(res, "near_chance")
+
+
+def test_unconverged_probes_are_flagged(run):
+    result, ds = run
+    res = analyze(result.final_checkpoint, ds, probe=ProbeConfig(max_iter=2), **FAST)
+    _invalid(res, "unconverged")
+    converged = res.table[(res.table.metric == "probe_converged")]
+    assert (converged.value == 0).all()
+    assert not res.table[res.table.metric == "probe_acc"].valid.any()
+
+
+def test_a_tunnel_from_the_first_layer_is_not_called_a_tunnel():
+    flags = curve_flags([0.90, 0.91, 0.91, 0.92], input_accuracy=0.5)
+    assert [f.code for f in flags] == ["first_layer"] and not flags[0].blocking
+    from_input = curve_flags([0.90, 0.91, 0.92], input_accuracy=0.89)
+    assert "solvable from the input" in from_input[0].message
+    assert curve_flags([0.5, 0.8, 0.9, 0.92], input_accuracy=0.3) == []
+    from tunnelscope.verdict import verdict
+
+    text = verdict({"tunnel_start@0.95": 1, "points": 4, "flags": [flags[0].as_dict()]}, ["a", "b", "c", "d"])
+    assert text.startswith("no tunnel evidence") and "starts at layer" not in text
+
+
+def test_a_non_monotone_id_curve_is_flagged():
+    flags = curve_flags([0.5, 0.9, 0.8, 0.92], input_accuracy=None)
+    assert [f.code for f in flags] == ["non_monotone"] and "10.0 points" in flags[0].message
+    assert curve_flags([0.5, 0.9, 0.89, 0.92], input_accuracy=None) == []  # a 1-point dip is noise
+
+
+def test_thin_data_is_flagged(run):
+    result, _ = run
+    thin = data.load("fashion-mnist[classes=0-4,per_class=12,test_per_class=12]")
+    res = analyze(result.final_checkpoint, thin, **FAST)
+    assert "few_samples" in _codes(res)
+    assert all(math.isfinite(v) for v in res.summary["tunnel_start@0.95_ci"])
