@@ -78,19 +78,15 @@ def sync(device):
 
 
 def mlp12(device) -> tuple[torch.nn.Module, str]:
-    """The trained demo MLP-12 (trained here if no finished demo run exists)."""
-    run = ROOT / "runs" / "demo" / "run.json"
-    if run.is_file() and json.loads(run.read_text()).get("status") == "finished":
-        ckpt = ROOT / "runs" / "demo" / json.loads(run.read_text())["final_checkpoint"]
+    """A trained MLP-12 (mlp-12x256, 10 epochs on Fashion-MNIST classes 0-4), trained here once."""
+    out = ROOT / "runs" / "bench-mlp12"
+    info = out / "run.json"
+    if info.is_file() and json.loads(info.read_text()).get("status") == "finished":
+        ckpt = out / json.loads(info.read_text())["final_checkpoint"]
     else:
-        out = ROOT / "runs" / "bench-mlp12"
-        info = out / "run.json"
-        if info.is_file() and json.loads(info.read_text()).get("status") == "finished":
-            ckpt = out / json.loads(info.read_text())["final_checkpoint"]
-        else:
-            ckpt = ts.train("mlp-12x256", MLP_DATA, epochs=10, out=out, overwrite=True, progress=False).final_checkpoint
+        ckpt = ts.train("mlp-12x256", MLP_DATA, epochs=10, out=out, overwrite=True, progress=False).final_checkpoint
     model, _ = ts.load_model(ckpt, device)
-    return model, "mlp-12x256 (trained 10 epochs)"
+    return model.eval(), "mlp-12x256 (trained)"
 
 
 def vgg(device) -> tuple[torch.nn.Module, str]:
@@ -271,7 +267,10 @@ def case_probes(device: torch.device, epochs: int) -> dict:
 
     train, y = features(ds.train, 15000)
     test, yt = features(ds.test, 5000)
-    cfg = ProbeConfig(epochs=epochs)
+    cfg = ProbeConfig(protocol="harun", epochs=epochs)
+    tic = time.perf_counter()
+    lbfgs = train_probes(train, y, test, yt, ds.num_classes, ProbeConfig(), device=device, progress=False)
+    t_lbfgs = time.perf_counter() - tic
     tic = time.perf_counter()
     joint = train_probes(train, y, test, yt, ds.num_classes, cfg, device=device, progress=False)
     sync(device)
@@ -300,8 +299,43 @@ def case_probes(device: torch.device, epochs: int) -> dict:
             "max_diff_loop_pp": 100 * max(abs(joint.accuracy[k] - loop[k]) for k in names),
             "max_diff_plain_pp": 100 * max(abs(joint.accuracy[k] - plain[k]) for k in names),
             "mean_acc_joint": float(np.mean([joint.accuracy[k] for k in names])),
+            "lbfgs_s": t_lbfgs, "mean_acc_lbfgs": float(np.mean([lbfgs.accuracy[k] for k in names])),
+            "lbfgs_converged": len(names) - len(lbfgs.unconverged),
+            "max_diff_lbfgs_sklearn_pp": 100 * max(abs(lbfgs.accuracy[k] - sk[k]) for k in names),
             "mean_acc_sklearn": float(np.mean([sk[k] for k in names])),
             "acc_joint": [joint.accuracy[k] for k in names], "acc_sklearn": [sk[k] for k in names]}
+
+
+def case_probe_widths(device: torch.device, repeats: int, epochs: int = 2, points: int = 4, n: int = 10_000,
+                      m: int = 2000) -> dict:
+    """The joint harun trainer against the papers' per-layer loop at widths D x classes C, on
+    synthetic Gaussian class features (speed only): median of ``repeats`` after a warm-up."""
+    from tunnelscope.probes import ProbeConfig, train_probes
+
+    cfg = ProbeConfig(protocol="harun", epochs=epochs)
+    rows = []
+    for d in (256, 2048):
+        for c in (10, 100):
+            g = torch.Generator().manual_seed(d + c)
+            centres = torch.randn(c, d, generator=g)
+            y, yt = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
+            train = {f"p{i}": (centres[y] + 3 * torch.randn(n, d, generator=g)).to(device) for i in range(points)}
+            test = {k: (centres[yt] + 3 * torch.randn(m, d, generator=g)).to(device) for k in train}
+            y, yt = y.to(device), yt.to(device)
+
+            def joint():
+                train_probes(train, y, test, yt, c, cfg, device=device, progress=False)
+                sync(device)
+
+            def loop():
+                for k in train:
+                    plain_probe(train[k], y, test[k], yt, c, cfg)
+                sync(device)
+
+            t_joint, t_loop = timed(joint, repeats), timed(loop, repeats)
+            rows.append({"dims": d, "classes": c, "joint_s": t_joint, "loop_s": t_loop, "speedup": t_loop / t_joint})
+    return {"device": str(device), "points": points, "train": n, "test": m, "epochs": epochs, "repeats": repeats,
+            "rows": rows}
 
 
 def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict:
@@ -349,6 +383,8 @@ def main() -> None:
         out = case_invert(device)
     elif name == "probes-mlp12":
         out = case_probes(device, epochs=10)
+    elif name == "probes-widths":
+        out = case_probe_widths(device, max(3, repeats))
     elif name == "cka-vgg":
         out = case_cka_peer(vgg, VGG_DATA, "flatten", device, max(1, repeats // 2), limit=512)
     else:

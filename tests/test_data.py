@@ -141,3 +141,14 @@ def test_torchvision_datasets_need_a_download(no_data):
     rows = {r["name"]: r for r in data.list_datasets()}
     assert rows["cifar10"]["available"] is False and rows["digits"]["available"] is True
     assert rows["mnist1d"]["available"] is True and rows["fashion-mnist"]["available"] is False
+
+
+@pytest.mark.parametrize("spec", ["digits[size=28]", "digits[size=16,channels=3]", "fashion-mnist[size=20]"])
+def test_normalisation_is_computed_on_the_images_as_the_model_sees_them(spec):
+    """The whole base training split, normalised, has mean 0 and std 1 per channel (after the resize)."""
+    ds = data.load(spec)
+    x = torch.cat([b for b, _ in ds.train.batches(4096)]).double()
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+    np.testing.assert_allclose(flat.mean(1).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(flat.std(1).numpy(), 1, atol=1e-4)
+    assert "after resizing" in ds.info["normalisation"]["computed_on"]

@@ -201,3 +201,28 @@ def test_replacing_a_run_removes_its_old_figures_and_compare_needs_metrics(runs,
 def test_summary_json_is_strict(runs):
     path, _, _ = runs["mlp-6x64"]
     json.loads((path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+
+
+def test_compare_gives_the_spread_over_training_seeds(runs, tmp_path, capsys):
+    from scipy import stats
+
+    shallow_dir, _, shallow = runs["mlp-3x64"]
+    ds = data.load(DATA)
+    again = train("mlp-3x64", ds, epochs=3, out=tmp_path / "seed1", batch_size=64, progress=False,
+                  early_checkpoints=False, seed=1)
+    other = analyze(again.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(protocol="harun", epochs=10),
+                    progress=False)
+    other.save(tmp_path / "seed1-analysis")
+    code, out, _ = run_cli(["compare", shallow_dir, tmp_path / "seed1-analysis", runs["mlp-6x64"][0],
+                            "--out", tmp_path / "cmp", "--json"], capsys)
+    assert code == 0
+    seeds = pd.read_csv(tmp_path / "cmp" / "seeds.csv")
+    assert len(seeds) == 1 and seeds.runs.item() == 2 and seeds.seeds.item() == "0, 1"
+    values = np.array([shallow.summary["mean_retained"], other.summary["mean_retained"]])
+    half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+    assert seeds["mean_retained mean"].item() == pytest.approx(values.mean())
+    assert seeds["mean_retained ±95%"].item() == pytest.approx(half)
+    fig = compare_figure([shallow, other], ["a", "b"], ["g", "g"])
+    assert [line.get_label() for line in fig.axes[0].get_lines() if line.get_label().startswith("mlp")] == \
+        ["mlp-3x64 (2 seeds)"]
+    assert len(fig.axes[0].collections) == 1  # the band over seeds

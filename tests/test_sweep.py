@@ -15,7 +15,7 @@ import yaml
 from cli_helpers import run_cli
 from tunnelscope.errors import SpecError
 from tunnelscope.sweep import Store, SweepSpec
-from tunnelscope.sweep.report import mean_ci
+from tunnelscope.uncertainty import mean_ci
 
 KEY_COLUMNS = ["cell", "step", "dataset", "split", "point", "metric", "other_point"]
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pandas as pd
@@ -123,3 +124,15 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, fashion_small):
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="do not match mlp-3x48"):
         ts.load_model(tmp_path / "mismatch.pt")
+
+
+def test_thread_count_and_environment_are_recorded(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        result = ts.train("mlp-3x16", "digits", epochs=1, out=tmp_path, batch_size=64, progress=False, threads=1)
+    finally:
+        torch.set_num_threads(before)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["environment"]["threads"] == 1 and "deterministic_algorithms" in run["environment"]
+    meta = torch.load(result.final_checkpoint, weights_only=True)["meta"]
+    assert meta["environment"]["threads"] == 1

@@ -36,7 +36,7 @@ from .metrics.spectrum import RANK_TOL, effective_rank, eigen, numerical_rank, p
 from .progress import progress_bar
 from .train.loop import resolve_device
 from .verdict import check_statistics_samples
-from .versions import package_versions
+from .versions import environment, package_versions
 
 METRICS = {
     "rank": "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)",
@@ -142,7 +142,8 @@ def resolve_model(model, device: torch.device, dataset: data_mod.Dataset | None 
         if shape != tuple(dataset.input_shape):
             raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
                             f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
-    return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step")}
+    return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step"),
+                                     "train_seed": meta.get("seed")}
 
 
 def analyze_layers(
@@ -339,7 +340,7 @@ def analyze_layers(
         "sampling": f"seeded random subset of at most {max_samples} per split (seed {seed} train, {seed + 1} test)"
         if max_samples else "all samples", "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": eps,
         "ridge_lambda": f"{ridge} * tr(Σ)/D", "precision": precision, "device": str(dev),
-        "threads": torch.get_num_threads(),
+        "environment": environment(dev),
         "class_names": dataset.class_names, "data_info": dataset.info, "versions": package_versions(),
         "seconds": time.perf_counter() - tic, "warnings": warn,
     }

@@ -44,7 +44,7 @@ def cli() -> None:
     Examples:
       tunnelscope demo
       tunnelscope datasets
-      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" --out runs/a
+      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0000936.pt --data "fashion-mnist[classes=0-4]" --out runs/a
       tunnelscope report runs/demo
       tunnelscope compare runs/demo runs/a
       tunnelscope train --model mlp-12x256 --data "fashion-mnist[classes=0-4]" --epochs 10 --out runs/mlp12
@@ -131,6 +131,8 @@ def _train_options(f):
         click.option("--label-smoothing", type=float, default=None, help="Label smoothing (default: the recipe's)."),
         click.option("--batch-size", type=int, default=128, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads (default: torch's); recorded, since it changes the last digits of a run."),
         click.option("--checkpoint-every", type=int, default=1, show_default=True, help="Checkpoint every K epochs."),
         click.option("--early-checkpoints/--no-early-checkpoints", default=True, show_default=True,
                      help="Checkpoints at steps 0, 1, 2, 4, 8, ... of the first epoch."),
@@ -391,7 +393,7 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
 
     \b
     Examples:
-      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0002340.pt \\
+      tunnelscope analyze --checkpoint runs/demo/checkpoints/step-0000936.pt \\
           --data "fashion-mnist[classes=0-4]" --ood "fashion-mnist[classes=5-9]" --ood digits --out runs/a
       tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
       tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol harun --probe-seeds 3 --json --out runs/b
@@ -484,7 +486,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
 
     \b
     Examples:
-      tunnelscope invert --checkpoint runs/demo/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" \\
+      tunnelscope invert --checkpoint runs/demo/checkpoints/step-0000936.pt --data "fashion-mnist[classes=0-4]" \\
           --images 8 --out runs/demo
       tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
     """

@@ -184,9 +184,13 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
     return pngs
 
 
-def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
-    """ID probe accuracy (NCC accuracy for a run without probes) and numerical rank of
-    several runs, against layer index (left) and relative depth (right)."""
+def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
+    """ID probe accuracy (NCC accuracy for a run without probes) and numerical rank of several
+    runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
+    (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
+    from .uncertainty import mean_ci
+
+    groups = list(groups) if groups is not None else [None] * len(runs)
     accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
     rows = [name for name, present in (("accuracy", any(accuracy)), ("rank", any(r.has("rank") for r in runs)))
             if present]
@@ -195,20 +199,43 @@ def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
                         "--metrics including probe, ncc or rank")
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
     ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "rank": "numerical rank (test)"}
+    # one entry per line: (label, member indices); a seed group is one line
+    lines: list[tuple[str, list[int]]] = []
+    seen: dict[str, int] = {}
+    for i, (label, group) in enumerate(zip(labels, groups)):
+        if group is None:
+            lines.append((label, [i]))
+        elif group in seen:
+            lines[seen[group]][1].append(i)
+        else:
+            seen[group] = len(lines)
+            lines.append((label, [i]))
     for row, kind in zip(axes, rows):
-        for i, (run, label, acc) in enumerate(zip(runs, labels, accuracy)):
-            metric = acc if kind == "accuracy" else ("rank" if run.has("rank") else None)
+        for colour, (label, members) in enumerate(lines):
+            first = runs[members[0]]
+            metric = accuracy[members[0]] if kind == "accuracy" else ("rank" if first.has("rank") else None)
             if metric is None:
                 continue
-            curve = run.curve(metric, with_input=False).to_numpy()
-            layers = np.arange(1, len(curve) + 1)
-            name = label + (" (NCC)" if metric == "ncc_acc" else "")
-            row[0].plot(layers, curve, marker="o", ms=3, color=f"C{i}", label=name)
-            row[1].plot(layers / len(curve), curve, marker="o", ms=3, color=f"C{i}", label=name)
-            start = run.summary.get("tunnel_start@0.95")
-            if kind == rows[0] and start is not None and start < len(curve):
-                row[0].axvline(start, color=f"C{i}", ls=":", lw=1)
-                row[1].axvline(start / len(curve), color=f"C{i}", ls=":", lw=1)
+            curves = [runs[m].curve(metric, with_input=False).to_numpy() for m in members]
+            if len({len(c) for c in curves}) != 1:
+                raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
+            stacked = np.stack(curves)
+            mean_half = [mean_ci(stacked[:, j]) for j in range(stacked.shape[1])]
+            mean = np.array([m for m, _ in mean_half])
+            half = np.array([h for _, h in mean_half])
+            layers = np.arange(1, len(mean) + 1)
+            name = (f"{runs[members[0]].summary.get('model', label)} ({len(members)} seeds)" if len(members) > 1
+                    else label) + (" (NCC)" if metric == "ncc_acc" else "")
+            for ax, x in ((row[0], layers), (row[1], layers / len(mean))):
+                ax.plot(x, mean, marker="o", ms=3, color=f"C{colour}", label=name)
+                if len(members) > 1:
+                    ax.fill_between(x, mean - half, mean + half, color=f"C{colour}", alpha=0.2, lw=0)
+            starts = [runs[m].summary.get("tunnel_start@0.95") for m in members]
+            if kind == rows[0] and all(s is not None for s in starts):
+                start = float(np.mean(starts))
+                if start < len(mean):
+                    row[0].axvline(start, color=f"C{colour}", ls=":", lw=1)
+                    row[1].axvline(start / len(mean), color=f"C{colour}", ls=":", lw=1)
         for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabels[kind])
@@ -216,10 +243,9 @@ def compare_figure(runs: Sequence, labels: Sequence[str]) -> Figure:
             if kind == "rank":
                 ax.set_yscale("log")
         row[0].legend(fontsize=8)
-    fig.suptitle("dotted lines: tunnel start (τ = 0.95)", fontsize=9)
+    fig.suptitle("dotted lines: tunnel start (τ = 0.95; mean over seeds); bands: 95% interval over training seeds",
+                 fontsize=9)
     return fig
-
-
 
 
 def inversion_grid(inv, max_images: int = 8) -> Figure:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .bootstrap import DEFAULT_RESAMPLES
+from .uncertainty import DEFAULT_RESAMPLES
 from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, resolve_model, sample_split
 from .cache import FeatureCache
 from .errors import SpecError
@@ -26,7 +26,7 @@ from .results import COLUMNS, Results
 from .train.loop import resolve_device
 from .transfer import probe_layers
 from .verdict import model_flags, verdict
-from .versions import package_versions
+from .versions import environment, package_versions
 
 PROBE = "probe"
 ALIASES = {"nc": ("nc1", "cdnv", "ncc"), "collapse": ("nc1", "cdnv", "ncc")}
@@ -102,7 +102,7 @@ def analyze(
                            "ood_datasets": list(ood)}
     config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
-                    "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
+                    "device": str(dev), "seed": seed, "environment": environment(dev),
                     "versions": package_versions()}
     max_train = max_samples if max_train is None else max_train
     max_test = max_samples if max_test is None else max_test

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import data as data_mod
 from .analysis import resolve_model, sample_split
-from .bootstrap import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
+from .uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from .cache import DEFAULT_BUDGET, FeatureCache
 from .capture import DEFAULT_MAX_DIM, Capture
 from .errors import InsufficientDataError
@@ -36,7 +36,7 @@ from .progress import progress_bar
 from .train.loop import resolve_device
 from .tunnel import summarize
 from .verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
-from .versions import package_versions
+from .versions import environment, package_versions
 
 
 @dataclass
@@ -258,7 +258,7 @@ def probe_layers(
               "intervals": {"level": LEVEL, "resamples": resamples, "method": (
                   "percentile bootstrap over test samples" + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "")
                   + f" (seed {seed})")},
-              "device": str(dev), "threads": torch.get_num_threads(), "versions": package_versions(),
+              "device": str(dev), "environment": environment(dev), "versions": package_versions(),
               "seconds": time.perf_counter() - tic}
     return TransferStats(table, summary, config)
 

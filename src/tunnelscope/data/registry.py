@@ -11,9 +11,9 @@ Modifiers, applied in this order whatever order they are written in:
 - ``aug=1``         RandomResizedCrop + horizontal flip on training images, per sample.
 - ``seed=K``        seed of the subsampling (default 0).
 
-Normalisation uses per-channel mean and std of the *whole* base training split (after the
-channel conversion), so class subsets of one dataset share it; it is recorded in
-:attr:`Dataset.info`.
+Normalisation uses per-channel mean and std of the *whole* base training split as the model
+sees it (after the resize and the channel conversion), so class subsets of one dataset share
+it; it is computed once per process and recorded in :attr:`Dataset.info`.
 """
 
 from __future__ import annotations
@@ -191,21 +191,23 @@ def resize(x: Tensor, size: int | None, chunk: int = 4096) -> Tensor:
     return torch.cat(out) if out else x.new_zeros((0, x.shape[1], size, size))
 
 
-def channel_stats(x: Tensor, scale: float, channels: int | None = None,
-                  chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: Tensor, scale: float, channels: int | None = None, size: int | None = None,
+                  chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std over a whole split, float64 sums over chunks of samples.
 
-    ``channels`` gives the stats after :func:`convert_channels` without materialising the
-    converted split: grey replicated to 3 channels has the grey stats three times.
+    The images are taken as the model will see them: resized to ``size`` (when given) and
+    converted to ``channels`` first, one chunk at a time, so the converted split is never
+    materialised. Grey replicated to 3 channels has the grey stats three times.
     """
     if channels == 3 and x.shape[1] == 1:
-        mean, std = channel_stats(x, scale, None, chunk)
+        mean, std = channel_stats(x, scale, None, size, chunk)
         return mean * 3, std * 3
     total = torch.zeros(channels if channels == 1 else x.shape[1], dtype=torch.float64)
     square = torch.zeros_like(total)
     count = 0
     for lo in range(0, len(x), chunk):
-        part = convert_channels(x[lo : lo + chunk], channels).double() * scale
+        part = convert_channels(resize(x[lo : lo + chunk], size) if x.dim() == 4 else x[lo : lo + chunk], channels)
+        part = part.double() * scale
         flat = part.transpose(0, 1).reshape(part.shape[1], -1)
         total += flat.sum(1)
         square += (flat * flat).sum(1)
@@ -213,6 +215,19 @@ def channel_stats(x: Tensor, scale: float, channels: int | None = None,
     mean = total / count
     var = (square - count * mean * mean) / (count - 1)
     return tuple(mean.tolist()), tuple(var.clamp_min(1e-16).sqrt().tolist())
+
+
+_STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+
+def normalisation(raw: RawData, key: tuple, size: int | None, channels: int | None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """:func:`channel_stats` of a base training split after resize and channel conversion,
+    remembered for the process (``key`` names the base data: source and generator settings)."""
+    full = (*key, size, channels)
+    if full not in _STATS:
+        _STATS[full] = channel_stats(raw.train_x, raw.scale, channels, size)
+    return _STATS[full]
 
 
 class RandomResizedCropFlip:
@@ -233,7 +248,9 @@ class RandomResizedCropFlip:
 def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
     n_base = len(raw.class_names)
     channels = options.get("channels")
-    mean, std = channel_stats(raw.train_x, raw.scale, channels)
+    size = options.get("size") if raw.kind == "image" else None
+    base = (parsed.name, raw.source, options.get("n"), options.get("data_seed"))
+    mean, std = normalisation(raw, base, size, channels)
     splits = {}
     for name, x, y, cap in (("train", raw.train_x, raw.train_y, "per_class"),
                             ("test", raw.test_x, raw.test_y, "test_per_class")):
@@ -251,7 +268,9 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
     info = {
         "spec": text, "base": parsed.name, "modifiers": dict(parsed.modifiers),
         "source": raw.source, "kind": raw.kind, "normalisation": {"mean": mean, "std": std,
-        "computed_on": f"{parsed.name} full training split"},
+        "computed_on": f"{parsed.name} full training split"
+                       + (f", after resizing to {size}x{size}" if size else "")
+                       + (f" and converting to {channels} channel(s)" if channels else "")},
         "train_samples": len(train), "test_samples": len(test),
         "augmentation": AUGMENTATION if augment else None, "original_classes": classes,
     }

@@ -18,28 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from ..figures import save_figures  # noqa: E402
 from ..io import write_text  # noqa: E402
 from ..report import figure_html, page  # noqa: E402
+from ..uncertainty import mean_ci  # noqa: E402
 from .spec import SweepSpec  # noqa: E402
 from .store import VAR_PREFIX, Store  # noqa: E402
 
 SEED_NAMES = ("seed", "seeds")
 Y_METRICS = {"tunnel_length@0.95": "tunnel length (points, τ = 0.95)", "mean_retained": "mean % OOD retained"}
-
-
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (0 for one value)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return float(values[0]), 0.0
-    sem = values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
 
 
 def final_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -148,4 +136,4 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     return write_text(spec.store / "report.html", body)
 
 
-__all__ = ["aggregate_figures", "dynamics_figure", "mean_ci", "write_sweep_report"]
+__all__ = ["aggregate_figures", "dynamics_figure", "write_sweep_report"]

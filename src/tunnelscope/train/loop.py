@@ -19,7 +19,7 @@ from ..errors import CheckpointError, InsufficientDataError, SpecError, Tunnelsc
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
-from ..versions import package_versions
+from ..versions import environment, package_versions
 from .recipes import Recipe, early_steps
 
 RUN_FILE, HISTORY_FILE, RESUME_FILE, CKPT_DIR = "run.json", "history.csv", "resume.pt", "checkpoints"
@@ -115,6 +115,7 @@ def train(
     progress: bool | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train a zoo model on a dataset and write checkpoints, ``run.json`` and ``history.csv``.
 
@@ -124,8 +125,14 @@ def train(
     state), from which ``resume=True`` continues exactly where the last checkpoint left
     off. ``on_step(step, loss)`` is called after every optimiser step and
     ``on_epoch(row)`` with each epoch's history row. On CPU a seed gives
-    identical weights run after run; on CUDA, ``amp`` (default on) uses bfloat16 autocast.
+    identical weights run after run for the same thread count (``threads`` sets it for the
+    run; it and the other settings that change the last digits are recorded in ``run.json``
+    under ``environment``); on CUDA, ``amp`` (default on) uses bfloat16 autocast.
     """
+    if threads is not None:
+        if threads < 1:
+            raise SpecError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     out = Path(out)
     if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
         raise SpecError("epochs, batch_size and checkpoint_every must be >= 1")
@@ -171,14 +178,18 @@ def train(
     run_info = {
         "config": config, "data": dataset.info, "model": net.describe(), "device": str(dev),
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": package_versions(),
+        "environment": environment(dev),
         "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if resume and state.get("environment") not in (None, run_info["environment"]):
+        run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
 
     def checkpoint() -> None:
         path = out / CKPT_DIR / f"step-{step:07d}.pt"
         meta = {"model_spec": model, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
                 "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
-                "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec)}
+                "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec),
+                "environment": run_info["environment"]}
         save_checkpoint(path, net, meta)
         if str(path) not in map(str, checkpoints):
             checkpoints.append(path)
@@ -186,7 +197,7 @@ def train(
         save_checkpoint(out / RESUME_FILE, net, meta, extra={
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
             "step": step, "history": history, "checkpoints": [str(p) for p in checkpoints],
-            "epoch_sums": dict(sums), "config": config,
+            "epoch_sums": dict(sums), "config": config, "environment": run_info["environment"],
         })
         write_json(out / RUN_FILE, {**run_info, "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
 

@@ -1,4 +1,5 @@
-"""Confidence intervals for probe accuracies and the tunnel's metrics, by the bootstrap.
+"""Confidence intervals: the bootstrap for one run's probe accuracies and tunnel metrics, and
+Student-t intervals for a mean over training seeds.
 
 The probes are trained once; what varies under resampling is which test samples they are
 scored on. Each resample draws the test samples of every dataset with replacement
@@ -102,5 +103,20 @@ def tunnel_intervals(id_curves: np.ndarray, classes_id: int, ood: dict[str, tupl
     return out
 
 
-__all__ = ["DEFAULT_RESAMPLES", "LEVEL", "curve_samples", "interval", "pearson_rows", "retained",
+def mean_ci(values, level: float = LEVEL) -> tuple[float, float]:
+    """Mean of finite ``values`` and the half-width of its Student-t interval (0 for one value;
+    NaN for none): the spread over training seeds."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return float(values[0]), 0.0
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
+
+
+__all__ = ["DEFAULT_RESAMPLES", "mean_ci", "LEVEL", "curve_samples", "interval", "pearson_rows", "retained",
            "tunnel_intervals", "tunnel_starts"]

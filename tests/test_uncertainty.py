@@ -4,7 +4,7 @@ against the per-curve definitions."""
 import numpy as np
 import pytest
 
-from tunnelscope.bootstrap import curve_samples, interval, pearson_rows, retained, tunnel_intervals, tunnel_starts
+from tunnelscope.uncertainty import curve_samples, interval, pearson_rows, retained, tunnel_intervals, tunnel_starts
 from tunnelscope.tunnel import ood_retained, tunnel_start
 
 
