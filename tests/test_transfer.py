@@ -92,3 +92,39 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
                 errors.append(1 - (pred == y).mean())
     expected = next((i + 1 for i, e in enumerate(errors) if e <= 0.05), None)
     assert stats.summary["effective_depth"] == expected and stats.summary["ncc_eps"] == 0.05
+
+
+def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(small_mlp):
+    """The acceptance check of the default protocol, on a trained model with an OOD set: per layer,
+    within 1 pp of scikit-learn's LogisticRegression (standardised features, C = 1), fitted on the
+    same features independently."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from tunnelscope.capture import Capture
+    from tunnelscope.checkpoint import load_model
+    from tunnelscope.ood import load_adapted
+
+    result, ds = small_mlp
+    ood = "digits[per_class=60]"
+    stats = probe_layers(result.final_checkpoint, ds, ood=[ood], batch_size=128, progress=False, resamples=0)
+    assert stats.config["probe"]["protocol"] == "lbfgs" and stats.table.converged.all()
+    model, _ = load_model(result.final_checkpoint)
+    capture = Capture(model.eval(), "blocks", include_input=True)
+
+    def features(split):
+        feats, labels = {n: [] for n in capture.names}, []
+        with torch.no_grad():
+            for x, y in split.batches(256):
+                for n, f in capture(x).items():
+                    feats[n].append(f.double().numpy())
+                labels.append(y.numpy())
+        return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
+
+    for key, dataset in (("id", ds), (ood, load_adapted(ood, ds.input_shape)[0])):
+        (tr, ytr), (te, yte) = features(dataset.train), features(dataset.test)
+        ours = stats.curve(key)
+        for name in capture.names:
+            scaler = StandardScaler().fit(tr[name])
+            ref = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(tr[name]), ytr)
+            assert abs(ours[name] - ref.score(scaler.transform(te[name]), yte)) <= 0.01, (key, name)
