@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,7 +32,13 @@ def no_data(tmp_path, monkeypatch):
     """An environment where no dataset files can be found and nothing may be downloaded."""
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "root").mkdir()
     monkeypatch.setattr(sources, "SYSTEM_FASHION_DIR", empty / "system")
     monkeypatch.setattr(sources, "user_cache_dir", lambda: empty / "cache")
     monkeypatch.setenv("TUNNELSCOPE_DATA", str(empty / "root"))
     return empty
+
+
+# In tests, an unexpected exception in the CLI raises with its traceback (a bug must fail loudly),
+# instead of the one-line "internal error" users get.
+os.environ.setdefault("TUNNELSCOPE_DEBUG", "1")

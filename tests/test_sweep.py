@@ -1,4 +1,5 @@
-"""Sweeps: the YAML spec, a tiny grid on local Ray, resuming after a killed worker."""
+"""Sweeps: the YAML spec, a tiny grid in local workers (no network service), the same on Ray,
+resuming after a killed worker."""
 
 import json
 import os
@@ -80,15 +81,7 @@ def test_mean_ci_matches_scipy():
     assert mean_ci(np.array([2.0])) == (2.0, 0.0)
 
 
-@pytest.fixture()
-def ray_local():
-    import ray
-
-    yield
-    ray.shutdown()
-
-
-def test_tiny_grid_on_local_ray_then_nothing_to_do(tmp_path, capsys, ray_local):
+def test_tiny_grid_locally_then_nothing_to_do(tmp_path, capsys):
     path = tiny_spec(tmp_path)
     code, out, _ = run_cli(["sweep", path, "--json"], capsys)
     first = json.loads(out)
@@ -162,7 +155,7 @@ def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
     np.testing.assert_allclose(resumed.value, reference.value, rtol=1e-4, atol=1e-6)
 
 
-def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, ray_local):
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     path = tmp_path / "fail.yaml"
     path.write_text(yaml.safe_dump({
         "name": "fail", "store": "store", "grid": {"classes": ["0-2", "0-42"]},
@@ -240,3 +233,20 @@ def test_cells_that_differ_only_in_their_analysis_share_one_training_run(tmp_pat
     assert [p.name for p in (spec.store / "runs").iterdir()] == [a.train_key]
     run = json.loads((spec.store / "runs" / a.train_key / "run.json").read_text())
     assert run["status"] == "finished" and len(Store(spec.store).collect(spec).cell.unique()) == 2
+
+
+def test_cells_run_as_tasks_on_a_ray_cluster(tmp_path):
+    """--address: the same cells as Ray tasks (here an in-process Ray, reached with address 'auto')."""
+    import ray
+
+    from tunnelscope.sweep.run import run_sweep
+
+    path = tiny_spec(tmp_path, name="onray", checkpoints="final")
+    spec = SweepSpec.load(path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        outcome = run_sweep(spec, address="auto", progress=False)
+    finally:
+        ray.shutdown()
+    assert len(outcome.ran) == 4 and outcome.failed == {}
+    assert (Store(spec.store).status(spec).status == "finished").all()

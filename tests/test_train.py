@@ -119,7 +119,7 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, fashion_small):
         ts.load_model(tmp_path / "foreign.pt")
     result = ts.train("mlp-3x32", fashion_small, epochs=1, out=tmp_path / "run", batch_size=64, progress=False,
                       early_checkpoints=False)
-    payload = torch.load(result.final_checkpoint, weights_only=False)
+    payload = torch.load(result.final_checkpoint, weights_only=True)
     payload["meta"]["model_spec"] = "mlp-3x48"
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="do not match mlp-3x48"):

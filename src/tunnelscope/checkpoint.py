@@ -8,6 +8,7 @@ model from the path alone.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,30 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
+def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and plain containers
+    only, so that no file can run code here. Every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise CheckpointError(f"{what} {path} holds Python objects other than tensors and plain containers; "
+                                  "tunnelscope reads files with weights_only=True and never runs code from one: "
+                                  "save a plain state_dict (torch.save(model.state_dict(), path))") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch file") from None
+    except Exception as exc:  # zip, EOF and decoding errors of every kind
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint file, raising :class:`CheckpointError` if unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__})") from None
+    payload = safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tunnelscope checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

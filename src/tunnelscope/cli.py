@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich import box
 from rich.table import Table
 
-from .errors import CheckpointError, TunnelscopeError
+from .errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
 
 out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
 err_console = Console(stderr=True, soft_wrap=True)
@@ -123,17 +123,17 @@ def _train_options(f):
         click.option("--recipe", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
                      help="sgd: momentum 0.9, wd 5e-4, lr 0.1, cosine; adamw: lr 1e-3, wd 0.05, warm-up + cosine, "
                           "label smoothing 0.1."),
-        click.option("--lr", type=float, default=None, help="Learning rate (default: the recipe's)."),
-        click.option("--weight-decay", type=float, default=None, help="Weight decay (default: the recipe's)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (default: the recipe's)."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="Weight decay (default: the recipe's)."),
         click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default=None,
                      help="Learning-rate schedule (default cosine; onecycle with sgd only)."),
-        click.option("--warmup-epochs", type=float, default=None, help="Warm-up epochs (adamw)."),
-        click.option("--label-smoothing", type=float, default=None, help="Label smoothing (default: the recipe's)."),
-        click.option("--batch-size", type=int, default=128, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None, help="Warm-up epochs (adamw)."),
+        click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=None, help="Label smoothing (default: the recipe's)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads (default: torch's); recorded, since it changes the last digits of a run."),
-        click.option("--checkpoint-every", type=int, default=1, show_default=True, help="Checkpoint every K epochs."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True, help="Checkpoint every K epochs."),
         click.option("--early-checkpoints/--no-early-checkpoints", default=True, show_default=True,
                      help="Checkpoints at steps 0, 1, 2, 4, 8, ... of the first epoch."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -152,7 +152,7 @@ def _train_options(f):
 @cli.command()
 @click.option("--model", "model_spec", required=True, help="Model spec, e.g. mlp-12x256, vgg19-w0.5, resnet18.")
 @click.option("--data", "data_spec", required=True, help="Dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @_train_options
 def train(model_spec: str, data_spec: str, epochs: int, out: str, quiet: bool, as_json: bool, **kwargs) -> None:
@@ -372,13 +372,13 @@ def _metrics_help() -> str:
 @click.option("--untrained-reference", is_flag=True,
               help="Also analyse the same architecture re-initialised (seed --seed), drawn beside the model.")
 @click.option("--no-input", "no_input", is_flag=True, help="Leave out layer 0 (the input, reduced like the layers).")
-@click.option("--max-samples", type=int, default=10_000, show_default=True,
+@click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Samples read per split (a seeded subset; 0 for all).")
-@click.option("--max-train", type=int, default=None,
+@click.option("--max-train", type=click.IntRange(min=1), default=None,
               help="Training samples per dataset for the probes (default: --max-samples, so that one pass per "
                    "ID split serves the statistics and the probes).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace analysis results already in --out.")
@@ -468,11 +468,11 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
-@click.option("--tv", type=float, default=0.0, show_default=True, help="Weight of a total-variation prior.")
+@click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an inversion already in --out.")
@@ -508,6 +508,11 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     dataset = data_mod.load(data_spec, root=data_root)
+    if tuple(dataset.input_shape) != tuple(meta["input_shape"]):
+        raise ShapeError(f"checkpoint {checkpoint} takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "
+                         f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
+    if images > len(dataset.test):
+        raise SpecError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
     split, n = sample_split(dataset.test, images, seed)
     x = torch.cat([b for b, _ in split.batches(256, device=dev)])
     cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed)
@@ -541,7 +546,9 @@ SWEEP_ACTIONS = ("run", "status", "collect")
 @cli.command()
 @click.argument("first")
 @click.argument("spec_file", required=False)
-@click.option("--address", default=None, help="A Ray cluster (host:port or ray://host:port); default: a local Ray.")
+@click.option("--address", default=None,
+              help="Run the cells as tasks on a Ray cluster (host:port, ray://host:port, or auto for one started on "
+                   "this machine with `ray start --head`); default: local worker processes, no network service.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
               help="Cells running at once (default: as Ray schedules).")
 @click.option("--device", default="auto", show_default=True, help="Device inside each cell (GPU cells: auto/cuda).")
@@ -550,11 +557,11 @@ SWEEP_ACTIONS = ("run", "status", "collect")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on standard output.")
 def sweep(first: str, spec_file: str | None, address, max_concurrent, device, out, quiet, as_json) -> None:
-    """Run a YAML sweep of cells on Ray (SPEC.yaml), or show its status, or collect its table.
+    """Run a YAML sweep of cells (SPEC.yaml) locally or on a Ray cluster, or show its status, or collect its table.
 
     \b
     tunnelscope sweep SPEC.yaml          run every unfinished cell; write STORE/report.html
-    tunnelscope sweep status SPEC.yaml   one row per cell: pending, running, finished or failed
+    tunnelscope sweep status SPEC.yaml   one row per cell: pending, running, dead, finished or failed
     tunnelscope sweep collect SPEC.yaml  every finished cell's rows in one tidy table
 
     \b
@@ -620,8 +627,24 @@ def _print_frame(frame, title: str) -> None:
     out_console.print(table)
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _terminate(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files go, a training run can resume
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
+    """Entry point: run the CLI, turning user errors into one line and a non-zero exit.
+
+    An unexpected exception (a bug) is one line too, with exit status 70; ``TUNNELSCOPE_DEBUG=1``
+    shows its traceback."""
+    import os
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=argv, prog_name="tunnelscope", standalone_mode=False)
         if isinstance(code, int):  # a command's click.exceptions.Exit, returned in non-standalone mode
@@ -630,20 +653,26 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.UsageError as exc:  # one line, like every other error, and a pointer to the help
         command = exc.ctx.command_path if exc.ctx else "tunnelscope"
-        click.echo(f"tunnelscope: error: {exc.format_message()} (see '{command} --help')", err=True)
+        click.echo(f"tunnelscope: error: {_one_line(exc.format_message())} (see '{command} --help')", err=True)
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"tunnelscope: error: {exc.format_message()}", err=True)
+        click.echo(f"tunnelscope: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         err_console.print("tunnelscope: interrupted")
         return 130
     except TunnelscopeError as exc:
-        click.echo(f"tunnelscope: error: {exc}", err=True)
+        click.echo(f"tunnelscope: error: {_one_line(exc)}", err=True)
         return 1
     except OSError as exc:
-        click.echo(f"tunnelscope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        click.echo(f"tunnelscope: error: {_one_line(exc.strerror or exc)}: {exc.filename or ''}".rstrip(": "), err=True)
         return 1
+    except Exception as exc:  # a bug: say so in one line
+        if os.environ.get("TUNNELSCOPE_DEBUG"):
+            raise
+        click.echo(f"tunnelscope: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (a bug: please "
+                   "report it; TUNNELSCOPE_DEBUG=1 shows the traceback)", err=True)
+        return 70
     return 0
 
 

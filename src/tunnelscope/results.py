@@ -34,6 +34,9 @@ def check_free(directory: str | Path, overwrite: bool) -> bool:
     """Whether ``directory`` already holds analysis results; refuses it unless ``overwrite``."""
     out = Path(directory)
     taken = (out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists()
+    if taken and not overwrite and not (out / SUMMARY_FILE).exists():
+        raise ResultsError(f"{out} holds a partial analysis (no {SUMMARY_FILE}: an earlier run stopped before "
+                           "finishing); pass --overwrite (overwrite=True) to replace it or choose another --out")
     if taken and not overwrite:
         raise ResultsError(f"{out} already holds analysis results; pass --overwrite (overwrite=True) "
                            "to replace them or choose another --out")

@@ -108,6 +108,19 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
     return options
 
 
+def check_spec(spec: str) -> None:
+    """Raise :class:`SpecError` unless ``spec`` is a valid dataset spec (name and modifiers),
+    without reading any file."""
+    parsed = parse_spec(spec, "dataset spec")
+    if parsed.name.startswith("imagefolder:"):
+        _parse_options(parsed, spec, {}, "image")
+        return
+    source = SOURCES.get(parsed.name)
+    if source is None:
+        raise SpecError(f"unknown dataset {parsed.name!r}; valid names: {', '.join(valid_names())}")
+    _parse_options(parsed, spec, source.extra_modifiers, source.kind)
+
+
 def load(spec: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Load the dataset a spec names, e.g. ``load("fashion-mnist[classes=0-4]")``.
 
@@ -290,7 +303,12 @@ class _FolderImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, _ = self.folder.samples[self.indices[i]]
-        return self.transform(self.folder.loader(path)), self.labels[i]
+        try:
+            image = self.folder.loader(path)
+        except Exception as exc:  # PIL raises several types for unreadable files
+            raise DataNotFoundError(f"cannot read image {path}: {type(exc).__name__}; remove or replace the file") \
+                from None
+        return self.transform(image), self.labels[i]
 
 
 def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:

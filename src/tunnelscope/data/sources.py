@@ -57,9 +57,18 @@ class LoadContext:
 
     @staticmethod
     def make(root: str | os.PathLike | None = None, download: bool = False) -> "LoadContext":
-        """Resolve the explicit root: the argument, else ``$TUNNELSCOPE_DATA``, else none."""
-        chosen = root if root is not None else os.environ.get("TUNNELSCOPE_DATA") or None
-        return LoadContext(Path(chosen).expanduser() if chosen else None, download)
+        """Resolve the explicit root: the argument, else ``$TUNNELSCOPE_DATA``, else none. A root
+        that is not a folder is an error (with ``download``, it is created for the download)."""
+        env = os.environ.get("TUNNELSCOPE_DATA") or None
+        chosen = root if root is not None else env
+        if not chosen:
+            return LoadContext(None, download)
+        path = Path(chosen).expanduser()
+        if not path.is_dir() and not (download and not path.exists()):
+            where = "--data-root" if root is not None else "$TUNNELSCOPE_DATA"
+            raise DataNotFoundError(f"{where} {path} is not a folder; point it at the folder holding your datasets "
+                                    "(or leave it out to use the standard locations)")
+        return LoadContext(path, download)
 
     def user_roots(self) -> list[Path]:
         """Writable roots in order of preference: the explicit root, then the user cache."""

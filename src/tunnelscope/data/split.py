@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ..errors import DataNotFoundError
+
 Batch = tuple[Tensor, Tensor]
 
 
@@ -176,5 +178,13 @@ class FolderSplit:
             pin_memory=device.type == "cuda",
             persistent_workers=False,
         )
-        for xb, yb in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:  # a worker's error arrives wrapped in its traceback text: keep its last line
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                raise DataNotFoundError(lines[-1].split(": ", 1)[-1] if lines else type(exc).__name__) from None
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

@@ -2,10 +2,10 @@
 
 from .base import ZooModel
 from .probe_points import POINT_SETS, order_by_execution, probe_points
-from .registry import FAMILIES, build, count_parameters, list_models, load_weights
+from .registry import FAMILIES, build, check_spec, count_parameters, list_models, load_weights
 from .tv import torchvision_names
 
 __all__ = [
-    "FAMILIES", "POINT_SETS", "ZooModel", "build", "count_parameters", "list_models", "load_weights",
+    "FAMILIES", "POINT_SETS", "ZooModel", "build", "check_spec", "count_parameters", "list_models", "load_weights",
     "order_by_execution", "probe_points", "torchvision_names",
 ]

@@ -125,6 +125,30 @@ def _check_shape(input_shape: tuple[int, ...], image_only: bool, spec: str) -> t
     return shape
 
 
+def check_spec(spec: str) -> None:
+    """Raise :class:`SpecError` unless ``spec`` names a model this registry can build (its
+    syntax, family, depth and width; not its fit to a dataset). Builds nothing."""
+    parsed = parse_spec(spec, "model spec")
+    if parsed.modifiers:
+        raise SpecError(f"model spec {spec!r} takes no [modifiers]; they belong to dataset specs")
+    for family in FAMILIES:
+        match = re.fullmatch(family.pattern, parsed.name)
+        if match is None:
+            continue
+        if family.name in ("mlp", "convnet"):
+            _depth_width(spec, int(match["depth"]), int(match["width"]), 2 if family.name == "mlp" else 0,
+                         "an MLP's (Linear layers, classifier included)" if family.name == "mlp" else "CONV-L-H's L")
+        elif "w" in match.groupdict():
+            _multiplier(match["w"], spec)
+        elif family.name == "tv":
+            from .tv import torchvision_names
+
+            if match["name"] not in torchvision_names():
+                raise SpecError(f"unknown torchvision model {match['name']!r} (see `tunnelscope models --torchvision`)")
+        return
+    raise _unknown(parsed.name)
+
+
 def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: str | Path | None = None) -> ZooModel:
     """Build the model a spec names, for ``num_classes`` outputs and inputs of ``input_shape``.
 
@@ -171,14 +195,17 @@ def _dry_run(model: ZooModel, shape: tuple[int, ...], spec: str) -> None:
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a state dict from a local file, with a clear error when it does not fit."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"weights file {path} does not exist") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot read weights file {path}: {exc}") from None
+    from ..checkpoint import safe_load
+
+    state = safe_load(path, "weights file")
+    if isinstance(state, dict) and state.get("format") == "tunnelscope.checkpoint" and "model" in state:
+        state = state["model"]  # a tunnelscope checkpoint's weights
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"weights file {path} is not a state dict (a mapping of names to tensors); save one "
+                              "with torch.save(model.state_dict(), path)")
     target = model.net if hasattr(model, "net") and not any(k.startswith("net.") for k in state) else model
     try:
         target.load_state_dict(state)
@@ -196,4 +223,4 @@ def list_models() -> list[dict]:
     return rows
 
 
-__all__ = ["FAMILIES", "build", "count_parameters", "list_models", "load_weights"]
+__all__ = ["FAMILIES", "build", "check_spec", "count_parameters", "list_models", "load_weights"]

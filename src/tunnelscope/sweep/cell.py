@@ -4,6 +4,7 @@ skipping those already done. Runs inside a Ray worker or in-process."""
 from __future__ import annotations
 
 import os
+import socket
 import re
 import time
 import traceback
@@ -61,7 +62,8 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
         torch.set_num_threads(threads)  # one worker per core: oversubscribed OpenMP threads crawl
     store = Store(store_root)
     run_dir = store.run_dir(cell.train_key)
-    store.write_record(cell, status="running", pid=os.getpid(), started=time.time(), error=None)
+    store.write_record(cell, status="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
+                       error=None)
     try:
         _train(cell, run_dir, device)
         available = checkpoints(run_dir)

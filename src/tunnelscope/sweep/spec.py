@@ -24,6 +24,7 @@ resources: {cpus: 1, gpus: 0}
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -47,6 +48,8 @@ ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "poi
 CELL_DEFAULTS: dict[str, Any] = {"epochs": 10, "recipe": "sgd", "seed": 0, "batch_size": 128}
 RESOURCE_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "retries": 2}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_CELLS = 10_000
 
 
 def _check_keys(given: dict, valid: set[str], where: str) -> None:
@@ -97,6 +100,56 @@ def _typed(section: dict[str, Any], where: str) -> dict[str, Any]:
             isinstance(which, list) and which and all(isinstance(s, int) for s in which))):
         raise SpecError(f"'analysis.checkpoints' must be final, all or a list of training steps, not {which!r}")
     return out
+
+
+def _check_resources(resources: dict[str, Any], where: str) -> None:
+    """cpus > 0, gpus >= 0 (numbers), retries a whole number >= 0."""
+    for key, low, strict in (("cpus", 0, True), ("gpus", 0, False), ("retries", 0, False)):
+        value = resources[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value > low if strict else value >= low) and (key != "retries" or float(value).is_integer())
+        if not ok:
+            need = {"cpus": "a number > 0", "gpus": "a number >= 0", "retries": "a whole number >= 0"}[key]
+            raise SpecError(f"'resources.{key}' in {where} must be {need}, not {value!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_spec(kind: str, text: str) -> None:
+    from .. import data, models
+
+    (models.check_spec if kind == "model" else data.check_spec)(text)
+
+
+def _validate(cell: "Cell") -> None:
+    """Everything about a cell that can be checked without data or a model, before any cell runs:
+    a bad value fails the whole sweep at once, not each cell on a worker."""
+    from ..pipeline import parse_metrics
+    from ..probes import PROTOCOLS
+    from ..capture import Reduction
+    from ..train.recipes import Recipe
+
+    t, a = cell.train, cell.analysis
+    where = f"cell {cell.label()}"
+    try:
+        if not isinstance(t["model"], str) or not isinstance(t["data"], str):
+            raise SpecError("'model' and 'data' must be strings")
+        _check_spec("model", t["model"])
+        _check_spec("data", t["data"])
+        for ood in a["ood"] if isinstance(a["ood"], list) else [a["ood"]]:
+            _check_spec("data", str(ood))
+        for key, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("checkpoint_every", 1),
+                         ("max_samples", 0), ("probe_epochs", 1)):
+            section = t if key in t else a
+            if key in section and section[key] is not None and section[key] < low:
+                raise SpecError(f"'{key}' must be >= {low}, not {section[key]}")
+        Recipe.resolve(str(t.get("recipe", "sgd")), int(t["epochs"]), t.get("lr"), t.get("weight_decay"),
+                       t.get("schedule"), None, t.get("label_smoothing"))
+        parse_metrics(a["metrics"])
+        Reduction.parse(str(a["reduce"]))
+        if a["protocol"] not in PROTOCOLS:
+            raise SpecError(f"unknown probe protocol {a['protocol']!r}; valid: {', '.join(PROTOCOLS)}")
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def _placeholders(value: Any) -> set[str]:
@@ -177,9 +230,19 @@ class SweepSpec:
             if raw.get(section) is not None and not isinstance(raw[section], dict):
                 raise SpecError(f"'{section}' in {where} must be a mapping of keys to values, "
                                 f"not {type(raw[section]).__name__}")
+        name = str(raw["name"])
+        if not _NAME.fullmatch(name) or ".." in name:
+            raise SpecError(f"sweep name {name!r} in {where} must be letters, digits, '_', '.' and '-' (it names the "
+                            "store folder), not a path")
         grid = raw.get("grid") or {}
         if not all(isinstance(v, list) and v for v in grid.values()):
             raise SpecError(f"'grid' in {where} must map each variable to a non-empty list of values")
+        cells = 1
+        for values in grid.values():
+            cells *= len(values)
+        if cells > MAX_CELLS:
+            raise SpecError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep into "
+                            "several files or use fewer values per variable")
         for name, values in grid.items():
             if not re.fullmatch(r"\w+", str(name)):
                 raise SpecError(f"grid variable {name!r} must be letters, digits and underscores (it is used as {{{name}}})")
@@ -196,14 +259,15 @@ class SweepSpec:
         _check_keys(analysis, ANALYSIS_KEYS, "'analysis'")
         resources = {**RESOURCE_DEFAULTS, **(raw.get("resources") or {})}
         _check_keys(resources, RESOURCE_KEYS, "'resources'")
+        _check_resources(resources, where)
         undefined = sorted((_placeholders(cell) | _placeholders(analysis)) - set(grid))
         if undefined:
             raise SpecError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid variables; "
                             f"grid variables: {', '.join(grid) or '(none)'}")
         base = source.parent if source else Path.cwd()
-        store = Path(raw.get("store") or f"runs/sweeps/{raw['name']}")
+        store = Path(raw.get("store") or f"runs/sweeps/{name}")
         store = (store if store.is_absolute() else base / store).resolve()
-        spec = cls(str(raw["name"]), store, grid, cell, analysis, resources, source)
+        spec = cls(name, store, grid, cell, analysis, resources, source)
         spec.cells = spec._expand()
         return spec
 
@@ -212,8 +276,10 @@ class SweepSpec:
         cells = []
         for values in itertools.product(*(self.grid[n] for n in names)):
             variables = dict(zip(names, values))
-            cells.append(Cell(variables, _typed(_fill(self.cell, variables), "cell"),
-                              _typed(_fill(self.analysis, variables), "analysis")))
+            cell = Cell(variables, _typed(_fill(self.cell, variables), "cell"),
+                        _typed(_fill(self.analysis, variables), "analysis"))
+            _validate(cell)
+            cells.append(cell)
         keys = [c.key for c in cells]
         if len(set(keys)) != len(keys):
             raise SpecError("two grid combinations give the same cell; a grid variable is not used by 'cell' or "

@@ -14,7 +14,9 @@ partial rows behind, and re-running never duplicates one.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +26,35 @@ from .spec import Cell, SweepSpec
 
 VAR_PREFIX = "var_"
 _STEP = re.compile(r"step-(\d+)\.json$")
+
+
+def live_status(record: dict) -> str:
+    """A record's status, with a ``running`` cell whose process on this host is gone shown as
+    ``dead`` (killed; run the sweep again to resume it). Cells on other hosts cannot be checked."""
+    status = record.get("status", "pending")
+    if status != "running" or record.get("host") not in (None, socket.gethostname()) or "pid" not in record:
+        return status
+    alive = _alive(int(record["pid"]))
+    return "running" if alive else "dead"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process that could be a sweep worker."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():  # not Linux: the pid exists
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return state != "Z" and ("python" in cmdline or "ray" in cmdline or "tunnelscope" in cmdline)
 
 
 class Store:
@@ -68,7 +99,7 @@ class Store:
         rows = []
         for cell in spec.cells:
             record = self.record(cell.key) or {}
-            rows.append({"cell": cell.key, **cell.variables, "status": record.get("status", "pending"),
+            rows.append({"cell": cell.key, **cell.variables, "status": live_status(record),
                          "steps_done": len(self.done_steps(cell.key)), "error": record.get("error")})
         return pd.DataFrame(rows)
 

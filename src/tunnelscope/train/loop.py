@@ -76,7 +76,26 @@ def read_run(out: str | Path) -> dict:
     return run if complete else {}
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of atomic writes that a killed process could not remove."""
+    for folder in (out, out / CKPT_DIR):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _remove_run(out: Path, created: bool) -> None:
+    """Delete what a failed new run wrote (and ``out`` itself when this run created it)."""
+    for name in (RUN_FILE, HISTORY_FILE, RESUME_FILE):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+    _remove_stale_temporaries(out)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    _remove_stale_temporaries(out)
     if resume:
         if not (out / RESUME_FILE).is_file():
             raise CheckpointError(f"nothing to resume in {out}: no {RESUME_FILE}; drop --resume to start a new run")
@@ -148,132 +167,140 @@ def train(
         "recipe": asdict(rec), "checkpoint_every": checkpoint_every, "early_checkpoints": early_checkpoints,
         "amp": use_amp, "drop_last": True,
     }
+    created = not out.exists() or not any(out.iterdir())
     _prepare_out(out, resume, overwrite)
-
-    torch.manual_seed(seed)
-    net = build(model, dataset.num_classes, dataset.input_shape).to(dev)
-    steps_per_epoch = len(dataset.train) // batch_size
-    if steps_per_epoch == 0:
-        raise SpecError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
-                        "lower --batch-size")
-    total_steps = epochs * steps_per_epoch
-    optimizer = rec.optimizer(net)
-    scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=rec.label_smoothing)
-    early = set(early_steps(steps_per_epoch)) if early_checkpoints else set()
-
-    step, history, checkpoints = 0, [], []
-    sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-    if resume:
-        state = _load_resume(out, config)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if dev.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
-        step, history, checkpoints = state["step"], state["history"], [Path(p) for p in state["checkpoints"]]
-        sums = state["epoch_sums"]
-
-    run_info = {
-        "config": config, "data": dataset.info, "model": net.describe(), "device": str(dev),
-        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": package_versions(),
-        "environment": environment(dev),
-        "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if resume and state.get("environment") not in (None, run_info["environment"]):
-        run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
-
-    def checkpoint() -> None:
-        path = out / CKPT_DIR / f"step-{step:07d}.pt"
-        meta = {"model_spec": model, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
-                "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
-                "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec),
-                "environment": run_info["environment"]}
-        save_checkpoint(path, net, meta)
-        if str(path) not in map(str, checkpoints):
-            checkpoints.append(path)
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-        save_checkpoint(out / RESUME_FILE, net, meta, extra={
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-            "step": step, "history": history, "checkpoints": [str(p) for p in checkpoints],
-            "epoch_sums": dict(sums), "config": config, "environment": run_info["environment"],
-        })
-        write_json(out / RUN_FILE, {**run_info, "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
-
-    if not resume and early_checkpoints:
-        checkpoint()  # step 0: the initialisation
-
-    start_epoch = step // steps_per_epoch
     try:
-        with progress_bar(progress) as bars:
-            for epoch in range(start_epoch, epochs):
-                offset = step - epoch * steps_per_epoch
-                task = bars.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch,
-                                     completed=offset, info="")
-                tic = time.perf_counter()
-                net.train()
-                loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-                correct = torch.zeros((), device=dev, dtype=torch.long)
-                seen = 0
-                batches = dataset.train.batches(batch_size, shuffle=True, generator=_shuffle_generator(seed, epoch),
-                                                device=dev, drop_last=True, start_batch=offset)
-                for x, y in batches:
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                        logits = net(x)
-                        loss = criterion(logits.float(), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    loss_sum += loss.detach().double() * len(y)
-                    correct += (logits.detach().argmax(1) == y).sum()
-                    seen += len(y)
-                    if on_step is not None:
-                        on_step(step, loss.detach())
-                    if step in early and epoch == 0:
-                        _fold(sums, loss_sum, correct, seen, tic)
-                        loss_sum.zero_(), correct.zero_()
-                        checkpoint()  # not counted in the epoch's seconds
-                        seen, tic = 0, time.perf_counter()
-                    if step % 20 == 0:
-                        bars.update(task, completed=step - epoch * steps_per_epoch, info=f"loss {loss.item():.3f}")
-                _fold(sums, loss_sum, correct, seen, tic)
-                train_loss = sums["loss"] / max(1, sums["seen"])
-                if not torch.isfinite(torch.tensor(train_loss)):
-                    raise TrainingDivergedError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
-                                                f"lower the learning rate (now {rec.lr})")
-                test_loss, test_acc = evaluate(net, dataset.test, dev, use_amp)
-                history.append({
-                    "epoch": epoch + 1, "step": step, "train_loss": train_loss,
-                    "train_acc": sums["correct"] / max(1, sums["seen"]), "test_loss": test_loss,
-                    "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": sums["seconds"],
-                })
-                sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-                bars.update(task, completed=steps_per_epoch,
-                            info=f"loss {train_loss:.3f} test acc {test_acc:.4f}")
-                _write_history(out, history)
-                if on_epoch is not None:
-                    on_epoch(history[-1])
-                if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
-                    checkpoint()
-    except KeyboardInterrupt:
-        last = checkpoints[-1] if checkpoints else None
-        write_json(out / RUN_FILE, {**run_info, "status": "interrupted", "interrupted_at_step": step,
-                                    "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
-        if should_show(progress) or progress is None:
-            console.print(f"interrupted at step {step}; last complete checkpoint: {last}; "
-                          f"continue with --resume --out {out}", markup=False)
-        raise
 
-    final = history[-1]
-    run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    final={k: final[k] for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
-                    final_checkpoint=str(checkpoints[-1].relative_to(out)),
-                    checkpoints=[str(p.relative_to(out)) for p in checkpoints])
-    write_json(out / RUN_FILE, run_info)
-    return TrainResult(out, net.eval(), pd.DataFrame(history), checkpoints, final["test_acc"])
+        torch.manual_seed(seed)
+        net = build(model, dataset.num_classes, dataset.input_shape).to(dev)
+        steps_per_epoch = len(dataset.train) // batch_size
+        if steps_per_epoch == 0:
+            raise SpecError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
+                            "lower --batch-size")
+        total_steps = epochs * steps_per_epoch
+        optimizer = rec.optimizer(net)
+        scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
+        criterion = nn.CrossEntropyLoss(label_smoothing=rec.label_smoothing)
+        early = set(early_steps(steps_per_epoch)) if early_checkpoints else set()
+
+        step, history, checkpoints = 0, [], []
+        sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        if resume:
+            state = _load_resume(out, config)
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if dev.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
+            step, history, checkpoints = state["step"], state["history"], [Path(p) for p in state["checkpoints"]]
+            sums = state["epoch_sums"]
+
+        run_info = {
+            "config": config, "data": dataset.info, "model": net.describe(), "device": str(dev),
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": package_versions(),
+            "environment": environment(dev),
+            "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if resume and state.get("environment") not in (None, run_info["environment"]):
+            run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
+
+        def checkpoint() -> None:
+            path = out / CKPT_DIR / f"step-{step:07d}.pt"
+            meta = {"model_spec": model, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
+                    "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
+                    "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec),
+                    "environment": run_info["environment"]}
+            save_checkpoint(path, net, meta)
+            if str(path) not in map(str, checkpoints):
+                checkpoints.append(path)
+            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+            save_checkpoint(out / RESUME_FILE, net, meta, extra={
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                "step": step, "history": history, "checkpoints": [str(p) for p in checkpoints],
+                "epoch_sums": dict(sums), "config": config, "environment": run_info["environment"],
+            })
+            write_json(out / RUN_FILE, {**run_info, "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
+
+        if not resume and early_checkpoints:
+            checkpoint()  # step 0: the initialisation
+
+        start_epoch = step // steps_per_epoch
+        try:
+            with progress_bar(progress) as bars:
+                for epoch in range(start_epoch, epochs):
+                    offset = step - epoch * steps_per_epoch
+                    task = bars.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch,
+                                         completed=offset, info="")
+                    tic = time.perf_counter()
+                    net.train()
+                    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+                    correct = torch.zeros((), device=dev, dtype=torch.long)
+                    seen = 0
+                    batches = dataset.train.batches(batch_size, shuffle=True, generator=_shuffle_generator(seed, epoch),
+                                                    device=dev, drop_last=True, start_batch=offset)
+                    for x, y in batches:
+                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                            logits = net(x)
+                            loss = criterion(logits.float(), y)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        scheduler.step()
+                        step += 1
+                        loss_sum += loss.detach().double() * len(y)
+                        correct += (logits.detach().argmax(1) == y).sum()
+                        seen += len(y)
+                        if on_step is not None:
+                            on_step(step, loss.detach())
+                        if step in early and epoch == 0:
+                            _fold(sums, loss_sum, correct, seen, tic)
+                            loss_sum.zero_(), correct.zero_()
+                            checkpoint()  # not counted in the epoch's seconds
+                            seen, tic = 0, time.perf_counter()
+                        if step % 20 == 0:
+                            bars.update(task, completed=step - epoch * steps_per_epoch, info=f"loss {loss.item():.3f}")
+                    _fold(sums, loss_sum, correct, seen, tic)
+                    train_loss = sums["loss"] / max(1, sums["seen"])
+                    if not torch.isfinite(torch.tensor(train_loss)):
+                        raise TrainingDivergedError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
+                                                    f"lower the learning rate (now {rec.lr})" + ("" if resume else "; the new run was removed"))
+                    test_loss, test_acc = evaluate(net, dataset.test, dev, use_amp)
+                    history.append({
+                        "epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                        "train_acc": sums["correct"] / max(1, sums["seen"]), "test_loss": test_loss,
+                        "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": sums["seconds"],
+                    })
+                    sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+                    bars.update(task, completed=steps_per_epoch,
+                                info=f"loss {train_loss:.3f} test acc {test_acc:.4f}")
+                    _write_history(out, history)
+                    if on_epoch is not None:
+                        on_epoch(history[-1])
+                    if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+                        checkpoint()
+        except KeyboardInterrupt:
+            last = checkpoints[-1] if checkpoints else None
+            write_json(out / RUN_FILE, {**run_info, "status": "interrupted", "interrupted_at_step": step,
+                                        "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
+            if should_show(progress) or progress is None:
+                console.print(f"interrupted at step {step}; last complete checkpoint: {last}; "
+                              f"continue with --resume --out {out}", markup=False)
+            raise
+
+        final = history[-1]
+        run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        final={k: final[k] for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
+                        final_checkpoint=str(checkpoints[-1].relative_to(out)),
+                        checkpoints=[str(p.relative_to(out)) for p in checkpoints])
+        write_json(out / RUN_FILE, run_info)
+        return TrainResult(out, net.eval(), pd.DataFrame(history), checkpoints, final["test_acc"])
+    except KeyboardInterrupt:
+        raise  # the checkpoints so far stay, for --resume
+    except BaseException:
+        if not resume:  # a new run that failed leaves nothing behind
+            _remove_run(out, created)
+        raise
 
 
 def _fold(sums: dict, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, tic: float) -> None:
