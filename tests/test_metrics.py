@@ -242,3 +242,17 @@ def test_large_finite_values_are_not_flagged_nonfinite():
     x = np.ones((8, 3), dtype=np.float32) * 3e19
     x[::2] *= -1
     assert int(stream(Moments(1), x).points["a"].nonfinite) == 0
+
+
+def test_within_and_between_class_traces_match_numpy():
+    from tunnelscope.metrics.collapse import trace_b, trace_w
+    from tunnelscope.metrics.registry import PointStats
+
+    x, y = clusters(classes=5, d=9, offset=50.0, dtype=np.float32)
+    stats = PointStats(stream(Moments(5, scatter=False), x, y).points["a"])
+    x64 = x.astype(np.float64)
+    means = np.stack([x64[y == c].mean(0) for c in range(5)])
+    within = np.mean([np.sum((x64[i] - means[y[i]]) ** 2) for i in range(len(y))])
+    between = np.mean(np.sum((means - x64.mean(0)) ** 2, axis=1))
+    assert trace_w(stats) == pytest.approx(within, rel=1e-9)
+    assert trace_b(stats) == pytest.approx(between, rel=1e-9)

@@ -32,56 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ProbePointError, SpecError
+from .features import Features, joint_features, point_views  # noqa: F401  (re-exported)
 from .models.probe_points import order_by_execution, probe_points
 
 DEFAULT_MAX_DIM = 8000
 INPUT_POINT = "input"  # layer 0: the model's input, reduced like the probe points
-
-
-class Features(dict):
-    """``{point: (B, D) tensor}`` for one batch, that also builds, once per dtype, the
-    matrix of all points side by side (``B x Σ D``) which several accumulators share.
-    ``output`` is the model's own output for the batch when the capture ran the whole
-    forward pass (else None)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._joint: dict[torch.dtype, Tensor] = {}
-        self.output: Tensor | None = None
-
-    def joint(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """All points' features concatenated along dim 1, in ``dtype`` (cached)."""
-        if dtype not in self._joint:
-            self._joint[dtype] = torch.cat([x.to(dtype) for x in self.values()], dim=1)
-        return self._joint[dtype]
-
-    def bounds(self) -> dict[str, tuple[int, int]]:
-        """Column range of each point in :meth:`joint`."""
-        out, lo = {}, 0
-        for name, x in self.items():
-            out[name] = (lo, lo + x.shape[1])
-            lo += x.shape[1]
-        return out
-
-
-def joint_features(features: dict[str, Tensor], names: list[str], dtype: torch.dtype) -> tuple[Tensor, list[tuple[int, int]]]:
-    """The ``B x Σ D`` matrix of ``names`` in ``dtype`` and each point's column range,
-    reusing a :class:`Features` cache when the points are all of it, in order."""
-    if isinstance(features, Features) and list(features) == list(names):
-        bounds = features.bounds()
-        return features.joint(dtype), [bounds[n] for n in names]
-    parts = [features[n].to(dtype) for n in names]
-    ends = torch.tensor([p.shape[1] for p in parts]).cumsum(0).tolist()
-    return torch.cat(parts, dim=1), [(e - p.shape[1], e) for p, e in zip(parts, ends)]
-
-
-def point_views(features: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """Each point's features in ``dtype``: views of the shared joint matrix of a
-    :class:`Features` (converted once for all points), or per-point conversions."""
-    if isinstance(features, Features):
-        joint = features.joint(dtype)
-        return {name: joint[:, lo:hi] for name, (lo, hi) in features.bounds().items()}
-    return {name: x.to(dtype) for name, x in features.items()}
 
 
 class _StopForward(Exception):
@@ -271,6 +226,18 @@ class Capture:
             out[n] = feats[n]
         out.output = output if isinstance(output, Tensor) else None
         return out
+
+    def widths(self, example: Tensor) -> dict[str, int]:
+        """Each point's reduced width, from one forward pass over ``example`` (a small batch)."""
+        was_training, output = self.model.training, self.model_output
+        self.model.eval()
+        self.model_output = False
+        try:
+            with torch.inference_mode():
+                return {name: x.shape[1] for name, x in self(example).items()}
+        finally:
+            self.model.train(was_training)
+            self.model_output = output
 
     def stream(self, split, batch_size: int, device: torch.device, progress=None, description: str = "",
                generator: torch.Generator | None = None) -> Iterator[tuple[Features, Tensor]]:

@@ -33,3 +33,7 @@ class ProbePointError(TunnelscopeError, ValueError):
 
 class InsufficientDataError(TunnelscopeError, ValueError):
     """Too few samples or classes for a measurement to mean anything (refused, not guessed)."""
+
+
+class MemoryBudgetError(TunnelscopeError, MemoryError):
+    """A computation whose planned state does not fit in the memory available."""

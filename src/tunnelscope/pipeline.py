@@ -18,12 +18,15 @@ from torch import nn
 
 from . import data as data_mod
 from .uncertainty import DEFAULT_RESAMPLES
-from .analysis import DEFAULT_METRICS, METRICS, analyze_layers, resolve_model, sample_split
+from .data import sample_split
+from .device import resolve_device
+from .engine.statistics import analyze_layers
+from .metrics import DEFAULT_METRICS, METRICS
+from .models import resolve_model
 from .cache import FeatureCache
 from .errors import SpecError
 from .probes import ProbeConfig
 from .results import COLUMNS, Results
-from .train.loop import resolve_device
 from .transfer import probe_layers
 from .verdict import model_flags, verdict
 from .versions import environment, package_versions
@@ -116,7 +119,9 @@ def analyze(
             caches = tuple(stack.enter_context(FeatureCache(sample_split(split, max_samples, seed + i)[1]))
                            for i, split in enumerate((dataset.train, dataset.test)))
         if stats_metrics:
-            stats = analyze_layers(net, dataset, stats_metrics, points=points, reduce=reduce, batch_size=batch_size,
+            # "default"/"all" pass through, so that a metric that does not fit is skipped with a note
+            request = metrics if isinstance(metrics, str) and metrics in ("default", "all") else stats_metrics
+            stats = analyze_layers(net, dataset, request, points=points, reduce=reduce, batch_size=batch_size,
                                    device=dev, max_samples=max_samples, seed=seed, progress=progress,
                                    train_cache=caches[0] if caches else None,
                                    test_cache=caches[1] if caches else None, include_input=include_input)

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .analysis import resolve_model, sample_split
+from .data import sample_split
+from .device import resolve_device
+from .models import resolve_model
 from .uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from .cache import DEFAULT_BUDGET, FeatureCache
 from .capture import DEFAULT_MAX_DIM, Capture
@@ -33,7 +35,6 @@ from .metrics.moments import Moments
 from .ood import load_adapted
 from .probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
 from .progress import progress_bar
-from .train.loop import resolve_device
 from .tunnel import summarize
 from .verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from .versions import environment, package_versions

@@ -188,3 +188,11 @@ class FolderSplit:
                 lines = [line for line in str(exc).splitlines() if line.strip()]
                 raise DataNotFoundError(lines[-1].split(": ", 1)[-1] if lines else type(exc).__name__) from None
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def sample_split(split: Split, limit: int | None, seed: int) -> tuple[Split, int]:
+    """``split`` itself, or a seeded random subset of ``limit`` samples in their original order; and its size."""
+    if limit is None or len(split) <= limit:
+        return split, len(split)
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return split.subset(idx), limit

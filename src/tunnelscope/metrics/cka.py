@@ -24,12 +24,15 @@ import torch
 from torch import Tensor
 
 from ..errors import TunnelscopeError
+from ..features import joint_features
+from .base import Accumulator
 from .moments import Moments
+from .registry import Metric, register
 
 MIN_BATCH = 4
 
 
-class MinibatchCKA:
+class MinibatchCKA(Accumulator):
     """The ``L x L`` matrix of summed HSIC₁ over minibatches, for the given points.
 
     Points from two models read on the same batches (e.g. keys ``"a/…"`` and ``"b/…"``)
@@ -38,11 +41,15 @@ class MinibatchCKA:
     """
 
     def __init__(self, names: Sequence[str], gram_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
         self.names = list(names)
         self.gram_dtype = gram_dtype
         self.hsic: Tensor | None = None
         self.batches = 0
         self.skipped = 0
+        self.add_state("hsic", None)  # (L, L) summed HSIC₁, allocated at the first batch
+        self.add_state("batches", 0)
+        self.add_state("skipped", 0)
 
     def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
         """Add one minibatch (all points read on the same ``n`` examples)."""
@@ -50,8 +57,6 @@ class MinibatchCKA:
         if n < MIN_BATCH:
             self.skipped += 1
             return
-        from ..capture import joint_features
-
         work = torch.float64 if self.gram_dtype == torch.float64 else torch.float32
         joint, bounds = joint_features(features, self.names, work)
         joint = joint - joint.mean(0)  # any shift is exact for HSIC₁; this one keeps values small
@@ -71,24 +76,18 @@ class MinibatchCKA:
         self.hsic = batch if self.hsic is None else self.hsic + batch
         self.batches += 1
 
-    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
-        if other.names != self.names:
+    def _check_mergeable(self, other: Accumulator) -> None:
+        super()._check_mergeable(other)
+        if other.names != self.names:  # type: ignore[attr-defined]
             raise ValueError("cannot merge CKA accumulators over different points")
-        if other.hsic is not None:
-            self.hsic = other.hsic.clone() if self.hsic is None else self.hsic + other.hsic
-        self.batches += other.batches
-        self.skipped += other.skipped
-        return self
 
-    def all_reduce(self, group=None) -> None:
-        import torch.distributed as dist
+    def record(self) -> dict:
+        """What the results record about this accumulator."""
+        return {"cka_batches": self.batches}
 
-        if self.hsic is None:
-            raise TunnelscopeError("all_reduce before any update: every process needs at least one batch")
-        counts = torch.tensor([self.batches, self.skipped], dtype=torch.float64, device=self.hsic.device)
-        dist.all_reduce(self.hsic, group=group)
-        dist.all_reduce(counts, group=group)
-        self.batches, self.skipped = int(counts[0]), int(counts[1])
+    def notes(self) -> list[str]:
+        """Warnings for the results."""
+        return [f"minibatch CKA skipped {self.skipped} batch(es) smaller than {MIN_BATCH}"] if self.skipped else []
 
     def compute(self) -> Tensor:
         """The CKA matrix (float64); NaN where a point's self-HSIC is not positive."""
@@ -106,7 +105,7 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     return float((y.T @ x).square().sum() / (torch.linalg.norm(x.T @ x) * torch.linalg.norm(y.T @ y)))
 
 
-class FullCKA:
+class FullCKA(Accumulator):
     """Full-data linear CKA for all pairs of points, from streamed joint moments.
 
     Keeps the covariance of the concatenated features, so its state is ``(Σ D_l)²``:
@@ -114,14 +113,13 @@ class FullCKA:
     """
 
     def __init__(self, names: Sequence[str], max_total_dim: int = 4096) -> None:
+        super().__init__()
         self.names = list(names)
         self.max_total_dim = max_total_dim
         self.moments = Moments(num_classes=1, matmul_dtype=torch.float64)
         self.dims: list[int] = []
 
     def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
-        from ..capture import joint_features
-
         if not self.dims:
             self.dims = [features[n].shape[1] for n in self.names]
             if sum(self.dims) > self.max_total_dim:
@@ -131,7 +129,10 @@ class FullCKA:
         joint, _ = joint_features(features, self.names, torch.float64)
         self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
 
-    def merge(self, other: "FullCKA") -> "FullCKA":
+    def merge(self, other: Accumulator) -> "FullCKA":
+        """The joint moments are shifted sums: merged by :meth:`Moments.merge`."""
+        self._check_mergeable(other)
+        assert isinstance(other, FullCKA)
         self.moments.merge(other.moments)
         self.dims = self.dims or other.dims
         return self
@@ -150,3 +151,19 @@ class FullCKA:
             for j, bj in enumerate(blocks):
                 out[i, j] = scatter[bi, bj].square().sum() / (norms[i] * norms[j])
         return out
+
+
+FULL_CKA_MAX_DIM = 4096
+
+
+def _full_cka_fits(dims) -> str | None:
+    total = sum(dims)
+    return (f"full-data CKA over {total} dims exceeds {FULL_CKA_MAX_DIM}; use minibatch CKA, fewer points, "
+            "or a smaller reduction (gap, project:D)") if total > FULL_CKA_MAX_DIM else None
+
+
+register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
+                stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
+                min_batch=MIN_BATCH))
+register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
+                stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM), fits=_full_cka_fits))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..features import point_views
 from .base import PointAccuracy
 from .moments import PointMoments
+from .registry import Metric, Options, PointStats, point_metric, register
 
 
 PINV_RTOL = 1e-15 ** 0.5
@@ -69,8 +71,6 @@ class NCCAccuracy(PointAccuracy):
             self._terms[name] = (ref.to(dtype), (2 * centred).T.contiguous().to(dtype), norms.to(dtype))
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
-        from ..capture import point_views
-
         self.seen += len(labels)
         views = point_views(features, self.dtype)
         for name, (ref, twice_centred_t, norms) in self._terms.items():
@@ -85,5 +85,44 @@ def effective_depth(ncc_train_error: list[float], eps: float = 0.01) -> int | No
             return i
     return None
 
+
+@point_metric("nc1", "neural collapse NC1 = tr(Σ_W Σ_B⁺)/C", default=True)
+def _nc1(stats: PointStats) -> float:
+    return nc1(stats.moments)
+
+
+@point_metric("cdnv", "class-distance normalised variance", moments="means", default=True)
+def _cdnv(stats: PointStats) -> float:
+    return cdnv(stats.moments)
+
+
+@point_metric("trace_w", "tr Σ_W, the within-class variance (mean squared distance to the class mean)",
+              moments="means")
+def trace_w(stats: PointStats) -> float:
+    """``tr Σ_W = (1/N) Σ_c n_c Var_c``, from class counts and norms only (no ``D x D`` state)."""
+    m = stats.moments
+    keep = m.present()
+    return float((m.cn[keep] * m.class_variances()[keep]).sum() / m.n)
+
+
+@point_metric("trace_b", "tr Σ_B, the between-class variance (mean over classes of ‖μ_c - μ‖²)", moments="means")
+def trace_b(stats: PointStats) -> float:
+    """``tr Σ_B = (1/C) Σ_c ‖μ_c - μ‖²`` over the classes present (Σ_B as in :func:`nc1`)."""
+    m = stats.moments
+    keep = m.present()
+    return float(((m.class_means()[keep] - m.mean()) ** 2).sum(1).mean())
+
+
+def _effective_depth_summary(values: dict[str, dict[str, float]], points: list[str], options: Options) -> dict:
+    """Effective depth (Galanti et al.): the first point whose NCC train error is at most ε."""
+    depth = effective_depth([1 - values["train"][p] for p in points], options.eps)
+    return {"effective_depth": depth, "effective_depth_point": points[depth - 1] if depth else None,
+            "ncc_eps": options.eps}
+
+
+register(Metric(
+    "ncc", "nearest-class-centre accuracy on train and test (class means from train)", row="ncc_acc",
+    readout=lambda train, opts: NCCAccuracy({n: m.class_means() for n, m in train.items()}, opts.matmul_dtype),
+    readout_moments="means", summarise=_effective_depth_summary))
 
 __all__ = ["NCCAccuracy", "cdnv", "effective_depth", "nc1"]

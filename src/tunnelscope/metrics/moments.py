@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..features import joint_features
+from .base import Accumulator
+
 f64 = torch.float64
 
 
@@ -92,23 +95,25 @@ class PointMoments:
         return (self.scatter() if scatter is None else scatter) + self.n * torch.outer(mu, mu)
 
 
-class Moments:
+class Moments(Accumulator):
     """Streaming moments of every probe point (see the module docstring).
 
     ``matmul_dtype`` is the precision of the per-batch product of centred features
     (float32 by default: the features are centred first, so its rounding is relative to
     their within-class spread, not their mean); with float64 the whole update is float64.
-    Running sums are always float64.
+    Running sums are always float64. ``merge`` and ``all_reduce`` override the base
+    class's plain sums: shards are first re-expressed around common shifts.
     """
 
     def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32, scatter: bool = True) -> None:
+        super().__init__()
         self.num_classes = num_classes
         self.matmul_dtype = matmul_dtype
         self.scatter = scatter  # False: class counts, means and norms only, no D x D products
         self.names: list[str] = []
         self.dims: list[int] = []
         self.state: dict[str, Tensor] = {}
-        self.w2: list[Tensor] = []
+        self.w2: list[Tensor | None] = []
         self._unseen: set[int] = set(range(num_classes))
 
     # ------------------------------------------------------------------ layout
@@ -144,8 +149,6 @@ class Moments:
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         """Add one batch: ``features[point]`` is ``(B, D)``, ``labels`` is ``(B,)``."""
-        from ..capture import joint_features
-
         full = self.matmul_dtype == f64 or any(x.dtype == f64 for x in features.values())
         work = f64 if full else torch.float32
         joint, _ = joint_features(features, list(features), work)
@@ -171,6 +174,28 @@ class Moments:
             part = mm[:, lo:hi]
             w2 += part.T @ part
 
+    def reset(self) -> None:
+        """Forget every sample (and the points and shifts)."""
+        self.__init__(self.num_classes, self.matmul_dtype, self.scatter)  # type: ignore[misc]
+
+    def release(self, name: str) -> None:
+        """Free the ``D x D`` scatter of one point once its metrics are computed; its class
+        counts, means and norms stay (NCC and CDNV still work)."""
+        i = self.names.index(name)
+        if self.w2 and self.w2[i] is not None:
+            self.w2[i] = None  # type: ignore[call-overload]
+
+    def nbytes(self) -> int:
+        """Bytes held by the state (float64)."""
+        return 8 * (sum(t.numel() for t in self.state.values()) + sum(w.numel() for w in self.w2 if w is not None))
+
+    @staticmethod
+    def planned_bytes(num_classes: int, dims: list[int], scatter: bool = True) -> int:
+        """Bytes :class:`Moments` will allocate for points of widths ``dims``."""
+        total = sum(dims)
+        return 8 * (2 * num_classes * total + num_classes * (1 + len(dims)) + len(dims)
+                    + (sum(d * d for d in dims) if scatter else 0))
+
     # ------------------------------------------------------------------ shards
     def reshift(self, new: Tensor) -> None:
         """Re-express every sum around per-class shifts ``new`` (exact identities)."""
@@ -192,8 +217,9 @@ class Moments:
         other._unseen = set(self._unseen)
         return other
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Accumulator) -> "Moments":
         """Add another shard (same points and classes) into this one and return self."""
+        assert isinstance(other, Moments)
         if not other.state:
             return self
         if not self.state:

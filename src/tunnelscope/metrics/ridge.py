@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..features import point_views
 from .base import PointAccuracy
 from .moments import PointMoments
+from .registry import Metric, Options, register
 
 DEFAULT_RIDGE = 1e-3
 
@@ -40,10 +42,18 @@ class RidgeAccuracy(PointAccuracy):
         self.probes = {k: tuple(t.to(dtype) for t in v) for k, v in probes.items()}
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
-        from ..capture import point_views
-
         self.seen += len(labels)
         views = point_views(features, self.dtype)
         for name, (w, mu, prior) in self.probes.items():
             scores = (views[name] - mu) @ w + prior
             self.correct[name] += (scores.argmax(1) == labels).sum()
+
+
+def _ridge_readout(train: dict[str, PointMoments], options: Options) -> RidgeAccuracy:
+    """Ridge probes fitted on each point's training moments (points with non-finite features get none)."""
+    probes = {n: ridge_weights(m, options.ridge) for n, m in train.items() if int(m.nonfinite) == 0}
+    return RidgeAccuracy(probes, options.matmul_dtype)
+
+
+register(Metric("ridge", "closed-form ridge probe accuracy from the moments (a fast proxy, not a trained probe)",
+                row="ridge_acc", readout=_ridge_readout, readout_moments="scatter"))

@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .linalg import eigen, eigenvalues, top_eigenvector  # noqa: F401  (re-exported)
+from .registry import PointStats, point_metric
+
 RANK_TOL = 1e-3
-
-
-def eigen(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, float64."""
-    vals, vecs = torch.linalg.eigh(matrix.double())
-    return vals.flip(0), vecs.flip(1)
 
 
 def numerical_rank(eigenvalues: Tensor, tol: float = RANK_TOL) -> int:
@@ -56,3 +53,19 @@ def pc1_cos2(first_components: dict[str, Tensor]) -> dict[tuple[str, str], float
             u, v = first_components[a], first_components[b]
             out[(a, b)] = float((u @ v) ** 2 / ((u @ u) * (v @ v))) if u.shape == v.shape else float("nan")
     return out
+
+
+@point_metric("rank", "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)", default=True)
+def _rank(stats: PointStats) -> float:
+    return numerical_rank(stats.covariance_eigenvalues)
+
+
+@point_metric("erank", "effective rank (RankMe) of the uncentred features", default=True)
+def _erank(stats: PointStats) -> float:
+    return effective_rank(stats.second_moment_eigenvalues, stats.moments.count)
+
+
+@point_metric("pc1", "share of variance on PC1, and squared cosine of PC1 between points", default=True,
+              pair_vector=lambda stats: stats.pc1, pairs=pc1_cos2, pairs_row="pc1_cos2")
+def _pc1(stats: PointStats) -> float:
+    return pc1_ratio(stats.covariance_eigenvalues)

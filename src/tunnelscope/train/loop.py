@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
+from ..device import resolve_device
 from ..errors import CheckpointError, InsufficientDataError, SpecError, TunnelscopeError
 from ..io import write_json, write_text
 from ..models import build
@@ -43,19 +44,6 @@ class TrainResult:
     def final_checkpoint(self) -> Path:
         """The checkpoint written after the last epoch."""
         return self.checkpoints[-1]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; an unavailable device is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SpecError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def _shuffle_generator(seed: int, epoch: int) -> torch.Generator:

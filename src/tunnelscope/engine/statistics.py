@@ -1,0 +1,445 @@
+"""The statistics pass: plan → passes → table, computing only what was asked.
+
+1. **Plan** (:func:`make_plan`): from the metrics asked for and what each declares in the
+   registry (:mod:`tunnelscope.metrics.registry`), decide which splits need moments and
+   at which level (class means only, or the ``D x D`` scatter too), which stream
+   accumulators read the test split, and whether the training split is read at all. A
+   CKA-only request reads the test split once and keeps no moments. The plan's memory is
+   checked against a budget before anything is allocated.
+2. **Passes** (:func:`train_pass`, :func:`test_pass`): one streaming model pass per split
+   feeds every accumulator. Training-split point metrics and read-outs are computed right
+   after the training pass and its scatter matrices released, so the two splits' ``D x D``
+   states never coexist; each point's state is released once its metrics are read.
+3. **Table** (:func:`point_rows` and friends): one tidy row per split × point × metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import data as data_mod
+from ..cache import DEFAULT_BUDGET, FeatureCache
+from ..capture import DEFAULT_MAX_DIM, Capture
+from ..device import resolve_device
+from ..errors import MemoryBudgetError, SpecError
+from ..metrics import LEVELS, Metric, Options, PointStats, parse_metrics
+from ..metrics.base import ModelAccuracy
+from ..metrics.moments import Moments
+from ..metrics.spectrum import RANK_TOL
+from ..models import resolve_model
+from ..progress import progress_bar
+from ..verdict import check_statistics_samples
+from ..versions import environment, package_versions
+
+TABLE_COLUMNS = ["model", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
+                 "valid"]
+SPLITS = ("train", "test")
+
+
+@dataclass
+class LayerStats:
+    """The tidy table of layer statistics, the config that produced it, and a summary.
+
+    ``table`` has one row per model × split × probe point × metric (plus ``other_point``
+    for pairwise metrics such as CKA), with the point's ``layer`` index (0 for the input)
+    and its relative ``depth`` (layer / number of points). Unpacks as ``table, config``.
+    """
+
+    table: pd.DataFrame
+    config: dict
+    summary: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        yield self.table
+        yield self.config
+
+    def metric(self, name: str, split: str = "test") -> pd.Series:
+        """One per-point metric as a Series indexed by probe point, in layer order."""
+        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.isna()]
+        if rows.empty:
+            raise KeyError(f"no metric {name!r} on split {split!r}; have {sorted(self.table.metric.unique())}")
+        return rows.sort_values("layer").set_index("point")["value"]
+
+    def matrix(self, name: str = "cka", split: str = "test") -> pd.DataFrame:
+        """A pairwise metric (``cka``, ``cka_full``, ``pc1_cos2``) as a points × points frame."""
+        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.notna()]
+        if rows.empty:
+            raise KeyError(f"no pairwise metric {name!r} on split {split!r}")
+        order = [p for p in [self.config.get("input_point"), *self.config["points"]] if p in set(rows.point)]
+        return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
+
+
+# ---------------------------------------------------------------------------------------------- plan
+@dataclass
+class Plan:
+    """What the passes compute: metrics kept, moments per split, whether the training split is read."""
+
+    metrics: list[Metric]
+    moments: dict[str, str | None]
+    train_cache: bool  # read-outs score the training split from a feature cache
+    skipped: dict[str, str] = field(default_factory=dict)  # metric → why it was not computed
+
+    @property
+    def train_pass(self) -> bool:
+        return self.moments["train"] is not None or self.train_cache
+
+    @property
+    def streams(self) -> list[Metric]:
+        return [m for m in self.metrics if m.stream is not None]
+
+    @property
+    def readouts(self) -> list[Metric]:
+        return [m for m in self.metrics if m.readout is not None]
+
+    def points_metrics(self) -> list[Metric]:
+        return [m for m in self.metrics if m.value is not None]
+
+
+def _higher(a: str | None, b: str | None) -> str | None:
+    return a if LEVELS[a] >= LEVELS[b] else b
+
+
+def make_plan(metrics: list[Metric], explicit: bool, widths: Sequence[int], keep_train_cache: bool) -> Plan:
+    """The plan for ``metrics`` on points of ``widths``; a metric that does not fit is an
+    error when named explicitly, and skipped with its reason under ``default``/``all``."""
+    plan = Plan([], {"train": None, "test": None}, keep_train_cache)
+    for metric in metrics:
+        reason = metric.fits(widths) if metric.fits is not None else None
+        if reason and explicit:
+            raise SpecError(reason)
+        if reason:
+            plan.skipped[metric.name] = reason
+            continue
+        plan.metrics.append(metric)
+        for split in SPLITS:
+            plan.moments[split] = _higher(plan.moments[split], metric.moments)
+        if metric.readout is not None:
+            plan.moments["train"] = _higher(plan.moments["train"], metric.readout_moments)
+            plan.train_cache = True
+    return plan
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new state on ``device`` (MemAvailable on Linux CPUs), or None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def planned_bytes(plan: Plan, widths: Sequence[int], num_classes: int) -> int:
+    """Peak bytes of the plan's state: one split's moments at a time, plus the joint
+    covariance of full-data CKA, plus eigen-solver workspace for the widest point."""
+    moments = max((Moments.planned_bytes(num_classes, list(widths), plan.moments[s] == "scatter")
+                   for s in SPLITS if plan.moments[s] is not None), default=0)
+    joint = 3 * 8 * sum(widths) ** 2 if any(m.name == "cka_full" for m in plan.metrics) else 0
+    workspace = 4 * 8 * max(widths, default=0) ** 2 if plan.moments["test"] == "scatter" else 0
+    return moments + joint + workspace
+
+
+def check_memory(plan: Plan, widths: Sequence[int], num_classes: int, budget: int | None) -> int:
+    """Refuse, in one line, a plan whose state exceeds ``budget`` bytes; returns its planned bytes."""
+    need = planned_bytes(plan, widths, num_classes)
+    if budget is not None and need > budget:
+        raise MemoryBudgetError(
+            f"the statistics need about {need / 2**30:.1f} GiB ({len(widths)} points up to {max(widths)} dims) "
+            f"but the budget is {budget / 2**30:.1f} GiB; lower max_dim (--max-dim), reduce further "
+            "(--reduce gap or project:D), take fewer points, or drop rank/pc1/erank/nc1/ridge from the metrics")
+    return need
+
+
+# ---------------------------------------------------------------------------------------------- passes
+def run_pass(capture: Capture, split, accumulators: Sequence, batch_size: int, device: torch.device,
+             progress=None, description: str = "", generator: torch.Generator | None = None) -> int:
+    """One model pass over ``split``: every accumulator's ``update`` sees every batch.
+
+    ``generator`` shuffles the order (for extra CKA passes). Returns the samples read.
+    """
+    seen = 0
+    for feats, y in capture.stream(split, batch_size, device, progress=progress, description=description,
+                                   generator=generator):
+        for acc in accumulators:
+            acc.update(feats, y)
+        seen += len(y)
+    return seen
+
+
+@dataclass
+class Run:
+    """The state of one statistics computation, shared by the passes and the table."""
+
+    capture: Capture
+    plan: Plan
+    options: Options
+    num_classes: int
+    batch_size: int
+    device: torch.device
+    bars: object
+    rows: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    invalid: dict[str, set[str]] = field(default_factory=lambda: {"train": set(), "test": set()})
+    readouts: dict[str, dict] = field(default_factory=dict)  # metric → {split: accumulator}
+    streams: dict[str, object] = field(default_factory=dict)
+    passes: list[str] = field(default_factory=list)
+
+    def add(self, split: str, point: str, metric: str, value: float, other: str | None = None,
+            uses_train: bool = False) -> None:
+        """One table row; NaN and not valid where the point's features were not finite."""
+        bad = point in self.invalid[split] or (other is not None and other in self.invalid[split])
+        bad = bad or (uses_train and point in self.invalid["train"])  # read-outs fitted on the training split
+        value = float("nan") if bad else float(value)
+        cap = self.capture
+        layers = len(cap.points)
+        self.rows.append({"model": None, "split": split, "point": point, "layer": cap.layer(point),
+                          "depth": cap.layer(point) / layers, "metric": metric, "value": value, "other_point": other,
+                          "other_layer": cap.layer(other) if other is not None else None,
+                          "valid": not bad and math.isfinite(value)})
+
+
+def train_pass(run: Run, split, cache: FeatureCache) -> None:
+    """Read the training split (if the plan needs it): its point metrics, then the read-outs
+    fitted on its moments; its scatter matrices are released before the test pass."""
+    level = run.plan.moments["train"]
+    if not run.plan.train_pass:
+        return
+    moments = Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter") if level else None
+    accs = ([moments] if moments else []) + ([cache] if run.plan.train_cache else [])
+    run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "train pass")
+    run.passes.append("train")
+    if moments is None:
+        return
+    train_m = moments.points
+    for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
+        run.readouts[metric.name] = {s: metric.readout(train_m, run.options) for s in SPLITS}
+    point_rows(run, "train", moments)
+
+
+def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | None, cka_passes: int,
+              seed: int) -> Moments | None:
+    """Read the test split once for its moments, the streams, the read-outs and the model's
+    own accuracy; then the extra shuffled passes of repeatable streams (CKA)."""
+    level = run.plan.moments["test"]
+    moments = Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter") if level else None
+    names = run.capture.names
+    run.streams = {m.name: m.stream(names, run.options) for m in run.plan.streams}
+    accs: list = [a for a in (moments, model_accuracy) if a is not None] + list(run.streams.values())
+    accs += [r["test"] for r in run.readouts.values()] + list(extra)
+    run.capture.model_output = model_accuracy is not None
+    try:
+        run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "test pass")
+    finally:
+        run.capture.model_output = False
+    run.passes.append("test")
+    repeat = [run.streams[m.name] for m in run.plan.streams if m.repeatable]
+    for extra_pass in range(1, cka_passes if repeat else 1):
+        run_pass(run.capture, split, repeat, run.batch_size, run.device, run.bars,
+                 f"CKA pass {extra_pass + 1}/{cka_passes}", generator=torch.Generator().manual_seed(seed + 1000 + extra_pass))
+        run.passes.append(f"test (shuffled, {extra_pass + 1}/{cka_passes})")
+    return moments
+
+
+# ---------------------------------------------------------------------------------------------- table
+def point_rows(run: Run, split: str, moments: Moments) -> None:
+    """Rows of every point metric on ``split``; each point's ``D x D`` state is released after."""
+    points_m = moments.points
+    names = run.capture.names
+    for name in names:
+        bad = int(points_m[name].nonfinite)
+        if bad:
+            run.invalid[split].add(name)
+            run.warnings.append(f"{split}: {bad} samples with NaN/Inf activations at {name}; "
+                                "its metrics are marked invalid")
+    absent = [c for c in range(run.num_classes) if points_m[names[0]].cn[c] == 0]
+    if absent:
+        run.warnings.append(f"{split}: classes absent from the sample: {absent}; class metrics use the others")
+    metrics = run.plan.points_metrics()
+    paired = [m for m in metrics if m.pairs is not None] if split == "test" else []
+    vectors: dict[str, dict] = {m.name: {} for m in paired}
+    for name in names:
+        stats = PointStats(points_m[name])
+        for metric in metrics:
+            value = float("nan") if name in run.invalid[split] else metric.value(stats)  # type: ignore[misc]
+            run.add(split, name, metric.table_name, value)
+        for metric in paired:  # read now, so that the point's state can go
+            if name not in run.invalid[split]:
+                vectors[metric.name][name] = metric.pair_vector(stats)  # type: ignore[misc]
+        moments.release(name)
+    for metric in paired:
+        for (a, b), v in metric.pairs(vectors[metric.name]).items():  # type: ignore[misc]
+            run.add(split, a, metric.pairs_row, v, b)
+
+
+def readout_rows(run: Run, cache: FeatureCache, points: list[str]) -> dict:
+    """Score the read-outs on the cached training split; their rows and summaries."""
+    train_accs = [r["train"] for r in run.readouts.values()]
+    if train_accs:
+        for feats, y in cache.batches(device=run.device):
+            for acc in train_accs:
+                acc.update(feats, y)
+    summary: dict = {}
+    for metric in run.plan.readouts:
+        values = {split: acc.compute() for split, acc in run.readouts[metric.name].items()}
+        for split in SPLITS:
+            for name in run.capture.names:  # points without a read-out (non-finite training features): NaN
+                run.add(split, name, metric.table_name, values[split].get(name, float("nan")), uses_train=True)
+        if metric.summarise is not None:
+            valid = {s: {p: (v if p not in run.invalid["train"] else float("nan")) for p, v in vals.items()}
+                     for s, vals in values.items()}
+            summary.update(metric.summarise(valid, points, run.options))
+    return summary
+
+
+def stream_rows(run: Run) -> dict:
+    """Rows of every stream metric (an ``L x L`` matrix on the test split) and what they record."""
+    names = run.capture.names
+    record: dict = {}
+    for metric in run.plan.streams:
+        acc = run.streams[metric.name]
+        mat = acc.compute()  # type: ignore[attr-defined]
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                run.add("test", a, metric.table_name, float(mat[i, j]), b)
+        run.warnings.extend(getattr(acc, "notes", lambda: [])())
+        record.update(getattr(acc, "record", lambda: {})())
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def analyze_layers(
+    model: nn.Module | str | Path, data: data_mod.Dataset | str, metrics: str | Sequence[str] = "default",
+    points: str | Sequence[str] = "blocks", reduce: str = "pool2", batch_size: int = 256,
+    device: str | torch.device = "auto", max_samples: int | None = 10_000, seed: int = 0,
+    max_dim: int = DEFAULT_MAX_DIM, eps: float = 0.01, ridge: float = 1e-3, cache_budget: int = DEFAULT_BUDGET,
+    precision: str = "float32", cka_passes: int = 1, data_root: str | Path | None = None,
+    progress: bool | None = None, train_cache: FeatureCache | None = None, test_cache: FeatureCache | None = None,
+    include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | str = "auto",
+) -> LayerStats:
+    """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
+
+    ``model`` is a module, a checkpoint path or a model spec (randomly initialised); ``data``
+    a Dataset or a spec. ``metrics`` is ``"default"``, ``"all"`` or registered names
+    (:data:`tunnelscope.metrics.METRICS`); only what they need is computed (CKA alone reads
+    the test split once). Each split is read at most ``max_samples`` samples (a seeded
+    random subset; ``None`` for all). ``batch_size`` is also the CKA minibatch size ``n``
+    (>= 4). ``precision`` is that of the per-batch products of centred features and of the
+    NCC and ridge scores (``float32`` default, or ``float64``); every running sum is float64.
+    ``train_cache`` / ``test_cache`` (feature caches sized for the sampled splits, owned by
+    the caller) are filled by the same passes, for linear probes to train from.
+    ``include_input`` adds layer 0 (the input, reduced like the points); ``model_accuracy``
+    records the model's own test accuracy in ``summary["model_accuracy"]``.
+    ``memory_budget`` (bytes; ``"auto"``: the memory available now; None: no check) refuses
+    a plan that would not fit before anything is allocated. A split sample of fewer than 2
+    samples is refused. Returns a :class:`LayerStats`.
+    """
+    wanted, explicit = parse_metrics(metrics)
+    _check_settings(wanted, batch_size, precision, cka_passes)
+    dev = resolve_device(device)
+    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    net, model_name, model_info = resolve_model(model, dev, dataset)
+    example = next(dataset.test.batches(2, device=dev))[0]
+    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                      include_input=include_input)
+    widths = list(capture.widths(example).values())
+    plan = make_plan(wanted, explicit, widths, train_cache is not None)
+    budget = available_memory(dev) if memory_budget == "auto" else memory_budget
+    need = check_memory(plan, widths, dataset.num_classes, budget)  # type: ignore[arg-type]
+    splits = _sample(dataset, max_samples, seed, plan, train_cache, test_cache)
+    options = Options(eps=eps, ridge=ridge, matmul_dtype=torch.float64 if precision == "float64" else torch.float32)
+    tic = time.perf_counter()
+    run, summary = _passes(Run(capture, plan, options, dataset.num_classes, batch_size, dev, None), splits,
+                           progress, cache_budget, (train_cache, test_cache), model_accuracy, cka_passes, seed)
+    record = stream_rows(run)
+    for w in run.warnings:
+        warnings.warn(w, stacklevel=2)
+    settings = {"model": model_name, "model_info": model_info, "data": dataset.spec, "max_samples": max_samples,
+                "seed": seed, "points": points, "max_dim": max_dim, "batch_size": batch_size,
+                "cka_passes": cka_passes, "eps": eps, "ridge": ridge, "precision": precision, "device": dev,
+                "class_names": dataset.class_names, "data_info": dataset.info,
+                "samples": {s: (n if s == "test" or plan.train_pass else 0) for s, (_, n) in splits.items()}}
+    config = _config(settings, capture, plan, run.passes, run.warnings, record, need)
+    config["seconds"] = time.perf_counter() - tic
+    return LayerStats(pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name), config, summary)
+
+
+def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_budget: int, caches: tuple,
+            model_accuracy: bool, cka_passes: int, seed: int) -> tuple[Run, dict]:
+    """The training pass, the test pass and the read-outs; returns the run and the summary."""
+    train_cache, test_cache = caches
+    run.warnings += [f"{name} not computed: {why}" for name, why in run.plan.skipped.items()]
+    own = ModelAccuracy() if model_accuracy else None
+    cache_ctx = (FeatureCache(splits["train"][1], cache_budget) if train_cache is None
+                 else contextlib.nullcontext(train_cache))
+    with progress_bar(progress) as bars, cache_ctx as cache:
+        run.bars = bars
+        train_pass(run, splits["train"][0], cache)
+        if cache.spilled_to is not None:
+            run.warnings.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
+                                f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
+        test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own, cka_passes, seed)
+        if test_m is not None:
+            point_rows(run, "test", test_m)
+        summary = {"model_accuracy": own.compute() if own is not None else None,
+                   **readout_rows(run, cache, run.capture.points)}
+    return run, summary
+
+
+def _check_settings(wanted: list[Metric], batch_size: int, precision: str, cka_passes: int) -> None:
+    for metric in wanted:
+        if batch_size < metric.min_batch:
+            raise SpecError(f"batch_size {batch_size} is below {metric.min_batch}, the smallest minibatch "
+                            f"{metric.name} allows")
+    if precision not in ("float64", "float32"):
+        raise SpecError("precision must be float64 or float32")
+    if cka_passes < 1:
+        raise SpecError("cka_passes must be >= 1")
+
+
+def _sample(dataset: data_mod.Dataset, max_samples: int | None, seed: int, plan: Plan,
+            train_cache: FeatureCache | None, test_cache: FeatureCache | None) -> dict[str, tuple]:
+    """The seeded split samples, checked for size and against the callers' caches."""
+    splits = {"train": data_mod.sample_split(dataset.train, max_samples, seed),
+              "test": data_mod.sample_split(dataset.test, max_samples, seed + 1)}
+    for split, (_, n) in splits.items():
+        if split == "test" or plan.train_pass:
+            check_statistics_samples(n, split, dataset.spec)
+    for given, (_, n) in ((train_cache, splits["train"]), (test_cache, splits["test"])):
+        if given is not None and given.capacity != n:
+            raise SpecError(f"a shared feature cache holds {given.capacity} rows but the split sample has {n}")
+    return splits
+
+
+def _config(s: dict, capture: Capture, plan: Plan, passes: list[str], warned: list[str], record: dict,
+            need: int) -> dict:
+    """Everything that changes a number: the caller's settings ``s`` and what the plan and passes did."""
+    points, seed, dev = s["points"], s["seed"], s["device"]
+    sampling = (f"seeded random subset of at most {s['max_samples']} per split (seed {seed} train, {seed + 1} test)"
+                if s["max_samples"] else "all samples")
+    return {
+        "model": s["model"], **s["model_info"], "data": s["data"],
+        "points_set": points if isinstance(points, str) else list(points), "points": capture.points,
+        "input_point": capture.input_point, "layout": capture.layout, "reduce": str(capture.reduction),
+        "max_dim": s["max_dim"], "metrics": [m.name for m in plan.metrics], "skipped_metrics": plan.skipped,
+        "passes": passes, "moments": plan.moments, "batch_size": s["batch_size"], "cka_minibatch": s["batch_size"],
+        "cka_passes": s["cka_passes"], "cka_batches": record.get("cka_batches"), "samples": s["samples"],
+        "sampling": sampling, "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": s["eps"],
+        "ridge_lambda": f"{s['ridge']} * tr(Σ)/D", "precision": s["precision"], "device": str(dev),
+        "planned_bytes": need, "environment": environment(dev), "class_names": s["class_names"],
+        "data_info": s["data_info"], "versions": package_versions(), "warnings": warned,
+    }

@@ -1,0 +1,16 @@
+"""Per-layer metrics: streaming accumulators and the registry the statistics engine plans from.
+
+Importing this package registers every built-in metric (the order below is the order of
+``metrics="all"`` and of the docs).
+"""
+
+from __future__ import annotations
+
+from . import spectrum, collapse, cka, ridge  # noqa: F401  (registers the metrics, in this order)
+from .registry import LEVELS, REGISTRY, Metric, Options, PointStats, parse_metrics, point_metric, register
+
+METRICS: dict[str, str] = {name: m.description for name, m in REGISTRY.items()}
+DEFAULT_METRICS: tuple[str, ...] = tuple(name for name, m in REGISTRY.items() if m.default)
+
+__all__ = ["DEFAULT_METRICS", "LEVELS", "METRICS", "REGISTRY", "Metric", "Options", "PointStats", "parse_metrics",
+           "point_metric", "register"]

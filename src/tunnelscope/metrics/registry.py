@@ -1,0 +1,138 @@
+"""The metric registry: what each per-layer metric needs and how it is read out.
+
+A metric is registered once, in the module that computes it, and the statistics engine
+(:mod:`tunnelscope.engine.statistics`) plans its passes from what the requested metrics
+declare. There are four kinds, by where the value comes from:
+
+- **point** (``value``): a number per probe point and split from that split's
+  :class:`~tunnelscope.metrics.moments.PointMoments` (``moments="means"`` for class counts,
+  means and norms; ``"scatter"`` for the ``D x D`` scatter too), read through a
+  :class:`PointStats` that computes shared quantities (eigenvalues, PC1) once;
+  optionally with ``pairs``, a pairwise value over the points of the test split;
+- **stream**: an accumulator over the test split whose ``compute()`` is an ``L x L``
+  matrix (CKA);
+- **readout**: a classifier fitted on the training moments (``readout_moments``) and
+  scored on both splits (NCC, ridge);
+
+A new point metric is one decorated function::
+
+    @point_metric("trace_w", "tr Σ_W, the within-class variance", moments="scatter")
+    def trace_w(stats: PointStats) -> float:
+        return float(stats.moments.within_scatter().trace() / stats.moments.n)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..errors import SpecError
+from .linalg import eigenvalues, top_eigenvector
+from .moments import PointMoments
+
+Level = Literal["means", "scatter"]
+LEVELS: dict[str | None, int] = {None: 0, "means": 1, "scatter": 2}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings the metrics read: NCC's ε, the ridge strength, the precision of batch products."""
+
+    eps: float = 0.01
+    ridge: float = 1e-3
+    matmul_dtype: torch.dtype = torch.float32
+
+
+class PointStats:
+    """One point's moments on one split, with derived quantities computed once and shared
+    by every metric that asks (the scatter, its eigenvalues, PC1)."""
+
+    def __init__(self, moments: PointMoments) -> None:
+        self.moments = moments
+
+    @cached_property
+    def scatter(self) -> Tensor:
+        return self.moments.scatter()
+
+    @cached_property
+    def covariance_eigenvalues(self) -> Tensor:
+        """Eigenvalues of the centred covariance, descending."""
+        return eigenvalues(self.moments.covariance(self.scatter))
+
+    @cached_property
+    def second_moment_eigenvalues(self) -> Tensor:
+        """Eigenvalues of the uncentred ``Hᵀ H``, descending."""
+        return eigenvalues(self.moments.second_moment(self.scatter))
+
+    @cached_property
+    def pc1(self) -> Tensor:
+        """The first principal direction (unit vector)."""
+        cov = self.moments.covariance(self.scatter)
+        return top_eigenvector(cov, self.covariance_eigenvalues[0])
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered per-layer metric (see the module docstring for the kinds)."""
+
+    name: str
+    description: str
+    default: bool = True
+    row: str = ""  # its name in the results table (``name`` when empty)
+    moments: Level | None = None
+    value: Callable[[PointStats], float] | None = None
+    pair_vector: Callable[[PointStats], Tensor] | None = None  # per point, read before its state is freed
+    pairs: Callable[[dict[str, Tensor]], dict[tuple[str, str], float]] | None = None  # on the test split
+    pairs_row: str = ""
+    stream: Callable[[list[str], Options], Any] | None = None
+    repeatable: bool = False  # a stream that later shuffled passes may feed again (``cka_passes``)
+    min_batch: int = 1
+    fits: Callable[[Sequence[int]], str | None] | None = None  # why points of these widths do not fit
+    readout: Callable[[dict[str, PointMoments], Options], Any] | None = None
+    readout_moments: Level | None = None
+    summarise: Callable[[dict[str, dict[str, float]], list[str], Options], dict] | None = None
+
+    @property
+    def table_name(self) -> str:
+        return self.row or self.name
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Add ``metric`` to the registry (a name registered twice is a programming error)."""
+    if metric.name in REGISTRY:
+        raise ValueError(f"metric {metric.name!r} is registered twice")
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def point_metric(name: str, description: str, moments: Level = "scatter", default: bool = False,
+                 **pairwise: Any) -> Callable[[Callable[[PointStats], float]], Callable[[PointStats], float]]:
+    """Decorator registering ``fn(stats: PointStats) -> float`` as a point metric
+    (``pairwise``: ``pair_vector``, ``pairs`` and ``pairs_row`` of :class:`Metric`)."""
+    def wrap(fn: Callable[[PointStats], float]) -> Callable[[PointStats], float]:
+        register(Metric(name, description, default=default, moments=moments, value=fn, **pairwise))
+        return fn
+    return wrap
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> tuple[list[Metric], bool]:
+    """``"default"``, ``"all"``, a comma list or names → the registered metrics, and whether
+    they were named one by one (so a metric that does not fit is an error, not a skip)."""
+    explicit = not (isinstance(metrics, str) and metrics in ("default", "all"))
+    if isinstance(metrics, str):
+        names = ([m.name for m in REGISTRY.values() if m.default] if metrics == "default" else
+                 list(REGISTRY) if metrics == "all" else [m.strip() for m in metrics.split(",") if m.strip()])
+    else:
+        names = list(metrics)
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown or not names:
+        raise SpecError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}, or 'default' / 'all'")
+    return [REGISTRY[m] for m in dict.fromkeys(names)], explicit

@@ -1,0 +1,50 @@
+"""A model from what a user gives: a module, a checkpoint path, or a spec with optional weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_model
+from ..errors import SpecError
+from .registry import build
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+
+
+def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: Dataset | None = None,
+                  weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
+    """A module, a checkpoint path, or (given ``dataset``) a model spec with optional
+    ``weights`` → ``(module on device, its name, where it came from)``.
+
+    With ``dataset``, a checkpoint whose class count or input shape differs from it is refused."""
+    if isinstance(model, nn.Module):
+        return model.to(device), getattr(model, "spec", type(model).__name__), {}
+    if not isinstance(model, (str, Path)):
+        raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
+    path = Path(model)
+    if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
+        net = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
+        return net.to(device), str(model), {"weights": str(weights) if weights is not None else None,
+                                            "untrained": weights is None}
+    net, meta = load_model(path, device)
+    if dataset is not None:
+        _check_fits(net, path, dataset)
+    return net, meta["model_spec"], {"checkpoint": str(model), "data_spec": meta["data_spec"], "step": meta.get("step"),
+                                     "train_seed": meta.get("seed")}
+
+
+def _check_fits(net: nn.Module, path: Path, dataset: Dataset) -> None:
+    """Refuse a checkpoint whose classes or input shape differ from ``dataset``'s."""
+    classes = getattr(net, "num_classes", dataset.num_classes)
+    if classes != dataset.num_classes:
+        raise SpecError(f"checkpoint {path} has {classes} classes but {dataset.spec} has "
+                        f"{dataset.num_classes}; give --data with the classes it was trained on")
+    shape = tuple(getattr(net, "input_shape", dataset.input_shape))
+    if shape != tuple(dataset.input_shape):
+        raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
+                        f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")

@@ -1,0 +1,88 @@
+"""The statistics engine's plan: only what was asked is computed, memory is checked first,
+metrics that do not fit are skipped with a note, and PC1 comes from a cheaper solver."""
+
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope import models
+from tunnelscope.data import load
+from tunnelscope.engine.statistics import analyze_layers
+from tunnelscope.errors import MemoryBudgetError, SpecError
+from tunnelscope.metrics import REGISTRY
+from tunnelscope.metrics.linalg import eigenvalues, top_eigenvector
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits[classes=0-4]")
+
+
+def run(model, ds, metrics, **kw):
+    return analyze_layers(model, ds, metrics=metrics, batch_size=64, progress=False, **kw)
+
+
+def test_cka_alone_reads_the_test_split_once_and_keeps_no_moments(digits):
+    model = models.build("mlp-3x32", 5, digits.input_shape)
+    stats = run(model, digits, "cka")
+    assert stats.config["passes"] == ["test"]
+    assert stats.config["moments"] == {"train": None, "test": None}
+    assert set(stats.table.metric) == {"cka"} and stats.config["samples"]["train"] == 0
+
+
+@pytest.mark.parametrize("metrics, train, test", [
+    ("cdnv", "means", "means"), ("trace_w,trace_b", "means", "means"), ("rank,pc1", "scatter", "scatter"),
+    ("ncc", "means", None), ("ridge", "scatter", None), ("cdnv,ridge", "scatter", "means"),
+])
+def test_moments_are_kept_at_the_level_the_metrics_need(digits, metrics, train, test):
+    model = models.build("mlp-3x32", 5, digits.input_shape)
+    stats = run(model, digits, metrics)
+    assert stats.config["moments"] == {"train": train, "test": test}
+    assert stats.config["passes"] == ["train", "test"]
+
+
+def test_a_registered_metric_needs_no_engine_change(digits):
+    """trace_w/trace_b are registered in metrics/collapse.py only; the engine plans and tabulates them."""
+    model = models.build("mlp-3x32", 5, digits.input_shape)
+    stats = run(model, digits, "trace_w,trace_b")
+    assert {"trace_w", "trace_b"} == set(stats.table.metric)
+    assert np.isfinite(stats.metric("trace_w", "train")).all() and (stats.metric("trace_b") > 0).all()
+
+
+def test_plans_that_do_not_fit_the_memory_budget_are_refused_before_any_pass(digits):
+    model = models.build("mlp-3x512", 5, digits.input_shape)
+    with pytest.raises(MemoryBudgetError, match=r"need about .* GiB .* budget is") as err:
+        run(model, digits, "rank", memory_budget=1_000_000)
+    assert "\n" not in str(err.value)
+    run(model, digits, "cka", memory_budget=1_000_000)  # CKA alone keeps no D x D state
+
+
+def test_full_cka_over_wide_points_is_skipped_under_all_and_refused_when_named(digits):
+    model = models.build("mlp-3x2048", 5, digits.input_shape)
+    with pytest.warns(UserWarning):
+        stats = run(model, digits, "all", max_samples=200)
+    assert "cka_full" in stats.config["skipped_metrics"] and "cka_full" not in set(stats.table.metric)
+    assert "exceeds 4096" in stats.config["skipped_metrics"]["cka_full"]
+    with pytest.raises(SpecError, match="exceeds 4096"):
+        run(model, digits, "cka_full", max_samples=200)
+
+
+def test_all_runs_every_registered_metric(digits):
+    model = models.build("mlp-3x32", 5, digits.input_shape)
+    stats = run(model, digits, "all")
+    rows = {REGISTRY[m].table_name for m in REGISTRY} | {"pc1_cos2"}
+    assert set(stats.table.metric) == rows and stats.config["skipped_metrics"] == {}
+
+
+@pytest.mark.parametrize("gap", [1.0, 1e-3])
+def test_top_eigenvector_matches_a_full_numpy_decomposition(gap):
+    rng = np.random.default_rng(3)
+    d = 300
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    spectrum = np.concatenate([[10.0, 10.0 - gap * 10.0], rng.uniform(0, 5, d - 2)])
+    m = (q * spectrum) @ q.T
+    vals = eigenvalues(torch.as_tensor(m))
+    np.testing.assert_allclose(vals.numpy(), np.sort(np.linalg.eigvalsh(m))[::-1], rtol=1e-10, atol=1e-10)
+    v = top_eigenvector(torch.as_tensor(m), vals[0]).numpy()
+    ref = np.linalg.eigh(m)[1][:, -1]
+    assert float(v @ ref) ** 2 == pytest.approx(1.0, abs=1e-9)
