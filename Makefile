@@ -20,6 +20,8 @@ demo: setup
 	$(BIN)/tunnelscope demo
 
 test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup

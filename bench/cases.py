@@ -1,155 +1,670 @@
 """One benchmark case per process (run by bench/run.py): prints one JSON line.
 
-Times are medians of repeats after a warm-up; every ratio is against the forward-pass
-floor measured in the same process: one plain inference pass of the same model over the
-same batches.
+    python bench/cases.py CASE DEVICE REPEATS        e.g.  python bench/cases.py stats-mlp12 cpu 1
+
+Times are medians of ``REPEATS`` runs after a warm-up unless a case says otherwise, and every
+ratio is against the forward-pass floor measured in the same process: one plain inference pass
+of the same model over the same samples (both splits where the timed work reads both), with no
+hooks left on the model. Peak memory is counted above what the process held once its data and
+model were loaded (resident memory on CPU, allocated memory on CUDA).
+
+A quick run (environment variable ``TUNNELSCOPE_BENCH_QUICK=1``, or ``bench/run.py --quick``)
+reads at most 512 samples per split and uses untrained models, so that most cases finish within
+a minute or two on two cores (width-4096 takes longer: its time goes to D x D decompositions,
+which no sample cap shortens); its numbers are for checking the cases, not for the docs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import importlib.util
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+import tunnelscope as ts
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import tunnelscope as ts  # noqa: E402
-from references import hsic1  # noqa: E402  float64 numpy reference of METRICS.md §7
-from tunnelscope.analysis import run_pass, sample_split  # noqa: E402
-from tunnelscope.capture import Capture  # noqa: E402
-from tunnelscope.metrics.cka import MinibatchCKA  # noqa: E402
-from tunnelscope.metrics.collapse import NCCAccuracy  # noqa: E402
-from tunnelscope.metrics.moments import Moments  # noqa: E402
-from tunnelscope.metrics.ridge import RidgeAccuracy, ridge_weights  # noqa: E402
-
 MLP_DATA = "fashion-mnist[classes=0-4]"
+MLP_SHAPE = (5, (1, 28, 28))  # classes and input shape of MLP_DATA
 VGG_DATA = "fashion-mnist[classes=0-4,size=32,channels=3,test_per_class=200]"
 BATCH = 256
+FULL_SAMPLES = 10_000  # per split: analyze_layers' default max_samples
+QUICK_SAMPLES = 512
+QUICK_ENV = "TUNNELSCOPE_BENCH_QUICK"
+LONG_RUN_S = 60.0  # a run this long is not repeated (see measure)
+STAT_SUBSETS = ("cka", "rank,pc1", "default", "all")  # metric sets of the statistics cases
+WIDTHS = (256, 1024, 4096)  # of mlp-12xW in the width cases
+HELP_RUNS = 5
 
 
-def reset_peak() -> None:
-    """Reset the kernel's record of this process's peak resident memory (Linux)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+def quick() -> bool:
+    """Whether this is a quick run (``TUNNELSCOPE_BENCH_QUICK`` set, and not to 0)."""
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
 
 
-def peak_mib() -> float:
-    """Peak resident memory since the last :func:`reset_peak`, in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def sample_cap(full: int = FULL_SAMPLES) -> int:
+    """``full`` samples, or at most :data:`QUICK_SAMPLES` in a quick run."""
+    return min(full, QUICK_SAMPLES) if quick() else full
 
 
-def timed_peak(fn, repeats: int) -> tuple[float, float]:
-    """Median time of ``fn`` and the peak resident memory while it ran."""
-    fn()
-    reset_peak()
-    t = timed(fn, repeats)
-    return t, peak_mib()
+# ---------------------------------------------------------------------------------- timing
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
+@dataclass
+class Timing:
+    """The median wall time of ``runs`` timed calls, and the last call's result."""
+
+    seconds: float
+    runs: int
+    result: Any = None
+
+
+def measure(fn: Callable[[], Any], repeats: int, warmup: bool = True, long_s: float | None = None) -> Timing:
+    """Time ``fn``: one untimed warm-up call (unless ``warmup`` is false), then the median of
+    ``repeats`` calls.
+
+    With ``long_s``, a warm-up call that alone takes longer than ``long_s`` seconds is the
+    result (one run): warm-up effects are negligible at that length and repeating it would
+    make the benchmark too long.
+    """
+    result = None
+    if warmup:
         tic = time.perf_counter()
-        fn()
+        result = fn()
+        first = time.perf_counter() - tic
+        if long_s is not None and first > long_s:
+            return Timing(first, 1, result)
+    times = []
+    for _ in range(max(1, repeats)):
+        tic = time.perf_counter()
+        result = fn()
         times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    return Timing(statistics.median(times), len(times), result)
 
 
-def sync(device):
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    """Median time of ``repeats`` calls of ``fn`` after a warm-up call."""
+    return measure(fn, repeats).seconds
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall time covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def mlp12(device) -> tuple[torch.nn.Module, str]:
-    """A trained MLP-12 (mlp-12x256, 10 epochs on Fashion-MNIST classes 0-4), trained here once."""
-    out = ROOT / "runs" / "bench-mlp12"
+def error_text(exc: BaseException) -> str:
+    """One line naming an exception, for a result row."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def _status_mib(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_mib() -> float:
+    """``ru_maxrss``: this process's resident high-water mark since it started, in MiB (Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory:
+    """Peak memory of this process above the baseline taken when it is made, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated at the baseline;
+    :meth:`reset` resets CUDA's peak. CPU: the resident high-water mark (``VmHWM``, the
+    resettable form of ``ru_maxrss``) above the resident memory at the baseline; :meth:`reset`
+    lowers the mark to the current resident memory through ``/proc/self/clear_refs`` where the
+    kernel allows it, and otherwise the mark is ``ru_maxrss`` since the process started (an
+    upper bound). Make it after the data and the model are loaded.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        sync(device)
+        if self.cuda:
+            self.baseline = torch.cuda.memory_allocated() / 2**20
+        else:
+            rss = _status_mib("VmRSS")
+            self.baseline = rss if rss is not None else _maxrss_mib()
+
+    def reset(self) -> None:
+        """Start a new high-water mark at the current memory."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak(self) -> float:
+        """The high-water mark since the last :meth:`reset`, above the baseline, in MiB."""
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20 - self.baseline
+        hwm = _status_mib("VmHWM")
+        return (hwm if hwm is not None else _maxrss_mib()) - self.baseline
+
+
+# ---------------------------------------------------------------------------------- hooks
+
+# The per-module hook tables that torch.nn.Module.register_forward(_pre)_hook fills.
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward and forward-pre hooks registered on ``model`` and its submodules."""
+    return sum(len(getattr(m, "_forward_hooks", {})) + len(getattr(m, "_forward_pre_hooks", {}))
+               for m in model.modules())
+
+
+@contextlib.contextmanager
+def no_leftover_hooks(model: torch.nn.Module):
+    """Remove, on leaving the block, every forward (pre-)hook registered on ``model`` inside it.
+
+    Peers register hooks on the model they compare and do not all remove them (torch-cka
+    0.21 never does): left there, each one slows every later pass of the model, the
+    forward-pass floor included. Hooks that were there before the block stay.
+    """
+    before = {id(m): {t: set(getattr(m, t, {})) for t in _HOOK_TABLES} for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            known = before.get(id(m), {})
+            for table in _HOOK_TABLES:
+                hooks = getattr(m, table, None)
+                if hooks is not None:
+                    for key in [k for k in hooks if k not in known.get(table, set())]:
+                        del hooks[key]
+
+
+# ---------------------------------------------------------------------------------- models and passes
+
+
+def trained_checkpoint(model_spec: str, data_spec: str, epochs: int, name: str) -> Path:
+    """The final checkpoint of ``model_spec`` trained on ``data_spec`` in ``runs/NAME``, trained
+    there on the first call (a finished run is reused)."""
+    out = ROOT / "runs" / name
     info = out / "run.json"
-    if info.is_file() and json.loads(info.read_text()).get("status") == "finished":
-        ckpt = out / json.loads(info.read_text())["final_checkpoint"]
-    else:
-        ckpt = ts.train("mlp-12x256", MLP_DATA, epochs=10, out=out, overwrite=True, progress=False).final_checkpoint
-    model, _ = ts.load_model(ckpt, device)
+    if info.is_file():
+        run = json.loads(info.read_text())
+        if run.get("status") == "finished":
+            return out / run["final_checkpoint"]
+    return Path(ts.train(model_spec, data_spec, epochs=epochs, out=out, overwrite=True, progress=False)
+                .final_checkpoint)
+
+
+def untrained(spec: str, classes: int, shape: tuple[int, ...], device: torch.device) -> torch.nn.Module:
+    """``spec`` built with seed 0, on ``device``, in eval mode."""
+    torch.manual_seed(0)
+    return ts.models.build(spec, classes, shape).to(device).eval()
+
+
+def mlp12(device: torch.device) -> tuple[torch.nn.Module, str]:
+    """A trained MLP-12 (mlp-12x256, 10 epochs on Fashion-MNIST classes 0-4), trained here once;
+    untrained in a quick run."""
+    if quick():
+        return untrained("mlp-12x256", *MLP_SHAPE, device), "mlp-12x256 (untrained; quick run)"
+    model, _ = ts.load_model(trained_checkpoint("mlp-12x256", MLP_DATA, 10, "bench-mlp12"), device)
     return model.eval(), "mlp-12x256 (trained)"
 
 
-def vgg(device) -> tuple[torch.nn.Module, str]:
-    torch.manual_seed(0)
-    return ts.models.build("vggm11", 5, (3, 32, 32)).to(device).eval(), "vggm11 (untrained; timing only)"
+def wide_mlp(width: int) -> Callable[[torch.device], tuple[torch.nn.Module, str]]:
+    """A model function for an untrained mlp-12xWIDTH (timing and numerics only)."""
+    def make(device: torch.device) -> tuple[torch.nn.Module, str]:
+        return untrained(f"mlp-12x{width}", *MLP_SHAPE, device), f"mlp-12x{width} (untrained)"
+    return make
+
+
+def vgg(device: torch.device) -> tuple[torch.nn.Module, str]:
+    """An untrained VGG-11 variant for 32x32 RGB inputs (timing only)."""
+    return untrained("vggm11", 5, (3, 32, 32), device), "vggm11 (untrained; timing only)"
+
+
+def first_samples(split, n: int):
+    """The first ``n`` samples of ``split`` (the split itself when it is no longer)."""
+    return split if len(split) <= n else split.subset(torch.arange(n))
+
+
+def forward_pass(model: torch.nn.Module, splits: list, device: torch.device) -> Callable[[], None]:
+    """The forward-pass floor: one plain inference pass of ``model`` over ``splits`` in batches
+    of :data:`BATCH` (normalisation included, as every timed pass pays it too)."""
+    @torch.inference_mode()
+    def forward() -> None:
+        for split in splits:
+            for x, _ in split.batches(BATCH, device=device):
+                model(x)
+        sync(device)
+    return forward
+
+
+# ---------------------------------------------------------------------------------- 1-2. statistics pass
+
+
+def statistics_pass(model: torch.nn.Module, ds, metrics: str, device: torch.device, n: int):
+    """The whole statistics pass of the public API (train and test passes, every metric of
+    ``metrics`` computed), on at most ``n`` samples per split."""
+    from tunnelscope.engine import analyze_layers
+
+    with warnings.catch_warnings(), no_leftover_hooks(model):
+        warnings.simplefilter("ignore")
+        stats = analyze_layers(model, ds, metrics=metrics, max_samples=n, device=device, progress=False)
+    sync(device)
+    return stats
+
+
+@dataclass
+class Floor:
+    """The forward-pass floor of each split: median seconds over ``samples`` samples."""
+
+    seconds: dict[str, float]
+    samples: dict[str, int]
+
+    @property
+    def total(self) -> float:
+        """The floor over both splits."""
+        return sum(self.seconds.values())
+
+    def over(self, read: dict[str, int]) -> float:
+        """The floor over the samples a pass read (``{"train": n, "test": m}``, 0: not read)."""
+        return sum(self.seconds[k] * read.get(k, 0) / self.samples[k] for k in self.seconds)
+
+
+def time_statistics(model: torch.nn.Module, ds, metrics: str, device: torch.device, repeats: int, n: int,
+                    memory: PeakMemory, floor: Floor) -> dict:
+    """One metric set's statistics pass: median time, its ratio to the forward floor over both
+    splits (``ratio``) and over the samples the pass read (``ratio_read``; a CKA-only pass may
+    read only the test split), peak memory above the baseline, the samples read and the config
+    of the last run; a failure is a result (``error``)."""
+    memory.reset()
+    try:
+        t = measure(lambda: statistics_pass(model, ds, metrics, device, n), repeats, long_s=LONG_RUN_S)
+    except Exception as exc:  # a refusal ("exceeds 4096 dims") is what the row reports
+        nan = float("nan")
+        return {"metrics": metrics, "seconds": nan, "ratio": nan, "ratio_read": nan, "runs": 0, "peak_mib": nan,
+                "samples": None, "error": error_text(exc), "config": None}
+    read = t.result.config["samples"]
+    return {"metrics": metrics, "seconds": t.seconds, "ratio": t.seconds / floor.total,
+            "ratio_read": t.seconds / floor.over(read), "runs": t.runs, "peak_mib": memory.peak(),
+            "samples": read, "error": None, "config": t.result.config}
+
+
+def layout_of(rows: list[dict]) -> dict:
+    """Points and total pooled dims, from the first row that ran."""
+    config = next((r["config"] for r in rows if r["config"] is not None), None)
+    if config is None:
+        return {"points": None, "dims": None}
+    return {"points": len(config["layout"]), "dims": sum(v["dims"] for v in config["layout"].values())}
+
+
+def floor_and_statistics(model: torch.nn.Module, ds, subsets: tuple[str, ...], device: torch.device,
+                         repeats: int) -> dict:
+    """The forward floor over each split's samples, then the statistics pass for each metric set."""
+    n = sample_cap()
+    memory = PeakMemory(device)
+    splits = {"train": first_samples(ds.train, n), "test": first_samples(ds.test, n)}
+    hooks = hook_count(model)  # none expected: a hook left by anyone would slow the floor
+    memory.reset()
+    floor = Floor({k: timed(forward_pass(model, [split], device), repeats) for k, split in splits.items()},
+                  {k: len(split) for k, split in splits.items()})
+    peak_forward = memory.peak()
+    rows = [time_statistics(model, ds, m, device, repeats, n, memory, floor) for m in subsets]
+    out = {"device": str(device), "data": ds.spec, "max_samples": n, "samples": floor.samples, **layout_of(rows),
+           "forward_s": floor.total, "forward_split_s": floor.seconds, "peak_mib_forward": peak_forward,
+           "baseline_mib": memory.baseline, "hooks_at_forward": hooks, "hooks_after": hook_count(model)}
+    for r in rows:
+        del r["config"]
+    return {**out, "rows": rows}
 
 
 def case_stats(model_fn, data_spec: str, device: torch.device, repeats: int) -> dict:
-    """Forward floor vs the analysis test pass (moments, minibatch CKA, NCC, ridge)."""
+    """statistics / forward for each metric set of :data:`STAT_SUBSETS`: the whole public
+    ``analyze_layers`` pass (both splits) against a forward pass over the same samples."""
     ds = ts.data.load(data_spec)
     model, label = model_fn(device)
-    split = ds.test
+    return {"model": label, **floor_and_statistics(model, ds, STAT_SUBSETS, device, repeats)}
 
-    @torch.inference_mode()
-    def forward():
-        for x, _ in split.batches(BATCH, device=device):
-            model(x)
+
+def case_width(width: int, device: torch.device, repeats: int) -> dict:
+    """The default statistics of an untrained mlp-12xWIDTH: time over the forward floor and
+    peak memory (a width of 4096 is one long run, see :func:`measure`)."""
+    ds = ts.data.load(MLP_DATA)
+    model, label = wide_mlp(width)(device)
+    return {"model": label, "width": width, **floor_and_statistics(model, ds, ("default",), device, repeats)}
+
+
+# ---------------------------------------------------------------------------------- 3. --help
+
+
+def tunnelscope_command() -> list[str]:
+    """The ``tunnelscope`` console script beside this interpreter, else ``python -m tunnelscope.cli``."""
+    script = Path(sys.executable).with_name("tunnelscope")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tunnelscope.cli"]
+
+
+def wall(cmd: list[str], runs: int) -> float:
+    """Median wall time of ``runs`` runs of ``cmd`` as a subprocess, after one untimed run
+    that warms the file cache. A failing command stops the case."""
+    subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
+    times = []
+    for _ in range(runs):
+        tic = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def import_times(module: str, top: int = 8, floor_s: float = 0.01) -> dict[str, float]:
+    """Where ``import module`` spends its time: the cumulative import time (s) of each module it
+    imports directly, slowest first, from one ``python -X importtime`` run (indicative only)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True,
+                          text=True, cwd=ROOT)
+    children: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) != 3 or not parts[1].strip().isdigit():
+            continue  # the header, or not an importtime line
+        name, indent = parts[2].strip(), len(parts[2]) - len(parts[2].lstrip())
+        if indent == 1:  # a top-level import finished: its direct imports were the lines just before
+            if name == module:
+                slow = sorted(((t, n) for n, t in children.items() if t >= floor_s), reverse=True)[:top]
+                return {n: t for t, n in slow}
+            children = {}
+        elif indent == 3:
+            children[name] = int(parts[1]) / 1e6
+    return {}
+
+
+def case_help() -> dict:
+    """``tunnelscope --help`` wall time (median of :data:`HELP_RUNS` fresh processes), beside
+    the interpreter's own start-up and ``import tunnelscope.cli``."""
+    cmd = tunnelscope_command() + ["--help"]
+    return {"command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), "runs": HELP_RUNS,
+            "help_s": wall(cmd, HELP_RUNS),
+            "import_s": wall([sys.executable, "-c", "import tunnelscope.cli"], HELP_RUNS),
+            "python_s": wall([sys.executable, "-c", "pass"], HELP_RUNS),
+            "imports": import_times("tunnelscope.cli")}
+
+
+# ---------------------------------------------------------------------------------- 4. analyze breakdown
+
+# Phases of analyze() and save_run, timed by wrapping the functions that do them while the
+# case runs: "module:attribute" (an attribute path may go through a class, e.g. a method). Each
+# phase lists the names its function is called by, in the engine layout and in the former one;
+# every one that exists is wrapped. A phase none of whose names exists is reported as not
+# instrumented: add the new name here when a module moves.
+ANALYZE_PHASES = {
+    "statistics": ("tunnelscope.engine.analyze:analyze_layers", "tunnelscope.pipeline:analyze_layers"),
+    "probes": ("tunnelscope.engine.analyze:probe_layers", "tunnelscope.pipeline:probe_layers"),
+    # inside the probes: data loading, not analysis
+    "ood_loads": ("tunnelscope.engine.probing:load_adapted", "tunnelscope.transfer:load_adapted"),
+    "figures": ("tunnelscope.report.run:save_run_figures", "tunnelscope.results:Results.save_figures"),
+    "html": ("tunnelscope.report.run:write_report", "tunnelscope.results:Results.to_html"),
+}
+# What `tunnelscope demo` analyses, if the library no longer says (see demo_settings).
+DEMO_FALLBACK = {"model": "vgg11-w0.125", "data": "fashion-mnist[classes=0-4]", "epochs": 4,
+                 "ood": ["fashion-mnist[classes=5-9]", "digits[size=28]"],
+                 "quick_data": "fashion-mnist[classes=0-4,per_class=1000,test_per_class=500]",
+                 "quick_ood": ["fashion-mnist[classes=5-9,per_class=1000,test_per_class=500]", "digits[size=28]"]}
+
+
+def _accumulating(fn: Callable, phase: str, seconds: dict[str, float], depth: dict[str, int]) -> Callable:
+    """``fn``, adding the wall time of each outermost call of ``phase`` to ``seconds[phase]``
+    (a call made inside another call of the same phase is already counted)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        depth[phase] += 1
+        tic = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            depth[phase] -= 1
+            if depth[phase] == 0:
+                seconds[phase] += time.perf_counter() - tic
+    return wrapper
+
+
+def _resolve(target: str) -> tuple[Any, str, Any] | None:
+    """``(owner, attribute, value)`` of a ``"module:attribute.path"``, or None if it does not exist."""
+    module_name, _, path = target.partition(":")
+    *parents, attr = path.split(".")
+    try:
+        owner = importlib.import_module(module_name)
+        for parent in parents:
+            owner = getattr(owner, parent)
+        return owner, attr, getattr(owner, attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def phase_timers(targets: dict[str, tuple[str, ...]]):
+    """Time the calls of every existing target of each phase (phase -> ``"module:attribute"``
+    names) while the block runs; yields ``(seconds per phase, phases with no target found)``.
+    Plain functions and methods only; the originals are put back on leaving."""
+    seconds: dict[str, float] = {}
+    depth: dict[str, int] = {}
+    missing: list[str] = []
+    undo = []
+    for phase, names in targets.items():
+        found = [r for r in map(_resolve, names) if r is not None]
+        if not found:
+            missing.append(phase)
+            continue
+        seconds[phase], depth[phase] = 0.0, 0
+        for owner, attr, original in found:
+            setattr(owner, attr, _accumulating(original, phase, seconds, depth))
+            undo.append((owner, attr, original))
+    try:
+        yield seconds, missing
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+
+
+def demo_settings() -> dict:
+    """Model, data, OOD sets and epochs of `tunnelscope demo` (of `demo --quick` in a quick run),
+    read from the library so that the two cannot drift apart."""
+    s = dict(DEMO_FALLBACK)
+    for module in ("tunnelscope.demo", "tunnelscope.cli"):  # the constants' home, then their old one
+        try:
+            m = importlib.import_module(module)
+            s = {"model": m.DEMO_MODEL, "data": m.DEMO_DATA, "ood": list(m.DEMO_OOD), "epochs": m.DEMO_EPOCHS,
+                 "quick_data": m.DEMO_QUICK_DATA, "quick_ood": list(m.DEMO_QUICK_OOD)}
+            break
+        except (ImportError, AttributeError):
+            continue
+    if quick():
+        s["data"], s["ood"] = s["quick_data"], s["quick_ood"]
+    return s
+
+
+def timed_analyze(model, s: dict, device: torch.device, reference: bool) -> dict:
+    """Load the ID data, run ``tunnelscope.analyze`` as the demo does and save its run
+    directory, with every phase of :data:`ANALYZE_PHASES` timed (s: :func:`demo_settings`)."""
+    with phase_timers(ANALYZE_PHASES) as (phase, missing), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tic = time.perf_counter()
+        ds = ts.data.load(s["data"])
+        load_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        results = ts.analyze(model, ds, ood=s["ood"], untrained_reference=reference, max_samples=sample_cap(),
+                             device=device, progress=False)
         sync(device)
+        analyze_s = time.perf_counter() - tic
+        with tempfile.TemporaryDirectory() as tmp:
+            tic = time.perf_counter()
+            from tunnelscope.report import save_run
 
-    capture = Capture(model, "blocks")
-    train_moments = Moments(ds.num_classes)
-    run_pass(capture, ds.train.subset(torch.arange(min(5000, len(ds.train)))), [train_moments], BATCH, device)
-    points = train_moments.points
-    means = {n: p.class_means() for n, p in points.items()}
-    probes = {n: ridge_weights(p) for n, p in points.items()}
+            save_run(results, Path(tmp) / "run")
+            save_s = time.perf_counter() - tic
+    nan = float("nan")
+    stats_s, probes_all = phase.get("statistics", nan), phase.get("probes", nan)
+    ood_s = phase.get("ood_loads", 0.0)
+    return {"load_s": load_s, "statistics_s": stats_s, "probes_s": probes_all - ood_s, "ood_load_s": ood_s,
+            "analyze_other_s": analyze_s - stats_s - probes_all, "analyze_s": analyze_s,
+            "figures_s": phase.get("figures", nan), "html_s": phase.get("html", nan), "save_s": save_s,
+            "analysis_s": stats_s + probes_all - ood_s, "not_instrumented": missing}
 
-    def accumulators(which: str):
-        out = []
-        if which in ("all", "moments"):
-            out.append(Moments(ds.num_classes))
-        if which in ("all", "cka"):
-            out.append(MinibatchCKA(capture.names))
-        if which == "all":
-            out += [NCCAccuracy(means, torch.float32), RidgeAccuracy(probes, torch.float32)]
+
+def case_analyze_demo(device: torch.device) -> dict:
+    """Where the demo's analysis spends its time, in one fresh process (so lazy imports count).
+
+    ``tunnelscope analyze`` as the demo runs it (its trained model, OOD sets and untrained
+    reference), from outside: the import of ``tunnelscope.cli`` (median of fresh processes),
+    loading the ID data, ``tunnelscope.analyze`` with its statistics and probe passes timed by
+    :func:`phase_timers` (OOD data loads inside the probes counted apart), and
+    ``tunnelscope.report.save_run`` with its figures and HTML. A quick run analyses the untrained model on
+    the quick demo's data. Should the analysis with the untrained reference fail, the failure
+    is recorded (``reference_error``) and the breakdown is of the analysis without it.
+    bench/run.py takes the median over fresh processes.
+    """
+    s = demo_settings()
+    if quick():
+        model, label = s["model"], f"{s['model']} (untrained; quick run)"
+    else:
+        model = str(trained_checkpoint(s["model"], s["data"], s["epochs"], "bench-demo"))
+        label = f"{s['model']} (trained)"
+    import_s = wall([sys.executable, "-c", "import tunnelscope.cli"], 3)
+    reference_error = None
+    try:
+        phases = timed_analyze(model, s, device, reference=True)
+    except Exception as exc:  # a library failure is a result; the breakdown goes on without the reference
+        reference_error = error_text(exc)
+        phases = timed_analyze(model, s, device, reference=False)
+    total_s = import_s + phases["load_s"] + phases["analyze_s"] + phases["save_s"]
+    return {"model": label, "data": s["data"], "ood": s["ood"], "device": str(device), "max_samples": sample_cap(),
+            "untrained_reference": reference_error is None, "reference_error": reference_error,
+            "import_s": import_s, **phases, "total_s": total_s,
+            "analysis_share_of_analyze": phases["analysis_s"] / phases["analyze_s"],
+            "analysis_share": phases["analysis_s"] / total_s}
+
+
+# ---------------------------------------------------------------------------------- 5. CKA against peers
+
+
+def hsic1_matrix(grams: np.ndarray) -> np.ndarray:
+    """Unbiased HSIC₁ (Song et al., 2012; METRICS.md §7) between every pair of the ``(L, n, n)``
+    float64 Gram matrices: an ``(L, L)`` matrix.
+
+    With the diagonals zeroed (K̃): (tr K̃L̃ + 1ᵀK̃1·1ᵀL̃1/((n-1)(n-2)) - 2/(n-2)·1ᵀK̃L̃1) / (n(n-3)),
+    where for symmetric Grams tr K̃L̃ is the sum of their elementwise product and 1ᵀK̃L̃1 the dot
+    product of their row sums.
+    """
+    count, n, _ = grams.shape
+    g = grams.copy()
+    g[:, np.arange(n), np.arange(n)] = 0.0
+    flat = g.reshape(count, -1)
+    rows = g.sum(2)
+    totals = rows.sum(1)
+    trace = flat @ flat.T
+    return (trace + np.outer(totals, totals) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows @ rows.T) / (n * (n - 3))
+
+
+def cka_from_hsic(h: np.ndarray) -> np.ndarray:
+    """CKA from summed HSIC₁: ``h[i, j] / sqrt(h[i, i] h[j, j])``."""
+    d = np.sqrt(np.diag(h))
+    return h / np.outer(d, d)
+
+
+def reference_cka(capture, split, device: torch.device) -> dict[str, np.ndarray]:
+    """Float64 numpy minibatch CKA on the same batches and the same captured float32 features.
+
+    ``centred``: each batch's features are centred before their Grams (HSIC₁ is unchanged by
+    that shift), the reference. ``uncentred``: the same float64 formula on uncentred Grams,
+    to show what float64 alone loses when features have large means.
+    """
+    names = capture.names
+    sums = {kind: np.zeros((len(names), len(names))) for kind in ("centred", "uncentred")}
+    with torch.inference_mode():
+        for x, _ in split.batches(BATCH, device=device):
+            if len(x) < 4:  # as MinibatchCKA, which skips batches HSIC₁ is undefined for
+                continue
+            feats = {k: v.double().cpu().numpy() for k, v in capture(x).items()}
+            for kind in sums:
+                fs = [feats[k] - feats[k].mean(0) if kind == "centred" else feats[k] for k in names]
+                sums[kind] += hsic1_matrix(np.stack([f @ f.T for f in fs]))
+    return {kind: cka_from_hsic(h) for kind, h in sums.items()}
+
+
+def torch_cka_matrix(model: torch.nn.Module, names: list[str], loader, device: torch.device) -> np.ndarray:
+    """torch-cka 0.21: the model compared with itself (its API takes two models)."""
+    from torch_cka import CKA
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cka = CKA(model, model, model1_layers=names, model2_layers=names, device=str(device))
+        cka.compare(loader)
+    return cka.export()["CKA"].cpu().numpy()
+
+
+def pytorch_cka_matrix(model: torch.nn.Module, names: list[str], loader, device: torch.device) -> np.ndarray:
+    """pytorch-cka (imported as ``cka``): ``compute_cka`` of the model with itself, which it
+    recognises as one model and runs once per batch."""
+    from cka import compute_cka
+
+    return compute_cka(model, model, loader, layers=names, device=device, progress=False)[0].cpu().numpy()
+
+
+PEERS = {"torch-cka": (torch_cka_matrix, "torch_cka"), "pytorch-cka": (pytorch_cka_matrix, "cka")}
+
+
+def time_peer(fn: Callable, module: str, model: torch.nn.Module, names: list[str], loader, device: torch.device,
+              repeats: int) -> dict:
+    """A peer's median time (its hooks removed after every run) and matrix, or why it has none."""
+    if importlib.util.find_spec(module) is None:
+        return {"seconds": float("nan"), "matrix": None, "error": f"not installed (no module {module!r})"}
+
+    def once() -> np.ndarray:
+        with no_leftover_hooks(model):
+            out = fn(model, names, loader, device)
+        sync(device)
         return out
 
-    def stats(which: str):
-        def go():
-            run_pass(capture, split, accumulators(which), BATCH, device)
-            sync(device)
-        return go
-
-    base = peak_mib()
-    t_fwd, peak_fwd = timed_peak(forward, repeats)
-    t_capture = timed(stats("none"), repeats)
-    t_moments = timed(stats("moments"), repeats)
-    t_cka = timed(stats("cka"), repeats)
-    t_all, peak_all = timed_peak(stats("all"), repeats)
-    return {"model": label, "data": data_spec, "samples": len(split), "device": str(device),
-            "points": len(capture.names), "dims": sum(v["dims"] for v in capture.layout.values()),
-            "forward_s": t_fwd, "capture_ratio": t_capture / t_fwd, "moments_ratio": t_moments / t_fwd,
-            "cka_ratio": t_cka / t_fwd, "all_ratio": t_all / t_fwd,
-            "peak_mib_after_load": base, "peak_mib_forward": peak_fwd, "peak_mib_stats": peak_all}
+    try:
+        t = measure(once, repeats)
+    except Exception as exc:  # the peer's own failure is a result
+        return {"seconds": float("nan"), "matrix": None, "error": error_text(exc)}
+    return {"seconds": t.seconds, "matrix": t.result, "error": None}
 
 
 def case_cka_peer(model_fn, data_spec: str, reduce: str, device: torch.device, repeats: int, limit: int,
                   offset: float = 0.0) -> dict:
-    """Within-model CKA heatmap: tunnelscope vs torch-cka, both against float64 numpy.
+    """Within-model CKA heatmap: tunnelscope against torch-cka and pytorch-cka, each against
+    the float64 numpy reference, on at most ``limit`` test samples.
 
-    ``offset`` is added to every probe point's output (by a forward hook both tools see),
-    as in ReLU features with large means.
+    ``offset`` is added to every probe point's output (by a forward hook all tools see), as
+    in ReLU features with large means. The forward floor is measured first, before any peer
+    touched the model, and every peer's hooks are removed after each of its runs.
     """
-    from torch_cka import CKA
+    from tunnelscope.capture import Capture
+    from tunnelscope.engine import run_pass
+    from tunnelscope.metrics.cka import MinibatchCKA
 
     ds = ts.data.load(data_spec)
     model, label = model_fn(device)
@@ -158,69 +673,37 @@ def case_cka_peer(model_fn, data_spec: str, reduce: str, device: torch.device, r
         for name in ts.models.probe_points(model, "blocks"):
             modules[name].register_forward_hook(lambda m, i, out: out + offset)
         label += f", probe outputs + {offset:g}"
-    split = ds.test.subset(torch.arange(min(limit, len(ds.test))))
+    split = first_samples(ds.test, sample_cap(limit))
     capture = Capture(model, "blocks", reduce=reduce, max_dim=10**7)
     names = capture.names
+    hooks = hook_count(model)  # the offset hooks only
+    t_fwd = timed(forward_pass(model, [split], device), repeats)
 
-    def ours():
+    def ours() -> np.ndarray:
         acc = MinibatchCKA(names)
         run_pass(capture, split, [acc], BATCH, device)
         sync(device)
         return acc.compute().cpu().numpy()
 
+    t_ours = measure(ours, repeats)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*[torch.cat(t) for t in zip(*split.batches(BATCH))]), batch_size=BATCH)
-
-    def peer():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cka = CKA(model, model, model1_layers=names, model2_layers=names, device=str(device))
-            cka.compare(loader)
-        return cka.export()["CKA"].cpu().numpy()
-
-    t_ours = timed(ours, repeats)
-    mine = ours()
-    try:
-        t_peer = timed(peer, max(1, repeats // 2))
-        theirs, peer_error = peer(), None
-    except Exception as exc:  # the peer's own failure is a result
-        t_peer, theirs, peer_error = float("nan"), None, f"{type(exc).__name__}: {exc}"
-    # float64 references on the exact same minibatches, from the same captured float32 features,
-    # one batch at a time keeping only its n x n Grams. HSIC₁ is unchanged by shifting a batch's
-    # features, so the reference centres each batch first; the §7 formula on uncentred Grams is
-    # evaluated too, to show what float64 alone loses when features have large means.
-    hs = {"centred": np.zeros((len(names), len(names))), "uncentred": np.zeros((len(names), len(names)))}
-    with torch.inference_mode():
-        for x, _ in split.batches(BATCH, device=device):
-            feats = {k: v.double().cpu().numpy() for k, v in capture(x).items()}
-            grams = {"uncentred": {k: v @ v.T for k, v in feats.items()},
-                     "centred": {k: (v - v.mean(0)) @ (v - v.mean(0)).T for k, v in feats.items()}}
-            for kind, g in grams.items():
-                for i, a in enumerate(names):
-                    for j, b in enumerate(names[i:], start=i):
-                        hs[kind][i, j] += hsic1(g[a], g[b])
-    refs = {}
-    for kind, h in hs.items():
-        h = np.triu(h) + np.triu(h, 1).T
-        refs[kind] = h / np.sqrt(np.outer(np.diag(h), np.diag(h)))
+    peers = {name: time_peer(fn, module, model, names, loader, device, repeats) for name, (fn, module) in PEERS.items()}
+    refs = reference_cka(capture, split, device)
     ref = refs["centred"]
-    fwd_model = model
-
-    @torch.inference_mode()
-    def forward():
-        for x, _ in split.batches(BATCH, device=device):
-            fwd_model(x)
-        sync(device)
-
-    t_fwd = timed(forward, repeats)
+    for p in peers.values():
+        mat = p.pop("matrix")
+        p["ratio"] = p["seconds"] / t_fwd
+        p["max_err"] = float(np.abs(mat - ref).max()) if mat is not None else float("nan")
     return {"model": label, "data": data_spec, "reduce": reduce, "samples": len(split), "points": len(names),
-            "dims": sum(v["dims"] for v in capture.layout.values()),
-            "device": str(device), "forward_s": t_fwd, "ours_s": t_ours, "peer_s": t_peer,
-            "ours_ratio": t_ours / t_fwd, "peer_ratio": t_peer / t_fwd,
-            "ours_max_err": float(np.abs(mine - ref).max()),
-            "peer_max_err": float(np.abs(theirs - ref).max()) if theirs is not None else float("nan"),
-            "peer_error": peer_error,
+            "dims": sum(v["dims"] for v in capture.layout.values()), "device": str(device), "repeats": repeats,
+            "forward_s": t_fwd, "hooks_at_forward": hooks, "leftover_peer_hooks": hook_count(model) - hooks,
+            "ours_s": t_ours.seconds, "ours_ratio": t_ours.seconds / t_fwd,
+            "ours_max_err": float(np.abs(t_ours.result - ref).max()), "peers": peers,
             "uncentred_f64_max_err": float(np.abs(refs["uncentred"] - ref).max()), "ref_min": float(ref.min())}
+
+
+# ---------------------------------------------------------------------------------- 6. probes
 
 
 def plain_probe(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, num_classes: int, cfg) -> float:
@@ -242,100 +725,115 @@ def plain_probe(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Te
         return float((lin(xt).argmax(1) == yt).float().mean())
 
 
-def case_probes(device: torch.device, epochs: int) -> dict:
+def case_probes(device: torch.device, repeats: int, epochs: int) -> dict:
     """All-layer probes: the joint trainer against the per-layer loop of the same protocol
-    (the papers' way) and against scikit-learn's LogisticRegression per layer."""
+    (the papers' way) and against scikit-learn's LogisticRegression per layer; every time is
+    the median of ``repeats`` runs (no warm-up: each run is long)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from tunnelscope.capture import Capture
+    from tunnelscope.data import sample_split
     from tunnelscope.probes import ProbeConfig, train_probes
 
     model, label = mlp12(device)
     ds = ts.data.load(MLP_DATA)
     capture = Capture(model, "blocks")
+    names = capture.names
 
     def features(split, n):
         split = sample_split(split, n, 0)[0]
-        out, ys = {k: [] for k in capture.names}, []
+        out, ys = {k: [] for k in names}, []
         with torch.inference_mode():
             for x, y in split.batches(1024, device=device):
                 f = capture(x)
-                for k in capture.names:
+                for k in names:
                     out[k].append(f[k])
                 ys.append(y)
         return {k: torch.cat(v) for k, v in out.items()}, torch.cat(ys)
 
-    train, y = features(ds.train, 15000)
-    test, yt = features(ds.test, 5000)
+    train, y = features(ds.train, sample_cap(15000))
+    test, yt = features(ds.test, sample_cap(5000))
+    C = ds.num_classes
     cfg = ProbeConfig(protocol="harun", epochs=epochs)
-    tic = time.perf_counter()
-    lbfgs = train_probes(train, y, test, yt, ds.num_classes, ProbeConfig(), device=device, progress=False)
-    t_lbfgs = time.perf_counter() - tic
-    tic = time.perf_counter()
-    joint = train_probes(train, y, test, yt, ds.num_classes, cfg, device=device, progress=False)
-    sync(device)
-    t_joint = time.perf_counter() - tic
-    tic = time.perf_counter()
-    loop = {k: train_probes({k: train[k]}, y, {k: test[k]}, yt, ds.num_classes, cfg, device=device,
-                            progress=False).accuracy[k] for k in capture.names}
-    sync(device)
-    t_loop = time.perf_counter() - tic
-    tic = time.perf_counter()
-    plain = {k: plain_probe(train[k], y, test[k], yt, ds.num_classes, cfg) for k in capture.names}
-    sync(device)
-    t_plain = time.perf_counter() - tic
-    tic = time.perf_counter()
-    sk = {}
-    for k in capture.names:
-        scaler = StandardScaler().fit(train[k].cpu().numpy())
-        clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train[k].cpu().numpy()), y.cpu().numpy())
-        sk[k] = clf.score(scaler.transform(test[k].cpu().numpy()), yt.cpu().numpy())
-    t_sk = time.perf_counter() - tic
-    names = capture.names
+
+    def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def go():
+            out = fn()
+            sync(device)
+            return out
+        return go
+
+    def sklearn_probes() -> dict[str, float]:
+        sk = {}
+        for k in names:
+            scaler = StandardScaler().fit(train[k].cpu().numpy())
+            clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train[k].cpu().numpy()), y.cpu().numpy())
+            sk[k] = clf.score(scaler.transform(test[k].cpu().numpy()), yt.cpu().numpy())
+        return sk
+
+    lbfgs = measure(synced(lambda: train_probes(train, y, test, yt, C, ProbeConfig(), device=device, progress=False)),
+                    repeats, warmup=False)
+    joint = measure(synced(lambda: train_probes(train, y, test, yt, C, cfg, device=device, progress=False)),
+                    repeats, warmup=False)
+    loop = measure(synced(lambda: {k: train_probes({k: train[k]}, y, {k: test[k]}, yt, C, cfg, device=device,
+                                                   progress=False).accuracy[k] for k in names}), repeats, warmup=False)
+    plain = measure(synced(lambda: {k: plain_probe(train[k], y, test[k], yt, C, cfg) for k in names}), repeats,
+                    warmup=False)
+    sk = measure(sklearn_probes, repeats, warmup=False)
+    acc = joint.result.accuracy
     return {"model": label, "data": MLP_DATA, "device": str(device), "points": len(names), "train": len(y),
-            "test": len(yt), "epochs": epochs, "joint_s": t_joint, "loop_s": t_loop, "sklearn_s": t_sk,
-            "plain_s": t_plain, "speedup_plain": t_plain / t_joint,
-            "speedup_loop": t_loop / t_joint, "speedup_sklearn": t_sk / t_joint,
-            "max_diff_loop_pp": 100 * max(abs(joint.accuracy[k] - loop[k]) for k in names),
-            "max_diff_plain_pp": 100 * max(abs(joint.accuracy[k] - plain[k]) for k in names),
-            "mean_acc_joint": float(np.mean([joint.accuracy[k] for k in names])),
-            "lbfgs_s": t_lbfgs, "mean_acc_lbfgs": float(np.mean([lbfgs.accuracy[k] for k in names])),
-            "lbfgs_converged": len(names) - len(lbfgs.unconverged),
-            "max_diff_lbfgs_sklearn_pp": 100 * max(abs(lbfgs.accuracy[k] - sk[k]) for k in names),
-            "mean_acc_sklearn": float(np.mean([sk[k] for k in names])),
-            "acc_joint": [joint.accuracy[k] for k in names], "acc_sklearn": [sk[k] for k in names]}
+            "test": len(yt), "epochs": epochs, "repeats": joint.runs, "joint_s": joint.seconds,
+            "loop_s": loop.seconds, "sklearn_s": sk.seconds, "plain_s": plain.seconds,
+            "speedup_plain": plain.seconds / joint.seconds, "speedup_loop": loop.seconds / joint.seconds,
+            "speedup_sklearn": sk.seconds / joint.seconds,
+            "max_diff_loop_pp": 100 * max(abs(acc[k] - loop.result[k]) for k in names),
+            "max_diff_plain_pp": 100 * max(abs(acc[k] - plain.result[k]) for k in names),
+            "mean_acc_joint": float(np.mean([acc[k] for k in names])),
+            "lbfgs_s": lbfgs.seconds, "mean_acc_lbfgs": float(np.mean([lbfgs.result.accuracy[k] for k in names])),
+            "lbfgs_converged": len(names) - len(lbfgs.result.unconverged),
+            "max_diff_lbfgs_sklearn_pp": 100 * max(abs(lbfgs.result.accuracy[k] - sk.result[k]) for k in names),
+            "mean_acc_sklearn": float(np.mean([sk.result[k] for k in names])),
+            "acc_joint": [acc[k] for k in names], "acc_sklearn": [sk.result[k] for k in names]}
 
 
-def case_probe_widths(device: torch.device, repeats: int, epochs: int = 2, points: int = 4, n: int = 10_000,
-                      m: int = 2000) -> dict:
-    """The joint harun trainer against the papers' per-layer loop at widths D x classes C, on
-    synthetic Gaussian class features (speed only): median of ``repeats`` after a warm-up."""
+def probe_width_row(d: int, c: int, n: int, m: int, points: int, epochs: int, device: torch.device,
+                    repeats: int) -> dict:
+    """The joint harun trainer against the per-layer loop on ``points`` synthetic Gaussian class
+    features of width ``d`` with ``c`` classes (``n`` train and ``m`` test rows)."""
     from tunnelscope.probes import ProbeConfig, train_probes
 
     cfg = ProbeConfig(protocol="harun", epochs=epochs)
-    rows = []
-    for d in (256, 2048):
-        for c in (10, 100):
-            g = torch.Generator().manual_seed(d + c)
-            centres = torch.randn(c, d, generator=g)
-            y, yt = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
-            train = {f"p{i}": (centres[y] + 3 * torch.randn(n, d, generator=g)).to(device) for i in range(points)}
-            test = {k: (centres[yt] + 3 * torch.randn(m, d, generator=g)).to(device) for k in train}
-            y, yt = y.to(device), yt.to(device)
+    g = torch.Generator().manual_seed(d + c)
+    centres = torch.randn(c, d, generator=g)
+    y, yt = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
+    train = {f"p{i}": (centres[y] + 3 * torch.randn(n, d, generator=g)).to(device) for i in range(points)}
+    test = {k: (centres[yt] + 3 * torch.randn(m, d, generator=g)).to(device) for k in train}
+    y, yt = y.to(device), yt.to(device)
 
-            def joint():
-                train_probes(train, y, test, yt, c, cfg, device=device, progress=False)
-                sync(device)
+    def joint() -> None:
+        train_probes(train, y, test, yt, c, cfg, device=device, progress=False)
+        sync(device)
 
-            def loop():
-                for k in train:
-                    plain_probe(train[k], y, test[k], yt, c, cfg)
-                sync(device)
+    def loop() -> None:
+        for k in train:
+            plain_probe(train[k], y, test[k], yt, c, cfg)
+        sync(device)
 
-            t_joint, t_loop = timed(joint, repeats), timed(loop, repeats)
-            rows.append({"dims": d, "classes": c, "joint_s": t_joint, "loop_s": t_loop, "speedup": t_loop / t_joint})
+    t_joint, t_loop = timed(joint, repeats), timed(loop, repeats)
+    return {"dims": d, "classes": c, "joint_s": t_joint, "loop_s": t_loop, "speedup": t_loop / t_joint}
+
+
+def case_probe_widths(device: torch.device, repeats: int, epochs: int = 2, points: int = 4) -> dict:
+    """The joint harun trainer against the papers' per-layer loop at widths D x classes C, on
+    synthetic Gaussian class features (speed only): median of ``repeats`` after a warm-up."""
+    n, m = sample_cap(10_000), sample_cap(2000)
+    rows = [probe_width_row(d, c, n, m, points, epochs, device, repeats) for d in (256, 2048) for c in (10, 100)]
     return {"device": str(device), "points": points, "train": n, "test": m, "epochs": epochs, "repeats": repeats,
             "rows": rows}
+
+
+# ---------------------------------------------------------------------------------- input reconstruction
 
 
 def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict:
@@ -368,28 +866,32 @@ def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict
             "max_abs_diff": max(diffs)}
 
 
+# ---------------------------------------------------------------------------------- dispatch
+
+CASES: dict[str, Callable[[torch.device, int], dict]] = {
+    "stats-mlp12": lambda dev, r: case_stats(mlp12, MLP_DATA, dev, r),
+    "stats-vgg": lambda dev, r: case_stats(vgg, VGG_DATA, dev, r),
+    **{f"width-{w}": functools.partial(case_width, w) for w in WIDTHS},
+    "help-time": lambda dev, r: case_help(),
+    "analyze-demo": lambda dev, r: case_analyze_demo(dev),
+    "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),
+    "cka-mlp12-offset": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000, offset=20.0),
+    "cka-mlp12x4096": lambda dev, r: case_cka_peer(wide_mlp(4096), MLP_DATA, "pool2", dev, r, limit=2048),
+    "cka-vgg": lambda dev, r: case_cka_peer(vgg, VGG_DATA, "flatten", dev, max(1, r // 2), limit=512),
+    "probes-mlp12": lambda dev, r: case_probes(dev, r, epochs=10),
+    "probes-widths": lambda dev, r: case_probe_widths(dev, max(3, r)),
+    "invert-mlp12": lambda dev, r: case_invert(dev, steps=20 if quick() else 100),
+}
+
+
 def main() -> None:
+    if len(sys.argv) != 4 or sys.argv[1] not in CASES:
+        raise SystemExit(f"usage: python bench/cases.py CASE DEVICE REPEATS; CASE is one of {', '.join(CASES)}")
     name, device, repeats = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)
-    if name == "stats-mlp12":
-        out = case_stats(mlp12, MLP_DATA, device, repeats)
-    elif name == "stats-vgg":
-        out = case_stats(vgg, VGG_DATA, device, repeats)
-    elif name == "cka-mlp12":
-        out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000)
-    elif name == "cka-mlp12-offset":
-        out = case_cka_peer(mlp12, MLP_DATA, "pool2", device, repeats, limit=5000, offset=20.0)
-    elif name == "invert-mlp12":
-        out = case_invert(device)
-    elif name == "probes-mlp12":
-        out = case_probes(device, epochs=10)
-    elif name == "probes-widths":
-        out = case_probe_widths(device, max(3, repeats))
-    elif name == "cka-vgg":
-        out = case_cka_peer(vgg, VGG_DATA, "flatten", device, max(1, repeats // 2), limit=512)
-    else:
-        raise SystemExit(f"unknown case {name}")
+    out = CASES[name](device, repeats)
     out["case"] = name
+    out["quick"] = quick()
     print(json.dumps(out))
 
 

@@ -2,15 +2,23 @@
 
 Every case runs in a fresh process (bench/cases.py) so that peak memory belongs to it.
 Figures are ratios against the forward-pass floor measured in the same process: one plain
-inference pass of the same model over the same batches; seconds are context only.
+inference pass of the same model over the same samples; seconds are context only.
+
+    python bench/run.py                        # every case, 3 repeats -> docs/benchmarks.md
+    python bench/run.py --cases width-256 help-time
+    python bench/run.py --quick                # <= 512 samples a split, untrained models,
+                                               # 1 repeat -> runs/benchmarks-quick.md
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -23,24 +31,66 @@ from tunnelscope.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from cases import timed  # noqa: E402
-CASES = ["stats-mlp12", "stats-vgg", "cka-mlp12", "cka-mlp12-offset", "cka-vgg", "probes-mlp12", "probes-widths",
+from cases import CASES as KNOWN_CASES  # noqa: E402
+from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
+
+CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
+         "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
          "invert-mlp12"]
+CPU_ONLY = {"help-time"}  # nothing in it runs on a device: measured once
+FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
+DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
 
 
 def md_table(header: list[str], rows: list[list]) -> list[str]:
-    """A markdown table: the header, its separator, and one line per row of cells."""
+    """A markdown table: the header, its separator, and one line per row of cells; "Not run."
+    when there is no row."""
+    if not rows:
+        return ["Not run."]
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def run_case(name: str, device: str, repeats: int) -> dict:
+def run_case(name: str, device: str, repeats: int, quick: bool) -> dict:
+    """One case in a fresh process: its JSON line, or ``{"case", "device", "case_failed"}``
+    with the end of its error output when it fails (the other cases still run)."""
     print(f"bench: {name} on {device} ...", file=sys.stderr, flush=True)
+    env = {**os.environ, QUICK_ENV: "1" if quick else "0"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cases.py"), name, device, str(repeats)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"bench case {name} failed:\n{proc.stderr[-3000:]}")
+        print(f"bench case {name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        return {"case": name, "device": device, "case_failed": f"exit status {proc.returncode}: {last}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_result(runs: list[dict]) -> dict:
+    """One result from several runs of a case: the median of every number, the first run's
+    value of everything else, and ``fresh_runs``."""
+    out = dict(runs[0])
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+    out["fresh_runs"] = len(runs)
+    return out
+
+
+def run_cases(names: list[str], devices: list[str], repeats: int, quick: bool) -> list[dict]:
+    """Every case on every device (once for :data:`CPU_ONLY`); :data:`FRESH_RUNS` cases run
+    ``repeats`` times, each in its own process."""
+    results = []
+    for dev in devices:
+        for name in names:
+            if name in CPU_ONLY and dev != "cpu":
+                continue
+            if name in FRESH_RUNS:
+                runs = [run_case(name, dev, 1, quick) for _ in range(repeats)]
+                failed = [r for r in runs if "case_failed" in r]
+                results.append(failed[0] if failed else median_result(runs))
+            else:
+                results.append(run_case(name, dev, repeats, quick))
+    return results
 
 
 def bench_training(model_spec: str, data_spec: str, device: torch.device, batch: int, repeats: int) -> dict:
@@ -74,85 +124,261 @@ def bench_training(model_spec: str, data_spec: str, device: torch.device, batch:
             "train_ratio": timed(train_pass, repeats) / t_fwd}
 
 
+def missing(x) -> bool:
+    """None or NaN: a number that was not measured."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def fmt(x: float, digits: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return "n/a" if missing(x) else f"{x:.{digits}f}"
 
 
 def sci(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1e}"
+    return "n/a" if missing(x) else f"{x:.1e}"
 
 
-def write_report(out: Path, results: list[dict], training: list[dict], repeats: int) -> None:
-    versions = package_versions()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    cpu = platform.processor() or platform.machine()
+def pct(x: float) -> str:
+    return "n/a" if missing(x) else f"{100 * x:.0f}%"
+
+
+def peer_version(dist: str) -> str:
+    """The installed version of a peer's distribution, or "not installed"."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def of_case(results: list[dict], *prefixes: str) -> list[dict]:
+    """The results of the cases that ran and whose name starts with one of ``prefixes``."""
+    return [r for r in results if r["case"].startswith(prefixes) and "case_failed" not in r]
+
+
+def failures_section(results: list[dict]) -> list[str]:
+    """The cases that failed, with the last line of their error output."""
+    failed = [r for r in results if "case_failed" in r]
+    if not failed:
+        return []
+    return ["## Failed cases", "", "These cases stopped with an error; their rows are missing above.", ""] + md_table(
+        ["case", "device", "error"], [[f"`{r['case']}`", r["device"], r["case_failed"]] for r in failed]) + [""]
+
+
+# ---------------------------------------------------------------------------------- report sections
+
+
+def statistics_section(results: list[dict]) -> list[str]:
+    """statistics / forward for MLP-12 and VGG with metric subsets."""
+    rows = of_case(results, "stats-")
+    subsets = [r["metrics"] for r in rows[0]["rows"]] if rows else []
     lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`bench/run.py`); every case runs in a fresh process (`bench/cases.py`).",
-        "Ratios are against the forward-pass floor: one plain inference pass of the same model over the",
-        f"same batches, in the same process, median of {repeats} repeats after a warm-up. Seconds are",
-        "context only: the machines are shared and noisy.",
-        "",
-        f"- Machine: {cpu}, {torch.get_num_threads()} torch threads; GPU: {gpu or 'none'}.",
-        f"- torch {versions['torch']}, numpy {versions['numpy']}, tunnelscope {versions['tunnelscope']}; "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
         "## 1. The statistics pass against the forward pass",
         "",
-        "The test-split pass of `analyze_layers` with its default metrics, at the default `blocks` probe",
-        "points and `pool2` reduction, batches of 256: capture alone, + moments (rank, spectrum, neural",
-        "collapse), + minibatch CKA, and everything (moments, CKA, NCC and ridge read-outs). Peak memory",
-        "is the resident high-water mark while each pass runs (reset before it).",
+        "The whole statistics pass of the public API, `tunnelscope.engine.analyze_layers(model, data,",
+        "metrics=..., max_samples=N)`, for several metric sets: both splits' passes (train and test, the",
+        "model's own accuracy included), every metric asked for computed, the table built. Each ratio is",
+        "over the forward-pass floor: one plain inference pass over the same number of samples of both",
+        "splits, timed in the same process before any statistics ran and with no hook on the model. Default",
+        "`blocks` probe points and `pool2` reduction, batches of 256. Peak memory is the high-water mark",
+        "while each metric set ran, above what the process held once data and model were loaded.",
+        "A metric set that refuses to run shows its error. In brackets, for a pass that read fewer samples",
+        "than both splits (a CKA-only pass needs the test split alone), the ratio over the forward floor",
+        "of the samples it read.",
+        "",
+    ]
+
+    def cell(row: dict, key: str, digits: int = 2) -> str:
+        return f"fails: {row['error']}" if row["error"] else fmt(row[key], digits)
+
+    def ratio(row: dict) -> str:
+        partial = row["samples"] is not None and not missing(row.get("ratio_read")) and (
+            abs(row["ratio_read"] - row["ratio"]) > 1e-6 * row["ratio"])
+        return cell(row, "ratio") + (f" ({fmt(row['ratio_read'])})" if partial else "")
+
+    lines += md_table(
+        ["device", "model", "samples train + test", "points (dims)", "forward (s)"]
+        + [f"`{m}` / forward" for m in subsets] + [f"peak MiB forward / {' / '.join(f'`{m}`' for m in subsets)}"],
+        [[r["device"], r["model"], f"{r['samples']['train']} + {r['samples']['test']}",
+          f"{r['points']} ({r['dims']})", fmt(r["forward_s"], 3)]
+         + [ratio(s) for s in r["rows"]]
+         + [" / ".join([fmt(r["peak_mib_forward"], 0)] + [cell(s, "peak_mib", 0) for s in r["rows"]])]
+         for r in rows])
+    return lines + [
+        "",
+        "`cka` and `rank,pc1` show what a request for those metrics alone costs. A pass that computes only",
+        "what was asked should cost little more than the forward floor of what it must read: the test split",
+        "for CKA, both splits for the moments behind rank and PC1.",
+        "",
+    ]
+
+
+def width_section(results: list[dict]) -> list[str]:
+    """mlp-12 at widths 256/1024/4096: time ratio, growth exponent and peak memory."""
+    rows = sorted(of_case(results, "width-"), key=lambda r: (r["device"], r["width"]))
+    lines = [
+        "## 2. Width: mlp-12 at 256, 1024 and 4096 units",
+        "",
+        "The default statistics (`analyze_layers`, as in section 1) of untrained `mlp-12xW`, at most",
+        f"{rows[0]['max_samples'] if rows else 'N'} samples per split, against the forward floor over the same",
+        "samples. `time ∝ W^p` gives the exponent p of the statistics' time from the previous width; the",
+        "forward pass itself grows as W^2 once the hidden layers dominate. Peak memory is above the",
+        "process's memory after loading data and model (CUDA: allocated memory). A run longer than",
+        f"{LONG_RUN_S:.0f} s is timed once (`runs`).",
+        "",
+    ]
+    table: list[list] = []
+    previous: dict[str, tuple[int, float]] = {}
+    for r in rows:
+        s = r["rows"][0]
+        prev = previous.get(r["device"])
+        grows = (math.log(s["seconds"] / prev[1]) / math.log(r["width"] / prev[0])
+                 if prev and not s["error"] and not missing(prev[1]) else float("nan"))
+        previous[r["device"]] = (r["width"], s["seconds"])
+        table.append([r["device"], f"`mlp-12x{r['width']}`", f"{r['samples']['train']} + {r['samples']['test']}",
+                      fmt(r["forward_s"], 3),
+                      f"fails: {s['error']}" if s["error"] else fmt(s["seconds"], 2), f"**{fmt(s['ratio'])}**",
+                      s["runs"], fmt(grows, 1), fmt(r["peak_mib_forward"], 0), fmt(s["peak_mib"], 0)])
+    lines += md_table(["device", "model", "samples train + test", "forward (s)", "statistics (s)",
+                       "statistics / forward", "runs", "time ∝ W^p", "peak MiB forward", "peak MiB statistics"], table)
+    return lines + [""]
+
+
+def help_section(results: list[dict]) -> list[str]:
+    """`tunnelscope --help` wall time and what its imports cost."""
+    lines = [
+        "## 3. Start-up: `tunnelscope --help`",
+        "",
+        "Wall time of fresh processes (median of the runs shown, after one untimed run that warms the file",
+        "cache): the console script's `--help`, `python -c \"import tunnelscope.cli\"`, and the interpreter",
+        "alone. Slowest imports: the modules `tunnelscope.cli` imports directly, with everything each of",
+        "them imports, from one `python -X importtime -c \"import tunnelscope.cli\"`. Goal: `--help`",
+        "under 1 s.",
         "",
     ]
     lines += md_table(
-        ["device", "model", "samples", "points (dims)", "forward (s)", "capture", "+ moments", "+ CKA", "all", "goal",
-         "peak MiB forward → all"],
-        [[r["device"], r["model"], r["samples"], f"{r['points']} ({r['dims']})", fmt(r["forward_s"], 3),
-          fmt(r["capture_ratio"]), fmt(r["moments_ratio"]), fmt(r["cka_ratio"]), f"**{fmt(r['all_ratio'])}**",
-          "≤ 3" if "mlp" in r["case"] else "≤ 1.3", f"{r['peak_mib_forward']:.0f} → {r['peak_mib_stats']:.0f}"]
-         for r in results if r["case"].startswith("stats")])
-    lines += [
+        ["command", "runs", "`--help` (s)", "goal", "`import tunnelscope.cli` (s)", "python alone (s)",
+         "slowest imports"],
+        [[f"`{r['command']}`", r["runs"], f"**{fmt(r['help_s'])}**", "< 1", fmt(r["import_s"]), fmt(r["python_s"]),
+          ", ".join(f"{k} {v:.2f} s" for k, v in r["imports"].items()) or "n/a"]
+         for r in of_case(results, "help-time")])
+    return lines + [""]
+
+
+ANALYZE_ROWS = [  # (label, key) of the analyze breakdown, in the order they happen
+    ("`import tunnelscope.cli` (fresh process)", "import_s"),
+    ("load the ID data (`tunnelscope.data.load`)", "load_s"),
+    ("statistics pass (`analyze_layers`)", "statistics_s"),
+    ("probes (`probe_layers`, less OOD data loads)", "probes_s"),
+    ("OOD data loads inside the probes", "ood_load_s"),
+    ("rest of `analyze()`", "analyze_other_s"),
+    ("figures (PNG and SVG)", "figures_s"),
+    ("HTML report", "html_s"),
+    ("`Results.save` in all", "save_s"),
+    ("**total**", "total_s"),
+]
+
+
+def analyze_section(results: list[dict]) -> list[str]:
+    """The demo's analyze broken into phases, and the analysis' share of it."""
+    rows = of_case(results, "analyze-demo")
+    lines = [
+        "## 4. Where `analyze` spends its time (the demo)",
         "",
-        "`+ moments` and `+ CKA` are each measured alone on top of capture; `all` is the real pass.",
-        "",
-        "## 2. Within-model CKA heatmap: tunnelscope against torch-cka",
-        "",
-        "Both tools compute the same L × L minibatch-CKA matrix over the same batches of 256 (torch-cka",
-        "0.21 from PyPI, its own hooks and loop, given the same model twice as its API requires). Errors",
-        "are the largest absolute difference from a float64 numpy evaluation of METRICS.md §7 on the",
-        "same captured features, each batch centred first (HSIC₁ is unchanged by that shift).",
-        "`uncentred f64` is the same float64 formula on uncentred Grams: what float64 alone loses.",
+        "`tunnelscope.analyze` as `tunnelscope demo` runs it (its model, OOD sets and untrained reference),",
+        "then `Results.save`, in a fresh process; the statistics and probe passes, OOD data loads, figures",
+        "and HTML are timed by wrapping the library functions that do them. The analysis is the statistics",
+        "plus the probes (without data loading); its share is of the total, which adds the import a",
+        "`tunnelscope analyze` process pays. Median over fresh processes. Goal: analysis at least 60%.",
         "",
     ]
-    ok = lambda r: r.get("peer_error") is None  # noqa: E731
+    if not rows:
+        return lines + ["Not run.", ""]
+    for r in rows:
+        ood = ", ".join(f"`{o}`" for o in r["ood"])
+        note = (f"- {r['device']}: `{r['model']}` on `{r['data']}`, OOD {ood}, at most {r['max_samples']} samples per "
+                f"split; median of {r.get('fresh_runs', 1)} fresh processes.")
+        if r["not_instrumented"]:
+            note += (" Phases not timed (their functions moved; see ANALYZE_PHASES in bench/cases.py): "
+                     f"{', '.join(r['not_instrumented'])}.")
+        if r.get("reference_error"):
+            note += (f" **The analysis with the untrained reference failed** ({r['reference_error']}); the times are "
+                     "of the analysis without it.")
+        lines.append(note)
+    lines.append("")
+    header = ["phase"] + [h for r in rows for h in (f"{r['device']} (s)", "share")]
+    table = [[label] + [c for r in rows for c in (fmt(r[key]), pct(r[key] / r["total_s"]))]
+             for label, key in ANALYZE_ROWS]
+    table.append(["**analysis (statistics + probes)**"]
+                 + [c for r in rows for c in (fmt(r["analysis_s"]), f"**{pct(r['analysis_share'])}**")])
+    table.append(["analysis share of the `analyze()` call alone"]
+                 + [c for r in rows for c in ("", pct(r["analysis_share_of_analyze"]))])
+    return lines + md_table(header, table) + [""]
+
+
+def cka_section(results: list[dict]) -> list[str]:
+    """Within-model CKA: tunnelscope against torch-cka and pytorch-cka, errors against float64."""
+    rows = of_case(results, "cka-")
+    peers = list(rows[0]["peers"]) if rows else ["torch-cka", "pytorch-cka"]
+    versions = ", ".join(f"{p} {peer_version(p)}" for p in peers)
+    lines = [
+        "## 5. Within-model CKA heatmap: tunnelscope against torch-cka and pytorch-cka",
+        "",
+        f"Every tool computes the same L × L minibatch-CKA matrix over the same batches of 256 ({versions}",
+        "from PyPI, each with its own hooks and loop, given the same model twice as their APIs take two).",
+        "Times are medians of the repeats after a warm-up; each peer's hooks are removed after every run",
+        "and the forward floor is timed before any peer touched the model. Errors are the largest absolute",
+        "difference from a float64 numpy evaluation of METRICS.md §7 on the same captured features, each",
+        "batch centred first (HSIC₁ is unchanged by that shift): narrow features (mlp-12x256), wide ones",
+        "(mlp-12x4096, VGG flattened). `uncentred f64` is the same float64 formula on uncentred Grams:",
+        "what float64 alone loses.",
+        "",
+    ]
+
+    def peer_time(p: dict) -> str:
+        return f"fails: {p['error']}" if p["error"] else fmt(p["seconds"], 3)
+
     lines += md_table(
-        ["device", "model", "reduce", "samples", "points (dims)", "tunnelscope (s)", "torch-cka (s)", "speed-up",
-         "tunnelscope / forward", "max error tunnelscope", "max error torch-cka", "max error uncentred f64"],
-        [[r["device"], r["model"], r["reduce"], r["samples"], f"{r['points']} ({r['dims']})", fmt(r["ours_s"], 3),
-          fmt(r["peer_s"], 3) if ok(r) else f"fails: {r['peer_error']}",
-          fmt(r["peer_s"] / r["ours_s"], 1) + "×" if ok(r) else "n/a", fmt(r["ours_ratio"]), sci(r["ours_max_err"]),
-          sci(r["peer_max_err"]), sci(r["uncentred_f64_max_err"])]
-         for r in results if r["case"].startswith("cka")])
-    lines += [
+        ["device", "model", "reduce", "samples", "points (dims)", "tunnelscope (s)"]
+        + [f"{p} (s)" for p in peers] + [f"{p} / tunnelscope time" for p in peers]
+        + ["tunnelscope / forward", "max error tunnelscope"] + [f"max error {p}" for p in peers]
+        + ["max error uncentred f64"],
+        [[r["device"], r["model"], r["reduce"], r["samples"], f"{r['points']} ({r['dims']})", fmt(r["ours_s"], 3)]
+         + [peer_time(r["peers"][p]) for p in peers]
+         + [fmt(r["peers"][p]["seconds"] / r["ours_s"], 1) + "×" if not r["peers"][p]["error"] else "n/a"
+            for p in peers]
+         + [fmt(r["ours_ratio"]), sci(r["ours_max_err"])] + [sci(r["peers"][p]["max_err"]) for p in peers]
+         + [sci(r["uncentred_f64_max_err"])]
+         for r in rows])
+    leftover = [r for r in rows if r.get("leftover_peer_hooks")]
+    return lines + [
         "",
-        "Where torch-cka goes wrong: it forms float32 Gram matrices of uncentred features and evaluates the",
-        "unbiased HSIC₁ by cancelling large terms, so features with large means (here ReLU outputs shifted",
-        "by +20) make its self-HSIC negative and it stops with `HSIC computation resulted in NANs`; even",
-        "in float64 the uncentred formula loses about five digits there. It also recomputes the second",
-        "model's Gram for every layer pair, syncs with `.item()` per pair, and runs the model twice per",
-        "batch with autograd on.",
+        "Where the peers go wrong: both form float32 Gram matrices of uncentred features and evaluate the",
+        "unbiased HSIC₁ by cancelling large terms. With large feature means (here ReLU outputs shifted by",
+        "+20) torch-cka's self-HSIC turns negative and it stops with `HSIC computation resulted in NANs`;",
+        "pytorch-cka clamps CKA into [0, 1] and replaces a zero denominator, so it returns a matrix",
+        "without a warning whatever was lost. The `uncentred f64` column shows what that formula loses",
+        "even in float64 (n/a: it broke down too). torch-cka also recomputes the second model's Gram for",
+        "every layer pair, syncs with `.item()` per pair, runs the model twice per batch with autograd on,",
+        "and never removes its hooks.",
+        *([f"Peer hooks left on a model after cleanup: {', '.join(r['case'] for r in leftover)}."] if leftover else []),
         "",
-        "## 3. All-layer linear probes",
+    ]
+
+
+def probes_section(results: list[dict]) -> list[str]:
+    """All-layer probes: joint trainer against the per-layer loop and scikit-learn."""
+    probe_rows = of_case(results, "probes-mlp12")
+    first = probe_rows[0] if probe_rows else {"train": 15000, "test": 5000, "epochs": 10, "repeats": 1}
+    lines = [
+        "## 6. All-layer linear probes",
         "",
-        "Softmax probes for every probe point on cached MLP-12 features (15000 train, 5000 test; harun",
-        "protocol, here for 10 epochs): tunnelscope's joint trainer; the per-layer loop of the same",
-        "protocol as the papers' code runs it (an `nn.Linear` per layer, autograd, `torch.optim.AdamW`,",
+        f"Softmax probes for every probe point on cached MLP-12 features ({first['train']} train, {first['test']}",
+        f"test; harun protocol, here for {first['epochs']} epochs): tunnelscope's joint trainer; the per-layer loop of",
+        "the same protocol as the papers' code runs it (an `nn.Linear` per layer, autograd, `torch.optim.AdamW`,",
         "one layer after another; PyTorch's default initialisation, so accuracies differ a little);",
         "tunnelscope's own trainer called once per layer (same initialisation and batches as the joint",
         "run, so equal accuracy is expected); and scikit-learn's LogisticRegression (lbfgs,",
-        "standardised features) per layer. Goal: >= 10x the per-layer loop at equal accuracy (±0.5 pp).",
+        f"standardised features) per layer. Every time is the median of {first['repeats']} runs.",
+        "Goal: >= 10x the per-layer loop at equal accuracy (±0.5 pp).",
         "",
     ]
     lines += md_table(
@@ -163,7 +389,7 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
           fmt(r["max_diff_plain_pp"]), fmt(r["loop_s"]), f"{fmt(r['speedup_loop'], 1)}×", fmt(r["max_diff_loop_pp"]),
           fmt(r["sklearn_s"]), f"{fmt(r['speedup_sklearn'], 1)}×",
           f"{fmt(r['mean_acc_joint'], 4)} / {fmt(r['mean_acc_sklearn'], 4)}"]
-         for r in results if r["case"] == "probes-mlp12"])
+         for r in probe_rows])
     lines += [
         "",
         "The default protocol, `lbfgs` (standardised L2 logistic regression run to max |gradient| <= 1e-4),",
@@ -176,8 +402,8 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         [[r["device"], r["points"], fmt(r["lbfgs_s"]), f"{r['lbfgs_converged']}/{r['points']}", fmt(r["sklearn_s"]),
           f"{fmt(r['sklearn_s'] / r['lbfgs_s'], 1)}×", fmt(r["max_diff_lbfgs_sklearn_pp"]),
           f"{fmt(r['mean_acc_lbfgs'], 4)} / {fmt(r['mean_acc_sklearn'], 4)}"]
-         for r in results if r["case"] == "probes-mlp12"])
-    for r in (r for r in results if r["case"] == "probes-widths"):
+         for r in probe_rows])
+    for r in of_case(results, "probes-widths"):
         lines += [
             "",
             f"The joint `harun` trainer against the papers' per-layer loop across widths ({r['device']}; "
@@ -188,13 +414,19 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
             "",
         ]
         lines += md_table(["D", "C", "joint (s)", "per-layer loop (s)", "speed-up"],
-                          [[w["dims"], w["classes"], fmt(w["joint_s"]), fmt(w["loop_s"]), f"**{fmt(w['speedup'], 2)}×**"]
-                           for w in r["rows"]])
-    lines += [
+                          [[w["dims"], w["classes"], fmt(w["joint_s"]), fmt(w["loop_s"]),
+                            f"**{fmt(w['speedup'], 2)}×**"] for w in r["rows"]])
+    return lines + [""]
+
+
+def invert_section(results: list[dict]) -> list[str]:
+    """Batched input reconstruction against the one-image-one-layer loop."""
+    rows = of_case(results, "invert-mlp12")
+    steps = rows[0]["steps"] if rows else 100
+    lines = [
+        "## 7. Input reconstruction",
         "",
-        "## 4. Input reconstruction",
-        "",
-        "Images × layers reconstructed per second (Badger's protocol, here 100 steps instead of 500):",
+        f"Images × layers reconstructed per second (Badger's protocol, here {steps} steps instead of 500):",
         "all rows in one batched optimisation against the original protocol's loop of one image and",
         "one layer per run, from the same starting points. The difference column is the largest",
         "absolute difference between the two reconstructions of any pixel.",
@@ -204,40 +436,83 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
         ["device", "model", "images × points", "batched (rows/s)", "loop (rows/s)", "speed-up", "max difference"],
         [[r["device"], r["model"], f"{r['images']} × {r['points']}", fmt(r["rows_per_s_batched"]),
           fmt(r["rows_per_s_loop"]), f"**{fmt(r['speedup'], 1)}×**", f"{r['max_abs_diff']:.1e}"]
-         for r in results if r["case"] == "invert-mlp12"])
-    lines += [
-        "",
-        "## 5. Training step and batching",
+         for r in rows])
+    return lines + [""]
+
+
+def training_section(training: list[dict]) -> list[str]:
+    """Batching and an SGD epoch against the forward pass."""
+    lines = [
+        "## 8. Training step and batching",
         "",
         "`batching / forward`: producing the normalised batches alone, over the forward pass that consumes",
         "them. `train / forward`: one epoch of SGD steps over the same data.",
         "",
     ]
+    if not training:
+        return lines + ["Not run (quick run).", ""]
     lines += md_table(
         ["device", "model", "data", "samples", "forward (s)", "batching / forward", "train / forward"],
         [[r["device"], f"`{r['model']}`", f"`{r['data']}`", r["samples"], fmt(r["forward_s"], 3),
           fmt(r["batching_ratio"]), fmt(r["train_ratio"])] for r in training])
-    lines += ["", "## GPU", ""]
+    return lines + [""]
+
+
+def write_report(out: Path, results: list[dict], training: list[dict], repeats: int, quick: bool = False) -> None:
+    """Write the markdown report of ``results`` (the cases' JSON lines) and ``training``."""
+    versions = package_versions()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run.py`); every case runs in a fresh process (`bench/cases.py`).",
+        "Ratios are against the forward-pass floor: one plain inference pass of the same model over the",
+        f"same samples, in the same process, median of {repeats} repeats after a warm-up. Seconds are",
+        "context only: the machines are shared and noisy.",
+        "",
+        f"- Machine: {cpu}, {torch.get_num_threads()} torch threads; GPU: {gpu or 'none'}.",
+        f"- torch {versions['torch']}, numpy {versions['numpy']}, tunnelscope {versions['tunnelscope']}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+    ]
+    if quick:
+        lines.append(f"- **Quick run**: at most {QUICK_SAMPLES} samples per split and untrained models; for checking "
+                     "the cases, not for comparison with full runs.")
+    lines.append("")
+    for section in (statistics_section, width_section, help_section, analyze_section, cka_section, probes_section,
+                    invert_section):
+        lines += section(results)
+    lines += training_section(training)
+    lines += failures_section(results)
+    lines += ["## GPU", ""]
     lines.append(f"Measured on {gpu}: the rows with device `cuda` above." if gpu else
                  "No GPU was available to this run; the CUDA column is empty. `make bench` on a CUDA machine adds "
                  "`cuda` rows to every table.")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", nargs="*", default=CASES)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3; quick: 1)")
+    parser.add_argument("--cases", nargs="*", default=CASES, choices=list(KNOWN_CASES), metavar="CASE",
+                        help=f"cases to run (default: all): {', '.join(CASES)}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"at most {QUICK_SAMPLES} samples per split, untrained models, no training table; "
+                             f"writes {QUICK_OUT.relative_to(ROOT)} unless --out is given")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT.relative_to(ROOT)}")
     args = parser.parse_args()
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    results = [run_case(name, dev, args.repeats) for dev in devices for name in args.cases]
-    training = [bench_training(m, d, torch.device(dev), b, args.repeats) for dev in devices
-                for m, d, b in (("mlp-12x256", "fashion-mnist[classes=0-4]", 512),
-                                ("vggm11-w0.25", "fashion-mnist[classes=0-4,size=32,channels=3]", 256))]
-    write_report(args.out, results, training, args.repeats)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    results = run_cases(args.cases, devices, repeats, args.quick)
+    training = [] if args.quick else [
+        bench_training(m, d, torch.device(dev), b, repeats) for dev in devices
+        for m, d, b in (("mlp-12x256", "fashion-mnist[classes=0-4]", 512),
+                        ("vggm11-w0.25", "fashion-mnist[classes=0-4,size=32,channels=3]", 256))]
+    write_report(out, results, training, repeats, args.quick)
+    print(f"wrote {out}", file=sys.stderr)
+    return 1 if any("case_failed" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-import os
 
 import numpy as np
 import pytest
@@ -7,9 +6,8 @@ from torch import nn
 
 from references import minibatch_cka, ncc_accuracy, numerical_rank
 from tunnelscope import data, models, train
-from tunnelscope.analysis import LayerStats, analyze_layers
-from tunnelscope.cache import FeatureCache
-from tunnelscope.capture import Capture
+from tunnelscope.capture import Capture, FeatureCache
+from tunnelscope.engine import LayerStats, analyze_layers
 from tunnelscope.errors import ProbePointError, SpecError
 
 
@@ -24,7 +22,8 @@ def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
     stats = analyze_layers(trained.final_checkpoint, fashion_small, metrics="all", batch_size=64, progress=False)
     table, config = stats
     assert isinstance(stats, LayerStats) and len(config["points"]) == 4
-    assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full", "pc1_cos2"} <= set(table.metric)
+    assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full",
+            "pc1_cos2"} <= set(table.metric)
     assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}
     assert config["samples"] == {"train": 500, "test": 200} and config["reduce"] == "pool2"
     assert config["versions"]["torch"] and config["layout"]["blocks.0"]["dims"] == 64
@@ -181,7 +180,8 @@ def test_all_reduce_across_processes_equals_one_pass(tmp_path):
     y = torch.randint(0, 3, (256,), generator=g)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, str(tmp_path / "store"), x, y, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, str(tmp_path / "store"), x, y, queue))
+             for r in range(2)]
     for p in procs:
         p.start()
     cov, var, cka = queue.get(timeout=120)
@@ -198,7 +198,7 @@ def test_all_reduce_across_processes_equals_one_pass(tmp_path):
 
 
 def test_cross_model_cka(trained, fashion_small):
-    from tunnelscope.analysis import cross_model_cka
+    from tunnelscope.engine import cross_model_cka
 
     within = analyze_layers(trained.final_checkpoint, fashion_small, metrics="cka", batch_size=64,
                             precision="float64", progress=False, include_input=False).matrix("cka")

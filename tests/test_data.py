@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,8 @@ def test_imagefolder_streams_through_a_dataloader(tmp_path):
         for cls in ("cat", "dog", "eel"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     d = data.load(f"imagefolder:{tmp_path}[size=16,classes=1-2]")
     assert d.class_names == ["dog", "eel"] and d.input_shape == (3, 16, 16)
     assert (len(d.train), len(d.test)) == (12, 6)
@@ -152,3 +155,51 @@ def test_normalisation_is_computed_on_the_images_as_the_model_sees_them(spec):
     np.testing.assert_allclose(flat.mean(1).numpy(), 0, atol=1e-5)
     np.testing.assert_allclose(flat.std(1).numpy(), 1, atol=1e-4)
     assert "after resizing" in ds.info["normalisation"]["computed_on"]
+
+
+def test_normalisation_is_kept_across_processes_bit_identical(tmp_path, monkeypatch):
+    from tunnelscope.data import registry, sources
+
+    monkeypatch.setattr(sources, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(registry, "_STATS", {})
+    source = tmp_path / "train-images"
+    source.write_bytes(b"stand-in")
+    x = torch.randint(0, 256, (50, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    raw = sources.RawData(x, torch.zeros(50, dtype=torch.long), x[:5], torch.zeros(5, dtype=torch.long), ["a"],
+                          1 / 255, str(tmp_path), files=(source,))
+    expected = registry.channel_stats(x, 1 / 255, 3, 12)
+    assert registry.normalisation(raw, ("stand-in",), 12, 3) == expected
+    assert len(list((tmp_path / "cache" / "normalisation").glob("*.json"))) == 1
+
+    def new_process() -> tuple:  # nothing remembered but the cache files; notes whether a pass ran
+        registry._STATS.clear()
+        calls.clear()
+        return registry.normalisation(raw, ("stand-in",), 12, 3)
+
+    calls: list = []
+    compute = registry.channel_stats
+    monkeypatch.setattr(registry, "channel_stats", lambda *a, **k: calls.append(a) or compute(*a, **k))
+    got = new_process()
+    assert not calls and [v.hex() for s in got for v in s] == [v.hex() for s in expected for v in s]
+    source.write_bytes(b"another stand-in")  # the data changed: computed again
+    assert new_process() == expected and calls
+    assert new_process() == expected and not calls
+    kept = list((tmp_path / "cache" / "normalisation").glob("*.json"))
+    for damaged in kept:
+        damaged.write_text("{not json")
+    assert new_process() == expected and calls
+    registry._STATS.clear()  # generated data (no files) is cheap to recompute and is not kept
+    registry.normalisation(dataclasses.replace(raw, files=()), ("generated",), None, None)
+    assert len(list((tmp_path / "cache" / "normalisation").glob("*.json"))) == len(kept)
+
+
+def test_fashion_normalisation_from_the_cache_equals_the_pass(tmp_path, monkeypatch):
+    from tunnelscope.data import registry, sources
+
+    monkeypatch.setattr(sources, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(registry, "_STATS", {})
+    spec = "fashion-mnist[classes=0-1,per_class=5,test_per_class=5]"
+    first = data.load(spec).info["normalisation"]
+    assert len(list((tmp_path / "cache" / "normalisation").glob("*.json"))) == 1
+    registry._STATS.clear()
+    assert data.load(spec).info["normalisation"] == first

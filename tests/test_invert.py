@@ -95,16 +95,52 @@ def test_bad_config():
         InvertConfig(steps=0)
 
 
-def test_invert_command_writes_scores_figures_and_a_report_section(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A one-epoch MLP on three Fashion-MNIST classes, and its dataset."""
+    from tunnelscope import data, train
+
+    ds = data.load("fashion-mnist[classes=0-2,per_class=100,test_per_class=20]")
+    run = train("mlp-3x32", ds, epochs=1, out=tmp_path_factory.mktemp("run"), batch_size=64, progress=False,
+                early_checkpoints=False)
+    return run, ds
+
+
+def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
     import json
 
-    from tunnelscope import data, train
+    from tunnelscope.errors import CheckpointError, SpecError, TunnelscopeError
+    from tunnelscope.invert import invert_checkpoint, summarize_inversions
+
+    run, ds = trained
+    out = tmp_path / "inv"
+    runs = invert_checkpoint(run.final_checkpoint, ds.spec, out, images=2, config=InvertConfig(steps=3, seed=1),
+                             progress=False)
+    assert [r.config["state"] for r in runs] == ["trained", "untrained"] and len(runs[0].images) == 2
+    saved = json.loads((out / "inversion.json").read_text())
+    assert saved["summary"] == summarize_inversions(runs) and saved["data"] == ds.spec and saved["images"] == 2
+    assert saved["config"]["steps"] == 3 and saved["config"]["seed"] == 1
+    assert (out / "report.html").is_file() and (out / "figures" / "inversion-grid-untrained.svg").is_file()
+    # a Dataset serves as well as its spec; the same seed draws the same images
+    again = invert_checkpoint(run.final_checkpoint, ds, out, images=2, points=["blocks.0"], untrained=False,
+                              config=InvertConfig(steps=3, seed=1), overwrite=True, progress=False)
+    assert len(again) == 1 and list(again[0].reconstructions) == ["blocks.0"]
+    assert torch.equal(again[0].images, runs[0].images)
+    with pytest.raises(TunnelscopeError, match="already holds an inversion"):
+        invert_checkpoint(run.final_checkpoint, ds, out)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        invert_checkpoint(tmp_path / "none.pt", ds, tmp_path / "other")
+    with pytest.raises(SpecError, match="more than the 60 test images"):
+        invert_checkpoint(run.final_checkpoint, ds, tmp_path / "other", images=61)
+
+
+def test_invert_command_writes_scores_figures_and_a_report_section(trained, tmp_path, capsys):
+    import json
+
     from tunnelscope.cli import main
     from tunnelscope.results import Results
 
-    ds = data.load("fashion-mnist[classes=0-2,per_class=100,test_per_class=20]")
-    run = train("mlp-3x32", ds, epochs=1, out=tmp_path / "run", batch_size=64, progress=False,
-                early_checkpoints=False)
+    run, ds = trained
     out = tmp_path / "inv"
     code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--images", "3",
                  "--steps", "5", "--out", str(out), "--json"])
@@ -119,8 +155,9 @@ def test_invert_command_writes_scores_figures_and_a_report_section(tmp_path, cap
     # next to an analysis, the run's report gains the inversion section
     analysed = tmp_path / "analysed"
     from tunnelscope import analyze
+    from tunnelscope.report import save_run
 
-    analyze(run.final_checkpoint, ds, metrics="rank", progress=False).save(analysed)
+    save_run(analyze(run.final_checkpoint, ds, metrics="rank", progress=False), analysed)
     assert "Input reconstruction" not in (analysed / "report.html").read_text()
     code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--images", "2",
                  "--steps", "3", "--no-untrained", "--out", str(analysed), "--quiet"])

@@ -6,13 +6,18 @@ import torch
 from scipy.stats import ortho_group
 
 from references import cdnv as ref_cdnv
-from references import cov_eigvals, erank as ref_erank, linear_cka as ref_linear_cka
-from references import minibatch_cka as ref_mb_cka, nc1 as ref_nc1, ncc_accuracy as ref_ncc, numerical_rank
+from references import cov_eigvals, numerical_rank
+from references import erank as ref_erank
+from references import linear_cka as ref_linear_cka
+from references import minibatch_cka as ref_mb_cka
+from references import nc1 as ref_nc1
+from references import ncc_accuracy as ref_ncc
 from tunnelscope.metrics.cka import FullCKA, MinibatchCKA, linear_cka
 from tunnelscope.metrics.collapse import NCCAccuracy, cdnv, effective_depth, nc1
 from tunnelscope.metrics.moments import Moments
 from tunnelscope.metrics.ridge import RidgeAccuracy, ridge_weights
-from tunnelscope.metrics.spectrum import effective_rank, eigen, numerical_rank as ts_rank, pc1_ratio
+from tunnelscope.metrics.spectrum import effective_rank, eigen, pc1_ratio
+from tunnelscope.metrics.spectrum import numerical_rank as ts_rank
 
 RNG = np.random.default_rng(0)
 
@@ -256,3 +261,14 @@ def test_within_and_between_class_traces_match_numpy():
     between = np.mean(np.sum((means - x64.mean(0)) ** 2, axis=1))
     assert trace_w(stats) == pytest.approx(within, rel=1e-9)
     assert trace_b(stats) == pytest.approx(between, rel=1e-9)
+
+
+def test_ridge_probe_on_constant_features_predicts_the_majority_class():
+    """A dead layer (every feature constant, tr Σ = 0) must not make the solve singular."""
+    y = np.array([0] * 30 + [1] * 50 + [2] * 20)
+    x = np.full((len(y), 6), 0.0)
+    m = stream(Moments(3, torch.float64), x, y).points["a"]
+    w, _, _ = ridge_weights(m)
+    assert torch.count_nonzero(w) == 0
+    acc = stream(RidgeAccuracy({"a": ridge_weights(m)}), x, y).compute()["a"]
+    assert acc == pytest.approx(0.5)  # the majority class, 50 of 100

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from tunnelscope import analyze, data, train
+from tunnelscope.engine.analyze import parse_metrics
+from tunnelscope.engine.probing import probe_layers
 from tunnelscope.errors import SpecError
-from tunnelscope.pipeline import parse_metrics
 from tunnelscope.probes import ProbeConfig
-from tunnelscope.transfer import probe_layers
 
 DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
 
@@ -46,7 +46,8 @@ def test_different_probe_samples_read_the_splits_separately(trained):
     model, ds = trained
     calls, handle = _count_batches(model)
     try:
-        res = analyze(model, ds, metrics="probe,rank", probe=ProbeConfig(protocol="harun", epochs=1), max_train=700, progress=False)
+        res = analyze(model, ds, metrics="probe,rank", probe=ProbeConfig(protocol="harun", epochs=1), max_train=700,
+                      progress=False)
     finally:
         handle.remove()
     assert sum(n for n in calls if n > 2) == len(ds.train) + len(ds.test) + 700 + len(ds.test)

@@ -11,7 +11,8 @@ from tunnelscope.probes import ProbeConfig, train_probes
 def _features(seed=0, n=600, m=300):
     """Three points: two of width 12 (stacked together), one of width 7; 4 Gaussian classes."""
     g = torch.Generator().manual_seed(seed)
-    centres = {"a": torch.randn(4, 12, generator=g) * 2, "b": torch.randn(4, 12, generator=g), "c": torch.randn(4, 7, generator=g) * 3}
+    centres = {"a": torch.randn(4, 12, generator=g) * 2, "b": torch.randn(4, 12, generator=g),
+               "c": torch.randn(4, 7, generator=g) * 3}
     y, yt = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 4, (m,), generator=g)
     train = {k: c[y] + torch.randn(n, c.shape[1], generator=g) for k, c in centres.items()}
     test = {k: c[yt] + torch.randn(m, c.shape[1], generator=g) for k, c in centres.items()}
@@ -33,10 +34,12 @@ def test_probes_learn_separable_classes_and_selection_is_recorded():
     train, y, test, yt = _features(seed=1)
     last = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=10, batch_size=64), progress=False)
     assert min(last.accuracy.values()) > 0.6 and set(last.epoch.values()) == {10}
-    chosen = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=10, batch_size=64, select="test"), progress=False)
+    chosen = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=10, batch_size=64, select="test"),
+                          progress=False)
     assert all(chosen.accuracy[n] >= last.accuracy[n] - 1e-12 for n in train)
     assert "test split" in chosen.config["note"]
-    val = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=5, batch_size=64, select="val"), progress=False)
+    val = train_probes(train, y, test, yt, 4, ProbeConfig(protocol="harun", epochs=5, batch_size=64, select="val"),
+                       progress=False)
     assert all(1 <= e <= 5 for e in val.epoch.values())
 
 
@@ -89,7 +92,8 @@ def test_ridge_protocol_uses_the_closed_form():
     onehot = np.eye(4)[y.numpy()]
     xc = x - x.mean(0)
     cov = xc.T @ xc / len(x)
-    w = np.linalg.solve(cov + 1e-3 * np.trace(cov) / x.shape[1] * np.eye(x.shape[1]), xc.T @ (onehot - onehot.mean(0)) / len(x))
+    w = np.linalg.solve(cov + 1e-3 * np.trace(cov) / x.shape[1] * np.eye(x.shape[1]),
+                        xc.T @ (onehot - onehot.mean(0)) / len(x))
     ref = np.mean(((xt - x.mean(0)) @ w + onehot.mean(0)).argmax(1) == yt.numpy())
     assert res.accuracy["c"] == pytest.approx(ref)
     with pytest.raises(SpecError, match="needs epochs"):
@@ -116,7 +120,8 @@ def test_written_out_gradient_and_update_equal_autograd_and_torch_adamw(batch_si
     from tunnelscope.probes import _init
 
     train, y, test, yt = _features(seed=2)
-    cfg = ProbeConfig(protocol="harun", epochs=4, batch_size=batch_size, seed=1, weight_decay=0.05, lr=3e-3, label_smoothing=0.2)
+    cfg = ProbeConfig(protocol="harun", epochs=4, batch_size=batch_size, seed=1, weight_decay=0.05, lr=3e-3,
+                      label_smoothing=0.2)
     res = train_probes(train, y, test, yt, 4, cfg, progress=False)
     for name in ("a", "c"):
         w0 = _init([name], [train[name].shape[1]], 4, cfg.init_std, cfg.seed)[0]
@@ -136,7 +141,8 @@ def test_memory_mapped_features_are_streamed_with_the_same_result(tmp_path):
     def mapped(feats, tag):
         out = {}
         for k, x in feats.items():
-            out[k] = np.lib.format.open_memmap(tmp_path / f"{tag}-{k}.npy", mode="w+", dtype=np.float32, shape=tuple(x.shape))
+            out[k] = np.lib.format.open_memmap(tmp_path / f"{tag}-{k}.npy", mode="w+", dtype=np.float32,
+                                               shape=tuple(x.shape))
             out[k][:] = x.numpy()
         return out
 

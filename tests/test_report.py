@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope import Results, analyze, data, train
 from cli_helpers import run_cli
-from tunnelscope.figures import compare_figure
+from tunnelscope import Results, analyze, data, train
 from tunnelscope.probes import ProbeConfig
+from tunnelscope.report import save_run
+from tunnelscope.report.figures import compare_figure
 from tunnelscope.results import ResultsError
 
 DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
@@ -29,8 +30,9 @@ def runs(tmp_path_factory):
         root = tmp_path_factory.mktemp(model)
         trained = train(model, ds, epochs=3, out=root / "train", batch_size=64, progress=False,
                         early_checkpoints=False)
-        results = analyze(trained.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(protocol="harun", epochs=10), progress=False)
-        results.save(root / "analysis")
+        results = analyze(trained.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(protocol="harun", epochs=10),
+                          progress=False)
+        save_run(results, root / "analysis")
         out[model] = (root / "analysis", trained.final_checkpoint, results)
     return out
 
@@ -184,12 +186,13 @@ def test_analyze_command_json_and_bad_input(runs, tmp_path, capsys):
 def test_replacing_a_run_removes_its_old_figures_and_compare_needs_metrics(runs, tmp_path, capsys):
     path, checkpoint, results = runs["mlp-3x64"]
     target = tmp_path / "run"
-    results.save(target)
-    probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(protocol="harun", epochs=1), progress=False)
-    probe_only.save(target, overwrite=True)
+    save_run(results, target)
+    probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(protocol="harun", epochs=1),
+                         progress=False)
+    save_run(probe_only, target, overwrite=True)
     assert {p.stem for p in (target / "figures").iterdir()} == {"probes", "collapse"}  # NCC rides on the probes
     cka_only = analyze(checkpoint, DATA, metrics="cka", progress=False)
-    cka_only.save(tmp_path / "cka")
+    save_run(cka_only, tmp_path / "cka")
     code, _, err = run_cli(["compare", tmp_path / "cka", "--out", tmp_path / "cmp"], capsys)
     assert code == 1 and "none of the runs has probe, NCC or rank" in err and len(err.splitlines()) == 1
     stats_only = analyze(checkpoint, DATA, metrics="rank,ncc", progress=False)
@@ -212,7 +215,7 @@ def test_compare_gives_the_spread_over_training_seeds(runs, tmp_path, capsys):
                   early_checkpoints=False, seed=1)
     other = analyze(again.final_checkpoint, ds, ood=[OOD], probe=ProbeConfig(protocol="harun", epochs=10),
                     progress=False)
-    other.save(tmp_path / "seed1-analysis")
+    save_run(other, tmp_path / "seed1-analysis")
     code, out, _ = run_cli(["compare", shallow_dir, tmp_path / "seed1-analysis", runs["mlp-6x64"][0],
                             "--out", tmp_path / "cmp", "--json"], capsys)
     assert code == 0
@@ -226,3 +229,22 @@ def test_compare_gives_the_spread_over_training_seeds(runs, tmp_path, capsys):
     assert [line.get_label() for line in fig.axes[0].get_lines() if line.get_label().startswith("mlp")] == \
         ["mlp-3x64 (2 seeds)"]
     assert len(fig.axes[0].collections) == 1  # the band over seeds
+
+
+def test_results_save_writes_the_data_alone_and_save_run_adds_figures_and_report(runs, tmp_path):
+    _, _, results = runs["mlp-3x64"]
+    data_only = results.save(tmp_path / "data")
+    assert sorted(p.name for p in data_only.iterdir()) == ["config.json", "results.parquet", "summary.json"]
+    assert Results.load(data_only).summary == json.loads(json.dumps(results.summary))
+    full = save_run(results, tmp_path / "full")
+    assert (full / "report.html").is_file() and any((full / "figures").glob("*.png"))
+
+
+def test_compare_names_runs_that_share_a_folder_name_by_their_path(runs, tmp_path):
+    from tunnelscope.report.compare import compare_runs
+
+    path, _, _ = runs["mlp-3x64"]
+    for parent in ("a", "b"):
+        shutil.copytree(path, tmp_path / parent / "analysis")
+    summary, _ = compare_runs([tmp_path / "a" / "analysis", tmp_path / "b" / "analysis"], tmp_path / "cmp")
+    assert summary.run.nunique() == 2 and all("/a/" in r or "/b/" in r for r in summary.run)

@@ -26,7 +26,8 @@ def tiny_spec(tmp_path, name="tiny", per_class=100, epochs=1, checkpoints="all",
         "name": name,
         "store": "store",
         "grid": {"depth": [2, 3], "seed": [0, 1]},
-        "cell": {"model": "mlp-{depth}x16", "data": f"fashion-mnist[classes=0-2,per_class={per_class},test_per_class=40]",
+        "cell": {"model": "mlp-{depth}x16",
+                 "data": f"fashion-mnist[classes=0-2,per_class={per_class},test_per_class=40]",
                  "epochs": epochs, "seed": "{seed}", "batch_size": 64},
         "analysis": {"ood": ["digits[classes=0-2,per_class=30]"], "metrics": "probe,rank", "probe_epochs": 3,
                      "checkpoints": checkpoints, "max_samples": 2000},
@@ -119,8 +120,10 @@ def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
             done = [r for r in records if r and r["status"] == "finished"]
             running = [r for r in records if r and r["status"] == "running"]
             if done and running:
-                finished_before = {r["key"]: pd.read_parquet(next((spec.store / "results" / r["key"]).glob("*.parquet")))
-                                   for r in done}
+                finished_before = {
+                    r["key"]: pd.read_parquet(next((spec.store / "results" / r["key"]).glob("*.parquet")))
+                    for r in done
+                }
                 killed = running[0]
                 os.kill(killed["pid"], signal.SIGKILL)
             time.sleep(0.05)
@@ -199,12 +202,13 @@ def test_bad_values_are_refused_when_the_sweep_is_read(change, message):
 def test_yaml_numbers_written_as_strings_are_numbers_and_hash_alike():
     base = {"name": "x", "grid": {"depth": [2]}}
     a = SweepSpec.from_dict({**base, "cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": "1e-3", "epochs": 10}})
-    b = SweepSpec.from_dict({**base, "cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": 0.001, "epochs": 10.0}})
+    b = SweepSpec.from_dict({**base, "cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": 0.001,
+                                              "epochs": 10.0}})
     assert a.cells[0].train["lr"] == 0.001 and a.cells[0].key == b.cells[0].key
 
 
 def test_report_of_a_statistics_only_sweep_and_x_order():
-    from tunnelscope.sweep.report import aggregate_figures
+    from tunnelscope.report.sweep import aggregate_figures
 
     spec = SweepSpec.from_dict({"name": "x", "grid": {"depth": [4, 8, 16], "width": [8, 32]},
                                 "cell": {"model": "mlp-{depth}x{width}", "data": "digits"}})

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope import data, models, train
+from tunnelscope import data, train
+from tunnelscope.data.adapt import adapted_spec
+from tunnelscope.engine.probing import probe_layers
 from tunnelscope.errors import InsufficientDataError, ShapeError
-from tunnelscope.ood import adapted_spec
 from tunnelscope.probes import ProbeConfig
-from tunnelscope.transfer import probe_layers
 
 
 def test_adapted_spec_resizes_and_converts_channels():
@@ -64,10 +64,11 @@ def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
 
 def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp):
     from tunnelscope.capture import Capture
-    from tunnelscope.checkpoint import load_model
+    from tunnelscope.models import load_model
 
     result, ds = small_mlp
-    stats = probe_layers(result.final_checkpoint, ds, probe=ProbeConfig(protocol="harun", epochs=1), ncc_eps=0.05, progress=False)
+    stats = probe_layers(result.final_checkpoint, ds, probe=ProbeConfig(protocol="harun", epochs=1), ncc_eps=0.05,
+                         progress=False)
     model, _ = load_model(result.final_checkpoint)
     capture = Capture(model.eval(), "blocks")
 
@@ -86,7 +87,8 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
         means = np.stack([tr[name][ytr == c].mean(0) for c in range(ds.num_classes)])
         for split, x, y in (("train", tr[name], ytr), ("test", te[name], yte)):
             pred = ((x[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
-            row = stats.table[(stats.table.dataset == "id") & (stats.table.split == split) & (stats.table.point == name)]
+            table = stats.table
+            row = table[(table.dataset == "id") & (table.split == split) & (table.point == name)]
             assert row.ncc_accuracy.item() == pytest.approx((pred == y).mean(), abs=1e-12)
             if split == "train":
                 errors.append(1 - (pred == y).mean())
@@ -102,8 +104,8 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
     from sklearn.preprocessing import StandardScaler
 
     from tunnelscope.capture import Capture
-    from tunnelscope.checkpoint import load_model
-    from tunnelscope.ood import load_adapted
+    from tunnelscope.models import load_model
+    from tunnelscope.data.adapt import load_adapted
 
     result, ds = small_mlp
     ood = "digits[per_class=60]"

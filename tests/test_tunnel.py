@@ -5,8 +5,7 @@ import pytest
 from scipy.stats import pearsonr
 
 from tunnelscope.errors import SpecError
-from tunnelscope.tunnel import (alignment, ood_retained, pearson, strength, summarize, tunnel_length,
-                                tunnel_start)
+from tunnelscope.tunnel import alignment, ood_retained, pearson, strength, summarize, tunnel_length, tunnel_start
 
 
 def test_tunnel_start_on_a_saturating_curve():

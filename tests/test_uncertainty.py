@@ -4,8 +4,8 @@ against the per-curve definitions."""
 import numpy as np
 import pytest
 
-from tunnelscope.uncertainty import curve_samples, interval, pearson_rows, retained, tunnel_intervals, tunnel_starts
 from tunnelscope.tunnel import ood_retained, tunnel_start
+from tunnelscope.uncertainty import curve_samples, interval, pearson_rows, retained, tunnel_intervals, tunnel_starts
 
 
 def _correct(p: np.ndarray, m: int, rng) -> np.ndarray:

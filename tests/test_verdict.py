@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunnelscope import analyze, data, train
-from tunnelscope.analysis import analyze_layers
+from tunnelscope.engine import analyze_layers
 from tunnelscope.errors import InsufficientDataError
 from tunnelscope.probes import ProbeConfig
 from tunnelscope.verdict import curve_flags

@@ -2,8 +2,8 @@
 
 A checkpoint is a ``torch.save`` dict ``{"format", "format_version", "meta", "model"}``,
 ``meta`` holding the model spec, data spec, number of classes, input shape, class names,
-the training step and epoch, and package versions. ``load_model(path)`` rebuilds the
-model from the path alone.
+the training step and epoch, and package versions. :func:`tunnelscope.models.load_model`
+rebuilds the model from the path alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, TunnelscopeError
+from .errors import CheckpointError
 from .io import atomic_write
 from .versions import package_versions
 
@@ -75,19 +75,3 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights: ``(model, meta)``."""
-    from .models import build
-
-    payload = read_checkpoint(path)
-    meta = payload["meta"]
-    try:
-        model = build(meta["model_spec"], meta["num_classes"], tuple(meta["input_shape"]))
-    except TunnelscopeError as exc:
-        raise CheckpointError(f"checkpoint {path} names a model that cannot be built: {exc}") from None
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        first = " ".join(str(exc).strip().splitlines()[:2])
-        raise CheckpointError(f"weights in {path} do not match {meta['model_spec']}: {first}") from None
-    return model.to(device).eval(), meta

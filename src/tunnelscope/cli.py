@@ -2,6 +2,9 @@
 
 Errors a user can cause print one line to standard error (``tunnelscope: error: ...``) and
 exit with status 1 (2 for usage errors: a missing or malformed option), without a traceback.
+
+Only click, rich and light tunnelscope modules are imported here; each command imports what it
+needs (torch, pandas, matplotlib) when it runs, so that ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -9,24 +12,23 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich import box
 from rich.table import Table
 
-from .errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
+# the demo's settings, re-exported: bench/ reads them here
+from .demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD, DEMO_QUICK_DATA, DEMO_QUICK_OOD  # noqa: F401
+from .errors import CheckpointError, TunnelscopeError
 
 out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
 err_console = Console(stderr=True, soft_wrap=True)
 
-DEMO_MODEL = "vgg11-w0.125"
-DEMO_DATA = "fashion-mnist[classes=0-4]"
-DEMO_QUICK_DATA = "fashion-mnist[classes=0-4,per_class=1000,test_per_class=500]"
-DEMO_EPOCHS, DEMO_QUICK_EPOCHS = 4, 2
-DEMO_OOD = ("fashion-mnist[classes=5-9]", "digits[size=28]")
-DEMO_QUICK_OOD = ("fashion-mnist[classes=5-9,per_class=1000,test_per_class=500]", "digits[size=28]")
+# examples for --metrics' help: the full list lives in the metric registry, which needs torch
+METRIC_EXAMPLES = ("probe", "rank", "nc1", "cka")
 
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
@@ -48,7 +50,7 @@ def cli() -> None:
       tunnelscope report runs/demo
       tunnelscope compare runs/demo runs/a
       tunnelscope train --model mlp-12x256 --data "fashion-mnist[classes=0-4]" --epochs 10 --out runs/mlp12
-    """
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
 
 
 @cli.command()
@@ -92,7 +94,7 @@ def models(show_tv: bool, as_json: bool) -> None:
     """
     from .models import FAMILIES, build, torchvision_names
 
-    rows = []
+    rows: list[dict[str, Any]] = []  # JSON rows: one per family, then the torchvision names
     for family in FAMILIES:
         shape = (3, 32, 32)
         model = build(family.example, 10, shape) if family.name != "tv" else None
@@ -123,17 +125,21 @@ def _train_options(f):
         click.option("--recipe", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
                      help="sgd: momentum 0.9, wd 5e-4, lr 0.1, cosine; adamw: lr 1e-3, wd 0.05, warm-up + cosine, "
                           "label smoothing 0.1."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (default: the recipe's)."),
-        click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="Weight decay (default: the recipe's)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Learning rate (default: the recipe's)."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                     help="Weight decay (default: the recipe's)."),
         click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default=None,
                      help="Learning-rate schedule (default cosine; onecycle with sgd only)."),
         click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None, help="Warm-up epochs (adamw)."),
-        click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=None, help="Label smoothing (default: the recipe's)."),
+        click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+                     help="Label smoothing (default: the recipe's)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads (default: torch's); recorded, since it changes the last digits of a run."),
-        click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True, help="Checkpoint every K epochs."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Checkpoint every K epochs."),
         click.option("--early-checkpoints/--no-early-checkpoints", default=True, show_default=True,
                      help="Checkpoints at steps 0, 1, 2, 4, 8, ... of the first epoch."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -169,22 +175,15 @@ def train(model_spec: str, data_spec: str, epochs: int, out: str, quiet: bool, a
 
 
 def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet: bool, as_json: bool,
-                  report: bool = True, **kwargs):
-    from .progress import should_show
+                  **kwargs) -> None:
     from .train import train as train_fn
 
-    def log_epoch(row: dict) -> None:  # one line per epoch where no progress bar is drawn
-        err_console.print(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
-                          f"test acc {row['test_acc']:.4f}, {row['seconds']:.1f} s")
-
     bars = False if (quiet or as_json) else None
-    on_epoch = None if (quiet or as_json or should_show(bars)) else log_epoch
-    result = train_fn(model_spec, data_spec, epochs, out, progress=bars, on_epoch=on_epoch, **kwargs)
+    result = train_fn(model_spec, data_spec, epochs, out, progress=bars, on_epoch=_epoch_logger(epochs, bars),
+                      **kwargs)
     summary = {"out": str(result.out), "test_accuracy": result.test_accuracy,
                "final_checkpoint": str(result.final_checkpoint), "checkpoints": len(result.checkpoints),
                "history": str(result.out / "history.csv"), "run": str(result.out / "run.json")}
-    if not report:
-        return result
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
@@ -192,7 +191,17 @@ def _run_training(model_spec: str, data_spec: str, epochs: int, out: Path, quiet
         out_console.print(f"test accuracy [bold]{result.test_accuracy:.4f}[/] after {len(result.history)} epochs; "
                           f"{len(result.checkpoints)} checkpoints in {escape(str(result.out / 'checkpoints'))}")
         out_console.print(f"final checkpoint: {result.final_checkpoint}", markup=False)
-    return result
+
+
+def _epoch_logger(epochs: int, bars: bool | None):
+    """One line per epoch on standard error where no progress bar is drawn (and output is not off)."""
+    from .progress import should_show
+
+    def log_epoch(row: dict) -> None:
+        err_console.print(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+                          f"test acc {row['test_acc']:.4f}, {row['seconds']:.1f} s")
+
+    return None if (bars is False or should_show(bars)) else log_epoch
 
 
 def _print_history(history) -> None:
@@ -230,71 +239,34 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
       tunnelscope demo --quick --out /tmp/demo
       tunnelscope demo --json
     """
-    from .results import Results, ResultsError
-    from .train.loop import RESUME_FILE, RUN_FILE, read_run
+    from .demo import demo_settings, run_demo
 
-    out_path = Path(out)
-    data_spec, ood = (DEMO_QUICK_DATA, DEMO_QUICK_OOD) if quick else (DEMO_DATA, DEMO_OOD)
-    epochs = DEMO_QUICK_EPOCHS if quick else DEMO_EPOCHS
-    run_file = out_path / RUN_FILE
-    say = (lambda text: None) if (quiet or as_json) else (lambda text: err_console.print(text, markup=False))
-    resume, checkpoint = False, None
-    if run_file.is_file() and not overwrite:
-        run = read_run(out_path)
-        if not run:  # damaged or foreign run.json: train afresh
-            say(f"{run_file} is unreadable; training the demo again")
-        same = run.get("config", {}).get("data") == data_spec and run.get("config", {}).get("epochs") == epochs
-        if same and run.get("status") == "finished":
-            say(f"{out_path} already holds the finished demo training run (test accuracy "
-                f"{run['final']['test_acc']:.4f}); reusing it. Use --overwrite to retrain.")
-            checkpoint = out_path / run["final_checkpoint"]
-            training = {"test_accuracy": run["final"]["test_acc"], "reused": True}
-        else:
-            resume = same and (out_path / RESUME_FILE).is_file()
-    if checkpoint is None:
-        say(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out_path}")
-        result = _run_training(DEMO_MODEL, data_spec, epochs, out_path, quiet, as_json, report=False, device=device,
-                               data_root=data_root, download=download, resume=resume,
-                               overwrite=overwrite or not resume)
-        checkpoint = result.final_checkpoint
-        training = {"test_accuracy": result.test_accuracy, "reused": False}
-        say(f"demo: trained to test accuracy {result.test_accuracy:.4f}")
-        overwrite = True  # analyses of an earlier model in --out are stale now
-    try:
-        results = None if overwrite else Results.load(out_path)
-        if results is not None and results.config.get("model", {}).get("checkpoint") != str(checkpoint):
-            results = None
-        if results is not None:
-            say(f"{out_path} already holds the demo's analysis; reusing it. Use --overwrite to re-analyse.")
-    except ResultsError:
-        results = None
-    if results is None:
-        say(f"demo: analysing {checkpoint} with OOD sets {', '.join(ood)}")
-        results = _analyze(checkpoint, None, data_spec, ood, "default", "blocks", "pool2", device, out_path,
-                           overwrite=True, quiet=quiet or as_json, data_root=data_root, untrained_reference=True)
-        training["analysis_reused"] = False
-    else:
-        training["analysis_reused"] = True
-    _print_results(results, quiet, as_json, {"training": {**training, "checkpoint": str(checkpoint)}})
+    silent = quiet or as_json
+    say = None if silent else (lambda text: err_console.print(text, markup=False))
+    bars = False if silent else None
+    run = run_demo(out, quick, device=device, data_root=data_root, download=download, overwrite=overwrite,
+                   progress=bars, log=say, on_epoch=_epoch_logger(demo_settings(quick)[2], bars))
+    _print_results(run.results, quiet, as_json, {"training": run.training_summary()})
 
 
 def _analyze(model, weights, data_spec: str, ood, metrics: str, points: str, reduce: str, device: str, out: Path,
              overwrite: bool, quiet: bool, data_root: str | None = None, **kwargs):
     """Run :func:`tunnelscope.analyze` and save the run directory (refusing a taken one first)."""
-    from .pipeline import analyze
-    from .results import check_free
+    from .engine.analyze import analyze
+    from .report import save_run
+    from .rundir import check_free
 
     check_free(out, overwrite)  # before the model runs, not after
     results = analyze(model, data_spec, ood=list(ood), metrics=metrics, points=points, reduce=reduce, device=device,
                       weights=weights, data_root=data_root, progress=False if quiet else None, **kwargs)
-    results.save(out, overwrite=overwrite)
+    save_run(results, out, overwrite=overwrite)
     return results
 
 
 def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = None) -> None:
     """The per-layer table, the headline numbers and the verdict; or JSON (with ``extra``); or nothing."""
     from .report import summary_lines
-    from .results import REPORT_FILE
+    from .rundir import REPORT_FILE
 
     report = results.path / REPORT_FILE if results.path else None
     if as_json:
@@ -343,14 +315,14 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
 
 def _metrics_help() -> str:
-    from .pipeline import ANALYZE_METRICS
-
-    return "Comma list of " + ", ".join(ANALYZE_METRICS) + "; aliases nc/collapse; or default/all."
+    return (f"Comma list of metrics, e.g. {','.join(METRIC_EXAMPLES)} (a wrong name lists them all); aliases "
+            "nc/collapse; or default/all.")
 
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by train.")
-@click.option("--model", "model_spec", default=None, help="A model spec instead of --checkpoint (random init or --weights).")
+@click.option("--model", "model_spec", default=None,
+              help="A model spec instead of --checkpoint (random init or --weights).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for --model.")
 @click.option("--data", "data_spec", required=True, help="ID dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
 @click.option("--ood", multiple=True, help="An OOD dataset spec (repeat for several); adapted to the input shape.")
@@ -397,7 +369,7 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
           --data "fashion-mnist[classes=0-4]" --ood "fashion-mnist[classes=5-9]" --ood digits --out runs/a
       tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
       tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol harun --probe-seeds 3 --json --out runs/b
-    """
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
     from .probes import ProbeConfig
 
     if (checkpoint is None) == (model_spec is None):
@@ -448,7 +420,7 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
       tunnelscope compare runs/mlp6 runs/mlp12 --out runs/compare
       tunnelscope compare runs/a runs/b --label "epoch 1" --label "epoch 10"
     """
-    from .compare import compare_runs
+    from .report.compare import compare_runs
 
     summary, paths = compare_runs(run_dirs, out, labels or None)
     if as_json:
@@ -468,7 +440,8 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
-@click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of a total-variation prior.")
+@click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
@@ -490,42 +463,15 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
           --images 8 --out runs/demo
       tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
     """
-    import torch
-
-    from . import data as data_mod
-    from .analysis import sample_split
-    from .checkpoint import load_model
-    from .invert import INVERSION_FILE, InvertConfig, invert as invert_fn, save_inversions, untrained_copy
-    from .report import refresh_report
-    from .results import REPORT_FILE
-    from .train.loop import resolve_device
+    from .invert import InvertConfig, invert_checkpoint, summarize_inversions
+    from .rundir import REPORT_FILE
 
     out_path = Path(out)
-    if (out_path / INVERSION_FILE).exists() and not overwrite:
-        raise TunnelscopeError(f"{out_path} already holds an inversion; pass --overwrite or choose another --out")
-    if not Path(checkpoint).is_file():
-        raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
-    dev = resolve_device(device)
-    model, meta = load_model(checkpoint, dev)
-    dataset = data_mod.load(data_spec, root=data_root)
-    if tuple(dataset.input_shape) != tuple(meta["input_shape"]):
-        raise ShapeError(f"checkpoint {checkpoint} takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "
-                         f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
-    if images > len(dataset.test):
-        raise SpecError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
-    split, n = sample_split(dataset.test, images, seed)
-    x = torch.cat([b for b, _ in split.batches(256, device=dev)])
     cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed)
     pts = points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
-    bars = False if (quiet or as_json) else None
-    runs = [invert_fn(model, x, pts, cfg, dev, "trained", bars)]
-    if untrained:
-        runs.append(invert_fn(untrained_copy(model, seed), x, pts, cfg, dev, "untrained", bars))
-    save_inversions(runs, out_path, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": data_spec,
-                                     "images": n, "device": str(dev)})
-    refresh_report(out_path, title=f"tunnelscope invert: {meta['model_spec']}")
-    from .invert import summarize_inversions
-
+    runs = invert_checkpoint(checkpoint, data_spec, out_path, images=images, points=pts, config=cfg,
+                             untrained=untrained, device=device, overwrite=overwrite, data_root=data_root,
+                             progress=False if (quiet or as_json) else None)
     summary = summarize_inversions(runs)
     if as_json:
         click.echo(json.dumps({"out": str(out_path), "summary": summary}, indent=2))
@@ -535,7 +481,8 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
             table.add_column(col, justify="right")
         for state, rows in summary.items():
             for r in rows:
-                table.add_row(state, str(r["layer"]), r["point"], *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique")))
+                table.add_row(state, str(r["layer"]), r["point"],
+                              *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique")))
         out_console.print(table)
         out_console.print(f"report: {out_path / REPORT_FILE}", markup=False)
 
@@ -598,7 +545,7 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
             out_console.print(f"{len(table)} rows from {table['cell'].nunique() if len(table) else 0} cells "
                               f"-> {target}", markup=False)
         return
-    from .sweep.report import write_sweep_report
+    from .report.sweep import write_sweep_report
     from .sweep.run import run_sweep
 
     outcome = run_sweep(spec, address=address, max_concurrent=max_concurrent, device=device,
@@ -627,7 +574,7 @@ def _print_frame(frame, title: str) -> None:
     out_console.print(table)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SpecError
+from .errors import ConfigError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -14,7 +14,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise SpecError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
     return dev

@@ -37,3 +37,24 @@ class InsufficientDataError(TunnelscopeError, ValueError):
 
 class MemoryBudgetError(TunnelscopeError, MemoryError):
     """A computation whose planned state does not fit in the memory available."""
+
+
+class ConfigError(SpecError):
+    """A setting that is out of range or inconsistent with the others (a batch size, a
+    probe protocol, a metric name, a device)."""
+
+
+class SweepConfigError(ConfigError):
+    """A sweep file (YAML) that is malformed, unsafe or too large."""
+
+
+class RunDirectoryError(TunnelscopeError):
+    """A run directory that is missing, partial, unreadable, or already taken."""
+
+
+class TrainingDivergedError(TunnelscopeError):
+    """The training loss became NaN or infinite."""
+
+
+class RayError(TunnelscopeError):
+    """Ray could not be started or reached."""

@@ -38,7 +38,8 @@ class Features(dict):
         return out
 
 
-def joint_features(features: dict[str, Tensor], names: list[str], dtype: torch.dtype) -> tuple[Tensor, list[tuple[int, int]]]:
+def joint_features(features: dict[str, Tensor], names: list[str],
+                   dtype: torch.dtype) -> tuple[Tensor, list[tuple[int, int]]]:
     """The ``B x Σ D`` matrix of ``names`` in ``dtype`` and each point's column range,
     reusing a :class:`Features` cache when the points are all of it, in order."""
     if isinstance(features, Features) and list(features) == list(names):

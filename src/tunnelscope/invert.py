@@ -22,6 +22,8 @@ import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -29,9 +31,12 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from .capture import activations
-from .errors import SpecError
+from .errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
 from .models.probe_points import order_by_execution, probe_points
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 
 @dataclass
@@ -74,7 +79,7 @@ class Inversion:
         t = self.table[self.table.metric == metric]
         if state is not None:
             t = t[t.state == state]
-        return t.groupby(["state", "layer", "point"], as_index=False)["value"].mean()
+        return t.groupby(["state", "layer", "point"], as_index=False)[["value"]].mean()
 
 
 def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -120,6 +125,7 @@ def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]
         outs = activations(model, needed, x)
         loss = sum(cfg.l1_weight * (outs[names[p]][index[p]] - targets[names[p]][images[p]]).abs().sum()
                    for p in by_point)
+        assert isinstance(loss, Tensor)  # by_point is never empty, so sum() never returns its start, 0
         if cfg.tv_weight and image_like:
             loss = loss + cfg.tv_weight * _tv(x)
         (grad,) = torch.autograd.grad(loss, x)
@@ -167,15 +173,16 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
                 chunk = rows[lo : lo + cfg.max_rows]
                 start = torch.stack([starts[r, i] for _, r, i in chunk])
                 result = _descend(model, names, chunk, start, targets, cfg, bars, task)
-                for (p, r, i), x in zip(chunk, result):
-                    out[p, r, i] = x
+                for (point, r, i), x in zip(chunk, result):
+                    out[point, r, i] = x
         table = _scores(model, names, images, perturbed, out, targets, cfg, state)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
     recon = {name: out[p].cpu() for p, name in enumerate(names)}
-    return Inversion(table, recon, images.cpu(), perturbed.cpu(), starts.cpu(), {**asdict(cfg), "points": names, "state": state})
+    return Inversion(table, recon, images.cpu(), perturbed.cpu(), starts.cpu(),
+                     {**asdict(cfg), "points": names, "state": state})
 
 
 def _norms(x: Tensor) -> Tensor:
@@ -207,9 +214,6 @@ def _scores(model, names, images, perturbed, out, targets, cfg: InvertConfig, st
     return pd.DataFrame(rows)
 
 
-__all__ = ["InvertConfig", "Inversion", "invert", "untrained_copy"]
-
-
 INVERSION_FILE, INVERSION_CONFIG = "inversion.parquet", "inversion.json"
 
 
@@ -228,10 +232,8 @@ def summarize_inversions(inversions: list[Inversion]) -> dict:
 
 def save_inversions(inversions: list[Inversion], out, extra_config: dict | None = None) -> list:
     """Write ``inversion.parquet``, ``inversion.json`` and the figures into ``out``; returns the PNGs."""
-    from pathlib import Path
-
-    from .figures import inversion_curves, inversion_grid, save_figures
     from .io import atomic_write, write_json
+    from .report.figures import inversion_curves, inversion_grid, save_figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,3 +246,46 @@ def save_inversions(inversions: list[Inversion], out, extra_config: dict | None 
     write_json(out / INVERSION_CONFIG, {"config": inversions[0].config, **(extra_config or {}),
                                         "summary": summarize_inversions(inversions)})
     return pngs
+
+
+def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Path, *, images: int = 8,
+                      points: str | list[str] = "blocks", config: InvertConfig | None = None, untrained: bool = True,
+                      device: str | torch.device = "auto", overwrite: bool = False,
+                      data_root: str | Path | None = None, progress: bool | None = None) -> list[Inversion]:
+    """What ``tunnelscope invert`` does: reconstruct ``images`` test images of ``data`` (drawn
+    with ``config.seed``) from every point of a checkpoint's model and, with ``untrained``, of
+    a copy re-initialised with the same seed; write scores, figures and ``report.html`` into
+    ``out``. Returns the inversions, the trained model's first."""
+    from . import data as data_mod
+    from .data import sample_split
+    from .device import resolve_device
+    from .models import load_model
+    from .report.run import refresh_report
+
+    out = Path(out)
+    if (out / INVERSION_FILE).exists() and not overwrite:
+        raise TunnelscopeError(f"{out} already holds an inversion; pass --overwrite or choose another --out")
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
+    cfg = config or InvertConfig()
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    dataset = data_mod.load(data, root=data_root) if isinstance(data, str) else data
+    if tuple(dataset.input_shape) != tuple(meta["input_shape"]):
+        raise ShapeError(f"checkpoint {checkpoint} takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "
+                         f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
+    if images > len(dataset.test):
+        raise SpecError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
+    split, n = sample_split(dataset.test, images, cfg.seed)
+    x = torch.cat([b for b, _ in split.batches(256, device=dev)])
+    runs = [invert(model, x, points, cfg, dev, "trained", progress)]
+    if untrained:
+        runs.append(invert(untrained_copy(model, cfg.seed), x, points, cfg, dev, "untrained", progress))
+    save_inversions(runs, out, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": dataset.spec,
+                                "images": n, "device": str(dev)})
+    refresh_report(out, title=f"tunnelscope invert: {meta['model_spec']}")
+    return runs
+
+
+__all__ = ["InvertConfig", "Inversion", "invert", "invert_checkpoint", "save_inversions", "summarize_inversions",
+           "untrained_copy"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import SpecError
+from .errors import ConfigError
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
@@ -78,15 +78,15 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
-            raise SpecError(f"unknown probe selection {self.select!r}; valid: {', '.join(SELECTIONS)}")
+            raise ConfigError(f"unknown probe selection {self.select!r}; valid: {', '.join(SELECTIONS)}")
         if self.protocol not in PROTOCOLS:
-            raise SpecError(f"unknown probe protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"unknown probe protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
         if self.protocol != "harun" and self.select != "last":
-            raise SpecError(f"selection {self.select!r} needs epochs; protocol {self.protocol!r} is fitted once")
+            raise ConfigError(f"selection {self.select!r} needs epochs; protocol {self.protocol!r} is fitted once")
         if self.epochs < 1 or self.batch_size < 1 or self.max_iter < 1 or self.seeds < 1:
-            raise SpecError("probe epochs, batch_size, max_iter and seeds must be >= 1")
+            raise ConfigError("probe epochs, batch_size, max_iter and seeds must be >= 1")
         if not (self.C > 0 and self.tol > 0 and self.lr > 0):
-            raise SpecError("probe C, tol and lr must be > 0")
+            raise ConfigError("probe C, tol and lr must be > 0")
 
 
 @dataclass
@@ -266,7 +266,7 @@ def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     dev = torch.device(device)
     names = list(train)
     if list(test) != names:
-        raise SpecError("train and test features must hold the same probe points in the same order")
+        raise ConfigError("train and test features must hold the same probe points in the same order")
     if cfg.protocol == "lbfgs":
         return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev)
     if cfg.protocol == "ridge":
@@ -286,8 +286,8 @@ def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     dims = [train[n].shape[1] for n in names]
     weights = dict(zip(names, _init(names, dims, num_classes, cfg.init_std, cfg.seed)))
     by_dim: dict[int, list[str]] = {}
-    for n, d in zip(names, dims):
-        by_dim.setdefault(d, []).append(n)
+    for name, d in zip(names, dims):
+        by_dim.setdefault(d, []).append(name)
     groups = [_Group(ns, [weights[n] for n in ns], dev) for ns in by_dim.values()]
     rows = _Rows(train, list(by_dim.values()), dev, resident)
     eval_rows = _Rows(test, list(by_dim.values()), dev, resident)
@@ -307,7 +307,8 @@ def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     with progress_bar(progress) as bars:
         task = bars.add_task("probes", total=cfg.epochs, info=f"{len(names)} points")
         for epoch in range(1, cfg.epochs + 1):
-            order = fit_idx[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)]
+            epoch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            order = fit_idx[torch.randperm(n, generator=epoch_gen).to(dev)]
             for lo in range(0, n, cfg.batch_size):
                 idx = order[lo : lo + cfg.batch_size].sort().values
                 y = y_all[idx]
@@ -344,7 +345,11 @@ def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     cfg_out = asdict(cfg)
     if cfg.select == "test":
         cfg_out["note"] = "selected on the test split (the papers' behaviour): accuracies are optimistic"
-    weights_out = {name: tuple(t.cpu() for t in g.weights(i)) for g in groups for i, name in enumerate(g.names)}
+    weights_out: dict[str, tuple[Tensor, Tensor]] = {}
+    for g in groups:
+        for i, name in enumerate(g.names):
+            weight, bias = g.weights(i)
+            weights_out[name] = (weight.cpu(), bias.cpu())
     return ProbeResult(accuracy, train_accuracy, chosen_epoch, sorted(diverged), weights_out, cfg_out,
                        train_loss={n: history[n][-1] for n in names}, converged=converged,
                        iterations={n: cfg.epochs for n in names}, correct=correct)
@@ -369,16 +374,10 @@ def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
         b = torch.zeros(num_classes, dtype=torch.float64, device=dev, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=cfg.tol, tolerance_change=0.0,
                                 history_size=20, line_search_fn="strong_wolfe")
-        scale = 1.0 / (cfg.C * len(y))
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(xs @ w + b, y) + 0.5 * scale * (w * w).sum()
-            loss.backward()
-            return loss
-
+        closure = _lbfgs_closure(opt, xs, y, w, b, scale=1.0 / (cfg.C * len(y)))
         opt.step(closure)
         loss = float(closure().detach())  # also leaves the final gradient in .grad
+        assert w.grad is not None and b.grad is not None
         grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
         out.iterations[name] = int(opt.state[w].get("n_iter", 0))
         with torch.no_grad():
@@ -398,6 +397,19 @@ def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     return out
 
 
+def _lbfgs_closure(opt: torch.optim.Optimizer, xs: Tensor, y: Tensor, w: Tensor, b: Tensor,
+                   scale: float) -> Callable[[], Tensor]:
+    """The closure L-BFGS re-evaluates: the penalised mean cross-entropy, its gradient left in ``.grad``."""
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w + b, y) + 0.5 * scale * (w * w).sum()
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
                  test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
     """The closed-form ridge probe of :mod:`tunnelscope.metrics.ridge`, fitted on the given features
@@ -411,7 +423,10 @@ def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     out = ProbeResult({}, {}, {}, [], {}, asdict(cfg))
     for name, point in moments.points.items():
         w, mu, prior = ridge_weights(point, cfg.ridge)
-        scores = lambda feats: (_tensor(feats).to(dev, torch.float64) - mu) @ w + prior  # noqa: E731
+
+        def scores(feats: FeatureArray, w: Tensor = w, mu: Tensor = mu, prior: Tensor = prior) -> Tensor:
+            return (_tensor(feats).to(dev, torch.float64) - mu) @ w + prior
+
         train_scores = scores(train[name])
         out.correct[name] = (scores(test[name]).argmax(1) == yt).cpu().numpy()
         out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
@@ -21,8 +28,8 @@ def should_show(progress: bool | None) -> bool:
 class _Silent:
     """Stands in for a rich Progress when bars are off."""
 
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
+    def add_task(self, *args, **kwargs) -> TaskID:
+        return TaskID(0)
 
     def update(self, *args, **kwargs) -> None:
         pass

@@ -1,10 +1,12 @@
 """``Results``: one analysis as a tidy table, a summary and a config, saved to and loaded
 from a run directory.
 
-The run directory holds ``results.parquet`` (one row per dataset × split × point ×
-metric, plus ``other_point`` for pairwise metrics), ``summary.json``, ``config.json``,
-``figures/`` (PNG and SVG) and ``report.html``. ``summary.json`` is written last and
-removed first when a run is replaced, so a directory without it holds a partial run.
+The run directory (file names in :mod:`tunnelscope.rundir`) holds ``results.parquet``
+(one row per dataset × split × point × metric, plus ``other_point`` for pairwise
+metrics), ``config.json`` and ``summary.json``; :func:`tunnelscope.report.save_run` adds
+``figures/`` and ``report.html``. ``summary.json`` is written last and removed first when
+a run is replaced, so a directory without it holds a partial run. This module knows
+nothing of figures or reports: the report reads :class:`Results`, not the other way round.
 """
 
 from __future__ import annotations
@@ -15,32 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import TunnelscopeError
+from .errors import RunDirectoryError
 from .io import atomic_write, write_json
+from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
 
-RESULTS_FILE, SUMMARY_FILE, CONFIG_FILE = "results.parquet", "summary.json", "config.json"
-FIGURES_DIR, REPORT_FILE = "figures", "report.html"
 REQUIRED_COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
                     "other_layer", "valid"]
 COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "ci_lo", "ci_hi",
            "other_point", "other_layer", "valid", "reference"]
 
 
-class ResultsError(TunnelscopeError):
-    """A run directory that is missing, partial, unreadable, or already taken."""
-
-
-def check_free(directory: str | Path, overwrite: bool) -> bool:
-    """Whether ``directory`` already holds analysis results; refuses it unless ``overwrite``."""
-    out = Path(directory)
-    taken = (out / SUMMARY_FILE).exists() or (out / RESULTS_FILE).exists()
-    if taken and not overwrite and not (out / SUMMARY_FILE).exists():
-        raise ResultsError(f"{out} holds a partial analysis (no {SUMMARY_FILE}: an earlier run stopped before "
-                           "finishing); pass --overwrite (overwrite=True) to replace it or choose another --out")
-    if taken and not overwrite:
-        raise ResultsError(f"{out} already holds analysis results; pass --overwrite (overwrite=True) "
-                           "to replace them or choose another --out")
-    return taken
+ResultsError = RunDirectoryError  # the name this error had before it moved to errors.py
 
 
 @dataclass
@@ -149,59 +136,51 @@ class Results:
         wide.columns.name = None
         return wide.sort_index().reset_index()
 
-    # ------------------------------------------------------------------ figures and report
-    def figures(self) -> dict:
-        """Every figure this run's metrics allow, by name (matplotlib Figures)."""
-        from .figures import run_figures
-
-        return run_figures(self)
-
-    def save_figures(self, folder: str | Path) -> list[Path]:
-        """Write every figure as PNG and SVG into ``folder``; returns the PNG paths."""
-        from .figures import FIGURES, save_figures
-
-        return save_figures(self.figures(), folder, replace=list(FIGURES))
-
-    def to_html(self, path: str | Path, figures: dict[str, Path] | None = None) -> Path:
-        """Write the self-contained HTML report (figures embedded, no network)."""
-        from .report import write_report
-
-        return write_report(self, path, figures)
-
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
-        """Write the run directory: table, config, figures, report, and the summary last."""
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the data of a run directory: table, config and, last, the summary.
+
+        The figures and the HTML report are drawn by :func:`tunnelscope.report.save_run`,
+        which writes all of it (``tunnelscope analyze --out`` does)."""
         out = Path(directory)
-        if check_free(out, overwrite):
-            (out / SUMMARY_FILE).unlink(missing_ok=True)  # from here until the end, the run reads as partial
-        out.mkdir(parents=True, exist_ok=True)
-        table = self.table.reindex(columns=COLUMNS + [c for c in self.table.columns if c not in COLUMNS])
-        atomic_write(out / RESULTS_FILE, lambda h: table.to_parquet(h, index=False))
-        write_json(out / CONFIG_FILE, self.config)
-        pngs = self.save_figures(out / FIGURES_DIR) if figures else []
-        self.path = out  # the report also shows what else the directory holds (an inversion)
-        self.to_html(out / REPORT_FILE, {p.stem: p for p in pngs})
-        write_json(out / SUMMARY_FILE, self.summary)
+        self.begin(out, overwrite)
+        self.finish(out)
         return out
 
+    def begin(self, directory: Path, overwrite: bool) -> None:
+        """Check the directory is free (or may be overwritten) and write the table and config;
+        until :meth:`finish`, the directory reads as a partial run."""
+        if check_free(directory, overwrite):
+            (directory / SUMMARY_FILE).unlink(missing_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        table = self.table.reindex(columns=COLUMNS + [c for c in self.table.columns if c not in COLUMNS])
+        atomic_write(directory / RESULTS_FILE, lambda h: table.to_parquet(h, index=False))
+        write_json(directory / CONFIG_FILE, self.config)
+        self.path = directory
+
+    def finish(self, directory: Path) -> None:
+        """Write the summary, which marks the run directory complete."""
+        write_json(directory / SUMMARY_FILE, self.summary)
+
     @classmethod
-    def load(cls, directory: str | Path) -> "Results":
+    def load(cls, directory: str | Path) -> Results:
         """Read a run directory written by :meth:`save`."""
         d = Path(directory)
         if not d.is_dir():
-            raise ResultsError(f"{d} is not a directory; give a run directory written by 'tunnelscope analyze'")
+            raise RunDirectoryError(f"{d} is not a directory; give a run directory written by 'tunnelscope analyze'")
         missing = [f for f in (RESULTS_FILE, CONFIG_FILE, SUMMARY_FILE) if not (d / f).is_file()]
         if missing:
-            raise ResultsError(f"{d} holds no complete analysis (missing {', '.join(missing)}); "
+            raise RunDirectoryError(f"{d} holds no complete analysis (missing {', '.join(missing)}); "
                                "re-run 'tunnelscope analyze --out' on it with --overwrite")
         try:
             table = pd.read_parquet(d / RESULTS_FILE)
             summary = json.loads((d / SUMMARY_FILE).read_text())
             config = json.loads((d / CONFIG_FILE).read_text())
         except Exception as exc:  # pyarrow and json raise many types for a damaged file
-            raise ResultsError(f"cannot read the results in {d}: {type(exc).__name__}: {exc}") from None
+            raise RunDirectoryError(f"cannot read the results in {d}: {type(exc).__name__}: {exc}") from None
         if missing_cols := [c for c in REQUIRED_COLUMNS if c not in table.columns]:
-            raise ResultsError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; it was not written by tunnelscope")
+            raise RunDirectoryError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; "
+                                    "it was not written by tunnelscope")
         return cls(table, summary, config, d)
 
 

@@ -8,54 +8,58 @@ fractions in [0, 1] (or percentages: only ratios and correlations are taken, exc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import pearsonr
 
-from .errors import SpecError
+from .errors import ConfigError
+from .summary import MEAN_RETAINED, STRENGTH, length_key, start_key
+
+Curve = Sequence[float] | np.ndarray
+"""An accuracy curve, one value per probe point: a sequence of floats or a 1-D array."""
 
 STRENGTHS = ((95.0, "negligible"), (90.0, "weak"), (80.0, "medium"), (-math.inf, "strong"))
 
 
-def _curve(acc: Sequence[float], name: str) -> np.ndarray:
+def _curve(acc: Curve, name: str) -> np.ndarray:
     values = np.asarray(acc, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0:
-        raise SpecError(f"{name} must be a non-empty 1-D sequence of accuracies, one per probe point")
+        raise ConfigError(f"{name} must be a non-empty 1-D sequence of accuracies, one per probe point")
     if not np.isfinite(values).all():
-        raise SpecError(f"{name} holds NaN or Inf (a probe that diverged?): {values.tolist()}")
+        raise ConfigError(f"{name} holds NaN or Inf (a probe that diverged?): {values.tolist()}")
     return values
 
 
-def tunnel_start(acc_id: Sequence[float], tau: float = 0.95) -> int:
+def tunnel_start(acc_id: Curve, tau: float = 0.95) -> int:
     """``l* = min{l : acc_ID(l) >= τ · acc_ID(penultimate)}``, 1-based."""
     values = _curve(acc_id, "acc_id")
     if not 0 < tau <= 1:
-        raise SpecError(f"tau must be in (0, 1], got {tau}")
+        raise ConfigError(f"tau must be in (0, 1], got {tau}")
     return int(np.argmax(values >= tau * values[-1])) + 1
 
 
-def tunnel_length(acc_id: Sequence[float], tau: float = 0.95) -> int:
+def tunnel_length(acc_id: Curve, tau: float = 0.95) -> int:
     """Number of probe points after the tunnel start (0: no tunnel)."""
     return len(_curve(acc_id, "acc_id")) - tunnel_start(acc_id, tau)
 
 
-def ood_retained(acc_ood: Sequence[float]) -> tuple[float, int]:
+def ood_retained(acc_ood: Curve) -> tuple[float, int]:
     """``(r, l_m)``: ``r = 100 · a_p / a_m`` with ``a_m = max_l acc_OOD(l)`` at ``l_m`` (1-based,
     the first maximum) and ``a_p = acc_OOD(penultimate)``. ``r = 100`` means no tunnel."""
     values = _curve(acc_ood, "acc_ood")
     best = int(np.argmax(values))
     if values[best] <= 0:
-        raise SpecError("OOD probe accuracy is zero at every point; % retained is undefined")
+        raise ConfigError("OOD probe accuracy is zero at every point; % retained is undefined")
     return float(100.0 * values[-1] / values[best]), best + 1
 
 
-def pearson(acc_id: Sequence[float], acc_ood: Sequence[float]) -> float:
+def pearson(acc_id: Curve, acc_ood: Curve) -> float:
     """Pearson correlation of the ID and OOD curves; NaN when either is constant or has < 2 points."""
     a, b = _curve(acc_id, "acc_id"), _curve(acc_ood, "acc_ood")
     if len(a) != len(b):
-        raise SpecError(f"ID and OOD curves differ in length ({len(a)} vs {len(b)})")
+        raise ConfigError(f"ID and OOD curves differ in length ({len(a)} vs {len(b)})")
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(pearsonr(a, b).statistic)
@@ -65,9 +69,9 @@ def alignment(acc_id_penultimate: float, classes_id: int, acc_ood_penultimate: f
     """``A = (α_ID - 1/C_ID)(α_OOD - 1/C_OOD)``, accuracies as fractions in [0, 1]."""
     for value in (acc_id_penultimate, acc_ood_penultimate):
         if not 0 <= value <= 1:
-            raise SpecError(f"alignment takes accuracies as fractions in [0, 1], got {value}")
+            raise ConfigError(f"alignment takes accuracies as fractions in [0, 1], got {value}")
     if classes_id < 2 or classes_ood < 2:
-        raise SpecError("alignment needs at least 2 classes on each side")
+        raise ConfigError("alignment needs at least 2 classes on each side")
     return float((acc_id_penultimate - 1 / classes_id) * (acc_ood_penultimate - 1 / classes_ood))
 
 
@@ -90,14 +94,14 @@ class OODSummary:
     alignment: float
 
 
-def summarize(acc_id: Sequence[float], classes_id: int, ood: dict[str, tuple[Sequence[float], int]],
+def summarize(acc_id: Curve, classes_id: int, ood: Mapping[str, tuple[Curve, int]],
               taus: Sequence[float] = (0.95, 0.98)) -> dict:
     """All tunnel metrics for one model: ``ood`` maps a name to ``(acc_ood curve, classes)``."""
     values = _curve(acc_id, "acc_id")
     out: dict = {"points": len(values)}
     for tau in taus:
-        out[f"tunnel_start@{tau}"] = tunnel_start(values, tau)
-        out[f"tunnel_length@{tau}"] = tunnel_length(values, tau)
+        out[start_key(tau)] = tunnel_start(values, tau)
+        out[length_key(tau)] = tunnel_length(values, tau)
     rows = []
     for name, (curve, classes) in ood.items():
         retained, best = ood_retained(curve)
@@ -105,6 +109,6 @@ def summarize(acc_id: Sequence[float], classes_id: int, ood: dict[str, tuple[Seq
                                alignment(values[-1], classes_id, _curve(curve, name)[-1], classes)))
     out["ood"] = rows
     if rows:
-        out["mean_retained"] = float(np.mean([r.retained for r in rows]))
-        out["strength"] = strength(out["mean_retained"])
+        out[MEAN_RETAINED] = float(np.mean([r.retained for r in rows]))
+        out[STRENGTH] = strength(out[MEAN_RETAINED])
     return out

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .summary import MEAN_RETAINED, start_key
+
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
 
@@ -89,7 +91,7 @@ def tunnel_intervals(id_curves: np.ndarray, classes_id: int, ood: dict[str, tupl
 
     out: dict = {}
     for tau in taus:
-        out[f"tunnel_start@{tau}"] = pair(tunnel_starts(id_curves, tau).astype(np.float64))
+        out[start_key(tau)] = pair(tunnel_starts(id_curves, tau).astype(np.float64))
     out["ood"] = {}
     kept = []
     for name, (curves, classes) in ood.items():
@@ -99,7 +101,7 @@ def tunnel_intervals(id_curves: np.ndarray, classes_id: int, ood: dict[str, tupl
         out["ood"][name] = {"retained": pair(r), "pearson": pair(pearson_rows(id_curves, curves)),
                             "alignment": pair(align)}
     if kept:
-        out["mean_retained"] = pair(np.mean(kept, axis=0))
+        out[MEAN_RETAINED] = pair(np.mean(kept, axis=0))
     return out
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InsufficientDataError
+from .summary import BEST_TRANSFER_LAYER, POINTS, TUNNEL_START, ci_key
 
 MIN_PER_CLASS = 5
 FEW_PER_CLASS = 20
@@ -108,10 +109,10 @@ def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: fl
     if len(curve) and np.isfinite(curve).all():
         target = tau * curve[-1]
         if input_accuracy is not None and np.isfinite(input_accuracy) and input_accuracy >= target:
-            flags.append(Flag("first_layer", f"a probe on the raw input already reaches {input_accuracy:.3f}, within "
-                                              f"{1 - tau:.0%} of the last layer's {curve[-1]:.3f}: the task is linearly "
-                                              "solvable from the input, so the layers add little and this is not "
-                                              "evidence of a long tunnel", False))
+            flags.append(Flag("first_layer", f"a probe on the raw input already reaches {input_accuracy:.3f}, "
+                                             f"within {1 - tau:.0%} of the last layer's {curve[-1]:.3f}: the task is "
+                                             "linearly solvable from the input, so the layers add little and this is "
+                                             "not evidence of a long tunnel", False))
         elif len(curve) > 1 and curve[0] >= target:
             flags.append(Flag("first_layer", f"ID probe accuracy is within {1 - tau:.0%} of its final value from "
                                               "layer 1: the task is linearly solvable from the first layer, which is "
@@ -140,7 +141,7 @@ def probe_flags(unconverged: dict[str, list[str]], diverged: dict[str, list[str]
 
 
 def _ci(summary: dict, key: str, digits: int = 1) -> str:
-    ci = summary.get(f"{key}_ci")
+    ci = summary.get(ci_key(key))
     if not ci or any(v is None or not np.isfinite(v) for v in ci):
         return ""
     return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if digits else f" [{int(ci[0])}, {int(ci[1])}]"
@@ -150,20 +151,20 @@ def verdict(summary: dict, names: list[str]) -> str:
     """One line from a summary: where the tunnel starts (with its interval), which layer
     transfers best (highest mean OOD probe accuracy), how much OOD accuracy the last layer
     keeps, NCC separability, and the reasons the verdict is not valid or must be read carefully."""
-    if "tunnel_start@0.95" not in summary:
+    if TUNNEL_START not in summary:
         return "the ID probes diverged (NaN accuracy); no tunnel verdict"
-    start, L = summary["tunnel_start@0.95"], summary["points"]
+    start, L = summary[TUNNEL_START], summary[POINTS]
     flags = summary.get("flags", [])
     codes = {f["code"] for f in flags}
     if "first_layer" in codes:
-        text = f"no tunnel evidence: ID probe accuracy is reached from the first layer (of {L}), the task is linearly " \
-               "solvable early"
+        text = (f"no tunnel evidence: ID probe accuracy is reached from the first layer (of {L}), "
+                "the task is linearly solvable early")
     elif start < L:
-        text = f"the tunnel starts at layer {start}{_ci(summary, 'tunnel_start@0.95', 0)} of {L}"
+        text = f"the tunnel starts at layer {start}{_ci(summary, TUNNEL_START, 0)} of {L}"
     else:
         text = f"no tunnel: ID probe accuracy still rises at the last layer ({L})"
-    if summary.get("best_transfer_layer"):
-        j = summary["best_transfer_layer"]
+    if summary.get(BEST_TRANSFER_LAYER):
+        j = summary[BEST_TRANSFER_LAYER]
         text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
                  f"at the last layer: {summary['mean_retained']:.1f}%{_ci(summary, 'mean_retained')} "
                  f"({summary['strength']})")

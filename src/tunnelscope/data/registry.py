@@ -13,11 +13,14 @@ Modifiers, applied in this order whatever order they are written in:
 
 Normalisation uses per-channel mean and std of the *whole* base training split as the model
 sees it (after the resize and the channel conversion), so class subsets of one dataset share
-it; it is computed once per process and recorded in :attr:`Dataset.info`.
+it; it is computed once per process, kept in the user cache for data read from files (keyed
+by the files' sizes and mtimes), and recorded in :attr:`Dataset.info`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import SpecError, DataNotFoundError
+from ..errors import DataNotFoundError, SpecError
+from ..io import atomic_write
 from ..specs import Spec, parse_index_set, parse_int, parse_spec
+from . import sources
 from .sources import SOURCES, LoadContext, RawData
 from .split import FolderSplit, Split, TensorSplit
 
@@ -213,8 +218,8 @@ def channel_stats(x: Tensor, scale: float, channels: int | None = None, size: in
     materialised. Grey replicated to 3 channels has the grey stats three times.
     """
     if channels == 3 and x.shape[1] == 1:
-        mean, std = channel_stats(x, scale, None, size, chunk)
-        return mean * 3, std * 3
+        grey_mean, grey_std = channel_stats(x, scale, None, size, chunk)
+        return grey_mean * 3, grey_std * 3
     total = torch.zeros(channels if channels == 1 else x.shape[1], dtype=torch.float64)
     square = torch.zeros_like(total)
     count = 0
@@ -231,16 +236,56 @@ def channel_stats(x: Tensor, scale: float, channels: int | None = None, size: in
 
 
 _STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+STATS_VERSION = 1  # bump when channel_stats changes its numbers: older cache files are then ignored
 
 
 def normalisation(raw: RawData, key: tuple, size: int | None, channels: int | None
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """:func:`channel_stats` of a base training split after resize and channel conversion,
-    remembered for the process (``key`` names the base data: source and generator settings)."""
+    remembered for the process (``key`` names the base data: source and generator settings)
+    and, for data read from files, across processes in the user cache (see :func:`_stats_file`)."""
     full = (*key, size, channels)
     if full not in _STATS:
-        _STATS[full] = channel_stats(raw.train_x, raw.scale, channels, size)
+        path, fingerprint = _stats_file(raw, full)
+        stats = _read_stats(path, fingerprint) if path else None
+        if stats is None:
+            stats = channel_stats(raw.train_x, raw.scale, channels, size)
+            if path:
+                _write_stats(path, fingerprint, stats)
+        _STATS[full] = stats
     return _STATS[full]
+
+
+def _stats_file(raw: RawData, key: tuple) -> tuple[Path | None, dict]:
+    """Where the statistics of ``key`` are kept (none for generated data, cheap to recompute),
+    and the fingerprint they are valid for: the key, the size and mtime of every source file,
+    torch's version (resizing) and :data:`STATS_VERSION`."""
+    if not raw.files:
+        return None, {}
+    files = sorted(p for f in raw.files for p in (sorted(f.iterdir()) if f.is_dir() else [f]) if p.is_file())
+    fingerprint = {"key": [str(k) for k in key], "version": STATS_VERSION, "torch": torch.__version__,
+                   "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
+    return sources.user_cache_dir() / "normalisation" / f"{digest}.json", fingerprint
+
+
+def _read_stats(path: Path, fingerprint: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    try:
+        saved = json.loads(path.read_text())
+        if saved["fingerprint"] == fingerprint:
+            return tuple(float(v) for v in saved["mean"]), tuple(float(v) for v in saved["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, unreadable or foreign: recompute
+    return None
+
+
+def _write_stats(path: Path, fingerprint: dict, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    # json writes floats with repr, which reads back to the same double
+    text = json.dumps({"fingerprint": fingerprint, "mean": stats[0], "std": stats[1]}, indent=1)
+    try:
+        atomic_write(path, lambda h: h.write(text.encode()))
+    except OSError:
+        pass  # a read-only cache only costs the recomputation
 
 
 class RandomResizedCropFlip:
@@ -274,7 +319,7 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
             x = convert_channels(resize(x, options.get("size")), channels)
         splits[name] = (x, y)
     input_shape = tuple(splits["train"][0].shape[1:])
-    augment = RandomResizedCropFlip(input_shape[1:]) if options.get("aug") else None
+    augment = RandomResizedCropFlip((input_shape[1], input_shape[2])) if options.get("aug") else None  # (C, H, W)
     train = TensorSplit(*splits["train"], scale=raw.scale, mean=mean, std=std, augment=augment)
     test = TensorSplit(*splits["test"], scale=raw.scale, mean=mean, std=std)
     classes = options.get("classes") or list(range(n_base))

@@ -46,6 +46,7 @@ class RawData:
     scale: float  # multiply stored values by this to get floats in [0, 1] (images) or as-is
     source: str  # where the data came from, recorded in results
     kind: str = "image"  # "image" (N, C, H, W) or "signal" (N, 1, L)
+    files: tuple[Path, ...] = ()  # the files (or folders of files) read; they key the normalisation cache
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class LoadContext:
     download: bool = False
 
     @staticmethod
-    def make(root: str | os.PathLike | None = None, download: bool = False) -> "LoadContext":
+    def make(root: str | os.PathLike | None = None, download: bool = False) -> LoadContext:
         """Resolve the explicit root: the argument, else ``$TUNNELSCOPE_DATA``, else none. A root
         that is not a folder is an error (with ``download``, it is created for the download)."""
         env = os.environ.get("TUNNELSCOPE_DATA") or None
@@ -116,9 +117,9 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 def find_fashion(ctx: LoadContext) -> dict[str, Path] | None:
     """The first directory holding all four Fashion-MNIST files, as a name → path map."""
     for directory in fashion_search_dirs(ctx):
-        found = {key: _find_idx(directory, stem) for key, stem in _FASHION_FILES.items()}
-        if all(found.values()):
-            return found  # type: ignore[return-value]
+        found = {key: path for key, stem in _FASHION_FILES.items() if (path := _find_idx(directory, stem)) is not None}
+        if len(found) == len(_FASHION_FILES):
+            return found
     return None
 
 
@@ -154,6 +155,7 @@ def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
         class_names=list(FASHION_CLASSES),
         scale=1 / 255,
         source=str(files["train_x"].parent),
+        files=tuple(files.values()),
     )
 
 
@@ -250,7 +252,7 @@ def _torchvision_source(name: str, cls_name: str, description: str, marker: str)
             splits.append((torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels.astype(np.int64))))
             classes = list(getattr(ds, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
         (trx, trY), (tex, teY) = splits
-        return RawData(trx, trY, tex, teY, classes, 1 / 255, source=str(root / marker))
+        return RawData(trx, trY, tex, teY, classes, 1 / 255, source=str(root / marker), files=(root / marker,))
 
     def availability(ctx: LoadContext) -> tuple[bool, str]:
         root = find(ctx)
@@ -274,8 +276,10 @@ SOURCES: dict[str, Source] = {
         extra_modifiers={"n": "number of samples generated (default 5000)",
                          "data_seed": "generator seed (default 42)"},
     ),
-    "cifar10": _torchvision_source("cifar10", "CIFAR10", "CIFAR-10, 32x32 RGB, 10 classes, 50000/10000", "cifar-10-batches-py"),
-    "cifar100": _torchvision_source("cifar100", "CIFAR100", "CIFAR-100, 32x32 RGB, 100 classes, 50000/10000", "cifar-100-python"),
+    "cifar10": _torchvision_source("cifar10", "CIFAR10", "CIFAR-10, 32x32 RGB, 10 classes, 50000/10000",
+                                   "cifar-10-batches-py"),
+    "cifar100": _torchvision_source("cifar100", "CIFAR100", "CIFAR-100, 32x32 RGB, 100 classes, 50000/10000",
+                                    "cifar-100-python"),
     "svhn": _torchvision_source("svhn", "SVHN", "SVHN digits, 32x32 RGB, 10 classes, 73257/26032", "train_32x32.mat"),
     "stl10": _torchvision_source("stl10", "STL10", "STL-10, 96x96 RGB, 10 classes, 5000/8000", "stl10_binary"),
 }

@@ -40,7 +40,7 @@ class Split(Protocol):
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
 
-    def subset(self, indices: Tensor) -> "Split": ...
+    def subset(self, indices: Tensor) -> Split: ...
 
 
 def _count_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -85,7 +85,7 @@ class TensorSplit:
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _count_batches(len(self), batch_size, drop_last)
 
-    def subset(self, indices: Tensor) -> "TensorSplit":
+    def subset(self, indices: Tensor) -> TensorSplit:
         """The same split restricted to ``indices`` (labels unchanged)."""
         return TensorSplit(
             self.x[indices], self.y[indices], scale=self.scale, mean=self.mean,
@@ -150,7 +150,7 @@ class FolderSplit:
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _count_batches(len(self), batch_size, drop_last)
 
-    def subset(self, indices: Tensor) -> "FolderSplit":
+    def subset(self, indices: Tensor) -> FolderSplit:
         """The same split restricted to ``indices``."""
         return FolderSplit(torch.utils.data.Subset(self.dataset, indices.tolist()), self._labels[indices],
                            self.num_workers)

@@ -1,6 +1,15 @@
-"""The analysis engine: the statistics pass (plan → passes → table) and cross-model CKA."""
+"""The analysis engine, in the order a run flows through it.
 
+- :mod:`.analyze`: :func:`analyze`, the public entry point (statistics, probes, verdict);
+- :mod:`.statistics`: the per-layer statistics pass (plan → passes → table);
+- :mod:`.probing`: linear probes on the ID and OOD datasets, and the tunnel's metrics;
+- :mod:`.cross_model`: CKA between the layers of two models.
+"""
+
+from .analyze import ANALYZE_METRICS, analyze, parse_metrics
 from .cross_model import cross_model_cka
+from .probing import TransferStats, probe_layers
 from .statistics import LayerStats, analyze_layers, run_pass
 
-__all__ = ["LayerStats", "analyze_layers", "cross_model_cka", "run_pass"]
+__all__ = ["ANALYZE_METRICS", "LayerStats", "TransferStats", "analyze", "analyze_layers", "cross_model_cka",
+           "parse_metrics", "probe_layers", "run_pass"]

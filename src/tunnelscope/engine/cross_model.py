@@ -12,7 +12,7 @@ from torch import nn
 from .. import data as data_mod
 from ..capture import Capture
 from ..device import resolve_device
-from ..errors import SpecError
+from ..errors import ConfigError
 from ..metrics.cka import MIN_BATCH, MinibatchCKA
 from ..models import resolve_model
 from ..progress import progress_bar
@@ -40,11 +40,11 @@ def cross_model_cka(
     ``attrs`` record the settings.
     """
     if batch_size < MIN_BATCH:
-        raise SpecError(f"batch_size {batch_size} is below {MIN_BATCH}, the smallest minibatch HSIC₁ allows")
+        raise ConfigError(f"batch_size {batch_size} is below {MIN_BATCH}, the smallest minibatch HSIC₁ allows")
     dev = resolve_device(device)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     if split not in ("train", "test"):
-        raise SpecError(f"split must be train or test, not {split!r}")
+        raise ConfigError(f"split must be train or test, not {split!r}")
     chosen, n = data_mod.sample_split(getattr(dataset, split), max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
     (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev), resolve_model(model_b, dev)

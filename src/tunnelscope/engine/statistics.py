@@ -23,18 +23,19 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..cache import DEFAULT_BUDGET, FeatureCache
 from ..capture import DEFAULT_MAX_DIM, Capture
+from ..capture.cache import DEFAULT_BUDGET, FeatureCache
 from ..device import resolve_device
-from ..errors import MemoryBudgetError, SpecError
+from ..errors import ConfigError, MemoryBudgetError
 from ..metrics import LEVELS, Metric, Options, PointStats, parse_metrics
-from ..metrics.base import ModelAccuracy
+from ..metrics.base import Accumulator, ModelAccuracy
 from ..metrics.moments import Moments
 from ..metrics.spectrum import RANK_TOL
 from ..models import resolve_model
@@ -117,7 +118,7 @@ def make_plan(metrics: list[Metric], explicit: bool, widths: Sequence[int], keep
     for metric in metrics:
         reason = metric.fits(widths) if metric.fits is not None else None
         if reason and explicit:
-            raise SpecError(reason)
+            raise ConfigError(reason)
         if reason:
             plan.skipped[metric.name] = reason
             continue
@@ -196,7 +197,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     invalid: dict[str, set[str]] = field(default_factory=lambda: {"train": set(), "test": set()})
     readouts: dict[str, dict] = field(default_factory=dict)  # metric → {split: accumulator}
-    streams: dict[str, object] = field(default_factory=dict)
+    streams: dict[str, Accumulator] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
 
     def add(self, split: str, point: str, metric: str, value: float, other: str | None = None,
@@ -227,7 +228,10 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
         return
     train_m = moments.points
     for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
-        run.readouts[metric.name] = {s: metric.readout(train_m, run.options) for s in SPLITS}
+        readout = metric.readout
+        assert readout is not None  # Plan.readouts holds only metrics with one
+        run.readouts[metric.name] = {s: readout(train_m, run.options) for s in SPLITS}
+    del train_m  # these views reference every point's scatter: held, point_rows could not free them
     point_rows(run, "train", moments)
 
 
@@ -238,7 +242,10 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     level = run.plan.moments["test"]
     moments = Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter") if level else None
     names = run.capture.names
-    run.streams = {m.name: m.stream(names, run.options) for m in run.plan.streams}
+    run.streams = {}
+    for m in run.plan.streams:
+        assert m.stream is not None  # Plan.streams holds only metrics with one
+        run.streams[m.name] = m.stream(names, run.options)
     accs: list = [a for a in (moments, model_accuracy) if a is not None] + list(run.streams.values())
     accs += [r["test"] for r in run.readouts.values()] + list(extra)
     run.capture.model_output = model_accuracy is not None
@@ -250,7 +257,8 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     repeat = [run.streams[m.name] for m in run.plan.streams if m.repeatable]
     for extra_pass in range(1, cka_passes if repeat else 1):
         run_pass(run.capture, split, repeat, run.batch_size, run.device, run.bars,
-                 f"CKA pass {extra_pass + 1}/{cka_passes}", generator=torch.Generator().manual_seed(seed + 1000 + extra_pass))
+                 f"CKA pass {extra_pass + 1}/{cka_passes}",
+                 generator=torch.Generator().manual_seed(seed + 1000 + extra_pass))
         run.passes.append(f"test (shuffled, {extra_pass + 1}/{cka_passes})")
     return moments
 
@@ -273,16 +281,20 @@ def point_rows(run: Run, split: str, moments: Moments) -> None:
     paired = [m for m in metrics if m.pairs is not None] if split == "test" else []
     vectors: dict[str, dict] = {m.name: {} for m in paired}
     for name in names:
-        stats = PointStats(points_m[name])
+        stats = PointStats(points_m.pop(name))  # no view left behind, so that release() frees the state
         for metric in metrics:
-            value = float("nan") if name in run.invalid[split] else metric.value(stats)  # type: ignore[misc]
+            assert metric.value is not None  # points_metrics() holds only metrics with one
+            value = float("nan") if name in run.invalid[split] else metric.value(stats)
             run.add(split, name, metric.table_name, value)
         for metric in paired:  # read now, so that the point's state can go
             if name not in run.invalid[split]:
-                vectors[metric.name][name] = metric.pair_vector(stats)  # type: ignore[misc]
+                assert metric.pair_vector is not None  # a pairwise metric reads a vector per point
+                vectors[metric.name][name] = metric.pair_vector(stats)
         moments.release(name)
+        del stats
     for metric in paired:
-        for (a, b), v in metric.pairs(vectors[metric.name]).items():  # type: ignore[misc]
+        assert metric.pairs is not None  # paired holds only metrics with pairs
+        for (a, b), v in metric.pairs(vectors[metric.name]).items():
             run.add(split, a, metric.pairs_row, v, b)
 
 
@@ -312,7 +324,7 @@ def stream_rows(run: Run) -> dict:
     record: dict = {}
     for metric in run.plan.streams:
         acc = run.streams[metric.name]
-        mat = acc.compute()  # type: ignore[attr-defined]
+        mat = acc.compute()
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 run.add("test", a, metric.table_name, float(mat[i, j]), b)
@@ -329,7 +341,7 @@ def analyze_layers(
     max_dim: int = DEFAULT_MAX_DIM, eps: float = 0.01, ridge: float = 1e-3, cache_budget: int = DEFAULT_BUDGET,
     precision: str = "float32", cka_passes: int = 1, data_root: str | Path | None = None,
     progress: bool | None = None, train_cache: FeatureCache | None = None, test_cache: FeatureCache | None = None,
-    include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | str = "auto",
+    include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | Literal["auto"] = "auto",
 ) -> LayerStats:
     """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
 
@@ -359,7 +371,7 @@ def analyze_layers(
     widths = list(capture.widths(example).values())
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget
-    need = check_memory(plan, widths, dataset.num_classes, budget)  # type: ignore[arg-type]
+    need = check_memory(plan, widths, dataset.num_classes, budget)
     splits = _sample(dataset, max_samples, seed, plan, train_cache, test_cache)
     options = Options(eps=eps, ridge=ridge, matmul_dtype=torch.float64 if precision == "float64" else torch.float32)
     tic = time.perf_counter()
@@ -403,12 +415,12 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
 def _check_settings(wanted: list[Metric], batch_size: int, precision: str, cka_passes: int) -> None:
     for metric in wanted:
         if batch_size < metric.min_batch:
-            raise SpecError(f"batch_size {batch_size} is below {metric.min_batch}, the smallest minibatch "
-                            f"{metric.name} allows")
+            raise ConfigError(f"batch_size {batch_size} is below {metric.min_batch}, the smallest minibatch "
+                              f"{metric.name} allows")
     if precision not in ("float64", "float32"):
-        raise SpecError("precision must be float64 or float32")
+        raise ConfigError("precision must be float64 or float32")
     if cka_passes < 1:
-        raise SpecError("cka_passes must be >= 1")
+        raise ConfigError("cka_passes must be >= 1")
 
 
 def _sample(dataset: data_mod.Dataset, max_samples: int | None, seed: int, plan: Plan,
@@ -421,7 +433,7 @@ def _sample(dataset: data_mod.Dataset, max_samples: int | None, seed: int, plan:
             check_statistics_samples(n, split, dataset.spec)
     for given, (_, n) in ((train_cache, splits["train"]), (test_cache, splits["test"])):
         if given is not None and given.capacity != n:
-            raise SpecError(f"a shared feature cache holds {given.capacity} rows but the split sample has {n}")
+            raise ConfigError(f"a shared feature cache holds {given.capacity} rows but the split sample has {n}")
     return splits
 
 

@@ -63,12 +63,12 @@ class Accumulator:
         """The statistic from the sums seen so far."""
         raise NotImplementedError
 
-    def _check_mergeable(self, other: "Accumulator") -> None:
+    def _check_mergeable(self, other: Accumulator) -> None:
         """Raise if ``other`` was set up differently (subclasses compare their settings)."""
         if type(other) is not type(self):
             raise ValueError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
 
-    def merge(self, other: "Accumulator") -> "Accumulator":
+    def merge(self, other: Accumulator) -> Accumulator:
         """Add another shard's declared sums into this one and return self."""
         self._check_mergeable(other)
         for name in self._defaults:

@@ -78,7 +78,8 @@ class MinibatchCKA(Accumulator):
 
     def _check_mergeable(self, other: Accumulator) -> None:
         super()._check_mergeable(other)
-        if other.names != self.names:  # type: ignore[attr-defined]
+        assert isinstance(other, MinibatchCKA)  # the base check: the same class
+        if other.names != self.names:
             raise ValueError("cannot merge CKA accumulators over different points")
 
     def record(self) -> dict:
@@ -129,7 +130,7 @@ class FullCKA(Accumulator):
         joint, _ = joint_features(features, self.names, torch.float64)
         self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
 
-    def merge(self, other: Accumulator) -> "FullCKA":
+    def merge(self, other: Accumulator) -> FullCKA:
         """The joint moments are shifted sums: merged by :meth:`Moments.merge`."""
         self._check_mergeable(other)
         assert isinstance(other, FullCKA)

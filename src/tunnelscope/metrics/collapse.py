@@ -10,7 +10,6 @@ from .base import PointAccuracy
 from .moments import PointMoments
 from .registry import Metric, Options, PointStats, point_metric, register
 
-
 PINV_RTOL = 1e-15 ** 0.5
 
 

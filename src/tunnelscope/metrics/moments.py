@@ -71,6 +71,8 @@ class PointMoments:
 
     def within_scatter(self) -> Tensor:
         """``Σ_c Σ_{i∈c} (x_i - μ_c)(x_i - μ_c)ᵀ``."""
+        if self.w2 is None:
+            raise RuntimeError("no D x D scatter for this point: its moments were kept without scatter or released")
         keep = self.present()
         offset = self.cs1[keep]
         return self.w2 - (offset.T / self.cn[keep]) @ offset
@@ -170,7 +172,7 @@ class Moments(Accumulator):
         st["cq"].index_add_(0, labels, rowsq)
         st["nonfinite"] += (~torch.isfinite(rowsq)).sum(0)  # NaN and Inf survive the row sums
         mm = centred.to(self.matmul_dtype)
-        for w2, (lo, hi) in zip(self.w2, self.bounds):  # no w2 kept: no products
+        for w2, (lo, hi) in zip(self._all_w2(), self.bounds):  # no w2 kept: no products
             part = mm[:, lo:hi]
             w2 += part.T @ part
 
@@ -183,7 +185,15 @@ class Moments(Accumulator):
         counts, means and norms stay (NCC and CDNV still work)."""
         i = self.names.index(name)
         if self.w2 and self.w2[i] is not None:
-            self.w2[i] = None  # type: ignore[call-overload]
+            self.w2[i] = None
+
+    def _all_w2(self) -> list[Tensor]:
+        """Every point's ``w2``, for the operations that update them all (refused once one is released)."""
+        kept = [w2 for w2 in self.w2 if w2 is not None]
+        if len(kept) != len(self.w2):
+            raise RuntimeError("a point's scatter was released: these moments can no longer be updated, merged "
+                               "or reduced")
+        return kept
 
     def nbytes(self) -> int:
         """Bytes held by the state (float64)."""
@@ -202,22 +212,22 @@ class Moments(Accumulator):
         st = self.state
         d = st["shift"] - new  # (C, Σ D): x - new_c = (x - old_c) + d_c
         cn, cs1 = st["cn"], st["cs1"]
-        for w2, (lo, hi) in zip(self.w2, self.bounds):
+        for w2, (lo, hi) in zip(self._all_w2(), self.bounds):
             s, di = cs1[:, lo:hi], d[:, lo:hi]
             w2 += s.T @ di + di.T @ s + (di.T * cn) @ di
         st["cq"] += 2 * self._segment_sums(cs1 * d) + cn[:, None] * self._segment_sums(d * d)
         st["cs1"] += cn[:, None] * d
         st["shift"] = new.clone()
 
-    def _copy(self) -> "Moments":
+    def _copy(self) -> Moments:
         other = Moments(self.num_classes, self.matmul_dtype, self.scatter)
         other.names, other.dims = list(self.names), list(self.dims)
         other.state = {k: v.clone() for k, v in self.state.items()}
-        other.w2 = [s.clone() for s in self.w2]
+        other.w2 = [s.clone() for s in self._all_w2()]
         other._unseen = set(self._unseen)
         return other
 
-    def merge(self, other: Accumulator) -> "Moments":
+    def merge(self, other: Accumulator) -> Moments:
         """Add another shard (same points and classes) into this one and return self."""
         assert isinstance(other, Moments)
         if not other.state:
@@ -234,7 +244,7 @@ class Moments(Accumulator):
         theirs.reshift(target)
         for k in ("cn", "cs1", "cq", "nonfinite"):
             self.state[k] += theirs.state[k]
-        for mine, t in zip(self.w2, theirs.w2):
+        for mine, t in zip(self._all_w2(), theirs._all_w2()):
             mine += t
         self._unseen &= other._unseen
         return self
@@ -255,7 +265,7 @@ class Moments(Accumulator):
         self.reshift(target)
         for k in ("cn", "cs1", "cq", "nonfinite"):
             dist.all_reduce(st[k], group=group)
-        for s in self.w2:
+        for s in self._all_w2():
             dist.all_reduce(s, group=group)
         self._unseen = {c for c in range(self.num_classes) if st["cn"][c] == 0}
 

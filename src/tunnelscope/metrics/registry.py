@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..errors import SpecError
+from ..errors import ConfigError
 from .linalg import eigenvalues, top_eigenvector
 from .moments import PointMoments
 
@@ -134,5 +134,5 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[list[Metric], bool]:
         names = list(metrics)
     unknown = [m for m in names if m not in REGISTRY]
     if unknown or not names:
-        raise SpecError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}, or 'default' / 'all'")
+        raise ConfigError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}, or 'default' / 'all'")
     return [REGISTRY[m] for m in dict.fromkeys(names)], explicit

@@ -20,7 +20,8 @@ DEFAULT_RIDGE = 1e-3
 
 
 def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor, Tensor, Tensor]:
-    """``(W, μ, p)`` of the ridge probe fitted to a point's training moments."""
+    """``(W, μ, p)`` of the ridge probe fitted to a point's training moments. A point whose
+    features do not vary (``tr Σ = 0``) gets ``W = 0``: its scores are the class priors."""
     n = m.n
     cov = m.scatter() / n
     d = cov.shape[0]
@@ -28,6 +29,8 @@ def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor
     prior = m.cn / n
     means = torch.nan_to_num(m.class_means() - m.mean())  # μ_c - μ (zero for absent classes)
     cross = (means * prior[:, None]).T  # D x C
+    if not lam > 0:  # constant features (a dead layer): nothing to fit, the probe predicts the prior
+        return torch.zeros_like(cross), m.mean(), prior
     w = torch.linalg.solve(cov + lam * torch.eye(d, dtype=cov.dtype, device=cov.device), cross)
     return w, m.mean(), prior
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .linalg import eigen, eigenvalues, top_eigenvector  # noqa: F401  (re-exported)
+# Re-exported for callers of this module (the `x as x` form marks them public).
+from .linalg import eigen as eigen
+from .linalg import eigenvalues as eigenvalues
+from .linalg import top_eigenvector as top_eigenvector
 from .registry import PointStats, point_metric
 
 RANK_TOL = 1e-3

@@ -3,10 +3,10 @@
 from .base import ZooModel
 from .probe_points import POINT_SETS, order_by_execution, probe_points
 from .registry import FAMILIES, build, check_spec, count_parameters, list_models, load_weights
-from .resolve import resolve_model
+from .resolve import load_model, resolve_model
 from .tv import torchvision_names
 
 __all__ = [
     "FAMILIES", "POINT_SETS", "ZooModel", "build", "check_spec", "count_parameters", "list_models", "load_weights",
-    "order_by_execution", "probe_points", "resolve_model", "torchvision_names",
+    "load_model", "order_by_execution", "probe_points", "resolve_model", "torchvision_names",
 ]

@@ -206,7 +206,8 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
                                               for k, v in state.items()):
         raise CheckpointError(f"weights file {path} is not a state dict (a mapping of names to tensors); save one "
                               "with torch.save(model.state_dict(), path)")
-    target = model.net if hasattr(model, "net") and not any(k.startswith("net.") for k in state) else model
+    net = getattr(model, "net", None)
+    target = net if isinstance(net, torch.nn.Module) and not any(k.startswith("net.") for k in state) else model
     try:
         target.load_state_dict(state)
     except RuntimeError as exc:

@@ -24,6 +24,11 @@ STAGES = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 class ResNet(ZooModel):
     """A BasicBlock ResNet: stem, four stages, global average pool, linear classifier."""
 
+    layer1: nn.Sequential  # the four stages, set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, spec: str, depth: int, num_classes: int, input_shape: tuple[int, ...],
                  width: float = 1.0, imagenet_stem: bool = False) -> None:
         super().__init__()

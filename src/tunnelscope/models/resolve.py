@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import load_model
-from ..errors import SpecError
+from ..checkpoint import read_checkpoint
+from ..errors import CheckpointError, SpecError, TunnelscopeError
 from .registry import build
 
 if TYPE_CHECKING:
     from ..data import Dataset
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights: ``(model, meta)``."""
+    payload = read_checkpoint(path)
+    meta = payload["meta"]
+    try:
+        model = build(meta["model_spec"], meta["num_classes"], tuple(meta["input_shape"]))
+    except TunnelscopeError as exc:
+        raise CheckpointError(f"checkpoint {path} names a model that cannot be built: {exc}") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])
+        raise CheckpointError(f"weights in {path} do not match {meta['model_spec']}: {first}") from None
+    return model.to(device).eval(), meta
 
 
 def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: Dataset | None = None,
@@ -28,8 +44,8 @@ def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: 
         raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
     path = Path(model)
     if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
-        net = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
-        return net.to(device), str(model), {"weights": str(weights) if weights is not None else None,
+        built = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
+        return built.to(device), str(model), {"weights": str(weights) if weights is not None else None,
                                             "untrained": weights is None}
     net, meta = load_model(path, device)
     if dataset is not None:

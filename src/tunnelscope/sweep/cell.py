@@ -4,8 +4,8 @@ skipping those already done. Runs inside a Ray worker or in-process."""
 from __future__ import annotations
 
 import os
-import socket
 import re
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpecError
+from ..rundir import CKPT_DIR, RESUME_FILE
 from .spec import Cell
 from .store import Store
 
@@ -21,7 +22,7 @@ _CKPT = re.compile(r"step-(\d+)\.pt$")
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """The run's checkpoints by step."""
-    folder = run_dir / "checkpoints"
+    folder = run_dir / CKPT_DIR
     if not folder.is_dir():
         return {}
     return {int(m.group(1)): p for p in sorted(folder.iterdir()) if (m := _CKPT.search(p.name))}
@@ -43,7 +44,7 @@ def chosen_steps(available: list[int], which) -> list[int]:
 
 def _train(cell: Cell, run_dir: Path, device: str) -> None:
     from ..train import train
-    from ..train.loop import RESUME_FILE, read_run
+    from ..train.loop import read_run
 
     if read_run(run_dir).get("status") == "finished":
         return
@@ -55,7 +56,7 @@ def _train(cell: Cell, run_dir: Path, device: str) -> None:
 
 def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | None = None) -> dict:
     """Train and analyse ``cell``; returns its record. Errors are recorded, not raised."""
-    from ..pipeline import analyze
+    from ..engine.analyze import analyze
     from ..probes import ProbeConfig
 
     if threads:
@@ -83,7 +84,7 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
     except Exception as exc:  # a failing cell is recorded and the sweep goes on
         store.write_record(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc(limit=8))
-    return store.record(cell.key)
+    return store.record(cell.key) or {}  # written above, so never None
 
 
 def run_cells(cells: list[Cell], store_root: str, device: str = "auto", threads: int | None = None) -> list[dict]:

@@ -46,6 +46,7 @@ def _start(group: list[Cell], store_root: str, device: str, threads: int, attemp
     process = subprocess.Popen([sys.executable, "-m", "tunnelscope.sweep.worker"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    assert process.stdin is not None  # stdin=PIPE
     process.stdin.write(payload)
     process.stdin.close()
     return _Worker(group, process, attempt)

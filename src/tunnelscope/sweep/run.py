@@ -4,19 +4,16 @@ retried; a cell that fails is recorded and the others go on."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 
-from ..errors import TunnelscopeError
+from ..errors import RayError
 from ..progress import progress_bar
 from .cell import run_cells
 from .local import run_local, slots
-from .spec import SweepSpec
+from .spec import Cell, SweepSpec
 from .store import Store
-
-
-class RayError(TunnelscopeError):
-    """Ray could not be started or reached."""
 
 
 @dataclass
@@ -51,7 +48,7 @@ def init_ray(address: str):
         return ray
     _check_reachable(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     except Exception as exc:
         raise RayError(f"could not connect to Ray at {address!r}: {type(exc).__name__}: "
@@ -64,7 +61,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, max_concurrent: int |
     """Run every cell of ``spec`` that is not finished: in local worker processes, or as Ray tasks
     on the cluster at ``address``. Returns what happened."""
     store = Store(spec.store)
-    pending, skipped = [], []
+    pending: list[Cell] = []
+    skipped: list[Cell] = []
     for cell in spec.cells:
         record = store.record(cell.key) or {}
         (skipped if record.get("status") == "finished" else pending).append(cell)
@@ -85,7 +83,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, max_concurrent: int |
                 record = store.record(cell.key) or {}
                 if error is not None and record.get("status") != "finished":
                     store.write_record(cell, status="failed", error=error)
-                    record = store.record(cell.key)
+                    record = store.record(cell.key) or {}
                 outcome.ran.append(cell.key)
                 if record.get("status") != "finished":
                     outcome.failed[cell.key] = record.get("error") or "unknown error"

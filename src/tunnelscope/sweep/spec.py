@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SpecError, SweepConfigError
 
 TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
 CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
@@ -55,8 +55,8 @@ MAX_CELLS = 10_000
 def _check_keys(given: dict, valid: set[str], where: str) -> None:
     unknown = sorted(set(given) - valid)
     if unknown:
-        raise SpecError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}; "
-                        f"valid keys: {', '.join(sorted(valid))}")
+        raise SweepConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                               f"in {where}; valid keys: {', '.join(sorted(valid))}")
 
 
 def _fill(value: Any, variables: dict[str, Any]) -> Any:
@@ -94,11 +94,11 @@ def _typed(section: dict[str, Any], where: str) -> dict[str, Any]:
                 out[key] = float(value)
         except (TypeError, ValueError):
             kind = "an integer" if key in INT_KEYS else "a number"
-            raise SpecError(f"'{where}.{key}' must be {kind}, not {value!r}") from None
+            raise SweepConfigError(f"'{where}.{key}' must be {kind}, not {value!r}") from None
     which = out.get("checkpoints")
     if where == "analysis" and not (which in ("final", "all") or (
             isinstance(which, list) and which and all(isinstance(s, int) for s in which))):
-        raise SpecError(f"'analysis.checkpoints' must be final, all or a list of training steps, not {which!r}")
+        raise SweepConfigError(f"'analysis.checkpoints' must be final, all or a list of training steps, not {which!r}")
     return out
 
 
@@ -110,7 +110,7 @@ def _check_resources(resources: dict[str, Any], where: str) -> None:
         ok = ok and (value > low if strict else value >= low) and (key != "retries" or float(value).is_integer())
         if not ok:
             need = {"cpus": "a number > 0", "gpus": "a number >= 0", "retries": "a whole number >= 0"}[key]
-            raise SpecError(f"'resources.{key}' in {where} must be {need}, not {value!r}")
+            raise SweepConfigError(f"'resources.{key}' in {where} must be {need}, not {value!r}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,19 +120,19 @@ def _check_spec(kind: str, text: str) -> None:
     (models.check_spec if kind == "model" else data.check_spec)(text)
 
 
-def _validate(cell: "Cell") -> None:
+def _validate(cell: Cell) -> None:
     """Everything about a cell that can be checked without data or a model, before any cell runs:
     a bad value fails the whole sweep at once, not each cell on a worker."""
-    from ..pipeline import parse_metrics
-    from ..probes import PROTOCOLS
     from ..capture import Reduction
+    from ..engine.analyze import parse_metrics
+    from ..probes import PROTOCOLS
     from ..train.recipes import Recipe
 
     t, a = cell.train, cell.analysis
     where = f"cell {cell.label()}"
     try:
         if not isinstance(t["model"], str) or not isinstance(t["data"], str):
-            raise SpecError("'model' and 'data' must be strings")
+            raise SweepConfigError("'model' and 'data' must be strings")
         _check_spec("model", t["model"])
         _check_spec("data", t["data"])
         for ood in a["ood"] if isinstance(a["ood"], list) else [a["ood"]]:
@@ -141,15 +141,15 @@ def _validate(cell: "Cell") -> None:
                          ("max_samples", 0), ("probe_epochs", 1)):
             section = t if key in t else a
             if key in section and section[key] is not None and section[key] < low:
-                raise SpecError(f"'{key}' must be >= {low}, not {section[key]}")
+                raise SweepConfigError(f"'{key}' must be >= {low}, not {section[key]}")
         Recipe.resolve(str(t.get("recipe", "sgd")), int(t["epochs"]), t.get("lr"), t.get("weight_decay"),
                        t.get("schedule"), None, t.get("label_smoothing"))
         parse_metrics(a["metrics"])
         Reduction.parse(str(a["reduce"]))
         if a["protocol"] not in PROTOCOLS:
-            raise SpecError(f"unknown probe protocol {a['protocol']!r}; valid: {', '.join(PROTOCOLS)}")
+            raise SweepConfigError(f"unknown probe protocol {a['protocol']!r}; valid: {', '.join(PROTOCOLS)}")
     except SpecError as exc:
-        raise SpecError(f"{where}: {exc}") from None
+        raise SweepConfigError(f"{where}: {exc}") from None
 
 
 def _placeholders(value: Any) -> set[str]:
@@ -203,58 +203,59 @@ class SweepSpec:
     cells: list[Cell] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SweepSpec":
+    def load(cls, path: str | Path) -> SweepSpec:
         """Read and validate a YAML sweep file."""
         path = Path(path)
         if not path.is_file():
-            raise SpecError(f"sweep file {path} does not exist")
+            raise SweepConfigError(f"sweep file {path} does not exist")
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise SpecError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            raise SweepConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
         return cls.from_dict(raw, path)
 
     @classmethod
-    def from_dict(cls, raw: Any, source: Path | None = None) -> "SweepSpec":
+    def from_dict(cls, raw: Any, source: Path | None = None) -> SweepSpec:
         """Validate a sweep given as a dict (as read from YAML)."""
         where = str(source) if source else "the sweep"
         if not isinstance(raw, dict):
-            raise SpecError(f"{where} must be a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+            raise SweepConfigError(f"{where} must be a mapping with keys {', '.join(sorted(TOP_KEYS))}")
         _check_keys(raw, TOP_KEYS, where)
         for required in ("name", "cell"):
             if required not in raw:
-                raise SpecError(f"{where} lacks the key {required!r}")
+                raise SweepConfigError(f"{where} lacks the key {required!r}")
         for section in ("grid", "cell", "analysis", "resources"):
             if raw.get(section) is not None and not isinstance(raw[section], dict):
-                raise SpecError(f"'{section}' in {where} must be a mapping of keys to values, "
-                                f"not {type(raw[section]).__name__}")
+                raise SweepConfigError(f"'{section}' in {where} must be a mapping of keys to values, "
+                                       f"not {type(raw[section]).__name__}")
         name = str(raw["name"])
         if not _NAME.fullmatch(name) or ".." in name:
-            raise SpecError(f"sweep name {name!r} in {where} must be letters, digits, '_', '.' and '-' (it names the "
-                            "store folder), not a path")
+            raise SweepConfigError(f"sweep name {name!r} in {where} must be letters, digits, '_', '.' and '-' "
+                                   "(it names the store folder), not a path")
         grid = raw.get("grid") or {}
         if not all(isinstance(v, list) and v for v in grid.values()):
-            raise SpecError(f"'grid' in {where} must map each variable to a non-empty list of values")
+            raise SweepConfigError(f"'grid' in {where} must map each variable to a non-empty list of values")
         cells = 1
         for values in grid.values():
             cells *= len(values)
         if cells > MAX_CELLS:
-            raise SpecError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep into "
-                            "several files or use fewer values per variable")
+            raise SweepConfigError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep "
+                                   "into several files or use fewer values per variable")
         for name, values in grid.items():
             if not re.fullmatch(r"\w+", str(name)):
-                raise SpecError(f"grid variable {name!r} must be letters, digits and underscores (it is used as {{{name}}})")
+                raise SweepConfigError(f"grid variable {name!r} must be letters, digits and underscores "
+                                       f"(it is used as {{{name}}})")
             if any(isinstance(v, (list, dict)) for v in values):
-                raise SpecError(f"grid variable {name!r} takes single values (numbers or strings), not lists")
+                raise SweepConfigError(f"grid variable {name!r} takes single values (numbers or strings), not lists")
             if len(set(map(repr, values))) != len(values):
-                raise SpecError(f"grid variable {name!r} lists a value twice: {values}")
+                raise SweepConfigError(f"grid variable {name!r} lists a value twice: {values}")
         cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
         _check_keys(cell, CELL_KEYS, "'cell'")
         for required in ("model", "data"):
             if required not in cell:
-                raise SpecError(f"'cell' in {where} lacks the key {required!r}")
+                raise SweepConfigError(f"'cell' in {where} lacks the key {required!r}")
         analysis = {**ANALYSIS_DEFAULTS, **(raw.get("analysis") or {})}
         _check_keys(analysis, ANALYSIS_KEYS, "'analysis'")
         resources = {**RESOURCE_DEFAULTS, **(raw.get("resources") or {})}
@@ -262,8 +263,8 @@ class SweepSpec:
         _check_resources(resources, where)
         undefined = sorted((_placeholders(cell) | _placeholders(analysis)) - set(grid))
         if undefined:
-            raise SpecError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid variables; "
-                            f"grid variables: {', '.join(grid) or '(none)'}")
+            raise SweepConfigError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid "
+                                   f"variables; grid variables: {', '.join(grid) or '(none)'}")
         base = source.parent if source else Path.cwd()
         store = Path(raw.get("store") or f"runs/sweeps/{name}")
         store = (store if store.is_absolute() else base / store).resolve()
@@ -282,8 +283,8 @@ class SweepSpec:
             cells.append(cell)
         keys = [c.key for c in cells]
         if len(set(keys)) != len(keys):
-            raise SpecError("two grid combinations give the same cell; a grid variable is not used by 'cell' or "
-                            "'analysis'")
+            raise SweepConfigError("two grid combinations give the same cell; a grid variable is not used by 'cell' or "
+                                   "'analysis'")
         return cells
 
 

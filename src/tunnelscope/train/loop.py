@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -16,18 +17,13 @@ from torch import nn
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..device import resolve_device
-from ..errors import CheckpointError, InsufficientDataError, SpecError, TunnelscopeError
+from ..errors import CheckpointError, InsufficientDataError, SpecError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
+from ..rundir import CKPT_DIR, HISTORY_FILE, RESUME_FILE, RUN_FILE, checkpoint_name
 from ..versions import environment, package_versions
 from .recipes import Recipe, early_steps
-
-RUN_FILE, HISTORY_FILE, RESUME_FILE, CKPT_DIR = "run.json", "history.csv", "resume.pt", "checkpoints"
-
-
-class TrainingDivergedError(TunnelscopeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -194,7 +190,7 @@ def train(
             run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
 
         def checkpoint() -> None:
-            path = out / CKPT_DIR / f"step-{step:07d}.pt"
+            path = out / CKPT_DIR / checkpoint_name(step)
             meta = {"model_spec": model, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
                     "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
                     "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec),
@@ -202,7 +198,8 @@ def train(
             save_checkpoint(path, net, meta)
             if str(path) not in map(str, checkpoints):
                 checkpoints.append(path)
-            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+            rng = {"torch": torch.get_rng_state(),
+                   "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
             save_checkpoint(out / RESUME_FILE, net, meta, extra={
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                 "step": step, "history": history, "checkpoints": [str(p) for p in checkpoints],
@@ -252,7 +249,8 @@ def train(
                     train_loss = sums["loss"] / max(1, sums["seen"])
                     if not torch.isfinite(torch.tensor(train_loss)):
                         raise TrainingDivergedError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
-                                                    f"lower the learning rate (now {rec.lr})" + ("" if resume else "; the new run was removed"))
+                                                    f"lower the learning rate (now {rec.lr})"
+                                                    + ("" if resume else "; the new run was removed"))
                     test_loss, test_acc = evaluate(net, dataset.test, dev, use_amp)
                     history.append({
                         "epoch": epoch + 1, "step": step, "train_loss": train_loss,
@@ -278,7 +276,8 @@ def train(
 
         final = history[-1]
         run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        final={k: final[k] for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
+                        final={k: final[k]
+                               for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
                         final_checkpoint=str(checkpoints[-1].relative_to(out)),
                         checkpoints=[str(p.relative_to(out)) for p in checkpoints])
         write_json(out / RUN_FILE, run_info)

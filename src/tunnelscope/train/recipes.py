@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import SpecError
+from ..errors import ConfigError
 
 RECIPES = ("sgd", "adamw")
 SCHEDULES = {"sgd": ("cosine", "onecycle", "constant"), "adamw": ("cosine", "constant")}
@@ -38,13 +38,13 @@ class Recipe:
     @staticmethod
     def resolve(name: str, epochs: int, lr: float | None = None, weight_decay: float | None = None,
                 schedule: str | None = None, warmup_epochs: float | None = None,
-                label_smoothing: float | None = None) -> "Recipe":
+                label_smoothing: float | None = None) -> Recipe:
         """Fill every unset option with the recipe's default."""
         if name not in RECIPES:
-            raise SpecError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
         schedule = schedule or "cosine"
         if schedule not in SCHEDULES[name]:
-            raise SpecError(f"schedule {schedule!r} does not go with recipe {name!r}; "
+            raise ConfigError(f"schedule {schedule!r} does not go with recipe {name!r}; "
                             f"valid: {', '.join(SCHEDULES[name])}")
         if name == "sgd":
             recipe = Recipe("sgd", 0.1, 5e-4, 0.9, schedule, 0.0, 0.0)
@@ -60,7 +60,7 @@ class Recipe:
         if label_smoothing is not None:
             recipe.label_smoothing = label_smoothing
         if recipe.lr <= 0 or recipe.weight_decay < 0 or not 0 <= recipe.label_smoothing < 1:
-            raise SpecError(f"recipe values out of range: lr={recipe.lr}, weight_decay={recipe.weight_decay}, "
+            raise ConfigError(f"recipe values out of range: lr={recipe.lr}, weight_decay={recipe.weight_decay}, "
                             f"label_smoothing={recipe.label_smoothing}")
         return recipe
 

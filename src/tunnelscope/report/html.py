@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import write_text
+from ..io import write_text
+from ..results import Results
+from ..rundir import FIGURES_DIR, INVERSION_CONFIG
 
 CAPTIONS = {
     "probes": "Linear probe accuracy on each dataset's test split against layer, with 95% bootstrap intervals "
@@ -24,7 +26,8 @@ CAPTIONS = {
     "cka": "Minibatch CKA between every pair of probe points: blocks of similar layers.",
 }
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;\
+padding:0 1em;color:#222}
 h1{font-size:1.5em} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .verdict{font-size:1.1em;background:#fff6d9;border-left:4px solid #e0b400;padding:.6em 1em}
 figure{margin:1.5em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -61,18 +64,24 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     if summary.get("model_accuracy") is not None:
         rows.append(("the model's own test accuracy", _fmt(summary["model_accuracy"])))
     formats = {"mean_retained": "{:.1f}", "tunnel_start@0.95": "{:.0f}", "tunnel_start@0.98": "{:.0f}"}
-    for key, label in (("tunnel_start@0.95", "tunnel start (τ = 0.95)"), ("tunnel_length@0.95", "tunnel length (τ = 0.95)"),
-                       ("tunnel_start@0.98", "tunnel start (τ = 0.98)"), ("best_transfer_layer", "best layer to transfer from"),
+    for key, label in (("tunnel_start@0.95", "tunnel start (τ = 0.95)"),
+                       ("tunnel_length@0.95", "tunnel length (τ = 0.95)"),
+                       ("tunnel_start@0.98", "tunnel start (τ = 0.98)"),
+                       ("best_transfer_layer", "best layer to transfer from"),
                        ("effective_depth", "NCC effective depth (train error ≤ ε)"),
-                       ("mean_retained", "mean OOD accuracy retained at the last layer (%)"), ("strength", "tunnel strength")):
+                       ("mean_retained", "mean OOD accuracy retained at the last layer (%)"),
+                       ("strength", "tunnel strength")):
         if key in summary:
-            rows.append((label, _with_ci(summary, key, formats.get(key, "{:.4g}")) if summary[key] is not None else None))
+            rows.append((label,
+                         _with_ci(summary, key, formats.get(key, "{:.4g}")) if summary[key] is not None else None))
     for o in summary.get("ood", []):
-        parts = [_with_ci(o, "retained", "{:.1f}"), _with_ci(o, "pearson", "{:.3f}"), _with_ci(o, "alignment", "{:.3f}")]
+        parts = [_with_ci(o, "retained", "{:.1f}"), _with_ci(o, "pearson", "{:.3f}"),
+                 _with_ci(o, "alignment", "{:.3f}")]
         rows.append((f"OOD {o['name']}: % retained / Pearson ρ / alignment", " / ".join(p or "—" for p in parts)))
     for reference, numbers in (summary.get("reference") or {}).items():
         rows.append((f"{reference} reference: the model's own accuracy / tunnel start / mean % retained",
-                     " / ".join(_fmt(numbers.get(k)) for k in ("model_accuracy", "tunnel_start@0.95", "mean_retained"))))
+                     " / ".join(_fmt(numbers.get(k))
+                                for k in ("model_accuracy", "tunnel_start@0.95", "mean_retained"))))
     for flag in summary.get("flags", []):
         rows.append((("NOT VALID: " if flag["blocking"] else "note: ") + flag["code"], flag["message"]))
     return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]
@@ -87,7 +96,7 @@ def figure_html(name: str, path: Path) -> str:
 
 def inversion_section(directory: Path) -> str:
     """The inversion part of a report, from ``inversion.json`` and its figures; '' when absent."""
-    config_path = Path(directory) / "inversion.json"
+    config_path = Path(directory) / INVERSION_CONFIG
     if not config_path.is_file():
         return ""
     info = json.loads(config_path.read_text())
@@ -96,7 +105,7 @@ def inversion_section(directory: Path) -> str:
         for p in points:
             rows.append(f"<tr><td>{html.escape(state)}</td><td>{p['layer']}</td><td>{html.escape(p['point'])}</td>"
                         + "".join(f"<td>{_fmt(p[m])}</td>" for m in ("m_g", "m_i", "m_r", "nonunique")) + "</tr>")
-    figures = sorted((Path(directory) / "figures").glob("inversion-*.png"))
+    figures = sorted((Path(directory) / FIGURES_DIR).glob("inversion-*.png"))
     return "\n".join([
         "<h2>Input reconstruction from each layer</h2>",
         "<p>Gradient descent on the input to match a layer's full activations (Badger 2022): m_g embedding "
@@ -122,31 +131,8 @@ def render_inversion_only(directory: Path, title: str) -> str:
     return page(title, inversion_section(directory))
 
 
-def refresh_report(directory: str | Path, redraw: bool = False, title: str | None = None) -> tuple[Path, int]:
-    """Rewrite ``directory/report.html`` from what the directory holds: its analysis (figures
-    redrawn from the saved table when ``redraw``, else the saved ones) with any inversion
-    section, or an inversion alone. Returns the report's path and the analysis figures shown."""
-    from .figures import FIGURES
-    from .results import FIGURES_DIR, REPORT_FILE, SUMMARY_FILE, Results
-
-    directory = Path(directory)
-    if not (directory / SUMMARY_FILE).exists() and (directory / "inversion.json").is_file():
-        return write_text(directory / REPORT_FILE, render_inversion_only(directory, title or f"tunnelscope: {directory}")), 0
-    results = Results.load(directory)
-    if redraw:
-        pngs = results.save_figures(directory / FIGURES_DIR)
-    else:
-        pngs = [p for p in (directory / FIGURES_DIR / f"{name}.png" for name in FIGURES) if p.is_file()]
-    return results.to_html(directory / REPORT_FILE, {p.stem: p for p in pngs}), len(pngs)
-
-
-def render(results, figures: dict[str, Path] | None = None) -> str:
-    """The report as one HTML string; ``figures`` maps names to PNG files (drawn now when None)."""
-    if figures is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return render(results, {p.stem: p for p in results.save_figures(tmp)})
+def render(results: Results, figures: dict[str, Path]) -> str:
+    """The report as one HTML string; ``figures`` maps names to PNG files to embed."""
     s = results.summary
     title = f"tunnelscope: {s.get('model', 'model')} on {s.get('data', 'data')}"
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
@@ -165,7 +151,7 @@ def render(results, figures: dict[str, Path] | None = None) -> str:
     )
 
 
-def _layer_table_html(results) -> str:
+def _layer_table_html(results: Results) -> str:
     """The per-layer table: intervals in brackets after probe accuracies, unconverged probes starred."""
     wide = results.layer_table(intervals=True)
     unconverged: set[tuple[str, str]] = set()
@@ -191,10 +177,10 @@ def _layer_table_html(results) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{note}"
 
 
-def write_report(results, path: str | Path, figures: dict[str, Path] | None = None) -> Path:
+def write_report(results: Results, path: str | Path, figures: dict[str, Path]) -> Path:
     """Write :func:`render`'s HTML atomically to ``path``."""
     return write_text(path, render(results, figures))
 
 
-__all__ = ["figure_html", "inversion_section", "page", "refresh_report", "render", "render_inversion_only",
+__all__ = ["figure_html", "inversion_section", "page", "render", "render_inversion_only",
            "summary_lines", "write_report"]

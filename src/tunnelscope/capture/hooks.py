@@ -21,19 +21,18 @@ The forward pass stops after the deepest probe point that was asked for.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ProbePointError, SpecError
-from .features import Features, joint_features, point_views  # noqa: F401  (re-exported)
-from .models.probe_points import order_by_execution, probe_points
+from ..errors import ProbePointError
+from ..features import Features, joint_features, point_views  # noqa: F401  (re-exported)
+from ..models.probe_points import order_by_execution, probe_points
+from .reduce import Reduction
 
 DEFAULT_MAX_DIM = 8000
 INPUT_POINT = "input"  # layer 0: the model's input, reduced like the probe points
@@ -48,7 +47,7 @@ def _full_copy(_name: str, out) -> Tensor:
     return (out[0] if isinstance(out, (tuple, list)) else out).clone()
 
 
-def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable[[str, Any], Tensor] = None,
+def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable[[str, Any], Tensor] | None = None,
                stop: bool = True) -> tuple[dict[str, Tensor], Any]:
     """``({name: keep(name, output)}, model output)`` on input ``x``; with ``stop`` the forward
     pass ends after the last of ``names`` (in execution order) and the model output is None.
@@ -84,33 +83,6 @@ def activations(model: nn.Module, names: Sequence[str], x: Tensor,
     default the full, unreduced output with autograd intact. The forward pass stops after the
     last of them; a point that did not run is an error."""
     return run_points(model, names, x, keep)[0]
-
-
-@dataclass(frozen=True)
-class Reduction:
-    """A parsed reduction policy."""
-
-    kind: str  # pool, gap, flatten, project
-    size: int = 0  # pool size K, or projection dims D
-
-    @staticmethod
-    def parse(text: str) -> "Reduction":
-        """Parse ``pool2``, ``poolK``, ``gap``, ``flatten`` or ``project:D``."""
-        text = text.strip().lower()
-        if text == "gap":
-            return Reduction("gap")
-        if text == "flatten":
-            return Reduction("flatten")
-        if m := re.fullmatch(r"pool(\d+)", text):
-            if int(m[1]) >= 1:
-                return Reduction("pool", int(m[1]))
-        if m := re.fullmatch(r"project:(\d+)", text):
-            if int(m[1]) >= 1:
-                return Reduction("project", int(m[1]))
-        raise SpecError(f"unknown reduction {text!r}; valid: pool2 (default), poolK, gap, flatten, project:D")
-
-    def __str__(self) -> str:
-        return {"pool": f"pool{self.size}", "project": f"project:{self.size}"}.get(self.kind, self.kind)
 
 
 def _seed_for(name: str, seed: int) -> int:

@@ -1,0 +1,86 @@
+"""A feature cache for one split: every probe point's features, kept for a second look
+without running the model again (NCC on the training split; the linear probes).
+
+It holds ``N x D_l`` per point, in memory up to a byte budget and in memory-mapped files
+in a temporary folder beyond it (the only O(N·D) state in tunnelscope, by design).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DEFAULT_BUDGET = 1 << 30  # 1 GiB
+
+
+class FeatureCache:
+    """Rows of features per point, filled batch by batch, then read back in chunks."""
+
+    def __init__(self, capacity: int, budget_bytes: int = DEFAULT_BUDGET, dtype: str = "float32",
+                 spill_dir: str | Path | None = None) -> None:
+        if dtype not in ("float16", "float32"):
+            raise ValueError("cache dtype must be float16 or float32")
+        self.capacity = capacity
+        self.budget_bytes = budget_bytes
+        self.dtype = np.dtype(dtype)
+        self.spill_root = spill_dir
+        self.arrays: dict[str, np.ndarray] = {}
+        self.labels = np.zeros(capacity, dtype=np.int64)
+        self.size = 0
+        self.spilled_to: Path | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def _allocate(self, features: dict[str, Tensor]) -> None:
+        need = self.capacity * sum(x.shape[1] for x in features.values()) * self.dtype.itemsize
+        if need > self.budget_bytes:
+            self.spilled_to = Path(tempfile.mkdtemp(prefix="tunnelscope-cache-", dir=self.spill_root))
+        for i, (name, x) in enumerate(features.items()):
+            shape = (self.capacity, x.shape[1])
+            if self.spilled_to is None:
+                self.arrays[name] = np.empty(shape, dtype=self.dtype)
+            else:
+                self.arrays[name] = np.lib.format.open_memmap(self.spilled_to / f"{i}.npy", mode="w+",
+                                                              dtype=self.dtype, shape=shape)
+
+    def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        """Append one batch."""
+        if not self.arrays:
+            self._allocate(features)
+        lo, hi = self.size, self.size + len(labels)
+        if hi > self.capacity:
+            raise ValueError(f"feature cache holds {self.capacity} rows; got {hi}")
+        for name, x in features.items():
+            self.arrays[name][lo:hi] = x.detach().to("cpu", torch.float32).numpy()
+        self.labels[lo:hi] = labels.cpu().numpy()
+        self.size = hi
+
+    def batches(self, batch_size: int = 4096,
+                device: str | torch.device = "cpu") -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Read the rows back in order, as float32 tensors on ``device``."""
+        for lo in range(0, self.size, batch_size):
+            hi = min(lo + batch_size, self.size)
+            feats = {k: torch.from_numpy(np.asarray(a[lo:hi], dtype=np.float32)).to(device)
+                     for k, a in self.arrays.items()}
+            yield feats, torch.from_numpy(self.labels[lo:hi]).to(device)
+
+    def close(self) -> None:
+        """Drop the arrays and delete spilled files."""
+        self.arrays.clear()
+        if self.spilled_to is not None:
+            shutil.rmtree(self.spilled_to, ignore_errors=True)
+            self.spilled_to = None
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""``tunnelscope.analyze``: layer statistics and linear probes of one model, as one :class:`Results`.
+
+The statistics (:func:`tunnelscope.analysis.analyze_layers`: rank, effective rank, PC1,
+neural collapse, NCC, CKA, ridge) read each ID split once; the probes
+(:func:`tunnelscope.transfer.probe_layers`) read the train and test split of the ID set and
+of every OOD set once each into a feature cache and train all points' probes jointly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import data as data_mod
+from ..capture.cache import FeatureCache
+from ..data import sample_split
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..metrics import DEFAULT_METRICS, METRICS
+from ..models import resolve_model
+from ..probes import ProbeConfig
+from ..results import COLUMNS, Results
+from ..summary import REFERENCE_KEYS
+from ..uncertainty import DEFAULT_RESAMPLES
+from ..verdict import model_flags, verdict
+from ..versions import environment, package_versions
+from .probing import probe_layers
+from .statistics import analyze_layers
+
+PROBE = "probe"
+ALIASES = {"nc": ("nc1", "cdnv", "ncc"), "collapse": ("nc1", "cdnv", "ncc")}
+ANALYZE_METRICS = {PROBE: "trained linear probes on the ID and every OOD dataset (the tunnel verdict)", **METRICS}
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    """``"default"`` (probes and the default statistics), ``"all"``, or a comma list of
+    names from :data:`ANALYZE_METRICS` and the aliases ``nc`` / ``collapse``."""
+    if isinstance(metrics, str):
+        if metrics in ("default", "all"):
+            return [PROBE, *(DEFAULT_METRICS if metrics == "default" else METRICS)]
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    out: list[str] = []
+    for m in metrics:
+        out += ALIASES.get(m, (m,))
+    unknown = [m for m in out if m not in ANALYZE_METRICS]
+    if unknown or not out:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: "
+                        f"{', '.join(ANALYZE_METRICS)}, the aliases nc/collapse, or default/all")
+    return list(dict.fromkeys(out))
+
+
+def analyze(
+    model: nn.Module | str | Path,
+    data: data_mod.Dataset | str,
+    ood: Sequence[str] = (),
+    metrics: str | Sequence[str] = "default",
+    points: str | Sequence[str] = "blocks",
+    reduce: str = "pool2",
+    device: str | torch.device = "auto",
+    weights: str | Path | None = None,
+    probe: ProbeConfig | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = 10_000,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    progress: bool | None = None,
+    include_input: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    untrained_reference: bool = False,
+    model_info: dict | None = None,
+) -> Results:
+    """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
+
+    ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
+    initialised), or a module (``model_info`` may say how it was trained: ``{"step": ...}``).
+    ``metrics``: see :func:`parse_metrics`. Every split is read as a seeded subset of at most
+    ``max_samples`` samples (``None``: all); the probes may read other amounts (``max_train``
+    / ``max_test``, default ``max_samples``). When the probes and the statistics read the
+    same ID samples, one pass per ID split serves both: the statistics pass fills the probes'
+    feature cache. ``include_input`` adds layer 0 (the input, reduced like the points) to
+    every curve; ``resamples`` sets the bootstrap behind every interval (0: none);
+    ``untrained_reference`` also analyses a re-initialised copy of the model (seeded by
+    ``seed``), stored as rows with ``reference == "untrained"``. Returns a :class:`Results`;
+    ``results.summary["verdict"]`` says in one line where the tunnel starts and which layer
+    transfers best, and ``results.summary["flags"]`` why it may not be valid.
+    """
+    wanted = parse_metrics(metrics)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    stats_metrics = [m for m in wanted if m != PROBE]
+    if ood and PROBE not in wanted:
+        raise ConfigError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
+    dev = resolve_device(device)
+    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    net, model_name, resolved = resolve_model(model, dev, dataset, weights)
+    net.eval()
+    model_info = {"model": model_name, **resolved, **(model_info or {})}
+    frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
+                           "ood_datasets": list(ood)}
+    config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
+                    "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
+                    "device": str(dev), "seed": seed, "environment": environment(dev),
+                    "versions": package_versions()}
+    max_train = max_samples if max_train is None else max_train
+    max_test = max_samples if max_test is None else max_test
+    shared = bool(stats_metrics) and PROBE in wanted and max_train == max_samples and max_test == max_samples
+    config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
+                           else "the statistics and the probes read the ID splits separately")
+    model_accuracy = None
+    with contextlib.ExitStack() as stack:
+        caches: tuple[FeatureCache, FeatureCache] | None = None
+        if shared:
+            id_train, id_test = (stack.enter_context(FeatureCache(sample_split(split, max_samples, seed + i)[1]))
+                                 for i, split in enumerate((dataset.train, dataset.test)))
+            caches = (id_train, id_test)
+        if stats_metrics:
+            # "default"/"all" pass through, so that a metric that does not fit is skipped with a note
+            request = metrics if isinstance(metrics, str) and metrics in ("default", "all") else stats_metrics
+            stats = analyze_layers(net, dataset, request, points=points, reduce=reduce, batch_size=batch_size,
+                                   device=dev, max_samples=max_samples, seed=seed, progress=progress,
+                                   train_cache=caches[0] if caches else None,
+                                   test_cache=caches[1] if caches else None, include_input=include_input)
+            frames.append(stats.table.assign(dataset="id"))
+            summary.update(stats.summary)
+            model_accuracy = stats.summary.get("model_accuracy")
+            config["statistics"] = stats.config
+            config["points"] = stats.config["points"]
+            config["input_point"] = stats.config["input_point"]
+        if PROBE in wanted:
+            transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
+                                    batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test,
+                                    seed=seed, data_root=data_root, progress=progress, id_features=caches,
+                                    id_ncc="ncc" not in stats_metrics,  # the statistics measured it
+                                    include_input=include_input, resamples=resamples, model_info=model_info,
+                                    model_accuracy=model_accuracy)
+            frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
+            kept: dict[str, object] = {k: summary[k] for k in ("effective_depth", "effective_depth_point", "ncc_eps")
+                                       if k in summary}
+            summary.update(transfer.summary)
+            summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it
+            summary["verdict"] = verdict(summary, transfer.config["points"])
+            config["probes"] = transfer.config
+            config["points"] = transfer.config["points"]
+            config["input_point"] = transfer.config["input_point"]
+        else:
+            flags = [f.as_dict() for f in model_flags(model_info, model_accuracy, dataset.num_classes)]
+            summary.update(flags=flags, verdict_valid=False,
+                           verdict="no probes were run (add 'probe' to --metrics for the tunnel verdict)")
+    table = pd.concat(frames, ignore_index=True).assign(reference=None)
+    summary["points"] = len(config["points"])
+    if untrained_reference:
+        table, summary, config = _with_untrained_reference(
+            net, dataset, table, summary, config, dict(ood=ood, metrics=wanted, points=points, reduce=reduce,
+                                                        device=dev, probe=probe, batch_size=batch_size,
+                                                        max_samples=max_samples, max_train=max_train,
+                                                        max_test=max_test, seed=seed, data_root=data_root,
+                                                        progress=progress, include_input=include_input,
+                                                        resamples=resamples))
+    return Results(table.reindex(columns=COLUMNS), summary, config)
+
+
+
+
+def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summary: dict, config: dict,
+                              options: dict) -> tuple[pd.DataFrame, dict, dict]:
+    """The same analysis of a seeded re-initialisation of ``net``, appended as reference rows."""
+    from ..invert import untrained_copy
+
+    reference = analyze(untrained_copy(net, options["seed"]), dataset, model_info={"untrained": True}, **options)
+    rows = reference.table.assign(reference="untrained", model=summary["model"])
+    summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
+    config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
+                                        f"seed {options['seed']}; same data, points, probes and samples"}
+    return pd.concat([table, rows], ignore_index=True), summary, config
+
+
+def _probe_rows(table: pd.DataFrame, skip_id_ncc: bool) -> pd.DataFrame:
+    """probe_layers' wide rows → the tidy columns: ``probe_acc`` (test rows with a 95% interval),
+    ``probe_loss`` and ``probe_converged`` (train rows), and ``ncc_acc`` per dataset."""
+    base = table.assign(other_point=None, other_layer=None)
+    trusted = ~base.diverged & base.converged
+    probe = base.assign(metric="probe_acc", value=base.accuracy, valid=trusted)
+    train = base[base.split == "train"]
+    loss = train.assign(metric="probe_loss", value=train.loss, valid=~train.diverged, ci_lo=None, ci_hi=None)
+    converged = train.assign(metric="probe_converged", value=train.converged.astype(float), valid=True,
+                             ci_lo=None, ci_hi=None)
+    ncc = base.assign(metric="ncc_acc", value=base.ncc_accuracy, valid=base.ncc_accuracy.notna(), ci_lo=None,
+                      ci_hi=None)
+    if skip_id_ncc:  # the statistics pass measured the ID NCC already
+        ncc = ncc[ncc.dataset != "id"]
+    return pd.concat([probe, loss, converged, ncc], ignore_index=True).reindex(columns=COLUMNS)
+
+
+__all__ = ["ANALYZE_METRICS", "analyze", "parse_metrics"]

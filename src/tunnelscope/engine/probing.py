@@ -1,0 +1,298 @@
+"""``probe_layers``: linear probes at every probe point, in and out of distribution, and the
+tunnel's verdict (METRICS.md §2-§4).
+
+For the ID dataset and each OOD dataset, the model runs once over the training split and
+once over the test split; the features go to a feature cache, and the probes of every
+point are trained jointly from it (:mod:`tunnelscope.probes`). OOD inputs are resized
+and converted to the backbone's input shape when they differ, and that is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import data as data_mod
+from ..capture import DEFAULT_MAX_DIM, Capture
+from ..capture.cache import DEFAULT_BUDGET, FeatureCache
+from ..data import sample_split
+from ..data.adapt import load_adapted
+from ..device import resolve_device
+from ..errors import InsufficientDataError
+from ..metrics.base import ModelAccuracy
+from ..metrics.collapse import NCCAccuracy, effective_depth
+from ..metrics.moments import Moments
+from ..models import resolve_model
+from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
+from ..progress import progress_bar
+from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START, ci_key
+from ..tunnel import summarize
+from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
+from ..verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
+from ..versions import environment, package_versions
+
+
+@dataclass
+class TransferStats:
+    """Probe accuracies per dataset × split × point (with intervals, losses and convergence),
+    the tunnel summary, and the config."""
+
+    table: pd.DataFrame
+    summary: dict
+    config: dict = field(default_factory=dict)
+
+    def curve(self, dataset: str = "id", split: str = "test") -> pd.Series:
+        """Probe accuracy per point, in layer order (layer 0, the input, included when read)."""
+        rows = self.table[(self.table.dataset == dataset) & (self.table.split == split)]
+        if rows.empty:
+            raise KeyError(f"no probe accuracies for dataset {dataset!r}; have {sorted(self.table.dataset.unique())}")
+        return rows.sort_values("layer").set_index("point")["accuracy"]
+
+
+def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
+              cache_dtype: str, bars, description: str,
+              extra: Sequence = ()) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
+    """One model pass over ``split`` into a feature cache (``extra`` accumulators read the same
+    batches); the caller closes the cache."""
+    chosen, n = sample_split(split, limit, seed)
+    cache = FeatureCache(n, budget, cache_dtype)
+    for feats, y in capture.stream(chosen, batch_size, device, progress=bars, description=description):
+        cache.update(feats, y)
+        for acc in extra:
+            acc.update(feats, y)
+    if cache.spilled_to is not None:
+        warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
+                      f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
+    return _read(cache)
+
+
+def _read(cache: FeatureCache, **info) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
+    """The cache, its arrays (in-memory ones are stacked by the probe trainer, memory-mapped ones
+    read a minibatch at a time), its labels, and its description (plus ``info``)."""
+    if cache.size != cache.capacity:
+        raise ValueError(f"feature cache filled {cache.size} of {cache.capacity} rows")
+    info = {"samples": cache.size, "cache_mib": cache.nbytes / 2**20,
+            "spilled": str(cache.spilled_to) if cache.spilled_to else None, **info}
+    return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
+
+
+def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device) -> dict[str, dict[str, float]]:
+    """Nearest-class-centre accuracy per point on both splits, class means from the train cache."""
+    moments = Moments(num_classes, torch.float64, scatter=False)  # class means are all NCC needs
+    for feats, y in train.batches(device=device):
+        moments.update(feats, y)
+    means = {name: point.class_means() for name, point in moments.points.items()}
+    out = {}
+    for split, cache in (("train", train), ("test", test)):
+        acc = NCCAccuracy(means)
+        for feats, y in cache.batches(device=device):
+            acc.update(feats, y)
+        out[split] = acc.compute()
+    return out
+
+
+@dataclass
+class _Fitted:
+    """One dataset's probes: per-seed results, their mean accuracies, and bootstrap curves."""
+
+    results: list[ProbeResult]
+    test: dict[str, float]
+    train: dict[str, float]
+    samples: np.ndarray  # (resamples, points) bootstrap accuracy curves, in point order
+
+    @classmethod
+    def of(cls, results: list[ProbeResult], names: list[str], resamples: int, seed: int) -> _Fitted:
+        mean = lambda attr: {n: float(np.mean([getattr(r, attr)[n] for r in results])) for n in names}  # noqa: E731
+        correct = [np.stack([r.correct[n] for n in names], axis=1) for r in results]
+        samples = (curve_samples(correct, resamples, np.random.default_rng(seed)) if resamples
+                   else np.full((0, len(names)), np.nan))
+        return cls(results, mean("accuracy"), mean("train_accuracy"), samples)
+
+    def interval(self, names: list[str]) -> dict[str, tuple[float, float]]:
+        if not len(self.samples):
+            return {n: (math.nan, math.nan) for n in names}
+        lo, hi = interval(self.samples)
+        return {n: (float(a), float(b)) for n, a, b in zip(names, lo, hi)}
+
+
+def probe_layers(
+    model: nn.Module | str | Path,
+    data: data_mod.Dataset | str,
+    ood: Sequence[str] = (),
+    points: str | Sequence[str] = "blocks",
+    reduce: str = "pool2",
+    probe: ProbeConfig | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    max_dim: int = DEFAULT_MAX_DIM,
+    cache_budget: int = DEFAULT_BUDGET,
+    cache_dtype: str = "float32",
+    taus: Sequence[float] = (0.95, 0.98),
+    ncc_eps: float = 0.01,
+    data_root: str | Path | None = None,
+    progress: bool | None = None,
+    id_features: tuple[FeatureCache, FeatureCache] | None = None,
+    id_ncc: bool = True,
+    include_input: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    model_info: dict | None = None,
+    model_accuracy: float | None = None,
+) -> TransferStats:
+    """Train linear probes at every point on the ID data and on each OOD dataset.
+
+    ``ood`` is a list of dataset specs; each gets its own probes, trained on its training
+    split and scored on its test split, reading the same backbone. ``probe`` sets the
+    protocol (default ``lbfgs``, run to convergence; ``probe.seeds`` probes per point).
+    ``max_train`` / ``max_test`` cap the samples read per split (seeded subsets).
+    ``include_input`` adds layer 0 (the input, reduced like the points) as a reference; the
+    tunnel's metrics read points 1 … penultimate only. Every test accuracy and every tunnel
+    metric gets a 95% bootstrap interval over test samples (``resamples``; 0 for none) and
+    probe seeds. Nearest-class-centre accuracy is measured on the same cached features (class
+    means from each dataset's train split) and gives the ID ``effective_depth`` (first point
+    with NCC train error <= ``ncc_eps``). ``id_features`` (train and test caches already
+    filled by the statistics pass with the same points, see :func:`tunnelscope.analyze`)
+    replaces the ID passes; the caller closes them, and gives ``model_accuracy`` (the model's
+    own ID test accuracy) measured in that pass. ``id_ncc=False`` skips the ID
+    nearest-class-centre scores when the caller has them already. ``model_info`` describes a
+    module passed directly (its training ``step``, or ``untrained``). Refuses datasets with
+    one class or too few samples per class; ``summary["flags"]`` and ``summary["verdict"]``
+    say what the numbers can and cannot show.
+    """
+    cfg = probe or ProbeConfig(seed=seed)
+    dev = resolve_device(device)
+    net, model_name, resolved_info = resolve_model(model, dev)
+    model_info = {**resolved_info, **(model_info or {})}
+    id_ds = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    example = next(id_ds.test.batches(2, device=dev))[0]
+    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                      include_input=include_input)
+    names, modules = capture.names, capture.points
+    datasets: dict[str, tuple[data_mod.Dataset, list[str]]] = {"id": (id_ds, [])}
+    for spec in ood:
+        ds, changes = load_adapted(spec, id_ds.input_shape, data_root)
+        if ds.num_classes < 2:
+            raise InsufficientDataError(f"OOD dataset {spec!r} has a single class; a probe needs at least two")
+        datasets[spec] = (ds, changes)
+    rows: list[dict] = []
+    info: dict[str, dict] = {}
+    fitted: dict[str, _Fitted] = {}
+    flags = []
+    ncc_id_train = None
+    tic = time.perf_counter()
+    with progress_bar(progress) as bars:
+        for key, (ds, changes) in datasets.items():
+            label = "ID" if key == "id" else key
+            shared = id_features if key == "id" else None  # the statistics' caches, which they own
+            if shared is not None:
+                (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (_read(c, shared_with_statistics=True)
+                                                                         for c in shared)
+                if list(tr) != names:
+                    raise ValueError(f"shared feature caches hold points {list(tr)}, not {names}")
+            else:
+                tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev,
+                                                       cache_budget, cache_dtype, bars, f"{label} train")
+                own = ModelAccuracy()
+                capture.model_output = key == "id" and model_accuracy is None
+                try:
+                    te_cache, te, yte, te_info = _features(capture, ds.test, max_test, seed + 1, batch_size, dev,
+                                                           cache_budget, cache_dtype, bars, f"{label} test", [own])
+                finally:
+                    capture.model_output = False
+                if key == "id" and model_accuracy is None:
+                    model_accuracy = own.compute()
+            try:
+                flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
+                                             ds.class_names)
+                results = train_probe_seeds(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
+                ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev) if key != "id" or id_ncc else None
+                if key == "id" and ncc:
+                    ncc_id_train = ncc["train"]
+            finally:
+                del tr, te
+                if shared is None:
+                    tr_cache.close()
+                    te_cache.close()
+            fit = fitted[key] = _Fitted.of(results, names, resamples, seed + 17 * len(fitted))
+            ci = fit.interval(names)
+            first = results[0]
+            for name in names:
+                common = {"model": model_name, "dataset": key, "point": name, "layer": capture.layer(name),
+                          "depth": capture.layer(name) / len(modules),
+                          "converged": all(r.converged[name] for r in results),
+                          "diverged": any(name in r.diverged for r in results)}
+                rows.append({**common, "split": "test", "accuracy": fit.test[name], "ci_lo": ci[name][0],
+                             "ci_hi": ci[name][1], "ncc_accuracy": ncc["test"][name] if ncc else math.nan,
+                             "loss": math.nan, "iterations": first.iterations[name], "epoch": first.epoch[name]})
+                rows.append({**common, "split": "train", "accuracy": fit.train[name], "ci_lo": math.nan,
+                             "ci_hi": math.nan, "ncc_accuracy": ncc["train"][name] if ncc else math.nan,
+                             "loss": float(np.mean([r.train_loss[name] for r in results])),
+                             "iterations": first.iterations[name], "epoch": first.epoch[name]})
+            info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
+                         "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
+                         "unconverged": [n for n in names if not all(r.converged[n] for r in results)]}
+    table = pd.DataFrame(rows)
+    summary = _summary(fitted, datasets, names, modules, taus)
+    flags += model_flags(model_info, model_accuracy, id_ds.num_classes)
+    flags += probe_flags({k: v["unconverged"] for k, v in info.items() if k == "id" or k not in summary["ood_skipped"]},
+                         {k: v["diverged"] for k, v in info.items()})
+    if TUNNEL_START in summary:
+        flags += curve_flags([fitted["id"].test[n] for n in modules],
+                             fitted["id"].test.get(capture.input_point) if capture.input_point else None)
+    depth = effective_depth([1 - ncc_id_train[n] for n in modules], ncc_eps) if ncc_id_train else None
+    summary.update({"effective_depth": depth, "effective_depth_point": modules[depth - 1] if depth else None,
+                    "ncc_eps": ncc_eps, "model_accuracy": model_accuracy, "flags": [f.as_dict() for f in flags],
+                    "verdict_valid": not any(f.blocking for f in flags)})
+    summary["verdict"] = verdict(summary, modules)
+    config = {"model": model_name, **model_info, "points": modules, "input_point": capture.input_point,
+              "reduce": str(capture.reduction), "layout": capture.layout,
+              "probe": {**vars(cfg), "protocol_note": PROTOCOL_NOTES[cfg.protocol]}, "selection_note": (
+                  "selected on the test split (the papers' behaviour): accuracies are optimistic"
+                  if cfg.select == "test" else None), "datasets": info, "seed": seed, "batch_size": batch_size,
+              "intervals": {"level": LEVEL, "resamples": resamples, "method": (
+                  "percentile bootstrap over test samples" + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "")
+                  + f" (seed {seed})")},
+              "device": str(dev), "environment": environment(dev), "versions": package_versions(),
+              "seconds": time.perf_counter() - tic}
+    return TransferStats(table, summary, config)
+
+
+def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modules: list[str],
+             taus: Sequence[float]) -> dict:
+    """The tunnel's metrics (points 1 … penultimate) with their bootstrap intervals."""
+    cols = [names.index(n) for n in modules]
+    curves = {k: ([f.test[n] for n in modules], datasets[k][0].num_classes) for k, f in fitted.items()}
+    finite = {k: bool(np.isfinite(c).all()) for k, (c, _) in curves.items()}
+    ood_curves = {k: v for k, v in curves.items() if k != "id" and finite[k]}
+    if not finite["id"]:
+        return {"points": len(modules), "ood_skipped": [k for k in curves if k != "id"], "ood": []}
+    summary = summarize(curves["id"][0], curves["id"][1], ood_curves, taus)
+    summary["ood_skipped"] = [k for k, ok in finite.items() if k != "id" and not ok]  # a probe diverged there
+    if ood_curves:
+        mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
+        summary[BEST_TRANSFER_LAYER] = int(np.argmax(mean)) + 1
+    if len(fitted["id"].samples):
+        cis = tunnel_intervals(fitted["id"].samples[:, cols], curves["id"][1],
+                               {k: (fitted[k].samples[:, cols], c) for k, (_, c) in ood_curves.items()}, taus)
+        for key, value in cis.items():
+            if key != "ood":
+                summary[ci_key(key)] = value
+        for row in summary["ood"]:
+            for metric, value in cis["ood"][row.name].items():
+                setattr(row, ci_key(metric), value)
+    summary["ood"] = [vars(r) for r in summary["ood"]]
+    return summary
+
+
+__all__ = ["TransferStats", "probe_layers"]

@@ -1,0 +1,303 @@
+"""Figures of one run (and of several, for ``compare``), drawn with matplotlib's Agg backend.
+
+Each function takes a :class:`~tunnelscope.results.Results` and returns a Figure, or None
+when the run lacks the metrics it needs. ``save_figures`` writes PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..errors import SpecError
+from ..io import atomic_write
+
+TUNNEL_COLOUR = "#f4d58d"
+
+
+def _layer_axis(ax, first: int, n: int, label: str = "layer (probe point; 0 = the input)") -> None:
+    ax.set_xlabel(label)
+    ax.set_xticks(range(first, n + 1) if n <= 24 else np.linspace(first, n, 12).round().astype(int))
+    ax.grid(alpha=0.3)
+
+
+def _first_layer(results) -> int:
+    return 0 if results.input_point else 1
+
+
+def _shade_tunnel(ax, results, n: int) -> None:
+    start = results.summary.get("tunnel_start@0.95")
+    if start is not None and start < n:
+        ax.axvspan(start, n + 0.5, color=TUNNEL_COLOUR, alpha=0.5, lw=0, label=f"tunnel (from layer {start})")
+
+
+def _tunnel_axes(results, height: float):
+    """A one-panel figure over the run's points with the tunnel shaded; ``(fig, ax, points)``."""
+    fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
+    n = len(results.points)
+    _shade_tunnel(ax, results, n)
+    return fig, ax, n
+
+
+def _plot(ax, results, metric: str, dataset: str = "id", split: str = "test", label: str = "",
+          colour: str | None = None, **style) -> bool:
+    """The model's curve with its 95% interval as a band, and the untrained reference's (when
+    stored) dashed in the same colour. Returns False when the metric is absent."""
+    try:
+        rows = results.interval(metric, dataset, split)
+    except KeyError:
+        return False
+    line = ax.plot(rows.layer, rows.value, **{"marker": "o", "ms": 4, "label": label, "color": colour, **style})[0]
+    if rows.ci_lo.notna().any():
+        ax.fill_between(rows.layer, rows.ci_lo, rows.ci_hi, color=line.get_color(), alpha=0.2, lw=0)
+    for reference in results.references:
+        try:
+            ref = results.interval(metric, dataset, split, reference=reference)
+        except KeyError:
+            continue
+        ax.plot(ref.layer, ref.value, ls="--", lw=1, marker=".", color=line.get_color(), alpha=0.8,
+                label=f"{label} ({reference})" if label else reference)
+    return True
+
+
+def probe_figure(results) -> Figure | None:
+    """ID and OOD probe accuracy against layer (95% bands; layer 0 = the input; dashed: the
+    untrained reference); the tunnel shaded, the best transfer layer marked."""
+    if not results.has("probe_acc"):
+        return None
+    fig, ax, n = _tunnel_axes(results, height=5.2)
+    for i, dataset in enumerate(results.datasets):
+        label = "ID " + results.summary.get("data", "") if dataset == "id" else "OOD " + dataset
+        _plot(ax, results, "probe_acc", dataset, label=label, colour=f"C{i}", lw=2 if dataset == "id" else 1.5)
+    best = results.summary.get("best_transfer_layer")
+    if best:
+        ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
+    ax.set_ylabel("linear probe accuracy (test, 95% interval)")
+    ax.set_title(results.summary.get("model", ""))
+    _layer_axis(ax, _first_layer(results), n)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    return fig
+
+
+def rank_figure(results) -> Figure | None:
+    """Numerical and effective rank against layer (test split)."""
+    metrics = [m for m in ("rank", "erank") if results.has(m)]
+    if not metrics:
+        return None
+    fig, ax, n = _tunnel_axes(results, height=4)
+    names = {"rank": "numerical rank (eigenvalues > 1e-3·s₁)", "erank": "effective rank (RankMe)"}
+    for i, m in enumerate(metrics):
+        _plot(ax, results, m, label=names[m], colour=f"C{i}")
+    ax.set_ylabel("rank of the representation (test)")
+    ax.set_yscale("log")
+    _layer_axis(ax, _first_layer(results), n)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def collapse_figure(results) -> Figure | None:
+    """NC1, CDNV (log scale) and NCC accuracy (train and test) against layer."""
+    panels = [m for m in ("nc1", "cdnv", "ncc_acc") if results.has(m)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), layout="constrained", squeeze=False)
+    n = len(results.points)
+    titles = {"nc1": "NC1 = tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "ncc_acc": "nearest-class-centre accuracy"}
+    for ax, m in zip(axes[0], panels):
+        _shade_tunnel(ax, results, n)
+        for i, split in enumerate(("train", "test")):
+            _plot(ax, results, m, split=split, label=split, colour=f"C{i}", ms=3)
+        if m != "ncc_acc":
+            ax.set_yscale("log")
+        ax.set_title(titles[m], fontsize=10)
+        _layer_axis(ax, _first_layer(results), n, "layer")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def pc1_figure(results) -> Figure | None:
+    """Share of variance on the first principal component against layer."""
+    if not results.has("pc1"):
+        return None
+    fig, ax, n = _tunnel_axes(results, height=3.6)
+    _plot(ax, results, "pc1", colour="C3")
+    ax.set_ylabel("variance share of PC1 (test)")
+    ax.set_ylim(0, 1)
+    _layer_axis(ax, _first_layer(results), n)
+    return fig
+
+
+def cka_figure(results) -> Figure | None:
+    """Minibatch CKA between every pair of probe points (layer 0 = the input, when read)."""
+    if not results.has("cka"):
+        return None
+    mat = results.matrix("cka")
+    first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
+    n = len(mat)
+    fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+    lo = first - 0.5
+    im = ax.imshow(mat.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, origin="lower",
+                   extent=(lo, lo + n, lo, lo + n))
+    fig.colorbar(im, ax=ax, label="CKA")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    ax.set_title("minibatch CKA (test)", fontsize=10)
+    return fig
+
+
+FIGURES = {"probes": probe_figure, "rank": rank_figure, "collapse": collapse_figure, "pc1": pc1_figure,
+           "cka": cka_figure}
+
+
+def run_figures(results) -> dict[str, Figure]:
+    """Every figure the run's metrics allow, by name."""
+    out = {}
+    for name, draw in FIGURES.items():
+        fig = draw(results)
+        if fig is not None:
+            out[name] = fig
+    return out
+
+
+def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequence[str] = ()) -> list[Path]:
+    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg``; close them; return the PNG paths.
+
+    ``replace`` names figures of an earlier run to delete first, so none of them outlives it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in replace:
+        for fmt in ("png", "svg"):
+            (folder / f"{name}.{fmt}").unlink(missing_ok=True)
+    pngs = []
+    for name, fig in figures.items():
+        for fmt in ("png", "svg"):
+            def write(handle: IO[bytes], fig: Figure = fig, fmt: str = fmt) -> None:
+                fig.savefig(handle, format=fmt, dpi=150)
+
+            atomic_write(folder / f"{name}.{fmt}", write)
+        plt.close(fig)
+        pngs.append(folder / f"{name}.png")
+    return pngs
+
+
+def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
+    """ID probe accuracy (NCC accuracy for a run without probes) and numerical rank of several
+    runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
+    (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
+    from ..uncertainty import mean_ci
+
+    groups = list(groups) if groups is not None else [None] * len(runs)
+    accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
+    rows = [name for name, present in (("accuracy", any(accuracy)), ("rank", any(r.has("rank") for r in runs)))
+            if present]
+    if not rows:
+        raise SpecError("none of the runs has probe, NCC or rank results to compare; analyse them with "
+                        "--metrics including probe, ncc or rank")
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
+    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "rank": "numerical rank (test)"}
+    # one entry per line: (label, member indices); a seed group is one line
+    lines: list[tuple[str, list[int]]] = []
+    seen: dict[str, int] = {}
+    for i, (label, group) in enumerate(zip(labels, groups)):
+        if group is None:
+            lines.append((label, [i]))
+        elif group in seen:
+            lines[seen[group]][1].append(i)
+        else:
+            seen[group] = len(lines)
+            lines.append((label, [i]))
+    for row, kind in zip(axes, rows):
+        for colour, (label, members) in enumerate(lines):
+            first = runs[members[0]]
+            metric = accuracy[members[0]] if kind == "accuracy" else ("rank" if first.has("rank") else None)
+            if metric is None:
+                continue
+            curves = [runs[m].curve(metric, with_input=False).to_numpy() for m in members]
+            if len({len(c) for c in curves}) != 1:
+                raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
+            stacked = np.stack(curves)
+            mean_half = [mean_ci(stacked[:, j]) for j in range(stacked.shape[1])]
+            mean = np.array([m for m, _ in mean_half])
+            half = np.array([h for _, h in mean_half])
+            layers = np.arange(1, len(mean) + 1)
+            name = (f"{runs[members[0]].summary.get('model', label)} ({len(members)} seeds)" if len(members) > 1
+                    else label) + (" (NCC)" if metric == "ncc_acc" else "")
+            for ax, x in ((row[0], layers), (row[1], layers / len(mean))):
+                ax.plot(x, mean, marker="o", ms=3, color=f"C{colour}", label=name)
+                if len(members) > 1:
+                    ax.fill_between(x, mean - half, mean + half, color=f"C{colour}", alpha=0.2, lw=0)
+            starts = [runs[m].summary.get("tunnel_start@0.95") for m in members]
+            if kind == rows[0] and all(s is not None for s in starts):
+                start = float(np.mean(starts))
+                if start < len(mean):
+                    row[0].axvline(start, color=f"C{colour}", ls=":", lw=1)
+                    row[1].axvline(start / len(mean), color=f"C{colour}", ls=":", lw=1)
+        for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabels[kind])
+            ax.grid(alpha=0.3)
+            if kind == "rank":
+                ax.set_yscale("log")
+        row[0].legend(fontsize=8)
+    fig.suptitle("dotted lines: tunnel start (τ = 0.95; mean over seeds); bands: 95% interval over training seeds",
+                 fontsize=9)
+    return fig
+
+
+def inversion_grid(inv, max_images: int = 8) -> Figure:
+    """Originals on top, then one row per point of reconstructions (first restart); each
+    column shares the original's grey scale."""
+    points = list(inv.reconstructions)
+    n = min(max_images, len(inv.images))
+    fig, axes = plt.subplots(len(points) + 1, n, figsize=(1.3 * n + 1.2, 1.3 * (len(points) + 1)),
+                             squeeze=False, layout="constrained")
+    rows = [("original", inv.images)] + [(p, inv.reconstructions[p][0]) for p in points]
+    for r, (label, batch) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            original = inv.images[c]
+            ax.imshow(_displayable(batch[c]), cmap="gray" if batch[c].shape[0] == 1 else None,
+                      vmin=float(original.min()), vmax=float(original.max()))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"reconstructions from each layer ({inv.config.get('state', '')} model)", fontsize=9)
+    return fig
+
+
+def _displayable(x) -> np.ndarray:
+    x = x.detach().cpu().float()
+    if x.dim() == 3 and x.shape[0] == 3:  # RGB: scale jointly into [0, 1]
+        x = (x - x.min()) / (x.max() - x.min() + 1e-12)
+        return x.permute(1, 2, 0).numpy()
+    return x.reshape(x.shape[-2], x.shape[-1]).numpy() if x.dim() >= 2 else x.reshape(1, -1).numpy()
+
+
+def inversion_curves(inversions: Sequence) -> Figure:
+    """m_g, m_i and m_r against layer, one line style per model state (trained / untrained)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    titles = {"m_g": "embedding distance m_g = ‖O(a) − O(a_g)‖", "m_i": "input distance m_i = ‖a_g − a‖",
+              "m_r": "reference m_r = ‖O(a) − O(a′)‖"}
+    for inv, style in zip(inversions, ("-", "--", ":")):
+        for ax, metric in zip(axes, titles):
+            s = inv.score(metric)
+            ax.plot(s.layer, s.value, style, marker="o", ms=3, label=inv.config.get("state"))
+    for ax, metric in zip(axes, titles):
+        ax.set_title(titles[metric], fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+__all__ = ["FIGURES", "compare_figure", "inversion_curves", "inversion_grid", "run_figures", "save_figures"]

@@ -1,0 +1,140 @@
+"""Sweep figures and the sweep's HTML report.
+
+- Aggregates (each cell's last analysed checkpoint): tunnel length and mean % OOD retained
+  against each swept variable (and the number of classes when it varies), one line per
+  combination of the other variables, mean ± 95% CI (Student t) over seeds.
+- Dynamics (cells with several analysed checkpoints): layer × checkpoint heatmaps of probe
+  accuracy and numerical rank, and the tunnel start against training step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from ..io import write_text
+from ..rundir import FIGURES_DIR
+from ..sweep.spec import SweepSpec
+from ..sweep.store import VAR_PREFIX, Store
+from ..uncertainty import mean_ci
+from .figures import save_figures
+from .html import figure_html, page
+
+SEED_NAMES = ("seed", "seeds")
+Y_METRICS = {"tunnel_length@0.95": "tunnel length (points, τ = 0.95)", "mean_retained": "mean % OOD retained"}
+
+
+def final_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's row at its last analysed step."""
+    if summaries.empty:
+        return summaries
+    return summaries.sort_values("step").drop_duplicates("cell", keep="last")
+
+
+def aggregate_figures(spec: SweepSpec, summaries: pd.DataFrame) -> dict:
+    """One figure per swept variable (and classes): y metrics against it, mean ± 95% CI over seeds."""
+    final = final_summaries(summaries)
+    if final.empty:
+        return {}
+    variables = [v for v in spec.grid if v not in SEED_NAMES and final[VAR_PREFIX + v].nunique() > 1]
+    xs = [VAR_PREFIX + v for v in variables]
+    if "classes" in final and final["classes"].nunique() > 1 and not variables:
+        xs.append("classes")
+    ys = [y for y in Y_METRICS if y in final and final[y].notna().any()]
+    if not ys:  # statistics-only sweeps have no tunnel numbers to aggregate
+        return {}
+    figures = {}
+    for x in xs:
+        others = [VAR_PREFIX + v for v in variables if VAR_PREFIX + v != x]
+        fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), layout="constrained", squeeze=False)
+        ticks = sorted(final[x].unique(), key=lambda v: (isinstance(v, str), v))  # one order for every line
+        position = {v: i for i, v in enumerate(ticks)}
+        for ax, y in zip(axes[0], ys):
+            groups = final.groupby(others, dropna=False) if others else [((), final)]
+            for key, group in groups:
+                points = sorted(((position[xv], *mean_ci(g[y].to_numpy())) for xv, g in group.groupby(x)))
+                label = ", ".join(f"{o.removeprefix(VAR_PREFIX)}={k}" for o, k in
+                                  zip(others, key if isinstance(key, tuple) else (key,))) or None
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, label=label)
+            ax.set_xticks(range(len(ticks)), [str(v) for v in ticks])
+            ax.set_xlabel(x.removeprefix(VAR_PREFIX))
+            ax.set_ylabel(Y_METRICS[y])
+            ax.grid(alpha=0.3)
+            if others:
+                ax.legend(fontsize=8)
+        fig.suptitle("mean ± 95% CI over seeds; last analysed checkpoint of each cell", fontsize=9)
+        figures[f"by-{x.removeprefix(VAR_PREFIX)}"] = fig
+    return figures
+
+
+def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
+    """Layer × checkpoint heatmaps of ID probe accuracy and rank, and the tunnel start against step."""
+    steps = sorted(table.step.unique())
+    panels = [m for m in ("probe_acc", "rank") if (table.metric == m).any()]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4), layout="constrained")
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, panels):
+        rows = table[(table.metric == metric) & (table.dataset == "id") & (table.split == "test")
+                     & table.other_point.isna()]
+        grid = rows.pivot_table(index="layer", columns="step", values="value").reindex(columns=steps)
+        im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="viridis",
+                       extent=(-0.5, len(steps) - 0.5, 0.5, len(grid) + 0.5))
+        fig.colorbar(im, ax=ax)
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+        ax.set_xlabel("checkpoint (training step)")
+        ax.set_ylabel("layer")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title({"probe_acc": "ID probe accuracy", "rank": "numerical rank"}[metric], fontsize=10)
+    ax = axes[-1]
+    s = summaries.sort_values("step")
+    if "tunnel_start@0.95" in s:
+        ax.plot(range(len(s)), s["tunnel_start@0.95"], marker="o")
+        ax.set_xticks(range(len(s)), [str(v) for v in s.step], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint (training step)")
+    ax.set_ylabel("tunnel start (layer, τ = 0.95)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.suptitle(label, fontsize=10)
+    return fig
+
+
+def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
+    """Figures into ``STORE/figures`` and ``STORE/report.html``; returns the report's path."""
+    store = store or Store(spec.store)
+    status = store.status(spec)
+    summaries = store.summaries(spec)
+    table = store.collect(spec)
+    figures = aggregate_figures(spec, summaries)
+    for cell in spec.cells:
+        rows = table[table.cell == cell.key] if not table.empty else table
+        if not rows.empty and rows.step.nunique() > 1:
+            figures[f"dynamics-{cell.key}"] = dynamics_figure(rows, summaries[summaries.cell == cell.key],
+                                                              cell.label())
+    pngs = save_figures(figures, spec.store / FIGURES_DIR)
+    final = final_summaries(summaries)
+    keep = [c for c in final.columns if c.startswith(VAR_PREFIX) or c in (
+        "cell", "step", "points", "tunnel_start@0.95", "tunnel_length@0.95", "best_transfer_layer", "mean_retained",
+        "effective_depth") or c.startswith("retained · ")]
+    failures = status[status.status == "failed"]
+    body = page(
+        f"sweep {spec.name}",
+        f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '
+        f"{len(failures)} failed.</p>",
+        "<h2>Cells</h2>", status.to_html(index=False, na_rep="", border=0),
+        "<h2>Aggregates and dynamics</h2>", *(figure_html(p.stem, p) for p in pngs),
+        "<h2>Last checkpoint of each cell</h2>",
+        final[keep].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+        if not final.empty else "<p>no finished cells yet</p>",
+    )
+    return write_text(spec.store / "report.html", body)
+
+
+__all__ = ["aggregate_figures", "dynamics_figure", "write_sweep_report"]

@@ -1,0 +1,83 @@
+"""The summary of an analysis (``summary.json``): every key, typed, in one place.
+
+A summary is a plain dict (it is saved as JSON and read back by older and newer
+versions), typed by :class:`Summary`. Code reads and writes it through the constants and
+key functions here, never through string literals: ``summary[TUNNEL_START]``,
+``summary[ci_key(MEAN_RETAINED)]``, ``summary[start_key(0.98)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypedDict
+
+TAUS: Final = (0.95, 0.98)  # thresholds of the tunnel's start and length (fraction of the final ID accuracy)
+DEFAULT_TAU: Final = 0.95
+
+
+def start_key(tau: float = DEFAULT_TAU) -> str:
+    """The key of the tunnel's start at threshold ``tau``: the first layer within ``tau`` of the final accuracy."""
+    return f"tunnel_start@{tau}"
+
+
+def length_key(tau: float = DEFAULT_TAU) -> str:
+    """The key of the tunnel's length (layers from its start to the last) at threshold ``tau``."""
+    return f"tunnel_length@{tau}"
+
+
+def ci_key(key: str) -> str:
+    """The key of ``key``'s ``[lo, hi]`` bootstrap interval."""
+    return f"{key}_ci"
+
+
+TUNNEL_START: Final = "tunnel_start@0.95"
+TUNNEL_LENGTH: Final = "tunnel_length@0.95"
+TUNNEL_START_CI: Final = "tunnel_start@0.95_ci"
+MEAN_RETAINED: Final = "mean_retained"
+MEAN_RETAINED_CI: Final = "mean_retained_ci"
+STRENGTH: Final = "strength"
+BEST_TRANSFER_LAYER: Final = "best_transfer_layer"
+MODEL_ACCURACY: Final = "model_accuracy"
+EFFECTIVE_DEPTH: Final = "effective_depth"
+POINTS: Final = "points"
+OOD: Final = "ood"
+OOD_SKIPPED: Final = "ood_skipped"
+FLAGS: Final = "flags"
+VERDICT: Final = "verdict"
+VERDICT_VALID: Final = "verdict_valid"
+REFERENCE: Final = "reference"
+
+
+class OODRow(TypedDict, total=False):
+    """One OOD dataset's tunnel metrics (``summary["ood"]`` holds one per dataset)."""
+
+    name: str
+    retained: float
+    best_point: int
+    pearson: float
+    alignment: float
+    retained_ci: list[float]
+    pearson_ci: list[float]
+    alignment_ci: list[float]
+
+
+Summary = TypedDict("Summary", {
+    "model": str, "data": str, "classes": int, "ood_datasets": list[str], "points": int,
+    "tunnel_start@0.95": "int | None", "tunnel_length@0.95": "int | None",
+    "tunnel_start@0.98": "int | None", "tunnel_length@0.98": "int | None",
+    "tunnel_start@0.95_ci": list[float], "tunnel_length@0.95_ci": list[float],
+    "tunnel_start@0.98_ci": list[float], "tunnel_length@0.98_ci": list[float],
+    "mean_retained": float, "mean_retained_ci": list[float], "strength": str,
+    "best_transfer_layer": int, "ood": list[OODRow], "ood_skipped": list[str],
+    "effective_depth": "int | None", "effective_depth_point": "str | None", "ncc_eps": float,
+    "model_accuracy": "float | None", "flags": list[dict[str, Any]], "verdict_valid": bool, "verdict": str,
+    "reference": dict[str, dict[str, Any]],
+}, total=False)
+Summary.__doc__ = """The keys a summary may hold (``total=False``: which ones depends on the metrics run)."""
+
+REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
+                         EFFECTIVE_DEPTH)
+
+__all__ = ["BEST_TRANSFER_LAYER", "DEFAULT_TAU", "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
+           "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
+           "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",
+           "ci_key", "length_key", "start_key"]

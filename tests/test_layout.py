@@ -1,0 +1,87 @@
+"""The package's import graph: no cycles, and arrows only the right way.
+
+Every ``import`` counts, at module level or inside a function (deferred imports still
+couple modules); only ``if TYPE_CHECKING:`` blocks are left out. A module's own parent
+packages are not arrows (Python imports them first in any case), and ``from pkg import
+name`` is an arrow to the submodule ``pkg.name`` when there is one, else to ``pkg``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "tunnelscope"
+
+
+def module_name(path: Path) -> str:
+    parts = ("tunnelscope",) + path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The tunnelscope modules ``path`` imports (resolved to the deepest existing module)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                out.add(target)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph() -> nx.DiGraph:
+    paths = sorted(ROOT.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    g = nx.DiGraph()
+    g.add_nodes_from(modules)
+    for p in paths:
+        for target in imports(p, modules):
+            # importing a package only to reach a submodule is an arrow to that submodule
+            g.add_edge(module_name(p), target)
+    return g
+
+
+def test_the_import_graph_has_no_cycle(graph):
+    cycles = list(nx.simple_cycles(graph))
+    assert not cycles, f"{len(cycles)} import cycles, e.g. {' -> '.join(min(cycles, key=len))}"
+
+
+def test_metrics_do_not_import_capture_and_nothing_imports_the_cli(graph):
+    metrics = [m for m in graph if m.startswith("tunnelscope.metrics")]
+    assert not [(a, b) for a in metrics for b in graph.successors(a) if b.startswith("tunnelscope.capture")]
+    assert not [a for a in graph.predecessors("tunnelscope.cli")]
+
+
+def test_results_do_not_import_the_report(graph):
+    assert not [b for b in graph.successors("tunnelscope.results") if b.startswith("tunnelscope.report")]

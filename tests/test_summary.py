@@ -1,0 +1,32 @@
+"""The summary's keys are declared once (tunnelscope.summary) and the code writes only those."""
+
+from tunnelscope.summary import (
+    MEAN_RETAINED_CI,
+    REFERENCE_KEYS,
+    TAUS,
+    TUNNEL_LENGTH,
+    TUNNEL_START,
+    TUNNEL_START_CI,
+    Summary,
+    ci_key,
+    length_key,
+    start_key,
+)
+from tunnelscope.tunnel import summarize
+from tunnelscope.uncertainty import tunnel_intervals
+
+
+def test_constants_agree_with_the_key_functions():
+    assert TUNNEL_START == start_key() == start_key(TAUS[0]) and TUNNEL_LENGTH == length_key()
+    assert TUNNEL_START_CI == ci_key(TUNNEL_START) and MEAN_RETAINED_CI == ci_key("mean_retained")
+    assert set(REFERENCE_KEYS) <= set(Summary.__annotations__)
+
+
+def test_every_key_the_tunnel_metrics_write_is_declared():
+    import numpy as np
+
+    out = summarize([0.5, 0.8, 0.9, 0.9], 5, {"ood": ([0.4, 0.6, 0.5, 0.4], 5)})
+    id_samples, ood_samples = np.tile([0.5, 0.8, 0.9, 0.9], (20, 1)), np.tile([0.4, 0.6, 0.5, 0.4], (20, 1))
+    cis = tunnel_intervals(id_samples, 5, {"ood": (ood_samples, 5)})
+    keys = set(out) | {ci_key(k) for k in cis if k != "ood"}
+    assert keys <= set(Summary.__annotations__), keys - set(Summary.__annotations__)
