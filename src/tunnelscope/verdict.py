@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InsufficientDataError
-from .summary import BEST_TRANSFER_LAYER, POINTS, TUNNEL_START, ci_key
+from .summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, OOD_SKIPPED, POINTS, TUNNEL_START, ci_key
 
 MIN_PER_CLASS = 5
 FEW_PER_CLASS = 20
@@ -168,9 +168,9 @@ def verdict(summary: dict, names: list[str]) -> str:
         text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
                  f"at the last layer: {summary['mean_retained']:.1f}%{_ci(summary, 'mean_retained')} "
                  f"({summary['strength']})")
-    if summary.get("ood_skipped"):
+    if summary.get(OOD_SKIPPED):
         text += f"; OOD probes diverged on {', '.join(summary['ood_skipped'])}"
-    if summary.get("effective_depth"):
+    if summary.get(EFFECTIVE_DEPTH):
         text += (f"; nearest-class-centre separable (train error <= {summary.get('ncc_eps', 0.01):g}) "
                  f"from layer {summary['effective_depth']}")
     if "non_monotone" in codes:

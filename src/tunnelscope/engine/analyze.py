@@ -25,7 +25,7 @@ from ..metrics import DEFAULT_METRICS, METRICS
 from ..models import resolve_model
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
-from ..summary import REFERENCE_KEYS
+from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS
 from ..uncertainty import DEFAULT_RESAMPLES
 from ..verdict import model_flags, verdict
 from ..versions import environment, package_versions
@@ -129,7 +129,7 @@ def analyze(
                                    test_cache=caches[1] if caches else None, include_input=include_input)
             frames.append(stats.table.assign(dataset="id"))
             summary.update(stats.summary)
-            model_accuracy = stats.summary.get("model_accuracy")
+            model_accuracy = stats.summary.get(MODEL_ACCURACY)
             config["statistics"] = stats.config
             config["points"] = stats.config["points"]
             config["input_point"] = stats.config["input_point"]
@@ -141,7 +141,7 @@ def analyze(
                                     include_input=include_input, resamples=resamples, model_info=model_info,
                                     model_accuracy=model_accuracy)
             frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
-            kept: dict[str, object] = {k: summary[k] for k in ("effective_depth", "effective_depth_point", "ncc_eps")
+            kept: dict[str, object] = {k: summary[k] for k in (EFFECTIVE_DEPTH, "effective_depth_point", "ncc_eps")
                                        if k in summary}
             summary.update(transfer.summary)
             summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it

@@ -34,7 +34,18 @@ from ..metrics.moments import Moments
 from ..models import resolve_model
 from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
 from ..progress import progress_bar
-from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START, ci_key
+from ..summary import (
+    BEST_TRANSFER_LAYER,
+    EFFECTIVE_DEPTH,
+    FLAGS,
+    MODEL_ACCURACY,
+    OOD,
+    OOD_SKIPPED,
+    POINTS,
+    TUNNEL_START,
+    VERDICT_VALID,
+    ci_key,
+)
 from ..tunnel import summarize
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from ..verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
@@ -245,15 +256,15 @@ def probe_layers(
     table = pd.DataFrame(rows)
     summary = _summary(fitted, datasets, names, modules, taus)
     flags += model_flags(model_info, model_accuracy, id_ds.num_classes)
-    flags += probe_flags({k: v["unconverged"] for k, v in info.items() if k == "id" or k not in summary["ood_skipped"]},
+    flags += probe_flags({k: v["unconverged"] for k, v in info.items() if k == "id" or k not in summary[OOD_SKIPPED]},
                          {k: v["diverged"] for k, v in info.items()})
     if TUNNEL_START in summary:
         flags += curve_flags([fitted["id"].test[n] for n in modules],
                              fitted["id"].test.get(capture.input_point) if capture.input_point else None)
     depth = effective_depth([1 - ncc_id_train[n] for n in modules], ncc_eps) if ncc_id_train else None
-    summary.update({"effective_depth": depth, "effective_depth_point": modules[depth - 1] if depth else None,
-                    "ncc_eps": ncc_eps, "model_accuracy": model_accuracy, "flags": [f.as_dict() for f in flags],
-                    "verdict_valid": not any(f.blocking for f in flags)})
+    summary.update({EFFECTIVE_DEPTH: depth, "effective_depth_point": modules[depth - 1] if depth else None,
+                    "ncc_eps": ncc_eps, MODEL_ACCURACY: model_accuracy, FLAGS: [f.as_dict() for f in flags],
+                    VERDICT_VALID: not any(f.blocking for f in flags)})
     summary["verdict"] = verdict(summary, modules)
     config = {"model": model_name, **model_info, "points": modules, "input_point": capture.input_point,
               "reduce": str(capture.reduction), "layout": capture.layout,
@@ -276,9 +287,9 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
     finite = {k: bool(np.isfinite(c).all()) for k, (c, _) in curves.items()}
     ood_curves = {k: v for k, v in curves.items() if k != "id" and finite[k]}
     if not finite["id"]:
-        return {"points": len(modules), "ood_skipped": [k for k in curves if k != "id"], "ood": []}
+        return {POINTS: len(modules), OOD_SKIPPED: [k for k in curves if k != "id"], OOD: []}
     summary = summarize(curves["id"][0], curves["id"][1], ood_curves, taus)
-    summary["ood_skipped"] = [k for k, ok in finite.items() if k != "id" and not ok]  # a probe diverged there
+    summary[OOD_SKIPPED] = [k for k, ok in finite.items() if k != "id" and not ok]  # a probe diverged there
     if ood_curves:
         mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
         summary[BEST_TRANSFER_LAYER] = int(np.argmax(mean)) + 1

@@ -40,6 +40,7 @@ from ..metrics.moments import Moments
 from ..metrics.spectrum import RANK_TOL
 from ..models import resolve_model
 from ..progress import progress_bar
+from ..summary import MODEL_ACCURACY
 from ..verdict import check_statistics_samples
 from ..versions import environment, package_versions
 
@@ -407,7 +408,7 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
         test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own, cka_passes, seed)
         if test_m is not None:
             point_rows(run, "test", test_m)
-        summary = {"model_accuracy": own.compute() if own is not None else None,
+        summary = {MODEL_ACCURACY: own.compute() if own is not None else None,
                    **readout_rows(run, cache, run.capture.points)}
     return run, summary
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..features import point_views
+from ..summary import EFFECTIVE_DEPTH
 from .base import PointAccuracy
 from .moments import PointMoments
 from .registry import Metric, Options, PointStats, point_metric, register
@@ -115,7 +116,7 @@ def trace_b(stats: PointStats) -> float:
 def _effective_depth_summary(values: dict[str, dict[str, float]], points: list[str], options: Options) -> dict:
     """Effective depth (Galanti et al.): the first point whose NCC train error is at most ε."""
     depth = effective_depth([1 - values["train"][p] for p in points], options.eps)
-    return {"effective_depth": depth, "effective_depth_point": points[depth - 1] if depth else None,
+    return {EFFECTIVE_DEPTH: depth, "effective_depth_point": points[depth - 1] if depth else None,
             "ncc_eps": options.eps}
 
 

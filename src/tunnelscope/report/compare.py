@@ -15,12 +15,20 @@ from ..errors import SpecError
 from ..io import atomic_write
 from ..results import Results
 from ..rundir import COMPARE_FILE, RUNS_FILE, SEEDS_FILE
+from ..summary import (
+    BEST_TRANSFER_LAYER,
+    EFFECTIVE_DEPTH,
+    MEAN_RETAINED,
+    MODEL_ACCURACY,
+    POINTS,
+    TUNNEL_LENGTH,
+    TUNNEL_START,
+)
 from ..uncertainty import mean_ci
 from .figures import compare_figure, save_figures
 
-HEADLINE = ("points", "tunnel_start@0.95", "tunnel_length@0.95", "best_transfer_layer", "effective_depth",
-            "mean_retained")
-SPREAD = ("tunnel_start@0.95", "mean_retained", "final ID probe accuracy", "model_accuracy")
+HEADLINE = (POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, MEAN_RETAINED)
+SPREAD = (TUNNEL_START, MEAN_RETAINED, "final ID probe accuracy", MODEL_ACCURACY)
 
 
 def seed_group(run: Results) -> str:
@@ -59,7 +67,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path,
         row = {"run": label, "model": run.summary.get("model"), "data": run.summary.get("data"),
                "train_seed": run.config.get("model", {}).get("train_seed"), "group": seed_group(run)}
         row.update({k: run.summary.get(k) for k in HEADLINE})
-        row["model_accuracy"] = run.summary.get("model_accuracy")
+        row[MODEL_ACCURACY] = run.summary.get(MODEL_ACCURACY)
         if run.has("probe_acc"):
             row["final ID probe accuracy"] = float(run.curve("probe_acc").iloc[-1])
         rows.append(row)

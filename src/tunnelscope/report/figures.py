@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ..errors import SpecError
 from ..io import atomic_write
+from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
 
 TUNNEL_COLOUR = "#f4d58d"
 
@@ -34,7 +35,7 @@ def _first_layer(results) -> int:
 
 
 def _shade_tunnel(ax, results, n: int) -> None:
-    start = results.summary.get("tunnel_start@0.95")
+    start = results.summary.get(TUNNEL_START)
     if start is not None and start < n:
         ax.axvspan(start, n + 0.5, color=TUNNEL_COLOUR, alpha=0.5, lw=0, label=f"tunnel (from layer {start})")
 
@@ -77,7 +78,7 @@ def probe_figure(results) -> Figure | None:
     for i, dataset in enumerate(results.datasets):
         label = "ID " + results.summary.get("data", "") if dataset == "id" else "OOD " + dataset
         _plot(ax, results, "probe_acc", dataset, label=label, colour=f"C{i}", lw=2 if dataset == "id" else 1.5)
-    best = results.summary.get("best_transfer_layer")
+    best = results.summary.get(BEST_TRANSFER_LAYER)
     if best:
         ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
     ax.set_ylabel("linear probe accuracy (test, 95% interval)")
@@ -234,7 +235,7 @@ def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str |
                 ax.plot(x, mean, marker="o", ms=3, color=f"C{colour}", label=name)
                 if len(members) > 1:
                     ax.fill_between(x, mean - half, mean + half, color=f"C{colour}", alpha=0.2, lw=0)
-            starts = [runs[m].summary.get("tunnel_start@0.95") for m in members]
+            starts = [runs[m].summary.get(TUNNEL_START) for m in members]
             if kind == rows[0] and all(s is not None for s in starts):
                 start = float(np.mean(starts))
                 if start < len(mean):

@@ -13,6 +13,15 @@ import numpy as np
 from ..io import write_text
 from ..results import Results
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG
+from ..summary import (
+    BEST_TRANSFER_LAYER,
+    EFFECTIVE_DEPTH,
+    MEAN_RETAINED,
+    MODEL_ACCURACY,
+    TUNNEL_LENGTH,
+    TUNNEL_START,
+    start_key,
+)
 
 CAPTIONS = {
     "probes": "Linear probe accuracy on each dataset's test split against layer, with 95% bootstrap intervals "
@@ -61,15 +70,15 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     """The summary's headline numbers (with 95% intervals in brackets) as (label, value) pairs,
     for the report and the terminal."""
     rows = [("model", summary.get("model")), ("data", summary.get("data")), ("probe points", summary.get("points"))]
-    if summary.get("model_accuracy") is not None:
-        rows.append(("the model's own test accuracy", _fmt(summary["model_accuracy"])))
-    formats = {"mean_retained": "{:.1f}", "tunnel_start@0.95": "{:.0f}", "tunnel_start@0.98": "{:.0f}"}
-    for key, label in (("tunnel_start@0.95", "tunnel start (τ = 0.95)"),
-                       ("tunnel_length@0.95", "tunnel length (τ = 0.95)"),
-                       ("tunnel_start@0.98", "tunnel start (τ = 0.98)"),
-                       ("best_transfer_layer", "best layer to transfer from"),
-                       ("effective_depth", "NCC effective depth (train error ≤ ε)"),
-                       ("mean_retained", "mean OOD accuracy retained at the last layer (%)"),
+    if summary.get(MODEL_ACCURACY) is not None:
+        rows.append(("the model's own test accuracy", _fmt(summary[MODEL_ACCURACY])))
+    formats = {MEAN_RETAINED: "{:.1f}", TUNNEL_START: "{:.0f}", start_key(0.98): "{:.0f}"}
+    for key, label in ((TUNNEL_START, "tunnel start (τ = 0.95)"),
+                       (TUNNEL_LENGTH, "tunnel length (τ = 0.95)"),
+                       (start_key(0.98), "tunnel start (τ = 0.98)"),
+                       (BEST_TRANSFER_LAYER, "best layer to transfer from"),
+                       (EFFECTIVE_DEPTH, "NCC effective depth (train error ≤ ε)"),
+                       (MEAN_RETAINED, "mean OOD accuracy retained at the last layer (%)"),
                        ("strength", "tunnel strength")):
         if key in summary:
             rows.append((label,
@@ -81,7 +90,7 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     for reference, numbers in (summary.get("reference") or {}).items():
         rows.append((f"{reference} reference: the model's own accuracy / tunnel start / mean % retained",
                      " / ".join(_fmt(numbers.get(k))
-                                for k in ("model_accuracy", "tunnel_start@0.95", "mean_retained"))))
+                                for k in (MODEL_ACCURACY, TUNNEL_START, MEAN_RETAINED))))
     for flag in summary.get("flags", []):
         rows.append((("NOT VALID: " if flag["blocking"] else "note: ") + flag["code"], flag["message"]))
     return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]

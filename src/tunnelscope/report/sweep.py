@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import write_text
 from ..rundir import FIGURES_DIR
+from ..summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, MEAN_RETAINED, POINTS, TUNNEL_LENGTH, TUNNEL_START
 from ..sweep.spec import SweepSpec
 from ..sweep.store import VAR_PREFIX, Store
 from ..uncertainty import mean_ci
@@ -28,7 +29,7 @@ from .figures import save_figures
 from .html import figure_html, page
 
 SEED_NAMES = ("seed", "seeds")
-Y_METRICS = {"tunnel_length@0.95": "tunnel length (points, τ = 0.95)", "mean_retained": "mean % OOD retained"}
+Y_METRICS = {TUNNEL_LENGTH: "tunnel length (points, τ = 0.95)", MEAN_RETAINED: "mean % OOD retained"}
 
 
 def final_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -95,8 +96,8 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
         ax.set_title({"probe_acc": "ID probe accuracy", "rank": "numerical rank"}[metric], fontsize=10)
     ax = axes[-1]
     s = summaries.sort_values("step")
-    if "tunnel_start@0.95" in s:
-        ax.plot(range(len(s)), s["tunnel_start@0.95"], marker="o")
+    if TUNNEL_START in s:
+        ax.plot(range(len(s)), s[TUNNEL_START], marker="o")
         ax.set_xticks(range(len(s)), [str(v) for v in s.step], rotation=90, fontsize=7)
     ax.set_xlabel("checkpoint (training step)")
     ax.set_ylabel("tunnel start (layer, τ = 0.95)")
@@ -121,8 +122,8 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     pngs = save_figures(figures, spec.store / FIGURES_DIR)
     final = final_summaries(summaries)
     keep = [c for c in final.columns if c.startswith(VAR_PREFIX) or c in (
-        "cell", "step", "points", "tunnel_start@0.95", "tunnel_length@0.95", "best_transfer_layer", "mean_retained",
-        "effective_depth") or c.startswith("retained · ")]
+        "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
+        EFFECTIVE_DEPTH) or c.startswith("retained · ")]
     failures = status[status.status == "failed"]
     body = page(
         f"sweep {spec.name}",
