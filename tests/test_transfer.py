@@ -104,8 +104,8 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
     from sklearn.preprocessing import StandardScaler
 
     from tunnelscope.capture import Capture
-    from tunnelscope.models import load_model
     from tunnelscope.data.adapt import load_adapted
+    from tunnelscope.models import load_model
 
     result, ds = small_mlp
     ood = "digits[per_class=60]"
