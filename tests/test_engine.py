@@ -86,3 +86,12 @@ def test_top_eigenvector_matches_a_full_numpy_decomposition(gap):
     v = top_eigenvector(torch.as_tensor(m), vals[0]).numpy()
     ref = np.linalg.eigh(m)[1][:, -1]
     assert float(v @ ref) ** 2 == pytest.approx(1.0, abs=1e-9)
+
+
+def test_metrics_are_listed_in_their_documented_order():
+    from tunnelscope.engine.analyze import parse_metrics
+
+    assert list(REGISTRY) == ["rank", "erank", "pc1", "nc1", "cdnv", "trace_w", "trace_b", "ncc", "cka", "cka_full",
+                              "ridge"]
+    assert parse_metrics("default") == ["probe", "rank", "erank", "pc1", "nc1", "cdnv", "ncc", "cka", "ridge"]
+    assert parse_metrics("nc,rank") == ["nc1", "cdnv", "ncc", "rank"]

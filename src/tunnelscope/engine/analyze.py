@@ -21,7 +21,8 @@ from ..capture.cache import FeatureCache
 from ..data import sample_split
 from ..device import resolve_device
 from ..errors import ConfigError
-from ..metrics import DEFAULT_METRICS, METRICS
+from ..metrics import METRICS, REGISTRY
+from ..metrics.registry import metric_names
 from ..models import resolve_model
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
@@ -39,19 +40,10 @@ ANALYZE_METRICS = {PROBE: "trained linear probes on the ID and every OOD dataset
 
 def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     """``"default"`` (probes and the default statistics), ``"all"``, or a comma list of
-    names from :data:`ANALYZE_METRICS` and the aliases ``nc`` / ``collapse``."""
-    if isinstance(metrics, str):
-        if metrics in ("default", "all"):
-            return [PROBE, *(DEFAULT_METRICS if metrics == "default" else METRICS)]
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    out: list[str] = []
-    for m in metrics:
-        out += ALIASES.get(m, (m,))
-    unknown = [m for m in out if m not in ANALYZE_METRICS]
-    if unknown or not out:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: "
-                        f"{', '.join(ANALYZE_METRICS)}, the aliases nc/collapse, or default/all")
-    return list(dict.fromkeys(out))
+    ``probe``, registered metric names and the aliases ``nc`` / ``collapse``."""
+    statistics = [m.name for m in REGISTRY.values()]
+    defaults = [m.name for m in REGISTRY.values() if m.default]
+    return metric_names(metrics, [PROBE, *statistics], [PROBE, *defaults], ALIASES)
 
 
 def analyze(

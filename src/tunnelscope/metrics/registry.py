@@ -23,7 +23,7 @@ A new point metric is one decorated function::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -123,16 +123,26 @@ def point_metric(name: str, description: str, moments: Level = "scatter", defaul
     return wrap
 
 
+def metric_names(metrics: str | Sequence[str], known: Sequence[str], default: Sequence[str],
+                 aliases: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The one parser of metric requests: ``"default"``, ``"all"``, a comma list or a sequence
+    of names from ``known`` (``aliases`` expand to several) → the names, once each, in order."""
+    if isinstance(metrics, str):
+        if metrics in ("default", "all"):
+            return list(default if metrics == "default" else known)
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    names = [n for m in metrics for n in (aliases or {}).get(m, (m,))]
+    unknown = [m for m in names if m not in known]
+    if unknown or not names:
+        also = f", the aliases {'/'.join(aliases)}" if aliases else ""
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(known)}{also}, "
+                          "or default/all")
+    return list(dict.fromkeys(names))
+
+
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[list[Metric], bool]:
     """``"default"``, ``"all"``, a comma list or names → the registered metrics, and whether
     they were named one by one (so a metric that does not fit is an error, not a skip)."""
     explicit = not (isinstance(metrics, str) and metrics in ("default", "all"))
-    if isinstance(metrics, str):
-        names = ([m.name for m in REGISTRY.values() if m.default] if metrics == "default" else
-                 list(REGISTRY) if metrics == "all" else [m.strip() for m in metrics.split(",") if m.strip()])
-    else:
-        names = list(metrics)
-    unknown = [m for m in names if m not in REGISTRY]
-    if unknown or not names:
-        raise ConfigError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}, or 'default' / 'all'")
-    return [REGISTRY[m] for m in dict.fromkeys(names)], explicit
+    names = metric_names(metrics, list(REGISTRY), [m.name for m in REGISTRY.values() if m.default])
+    return [REGISTRY[m] for m in names], explicit
