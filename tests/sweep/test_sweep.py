@@ -182,7 +182,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 def test_the_examples_parse(name, cells):
     from pathlib import Path
 
-    spec = SweepSpec.load(Path(__file__).parents[1] / "examples" / name)
+    spec = SweepSpec.load(Path(__file__).parents[2] / "examples" / name)
     assert len(spec.cells) == cells and spec.store.parts[-3:-1] == ("runs", "sweeps") and ".." not in spec.store.parts
 
 
