@@ -27,6 +27,21 @@ def fashion_small() -> data.Dataset:
     return data.load("fashion-mnist[classes=0-4,per_class=100,test_per_class=40]")
 
 
+TRAINED_DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory) -> tuple:
+    """The suite's shared trained model: an MLP of 6 blocks of width 64, 4 epochs on 1500
+    Fashion-MNIST images of classes 0-4 (test accuracy about 0.85, a short tunnel).
+    Returns ``(TrainResult, Dataset)``; tests must not change the model in place."""
+    from tunnelscope import train
+
+    ds = data.load(TRAINED_DATA)
+    out = tmp_path_factory.mktemp("trained-mlp")
+    return train("mlp-6x64", ds, epochs=4, out=out, batch_size=64, progress=False, early_checkpoints=False), ds
+
+
 @pytest.fixture()
 def no_data(tmp_path, monkeypatch):
     """An environment where no dataset files can be found and nothing may be downloaded."""

@@ -5,23 +5,21 @@ import torch
 from torch import nn
 
 from references import minibatch_cka, ncc_accuracy, numerical_rank
-from tunnelscope import data, models, train
+from tunnelscope import data, models
 from tunnelscope.capture import Capture, FeatureCache
 from tunnelscope.engine import LayerStats, analyze_layers
 from tunnelscope.errors import ProbePointError, SpecError
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fashion_small):
-    out = tmp_path_factory.mktemp("mlp")
-    result = train("mlp-5x64", fashion_small, epochs=3, out=out, batch_size=64, progress=False, early_checkpoints=False)
-    return result
+def trained(trained_mlp):
+    return trained_mlp[0]  # analysed here on fashion_small: the same classes and input shape
 
 
 def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
     stats = analyze_layers(trained.final_checkpoint, fashion_small, metrics="all", batch_size=64, progress=False)
     table, config = stats
-    assert isinstance(stats, LayerStats) and len(config["points"]) == 4
+    assert isinstance(stats, LayerStats) and len(config["points"]) == 5
     assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full",
             "pc1_cos2"} <= set(table.metric)
     assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}
@@ -208,5 +206,5 @@ def test_cross_model_cka(trained, fashion_small):
     torch.manual_seed(1)
     other = models.build("mlp-3x32", 5, fashion_small.input_shape)
     cross = cross_model_cka(trained.final_checkpoint, other, fashion_small, batch_size=64, progress=False)
-    assert cross.shape == (4, 2) and list(cross.columns) == ["blocks.0", "blocks.1"]
+    assert cross.shape == (5, 2) and list(cross.columns) == ["blocks.0", "blocks.1"]
     assert np.isfinite(cross.to_numpy()).all() and cross.attrs["samples"] == 200

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tunnelscope import analyze, data, train
+from tunnelscope import analyze
 from tunnelscope.engine.analyze import parse_metrics
 from tunnelscope.engine.probing import probe_layers
 from tunnelscope.errors import SpecError
@@ -14,10 +14,8 @@ DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ds = data.load(DATA)
-    result = train("mlp-4x32", ds, epochs=2, out=tmp_path_factory.mktemp("mlp"), batch_size=64, progress=False,
-                   early_checkpoints=False)
+def trained(trained_mlp):
+    result, ds = trained_mlp
     return result.model.eval(), ds
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope import data, train
+from tunnelscope import data
 from tunnelscope.data.adapt import adapted_spec
 from tunnelscope.engine.probing import probe_layers
 from tunnelscope.errors import InsufficientDataError, ShapeError
@@ -20,10 +20,8 @@ def test_adapted_spec_resizes_and_converts_channels():
 
 
 @pytest.fixture(scope="module")
-def small_mlp(tmp_path_factory):
-    ds = data.load("fashion-mnist[classes=0-4,per_class=300,test_per_class=100]")
-    out = tmp_path_factory.mktemp("mlp")
-    return train("mlp-6x64", ds, epochs=4, out=out, batch_size=64, progress=False, early_checkpoints=False), ds
+def small_mlp(trained_mlp):
+    return trained_mlp
 
 
 def test_end_to_end_id_accuracy_saturates_before_the_last_layer(small_mlp):
