@@ -60,6 +60,17 @@ def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
     np.testing.assert_allclose(a.curve("id").to_numpy(), b.curve("id").to_numpy())
 
 
+def features(capture, split) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every point's features of a split in float64 numpy, and the labels (an independent read)."""
+    feats, labels = {n: [] for n in capture.names}, []
+    with torch.no_grad():
+        for x, y in split.batches(256):
+            for n, f in capture(x).items():
+                feats[n].append(f.double().numpy())
+            labels.append(y.numpy())
+    return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
+
+
 def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp):
     from tunnelscope.capture import Capture
     from tunnelscope.models import load_model
@@ -70,16 +81,7 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
     model, _ = load_model(result.final_checkpoint)
     capture = Capture(model.eval(), "blocks")
 
-    def features(split):
-        feats, labels = {n: [] for n in capture.names}, []
-        with torch.no_grad():
-            for x, y in split.batches(256):
-                for n, f in capture(x).items():
-                    feats[n].append(f.double().numpy())
-                labels.append(y.numpy())
-        return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
-
-    (tr, ytr), (te, yte) = features(ds.train), features(ds.test)
+    (tr, ytr), (te, yte) = features(capture, ds.train), features(capture, ds.test)
     errors = []
     for name in capture.names:
         means = np.stack([tr[name][ytr == c].mean(0) for c in range(ds.num_classes)])
@@ -112,17 +114,8 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
     model, _ = load_model(result.final_checkpoint)
     capture = Capture(model.eval(), "blocks", include_input=True)
 
-    def features(split):
-        feats, labels = {n: [] for n in capture.names}, []
-        with torch.no_grad():
-            for x, y in split.batches(256):
-                for n, f in capture(x).items():
-                    feats[n].append(f.double().numpy())
-                labels.append(y.numpy())
-        return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
-
     for key, dataset in (("id", ds), (ood, load_adapted(ood, ds.input_shape)[0])):
-        (tr, ytr), (te, yte) = features(dataset.train), features(dataset.test)
+        (tr, ytr), (te, yte) = features(capture, dataset.train), features(capture, dataset.test)
         ours = stats.curve(key)
         for name in capture.names:
             scaler = StandardScaler().fit(tr[name])
