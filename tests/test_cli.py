@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,16 @@ def test_lazy_package_gives_the_public_api():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tunnelscope.nope  # noqa: B018
+
+
+def test_a_metric_that_does_not_fit_is_skipped_with_one_warning_line(tmp_path):
+    """--metrics all on points wider than full-data CKA allows: the run goes on and the CLI says
+    why in one line (a real process: pytest would capture the warning itself)."""
+    script = Path(sys.executable).parent / "tunnelscope"
+    proc = subprocess.run([str(script), "analyze", "--model", "mlp-3x2100", "--data", "digits[classes=0-4]",
+                           "--metrics", "all", "--out", str(tmp_path / "wide"), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["tunnelscope: warning: cka_full not computed: full-data CKA over 4264 dims exceeds 4096; use "
+                     "minibatch CKA, fewer points, or a smaller reduction (gap, project:D)"]

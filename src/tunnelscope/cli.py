@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -582,6 +583,12 @@ def _terminate(_signum, _frame) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files go, a training run can resume
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A library warning as the CLI shows it: one line, no source location."""
+    return f"tunnelscope: warning: {_one_line(str(message))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit.
 
@@ -592,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    warnings.formatwarning = _warning_line
     try:
         code = cli.main(args=argv, prog_name="tunnelscope", standalone_mode=False)
         if isinstance(code, int):  # a command's click.exceptions.Exit, returned in non-standalone mode
