@@ -29,14 +29,13 @@ from ..data.adapt import load_adapted
 from ..device import resolve_device
 from ..errors import InsufficientDataError
 from ..metrics.base import ModelAccuracy
-from ..metrics.collapse import NCCAccuracy, effective_depth
+from ..metrics.collapse import NCCAccuracy, effective_depth_summary
 from ..metrics.moments import Moments
 from ..models import resolve_model
 from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
 from ..progress import progress_bar
 from ..summary import (
     BEST_TRANSFER_LAYER,
-    EFFECTIVE_DEPTH,
     FLAGS,
     MODEL_ACCURACY,
     OOD,
@@ -261,9 +260,8 @@ def probe_layers(
     if TUNNEL_START in summary:
         flags += curve_flags([fitted["id"].test[n] for n in modules],
                              fitted["id"].test.get(capture.input_point) if capture.input_point else None)
-    depth = effective_depth([1 - ncc_id_train[n] for n in modules], ncc_eps) if ncc_id_train else None
-    summary.update({EFFECTIVE_DEPTH: depth, "effective_depth_point": modules[depth - 1] if depth else None,
-                    "ncc_eps": ncc_eps, MODEL_ACCURACY: model_accuracy, FLAGS: [f.as_dict() for f in flags],
+    summary.update(effective_depth_summary(ncc_id_train or {}, modules, ncc_eps))
+    summary.update({MODEL_ACCURACY: model_accuracy, FLAGS: [f.as_dict() for f in flags],
                     VERDICT_VALID: not any(f.blocking for f in flags)})
     summary["verdict"] = verdict(summary, modules)
     config = {"model": model_name, **model_info, "points": modules, "input_point": capture.input_point,

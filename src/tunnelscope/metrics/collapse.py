@@ -113,11 +113,15 @@ def trace_b(stats: PointStats) -> float:
     return float(((m.class_means()[keep] - m.mean()) ** 2).sum(1).mean())
 
 
+def effective_depth_summary(train_accuracy: dict[str, float], points: list[str], eps: float) -> dict:
+    """The summary's effective depth (Galanti et al.): the first of ``points`` whose NCC train
+    error is at most ``eps``, and its name; None for both when no NCC accuracy was measured."""
+    depth = effective_depth([1 - train_accuracy[p] for p in points], eps) if train_accuracy else None
+    return {EFFECTIVE_DEPTH: depth, "effective_depth_point": points[depth - 1] if depth else None, "ncc_eps": eps}
+
+
 def _effective_depth_summary(values: dict[str, dict[str, float]], points: list[str], options: Options) -> dict:
-    """Effective depth (Galanti et al.): the first point whose NCC train error is at most ε."""
-    depth = effective_depth([1 - values["train"][p] for p in points], options.eps)
-    return {EFFECTIVE_DEPTH: depth, "effective_depth_point": points[depth - 1] if depth else None,
-            "ncc_eps": options.eps}
+    return effective_depth_summary(values["train"], points, options.eps)
 
 
 register(Metric(
@@ -125,4 +129,4 @@ register(Metric(
     readout=lambda train, opts: NCCAccuracy({n: m.class_means() for n, m in train.items()}, opts.matmul_dtype),
     readout_moments="means", summarise=_effective_depth_summary))
 
-__all__ = ["NCCAccuracy", "cdnv", "effective_depth", "nc1"]
+__all__ = ["NCCAccuracy", "cdnv", "effective_depth", "effective_depth_summary", "nc1", "trace_b", "trace_w"]

@@ -195,10 +195,6 @@ class Moments(Accumulator):
                                "or reduced")
         return kept
 
-    def nbytes(self) -> int:
-        """Bytes held by the state (float64)."""
-        return 8 * (sum(t.numel() for t in self.state.values()) + sum(w.numel() for w in self.w2 if w is not None))
-
     @staticmethod
     def planned_bytes(num_classes: int, dims: list[int], scatter: bool = True) -> int:
         """Bytes :class:`Moments` will allocate for points of widths ``dims``."""
