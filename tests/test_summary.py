@@ -30,3 +30,24 @@ def test_every_key_the_tunnel_metrics_write_is_declared():
     cis = tunnel_intervals(id_samples, 5, {"ood": (ood_samples, 5)})
     keys = set(out) | {ci_key(k) for k in cis if k != "ood"}
     assert keys <= set(Summary.__annotations__), keys - set(Summary.__annotations__)
+
+
+def test_as_summary_refuses_an_undeclared_key_and_keeps_declared_ones():
+    import pytest
+
+    from tunnelscope.summary import as_summary
+
+    assert as_summary({TUNNEL_START: 3, "verdict": "x"}) == {TUNNEL_START: 3, "verdict": "x"}
+    with pytest.raises(KeyError, match="tunnel_strat"):
+        as_summary({"tunnel_strat@0.95": 3})
+
+
+def test_every_engine_entry_point_returns_the_one_results_container():
+    import typing
+
+    from tunnelscope.engine import analyze, analyze_layers, probe_layers
+    from tunnelscope.results import Results
+
+    for fn in (analyze, analyze_layers, probe_layers):
+        assert typing.get_type_hints(fn)["return"] is Results, fn.__name__
+    assert typing.get_type_hints(Results)["summary"] is Summary

@@ -20,6 +20,7 @@ import pandas as pd
 from .errors import RunDirectoryError
 from .io import atomic_write, write_json
 from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
+from .summary import Summary
 
 REQUIRED_COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
                     "other_layer", "valid"]
@@ -36,7 +37,7 @@ class Results:
     ``config`` (everything that changes a number)."""
 
     table: pd.DataFrame
-    summary: dict
+    summary: Summary
     config: dict = field(default_factory=dict)
     path: Path | None = None
 

@@ -8,7 +8,8 @@ key functions here, never through string literals: ``summary[TUNNEL_START]``,
 
 from __future__ import annotations
 
-from typing import Any, Final, TypedDict
+from collections.abc import Mapping
+from typing import Any, Final, TypedDict, cast
 
 TAUS: Final = (0.95, 0.98)  # thresholds of the tunnel's start and length (fraction of the final ID accuracy)
 DEFAULT_TAU: Final = 0.95
@@ -74,10 +75,21 @@ Summary = TypedDict("Summary", {
 }, total=False)
 Summary.__doc__ = """The keys a summary may hold (``total=False``: which ones depends on the metrics run)."""
 
+
+
+def as_summary(values: Mapping[str, Any]) -> Summary:
+    """``values`` as a :class:`Summary`, refusing (``KeyError``) any key it does not declare:
+    the one check every summary the engine builds goes through."""
+    unknown = set(values) - set(Summary.__annotations__)
+    if unknown:
+        raise KeyError(f"summary keys not declared in tunnelscope.summary.Summary: {sorted(unknown)}")
+    return cast(Summary, dict(values))
+
+
 REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
                          EFFECTIVE_DEPTH)
 
 __all__ = ["BEST_TRANSFER_LAYER", "DEFAULT_TAU", "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",
-           "ci_key", "length_key", "start_key"]
+           "as_summary", "ci_key", "length_key", "start_key"]

@@ -7,8 +7,9 @@ from torch import nn
 from references import minibatch_cka, ncc_accuracy, numerical_rank
 from tunnelscope import data, models
 from tunnelscope.capture import Capture, FeatureCache
-from tunnelscope.engine import LayerStats, analyze_layers
+from tunnelscope.engine import analyze_layers
 from tunnelscope.errors import ProbePointError, SpecError
+from tunnelscope.results import Results
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,8 @@ def trained(trained_mlp):
 
 def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
     stats = analyze_layers(trained.final_checkpoint, fashion_small, metrics="all", batch_size=64, progress=False)
-    table, config = stats
-    assert isinstance(stats, LayerStats) and len(config["points"]) == 5
+    table, config = stats.table, stats.config
+    assert isinstance(stats, Results) and len(config["points"]) == 5 and set(table.dataset) == {"id"}
     assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full",
             "pc1_cos2"} <= set(table.metric)
     assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}
@@ -40,9 +41,9 @@ def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
         ytr = torch.cat([y for _, y in tr]).numpy()
         xte = torch.cat([f[point] for f, _ in te]).double().numpy()
         yte = torch.cat([y for _, y in te]).numpy()
-        assert stats.metric("rank", "test")[point] == numerical_rank(xte)
-        assert stats.metric("ncc_acc", "test")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xte, yte))
-        assert stats.metric("ncc_acc", "train")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xtr, ytr))
+        assert stats.curve("rank", split="test")[point] == numerical_rank(xte)
+        assert stats.curve("ncc_acc", split="test")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xte, yte))
+        assert stats.curve("ncc_acc", split="train")[point] == pytest.approx(ncc_accuracy(xtr, ytr, xtr, ytr))
     a, b = cap.names[0], cap.names[-1]
     ref = minibatch_cka([f[a].double().numpy() for f, _ in te], [f[b].double().numpy() for f, _ in te])
     assert stats.matrix("cka").loc[a, b] == pytest.approx(ref, rel=1e-6)
@@ -117,7 +118,7 @@ def test_absent_class_is_recorded():
     ds.test = ds.test.subset(torch.nonzero(ds.test.labels != 2).flatten())
     with pytest.warns(UserWarning, match="absent"):
         stats = analyze_layers(models.build("mlp-3x16", 3, ds.input_shape), ds, metrics="nc1,cdnv", progress=False)
-    assert np.isfinite(stats.metric("nc1", "test")).all()
+    assert np.isfinite(stats.curve("nc1", split="test")).all()
 
 
 def test_bad_arguments():

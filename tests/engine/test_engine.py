@@ -46,7 +46,7 @@ def test_a_registered_metric_needs_no_engine_change(digits):
     model = models.build("mlp-3x32", 5, digits.input_shape)
     stats = run(model, digits, "trace_w,trace_b")
     assert {"trace_w", "trace_b"} == set(stats.table.metric)
-    assert np.isfinite(stats.metric("trace_w", "train")).all() and (stats.metric("trace_b") > 0).all()
+    assert np.isfinite(stats.curve("trace_w", split="train")).all() and (stats.curve("trace_b") > 0).all()
 
 
 def test_plans_that_do_not_fit_the_memory_budget_are_refused_before_any_pass(digits):

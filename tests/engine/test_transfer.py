@@ -28,17 +28,19 @@ def test_end_to_end_id_accuracy_saturates_before_the_last_layer(small_mlp):
     result, ds = small_mlp
     stats = probe_layers(result.final_checkpoint, ds, ood=["digits[per_class=60]"],
                          batch_size=128, progress=False)
-    id_curve = stats.curve("id").to_numpy()[1:]  # layer 0 (the input) first
-    assert stats.curve("id").index[0] == "input" and len(id_curve) == 5 and stats.summary["tunnel_start@0.95"] < 5
+    id_curve = stats.curve("probe_acc").to_numpy()[1:]  # layer 0 (the input) first
+    assert stats.curve("probe_acc").index[0] == "input" and len(id_curve) == 5
+    assert stats.summary["tunnel_start@0.95"] < 5
     assert id_curve.max() > 0.7
     assert stats.summary["verdict_valid"] and stats.config["probe"]["protocol"] == "lbfgs"
     assert ("the tunnel starts at layer" in stats.summary["verdict"]) != ("first_layer" in
                                                                         {f["code"] for f in stats.summary["flags"]})
     assert stats.config["datasets"]["digits[per_class=60]"]["adapted"] == ["resized 8x8 -> 28x28"]
     ood = stats.summary["ood"][0]
-    curve = stats.curve("digits[per_class=60]").to_numpy()[1:]
+    curve = stats.curve("probe_acc", "digits[per_class=60]").to_numpy()[1:]
     assert ood["retained"] == pytest.approx(100 * curve[-1] / curve.max())
-    assert set(stats.table.columns) >= {"dataset", "split", "point", "layer", "accuracy", "epoch"}
+    assert set(stats.table.metric) == {"probe_acc", "probe_loss", "probe_converged", "ncc_acc"}
+    assert set(stats.config["datasets"]["id"]["iterations"]) == set(stats.curve("probe_acc").index)
 
 
 def test_single_class_ood_and_unadaptable_ood_are_refused(small_mlp):
@@ -57,7 +59,7 @@ def test_small_cache_budget_spills_and_gives_the_same_probes(small_mlp):
         b = probe_layers(result.final_checkpoint, ds, probe=cfg, cache_budget=1000, progress=False)
     spilled = b.config["datasets"]["id"]["train"]["spilled"]
     assert spilled is not None and not __import__("pathlib").Path(spilled).exists()  # cleaned up
-    np.testing.assert_allclose(a.curve("id").to_numpy(), b.curve("id").to_numpy())
+    np.testing.assert_allclose(a.curve("probe_acc").to_numpy(), b.curve("probe_acc").to_numpy())
 
 
 def features(capture, split) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -88,8 +90,9 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
         for split, x, y in (("train", tr[name], ytr), ("test", te[name], yte)):
             pred = ((x[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
             table = stats.table
-            row = table[(table.dataset == "id") & (table.split == split) & (table.point == name)]
-            assert row.ncc_accuracy.item() == pytest.approx((pred == y).mean(), abs=1e-12)
+            row = table[(table.dataset == "id") & (table.split == split) & (table.point == name)
+                        & (table.metric == "ncc_acc")]
+            assert row.value.item() == pytest.approx((pred == y).mean(), abs=1e-12)
             if split == "train":
                 errors.append(1 - (pred == y).mean())
     expected = next((i + 1 for i, e in enumerate(errors) if e <= 0.05), None)
@@ -110,13 +113,14 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
     result, ds = small_mlp
     ood = "digits[per_class=60]"
     stats = probe_layers(result.final_checkpoint, ds, ood=[ood], batch_size=128, progress=False, resamples=0)
-    assert stats.config["probe"]["protocol"] == "lbfgs" and stats.table.converged.all()
+    converged = stats.table.query("metric == 'probe_converged'").value
+    assert stats.config["probe"]["protocol"] == "lbfgs" and (converged == 1).all()
     model, _ = load_model(result.final_checkpoint)
     capture = Capture(model.eval(), "blocks", include_input=True)
 
     for key, dataset in (("id", ds), (ood, load_adapted(ood, ds.input_shape)[0])):
         (tr, ytr), (te, yte) = features(capture, dataset.train), features(capture, dataset.test)
-        ours = stats.curve(key)
+        ours = stats.curve("probe_acc", key)
         for name in capture.names:
             scaler = StandardScaler().fit(tr[name])
             ref = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(tr[name]), ytr)

@@ -4,12 +4,15 @@
 - :mod:`.statistics`: the per-layer statistics pass (plan → passes → table);
 - :mod:`.probing`: linear probes on the ID and OOD datasets, and the tunnel's metrics;
 - :mod:`.cross_model`: CKA between the layers of two models.
+
+``analyze``, ``analyze_layers`` and ``probe_layers`` all return one container,
+:class:`tunnelscope.results.Results`, with one tidy table layout.
 """
 
 from .analyze import ANALYZE_METRICS, analyze, parse_metrics
 from .cross_model import cross_model_cka
-from .probing import TransferStats, probe_layers
-from .statistics import LayerStats, analyze_layers, run_pass
+from .probing import probe_layers
+from .statistics import analyze_layers, run_pass
 
-__all__ = ["ANALYZE_METRICS", "LayerStats", "TransferStats", "analyze", "analyze_layers", "cross_model_cka",
-           "parse_metrics", "probe_layers", "run_pass"]
+__all__ = ["ANALYZE_METRICS", "analyze", "analyze_layers", "cross_model_cka", "parse_metrics", "probe_layers",
+           "run_pass"]

@@ -26,7 +26,7 @@ from ..metrics.registry import metric_names
 from ..models import resolve_model
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
-from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS
+from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS, as_summary
 from ..uncertainty import DEFAULT_RESAMPLES
 from ..verdict import model_flags, verdict
 from ..versions import environment, package_versions
@@ -119,7 +119,7 @@ def analyze(
                                    device=dev, max_samples=max_samples, seed=seed, progress=progress,
                                    train_cache=caches[0] if caches else None,
                                    test_cache=caches[1] if caches else None, include_input=include_input)
-            frames.append(stats.table.assign(dataset="id"))
+            frames.append(stats.table)
             summary.update(stats.summary)
             model_accuracy = stats.summary.get(MODEL_ACCURACY)
             config["statistics"] = stats.config
@@ -132,7 +132,7 @@ def analyze(
                                     id_ncc="ncc" not in stats_metrics,  # the statistics measured it
                                     include_input=include_input, resamples=resamples, model_info=model_info,
                                     model_accuracy=model_accuracy)
-            frames.append(_probe_rows(transfer.table, skip_id_ncc="ncc" in stats_metrics))
+            frames.append(transfer.table)
             kept: dict[str, object] = {k: summary[k] for k in (EFFECTIVE_DEPTH, "effective_depth_point", "ncc_eps")
                                        if k in summary}
             summary.update(transfer.summary)
@@ -155,7 +155,7 @@ def analyze(
                                                         max_test=max_test, seed=seed, data_root=data_root,
                                                         progress=progress, include_input=include_input,
                                                         resamples=resamples))
-    return Results(table.reindex(columns=COLUMNS), summary, config)
+    return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 
 
@@ -171,23 +171,6 @@ def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summ
     config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
                                         f"seed {options['seed']}; same data, points, probes and samples"}
     return pd.concat([table, rows], ignore_index=True), summary, config
-
-
-def _probe_rows(table: pd.DataFrame, skip_id_ncc: bool) -> pd.DataFrame:
-    """probe_layers' wide rows → the tidy columns: ``probe_acc`` (test rows with a 95% interval),
-    ``probe_loss`` and ``probe_converged`` (train rows), and ``ncc_acc`` per dataset."""
-    base = table.assign(other_point=None, other_layer=None)
-    trusted = ~base.diverged & base.converged
-    probe = base.assign(metric="probe_acc", value=base.accuracy, valid=trusted)
-    train = base[base.split == "train"]
-    loss = train.assign(metric="probe_loss", value=train.loss, valid=~train.diverged, ci_lo=None, ci_hi=None)
-    converged = train.assign(metric="probe_converged", value=train.converged.astype(float), valid=True,
-                             ci_lo=None, ci_hi=None)
-    ncc = base.assign(metric="ncc_acc", value=base.ncc_accuracy, valid=base.ncc_accuracy.notna(), ci_lo=None,
-                      ci_hi=None)
-    if skip_id_ncc:  # the statistics pass measured the ID NCC already
-        ncc = ncc[ncc.dataset != "id"]
-    return pd.concat([probe, loss, converged, ncc], ignore_index=True).reindex(columns=COLUMNS)
 
 
 __all__ = ["ANALYZE_METRICS", "analyze", "parse_metrics"]

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ..metrics.moments import Moments
 from ..models import resolve_model
 from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
 from ..progress import progress_bar
+from ..results import COLUMNS, Results
 from ..summary import (
     BEST_TRANSFER_LAYER,
     FLAGS,
@@ -43,29 +44,13 @@ from ..summary import (
     POINTS,
     TUNNEL_START,
     VERDICT_VALID,
+    as_summary,
     ci_key,
 )
 from ..tunnel import summarize
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from ..verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from ..versions import environment, package_versions
-
-
-@dataclass
-class TransferStats:
-    """Probe accuracies per dataset × split × point (with intervals, losses and convergence),
-    the tunnel summary, and the config."""
-
-    table: pd.DataFrame
-    summary: dict
-    config: dict = field(default_factory=dict)
-
-    def curve(self, dataset: str = "id", split: str = "test") -> pd.Series:
-        """Probe accuracy per point, in layer order (layer 0, the input, included when read)."""
-        rows = self.table[(self.table.dataset == dataset) & (self.table.split == split)]
-        if rows.empty:
-            raise KeyError(f"no probe accuracies for dataset {dataset!r}; have {sorted(self.table.dataset.unique())}")
-        return rows.sort_values("layer").set_index("point")["accuracy"]
 
 
 def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
@@ -159,7 +144,7 @@ def probe_layers(
     resamples: int = DEFAULT_RESAMPLES,
     model_info: dict | None = None,
     model_accuracy: float | None = None,
-) -> TransferStats:
+) -> Results:
     """Train linear probes at every point on the ID data and on each OOD dataset.
 
     ``ood`` is a list of dataset specs; each gets its own probes, trained on its training
@@ -235,24 +220,12 @@ def probe_layers(
                     tr_cache.close()
                     te_cache.close()
             fit = fitted[key] = _Fitted.of(results, names, resamples, seed + 17 * len(fitted))
-            ci = fit.interval(names)
-            first = results[0]
-            for name in names:
-                common = {"model": model_name, "dataset": key, "point": name, "layer": capture.layer(name),
-                          "depth": capture.layer(name) / len(modules),
-                          "converged": all(r.converged[name] for r in results),
-                          "diverged": any(name in r.diverged for r in results)}
-                rows.append({**common, "split": "test", "accuracy": fit.test[name], "ci_lo": ci[name][0],
-                             "ci_hi": ci[name][1], "ncc_accuracy": ncc["test"][name] if ncc else math.nan,
-                             "loss": math.nan, "iterations": first.iterations[name], "epoch": first.epoch[name]})
-                rows.append({**common, "split": "train", "accuracy": fit.train[name], "ci_lo": math.nan,
-                             "ci_hi": math.nan, "ncc_accuracy": ncc["train"][name] if ncc else math.nan,
-                             "loss": float(np.mean([r.train_loss[name] for r in results])),
-                             "iterations": first.iterations[name], "epoch": first.epoch[name]})
+            rows += _rows(model_name, key, names, capture, results, fit, ncc)
             info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
                          "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
-                         "unconverged": [n for n in names if not all(r.converged[n] for r in results)]}
-    table = pd.DataFrame(rows)
+                         "unconverged": [n for n in names if not all(r.converged[n] for r in results)],
+                         "iterations": dict(results[0].iterations), "epochs": dict(results[0].epoch)}
+    table = pd.DataFrame(rows, columns=COLUMNS)
     summary = _summary(fitted, datasets, names, modules, taus)
     flags += model_flags(model_info, model_accuracy, id_ds.num_classes)
     flags += probe_flags({k: v["unconverged"] for k, v in info.items() if k == "id" or k not in summary[OOD_SKIPPED]},
@@ -274,7 +247,36 @@ def probe_layers(
                   + f" (seed {seed})")},
               "device": str(dev), "environment": environment(dev), "versions": package_versions(),
               "seconds": time.perf_counter() - tic}
-    return TransferStats(table, summary, config)
+    return Results(table, as_summary(summary), config)
+
+
+def _rows(model: str, dataset: str, names: list[str], capture: Capture, results: list[ProbeResult],
+          fit: _Fitted, ncc: dict | None) -> list[dict]:
+    """The tidy rows of one dataset's probes: ``probe_acc`` on both splits (test rows with their
+    interval; valid when every seed's probe converged), ``probe_loss`` and ``probe_converged``
+    (train rows), and ``ncc_acc`` on both splits when nearest-class-centre accuracy was measured."""
+    ci = fit.interval(names)
+    rows = []
+    for name in names:
+        layer = capture.layer(name)
+        base = {"model": model, "dataset": dataset, "point": name, "layer": layer,
+                "depth": layer / len(capture.points), "other_point": None, "other_layer": None,
+                "ci_lo": math.nan, "ci_hi": math.nan, "reference": None}
+        converged = all(r.converged[name] for r in results)
+        trusted = converged and not any(name in r.diverged for r in results)
+        rows.append({**base, "split": "test", "metric": "probe_acc", "value": fit.test[name], "valid": trusted,
+                     "ci_lo": ci[name][0], "ci_hi": ci[name][1]})
+        rows.append({**base, "split": "train", "metric": "probe_acc", "value": fit.train[name], "valid": trusted})
+        loss = float(np.mean([r.train_loss[name] for r in results]))
+        rows.append({**base, "split": "train", "metric": "probe_loss", "value": loss,
+                     "valid": not any(name in r.diverged for r in results)})
+        rows.append({**base, "split": "train", "metric": "probe_converged", "value": float(converged), "valid": True})
+        if ncc is not None:
+            for split in ("test", "train"):
+                value = ncc[split][name]
+                rows.append({**base, "split": split, "metric": "ncc_acc", "value": value,
+                             "valid": not math.isnan(value)})
+    return rows
 
 
 def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modules: list[str],
@@ -304,4 +306,4 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
     return summary
 
 
-__all__ = ["TransferStats", "probe_layers"]
+__all__ = ["probe_layers"]

@@ -40,46 +40,14 @@ from ..metrics.moments import Moments
 from ..metrics.spectrum import RANK_TOL
 from ..models import resolve_model
 from ..progress import progress_bar
-from ..summary import MODEL_ACCURACY
+from ..results import COLUMNS, Results
+from ..summary import MODEL_ACCURACY, as_summary
 from ..verdict import check_statistics_samples
 from ..versions import environment, package_versions
 
 TABLE_COLUMNS = ["model", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
                  "valid"]
 SPLITS = ("train", "test")
-
-
-@dataclass
-class LayerStats:
-    """The tidy table of layer statistics, the config that produced it, and a summary.
-
-    ``table`` has one row per model × split × probe point × metric (plus ``other_point``
-    for pairwise metrics such as CKA), with the point's ``layer`` index (0 for the input)
-    and its relative ``depth`` (layer / number of points). Unpacks as ``table, config``.
-    """
-
-    table: pd.DataFrame
-    config: dict
-    summary: dict = field(default_factory=dict)
-
-    def __iter__(self):
-        yield self.table
-        yield self.config
-
-    def metric(self, name: str, split: str = "test") -> pd.Series:
-        """One per-point metric as a Series indexed by probe point, in layer order."""
-        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.isna()]
-        if rows.empty:
-            raise KeyError(f"no metric {name!r} on split {split!r}; have {sorted(self.table.metric.unique())}")
-        return rows.sort_values("layer").set_index("point")["value"]
-
-    def matrix(self, name: str = "cka", split: str = "test") -> pd.DataFrame:
-        """A pairwise metric (``cka``, ``cka_full``, ``pc1_cos2``) as a points × points frame."""
-        rows = self.table[(self.table.metric == name) & (self.table.split == split) & self.table.other_point.notna()]
-        if rows.empty:
-            raise KeyError(f"no pairwise metric {name!r} on split {split!r}")
-        order = [p for p in [self.config.get("input_point"), *self.config["points"]] if p in set(rows.point)]
-        return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -343,7 +311,7 @@ def analyze_layers(
     precision: str = "float32", cka_passes: int = 1, data_root: str | Path | None = None,
     progress: bool | None = None, train_cache: FeatureCache | None = None, test_cache: FeatureCache | None = None,
     include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | Literal["auto"] = "auto",
-) -> LayerStats:
+) -> Results:
     """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
 
     ``model`` is a module, a checkpoint path or a model spec (randomly initialised); ``data``
@@ -359,7 +327,7 @@ def analyze_layers(
     records the model's own test accuracy in ``summary["model_accuracy"]``.
     ``memory_budget`` (bytes; ``"auto"``: the memory available now; None: no check) refuses
     a plan that would not fit before anything is allocated. A split sample of fewer than 2
-    samples is refused. Returns a :class:`LayerStats`.
+    samples is refused. Returns a :class:`~tunnelscope.results.Results` (``dataset`` ``"id"``).
     """
     wanted, explicit = parse_metrics(metrics)
     _check_settings(wanted, batch_size, precision, cka_passes)
@@ -388,7 +356,8 @@ def analyze_layers(
                 "samples": {s: (n if s == "test" or plan.train_pass else 0) for s, (_, n) in splits.items()}}
     config = _config(settings, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
-    return LayerStats(pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name), config, summary)
+    table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset="id")
+    return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 
 def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_budget: int, caches: tuple,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,7 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _with_ci(summary: dict, key: str, fmt: str = "{:.4g}") -> str | None:
+def _with_ci(summary: Mapping[str, Any], key: str, fmt: str = "{:.4g}") -> str | None:
     if key not in summary or summary[key] is None:
         return None
     value = summary[key]
@@ -66,7 +68,7 @@ def _with_ci(summary: dict, key: str, fmt: str = "{:.4g}") -> str | None:
     return text
 
 
-def summary_lines(summary: dict) -> list[tuple[str, str]]:
+def summary_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The summary's headline numbers (with 95% intervals in brackets) as (label, value) pairs,
     for the report and the terminal."""
     rows = [("model", summary.get("model")), ("data", summary.get("data")), ("probe points", summary.get("points"))]

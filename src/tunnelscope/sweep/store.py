@@ -17,7 +17,9 @@ import json
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,7 +88,7 @@ class Store:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP.search(p.name)))
 
-    def write_step(self, cell: Cell, step: int, table: pd.DataFrame, summary: dict) -> None:
+    def write_step(self, cell: Cell, step: int, table: pd.DataFrame, summary: Mapping[str, Any]) -> None:
         """The table of one checkpoint's analysis, then its summary (the completion mark)."""
         folder = self.root / "results" / cell.key
         cols = {"cell": cell.key, "step": step, **{VAR_PREFIX + k: v for k, v in cell.variables.items()}}
