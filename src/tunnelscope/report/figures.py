@@ -169,7 +169,8 @@ def run_figures(results) -> dict[str, Figure]:
 
 
 def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequence[str] = ()) -> list[Path]:
-    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg``; close them; return the PNG paths.
+    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg`` (one layout for both); close
+    them; return the PNG paths.
 
     ``replace`` names figures of an earlier run to delete first, so none of them outlives it."""
     folder = Path(folder)
@@ -184,6 +185,7 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
                 fig.savefig(handle, format=fmt, dpi=150)
 
             atomic_write(folder / f"{name}.{fmt}", write)
+            fig.set_layout_engine("none")  # the layout the PNG computed serves the SVG: laid out once
         plt.close(fig)
         pngs.append(folder / f"{name}.png")
     return pngs
