@@ -22,7 +22,7 @@ def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
     table, config = stats.table, stats.config
     assert isinstance(stats, Results) and len(config["points"]) == 5 and set(table.dataset) == {"id"}
     assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full",
-            "pc1_cos2"} <= set(table.metric)
+            "pc1_sim"} <= set(table.metric)
     assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}
     assert config["samples"] == {"train": 500, "test": 200} and config["reduce"] == "pool2"
     assert config["versions"]["torch"] and config["layout"]["blocks.0"]["dims"] == 64
@@ -100,6 +100,41 @@ def test_readouts_fitted_on_nonfinite_training_features_are_invalid():
         for metric in ("ncc_acc", "ridge_acc"):
             assert not rows.loc[(split, "2", metric), "valid"] and np.isnan(rows.loc[(split, "2", metric), "value"])
             assert rows.loc[(split, "1", metric), "valid"]
+
+
+def _pc1_scores(x: np.ndarray, mean: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    return (x - mean) @ direction
+
+
+def test_pc1_similarity_across_points_of_different_widths_equals_numpy_on_pc1_scores():
+    """Nguyen et al.'s view: |cos| between the PC1 scores over the examples, finite for points
+    of widths 24 and 7; on the training split (where the PCA is fitted) it is the cosine of the
+    first left singular vectors, on the test split the test scores on the training PC1."""
+    ds = data.load("digits[per_class=60,test_per_class=30]")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 7), nn.Tanh(),
+                          nn.Linear(7, 10)).eval()
+    stats = analyze_layers(model, ds, metrics="pc1_sim", points=["2", "4"], batch_size=50,
+                           include_input=False, progress=False)
+    cap = Capture(model, ["2", "4"])
+    with torch.inference_mode():
+        tr = {n: torch.cat([cap(x)[n] for x, _ in ds.train.batches(64)]).double().numpy() for n in ("2", "4")}
+        te = {n: torch.cat([cap(x)[n] for x, _ in ds.test.batches(64)]).double().numpy() for n in ("2", "4")}
+    mean = {n: tr[n].mean(0) for n in tr}
+    left, direction = {}, {}
+    for n in tr:
+        u, _, vt = np.linalg.svd(tr[n] - mean[n], full_matrices=False)
+        left[n], direction[n] = u[:, 0], vt[0]
+    expected_train = abs(left["2"] @ left["4"])
+    a, b = (_pc1_scores(te[n], mean[n], direction[n]) for n in ("2", "4"))
+    a, b = a - a.mean(), b - b.mean()
+    expected_test = abs(a @ b) / np.sqrt((a @ a) * (b @ b))
+    assert tr["2"].shape[1] == 24 and tr["4"].shape[1] == 7 and 0.05 < expected_train < 0.99
+    for split, expected in (("train", expected_train), ("test", expected_test)):
+        sim = stats.matrix("pc1_sim", split=split)
+        assert np.isfinite(sim.to_numpy()).all()
+        assert sim.loc["2", "4"] == pytest.approx(expected, abs=1e-8) == sim.loc["4", "2"]  # float32 products
+        assert sim.loc["2", "2"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_extra_cka_passes_shuffle_the_test_split():

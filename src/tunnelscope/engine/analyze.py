@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
+from ..capture import DEFAULT_MAX_DIM
 from ..capture.cache import FeatureCache
 from ..data import sample_split
 from ..device import resolve_device
@@ -67,6 +68,9 @@ def analyze(
     resamples: int = DEFAULT_RESAMPLES,
     untrained_reference: bool = False,
     model_info: dict | None = None,
+    ncc_eps: float = 0.01,
+    cka_passes: int = 1,
+    max_dim: int | None = DEFAULT_MAX_DIM,
 ) -> Results:
     """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
 
@@ -79,7 +83,11 @@ def analyze(
     feature cache. ``include_input`` adds layer 0 (the input, reduced like the points) to
     every curve; ``resamples`` sets the bootstrap behind every interval (0: none);
     ``untrained_reference`` also analyses a re-initialised copy of the model (seeded by
-    ``seed``), stored as rows with ``reference == "untrained"``. Returns a :class:`Results`;
+    ``seed``), stored as rows with ``reference == "untrained"``. ``ncc_eps`` is the NCC train
+    error that sets the effective depth (Galanti et al.), ``cka_passes`` the number of shuffled
+    passes feeding minibatch CKA (Nguyen et al. use 10), ``max_dim`` the coordinate cap of a
+    point's reduced features (a seeded subset beyond it; ``None``: no cap, e.g. NCC and CDNV on
+    whole flattened maps, which keep no ``D x D`` state). Returns a :class:`Results`;
     ``results.summary["verdict"]`` says in one line where the tunnel starts and which layer
     transfers best, and ``results.summary["flags"]`` why it may not be valid.
     """
@@ -98,6 +106,7 @@ def analyze(
                            "ood_datasets": list(ood)}
     config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
+                    "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim,
                     "device": str(dev), "seed": seed, "environment": environment(dev),
                     "versions": package_versions()}
     max_train = max_samples if max_train is None else max_train
@@ -118,7 +127,8 @@ def analyze(
             stats = analyze_layers(net, dataset, request, points=points, reduce=reduce, batch_size=batch_size,
                                    device=dev, max_samples=max_samples, seed=seed, progress=progress,
                                    train_cache=caches[0] if caches else None,
-                                   test_cache=caches[1] if caches else None, include_input=include_input)
+                                   test_cache=caches[1] if caches else None, include_input=include_input,
+                                   eps=ncc_eps, cka_passes=cka_passes, max_dim=max_dim)
             frames.append(stats.table)
             summary.update(stats.summary)
             model_accuracy = stats.summary.get(MODEL_ACCURACY)
@@ -131,7 +141,7 @@ def analyze(
                                     seed=seed, data_root=data_root, progress=progress, id_features=caches,
                                     id_ncc="ncc" not in stats_metrics,  # the statistics measured it
                                     include_input=include_input, resamples=resamples, model_info=model_info,
-                                    model_accuracy=model_accuracy)
+                                    model_accuracy=model_accuracy, ncc_eps=ncc_eps, max_dim=max_dim)
             frames.append(transfer.table)
             kept: dict[str, object] = {k: summary[k] for k in (EFFECTIVE_DEPTH, "effective_depth_point", "ncc_eps")
                                        if k in summary}
@@ -154,7 +164,8 @@ def analyze(
                                                         max_samples=max_samples, max_train=max_train,
                                                         max_test=max_test, seed=seed, data_root=data_root,
                                                         progress=progress, include_input=include_input,
-                                                        resamples=resamples))
+                                                        resamples=resamples, ncc_eps=ncc_eps,
+                                                        cka_passes=cka_passes, max_dim=max_dim))
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 

@@ -131,7 +131,7 @@ def probe_layers(
     max_train: int | None = None,
     max_test: int | None = None,
     seed: int = 0,
-    max_dim: int = DEFAULT_MAX_DIM,
+    max_dim: int | None = DEFAULT_MAX_DIM,
     cache_budget: int = DEFAULT_BUDGET,
     cache_dtype: str = "float32",
     taus: Sequence[float] = (0.95, 0.98),

@@ -168,6 +168,7 @@ class Run:
     readouts: dict[str, dict] = field(default_factory=dict)  # metric → {split: accumulator}
     streams: dict[str, Accumulator] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)  # each point's reduced width
 
     def add(self, split: str, point: str, metric: str, value: float, other: str | None = None,
             uses_train: bool = False) -> None:
@@ -195,13 +196,12 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     run.passes.append("train")
     if moments is None:
         return
-    train_m = moments.points
+    stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
     for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
         readout = metric.readout
         assert readout is not None  # Plan.readouts holds only metrics with one
-        run.readouts[metric.name] = {s: readout(train_m, run.options) for s in SPLITS}
-    del train_m  # these views reference every point's scatter: held, point_rows could not free them
-    point_rows(run, "train", moments)
+        run.readouts[metric.name] = {s: readout(stats, run.options) for s in SPLITS}
+    point_rows(run, "train", moments, stats)
 
 
 def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | None, cka_passes: int,
@@ -233,9 +233,11 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
 
 
 # ---------------------------------------------------------------------------------------------- table
-def point_rows(run: Run, split: str, moments: Moments) -> None:
-    """Rows of every point metric on ``split``; each point's ``D x D`` state is released after."""
+def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointStats] | None = None) -> None:
+    """Rows of every point metric on ``split`` (from ``stats``, the split's :class:`PointStats`
+    when already made); each point's ``D x D`` state is released after."""
     points_m = moments.points
+    shared = stats if stats is not None else {}
     names = run.capture.names
     for name in names:
         bad = int(points_m[name].nonfinite)
@@ -247,36 +249,36 @@ def point_rows(run: Run, split: str, moments: Moments) -> None:
     if absent:
         run.warnings.append(f"{split}: classes absent from the sample: {absent}; class metrics use the others")
     metrics = run.plan.points_metrics()
-    paired = [m for m in metrics if m.pairs is not None] if split == "test" else []
-    vectors: dict[str, dict] = {m.name: {} for m in paired}
     for name in names:
-        stats = PointStats(points_m.pop(name))  # no view left behind, so that release() frees the state
+        point = points_m.pop(name)  # no view left behind, so that release() frees the state
+        one = shared.pop(name, None) or PointStats(point)
+        del point
         for metric in metrics:
             assert metric.value is not None  # points_metrics() holds only metrics with one
-            value = float("nan") if name in run.invalid[split] else metric.value(stats)
+            value = float("nan") if name in run.invalid[split] else metric.value(one)
             run.add(split, name, metric.table_name, value)
-        for metric in paired:  # read now, so that the point's state can go
-            if name not in run.invalid[split]:
-                assert metric.pair_vector is not None  # a pairwise metric reads a vector per point
-                vectors[metric.name][name] = metric.pair_vector(stats)
         moments.release(name)
-        del stats
-    for metric in paired:
-        assert metric.pairs is not None  # paired holds only metrics with pairs
-        for (a, b), v in metric.pairs(vectors[metric.name]).items():
-            run.add(split, a, metric.pairs_row, v, b)
+        del one
 
 
-def readout_rows(run: Run, cache: FeatureCache, points: list[str]) -> dict:
-    """Score the read-outs on the cached training split; their rows and summaries."""
+def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_split=None) -> dict:
+    """Score the read-outs on the training split, from ``cache`` or, without one, by reading
+    ``train_split`` again (features too large to cache); their rows and summaries."""
     train_accs = [r["train"] for r in run.readouts.values()]
-    if train_accs:
+    if train_accs and cache is not None:
         for feats, y in cache.batches(device=run.device):
             for acc in train_accs:
                 acc.update(feats, y)
+    elif train_accs:
+        run_pass(run.capture, train_split, train_accs, run.batch_size, run.device, run.bars,
+                 "train pass (read-out scoring)")
+        run.passes.append("train (read-out scoring)")
     summary: dict = {}
     for metric in run.plan.readouts:
         values = {split: acc.compute() for split, acc in run.readouts[metric.name].items()}
+        if metric.pairwise:
+            pair_rows(run, metric.table_name, values)
+            continue
         for split in SPLITS:
             for name in run.capture.names:  # points without a read-out (non-finite training features): NaN
                 run.add(split, name, metric.table_name, values[split].get(name, float("nan")), uses_train=True)
@@ -285,6 +287,15 @@ def readout_rows(run: Run, cache: FeatureCache, points: list[str]) -> dict:
                      for s, vals in values.items()}
             summary.update(metric.summarise(valid, points, run.options))
     return summary
+
+
+def pair_rows(run: Run, row: str, values: dict[str, dict[tuple[str, str], float]]) -> None:
+    """Rows of a pairwise read-out on both splits (NaN for pairs with a point it could not fit)."""
+    names = run.capture.names
+    for split in SPLITS:
+        for a in names:
+            for b in names:
+                run.add(split, a, row, values[split].get((a, b), float("nan")), b, uses_train=True)
 
 
 def stream_rows(run: Run) -> dict:
@@ -307,7 +318,7 @@ def analyze_layers(
     model: nn.Module | str | Path, data: data_mod.Dataset | str, metrics: str | Sequence[str] = "default",
     points: str | Sequence[str] = "blocks", reduce: str = "pool2", batch_size: int = 256,
     device: str | torch.device = "auto", max_samples: int | None = 10_000, seed: int = 0,
-    max_dim: int = DEFAULT_MAX_DIM, eps: float = 0.01, ridge: float = 1e-3, cache_budget: int = DEFAULT_BUDGET,
+    max_dim: int | None = DEFAULT_MAX_DIM, eps: float = 0.01, ridge: float = 1e-3, cache_budget: int = DEFAULT_BUDGET,
     precision: str = "float32", cka_passes: int = 1, data_root: str | Path | None = None,
     progress: bool | None = None, train_cache: FeatureCache | None = None, test_cache: FeatureCache | None = None,
     include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | Literal["auto"] = "auto",
@@ -344,8 +355,9 @@ def analyze_layers(
     splits = _sample(dataset, max_samples, seed, plan, train_cache, test_cache)
     options = Options(eps=eps, ridge=ridge, matmul_dtype=torch.float64 if precision == "float64" else torch.float32)
     tic = time.perf_counter()
-    run, summary = _passes(Run(capture, plan, options, dataset.num_classes, batch_size, dev, None), splits,
-                           progress, cache_budget, (train_cache, test_cache), model_accuracy, cka_passes, seed)
+    run = Run(capture, plan, options, dataset.num_classes, batch_size, dev, None, widths=widths)
+    run, summary = _passes(run, splits, progress, cache_budget, (train_cache, test_cache), model_accuracy,
+                           cka_passes, seed)
     record = stream_rows(run)
     for w in run.warnings:
         warnings.warn(w, stacklevel=2)
@@ -366,7 +378,12 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
     train_cache, test_cache = caches
     run.warnings += [f"{name} not computed: {why}" for name, why in run.plan.skipped.items()]
     own = ModelAccuracy() if model_accuracy else None
-    cache_ctx = (FeatureCache(splits["train"][1], cache_budget) if train_cache is None
+    n_train = splits["train"][1]
+    reread = (train_cache is None and run.plan.train_cache
+              and n_train * sum(run.widths) * 4 > cache_budget)
+    if reread:  # scoring reads the training split again rather than caching more than the budget
+        run.plan.train_cache = False
+    cache_ctx = (FeatureCache(n_train, cache_budget) if train_cache is None
                  else contextlib.nullcontext(train_cache))
     with progress_bar(progress) as bars, cache_ctx as cache:
         run.bars = bars
@@ -377,8 +394,9 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
         test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own, cka_passes, seed)
         if test_m is not None:
             point_rows(run, "test", test_m)
+        scored = None if reread else cache
         summary = {MODEL_ACCURACY: own.compute() if own is not None else None,
-                   **readout_rows(run, cache, run.capture.points)}
+                   **readout_rows(run, scored, run.capture.points, splits["train"][0])}
     return run, summary
 
 

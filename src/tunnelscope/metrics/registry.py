@@ -8,11 +8,11 @@ declare. There are four kinds, by where the value comes from:
   :class:`~tunnelscope.metrics.moments.PointMoments` (``moments="means"`` for class counts,
   means and norms; ``"scatter"`` for the ``D x D`` scatter too), read through a
   :class:`PointStats` that computes shared quantities (eigenvalues, PC1) once;
-  optionally with ``pairs``, a pairwise value over the points of the test split;
 - **stream**: an accumulator over the test split whose ``compute()`` is an ``L x L``
   matrix (CKA);
-- **readout**: a classifier fitted on the training moments (``readout_moments``) and
-  scored on both splits (NCC, ridge);
+- **readout**: fitted on the training split's :class:`PointStats` (``readout_moments``)
+  and scored on both splits: a classifier (NCC, ridge) with a value per point, or, with
+  ``pairwise``, a value per pair of points (PC1 similarity);
 
 A new point metric is one decorated function::
 
@@ -50,30 +50,31 @@ class Options:
 
 class PointStats:
     """One point's moments on one split, with derived quantities computed once and shared
-    by every metric that asks (the scatter, its eigenvalues, PC1)."""
+    by every metric that asks (eigenvalues, PC1). Only vectors are kept: the ``D x D``
+    scatter is rebuilt from the moments when needed (``O(C D²)``, against ``O(D³)`` for an
+    eigen-decomposition), so that holding every point's stats costs no ``D x D`` memory."""
 
     def __init__(self, moments: PointMoments) -> None:
         self.moments = moments
 
-    @cached_property
-    def scatter(self) -> Tensor:
-        return self.moments.scatter()
+    def covariance(self) -> Tensor:
+        """The centred covariance ``(D, D)``, built afresh (not kept)."""
+        return self.moments.covariance(self.moments.scatter())
 
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending."""
-        return eigenvalues(self.moments.covariance(self.scatter))
+        return eigenvalues(self.covariance())
 
     @cached_property
     def second_moment_eigenvalues(self) -> Tensor:
         """Eigenvalues of the uncentred ``Hᵀ H``, descending."""
-        return eigenvalues(self.moments.second_moment(self.scatter))
+        return eigenvalues(self.moments.second_moment(self.moments.scatter()))
 
     @cached_property
     def pc1(self) -> Tensor:
         """The first principal direction (unit vector)."""
-        cov = self.moments.covariance(self.scatter)
-        return top_eigenvector(cov, self.covariance_eigenvalues[0])
+        return top_eigenvector(self.covariance(), self.covariance_eigenvalues[0])
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,13 @@ class Metric:
     row: str = ""  # its name in the results table (``name`` when empty)
     moments: Level | None = None
     value: Callable[[PointStats], float] | None = None
-    pair_vector: Callable[[PointStats], Tensor] | None = None  # per point, read before its state is freed
-    pairs: Callable[[dict[str, Tensor]], dict[tuple[str, str], float]] | None = None  # on the test split
-    pairs_row: str = ""
     stream: Callable[[list[str], Options], Any] | None = None
     repeatable: bool = False  # a stream that later shuffled passes may feed again (``cka_passes``)
     min_batch: int = 1
     fits: Callable[[Sequence[int]], str | None] | None = None  # why points of these widths do not fit
-    readout: Callable[[dict[str, PointMoments], Options], Any] | None = None
+    readout: Callable[[dict[str, PointStats], Options], Any] | None = None
     readout_moments: Level | None = None
+    pairwise: bool = False  # the readout's compute() maps (point, point) pairs to values
     summarise: Callable[[dict[str, dict[str, float]], list[str], Options], dict] | None = None
 
     @property
@@ -113,12 +112,11 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-def point_metric(name: str, description: str, moments: Level = "scatter", default: bool = False,
-                 **pairwise: Any) -> Callable[[Callable[[PointStats], float]], Callable[[PointStats], float]]:
-    """Decorator registering ``fn(stats: PointStats) -> float`` as a point metric
-    (``pairwise``: ``pair_vector``, ``pairs`` and ``pairs_row`` of :class:`Metric`)."""
+def point_metric(name: str, description: str, moments: Level = "scatter",
+                 default: bool = False) -> Callable[[Callable[[PointStats], float]], Callable[[PointStats], float]]:
+    """Decorator registering ``fn(stats: PointStats) -> float`` as a point metric."""
     def wrap(fn: Callable[[PointStats], float]) -> Callable[[PointStats], float]:
-        register(Metric(name, description, default=default, moments=moments, value=fn, **pairwise))
+        register(Metric(name, description, default=default, moments=moments, value=fn))
         return fn
     return wrap
 

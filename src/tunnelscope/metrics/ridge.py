@@ -14,7 +14,7 @@ from torch import Tensor
 from ..features import point_views
 from .base import PointAccuracy
 from .moments import PointMoments
-from .registry import Metric, Options, register
+from .registry import Metric, Options, PointStats, register
 
 DEFAULT_RIDGE = 1e-3
 
@@ -52,9 +52,9 @@ class RidgeAccuracy(PointAccuracy):
             self.correct[name] += (scores.argmax(1) == labels).sum()
 
 
-def _ridge_readout(train: dict[str, PointMoments], options: Options) -> RidgeAccuracy:
+def _ridge_readout(train: dict[str, PointStats], options: Options) -> RidgeAccuracy:
     """Ridge probes fitted on each point's training moments (points with non-finite features get none)."""
-    probes = {n: ridge_weights(m, options.ridge) for n, m in train.items() if int(m.nonfinite) == 0}
+    probes = {n: ridge_weights(s.moments, options.ridge) for n, s in train.items() if int(s.moments.nonfinite) == 0}
     return RidgeAccuracy(probes, options.matmul_dtype)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..features import point_views
+from .base import Accumulator
+
 # Re-exported for callers of this module (the `x as x` form marks them public).
 from .linalg import eigen as eigen
 from .linalg import eigenvalues as eigenvalues
 from .linalg import top_eigenvector as top_eigenvector
-from .registry import PointStats, point_metric
+from .registry import Metric, Options, PointStats, point_metric, register
 
 RANK_TOL = 1e-3
 
@@ -47,15 +50,52 @@ def effective_rank(second_moment_eigenvalues: Tensor, n_samples: int | None = No
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def pc1_cos2(first_components: dict[str, Tensor]) -> dict[tuple[str, str], float]:
-    """Squared cosine between the PC1 directions of every pair of points of equal width."""
-    out = {}
-    names = list(first_components)
-    for a in names:
-        for b in names:
-            u, v = first_components[a], first_components[b]
-            out[(a, b)] = float((u @ v) ** 2 / ((u @ u) * (v @ v))) if u.shape == v.shape else float("nan")
-    return out
+class PC1Similarity(Accumulator):
+    """Nguyen et al.'s cross-layer PC1 similarity: ``|cos|`` between the PC1 *scores* of every
+    pair of points over the examples of one split.
+
+    Each point's features are centred by a fitted mean and projected on its fitted PC1
+    direction (both from the training split), giving one score per example; the scores of
+    two points are compared by the absolute cosine of their centred score vectors, so
+    points of any widths compare. On the split the directions were fitted on, this is the
+    cosine between the first left singular vectors of the centred feature matrices.
+    """
+
+    def __init__(self, directions: dict[str, tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.names = list(directions)
+        self.directions = {k: (mu.double(), v.double()) for k, (mu, v) in directions.items()}
+        device = next(iter(self.directions.values()))[0].device if directions else "cpu"
+        count = len(self.names)
+        self.total = torch.zeros(count, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(count, count, dtype=torch.float64, device=device)
+        self.seen = 0
+        self.add_state("total", self.total)
+        self.add_state("gram", self.gram)
+        self.add_state("seen", 0)
+
+    def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        views = point_views(features, torch.float64)
+        scores = torch.stack([(views[n] - mu) @ v for n, (mu, v) in self.directions.items()], dim=1)
+        self.total += scores.sum(0)
+        self.gram += scores.T @ scores
+        self.seen += len(labels)
+
+    def compute(self) -> dict[tuple[str, str], float]:
+        """``|cos|`` of the centred score vectors for every ordered pair of points (NaN for a
+        point whose scores do not vary)."""
+        mean = self.total / self.seen
+        cov = self.gram / self.seen - torch.outer(mean, mean)
+        scale = cov.diagonal().clamp_min(0).sqrt()
+        sim = (cov.abs() / torch.outer(scale, scale)).clamp_max(1.0)
+        sim = torch.where(torch.outer(scale, scale) > 0, sim, torch.full_like(sim, float("nan")))
+        return {(a, b): float(sim[i, j]) for i, a in enumerate(self.names) for j, b in enumerate(self.names)}
+
+
+def _pc1_directions(train: dict[str, PointStats], options: Options) -> PC1Similarity:
+    """PC1 directions and means of the training split (points with non-finite features get none)."""
+    return PC1Similarity({name: (stats.moments.mean(), stats.pc1) for name, stats in train.items()
+                          if int(stats.moments.nonfinite) == 0})
 
 
 @point_metric("rank", "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)", default=True)
@@ -68,7 +108,11 @@ def _erank(stats: PointStats) -> float:
     return effective_rank(stats.second_moment_eigenvalues, stats.moments.count)
 
 
-@point_metric("pc1", "share of variance on PC1, and squared cosine of PC1 between points", default=True,
-              pair_vector=lambda stats: stats.pc1, pairs=pc1_cos2, pairs_row="pc1_cos2")
+@point_metric("pc1", "share of variance on the first principal component", default=True)
 def _pc1(stats: PointStats) -> float:
     return pc1_ratio(stats.covariance_eigenvalues)
+
+
+register(Metric(
+    "pc1_sim", "|cos| between the PC1 scores of every pair of points (Nguyen et al.), train and test",
+    readout=_pc1_directions, readout_moments="scatter", pairwise=True, default=True))

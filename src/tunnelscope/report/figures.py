@@ -125,10 +125,18 @@ def collapse_figure(results) -> Figure | None:
 
 
 def pc1_figure(results) -> Figure | None:
-    """Share of variance on the first principal component against layer."""
+    """Share of variance on the first principal component against layer and, when measured,
+    Nguyen et al.'s PC1 similarity between layers (|cos| of the PC1 scores, training split)."""
     if not results.has("pc1"):
         return None
-    fig, ax, n = _tunnel_axes(results, height=3.6)
+    if not results.has("pc1_sim"):
+        fig, ax, n = _tunnel_axes(results, height=3.6)
+    else:
+        fig, (ax, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1.4, 1))
+        n = len(results.points)
+        _shade_tunnel(ax, results, n)
+        _heatmap(fig, right, results.matrix("pc1_sim", split="train"), results, "|cos| of PC1 scores",
+                 "PC1 similarity (train)")
     _plot(ax, results, "pc1", colour="C3")
     ax.set_ylabel("variance share of PC1 (test)")
     ax.set_ylim(0, 1)
@@ -136,21 +144,25 @@ def pc1_figure(results) -> Figure | None:
     return fig
 
 
+def _heatmap(fig: Figure, ax, mat, results, label: str, title: str) -> None:
+    """A layers x layers matrix in [0, 1] (layer 0 = the input, when read)."""
+    first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
+    n = len(mat)
+    lo = first - 0.5
+    im = ax.imshow(mat.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, origin="lower",
+                   extent=(lo, lo + n, lo, lo + n))
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+
+
 def cka_figure(results) -> Figure | None:
     """Minibatch CKA between every pair of probe points (layer 0 = the input, when read)."""
     if not results.has("cka"):
         return None
-    mat = results.matrix("cka")
-    first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
-    n = len(mat)
     fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
-    lo = first - 0.5
-    im = ax.imshow(mat.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1, origin="lower",
-                   extent=(lo, lo + n, lo, lo + n))
-    fig.colorbar(im, ax=ax, label="CKA")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("layer")
-    ax.set_title("minibatch CKA (test)", fontsize=10)
+    _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
     return fig
 
 

@@ -33,7 +33,8 @@ CAPTIONS = {
               "re-initialised (untrained reference).",
     "rank": "Numerical rank (eigenvalues of the centred covariance above 1e-3 of the largest) and effective rank.",
     "collapse": "Neural collapse: NC1 and CDNV (lower is more collapsed), and nearest-class-centre accuracy.",
-    "pc1": "Share of the representation's variance on its first principal component.",
+    "pc1": "Share of the representation's variance on its first principal component; beside it, the "
+           "similarity of the layers' first principal components over the examples (Nguyen et al.).",
     "cka": "Minibatch CKA between every pair of probe points: blocks of similar layers.",
 }
 STYLE = """
