@@ -144,3 +144,43 @@ def test_a_metric_that_does_not_fit_is_skipped_with_one_warning_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["tunnelscope: warning: cka_full not computed: full-data CKA over 4264 dims exceeds 4096; use "
                      "minibatch CKA, fewer points, or a smaller reduction (gap, project:D)"]
+
+
+def test_analyze_records_the_galanti_and_nguyen_options(tmp_path, capsys):
+    """--ncc-eps, --cka-passes and --max-dim 0 (no coordinate cap) reach the analysis and its record."""
+    import json
+
+    out = tmp_path / "a"
+    code, _, err = run_cli(["analyze", "--model", "convnet-1x8", "--data", "digits[size=16,per_class=30,test_per_class=10]",
+                            "--metrics", "ncc,cdnv,cka", "--reduce", "flatten", "--max-dim", 0, "--ncc-eps", 0.2,
+                            "--cka-passes", 2, "--batch-size", 32, "--out", out, "-q"], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert config["max_dim"] is None and config["ncc_eps"] == 0.2 and config["cka_passes"] == 2
+    assert config["statistics"]["layout"]["features.2"]["dims"] == 128  # 8 channels x 4 x 4, whole
+    assert config["statistics"]["passes"][-1] == "test (shuffled, 2/2)" and summary["ncc_eps"] == 0.2
+
+
+def test_experiment_commands_run_end_to_end(tmp_path, capsys):
+    """intervene movement / reset and agreement, on a one-epoch run: files written, exit 0;
+    a bad request is one line and exit 1."""
+    from tunnelscope import train
+
+    data = "digits[classes=0-4,per_class=30,test_per_class=10]"
+    run = train("mlp-3x16", data, epochs=1, out=tmp_path / "run", batch_size=32, progress=False)
+    code, out, err = run_cli(["intervene", "movement", tmp_path / "run", "--out", tmp_path / "i"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "i" / "movement.csv").is_file() and "weight movement" in out
+    code, out, err = run_cli(["intervene", "reset", tmp_path / "run", "--out", tmp_path / "i", "--json"], capsys)
+    assert code == 0 and json.loads(out)[0]["k"] == 1, err
+    code, _, err = run_cli(["intervene", "delete-blocks", run.final_checkpoint, "--out", tmp_path / "d"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "residual" in err
+    ck = run.final_checkpoint
+    code, out, err = run_cli(["agreement", ck, ck, "--data", data, "--out", tmp_path / "a", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["pairs"][0]["agreement"] == 1.0 and (tmp_path / "a" / "config.json").is_file()
+    code, out, err = run_cli(["dynamics", tmp_path / "run", "--metrics", "probe,rank", "--steps", "log:2",
+                              "--resamples", 0, "--out", tmp_path / "dyn", "--json"], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["steps"]) == 2 and (tmp_path / "dyn" / "dynamics.parquet").is_file()

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, tuple[str, str | None]] = {
     "analyze": ("engine.analyze", "analyze"), "Results": ("results", "Results"), "train": ("train", "train"),
     "load_model": ("models", "load_model"), "data": ("data", None), "models": ("models", None),
-    "report": ("report", None),
+    "report": ("report", None), "analyze_run": ("dynamics", "analyze_run"),
 }
 
 
@@ -72,6 +72,6 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "CheckpointError", "ConfigError", "DataNotFoundError", "InsufficientDataError", "MemoryBudgetError",
     "ProbePointError", "Results", "RunDirectoryError", "ShapeError", "SpecError", "SweepConfigError",
-    "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "data", "load_model", "models", "report",
-    "train",
+    "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "analyze_run", "data", "load_model",
+    "models", "report", "train",
 ]

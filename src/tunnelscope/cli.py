@@ -17,25 +17,18 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from .cli_experiments import EXPERIMENT_COMMANDS
+from .cli_support import data_root_option, device_option, download_option, err_console, out_console, print_frame
 
 # the demo's settings, re-exported: bench/ reads them here
 from .demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD, DEMO_QUICK_DATA, DEMO_QUICK_OOD  # noqa: F401
 from .errors import CheckpointError, TunnelscopeError
 
-out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
-err_console = Console(stderr=True, soft_wrap=True)
-
 # examples for --metrics' help: the full list lives in the metric registry, which needs torch
 METRIC_EXAMPLES = ("probe", "rank", "nc1", "cka")
-
-data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                                help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-download_option = click.option("--download", is_flag=True,
-                               help="Let torchvision download missing datasets (needs network access).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,8 +71,8 @@ def datasets(data_root: str | None, as_json: bool) -> None:
         status = "[green]yes[/]" if row["available"] else "[yellow]no[/]"
         table.add_row(row["name"], status, row["where"], row["description"])
     out_console.print(table)
-    out_console.print("modifiers: classes=0-4, per_class=N, test_per_class=N, size=S, channels=1|3, aug=1, "
-                      "seed=K; mnist1d also n=N, data_seed=K")
+    out_console.print("modifiers: classes=0-4, per_class=N, test_per_class=N, noise=F, size=S, channels=1|3, "
+                      "aug=1, seed=K; mnist1d also n=N, data_seed=K")
 
 
 @cli.command()
@@ -143,6 +136,8 @@ def _train_options(f):
                      help="Checkpoint every K epochs."),
         click.option("--early-checkpoints/--no-early-checkpoints", default=True, show_default=True,
                      help="Checkpoints at steps 0, 1, 2, 4, 8, ... of the first epoch."),
+        click.option("--dense-steps", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Also checkpoint every step 0..N (the first moments of training; 0: none)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--amp/--no-amp", default=None, help="bfloat16 autocast on CUDA (default: on with CUDA)."),
         data_root_option, download_option,
@@ -351,6 +346,13 @@ def _metrics_help() -> str:
               help="Training samples per dataset for the probes (default: --max-samples, so that one pass per "
                    "ID split serves the statistics and the probes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--ncc-eps", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="NCC train error at or below which a layer counts for the effective depth (Galanti et al.).")
+@click.option("--cka-passes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Shuffled passes over the test split feeding minibatch CKA (Nguyen et al. use 10).")
+@click.option("--max-dim", type=click.IntRange(min=0), default=8000, show_default=True,
+              help="Coordinates kept per point after the reduction (a seeded subset beyond it); 0: no cap, e.g. "
+                   "NCC/CDNV on whole flattened maps with --reduce flatten --metrics probe,ncc,cdnv.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
@@ -359,8 +361,8 @@ def _metrics_help() -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
 def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, reduce, protocol, select, probe_epochs,
-            probe_seeds, resamples, untrained_reference, no_input, max_samples, max_train, batch_size, seed, device,
-            out, overwrite, data_root, quiet, as_json) -> None:
+            probe_seeds, resamples, untrained_reference, no_input, max_samples, max_train, batch_size, ncc_eps,
+            cka_passes, max_dim, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
     """Analyse every layer of a model: probes in and out of distribution, rank, neural
     collapse, CKA; write results, figures and report.html to --out.
 
@@ -384,7 +386,8 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
     results = _analyze(checkpoint or model_spec, weights, data_spec, ood, metrics, points, reduce, device, Path(out),
                        overwrite, quiet or as_json, data_root, probe=probe, max_samples=max_samples,
                        max_train=max_train, batch_size=batch_size, seed=seed, resamples=resamples,
-                       untrained_reference=untrained_reference, include_input=not no_input)
+                       untrained_reference=untrained_reference, include_input=not no_input, ncc_eps=ncc_eps,
+                       cka_passes=cka_passes, max_dim=max_dim or None)
     _print_results(results, quiet, as_json)
 
 
@@ -566,13 +569,7 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
         raise click.exceptions.Exit(1)
 
 
-def _print_frame(frame, title: str) -> None:
-    table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(str(col))
-    for row in frame.itertuples(index=False):
-        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    out_console.print(table)
+_print_frame = print_frame
 
 
 def _one_line(text: object) -> str:
@@ -587,6 +584,10 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
                   line: str | None = None) -> str:
     """A library warning as the CLI shows it: one line, no source location."""
     return f"tunnelscope: warning: {_one_line(str(message))}\n"
+
+
+for _command in EXPERIMENT_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

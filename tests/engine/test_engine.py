@@ -70,7 +70,7 @@ def test_full_cka_over_wide_points_is_skipped_under_all_and_refused_when_named(d
 def test_all_runs_every_registered_metric(digits):
     model = models.build("mlp-3x32", 5, digits.input_shape)
     stats = run(model, digits, "all")
-    rows = {REGISTRY[m].table_name for m in REGISTRY} | {"pc1_cos2"}
+    rows = {REGISTRY[m].table_name for m in REGISTRY}
     assert set(stats.table.metric) == rows and stats.config["skipped_metrics"] == {}
 
 
@@ -91,7 +91,52 @@ def test_top_eigenvector_matches_a_full_numpy_decomposition(gap):
 def test_metrics_are_listed_in_their_documented_order():
     from tunnelscope.engine.analyze import parse_metrics
 
-    assert list(REGISTRY) == ["rank", "erank", "pc1", "nc1", "cdnv", "trace_w", "trace_b", "ncc", "cka", "cka_full",
-                              "ridge"]
-    assert parse_metrics("default") == ["probe", "rank", "erank", "pc1", "nc1", "cdnv", "ncc", "cka", "ridge"]
+    assert list(REGISTRY) == ["rank", "erank", "pc1", "pc1_sim", "nc1", "cdnv", "trace_w", "trace_b", "ncc", "cka",
+                              "cka_full", "ridge"]
+    assert parse_metrics("default") == ["probe", "rank", "erank", "pc1", "pc1_sim", "nc1", "cdnv", "ncc", "cka",
+                                        "ridge"]
     assert parse_metrics("nc,rank") == ["nc1", "cdnv", "ncc", "rank"]
+
+
+def _flat_features(model, split, point: str) -> tuple[np.ndarray, np.ndarray]:
+    """A point's whole flattened map over a split, in float64 (an independent read with a hook)."""
+    grabbed, labels = [], []
+    handle = dict(model.named_modules())[point].register_forward_hook(
+        lambda m, i, o: grabbed.append(o.flatten(1).double().clone()))
+    with torch.inference_mode():
+        for x, y in split.batches(64):
+            model(x)
+            labels.append(y)
+    handle.remove()
+    return torch.cat(grabbed).numpy(), torch.cat(labels).numpy()
+
+
+def test_ncc_and_cdnv_on_whole_flattened_maps_without_the_coordinate_cap():
+    """max_dim=None keeps every coordinate of a flattened conv map (128 here, over a cap of 50):
+    NCC accuracy and CDNV equal numpy's on the whole map, and no D x D state is planned."""
+    from references import cdnv as ref_cdnv
+    from references import ncc_accuracy as ref_ncc
+
+    ds = load("digits[size=16,per_class=40,test_per_class=20]")
+    torch.manual_seed(0)
+    model = models.build("convnet-1x8", ds.num_classes, ds.input_shape).eval()
+    capped = run(model, ds, "ncc,cdnv", reduce="flatten", max_dim=50, include_input=False)
+    whole = run(model, ds, "ncc,cdnv", reduce="flatten", max_dim=None, include_input=False)
+    point = "features.2"
+    assert capped.config["layout"][point]["dims"] == 50 and whole.config["layout"][point]["dims"] == 128
+    assert whole.config["moments"] == {"train": "means", "test": "means"}
+    xtr, ytr = _flat_features(model, ds.train, point)
+    xte, yte = _flat_features(model, ds.test, point)
+    assert whole.curve("ncc_acc", split="test")[point] == pytest.approx(ref_ncc(xtr, ytr, xte, yte), abs=1e-12)
+    assert whole.curve("cdnv", split="test")[point] == pytest.approx(ref_cdnv(xte, yte), rel=1e-8)
+
+
+def test_readouts_too_large_to_cache_read_the_training_split_again_with_the_same_numbers():
+    model = models.build("mlp-3x32", 5, (1, 8, 8))
+    ds = load("digits[classes=0-4,per_class=60,test_per_class=20]")
+    cached = run(model, ds, "ncc,ridge")
+    reread = run(model, ds, "ncc,ridge", cache_budget=1000)
+    assert "train (read-out scoring)" in reread.config["passes"]
+    assert "train (read-out scoring)" not in cached.config["passes"]
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_frame_equal(cached.table, reread.table)

@@ -14,7 +14,7 @@ matrix with a reduction (METRICS.md §1):
   positions per channel).
 
 Layers wider than ``max_dim`` after reduction (projection included) keep a fixed, seeded
-random subset of ``max_dim`` coordinates (METRICS.md §3: 8000), recorded in
+random subset of ``max_dim`` coordinates (METRICS.md §3: 8000; ``None``: no cap), recorded in
 :attr:`Capture.layout`. Features never share memory with the module's output.
 The forward pass stops after the deepest probe point that was asked for.
 """
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ProbePointError
+from ..errors import ConfigError, ProbePointError
 from ..features import Features, joint_features, point_views  # noqa: F401  (re-exported)
 from ..models.probe_points import order_by_execution, probe_points
 from .reduce import Reduction
@@ -101,10 +101,12 @@ class Capture:
     """
 
     def __init__(self, model: nn.Module, points: str | Sequence[str] = "blocks", reduce: str = "pool2",
-                 max_dim: int = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None,
+                 max_dim: int | None = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None,
                  include_input: bool = False, model_output: bool = False) -> None:
         self.model = model
         self.reduction = Reduction.parse(reduce)
+        if max_dim is not None and max_dim < 1:
+            raise ConfigError(f"max_dim must be >= 1 (or None for no cap), got {max_dim}")
         self.max_dim = max_dim
         self.seed = seed
         names = probe_points(model, points)
@@ -160,7 +162,7 @@ class Capture:
         if red.kind == "project":
             x = x.float() @ self._projection(name, x.shape[1], x.device)
             how += f" + gaussian projection to {red.size}"
-        if x.shape[1] > self.max_dim:
+        if self.max_dim is not None and x.shape[1] > self.max_dim:
             idx = self._subset(name, x.shape[1], x.device)
             x = x[:, idx]
             how += f" + seeded subset of {self.max_dim} coordinates"
@@ -180,7 +182,8 @@ class Capture:
     def _subset(self, name: str, d_in: int, device: torch.device) -> Tensor:
         if name not in self._subsets:
             g = torch.Generator().manual_seed(_seed_for(name, self.seed))
-            self._subsets[name] = torch.sort(torch.randperm(d_in, generator=g)[: self.max_dim]).values.to(device)
+            cap = self.max_dim if self.max_dim is not None else d_in
+            self._subsets[name] = torch.sort(torch.randperm(d_in, generator=g)[:cap]).values.to(device)
         return self._subsets[name]
 
     # ------------------------------------------------------------------ running

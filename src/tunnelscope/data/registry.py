@@ -6,10 +6,14 @@ Modifiers, applied in this order whatever order they are written in:
                     in the order given; class names are kept.
 - ``per_class=N``   at most N training samples per class (seeded by ``seed``).
 - ``test_per_class=N`` the same for the test split.
+- ``noise=F``       label noise: exactly round(F * N) of the N training samples (a seeded
+                    draw without replacement) get a label drawn uniformly from the (selected)
+                    classes, which may equal the true one; the test split is never changed.
+                    Recorded in ``info["label_noise"]`` (see :func:`add_label_noise`).
 - ``size=S``        resize images to S x S (bilinear, antialiased).
 - ``channels=C``    1 or 3 (grey replicated to RGB, or RGB to luminance).
 - ``aug=1``         RandomResizedCrop + horizontal flip on training images, per sample.
-- ``seed=K``        seed of the subsampling (default 0).
+- ``seed=K``        seed of the subsampling and of the label noise (default 0).
 
 Normalisation uses per-channel mean and std of the *whole* base training split as the model
 sees it (after the resize and the channel conversion), so class subsets of one dataset share
@@ -21,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,10 +46,11 @@ COMMON_MODIFIERS: dict[str, str] = {
     "classes": "keep these classes, relabelled 0..k-1: '0-4', '3', '0-2+5+7'",
     "per_class": "at most N training samples per class (seeded)",
     "test_per_class": "at most N test samples per class (seeded)",
+    "noise": "fraction F in [0, 1] of training labels replaced by uniformly random classes (seeded)",
     "size": "resize images to S x S",
     "channels": "1 or 3",
     "aug": "1 = RandomResizedCrop + horizontal flip on training images",
-    "seed": "seed of the per-class subsampling (default 0)",
+    "seed": "seed of the per-class subsampling and of the label noise (default 0)",
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,6 +111,8 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
             if value not in ("0", "1"):
                 raise SpecError(f"modifier aug={value} in {text!r} must be 0 or 1")
             options[key] = value == "1"
+        elif key == "noise":
+            options[key] = parse_fraction(value, key, text)
         else:  # seeds
             options[key] = parse_int(value, key, text, minimum=0)
     if kind == "signal":
@@ -111,6 +120,17 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
             if key in options:
                 raise SpecError(f"modifier {key!r} applies to images; {spec.name} holds 1-D signals")
     return options
+
+
+def parse_fraction(value: str, key: str, spec: str) -> float:
+    """Convert a modifier value to a float in [0, 1], with an error naming the modifier and the spec."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:  # also refuses nan
+        raise SpecError(f"modifier {key}={value!r} in {spec!r} must be a number from 0 to 1, e.g. {key}=0.2")
+    return number
 
 
 def check_spec(spec: str) -> None:
@@ -181,6 +201,40 @@ def _select(x: Tensor, y: Tensor, options: dict, cap_key: str, num_classes: int,
     keep, labels = select_classes(y, options.get("classes"), num_classes, spec)
     capped = cap_per_class(labels, options.get(cap_key), options.get("seed", 0))
     return x[keep[capped]], labels[capped]
+
+
+LABEL_NOISE_STREAM = 0x6E6F697365  # mixed into the seed so the noise draw shares no stream with subsampling
+
+
+def add_label_noise(labels: Tensor, fraction: float, num_classes: int, seed: int) -> tuple[Tensor, dict]:
+    """``labels`` with exactly ``round(fraction * N)`` entries, chosen without replacement,
+    replaced by classes drawn uniformly from ``0..num_classes-1`` (possibly the true one);
+    and the record for ``Dataset.info["label_noise"]``.
+
+    The draw depends only on ``seed``, ``N`` and ``num_classes`` (numpy's PCG64 seeded with
+    ``[seed, LABEL_NOISE_STREAM]``), not on how the samples were subsampled.
+    """
+    n = len(labels)
+    chosen = round(fraction * n)
+    rng = np.random.default_rng([seed, LABEL_NOISE_STREAM])
+    positions = torch.from_numpy(rng.choice(n, size=chosen, replace=False).astype(np.int64))
+    drawn = torch.from_numpy(rng.integers(0, num_classes, size=chosen, dtype=np.int64))
+    noisy = labels.clone().long()
+    noisy[positions] = drawn
+    changed = int((noisy != labels).sum())
+    record = {
+        "fraction": fraction, "seed": seed, "chosen": chosen, "changed": changed, "num_classes": num_classes,
+        "description": f"noise={fraction:g}: {chosen} of {n} training labels (seed {seed}) replaced by "
+                       f"classes drawn uniformly from {num_classes}; {changed} differ from the true label",
+    }
+    return noisy, record
+
+
+def _noisy_train_labels(labels: Tensor, options: dict, num_classes: int) -> tuple[Tensor, dict | None]:
+    """The training labels after the ``noise`` modifier, and its record (None without it)."""
+    if "noise" not in options:
+        return labels, None
+    return add_label_noise(labels, options["noise"], num_classes, options.get("seed", 0))
 
 
 # ----------------------------------------------------------------------------- image ops
@@ -310,11 +364,14 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
     base = (parsed.name, raw.source, options.get("n"), options.get("data_seed"))
     mean, std = normalisation(raw, base, size, channels)
     splits = {}
+    label_noise: dict | None = None
     for name, x, y, cap in (("train", raw.train_x, raw.train_y, "per_class"),
                             ("test", raw.test_x, raw.test_y, "test_per_class")):
         x, y = _select(x, y, options, cap, n_base, text)
         if len(y) == 0:
             raise SpecError(f"{text!r} leaves no {name} samples")
+        if name == "train":
+            y, label_noise = _noisy_train_labels(y, options, len(options.get("classes") or range(n_base)))
         if raw.kind == "image":
             x = convert_channels(resize(x, options.get("size")), channels)
         splits[name] = (x, y)
@@ -331,6 +388,7 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
                        + (f" and converting to {channels} channel(s)" if channels else "")},
         "train_samples": len(train), "test_samples": len(test),
         "augmentation": AUGMENTATION if augment else None, "original_classes": classes,
+        "label_noise": label_noise,
     }
     return Dataset(text, train, test, len(classes), input_shape,
                    [raw.class_names[c] for c in classes], info)
@@ -379,6 +437,7 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
         train_tf = v2.Compose(base + [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] + tail)
     splits = {}
     class_names: list[str] = []
+    label_noise: dict | None = None
     for sub, tf, cap in (("train", train_tf, "per_class"), ("test", test_tf, "test_per_class")):
         folder = torchvision.datasets.ImageFolder(str(root / sub))
         if sub == "train":
@@ -388,14 +447,18 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
         targets = torch.tensor(folder.targets, dtype=torch.long)
         keep, labels = select_classes(targets, options.get("classes"), len(class_names), text)
         capped = cap_per_class(labels, options.get(cap), options.get("seed", 0))
-        images = _FolderImages(folder, keep[capped], labels[capped], tf)
-        splits[sub] = FolderSplit(images, labels[capped], num_workers=min(4, os.cpu_count() or 1))
+        split_labels = labels[capped]
+        if sub == "train":
+            split_labels, label_noise = _noisy_train_labels(
+                split_labels, options, len(options.get("classes") or class_names))
+        images = _FolderImages(folder, keep[capped], split_labels, tf)
+        splits[sub] = FolderSplit(images, split_labels, num_workers=min(4, os.cpu_count() or 1))
     classes = options.get("classes") or list(range(len(class_names)))
     info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
             "kind": "image", "normalisation": {"mean": mean, "std": std, "computed_on": "ImageNet statistics"},
             "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
             "augmentation": "RandomResizedCrop + RandomHorizontalFlip" if options.get("aug") else None,
-            "original_classes": classes}
+            "original_classes": classes, "label_noise": label_noise}
     return Dataset(text, splits["train"], splits["test"], len(classes), (channels, size, size),
                    [class_names[c] for c in classes], info)
 

@@ -39,7 +39,7 @@ from ..errors import SpecError, SweepConfigError
 
 TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
 CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
-             "label_smoothing", "checkpoint_every", "early_checkpoints"}
+             "label_smoothing", "checkpoint_every", "early_checkpoints", "dense_steps"}
 ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_samples", "probe_epochs", "protocol"}
 RESOURCE_KEYS = {"cpus", "gpus", "retries"}
 ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "points": "blocks", "reduce": "pool2",

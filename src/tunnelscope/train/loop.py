@@ -17,7 +17,7 @@ from torch import nn
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..device import resolve_device
-from ..errors import CheckpointError, InsufficientDataError, SpecError, TrainingDivergedError
+from ..errors import CheckpointError, ConfigError, InsufficientDataError, SpecError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
@@ -109,6 +109,7 @@ def train(
     seed: int = 0,
     checkpoint_every: int = 1,
     early_checkpoints: bool = True,
+    dense_steps: int = 0,
     device: str | torch.device = "auto",
     amp: bool | None = None,
     data_root: str | Path | None = None,
@@ -123,8 +124,9 @@ def train(
     """Train a zoo model on a dataset and write checkpoints, ``run.json`` and ``history.csv``.
 
     Checkpoints go to ``out/checkpoints/step-NNNNNNN.pt`` at log-spaced steps of the first
-    epoch (0, 1, 2, 4, ...; ``early_checkpoints``), every ``checkpoint_every`` epochs and
-    after the last; each also refreshes ``out/resume.pt`` (optimiser, schedule and RNG
+    epoch (0, 1, 2, 4, ...; ``early_checkpoints``), at every step 0, 1, ..., ``dense_steps``
+    (for the first moments of training), every ``checkpoint_every`` epochs and after the
+    last; each also refreshes ``out/resume.pt`` (optimiser, schedule and RNG
     state), from which ``resume=True`` continues exactly where the last checkpoint left
     off. ``on_step(step, loss)`` is called after every optimiser step and
     ``on_epoch(row)`` with each epoch's history row. On CPU a seed gives
@@ -139,6 +141,8 @@ def train(
     out = Path(out)
     if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
         raise SpecError("epochs, batch_size and checkpoint_every must be >= 1")
+    if dense_steps < 0:
+        raise ConfigError(f"dense_steps must be >= 0 (0: none), got {dense_steps}")
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     rec = Recipe.resolve(recipe, epochs, lr, weight_decay, schedule, warmup_epochs, label_smoothing)
@@ -149,7 +153,7 @@ def train(
     config = {
         "model": model, "data": dataset.spec, "epochs": epochs, "batch_size": batch_size, "seed": seed,
         "recipe": asdict(rec), "checkpoint_every": checkpoint_every, "early_checkpoints": early_checkpoints,
-        "amp": use_amp, "drop_last": True,
+        "dense_steps": dense_steps, "amp": use_amp, "drop_last": True,
     }
     created = not out.exists() or not any(out.iterdir())
     _prepare_out(out, resume, overwrite)
@@ -207,7 +211,7 @@ def train(
             })
             write_json(out / RUN_FILE, {**run_info, "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
 
-        if not resume and early_checkpoints:
+        if not resume and (early_checkpoints or dense_steps):
             checkpoint()  # step 0: the initialisation
 
         start_epoch = step // steps_per_epoch
@@ -238,7 +242,9 @@ def train(
                         seen += len(y)
                         if on_step is not None:
                             on_step(step, loss.detach())
-                        if step in early and epoch == 0:
+                        # a dense step that ends the epoch is saved after the epoch's history row
+                        dense = step <= dense_steps and step < (epoch + 1) * steps_per_epoch
+                        if (step in early and epoch == 0) or dense:
                             _fold(sums, loss_sum, correct, seen, tic)
                             loss_sum.zero_(), correct.zero_()
                             checkpoint()  # not counted in the epoch's seconds
@@ -263,7 +269,7 @@ def train(
                     _write_history(out, history)
                     if on_epoch is not None:
                         on_epoch(history[-1])
-                    if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+                    if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or step <= dense_steps:
                         checkpoint()
         except KeyboardInterrupt:
             last = checkpoints[-1] if checkpoints else None
@@ -320,11 +326,16 @@ def _write_history(out: Path, history: list[dict]) -> None:
     write_text(out / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
 
 
+# settings added after runs were first saved: a run saved without one had its default
+_CONFIG_DEFAULTS: dict[str, Any] = {"dense_steps": 0}
+
+
 def _load_resume(out: Path, config: dict) -> dict[str, Any]:
     state = read_checkpoint(out / RESUME_FILE)
     saved = state.get("config")
     if saved is None or "optimizer" not in state:
         raise CheckpointError(f"{out / RESUME_FILE} holds no training state to resume from")
+    saved = {**_CONFIG_DEFAULTS, **saved}
     diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in config.items() if saved.get(k) != v]
     if diffs:
         raise CheckpointError(f"cannot resume {out}: the run was started with other settings ({'; '.join(diffs)})")

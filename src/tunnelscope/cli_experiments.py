@@ -1,0 +1,321 @@
+"""CLI commands of the papers' experiments beyond one analysis: model agreement (Nguyen et
+al.), interventions (Masarczyk et al., Nguyen et al.), continual learning (Masarczyk et al.)
+and the dynamics of one training run. Registered on the ``tunnelscope`` group by
+:mod:`tunnelscope.cli`; like it, each command imports torch-heavy modules only when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from .cli_support import data_root_option, device_option, out_console, print_frame
+
+
+# ----------------------------------------------------------------------------------------- agreement
+@click.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", "data_spec", required=True,
+              help="Dataset spec the models were trained on (its classes and input shape must match theirs).")
+@click.option("--group", "groups", multiple=True,
+              help="The architecture of each model, in order; seeds of one architecture share it "
+                   "(default: each model's spec).")
+@click.option("--label", "labels", multiple=True, help="A label per model (default: spec and training seed).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=None,
+              help="A seeded subset of the split, the one analyze draws (default: all of it).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the subset.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--figure-groups", default=None,
+              help="Two groups A,B for the per-class difference plot (default: the first two).")
+@device_option
+@data_root_option
+@click.option("--out", type=click.Path(file_okay=False), default="runs/agreement", show_default=True,
+              help="Folder for the CSV tables, agreement.png/.svg and config.json.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print the model, pair and group tables as JSON.")
+def agreement(models, data_spec, groups, labels, split, max_samples, seed, batch_size, figure_groups, device,
+              data_root, out, quiet, as_json) -> None:
+    """Which examples and classes several models get wrong (Nguyen et al. 2021): accuracy with
+    intervals, pairwise agreement and kappa, per-class differences between architectures set
+    against the seed-to-seed spread, and the examples hard for all or for one architecture.
+
+    \b
+    Examples:
+      tunnelscope agreement a0.pt a1.pt b0.pt b1.pt --data "fashion-mnist[classes=0-4]" --group mlp-4x64 --group mlp-4x64 --group mlp-8x64 --group mlp-8x64 --out runs/agree
+      tunnelscope agreement ck1.pt ck2.pt --data cifar10 --max-samples 2000 --json
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .agreement import compare_predictions
+
+    pair = None
+    if figure_groups is not None:
+        parts = [p.strip() for p in figure_groups.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise click.BadParameter(f"give two groups as A,B, not {figure_groups!r}", param_hint="--figure-groups")
+        pair = (parts[0], parts[1])
+    result = compare_predictions(list(models), data_spec, labels=labels or None, groups=groups or None, split=split,
+                                 max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
+                                 progress=False if (quiet or as_json) else None, data_root=data_root)
+    paths = result.save(out, groups=pair)
+    hard = {"all": len(result.hard_for_all()),
+            **{g: len(result.hard_only_for(g)) for g in result.group_names if len(result.group_names) > 1}}
+    if as_json:
+        tables = {name: json.loads(getattr(result, name).to_json(orient="records"))
+                  for name in ("models", "pairs", "group_pairs")}
+        click.echo(json.dumps({"out": str(out), **tables, "hard_examples": hard}, indent=2))
+        return
+    if quiet:
+        return
+    print_frame(result.models, f"{len(result.targets)} {split} examples of {escape(data_spec)} (95% Wilson intervals)")
+    print_frame(result.pairs[["model_a", "model_b", "agreement", "error_overlap", "kappa", "p_mcnemar"]],
+                "model pairs")
+    for row in result.group_pairs.itertuples():
+        out_console.print(f"{row.group_a} vs {row.group_b}: accuracy {row.accuracy_a:.4f} vs {row.accuracy_b:.4f} "
+                          f"(p over examples {row.p_examples:.3g}, over seeds {row.p_seeds:.3g}); per class, mean "
+                          f"|difference| across groups {row.class_between_abs:.4f} vs between seeds "
+                          f"{row.class_within_abs:.4f}; {row.classes_outside_seed_band} of {row.classes} classes "
+                          "outside the seed band", markup=False)
+    out_console.print("examples every model got wrong: " + str(hard.pop("all"))
+                      + "".join(f"; wrong only for {g}: {n}" for g, n in hard.items()), markup=False)
+    out_console.print(f"wrote {Path(out)} ({len(paths)} files)", markup=False)
+
+
+# ------------------------------------------------------------------------------------- interventions
+@click.group()
+def intervene() -> None:
+    """Interventions on a trained network: how far each layer's weights moved, and what
+    resetting layers to initialisation or deleting residual blocks costs in test accuracy.
+
+    \b
+    Examples:
+      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/interventions
+      tunnelscope intervene reset runs/mlp12 --direction both --out runs/mlp12/interventions
+      tunnelscope intervene delete-blocks runs/res18 --range 6-9 --out runs/res18/interventions
+    """
+
+
+def _points(points: str):
+    return points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
+
+
+def _show_intervention(table, shown, title: str, paths, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(table.to_json(orient="records", indent=2))
+    elif not quiet:
+        print_frame(shown, title)
+        out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
+
+
+@intervene.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--head/--no-head", default=True, show_default=True,
+              help="Also report the head (everything after the last probe point).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for movement.csv, movement.json and movement.png/.svg.")
+@click.option("--quiet", "-q", is_flag=True, help="No table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole table as JSON.")
+def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_json: bool) -> None:
+    """How far each layer's weights moved from initialisation (and from the previous
+    checkpoint), at every checkpoint of a training run (needs its step-0 checkpoint).
+
+    \b
+    Examples:
+      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/interventions
+    """
+    from .interventions import save_intervention, weight_movement
+
+    table = weight_movement(run_dir, _points(points), include_head=head)
+    paths = save_intervention(table, out)
+    last = table[table.step == table.step.max()]
+    _show_intervention(table, last[["point", "layer", "parameters", "relative", "absolute", "step_relative"]],
+                       f"weight movement at step {table.step.max()} (relative = ‖W_t − W_0‖ / ‖W_0‖)",
+                       paths, quiet, as_json)
+
+
+@intervene.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--checkpoint", default=None,
+              help="In a run directory: a step number or a checkpoint file (default: the last).")
+@click.option("--data", "data_spec", default=None, help="Dataset spec (default: the data the model was trained on).")
+@click.option("--from-layer", "from_layers", type=click.IntRange(min=0), multiple=True,
+              help="k (repeat; default every probe-point layer 1..L; L + 1 = the head alone, 0 = nothing).")
+@click.option("--direction", type=click.Choice(["k..L", "1..k", "both"]), default="k..L", show_default=True,
+              help="Reset layers k..L (from the top), 1..k (from the bottom), or each in turn.")
+@click.option("--head/--no-head", default=True, show_default=True, help="With k..L, reset the head too.")
+@click.option("--keep-buffers", is_flag=True, help="Keep the trained BatchNorm running statistics of reset layers.")
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Initialisation checkpoint (default: step 0 of the same run).")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="A seeded subset of the test split.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@device_option
+@data_root_option
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for reset.csv, reset.json and reset.png/.svg.")
+@click.option("--quiet", "-q", is_flag=True, help="No table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buffers, points, init, max_samples, seed,
+          batch_size, device, data_root, out, quiet, as_json) -> None:
+    """Test accuracy after resetting layers k..L (or 1..k) to their values at initialisation.
+
+    SOURCE is a training run directory or one of its checkpoints.
+
+    \b
+    Examples:
+      tunnelscope intervene reset runs/mlp12 --out runs/mlp12/interventions
+      tunnelscope intervene reset runs/mlp12 --checkpoint 936 --direction both --no-head --out runs/i
+    """
+    from .interventions import reset_layers, save_intervention
+
+    step = int(checkpoint) if checkpoint is not None and checkpoint.isdigit() else checkpoint
+    table = reset_layers(source, data_spec, list(from_layers) or None, step, direction=direction, include_head=head,
+                         include_buffers=not keep_buffers, points=_points(points), init=init, max_samples=max_samples,
+                         seed=seed, batch_size=batch_size, device=device, data_root=data_root)
+    paths = save_intervention(table, out)
+    _show_intervention(table, table[["k", "point", "reset", "layers_reset", "accuracy"]],
+                       f"reset to initialisation: trained {table.untouched_accuracy.iloc[0]:.4f}, "
+                       f"initialisation {table.init_accuracy.iloc[0]:.4f} ({table.attrs['samples']} test samples)",
+                       paths, quiet, as_json)
+
+
+@intervene.command("delete-blocks")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--data", "data_spec", default=None, help="Dataset spec (default: the data the model was trained on).")
+@click.option("--block", "blocks", multiple=True,
+              help="A block deleted alone: a name (layer2.1) or layer index (repeat; default every deletable block).")
+@click.option("--range", "ranges", multiple=True,
+              help="Blocks deleted together: FIRST-LAST layer indices (e.g. a CKA block structure) or NAME:NAME "
+                   "(repeat).")
+@click.option("--no-singles", is_flag=True, help="Only the --range deletions, no block alone.")
+@click.option("--projection", type=click.Choice(["skip", "keep"]), default="skip", show_default=True,
+              help="Blocks with a projection shortcut: leave them alone, or delete their branch and keep the "
+                   "projection.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="A seeded subset of the test split.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@device_option
+@data_root_option
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for deletion.csv, deletion.json and deletion.png/.svg.")
+@click.option("--quiet", "-q", is_flag=True, help="No table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection, max_samples, seed, batch_size, device,
+                  data_root, out, quiet, as_json) -> None:
+    """Test accuracy of a residual network with residual blocks deleted (only the skip
+    connection left), one at a time and in ranges (Nguyen et al. 2021).
+
+    CHECKPOINT is a checkpoint file or a run directory (its last checkpoint).
+
+    \b
+    Examples:
+      tunnelscope intervene delete-blocks runs/res18 --out runs/res18/interventions
+      tunnelscope intervene delete-blocks runs/res18/checkpoints/step-0003910.pt --range 6-9 --range 2-4 --out runs/d
+    """
+    from .interventions import delete_blocks as delete
+    from .interventions import save_intervention
+
+    table = delete(checkpoint, data_spec, [] if no_singles else (list(blocks) or None), ranges=list(ranges),
+                   projection=projection, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
+                   data_root=data_root)
+    paths = save_intervention(table, out)
+    _show_intervention(table, table[["deleted", "first_layer", "last_layer", "blocks", "kept", "accuracy", "drop"]],
+                       f"residual blocks deleted: untouched accuracy {table.untouched_accuracy.iloc[0]:.4f} "
+                       f"({table.attrs['samples']} test samples)", paths, quiet, as_json)
+
+
+# ------------------------------------------------------------------------------------------ dynamics
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_spec", default=None,
+              help="ID dataset spec (default: the data the run was trained on, from run.json).")
+@click.option("--ood", multiple=True, help="An OOD dataset spec (repeat for several); adapted to the input shape.")
+@click.option("--metrics", default="default", show_default=True,
+              help="Comma list of metrics, e.g. probe,rank,nc1 (a wrong name lists them all); or default/all.")
+@click.option("--steps", default="all", show_default=True,
+              help="Checkpoints to analyse: all, final, every:K (every K-th), log:N (about N spread evenly on "
+                   "log(1 + step)) or a comma list of steps such as 0,1,2,16.")
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
+@click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
+              help="Linear probe protocol (see 'tunnelscope analyze --help').")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples behind every 95% interval (0: no intervals).")
+@click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Samples read per split (a seeded subset; 0 for all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--heatmap", "heatmaps", multiple=True,
+              help="A metric drawn as a layer x step heatmap (repeat; default probe_acc, on every dataset, and rank).")
+@device_option
+@data_root_option
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder to write (default: RUN_DIR/dynamics). Checkpoints already analysed there are skipped.")
+@click.option("--overwrite", is_flag=True, help="Discard results already in --out (other settings) and start afresh.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-step table as JSON on standard output.")
+def dynamics(run_dir, data_spec, ood, metrics, steps, points, reduce, protocol, resamples, max_samples, batch_size,
+             seed, heatmaps, device, data_root, out, overwrite, quiet, as_json) -> None:
+    """Analyse the checkpoints of one training run (the tunnel over training): per-step tables,
+    steps.csv, layer x step heatmaps and the tunnel start against step, in RUN_DIR/dynamics.
+
+    A second call with the same --out analyses only the checkpoints not yet done there.
+
+    \b
+    Examples:
+      tunnelscope dynamics runs/mlp8 --ood "digits[size=28]" --steps log:8
+      tunnelscope dynamics runs/mlp8 --ood "digits[size=28]" --steps all --max-samples 2000 --resamples 200
+      tunnelscope dynamics runs/mlp8 --metrics rank,nc --steps 0,1,2,4,8,16 --heatmap rank --heatmap ncc_acc --out runs/nc
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .dynamics import analyze_run
+    from .probes import ProbeConfig
+
+    result = analyze_run(run_dir, data_spec, ood=list(ood), metrics=metrics, steps=steps, out=out,
+                         overwrite=overwrite, progress=False if (quiet or as_json) else None,
+                         heatmaps=list(heatmaps) or None, points=points, reduce=reduce, device=device,
+                         probe=ProbeConfig(protocol=protocol, seed=seed), max_samples=max_samples or None,
+                         resamples=resamples, batch_size=batch_size, seed=seed, data_root=data_root)
+    if as_json:
+        from .io import jsonable
+
+        rows = result.steps.to_dict("records")
+        click.echo(json.dumps(jsonable({"out": str(result.path), "steps": rows}), indent=2, default=str))
+        return
+    if quiet:
+        return
+    _print_steps(result.steps)
+    figures = ", ".join(p.name for p in result.figures) or "none"
+    out_console.print(f"{len(result.steps)} checkpoints in {result.path}; figures: {figures}", markup=False)
+
+
+def _print_steps(steps) -> None:
+    """One row per analysed checkpoint: epoch, model accuracy, tunnel start and mean % retained with intervals."""
+    import math
+
+    from rich import box
+    from rich.table import Table
+
+    def number(value, digits: int) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+    def interval(row: dict, key: str, digits: int) -> str:
+        return f"{number(row.get(key + ' lo'), digits)}-{number(row.get(key + ' hi'), digits)}"
+
+    table = Table(title="per checkpoint (tunnel start at τ = 0.95; 95% intervals)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("step", "epoch", "model acc", "tunnel start", "95%", "% retained", "95% "):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in steps.to_dict("records"):
+        table.add_row(str(row["step"]), number(row.get("epoch"), 3), number(row.get("model_accuracy"), 3),
+                      number(row.get("tunnel_start@0.95"), 0), interval(row, "tunnel_start@0.95", 0),
+                      number(row.get("mean_retained"), 1), interval(row, "mean_retained", 1))
+    out_console.print(table)
+
+
+EXPERIMENT_COMMANDS: list[click.Command] = [agreement, intervene, dynamics]
+
+__all__ = ["EXPERIMENT_COMMANDS", "agreement", "dynamics", "intervene"]

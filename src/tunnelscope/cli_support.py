@@ -1,0 +1,32 @@
+"""What every CLI module shares: the consoles, common options and the table printer.
+
+Light on purpose (click and rich only), so that ``tunnelscope --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
+err_console = Console(stderr=True, soft_wrap=True)
+
+data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                                help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+download_option = click.option("--download", is_flag=True,
+                               help="Let torchvision download missing datasets (needs network access).")
+
+
+def print_frame(frame, title: str) -> None:
+    """A pandas frame as a rich table on standard output (floats to 4 significant digits)."""
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out_console.print(table)
+
+
+__all__ = ["data_root_option", "device_option", "download_option", "err_console", "out_console", "print_frame"]

@@ -1,0 +1,459 @@
+"""The dynamics of one training run: :func:`analyze_run` analyses a run's checkpoints one by one.
+
+Masarczyk et al. (2023) report that the tunnel forms early in training. ``analyze_run``
+runs :func:`tunnelscope.analyze` on each selected checkpoint of a run directory written by
+:func:`tunnelscope.train`, and gathers the tables (with ``step`` and ``epoch`` columns) and
+the per-checkpoint headline numbers (tunnel start with its interval, mean % OOD retained,
+the model's accuracy, effective depth ...) into a :class:`DynamicsResult`.
+
+The output directory (``RUN_DIR/dynamics`` by default)::
+
+    steps/step-NNNNNNN.parquet   one checkpoint's table, written as soon as it is analysed
+    steps/step-NNNNNNN.json      its summary, settings and checkpoint digest; written last, it
+                                 marks the checkpoint done: a second call skips it
+    dynamics.parquet             every analysed checkpoint's table, with step and epoch columns
+    steps.csv                    one row per checkpoint: the summary's numbers, intervals as "KEY lo/hi"
+    figures/                     heatmaps and tunnel (PNG and SVG)
+    config.json                  the settings, the run, the steps; written last (a directory
+                                 without it holds a partial or interrupted analysis)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import data as data_mod
+from .device import resolve_device
+from .engine.analyze import analyze, parse_metrics
+from .errors import ConfigError, RunDirectoryError
+from .io import atomic_write, jsonable, write_json, write_text
+from .probes import ProbeConfig
+from .progress import progress_bar
+from .results import COLUMNS, Results
+from .rundir import (
+    CKPT_DIR,
+    CONFIG_FILE,
+    FIGURES_DIR,
+    RESULTS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    checkpoint_name,
+)
+from .summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
+from .sweep.cell import checkpoints as run_checkpoints
+from .train.loop import read_run
+
+DEFAULT_OUT = "dynamics"  # inside the run directory
+DYNAMICS_FILE, STEPS_FILE, STEP_RESULTS_DIR = "dynamics.parquet", "steps.csv", "steps"
+STEP_COLUMNS = ["step", "epoch"]
+# analyze's parameters that analyze_run sets itself
+OWN_PARAMETERS = frozenset({"model", "data", "ood", "metrics", "progress", "weights", "model_info"})
+NOT_NUMBERS = frozenset({"data_root"})  # analyze's parameters that change where files are read, not a number
+ANALYZE_PARAMETERS = inspect.signature(analyze).parameters
+
+
+@dataclass
+class DynamicsResult:
+    """One run's checkpoints analysed: ``table`` (the tidy table of every checkpoint, with
+    ``step`` and ``epoch`` columns), ``steps`` (one row per checkpoint: its summary's numbers),
+    ``summaries`` (each checkpoint's full summary, by step) and ``config``."""
+
+    table: pd.DataFrame
+    steps: pd.DataFrame
+    summaries: dict[int, Summary]
+    config: dict
+    path: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def step_list(self) -> list[int]:
+        """The analysed steps, in order."""
+        return [int(s) for s in self.steps["step"]]
+
+    def heatmap(self, metric: str = "probe_acc", dataset: str = "id", split: str = "test") -> pd.DataFrame:
+        """One metric as a layers × steps frame (rows: layer, 0 = the input; columns: step)."""
+        from .report.dynamics import heatmap_grid
+
+        grid = heatmap_grid(self.table, metric, dataset, split)
+        if grid.empty:
+            raise KeyError(f"no {metric!r} for dataset {dataset!r} split {split!r}; metrics here: "
+                           f"{sorted(self.table.metric.unique())}")
+        return grid
+
+    def results(self, step: int) -> Results:
+        """The analysis of one checkpoint as a :class:`~tunnelscope.results.Results`."""
+        if step not in self.summaries:
+            raise KeyError(f"step {step} was not analysed; steps here: {self.step_list}")
+        rows = self.table[self.table.step == step].drop(columns=STEP_COLUMNS)
+        return Results(rows.reset_index(drop=True), self.summaries[step], self.config.get("analysis", {}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DynamicsResult:
+        """Read a directory written by :func:`analyze_run`."""
+        out = Path(directory)
+        missing = [f for f in (CONFIG_FILE, DYNAMICS_FILE, STEPS_FILE) if not (out / f).is_file()]
+        if missing:
+            raise RunDirectoryError(f"{out} holds no complete dynamics analysis (missing {', '.join(missing)}): "
+                                    "at most a partial or interrupted one; run analyze_run (tunnelscope dynamics) "
+                                    "with the same settings again to finish it")
+        try:
+            config = json.loads((out / CONFIG_FILE).read_text())
+            table = pd.read_parquet(out / DYNAMICS_FILE)
+            steps = pd.read_csv(out / STEPS_FILE)
+            summaries = {step: _read_step_record(out, step)["summary"] for step in config["steps"]}
+        except (OSError, ValueError, KeyError) as exc:
+            raise RunDirectoryError(f"cannot read the dynamics in {out}: {type(exc).__name__}: {exc}") from None
+        figures = sorted((out / FIGURES_DIR).glob("*.png"))
+        return cls(table, steps, summaries, config, out, figures)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def select_steps(available: Sequence[int], steps: str | Sequence[int] = "all") -> list[int]:
+    """The checkpoints to analyse, from the run's ``available`` steps.
+
+    ``"all"``; ``"final"``; ``"every:K"`` (every K-th checkpoint in step order, the last
+    always included); ``"log:N"`` (about N checkpoints spread evenly along log(1 + step),
+    the first and last included); or a list of steps (a list or ``"0,1,2,16"``), each of which
+    must exist."""
+    ordered = sorted(set(int(s) for s in available))
+    if isinstance(steps, str) and steps in ("all", "final"):
+        return ordered if steps == "all" else ordered[-1:]
+    if isinstance(steps, str) and ":" in steps:
+        kind, _, count_text = steps.partition(":")
+        count = _positive_int(count_text, steps)
+        if kind == "every":
+            return sorted({*ordered[::count], ordered[-1]})
+        if kind == "log":
+            return _log_spread(ordered, count)
+        raise ConfigError(f"unknown step selection {steps!r}; use all, final, every:K, log:N or a list of steps")
+    wanted = _step_list(steps)
+    missing = [s for s in wanted if s not in ordered]
+    if missing:
+        raise ConfigError(f"the run has no checkpoint at steps {missing}; its steps are {_short(ordered)}")
+    return sorted(set(wanted))
+
+
+def _positive_int(text: str, spec: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{spec!r} needs a whole number >= 1 after the colon, e.g. every:2 or log:8")
+    return value
+
+
+def _step_list(steps: str | Sequence[int]) -> list[int]:
+    parts = steps.split(",") if isinstance(steps, str) else list(steps)
+    try:
+        wanted = [int(str(s).strip()) for s in parts if str(s).strip()]
+    except ValueError:
+        raise ConfigError(f"steps must be all, final, every:K, log:N or a list of steps such as 0,1,2,16; "
+                          f"not {steps!r}") from None
+    if not wanted:
+        raise ConfigError("no steps given; use all, final, every:K, log:N or a list of steps")
+    return wanted
+
+
+def _log_spread(ordered: list[int], count: int) -> list[int]:
+    """About ``count`` steps nearest to evenly spaced points of log(1 + step)."""
+    if count >= len(ordered):
+        return ordered
+    position = np.log1p(np.asarray(ordered, dtype=float))
+    targets = np.linspace(position[0], position[-1], count)
+    return sorted({ordered[int(np.argmin(np.abs(position - t)))] for t in targets})
+
+
+def _short(steps: list[int]) -> str:
+    return str(steps) if len(steps) <= 20 else f"[{', '.join(map(str, steps[:10]))}, ..., {steps[-1]}]"
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def analyze_run(
+    run_dir: str | Path,
+    data: str | data_mod.Dataset | None = None,
+    ood: Sequence[str] = (),
+    metrics: str | Sequence[str] = "default",
+    steps: str | Sequence[int] = "all",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    heatmaps: Sequence[str] | None = None,
+    figures: bool = True,
+    **analyze_options: Any,
+) -> DynamicsResult:
+    """Analyse the selected checkpoints of a training run; returns a :class:`DynamicsResult`.
+
+    ``data`` defaults to the run's training data (``run.json``); ``ood``, ``metrics`` and
+    ``analyze_options`` (``points``, ``reduce``, ``device``, ``probe``, ``max_samples``,
+    ``resamples``, ``seed``, ``data_root`` ...) go to :func:`tunnelscope.analyze` unchanged,
+    so each checkpoint's rows equal what ``analyze`` gives for it. ``steps``: see
+    :func:`select_steps`. Results go to ``out`` (default ``RUN_DIR/dynamics``) one checkpoint
+    at a time; a checkpoint already analysed there with the same settings is skipped, so an
+    interrupted call resumes. Finished checkpoints analysed with other settings, or whose
+    checkpoint file changed since, are refused unless ``overwrite`` (which starts afresh).
+    ``heatmaps`` names the metrics drawn as layer × step heatmaps (default probe accuracy,
+    on every dataset, and rank); ``figures=False`` draws none.
+    """
+    from .report.dynamics import HEATMAP_METRICS
+
+    run_dir = Path(run_dir)
+    available = _available_checkpoints(run_dir)
+    run = read_run(run_dir)
+    options = _check_options(analyze_options)
+    out = run_dir / DEFAULT_OUT if out is None else Path(out)
+    _check_out(out, run_dir)
+    selected = select_steps(sorted(available), steps)
+    wanted = parse_metrics(metrics)  # refuses unknown metric names before any work
+    dataset = _dataset(data, run, available, options.get("data_root"))
+    settings = _settings(dataset.spec, ood, wanted, options)
+    if overwrite:
+        _clear(out)
+    done = _finished_steps(out, selected, available, settings)  # refuses before anything in out changes
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)  # the directory reads as partial until the end
+    steps_per_epoch = run.get("steps_per_epoch")
+    tic = time.perf_counter()
+    with progress_bar(progress) as bars:
+        task = bars.add_task("checkpoints", total=len(selected), completed=len(done), info="")
+        for step in selected:
+            if step in done:
+                continue
+            bars.update(task, info=f"step {step}")
+            results = analyze(available[step], dataset, ood=list(ood), metrics=metrics, progress=False, **options)
+            _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, settings)
+            bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
+    result = _gather(out, selected, run_dir, run, settings, time.perf_counter() - tic)
+    if figures:
+        result.figures = _save_figures(result, out, HEATMAP_METRICS if heatmaps is None else heatmaps)
+    write_json(out / CONFIG_FILE, result.config)  # last: marks the directory complete
+    result.path = out
+    return result
+
+
+def _available_checkpoints(run_dir: Path) -> dict[int, Path]:
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} is not a directory; give a run directory written by 'tunnelscope train'")
+    available = run_checkpoints(run_dir)
+    if not available:
+        raise RunDirectoryError(f"{run_dir} holds no checkpoints ({CKPT_DIR}/step-NNNNNNN.pt); "
+                                "give a run directory written by 'tunnelscope train'")
+    return available
+
+
+def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    accepted = set(ANALYZE_PARAMETERS) - OWN_PARAMETERS
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"analyze_run does not take {', '.join(unknown)}; it passes on only "
+                          f"{', '.join(sorted(accepted))}")
+    return dict(options)
+
+
+def _check_out(out: Path, run_dir: Path) -> None:
+    """Refuse an ``out`` that is a training run or an analysis run directory."""
+    if (out / RUN_FILE).exists() or (out / CKPT_DIR).exists():
+        raise RunDirectoryError(f"{out} is a training run directory; write the dynamics elsewhere "
+                                f"(default: {run_dir / DEFAULT_OUT})")
+    if (out / RESULTS_FILE).exists() or (out / SUMMARY_FILE).exists():
+        raise RunDirectoryError(f"{out} holds a single analysis ('tunnelscope analyze'); choose another out")
+
+
+def _dataset(data: str | data_mod.Dataset | None, run: dict, available: dict[int, Path],
+             data_root: str | Path | None) -> data_mod.Dataset:
+    """The ID dataset: the one given, else the run's training data (from run.json or a checkpoint)."""
+    if isinstance(data, data_mod.Dataset):
+        return data
+    return data_mod.load(data if data is not None else _training_data(run, available), root=data_root)
+
+
+def _training_data(run: dict, available: dict[int, Path]) -> str:
+    """The run's training data spec: from run.json, else from its first checkpoint."""
+    spec = run.get("config", {}).get("data")
+    if spec is None:
+        from .checkpoint import read_checkpoint
+
+        spec = read_checkpoint(available[min(available)])["meta"]["data_spec"]
+    return str(spec)
+
+
+def _settings(data_spec: str, ood: Sequence[str], metrics: list[str], options: Mapping[str, Any]) -> dict:
+    """Everything that changes a checkpoint's numbers, as JSON reads it back: analyze's
+    defaults filled in, the device resolved and the default probe spelled out, so that the
+    same analysis asked for in other words (omitted or explicit defaults) compares equal."""
+    defaults = {name: p.default for name, p in ANALYZE_PARAMETERS.items()
+                if name not in OWN_PARAMETERS | NOT_NUMBERS}
+    chosen = {**defaults, **{k: v for k, v in options.items() if k not in NOT_NUMBERS}}
+    chosen["device"] = str(resolve_device(chosen["device"]))
+    if chosen["probe"] is None:
+        chosen["probe"] = ProbeConfig(seed=chosen["seed"])  # what the probes use when given none
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+             for k, v in sorted(chosen.items())}
+    record = {"data": data_spec, "ood": list(ood), "metrics": metrics, "analyze": plain}
+    return json.loads(json.dumps(jsonable(record), default=str))
+
+
+def _epoch(step: int, steps_per_epoch: int | None) -> float:
+    return step / steps_per_epoch if steps_per_epoch else math.nan
+
+
+def _digest(path: Path) -> str:
+    """The SHA-256 of a checkpoint file: a finished step whose checkpoint changed is stale."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the store
+def _step_stem(step: int) -> str:
+    return Path(checkpoint_name(step)).stem
+
+
+def _step_paths(out: Path, step: int) -> tuple[Path, Path]:
+    folder = out / STEP_RESULTS_DIR
+    return folder / f"{_step_stem(step)}.parquet", folder / f"{_step_stem(step)}.json"
+
+
+def _read_step_record(out: Path, step: int) -> dict:
+    return json.loads(_step_paths(out, step)[1].read_text())
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier call wrote in ``out`` (nothing else)."""
+    (out / CONFIG_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out / STEP_RESULTS_DIR, ignore_errors=True)
+    for name in (DYNAMICS_FILE, STEPS_FILE):
+        (out / name).unlink(missing_ok=True)
+    from .report.dynamics import DYNAMICS_FIGURES
+
+    for name in DYNAMICS_FIGURES:
+        for fmt in ("png", "svg"):
+            (out / FIGURES_DIR / f"{name}.{fmt}").unlink(missing_ok=True)
+
+
+def _finished_steps(out: Path, selected: list[int], available: dict[int, Path], settings: dict) -> set[int]:
+    """Selected steps already analysed in ``out`` with these settings and this checkpoint file;
+    refuses finished steps that differ in either."""
+    done = set()
+    for step in selected:
+        parquet, record_path = _step_paths(out, step)
+        if not (record_path.is_file() and parquet.is_file()):
+            continue
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            continue  # unreadable: analysed again
+        if record.get("settings") != settings:
+            raise RunDirectoryError(f"{out} holds results of step {step} analysed with other settings "
+                                    f"({_differences(record.get('settings') or {}, settings)}); pass "
+                                    "overwrite=True (--overwrite) to start afresh, or choose another out")
+        if record.get("digest") != _digest(available[step]):
+            raise RunDirectoryError(f"the checkpoint of step {step} changed since it was analysed in {out} "
+                                    "(retrained?); pass overwrite=True (--overwrite) to start afresh")
+        done.add(step)
+    return done
+
+
+def _differences(before: dict, now: dict, prefix: str = "") -> str:
+    """The settings that differ, as ``name: old then, new now`` (nested settings dotted)."""
+    parts = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts.append(_differences(old, new, f"{prefix}{key}."))
+        elif old != new:
+            parts.append(f"{prefix}{key}: {old!r} then, {new!r} now")
+    return "; ".join(p for p in parts if p)
+
+
+def _write_step(out: Path, step: int, epoch: float, checkpoint: Path, results: Results, settings: dict) -> None:
+    """One checkpoint's table, then its record (summary, settings, digest): the record marks it done."""
+    parquet, record = _step_paths(out, step)
+    table = results.table.reindex(columns=COLUMNS)
+    atomic_write(parquet, lambda handle: table.to_parquet(handle, index=False))
+    write_json(record, {"step": step, "epoch": epoch, "checkpoint": str(checkpoint), "digest": _digest(checkpoint),
+                        "settings": settings, "summary": results.summary, "config": results.config})
+
+
+def _gather(out: Path, selected: list[int], run_dir: Path, run: dict, settings: dict, seconds: float
+            ) -> DynamicsResult:
+    """Read every selected step back and write ``dynamics.parquet`` and ``steps.csv``."""
+    frames, rows, summaries, last_config = [], [], {}, {}
+    for step in selected:
+        parquet, _ = _step_paths(out, step)
+        record = _read_step_record(out, step)
+        table = pd.read_parquet(parquet)
+        frames.append(table.assign(step=step, epoch=record["epoch"]).reindex(columns=STEP_COLUMNS + COLUMNS))
+        rows.append(step_row(step, record["epoch"], record["checkpoint"], record["summary"]))
+        summaries[step] = record["summary"]
+        last_config = record["config"]
+    table = pd.concat(frames, ignore_index=True)
+    table["epoch"] = table["epoch"].astype(float)
+    steps = pd.DataFrame(rows)
+    atomic_write(out / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False))
+    write_text(out / STEPS_FILE, steps.to_csv(index=False))
+    config = {"run_dir": str(run_dir), "run": _run_info(run), "settings": settings, "steps": selected,
+              "analysis": {k: v for k, v in last_config.items() if k != "model"},
+              "seconds": round(seconds, 3)}
+    return DynamicsResult(table, steps, summaries, config)
+
+
+def _run_info(run: dict) -> dict:
+    config = run.get("config", {})
+    return {"model": config.get("model"), "data": config.get("data"), "epochs": config.get("epochs"),
+            "seed": config.get("seed"), "dense_steps": config.get("dense_steps", 0),
+            "steps_per_epoch": run.get("steps_per_epoch"), "total_steps": run.get("total_steps"),
+            "status": run.get("status"), "final": run.get("final")}
+
+
+def step_row(step: int, epoch: float, checkpoint: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One checkpoint's summary as a flat row: scalars as they are, each ``KEY_ci`` interval as
+    ``KEY lo`` / ``KEY hi``, each OOD set's ``retained · NAME`` (with its interval), the flag codes."""
+    row: dict[str, Any] = {"step": step, "epoch": epoch, "checkpoint": checkpoint}
+    for key, value in summary.items():
+        if key in (OOD, FLAGS, VERDICT) or isinstance(value, dict):
+            continue
+        if key.endswith("_ci") and isinstance(value, list) and len(value) == 2:
+            base = key.removesuffix("_ci")
+            row[f"{base} lo"], row[f"{base} hi"] = _number(value[0]), _number(value[1])
+        elif not isinstance(value, list):
+            row[key] = value
+    for entry in summary.get(OOD, []):
+        name = f"retained · {entry['name']}"
+        row[name] = _number(entry.get("retained"))
+        interval = entry.get("retained_ci") or [None, None]
+        row[f"{name} lo"], row[f"{name} hi"] = _number(interval[0]), _number(interval[1])
+    row["flags"] = ",".join(flag["code"] for flag in summary.get(FLAGS, []))
+    row[VERDICT] = summary.get(VERDICT)
+    return row
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _save_figures(result: DynamicsResult, out: Path, heatmaps: Sequence[str]) -> list[Path]:
+    """Draw the dynamics figures into ``out/figures`` (PNG and SVG); returns the PNGs."""
+    from .report.dynamics import DYNAMICS_FIGURES, dynamics_figures
+    from .report.figures import save_figures
+
+    run = result.config["run"]
+    title = f"{run['model']} on {run['data']}" if run.get("model") else ""
+    figures = dynamics_figures(result.table, result.steps, heatmaps, run.get("steps_per_epoch"), title)
+    return save_figures(figures, out / FIGURES_DIR, replace=list(DYNAMICS_FIGURES))
+
+
+__all__ = ["DEFAULT_OUT", "DYNAMICS_FILE", "STEPS_FILE", "STEP_RESULTS_DIR", "DynamicsResult", "analyze_run",
+           "select_steps", "step_row"]

@@ -1,0 +1,201 @@
+"""Figures of one training run's dynamics (:func:`tunnelscope.dynamics.analyze_run`).
+
+- ``heatmaps``: layer × training-step heatmaps of chosen metrics (ID probe accuracy, the
+  probe accuracy on each OOD set, numerical rank, ...), one column per analysed checkpoint,
+  with the tunnel start of each checkpoint drawn over them as a line;
+- ``tunnel``: the tunnel start, the mean % of OOD accuracy retained and the model's own
+  accuracy against the training step, with their 95% intervals.
+
+The step axis is ``log(1 + step)``: the early checkpoints are dense (0, 1, 2, 4, ... and
+every step up to ``dense_steps``) and the late ones sparse. The functions read plain tables
+(the dynamics table and its per-step summary table), not the module that writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator
+
+from ..summary import MEAN_RETAINED, MODEL_ACCURACY, POINTS, TUNNEL_START
+
+HEATMAP_METRICS: tuple[str, ...] = ("probe_acc", "rank")
+METRIC_TITLES = {"probe_acc": "probe accuracy", "rank": "numerical rank", "erank": "effective rank",
+                 "ncc_acc": "NCC accuracy", "pc1": "PC1 share of variance", "nc1": "NC1", "cdnv": "CDNV"}
+START_COLOUR = "white"
+MAX_STEP_TICKS = 12
+
+
+def lower(column: str) -> str:
+    """The steps-table column of ``column``'s lower interval bound."""
+    return f"{column} lo"
+
+
+def upper(column: str) -> str:
+    """The steps-table column of ``column``'s upper interval bound."""
+    return f"{column} hi"
+
+
+def _to_axis(steps: np.ndarray) -> np.ndarray:
+    return np.log1p(np.asarray(steps, dtype=float))
+
+
+def _from_axis(values: np.ndarray) -> np.ndarray:
+    return np.expm1(np.asarray(values, dtype=float))
+
+
+def step_edges(steps: Sequence[int]) -> np.ndarray:
+    """Cell edges of one heatmap column per step: midpoints in ``log(1 + step)``, the outer
+    edges half a neighbouring gap beyond the first and last step."""
+    centres = _to_axis(np.asarray(sorted(steps)))
+    if len(centres) == 1:
+        return _from_axis(np.array([centres[0] - 0.5, centres[0] + 0.5]))
+    mids = (centres[1:] + centres[:-1]) / 2
+    first = centres[0] - (centres[1] - centres[0]) / 2
+    last = centres[-1] + (centres[-1] - centres[-2]) / 2
+    return _from_axis(np.concatenate([[first], mids, [last]]))
+
+
+def step_ticks(steps: Sequence[int], most: int = MAX_STEP_TICKS) -> list[int]:
+    """At most ``most`` of ``steps``, spread evenly along the ``log(1 + step)`` axis (first and last kept)."""
+    ordered = sorted(steps)
+    if len(ordered) <= most:
+        return ordered
+    position = _to_axis(np.array(ordered))
+    gap = (position[-1] - position[0]) / (most - 1)
+    kept = [0]
+    for i in range(1, len(ordered) - 1):
+        if position[i] - position[kept[-1]] >= gap:
+            kept.append(i)
+    if len(kept) > 1 and position[-1] - position[kept[-1]] < gap / 2:
+        kept.pop()  # too close to the last step, which is always shown
+    return [ordered[i] for i in [*kept, len(ordered) - 1]]
+
+
+def step_axis(ax: Axes, steps: Sequence[int], steps_per_epoch: int | None = None) -> None:
+    """A ``log(1 + step)`` x axis with ticks at analysed steps and epoch ends dotted."""
+    ax.set_xscale("function", functions=(_to_axis, _from_axis))
+    edges = step_edges(steps)
+    ax.set_xlim(edges[0], edges[-1])
+    ticks = step_ticks(steps)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    labels = [str(t) for t in ticks]
+    ax.set_xticklabels(labels, rotation=45 if max(map(len, labels)) > 3 else 0, fontsize=7)
+    ax.xaxis.set_minor_locator(FixedLocator([]))
+    if steps_per_epoch:
+        for end in range(steps_per_epoch, int(max(steps)) + 1, steps_per_epoch):
+            ax.axvline(end, color="grey", ls=":", lw=1)
+    ax.set_xlabel("training step (log(1 + step) axis" + ("; dotted: epoch ends)" if steps_per_epoch else ")"))
+
+
+def heatmap_grid(table: pd.DataFrame, metric: str, dataset: str = "id", split: str = "test") -> pd.DataFrame:
+    """One metric of the model (no reference rows, no pairwise rows) as a layers × steps frame."""
+    rows = table[(table.metric == metric) & (table.dataset == dataset) & (table.split == split)
+                 & table.other_point.isna() & table.reference.isna()]
+    if rows.empty:
+        return pd.DataFrame()
+    return rows.pivot_table(index="layer", columns="step", values="value", aggfunc="first").sort_index()
+
+
+def heatmap_panels(table: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS) -> list[tuple[str, str, str]]:
+    """``(metric, dataset, title)`` of every panel the table allows: probe accuracy on the ID set
+    and on each OOD set, every other metric on the ID set."""
+    datasets = list(dict.fromkeys(table.dataset))
+    datasets = sorted(datasets, key=lambda d: (d != "id", datasets.index(d)))
+    panels = []
+    for metric in metrics:
+        for dataset in datasets if metric == "probe_acc" else ["id"]:
+            if not heatmap_grid(table, metric, dataset).empty:
+                where = "ID" if dataset == "id" else f"OOD {dataset}"
+                panels.append((metric, dataset, f"{where}: {METRIC_TITLES.get(metric, metric)}"))
+    return panels
+
+
+def heatmap_figure(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS,
+                   steps_per_epoch: int | None = None, title: str = "") -> Figure | None:
+    """One layer × step heatmap per panel (:func:`heatmap_panels`), stacked with a shared step
+    axis, the tunnel start of each step drawn as a line; None when no metric is in the table."""
+    panels = heatmap_panels(table, metrics)
+    if not panels:
+        return None
+    all_steps = sorted(int(s) for s in table.step.unique())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.7 * len(panels) + 0.6), layout="constrained",
+                             sharex=True, squeeze=False)
+    for ax, (metric, dataset, panel_title) in zip(axes[:, 0], panels):
+        grid = heatmap_grid(table, metric, dataset).reindex(columns=all_steps)
+        layers = grid.index.to_numpy(dtype=float)
+        layer_edges = np.concatenate([layers - 0.5, [layers[-1] + 0.5]])
+        mesh = ax.pcolormesh(step_edges(all_steps), layer_edges, grid.to_numpy(dtype=float), cmap="viridis",
+                             shading="flat")
+        fig.colorbar(mesh, ax=ax, pad=0.01)
+        _overlay_start(ax, steps)
+        ax.set_ylabel("layer (0 = input)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel_title, fontsize=9)
+        step_axis(ax, all_steps, steps_per_epoch)
+    for ax in axes[:-1, 0]:
+        ax.set_xlabel("")
+    if TUNNEL_START in steps and steps[TUNNEL_START].notna().any():
+        axes[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.6)
+    fig.suptitle(title or "layers over training", fontsize=10)
+    return fig
+
+
+def _overlay_start(ax: Axes, steps: pd.DataFrame) -> None:
+    """The tunnel start (τ = 0.95) of each analysed step, as a line over a heatmap."""
+    if TUNNEL_START not in steps or not steps[TUNNEL_START].notna().any():
+        return
+    rows = steps.sort_values("step")
+    ax.plot(rows.step, rows[TUNNEL_START].astype(float), color=START_COLOUR, marker="o", ms=3, lw=1.5,
+            label="tunnel start (τ = 0.95)")
+
+
+def tunnel_figure(steps: pd.DataFrame, steps_per_epoch: int | None = None, title: str = "") -> Figure | None:
+    """The tunnel start, the mean % OOD retained and the model's accuracy against the step, each
+    with its 95% interval as a band where one was computed; None when the table has none of them."""
+    panels = [(key, label) for key, label in ((TUNNEL_START, "tunnel start (layer, τ = 0.95)"),
+                                              (MEAN_RETAINED, "mean % OOD accuracy retained"),
+                                              (MODEL_ACCURACY, "model test accuracy"))
+              if key in steps and steps[key].notna().any()]
+    if not panels:
+        return None
+    rows = steps.sort_values("step")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), layout="constrained", squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        values = rows[key].astype(float)
+        ax.plot(rows.step, values, marker="o", ms=4)
+        if lower(key) in rows and rows[lower(key)].notna().any():
+            ax.fill_between(rows.step, rows[lower(key)].astype(float), rows[upper(key)].astype(float), alpha=0.25,
+                            lw=0, label="95% interval")
+            ax.legend(fontsize=7)
+        if key == TUNNEL_START:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if POINTS in rows and rows[POINTS].notna().any():  # the whole depth: layer 0 (input) to the last
+                ax.set_ylim(-0.5, float(rows[POINTS].max()) + 0.5)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        step_axis(ax, rows.step.astype(int).tolist(), steps_per_epoch)
+    fig.suptitle(title or "the tunnel over training", fontsize=10)
+    return fig
+
+
+def dynamics_figures(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS,
+                     steps_per_epoch: int | None = None, title: str = "") -> dict[str, Figure]:
+    """The figures the tables allow, by name: ``heatmaps`` and ``tunnel``."""
+    figures = {"heatmaps": heatmap_figure(table, steps, metrics, steps_per_epoch, title),
+               "tunnel": tunnel_figure(steps, steps_per_epoch, title)}
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+DYNAMICS_FIGURES = ("heatmaps", "tunnel")
+
+__all__ = ["DYNAMICS_FIGURES", "HEATMAP_METRICS", "dynamics_figures", "heatmap_figure", "heatmap_grid",
+           "heatmap_panels", "lower", "step_axis", "step_edges", "step_ticks", "tunnel_figure", "upper"]
