@@ -151,7 +151,8 @@ def test_analyze_records_the_galanti_and_nguyen_options(tmp_path, capsys):
     import json
 
     out = tmp_path / "a"
-    code, _, err = run_cli(["analyze", "--model", "convnet-1x8", "--data", "digits[size=16,per_class=30,test_per_class=10]",
+    data = "digits[size=16,per_class=30,test_per_class=10]"
+    code, _, err = run_cli(["analyze", "--model", "convnet-1x8", "--data", data,
                             "--metrics", "ncc,cdnv,cka", "--reduce", "flatten", "--max-dim", 0, "--ncc-eps", 0.2,
                             "--cka-passes", 2, "--batch-size", 32, "--out", out, "-q"], capsys)
     assert code == 0, err
@@ -184,3 +185,16 @@ def test_experiment_commands_run_end_to_end(tmp_path, capsys):
                               "--resamples", 0, "--out", tmp_path / "dyn", "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(out)["steps"]) == 2 and (tmp_path / "dyn" / "dynamics.parquet").is_file()
+
+
+def test_continual_command_prints_the_swap_table(tmp_path, capsys):
+    args = ["continual", "--model", "mlp-3x16", "--task1", "digits[classes=0-2,per_class=40,test_per_class=10]",
+            "--task2", "digits[classes=3-5,per_class=40,test_per_class=10]", "--epochs", 1, "--finetune-epochs", 1,
+            "--split-at", 2, "--batch-size", 32, "--out", tmp_path / "cl"]
+    code, out, err = run_cli([*args, "-q", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["split"]["layer"] == 2 and len(result["swaps"]) == 6 and len(result["forgetting"]) == 2
+    assert (tmp_path / "cl" / "swaps.csv").is_file() and (tmp_path / "cl" / "continual.png").is_file()
+    code, _, err = run_cli([*args[:-2], "--task2", "digits[classes=3-6]", "--out", tmp_path / "c2"], capsys)
+    assert code == 1 and err.count("\n") == 1

@@ -109,16 +109,16 @@ def models(show_tv: bool, as_json: bool) -> None:
                           row["description"])
     out_console.print(table)
     out_console.print("variants: vgg{11,13,16,19}[-wM], vggm{11,17}[-nopool][-wM], resnet{18,34}[-imagenet][-wM], "
-                      "mlp-DxW, convnet-LxH, tv:NAME")
+                      "cifar-resnet-D[xK], vit-t[-pP][-dL], mlp-DxW, linear-mlp-DxW, convnet-LxH, tv:NAME")
     if show_tv:
         out_console.print(", ".join(rows[-1]["torchvision"]))
 
 
 def _train_options(f):
     options = [
-        click.option("--recipe", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
+        click.option("--recipe", type=click.Choice(["sgd", "adamw"]), default=None,
                      help="sgd: momentum 0.9, wd 5e-4, lr 0.1, cosine; adamw: lr 1e-3, wd 0.05, warm-up + cosine, "
-                          "label smoothing 0.1."),
+                          "label smoothing 0.1 (default: adamw for vit-* and linear-mlp-*, sgd otherwise)."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Learning rate (default: the recipe's)."),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=None,

@@ -316,6 +316,77 @@ def _print_steps(steps) -> None:
     out_console.print(table)
 
 
-EXPERIMENT_COMMANDS: list[click.Command] = [agreement, intervene, dynamics]
+# ----------------------------------------------------------------------------------- continual learning
+@click.command()
+@click.option("--model", "model_spec", required=True, help="Model spec, e.g. mlp-6x128, vgg19-w0.5, resnet18.")
+@click.option("--task1", required=True, help="Task 1 dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
+@click.option("--task2", required=True,
+              help="Task 2 dataset spec with as many classes and the same inputs, e.g. 'fashion-mnist[classes=5-9]'.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs per task.")
+@click.option("--split-at", type=click.IntRange(min=1), default=None,
+              help="Probe point (1 = the first) where the extractor ends (default: M1's tunnel start on task 1).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Epochs of training E2+T1's tunnel on task 1 with E2 frozen (0: skip).")
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@device_option
+@click.option("--out", type=click.Path(file_okay=False), default="runs/continual", show_default=True,
+              help="Directory to write (M1 and M2 runs, swaps.csv, forgetting.csv, continual.png, config.json).")
+@click.option("--overwrite", is_flag=True, help="Replace a continual-learning run already in --out.")
+@data_root_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tables and the split as JSON.")
+def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: int | None, finetune_epochs: int,
+              points: str, batch_size: int, seed: int, device: str, out: str, overwrite: bool, data_root: str | None,
+              quiet: bool, as_json: bool) -> None:
+    """Train on task 1 (M1), then on task 2 (M2); swap the extractor and the tunnel of the two
+    models and report each combination's accuracy on both tasks (Masarczyk et al. 2023), and
+    the per-layer forgetting of task 1.
 
-__all__ = ["EXPERIMENT_COMMANDS", "agreement", "dynamics", "intervene"]
+    \b
+    Examples:
+      tunnelscope continual --model mlp-6x128 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --epochs 3
+      tunnelscope continual --model vgg11-w0.25 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --split-at 4 --out runs/cl
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    import math
+
+    from rich import box
+    from rich.table import Table
+
+    from .continual import continual as run_continual
+    from .io import jsonable
+
+    pts = _points(points)
+    result = run_continual(model_spec, task1, task2, epochs=epochs, split_at=split_at,
+                           finetune_epochs=finetune_epochs, out=out, points=pts, seed=seed, device=device,
+                           progress=False if (quiet or as_json) else None, data_root=data_root, overwrite=overwrite,
+                           batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(jsonable({
+            "out": str(out), "split": {"layer": result.split_layer, "point": result.split_point,
+                                       "source": result.split_source, "reason": result.split_reason},
+            "swaps": result.swaps.reset_index().to_dict("records"),
+            "forgetting": result.forgetting.to_dict("records"),
+            "checkpoints": {"M1": str(result.m1_checkpoint), "M2": str(result.m2_checkpoint)}}), indent=2))
+        return
+    if quiet:
+        return
+    table = Table(title=f"test accuracy, extractor (E) and tunnel (T) of M1 and M2 swapped at layer "
+                        f"{result.split_layer} ({result.split_point})", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("combination", "task 1", "task 2"):
+        table.add_column(col, justify="left" if col == "combination" else "right", no_wrap=True)
+    for name, row in result.swaps.iterrows():
+        cells = (row["task1_acc"], row["task2_acc"])
+        table.add_row(str(name), *(f"{v:.4f}" if math.isfinite(v) else "-" for v in cells))
+    out_console.print(table)
+    out_console.print(f"split: {result.split_reason}", markup=False)
+    worst = result.forgetting.iloc[int(result.forgetting["forgetting"].to_numpy().argmax())]
+    out_console.print(f"most forgetting at layer {worst['layer']} ({worst['point']}): task-1 probe accuracy "
+                      f"{worst['acc_M1']:.4f} -> {worst['acc_M2']:.4f}", markup=False)
+    out_console.print(f"wrote {Path(out) / 'swaps.csv'}, forgetting.csv, continual.png, config.json", markup=False)
+
+
+EXPERIMENT_COMMANDS: list[click.Command] = [agreement, intervene, dynamics, continual]
+
+__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "dynamics", "intervene"]

@@ -244,3 +244,35 @@ def test_cross_model_cka(trained, fashion_small):
     cross = cross_model_cka(trained.final_checkpoint, other, fashion_small, batch_size=64, progress=False)
     assert cross.shape == (5, 2) and list(cross.columns) == ["blocks.0", "blocks.1"]
     assert np.isfinite(cross.to_numpy()).all() and cross.attrs["samples"] == 200
+
+
+def test_cka_without_pc1_and_consecutive_l1_equal_numpy():
+    """cka_nopc1: minibatch CKA of the test batches with each point's training PC1 removed
+    (numpy eigh, numpy HSIC₁); l1_step: mean |h_l − h_{l−1}| per coordinate, NaN across widths."""
+    ds = data.load("digits[per_class=60,test_per_class=30]")
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                          nn.Linear(16, 10)).eval()
+    points = ["2", "4", "5"]
+    stats = analyze_layers(model, ds, metrics="cka_nopc1,l1_step", points=points, batch_size=50,
+                           include_input=False, precision="float64", progress=False)
+    cap = Capture(model, points)
+    with torch.inference_mode():
+        tr = {n: torch.cat([cap(x)[n] for x, _ in ds.train.batches(64)]).double().numpy() for n in points}
+        te_batches = [{n: v.double().numpy() for n, v in cap(x).items()} for x, _ in ds.test.batches(50)]
+    removed = []
+    for batch in te_batches:
+        out = {}
+        for n in points:
+            v = np.linalg.eigh(np.cov(tr[n], rowvar=False))[1][:, -1]
+            out[n] = batch[n] - np.outer(batch[n] @ v, v)
+        removed.append(out)
+    sim = stats.matrix("cka_nopc1")
+    assert stats.config["passes"][:2] == ["train", "test"]
+    for a, b in (("2", "4"), ("2", "5"), ("4", "5")):
+        ref = minibatch_cka([r[a] for r in removed], [r[b] for r in removed])
+        assert sim.loc[a, b] == pytest.approx(ref, abs=1e-9)
+    te = {n: np.concatenate([b[n] for b in te_batches]) for n in points}
+    step = stats.curve("l1_step")
+    assert step["4"] == pytest.approx(np.abs(te["4"] - te["2"]).mean(), rel=1e-10)
+    assert np.isnan(step["2"]) and np.isnan(step["5"])  # the first point; 16 -> 10 wide

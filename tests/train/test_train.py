@@ -136,3 +136,14 @@ def test_thread_count_and_environment_are_recorded(tmp_path):
     assert run["environment"]["threads"] == 1 and "deterministic_algorithms" in run["environment"]
     meta = torch.load(result.final_checkpoint, weights_only=True)["meta"]
     assert meta["environment"]["threads"] == 1
+
+
+def test_the_default_recipe_follows_the_model_family(tmp_path):
+    from tunnelscope.train.recipes import default_recipe
+
+    assert default_recipe("vit-t-p7") == default_recipe("linear-mlp-6x256") == "adamw"
+    assert default_recipe("mlp-6x256") == default_recipe("resnet18") == "sgd"
+    run = ts.train("linear-mlp-2x8", "digits[classes=0-2,per_class=20,test_per_class=5]", epochs=1, out=tmp_path / "r",
+                   batch_size=16, early_checkpoints=False, progress=False)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["recipe"]["name"] == "adamw"
+    assert run.final_checkpoint.is_file()

@@ -96,7 +96,7 @@ def make_plan(metrics: list[Metric], explicit: bool, widths: Sequence[int], keep
             plan.moments[split] = _higher(plan.moments[split], metric.moments)
         if metric.readout is not None:
             plan.moments["train"] = _higher(plan.moments["train"], metric.readout_moments)
-            plan.train_cache = True
+            plan.train_cache = plan.train_cache or "train" in metric.readout_splits
     return plan
 
 
@@ -200,7 +200,7 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
         readout = metric.readout
         assert readout is not None  # Plan.readouts holds only metrics with one
-        run.readouts[metric.name] = {s: readout(stats, run.options) for s in SPLITS}
+        run.readouts[metric.name] = {s: readout(stats, run.options) for s in metric.readout_splits}
     point_rows(run, "train", moments, stats)
 
 
@@ -216,7 +216,7 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
         assert m.stream is not None  # Plan.streams holds only metrics with one
         run.streams[m.name] = m.stream(names, run.options)
     accs: list = [a for a in (moments, model_accuracy) if a is not None] + list(run.streams.values())
-    accs += [r["test"] for r in run.readouts.values()] + list(extra)
+    accs += [r["test"] for r in run.readouts.values() if "test" in r] + list(extra)
     run.capture.model_output = model_accuracy is not None
     try:
         run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "test pass")
@@ -264,7 +264,7 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
 def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_split=None) -> dict:
     """Score the read-outs on the training split, from ``cache`` or, without one, by reading
     ``train_split`` again (features too large to cache); their rows and summaries."""
-    train_accs = [r["train"] for r in run.readouts.values()]
+    train_accs = [r["train"] for r in run.readouts.values() if "train" in r]
     if train_accs and cache is not None:
         for feats, y in cache.batches(device=run.device):
             for acc in train_accs:
@@ -290,24 +290,30 @@ def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_
 
 
 def pair_rows(run: Run, row: str, values: dict[str, dict[tuple[str, str], float]]) -> None:
-    """Rows of a pairwise read-out on both splits (NaN for pairs with a point it could not fit)."""
+    """Rows of a pairwise read-out on the splits it was scored on (NaN for pairs with a point it
+    could not fit)."""
     names = run.capture.names
-    for split in SPLITS:
+    for split in values:
         for a in names:
             for b in names:
                 run.add(split, a, row, values[split].get((a, b), float("nan")), b, uses_train=True)
 
 
 def stream_rows(run: Run) -> dict:
-    """Rows of every stream metric (an ``L x L`` matrix on the test split) and what they record."""
+    """Rows of every stream metric on the test split (an ``L x L`` matrix, or a value per
+    point) and what they record."""
     names = run.capture.names
     record: dict = {}
     for metric in run.plan.streams:
         acc = run.streams[metric.name]
-        mat = acc.compute()
-        for i, a in enumerate(names):
-            for j, b in enumerate(names):
-                run.add("test", a, metric.table_name, float(mat[i, j]), b)
+        computed = acc.compute()
+        if isinstance(computed, dict):  # one value per point
+            for name in names:
+                run.add("test", name, metric.table_name, computed[name])
+        else:  # an L x L matrix
+            for i, a in enumerate(names):
+                for j, b in enumerate(names):
+                    run.add("test", a, metric.table_name, float(computed[i, j]), b)
         run.warnings.extend(getattr(acc, "notes", lambda: [])())
         record.update(getattr(acc, "record", lambda: {})())
     return record

@@ -27,7 +27,7 @@ from ..errors import TunnelscopeError
 from ..features import joint_features
 from .base import Accumulator
 from .moments import Moments
-from .registry import Metric, register
+from .registry import Metric, Options, PointStats, register
 
 MIN_BATCH = 4
 
@@ -157,6 +157,51 @@ class FullCKA(Accumulator):
 FULL_CKA_MAX_DIM = 4096
 
 
+class CKAWithoutPC1(Accumulator):
+    """Minibatch CKA after removing each point's first principal component (Nguyen et al.
+    2021: inside a block structure, the similarity is carried by the dominant PC, and the
+    blocks fade once it is removed).
+
+    Each point's features lose their component along the point's PC1 direction ``v`` (fitted
+    on the training split): ``x - (x·v) v``. The component of the mean along ``v`` is a
+    constant shift, which HSIC₁ ignores, so removing it from uncentred features is exact.
+    """
+
+    def __init__(self, directions: dict[str, Tensor], gram_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.directions = {name: v.double() for name, v in directions.items()}
+        self.inner = MinibatchCKA(list(directions), gram_dtype)
+
+    def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
+        projected = {}
+        for name, v in self.directions.items():
+            x = features[name].double()
+            projected[name] = x - torch.outer(x @ v, v)
+        self.inner.update(projected)
+
+    def merge(self, other: Accumulator) -> CKAWithoutPC1:
+        """The sums live in the inner minibatch-CKA accumulator."""
+        self._check_mergeable(other)
+        assert isinstance(other, CKAWithoutPC1)
+        self.inner.merge(other.inner)
+        return self
+
+    def all_reduce(self, group=None) -> None:
+        self.inner.all_reduce(group)
+
+    def compute(self) -> dict[tuple[str, str], float]:
+        """The CKA of every ordered pair of points (NaN where a point's self-HSIC is not positive)."""
+        mat = self.inner.compute()
+        names = self.inner.names
+        return {(a, b): float(mat[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)}
+
+
+def _without_pc1(train: dict[str, PointStats], options: Options) -> CKAWithoutPC1:
+    """PC1 directions of the training split (points with non-finite features get none)."""
+    return CKAWithoutPC1({name: stats.pc1 for name, stats in train.items() if int(stats.moments.nonfinite) == 0},
+                         gram_dtype=options.matmul_dtype)
+
+
 def _full_cka_fits(dims) -> str | None:
     total = sum(dims)
     return (f"full-data CKA over {total} dims exceeds {FULL_CKA_MAX_DIM}; use minibatch CKA, fewer points, "
@@ -166,5 +211,8 @@ def _full_cka_fits(dims) -> str | None:
 register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
                 min_batch=MIN_BATCH))
+register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
+                default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
+                readout_splits=("test",), min_batch=MIN_BATCH))
 register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
                 stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM), fits=_full_cka_fits))

@@ -94,6 +94,7 @@ class Metric:
     readout: Callable[[dict[str, PointStats], Options], Any] | None = None
     readout_moments: Level | None = None
     pairwise: bool = False  # the readout's compute() maps (point, point) pairs to values
+    readout_splits: tuple[str, ...] = ("train", "test")  # the splits a readout is scored on
     summarise: Callable[[dict[str, dict[str, float]], list[str], Options], dict] | None = None
 
     @property

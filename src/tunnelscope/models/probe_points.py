@@ -44,7 +44,9 @@ def probe_points(model: nn.Module, points: str | Sequence[str] = "blocks") -> li
                 "patterns instead, e.g. points=['layer*.?'] (CLI: --points 'layer*.?')"
             )
         if not names:
-            raise ProbePointError(f"{type(model).__name__} has no '{points}' probe points")
+            others = [k for k, v in sets.items() if v and k != points]
+            hint = f"; use {' or '.join(repr(k) for k in others)}" if others else ""
+            raise ProbePointError(f"{type(model).__name__} has no '{points}' probe points{hint}")
         return names
     patterns = [points] if isinstance(points, str) else list(points)
     all_names = [n for n, _ in model.named_modules() if n]

@@ -12,15 +12,18 @@ import torch
 from ..errors import CheckpointError, ShapeError, SpecError
 from ..specs import parse_spec
 from .base import ZooModel, count_parameters
+from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
-from .mlp import MLP
+from .mlp import MLP, LinearMLP
 from .probe_points import order_by_execution
 from .resnet import STAGES, ResNet
 from .tv import TorchvisionModel
 from .vgg import CONFIGS, VGG, VGGM_BASE
+from .vit import DEFAULT_DEPTH, DEFAULT_PATCH, VisionTransformer
 
 MAX_WIDTH = 1 << 16
 MAX_DEPTH = 1000
+MAX_CIFAR_RESNET_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Family:
     description: str
     image_only: bool
     build: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel]
+    validate: Callable[[str, re.Match], None] | None = None  # checks depth, width, ... before building
 
 
 def _multiplier(text: str | None, spec: str) -> float:
@@ -54,10 +58,54 @@ def _depth_width(spec: str, depth: int, width: int, min_depth: int, what: str) -
         raise SpecError(f"impossible width {width} in {spec!r}: width must be in 1..{MAX_WIDTH}")
 
 
+def _check_mlp(spec: str, m: re.Match) -> None:
+    _depth_width(spec, int(m["depth"]), int(m["width"]), 2, "an MLP's (Linear layers, classifier included)")
+
+
+def _check_convnet(spec: str, m: re.Match) -> None:
+    _depth_width(spec, int(m["depth"]), int(m["width"]), 0, "CONV-L-H's L")
+
+
+def _check_multiplier(spec: str, m: re.Match) -> None:
+    _multiplier(m["w"], spec)
+
+
+def _check_tv(spec: str, m: re.Match) -> None:
+    from .tv import torchvision_names
+
+    names = torchvision_names()
+    if m["name"] not in names:
+        raise SpecError(f"unknown torchvision model {m['name']!r}; e.g. {', '.join(names[:8])}, ... "
+                        "(see `tunnelscope models --torchvision`)")
+
+
+def _check_cifar_resnet(spec: str, m: re.Match) -> None:
+    depth, width = int(m["depth"]), int(m["width"] or 1)
+    if blocks_per_stage(depth) is None or depth > MAX_DEPTH:
+        below = max(8, depth - (depth - 2) % 6)
+        hint = f"e.g. {below} or {below + 6}" if depth > 8 else "8 is the smallest"
+        raise SpecError(f"depth {depth} in {spec!r} is not a CIFAR ResNet depth: it must be 6n+2 "
+                        f"(n blocks per stage, n >= 1) and at most {MAX_DEPTH}, {hint}")
+    if not 1 <= width <= MAX_CIFAR_RESNET_WIDTH:
+        raise SpecError(f"width multiplier {width} in {spec!r} must be in 1..{MAX_CIFAR_RESNET_WIDTH}, "
+                        "e.g. cifar-resnet-38x2")
+
+
+def _check_vit(spec: str, m: re.Match) -> None:
+    patch, depth = int(m["patch"] or DEFAULT_PATCH), int(m["depth"] or DEFAULT_DEPTH)
+    if patch < 1:
+        raise SpecError(f"patch size {patch} in {spec!r} must be >= 1, e.g. vit-t-p4")
+    if not 1 <= depth <= MAX_DEPTH:
+        raise SpecError(f"impossible depth {depth} in {spec!r}: a ViT's depth (transformer blocks) must be in "
+                        f"1..{MAX_DEPTH}, e.g. vit-t-d6")
+
+
 def _mlp(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    depth, width = int(m["depth"]), int(m["width"])
-    _depth_width(spec, depth, width, 2, "an MLP's (Linear layers, classifier included)")
-    return MLP(spec, depth, width, num_classes, shape)
+    return MLP(spec, int(m["depth"]), int(m["width"]), num_classes, shape)
+
+
+def _linear_mlp(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return LinearMLP(spec, int(m["depth"]), int(m["width"]), num_classes, shape)
 
 
 def _vgg(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
@@ -74,10 +122,17 @@ def _resnet(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) ->
                   imagenet_stem=bool(m["imagenet"]))
 
 
+def _cifar_resnet(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return CifarResNet(spec, int(m["depth"]), num_classes, shape, width=int(m["width"] or 1))
+
+
+def _vit(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    return VisionTransformer(spec, num_classes, shape, patch=int(m["patch"] or DEFAULT_PATCH),
+                             depth=int(m["depth"] or DEFAULT_DEPTH))
+
+
 def _convnet(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    depth, width = int(m["depth"]), int(m["width"])
-    _depth_width(spec, depth, width, 0, "CONV-L-H's L")
-    return ConvNet(spec, depth, width, num_classes, shape)
+    return ConvNet(spec, int(m["depth"]), int(m["width"]), num_classes, shape)
 
 
 def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
@@ -87,17 +142,28 @@ def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> Zoo
 _W = r"(?:-w(?P<w>[0-9.]+))?"
 FAMILIES = [
     Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
-           "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp),
+           "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp, _check_mlp),
+    Family("linear-mlp", r"linear-mlp-(?P<depth>\d+)x(?P<width>\d+)", "linear-mlp-6x256",
+           "Badger's linear MLP: depth Linear layers (classifier included), no nonlinearity, no BN",
+           False, _linear_mlp, _check_mlp),
     Family("vgg", rf"vgg(?P<depth>{'|'.join(map(str, CONFIGS))}){_W}", "vgg19-w0.5",
-           "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg),
+           "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg, _check_multiplier),
     Family("vggm", rf"vggm(?P<depth>11|17)(?P<nopool>-nopool)?{_W}", "vggm17-nopool",
-           "Harun et al.'s VGGm-11/17: VGG-13/19 convs, BN, adaptive avg pool, one FC", True, _vggm),
+           "Harun et al.'s VGGm-11/17: VGG-13/19 convs, BN, adaptive avg pool, one FC", True, _vggm,
+           _check_multiplier),
     Family("resnet", rf"resnet(?P<depth>{'|'.join(map(str, STAGES))})(?P<imagenet>-imagenet)?{_W}", "resnet18",
-           "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet),
+           "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet, _check_multiplier),
+    Family("cifar-resnet", r"cifar-resnet-(?P<depth>\d+)(?:x(?P<width>\d+))?", "cifar-resnet-38x2",
+           "He et al.'s CIFAR ResNet of depth 6n+2, widths 16/32/64 times K (Nguyen et al.)", True,
+           _cifar_resnet, _check_cifar_resnet),
+    Family("vit", r"vit-t(?:-p(?P<patch>\d+))?(?:-d(?P<depth>\d+))?", "vit-t",
+           "ViT-T (Harun et al.): width 192, 3 heads, 12 pre-norm blocks, patch 4 (-pP), depth -dL",
+           True, _vit, _check_vit),
     Family("convnet", r"convnet-(?P<depth>\d+)x(?P<width>\d+)", "convnet-8x64",
-           "Galanti et al.'s CONV-L-H: 2 stride-2 stem convs + L 3x3 convs of width H", True, _convnet),
+           "Galanti et al.'s CONV-L-H: 2 stride-2 stem convs + L 3x3 convs of width H", True, _convnet,
+           _check_convnet),
     Family("tv", r"tv:(?P<name>[A-Za-z0-9_]+)", "tv:resnet50",
-           "any torchvision classification model, random init (weights from a local file)", True, _tv),
+           "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv),
 ]
 
 
@@ -135,16 +201,8 @@ def check_spec(spec: str) -> None:
         match = re.fullmatch(family.pattern, parsed.name)
         if match is None:
             continue
-        if family.name in ("mlp", "convnet"):
-            _depth_width(spec, int(match["depth"]), int(match["width"]), 2 if family.name == "mlp" else 0,
-                         "an MLP's (Linear layers, classifier included)" if family.name == "mlp" else "CONV-L-H's L")
-        elif "w" in match.groupdict():
-            _multiplier(match["w"], spec)
-        elif family.name == "tv":
-            from .tv import torchvision_names
-
-            if match["name"] not in torchvision_names():
-                raise SpecError(f"unknown torchvision model {match['name']!r} (see `tunnelscope models --torchvision`)")
+        if family.validate is not None:
+            family.validate(parsed.name, match)
         return
     raise _unknown(parsed.name)
 
@@ -166,6 +224,8 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
         match = re.fullmatch(family.pattern, parsed.name)
         if match is None:
             continue
+        if family.validate is not None:
+            family.validate(parsed.name, match)
         shape = _check_shape(input_shape, family.image_only, spec)
         model = family.build(parsed.name, match, int(num_classes), shape)
         _dry_run(model, shape, spec)

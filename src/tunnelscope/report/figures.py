@@ -158,11 +158,17 @@ def _heatmap(fig: Figure, ax, mat, results, label: str, title: str) -> None:
 
 
 def cka_figure(results) -> Figure | None:
-    """Minibatch CKA between every pair of probe points (layer 0 = the input, when read)."""
+    """Minibatch CKA between every pair of probe points (layer 0 = the input, when read), and
+    beside it, when measured, the same after removing each point's PC1 (Nguyen et al.)."""
     if not results.has("cka"):
         return None
-    fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+    if not results.has("cka_nopc1"):
+        fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+        _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
+        return fig
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(10.8, 4.6), layout="constrained")
     _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
+    _heatmap(fig, right, results.matrix("cka_nopc1"), results, "CKA", "without each layer's PC1 (test)")
     return fig
 
 

@@ -23,7 +23,7 @@ from ..models import build
 from ..progress import console, progress_bar, should_show
 from ..rundir import CKPT_DIR, HISTORY_FILE, RESUME_FILE, RUN_FILE, checkpoint_name
 from ..versions import environment, package_versions
-from .recipes import Recipe, early_steps
+from .recipes import Recipe, default_recipe, early_steps
 
 
 @dataclass
@@ -99,7 +99,7 @@ def train(
     epochs: int = 10,
     out: str | Path = "runs/train",
     *,
-    recipe: str = "sgd",
+    recipe: str | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
     schedule: str | None = None,
@@ -133,6 +133,8 @@ def train(
     identical weights run after run for the same thread count (``threads`` sets it for the
     run; it and the other settings that change the last digits are recorded in ``run.json``
     under ``environment``); on CUDA, ``amp`` (default on) uses bfloat16 autocast.
+    ``recipe`` (``sgd`` or ``adamw``) defaults to :func:`~tunnelscope.train.recipes.default_recipe`
+    of the model (``adamw`` for ViTs and linear MLPs); the resolved recipe is recorded.
     """
     if threads is not None:
         if threads < 1:
@@ -145,7 +147,8 @@ def train(
         raise ConfigError(f"dense_steps must be >= 0 (0: none), got {dense_steps}")
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
-    rec = Recipe.resolve(recipe, epochs, lr, weight_decay, schedule, warmup_epochs, label_smoothing)
+    rec = Recipe.resolve(recipe or default_recipe(model), epochs, lr, weight_decay, schedule, warmup_epochs,
+                         label_smoothing)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root, download=download)
     if dataset.num_classes < 2:
         raise InsufficientDataError(f"{dataset.spec} has a single class; a classifier needs at least 2 "

@@ -20,6 +20,14 @@ from torch import nn
 from ..errors import ConfigError
 
 RECIPES = ("sgd", "adamw")
+ADAMW_FAMILIES = ("vit-", "linear-mlp-")  # transformers (Harun et al. train ViTs with AdamW); deep linear nets
+
+
+def default_recipe(model_spec: str) -> str:
+    """The recipe a model trains with when none is named: ``adamw`` for the ViTs and the
+    linear MLPs (plain SGD at lr 0.1 diverges on a deep linear net and trains a ViT poorly),
+    ``sgd`` for everything else."""
+    return "adamw" if model_spec.startswith(ADAMW_FAMILIES) else "sgd"
 SCHEDULES = {"sgd": ("cosine", "onecycle", "constant"), "adamw": ("cosine", "constant")}
 
 
