@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import run_cli
@@ -198,3 +199,22 @@ def test_continual_command_prints_the_swap_table(tmp_path, capsys):
     assert (tmp_path / "cl" / "swaps.csv").is_file() and (tmp_path / "cl" / "continual.png").is_file()
     code, _, err = run_cli([*args[:-2], "--task2", "digits[classes=3-6]", "--out", tmp_path / "c2"], capsys)
     assert code == 1 and err.count("\n") == 1
+
+
+def test_cross_cka_aligns_two_models_of_different_depths(tmp_path, capsys):
+    """A 3-point and a 2-point MLP: an L_a x L_b matrix whose values equal the library's, a
+    figure, and the best match of each of A's points."""
+    from tunnelscope import train
+    from tunnelscope.engine.cross_model import cross_model_cka
+
+    data = "digits[classes=0-4,per_class=30,test_per_class=20]"
+    a, b = (train(spec, data, epochs=1, out=tmp_path / spec, batch_size=32, early_checkpoints=False,
+                  progress=False).final_checkpoint for spec in ("mlp-4x16", "mlp-3x16"))
+    args = ["cross-cka", a, b, "--data", data, "--batch-size", 25, "--out", tmp_path / "x"]
+    code, out, err = run_cli([*args, "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    direct = cross_model_cka(a, b, data, batch_size=25, progress=False)
+    assert np.allclose(result["matrix"]["data"], direct.to_numpy(), atol=1e-12)
+    assert len(result["matrix"]["index"]) == 3 and len(result["matrix"]["columns"]) == 2
+    assert (tmp_path / "x" / "cross_cka.png").is_file() and set(result["best_match"]) == set(direct.index)

@@ -316,6 +316,74 @@ def _print_steps(steps) -> None:
     out_console.print(table)
 
 
+# ------------------------------------------------------------------------------------ cross-model CKA
+@click.command("cross-cka")
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--data", "data_spec", required=True, help="Dataset spec both models take as input.")
+@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Samples read (a seeded subset; 0 for all).")
+@click.option("--batch-size", type=click.IntRange(min=4), default=256, show_default=True,
+              help="The CKA minibatch size n.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@device_option
+@data_root_option
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for cross_cka.csv, cross_cka.json and cross_cka.png/.svg.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix and the settings as JSON.")
+def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, batch_size, seed, device, data_root,
+              out, quiet, as_json) -> None:
+    """Minibatch CKA between every layer of MODEL_A and every layer of MODEL_B, read on the
+    same batches (Nguyen et al. 2021): which layers of two models (of any depths, drawn at
+    their relative depth) represent the data alike. MODEL_A/B are checkpoints or model specs.
+
+    \b
+    Examples:
+      tunnelscope cross-cka runs/mlp6/checkpoints/step-0002340.pt runs/mlp12/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" --out runs/cross
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    import matplotlib.pyplot as plt
+
+    from .engine.cross_model import cross_model_cka
+    from .io import atomic_write, jsonable, write_json
+    from .report.figures import cross_model_figure
+
+    matrix = cross_model_cka(model_a, model_b, data_spec, points=_points(points), reduce=reduce, split=split,
+                             batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
+                             data_root=data_root, progress=False if (quiet or as_json) else None)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "cross_cka.csv", lambda h: h.write(matrix.to_csv().encode()))
+    settings = {**matrix.attrs, "model_a": str(model_a), "model_b": str(model_b), "points": points, "seed": seed}
+    figure = cross_model_figure(matrix)
+    for fmt in ("png", "svg"):
+        def draw(handle, fmt: str = fmt) -> None:
+            figure.savefig(handle, format=fmt, dpi=150)
+
+        atomic_write(folder / f"cross_cka.{fmt}", draw)
+    plt.close(figure)
+    write_json(folder / "cross_cka.json", jsonable(settings))
+    values = matrix.to_numpy(dtype=float)
+    best = values.argmax(axis=1)  # for each of A's points, B's most similar one
+    rows = [(str(a), str(matrix.columns[j]), float(values[i, j])) for i, (a, j) in enumerate(zip(matrix.index, best))]
+    if as_json:
+        click.echo(json.dumps(jsonable({"out": str(folder), "settings": settings,
+                                        "matrix": json.loads(matrix.to_json(orient="split")),
+                                        "best_match": {a: b for a, b, _ in rows}}), indent=2))
+        return
+    if quiet:
+        return
+    import pandas as pd
+
+    print_frame(pd.DataFrame(rows, columns=[f"A point ({matrix.index.name})", f"most similar B point "
+                                            f"({matrix.columns.name})", "CKA"]),
+                f"minibatch CKA across models, {matrix.attrs['samples']} {split} samples")
+    out_console.print(f"wrote {folder / 'cross_cka.csv'}, cross_cka.png, cross_cka.json", markup=False)
+
+
 # ----------------------------------------------------------------------------------- continual learning
 @click.command()
 @click.option("--model", "model_spec", required=True, help="Model spec, e.g. mlp-6x128, vgg19-w0.5, resnet18.")
@@ -387,6 +455,6 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     out_console.print(f"wrote {Path(out) / 'swaps.csv'}, forgetting.csv, continual.png, config.json", markup=False)
 
 
-EXPERIMENT_COMMANDS: list[click.Command] = [agreement, intervene, dynamics, continual]
+EXPERIMENT_COMMANDS: list[click.Command] = [agreement, cross_cka, intervene, dynamics, continual]
 
-__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "dynamics", "intervene"]
+__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "cross_cka", "dynamics", "intervene"]

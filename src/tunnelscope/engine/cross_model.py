@@ -47,7 +47,7 @@ def cross_model_cka(
         raise ConfigError(f"split must be train or test, not {split!r}")
     chosen, n = data_mod.sample_split(getattr(dataset, split), max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
-    (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev), resolve_model(model_b, dev)
+    (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev, dataset), resolve_model(model_b, dev, dataset)
     cap_a = Capture(net_a, points, reduce=reduce, seed=seed, example=example)
     cap_b = Capture(net_b, points, reduce=reduce, seed=seed, example=example)
     keys = [f"a/{p}" for p in cap_a.names] + [f"b/{p}" for p in cap_b.names]
