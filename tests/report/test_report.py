@@ -18,7 +18,7 @@ from tunnelscope.results import ResultsError
 
 DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
 OOD = "digits[per_class=60]"
-FIGURES = ("probes", "rank", "collapse", "pc1", "cka")
+FIGURES = ("probes", "probes_normalised", "rank", "collapse", "pc1", "cka")
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,10 @@ def test_compare_overlays_runs_of_different_depth(runs, tmp_path, capsys):
     np.testing.assert_allclose(lines[0].get_ydata(), deep[2].curve("probe_acc", with_input=False).to_numpy())
     ends = [line.get_xdata()[-1] for line in by_depth.get_lines() if line.get_label() in ("deep", "shallow")]
     assert ends == [1.0, 1.0]
+    ncc_train = [line for line in fig.axes[2].get_lines() if line.get_label() == "deep"][0]  # second row
+    assert fig.axes[2].get_ylabel() == "NCC accuracy (train)"
+    np.testing.assert_allclose(ncc_train.get_ydata(),
+                               deep[2].curve("ncc_acc", split="train", with_input=False).to_numpy())
 
 
 def test_analyze_command_json_and_bad_input(runs, tmp_path, capsys):
@@ -190,7 +194,7 @@ def test_replacing_a_run_removes_its_old_figures_and_compare_needs_metrics(runs,
     probe_only = analyze(checkpoint, DATA, metrics="probe", probe=ProbeConfig(protocol="harun", epochs=1),
                          progress=False)
     save_run(probe_only, target, overwrite=True)
-    assert {p.stem for p in (target / "figures").iterdir()} == {"probes", "collapse"}  # NCC rides on the probes
+    assert {p.stem for p in (target / "figures").iterdir()} == {"probes", "probes_normalised", "collapse"}  # + NCC
     cka_only = analyze(checkpoint, DATA, metrics="cka", progress=False)
     save_run(cka_only, tmp_path / "cka")
     code, _, err = run_cli(["compare", tmp_path / "cka", "--out", tmp_path / "cmp"], capsys)
@@ -248,3 +252,15 @@ def test_compare_names_runs_that_share_a_folder_name_by_their_path(runs, tmp_pat
         shutil.copytree(path, tmp_path / parent / "analysis")
     summary, _ = compare_runs([tmp_path / "a" / "analysis", tmp_path / "b" / "analysis"], tmp_path / "cmp")
     assert summary.run.nunique() == 2 and all("/a/" in r or "/b/" in r for r in summary.run)
+
+
+def test_normalised_probe_curves_are_each_curve_over_its_maximum(runs):
+    from tunnelscope.report.figures import normalised_probe_figure
+
+    results = runs["mlp-6x64"][2]
+    fig = normalised_probe_figure(results)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    for label, dataset in (("ID", "id"), (f"OOD {OOD}", OOD)):
+        curve = results.curve("probe_acc", dataset).to_numpy()
+        np.testing.assert_allclose(lines[label].get_ydata(), curve / curve.max(), rtol=1e-12)
+        assert max(lines[label].get_ydata()) == 1.0

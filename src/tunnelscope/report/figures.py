@@ -88,6 +88,26 @@ def probe_figure(results) -> Figure | None:
     return fig
 
 
+def normalised_probe_figure(results) -> Figure | None:
+    """Each dataset's probe accuracy divided by its own maximum over the layers (Harun et al.'s
+    view): where each curve peaks and how much of its peak it keeps at the last layer."""
+    if not results.has("probe_acc"):
+        return None
+    fig, ax, n = _tunnel_axes(results, height=4.2)
+    for i, dataset in enumerate(results.datasets):
+        curve = results.interval("probe_acc", dataset)
+        peak = curve.value.max()
+        if not peak > 0:
+            continue
+        label = "ID" if dataset == "id" else "OOD " + dataset
+        ax.plot(curve.layer, curve.value / peak, marker="o", ms=4, color=f"C{i}", label=label,
+                lw=2 if dataset == "id" else 1.5)
+    ax.set_ylabel("probe accuracy / its maximum (test)")
+    _layer_axis(ax, _first_layer(results), n)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def rank_figure(results) -> Figure | None:
     """Numerical and effective rank against layer (test split)."""
     metrics = [m for m in ("rank", "erank") if results.has(m)]
@@ -189,8 +209,8 @@ def cross_model_figure(matrix) -> Figure:
     return fig
 
 
-FIGURES = {"probes": probe_figure, "rank": rank_figure, "collapse": collapse_figure, "pc1": pc1_figure,
-           "cka": cka_figure}
+FIGURES = {"probes": probe_figure, "probes_normalised": normalised_probe_figure, "rank": rank_figure,
+           "collapse": collapse_figure, "pc1": pc1_figure, "cka": cka_figure}
 
 
 def run_figures(results) -> dict[str, Figure]:
@@ -227,20 +247,24 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
 
 
 def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
-    """ID probe accuracy (NCC accuracy for a run without probes) and numerical rank of several
-    runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
+    """ID probe accuracy (NCC accuracy for a run without probes), NCC accuracy on the training
+    split (Galanti et al.'s effective depth: where it reaches 1 − ε) and numerical rank of
+    several runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
     (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
     from ..uncertainty import mean_ci
 
     groups = list(groups) if groups is not None else [None] * len(runs)
     accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
-    rows = [name for name, present in (("accuracy", any(accuracy)), ("rank", any(r.has("rank") for r in runs)))
-            if present]
+    ncc = any(r.has("ncc_acc") for r in runs)
+    rows = [name for name, present in (("accuracy", any(accuracy)), ("ncc_train", ncc),
+                                       ("rank", any(r.has("rank") for r in runs))) if present]
     if not rows:
         raise SpecError("none of the runs has probe, NCC or rank results to compare; analyse them with "
                         "--metrics including probe, ncc or rank")
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
-    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "rank": "numerical rank (test)"}
+    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "ncc_train": "NCC accuracy (train)",
+               "rank": "numerical rank (test)"}
+    metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test")}
     # one entry per line: (label, member indices); a seed group is one line
     lines: list[tuple[str, list[int]]] = []
     seen: dict[str, int] = {}
@@ -255,10 +279,10 @@ def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str |
     for row, kind in zip(axes, rows):
         for colour, (label, members) in enumerate(lines):
             first = runs[members[0]]
-            metric = accuracy[members[0]] if kind == "accuracy" else ("rank" if first.has("rank") else None)
-            if metric is None:
+            metric, split = (accuracy[members[0]], "test") if kind == "accuracy" else metric_of[kind]
+            if metric is None or not first.has(metric):
                 continue
-            curves = [runs[m].curve(metric, with_input=False).to_numpy() for m in members]
+            curves = [runs[m].curve(metric, split=split, with_input=False).to_numpy() for m in members]
             if len({len(c) for c in curves}) != 1:
                 raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
             stacked = np.stack(curves)
@@ -267,7 +291,7 @@ def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str |
             half = np.array([h for _, h in mean_half])
             layers = np.arange(1, len(mean) + 1)
             name = (f"{runs[members[0]].summary.get('model', label)} ({len(members)} seeds)" if len(members) > 1
-                    else label) + (" (NCC)" if metric == "ncc_acc" else "")
+                    else label) + (" (NCC)" if kind == "accuracy" and metric == "ncc_acc" else "")
             for ax, x in ((row[0], layers), (row[1], layers / len(mean))):
                 ax.plot(x, mean, marker="o", ms=3, color=f"C{colour}", label=name)
                 if len(members) > 1:

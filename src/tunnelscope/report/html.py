@@ -31,6 +31,8 @@ CAPTIONS = {
               "reaching 95% of the penultimate point's ID accuracy). Vertical dashed line: the best layer to "
               "transfer from (highest mean OOD accuracy). Dashed curves, when present: the same architecture "
               "re-initialised (untrained reference).",
+    "probes_normalised": "Each dataset's probe accuracy divided by its own maximum over the layers (as Harun et al. "
+                         "plot it): where each curve peaks, and the share of its peak kept at the last layer.",
     "rank": "Numerical rank (eigenvalues of the centred covariance above 1e-3 of the largest) and effective rank.",
     "collapse": "Neural collapse: NC1 and CDNV (lower is more collapsed), and nearest-class-centre accuracy.",
     "pc1": "Share of the representation's variance on its first principal component; beside it, the "
