@@ -39,6 +39,7 @@ from .engine.probing import probe_layers
 from .errors import ConfigError, ProbePointError, RunDirectoryError, TrainingDivergedError
 from .io import write_json, write_text
 from .models import build, check_spec, probe_points
+from .models.probe_points import hooked_pass
 from .probes import ProbeConfig
 from .progress import progress_bar
 from .results import Results
@@ -46,6 +47,7 @@ from .rundir import CKPT_DIR, CONFIG_FILE, HISTORY_FILE, RUN_FILE, checkpoint_na
 from .summary import TUNNEL_START
 from .train import Recipe, evaluate
 from .train import train as train_model
+from .train.loop import train_step
 from .versions import environment, package_versions
 
 SWAPS_FILE, FORGETTING_FILE, FIGURE_NAME = "swaps.csv", "forgetting.csv", "continual"
@@ -106,15 +108,7 @@ def _execution_times(model: nn.Module, example: Tensor) -> tuple[dict[int, int],
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(on_start))
         handles.append(module.register_forward_hook(on_finish))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    hooked_pass(model, example, handles)
     return starts, finishes
 
 
@@ -191,15 +185,9 @@ def _train_epoch(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], optim
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     for step, (x, y) in enumerate(batches, 1):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss, logits = train_step(net, x, y, optimizer, scheduler, criterion, dev.type, amp)
+        loss_sum += loss.double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         on_step(step)
     return float(loss_sum), int(correct)
 

@@ -40,7 +40,7 @@ from .checkpoint import read_checkpoint
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
 from .io import atomic_write, write_json, write_text
-from .models.probe_points import order_by_execution, probe_points
+from .models.probe_points import hooked_pass, order_by_execution, probe_points
 from .models.resolve import load_model
 from .rundir import CKPT_DIR, checkpoint_name
 
@@ -146,15 +146,7 @@ def _start_ticks(model: nn.Module, modules: set[str], example: Tensor) -> dict[s
         if name in found:
             handles.append(found[name].register_forward_pre_hook(stamp(name, True)))
             handles.append(found[name].register_forward_hook(stamp(name, False)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    hooked_pass(model, example, handles)
     return {name: t for name, t in ticks.items() if t[0] >= 0}
 
 

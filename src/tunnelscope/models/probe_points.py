@@ -60,6 +60,21 @@ def probe_points(model: nn.Module, points: str | Sequence[str] = "blocks") -> li
     return names
 
 
+def hooked_pass(model: nn.Module, example: torch.Tensor, handles: Sequence) -> None:
+    """One forward pass of ``example`` in eval mode without gradients, for the hooks behind
+    ``handles`` to observe; the hooks are removed and the model's mode restored afterwards,
+    whatever happens."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
 def order_by_execution(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
     """``names`` sorted by when each module first runs in a forward pass of ``example``.
 
@@ -78,15 +93,7 @@ def order_by_execution(model: nn.Module, names: Sequence[str], example: torch.Te
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    hooked_pass(model, example, handles)
     never = [n for n in names if n not in calls]
     twice = [n for n in names if calls.get(n, 0) > 1]
     if never:

@@ -93,6 +93,20 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
 
 
+def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, device_type: str,
+               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch (bfloat16 autocast when ``amp``); the detached loss and logits."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(x)
+        loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), logits.detach()
+
+
 def train(
     model: str,
     data: str | data_mod.Dataset,
@@ -232,16 +246,10 @@ def train(
                     batches = dataset.train.batches(batch_size, shuffle=True, generator=_shuffle_generator(seed, epoch),
                                                     device=dev, drop_last=True, start_batch=offset)
                     for x, y in batches:
-                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                            logits = net(x)
-                            loss = criterion(logits.float(), y)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        scheduler.step()
+                        loss, logits = train_step(net, x, y, optimizer, scheduler, criterion, dev.type, use_amp)
                         step += 1
-                        loss_sum += loss.detach().double() * len(y)
-                        correct += (logits.detach().argmax(1) == y).sum()
+                        loss_sum += loss.double() * len(y)
+                        correct += (logits.argmax(1) == y).sum()
                         seen += len(y)
                         if on_step is not None:
                             on_step(step, loss.detach())

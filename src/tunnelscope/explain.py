@@ -1,0 +1,401 @@
+"""Which design variables explain a transfer metric across a sweep (Harun et al. 2024, §3).
+
+Harun et al. explain out-of-distribution transfer over hundreds of backbones with three
+kinds of statistics on one results table (a row per trained model, columns for the design
+variables and the metrics). This module computes them from a pandas table:
+
+- :func:`group_means`: per variable and level, the mean of the target with a 95% Student t
+  interval;
+- :func:`paired_comparison`: rows that agree on every other design variable are paired, and
+  each pair of levels gets a Wilcoxon signed-rank test and Cliff's δ with its magnitude;
+- :func:`shap_slopes`: a gradient-boosted model of the target on the variables, SHAP values
+  from a tree explainer summed back per variable, and per variable the slope of its SHAP
+  values against its value (normalised to a maximum of 1);
+- :func:`explain` bundles the three in an :class:`ExplainResult` that saves tables, a
+  figure and ``config.json``.
+
+Definitions are in docs/explain.md. Needs no torch; SHAP needs the ``shap`` package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from itertools import combinations
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
+
+from .errors import ConfigError, InsufficientDataError
+from .io import atomic_write, write_json
+from .versions import package_versions
+
+LEVEL = 0.95
+INTERVAL_METHOD = "Student t interval of the mean: mean ± t(0.975, n−1)·std/√n (std with ddof=1)"
+PAIRED_TEST = "Wilcoxon signed-rank test on paired differences, scipy.stats.wilcoxon (two-sided, zeros dropped)"
+CLIFF_DEFINITION = "Cliff's delta = (#(b > a) − #(b < a)) / (n_a·n_b) over all pairs of the two levels' values"
+# Romano et al. (2006) thresholds on |δ|, the ones Harun et al. use: below each bound, its label.
+CLIFF_BUCKETS = ((0.147, "negligible"), (0.33, "small"), (0.474, "medium"))
+MODEL_SETTINGS: dict[str, Any] = {"estimator": "sklearn.ensemble.GradientBoostingRegressor", "loss": "huber"}
+MAX_DEFAULT_LEVELS = 20
+TABLE_FILES = {"group_means": "group_means.csv", "paired": "paired.csv", "slopes": "shap_slopes.csv"}
+CONFIG_FILE, FIGURE_NAME = "config.json", "explain"
+
+
+# ------------------------------------------------------------------------------------- input tables
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a results table from a ``.csv`` or ``.parquet`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"table {path} does not exist; give the path of a .csv or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except ImportError as exc:
+            raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow ({exc})") from exc
+    raise ConfigError(f"table {path} is neither .csv nor .parquet; convert it to one of them")
+
+
+def _check_columns(table: pd.DataFrame, columns: Iterable[str], role: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{role} column(s) {missing} not in the table; its columns are {list(table.columns)}")
+
+
+def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> pd.DataFrame:
+    """The rows with a finite target, after checking that every named column exists."""
+    _check_columns(table, [target], "target")
+    _check_columns(table, variables, "variable")
+    if target in variables:
+        raise ConfigError(f"the target {target!r} is also listed as a variable; drop it from the variables")
+    column = table[target]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ConfigError(f"target {target!r} has dtype {column.dtype}, not a number; choose a numeric metric column")
+    rows = table[np.isfinite(column.to_numpy(dtype=float))]
+    if rows.empty:
+        raise InsufficientDataError(f"target {target!r} has no finite value; check the table")
+    return rows
+
+
+# ------------------------------------------------------------------------------------- group means
+def group_means(table: pd.DataFrame, target: str, variables: Sequence[str]) -> pd.DataFrame:
+    """Per variable and level: ``n``, ``mean``, 95% Student t interval (``ci_low``, ``ci_high``;
+    NaN for one row) and ``std`` (ddof=1) of ``target``. Rows with a non-finite target are left out."""
+    rows = _target_rows(table, target, variables)
+    records = []
+    for variable in variables:
+        for level, values in rows.groupby(variable, sort=True)[target]:
+            records.append({"variable": variable, "level": level, **_mean_interval(values.to_numpy(dtype=float))})
+    return pd.DataFrame(records, columns=["variable", "level", "n", "mean", "ci_low", "ci_high", "std"])
+
+
+def _mean_interval(values: np.ndarray) -> dict[str, float]:
+    n, mean = len(values), float(values.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan")}
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * std / np.sqrt(n)
+    return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": std}
+
+
+# ------------------------------------------------------------------------------- paired comparison
+def cliffs_delta(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Cliff's δ of ``b`` over ``a``: (#(b > a) − #(b < a)) / (n_a·n_b) over all value pairs."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise InsufficientDataError("Cliff's delta needs at least one value in each group")
+    return float(np.sign(b[None, :] - a[:, None]).mean())
+
+
+def cliffs_magnitude(delta: float) -> str:
+    """The magnitude label of |δ|: negligible < 0.147 ≤ small < 0.33 ≤ medium < 0.474 ≤ large."""
+    for bound, label in CLIFF_BUCKETS:
+        if abs(delta) < bound:
+            return label
+    return "large"
+
+
+def paired_comparison(table: pd.DataFrame, target: str, variable: str, pair_on: Sequence[str],
+                      levels: Sequence[Any] | None = None) -> pd.DataFrame:
+    """Compare the levels of ``variable`` on rows paired by equal values in ``pair_on``.
+
+    One row per pair of levels (a, b), a before b in ``levels`` (default: sorted levels):
+    ``n_pairs``, ``mean_a``, ``mean_b``, ``mean_difference`` (b − a), Wilcoxon signed-rank
+    ``wilcoxon_statistic`` and ``p_wilcoxon`` (NaN when every difference is 0), and
+    ``cliffs_delta`` (positive: b higher) with ``magnitude`` over the paired rows' values.
+    """
+    pair_on = list(pair_on)
+    if not pair_on:
+        raise ConfigError("pair_on is empty; name the design columns that must be equal within a pair")
+    if variable in pair_on:
+        raise ConfigError(f"{variable!r} is both compared and paired on; remove it from pair_on")
+    rows = _target_rows(table, target, [variable, *pair_on])
+    chosen = _levels(rows, variable, levels)
+    records = []
+    for level_a, level_b in combinations(chosen, 2):
+        paired = _pair_rows(rows, target, variable, pair_on, level_a, level_b)
+        if paired.empty:
+            continue
+        records.append(_compare_pair(paired["a"].to_numpy(dtype=float), paired["b"].to_numpy(dtype=float),
+                                     variable, level_a, level_b))
+    if not records:
+        raise ConfigError(f"no rows of {variable!r} levels {list(chosen)} agree on {pair_on}; "
+                          "pair on fewer columns (--pair-on) or check the table")
+    return pd.DataFrame(records)
+
+
+def _levels(rows: pd.DataFrame, variable: str, levels: Sequence[Any] | None) -> list[Any]:
+    present = sorted(rows[variable].dropna().unique().tolist())
+    if levels is None:
+        chosen = present
+    else:
+        chosen = list(levels)
+        unknown = [level for level in chosen if level not in present]
+        if unknown:
+            raise ConfigError(f"level(s) {unknown} of {variable!r} not in the table; it has {present}")
+    if len(chosen) < 2:
+        raise ConfigError(f"{variable!r} needs at least two levels to compare, got {chosen}")
+    return chosen
+
+
+def _pair_rows(rows: pd.DataFrame, target: str, variable: str, pair_on: list[str], level_a: Any,
+               level_b: Any) -> pd.DataFrame:
+    sides = []
+    for level, name in ((level_a, "a"), (level_b, "b")):
+        side = rows.loc[rows[variable] == level, [*pair_on, target]].rename(columns={target: name})
+        if side.duplicated(subset=pair_on).any():
+            raise ConfigError(f"several rows with {variable}={level!r} share the same {pair_on}; add the "
+                              "columns that tell them apart (such as the seed) to pair_on")
+        sides.append(side)
+    return sides[0].merge(sides[1], on=pair_on, how="inner")
+
+
+def _compare_pair(a: np.ndarray, b: np.ndarray, variable: str, level_a: Any, level_b: Any) -> dict[str, Any]:
+    differences = b - a
+    if np.any(differences != 0):
+        test = stats.wilcoxon(differences)
+        statistic, p_value = float(test.statistic), float(test.pvalue)
+    else:
+        statistic, p_value = float("nan"), float("nan")
+    delta = cliffs_delta(a, b)
+    return {"variable": variable, "level_a": level_a, "level_b": level_b, "n_pairs": len(a),
+            "mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_difference": float(differences.mean()),
+            "wilcoxon_statistic": statistic, "p_wilcoxon": p_value, "cliffs_delta": delta,
+            "magnitude": cliffs_magnitude(delta)}
+
+
+# ------------------------------------------------------------------------------------- SHAP slopes
+def _encode(rows: pd.DataFrame, variables: Sequence[str], categorical: Sequence[str]
+            ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Model inputs (one-hot for categorical, numbers otherwise), the input columns of each
+    variable, each variable's value scaled to a maximum |value| of 1, and the encodings."""
+    inputs: dict[str, np.ndarray] = {}
+    columns: dict[str, list[str]] = {}
+    scaled: dict[str, np.ndarray] = {}
+    encodings: dict[str, dict[str, Any]] = {}
+    for variable in variables:
+        column = rows[variable]
+        if column.isna().any():
+            raise ConfigError(f"variable {variable!r} has missing values; fill or drop those rows first")
+        levels = sorted(column.unique().tolist())
+        if len(levels) < 2:
+            raise ConfigError(f"variable {variable!r} takes one value only ({levels[0]!r}); leave it out")
+        if variable in categorical or not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            codes = column.map({level: code for code, level in enumerate(levels)}).to_numpy(dtype=float)
+            kind = "categorical" if variable in categorical else "ordinal"
+            encodings[variable] = {"kind": kind, "codes": {str(level): code for code, level in enumerate(levels)}}
+        else:
+            codes = column.to_numpy(dtype=float)
+            kind = "numeric"
+            encodings[variable] = {"kind": kind}
+        scale = float(np.abs(codes).max())
+        encodings[variable]["slope_axis"] = f"value / {scale:g}"
+        scaled[variable] = codes / scale
+        if kind == "categorical":
+            names = [f"{variable}={level}" for level in levels]
+            for name, level in zip(names, levels):
+                inputs[name] = (column == level).to_numpy(dtype=float)
+            columns[variable] = names
+            encodings[variable]["one_hot_columns"] = names
+        else:
+            inputs[variable] = codes
+            columns[variable] = [variable]
+    return pd.DataFrame(inputs, index=rows.index), columns, scaled, encodings
+
+
+def _load_shap() -> Any:
+    try:
+        import shap
+    except ImportError as exc:
+        raise ConfigError(f"shap_slopes needs the shap package: pip install shap ({exc})") from exc
+    return shap
+
+
+def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], categorical: Sequence[str] = (),
+                l1_normalise: bool = False, random_state: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """SHAP-slope analysis of ``target`` on ``variables`` (Harun et al. 2024).
+
+    Fits ``GradientBoostingRegressor(random_state, loss='huber')`` on the variables
+    (``categorical`` ones one-hot, non-numeric others as sorted levels 0..k−1, numbers as they
+    are), takes ``shap.TreeExplainer`` values, sums one-hot columns back per variable, and fits
+    per variable a line of its SHAP values on its value divided by its maximum |value|.
+    Returns a table (``variable``, ``kind``, ``slope_raw``, ``slope`` — L1-normalised across
+    variables when ``l1_normalise`` — and ``mean_abs_shap``) and a dict with the in-sample
+    R², the model settings, each variable's encoding and the package versions.
+    """
+    unknown = [c for c in categorical if c not in variables]
+    if unknown:
+        raise ConfigError(f"categorical column(s) {unknown} are not among the variables {list(variables)}")
+    if not variables:
+        raise ConfigError("no variables given; name the design columns that explain the target")
+    shap = _load_shap()
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rows = _target_rows(table, target, variables)
+    inputs, columns, scaled, encodings = _encode(rows, variables, categorical)
+    target_values = rows[target].to_numpy(dtype=float)
+    model = GradientBoostingRegressor(random_state=random_state, loss="huber").fit(inputs, target_values)
+    values = pd.DataFrame(np.asarray(shap.TreeExplainer(model).shap_values(inputs), dtype=float),
+                          columns=inputs.columns)
+    records = []
+    for variable in variables:
+        per_variable = values[columns[variable]].sum(axis=1).to_numpy()
+        slope = float(stats.linregress(scaled[variable], per_variable).slope)
+        records.append({"variable": variable, "kind": encodings[variable]["kind"], "slope_raw": slope,
+                        "mean_abs_shap": float(np.abs(per_variable).mean())})
+    slopes = pd.DataFrame(records)
+    total = float(slopes["slope_raw"].abs().sum())
+    slopes["slope"] = slopes["slope_raw"] / total if l1_normalise and total > 0 else slopes["slope_raw"]
+    info = {"r2": float(model.score(inputs, target_values)), "r2_kind": "in-sample (as Harun et al.)",
+            "n_rows": len(rows), "model": {**MODEL_SETTINGS, "random_state": random_state,
+                                           **{k: model.get_params()[k] for k in ("n_estimators", "max_depth",
+                                                                                  "learning_rate", "alpha")}},
+            "explainer": "shap.TreeExplainer", "l1_normalise": l1_normalise, "encodings": encodings,
+            "versions": {"scikit-learn": metadata.version("scikit-learn"), "shap": metadata.version("shap")}}
+    return slopes[["variable", "kind", "slope_raw", "slope", "mean_abs_shap"]], info
+
+
+# ------------------------------------------------------------------------------------------ bundle
+@dataclass
+class ExplainResult:
+    """Group means, paired comparisons (or None) and SHAP slopes of one target."""
+
+    target: str
+    group_means: pd.DataFrame
+    paired: pd.DataFrame | None
+    slopes: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self) -> Figure:
+        """Group means with 95% intervals per variable, and the SHAP slopes as bars."""
+        variables = list(dict.fromkeys(self.group_means["variable"]))
+        panels = len(variables) + 1
+        ncols = min(panels, 4)
+        nrows = -(-panels // ncols)
+        fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, variable in zip(axes, variables):
+            _draw_means(ax, self.group_means[self.group_means["variable"] == variable], variable, self.target)
+        _draw_slopes(axes[len(variables)], self.slopes, bool(self.config.get("shap", {}).get("l1_normalise")))
+        for ax in axes[panels:]:
+            ax.set_axis_off()
+        return fig
+
+    def save(self, out: str | Path) -> list[Path]:
+        """Write the tables as CSV, ``explain.png``/``.svg`` and, last, ``config.json`` into
+        ``out``, each atomically; return the written paths."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [_write_csv(out / name, frame) for attr, name in TABLE_FILES.items()
+                 if (frame := getattr(self, attr)) is not None]
+        fig = self.figure()
+        paths += [atomic_write(out / f"{FIGURE_NAME}.{fmt}", _figure_writer(fig, fmt)) for fmt in ("png", "svg")]
+        paths.append(write_json(out / CONFIG_FILE, self.config))
+        return paths
+
+    def text(self) -> str:
+        """A short summary for the terminal."""
+        lines = [f"target {self.target}: {self.config.get('n_rows', '?')} rows"]
+        for row in self.group_means.itertuples():
+            lines.append(f"  {row.variable}={row.level}: mean {row.mean:.4g} [{row.ci_low:.4g}, {row.ci_high:.4g}] "
+                         f"(n={row.n})")
+        if self.paired is not None:
+            for row in self.paired.itertuples():
+                lines.append(f"  {row.variable} {row.level_b} vs {row.level_a}: {row.n_pairs} pairs, mean difference "
+                             f"{row.mean_difference:.4g}, Wilcoxon p {row.p_wilcoxon:.3g}, Cliff's delta "
+                             f"{row.cliffs_delta:.3f} ({row.magnitude})")
+        shap_info = self.config.get("shap", {})
+        lines.append(f"  SHAP model R² {shap_info.get('r2', float('nan')):.3f} (in-sample); slopes by |slope|:")
+        ordered = self.slopes.reindex(self.slopes["slope"].abs().sort_values(ascending=False).index)
+        lines += [f"    {row.variable}: {row.slope:+.4g}" for row in ordered.itertuples()]
+        return "\n".join(lines)
+
+
+def default_variables(table: pd.DataFrame, target: str) -> list[str]:
+    """Columns other than ``target`` with 2 to 20 distinct values: the design variables of a
+    sweep table (metric columns, with many distinct values, are left out)."""
+    return [c for c in table.columns
+            if c != target and 2 <= table[c].nunique(dropna=True) <= MAX_DEFAULT_LEVELS]
+
+
+def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = None,
+            categorical: Sequence[str] = (), pair: str | None = None, pair_on: Sequence[str] | None = None,
+            l1_normalise: bool = False, random_state: int = 0) -> ExplainResult:
+    """Group means, SHAP slopes and (when ``pair`` is given) a paired comparison of ``pair``'s
+    levels on rows equal in ``pair_on`` (default: every other variable) for one target."""
+    chosen = list(variables) if variables is not None else default_variables(table, target)
+    if not chosen:
+        raise ConfigError(f"no design variables found besides {target!r}; name them (--vars)")
+    means = group_means(table, target, chosen)
+    slopes, shap_info = shap_slopes(table, target, chosen, categorical, l1_normalise, random_state)
+    paired, pair_columns = None, None
+    if pair is not None:
+        pair_columns = list(pair_on) if pair_on else [v for v in chosen if v != pair]
+        paired = paired_comparison(table, target, pair, pair_columns)
+    config = {"target": target, "variables": chosen, "variables_chosen": "given" if variables is not None else
+              f"default: columns with 2..{MAX_DEFAULT_LEVELS} distinct values", "categorical": list(categorical),
+              "pair": pair, "pair_on": pair_columns, "n_rows": shap_info["n_rows"],
+              "rows_left_out": len(table) - shap_info["n_rows"], "interval": f"{LEVEL:.0%} {INTERVAL_METHOD}",
+              "paired_test": PAIRED_TEST, "cliffs_delta": CLIFF_DEFINITION,
+              "cliffs_buckets": {label: bound for bound, label in CLIFF_BUCKETS}, "shap": shap_info,
+              "versions": {**package_versions(), **shap_info["versions"]}}
+    return ExplainResult(target, means, paired, slopes, config)
+
+
+# ------------------------------------------------------------------------------------------ drawing
+def _draw_means(ax: Any, means: pd.DataFrame, variable: str, target: str) -> None:
+    positions = np.arange(len(means))
+    centre = means["mean"].to_numpy(dtype=float)
+    low, high = means["ci_low"].to_numpy(dtype=float), means["ci_high"].to_numpy(dtype=float)
+    errors = np.vstack([centre - low, high - centre])
+    ax.errorbar(positions, centre, yerr=np.nan_to_num(errors), fmt="o", capsize=4)
+    ax.set_xticks(positions, [str(level) for level in means["level"]], rotation=30, fontsize=8)
+    ax.set_title(variable, fontsize=10)
+    ax.set_ylabel(f"{target} (mean, 95% CI)", fontsize=8)
+
+
+def _draw_slopes(ax: Any, slopes: pd.DataFrame, l1_normalise: bool) -> None:
+    values = slopes["slope"].to_numpy(dtype=float)
+    ax.barh(np.arange(len(values)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
+    ax.set_yticks(np.arange(len(values)), list(slopes["variable"]), fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_title("SHAP slope" + (" (L1-normalised)" if l1_normalise else ""), fontsize=10)
+
+
+def _figure_writer(fig: Figure, fmt: str) -> Callable[[IO[bytes]], None]:
+    def write(handle: IO[bytes]) -> None:
+        fig.savefig(handle, format=fmt, dpi=150)
+    return write
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
