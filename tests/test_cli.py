@@ -218,3 +218,22 @@ def test_cross_cka_aligns_two_models_of_different_depths(tmp_path, capsys):
     assert np.allclose(result["matrix"]["data"], direct.to_numpy(), atol=1e-12)
     assert len(result["matrix"]["index"]) == 3 and len(result["matrix"]["columns"]) == 2
     assert (tmp_path / "x" / "cross_cka.png").is_file() and set(result["best_match"]) == set(direct.index)
+
+
+def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
+    pytest.importorskip("shap")
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"aug": rng.integers(0, 2, 200), "depth": rng.integers(0, 4, 200),
+                          "noise": rng.integers(0, 3, 200)})
+    table["retained"] = 60 + 15 * table.aug + rng.normal(0, 1, 200)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    code, out, err = run_cli(["explain", tmp_path / "t.csv", "--target", "retained", "--vars", "aug", "--vars", "depth",
+                              "--vars", "noise", "--out", tmp_path / "e", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    slopes = {row["variable"]: abs(row["slope"]) for row in result["slopes"]}
+    assert max(slopes, key=slopes.get) == "aug" and result["r2"] > 0.9
+    code, _, err = run_cli(["explain", tmp_path / "t.csv", "--target", "nope", "--out", tmp_path / "f"], capsys)
+    assert code == 1 and err.count("\n") == 1

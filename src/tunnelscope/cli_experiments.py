@@ -384,6 +384,50 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
     out_console.print(f"wrote {folder / 'cross_cka.csv'}, cross_cka.png, cross_cka.json", markup=False)
 
 
+# ------------------------------------------------------------------------------------------- explain
+@click.command()
+@click.argument("table", type=click.Path(dir_okay=False))
+@click.option("--target", required=True, help="The metric column to explain (numeric).")
+@click.option("--vars", "variables", multiple=True,
+              help="A design-variable column; repeat it (default: every other column with 2 to 20 distinct values).")
+@click.option("--categorical", multiple=True, help="A variable to one-hot encode rather than order; repeat it.")
+@click.option("--pair", default=None, help="A variable whose levels are compared on paired rows.")
+@click.option("--pair-on", "pair_on", multiple=True,
+              help="A column that must be equal within a pair; repeat it (default: every other variable).")
+@click.option("--l1-normalise", is_flag=True, help="Divide the SHAP slopes by the sum of their absolute values.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for the CSV tables, explain.png/.svg and config.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tables and the SHAP-model R² as JSON.")
+def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, out, as_json) -> None:
+    """Which design variables explain a metric across a sweep (Harun et al. 2024): group means
+    with 95% t intervals, paired Wilcoxon tests with Cliff's delta, and SHAP slopes of a
+    gradient-boosted model (needs shap: pip install 'tunnelscope[explain]').
+
+    \b
+    Examples:
+      tunnelscope explain results.csv --target pct_retained --vars augment --vars resolution --vars arch --categorical arch --pair augment --out runs/explain
+      tunnelscope explain results.parquet --target pearson --l1-normalise --out runs/explain --json
+    """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .explain import explain as explain_table
+    from .explain import read_table
+
+    result = explain_table(read_table(table), target, variables=list(variables) or None, categorical=categorical,
+                           pair=pair, pair_on=list(pair_on) or None, l1_normalise=l1_normalise)
+    paths = result.save(out)
+    if as_json:
+        tables = {"group_means": result.group_means, "slopes": result.slopes, "paired": result.paired}
+        click.echo(json.dumps({"out": str(out), "r2": result.config["shap"]["r2"],
+                               **{name: None if frame is None else json.loads(frame.to_json(orient="records"))
+                                  for name, frame in tables.items()}}, indent=2))
+        return
+    print_frame(result.group_means, f"{target}: mean per level (95% Student t intervals)")
+    if result.paired is not None:
+        print_frame(result.paired[["level_a", "level_b", "n_pairs", "mean_difference", "p_wilcoxon", "cliffs_delta",
+                                   "magnitude"]], f"paired comparison of {pair}")
+    print_frame(result.slopes, f"SHAP slopes (model R² {result.config['shap']['r2']:.3f}, in-sample)")
+    out_console.print(f"wrote {Path(out)} ({len(paths)} files)", markup=False)
+
+
 # ----------------------------------------------------------------------------------- continual learning
 @click.command()
 @click.option("--model", "model_spec", required=True, help="Model spec, e.g. mlp-6x128, vgg19-w0.5, resnet18.")
@@ -455,6 +499,6 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     out_console.print(f"wrote {Path(out) / 'swaps.csv'}, forgetting.csv, continual.png, config.json", markup=False)
 
 
-EXPERIMENT_COMMANDS: list[click.Command] = [agreement, cross_cka, intervene, dynamics, continual]
+EXPERIMENT_COMMANDS: list[click.Command] = [agreement, cross_cka, intervene, dynamics, continual, explain]
 
-__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "cross_cka", "dynamics", "intervene"]
+__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "cross_cka", "dynamics", "explain", "intervene"]

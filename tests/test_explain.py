@@ -1,0 +1,197 @@
+"""Sweep-level statistics of Harun et al. 2024 (tunnelscope.explain), checked against scipy,
+pandas, brute-force loops and planted effects."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tunnelscope.errors import ConfigError
+from tunnelscope.explain import (
+    cliffs_delta,
+    cliffs_magnitude,
+    explain,
+    group_means,
+    paired_comparison,
+    read_table,
+    shap_slopes,
+)
+
+pytest.importorskip("shap")
+
+NOISE = [f"noise{i}" for i in range(5)]
+
+
+def planted_table(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Five noise variables and a planted linear effect of ``depth`` (2 per level, levels 0..3)."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({name: rng.integers(0, 4, rows) for name in NOISE})
+    table["depth"] = rng.integers(0, 4, rows)
+    table["score"] = 2.0 * table["depth"] + rng.normal(0, 0.1, rows)
+    return table
+
+
+def brute_force_cliff(a: list[float], b: list[float]) -> float:
+    total = 0
+    for x in a:
+        for y in b:
+            total += (y > x) - (y < x)
+    return total / (len(a) * len(b))
+
+
+# -------------------------------------------------------------------------------------- SHAP slopes
+def test_planted_numeric_effect_gets_largest_slope() -> None:
+    slopes, info = shap_slopes(planted_table(), "score", [*NOISE, "depth"])
+    by_variable = slopes.set_index("variable")["slope"]
+    assert by_variable.abs().idxmax() == "depth"
+    assert info["r2"] > 0.8
+    # SHAP of a linear effect b·x is b·(x − mean x); its slope on x / max x is b·max x = 2·3.
+    assert by_variable["depth"] == pytest.approx(6.0, rel=0.1)
+    assert by_variable[NOISE].abs().max() < 0.1 * by_variable["depth"]
+    assert info["model"]["loss"] == "huber" and info["model"]["random_state"] == 0
+    assert info["versions"]["shap"] != ""
+
+
+def test_planted_categorical_effect_via_one_hot_sum() -> None:
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({name: rng.integers(0, 4, 300) for name in NOISE})
+    table["arch"] = rng.choice(["resnet", "vgg", "vit"], 300)
+    table["score"] = table["arch"].map({"resnet": 0.0, "vgg": 1.0, "vit": 2.0}) + rng.normal(0, 0.05, 300)
+    slopes, info = shap_slopes(table, "score", [*NOISE, "arch"], categorical=["arch"])
+    by_variable = slopes.set_index("variable")["slope"]
+    assert by_variable.abs().idxmax() == "arch"
+    # codes 0, 1, 2 scaled to 0, 0.5, 1 against an effect of 0, 1, 2: slope 2.
+    assert by_variable["arch"] == pytest.approx(2.0, rel=0.1)
+    assert info["encodings"]["arch"]["one_hot_columns"] == ["arch=resnet", "arch=vgg", "arch=vit"]
+    assert info["r2"] > 0.8
+
+
+def test_l1_normalised_slopes_and_ordinal_strings() -> None:
+    table = planted_table(200)
+    table["size"] = np.where(table["noise0"] > 1, "large", "small")
+    slopes, info = shap_slopes(table, "score", [*NOISE, "depth", "size"], l1_normalise=True)
+    assert slopes["slope"].abs().sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(slopes["slope"], slopes["slope_raw"] / slopes["slope_raw"].abs().sum())
+    assert info["encodings"]["size"] == {"kind": "ordinal", "codes": {"large": 0, "small": 1},
+                                         "slope_axis": "value / 1"}
+
+
+def test_missing_shap_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "shap", None)
+    with pytest.raises(ConfigError, match="pip install shap"):
+        shap_slopes(planted_table(50), "score", ["depth"])
+
+
+# -------------------------------------------------------------------------------------- group means
+def test_group_means_match_pandas_and_scipy_t() -> None:
+    table = planted_table(120, seed=3)
+    means = group_means(table, "score", ["depth", "noise1"])
+    for variable in ("depth", "noise1"):
+        expected = table.groupby(variable)["score"]
+        got = means[means["variable"] == variable].set_index("level")
+        np.testing.assert_allclose(got["mean"], expected.mean())
+        np.testing.assert_allclose(got["std"], expected.std())
+        assert list(got["n"]) == list(expected.size())
+        for level, values in expected:
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+            assert got.loc[level, "ci_low"] == pytest.approx(low)
+            assert got.loc[level, "ci_high"] == pytest.approx(high)
+
+
+# -------------------------------------------------------------------------------- paired comparison
+def paired_table(shift: float, seeds: int = 10) -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.5, 0.01, seeds)
+    return pd.DataFrame({"seed": np.tile(np.arange(seeds), 2), "augment": np.repeat([False, True], seeds),
+                         "score": np.concatenate([base, base + shift])})
+
+
+def test_constant_shift_on_paired_rows() -> None:
+    result = paired_comparison(paired_table(0.3), "score", "augment", ["seed"]).iloc[0]
+    assert (result["level_a"], result["level_b"], result["n_pairs"]) == (False, True, 10)
+    assert result["mean_difference"] == pytest.approx(0.3)
+    assert result["p_wilcoxon"] == pytest.approx(2 * 0.5**10)  # exact: all 10 signed ranks positive
+    assert result["cliffs_delta"] == 1.0 and result["magnitude"] == "large"
+
+
+def test_cliffs_delta_equals_brute_force_with_ties_and_overlap() -> None:
+    table = paired_table(0.005)
+    table.loc[3, "score"] = table.loc[13, "score"]  # a tie across the levels
+    result = paired_comparison(table, "score", "augment", ["seed"]).iloc[0]
+    a, b = table.loc[~table["augment"], "score"].tolist(), table.loc[table["augment"], "score"].tolist()
+    assert result["cliffs_delta"] == pytest.approx(brute_force_cliff(a, b))
+    assert -1 < result["cliffs_delta"] < 1
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 5, 17).tolist(), rng.integers(0, 5, 11).tolist()
+    assert cliffs_delta(x, y) == pytest.approx(brute_force_cliff(x, y))
+
+
+@pytest.mark.parametrize(("delta", "label"), [(0.0, "negligible"), (0.1469, "negligible"), (0.147, "small"),
+                                              (-0.3299, "small"), (0.33, "medium"), (-0.4739, "medium"),
+                                              (0.474, "large"), (-1.0, "large")])
+def test_magnitude_buckets_at_thresholds(delta: float, label: str) -> None:
+    assert cliffs_magnitude(delta) == label
+
+
+def test_three_levels_give_three_pairs() -> None:
+    table = pd.concat([paired_table(0.3).assign(width=w, score=lambda t, w=w: t["score"] + w) for w in (1, 2, 4)])
+    result = paired_comparison(table, "score", "width", ["seed", "augment"])
+    assert list(zip(result["level_a"], result["level_b"])) == [(1, 2), (1, 4), (2, 4)]
+    np.testing.assert_allclose(result["mean_difference"], [1.0, 3.0, 2.0])
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_are_config_errors(tmp_path) -> None:
+    table = planted_table(60)
+    with pytest.raises(ConfigError, match="not in the table"):
+        group_means(table, "score", ["nope"])
+    with pytest.raises(ConfigError, match="not in the table"):
+        shap_slopes(table, "missing", ["depth"])
+    with pytest.raises(ConfigError, match="not a number"):
+        group_means(table.assign(label="x"), "label", ["depth"])
+    no_pairs = paired_table(0.3)
+    no_pairs.loc[no_pairs["augment"], "seed"] += 100
+    with pytest.raises(ConfigError, match="no rows"):
+        paired_comparison(no_pairs, "score", "augment", ["seed"])
+    with pytest.raises(ConfigError, match="share the same"):
+        paired_comparison(table, "score", "depth", ["noise0"])  # many rows per (depth, noise0)
+    (tmp_path / "t.txt").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="neither .csv nor .parquet"):
+        read_table(tmp_path / "t.txt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_table(tmp_path / "none.csv")
+
+
+def test_read_table_csv_and_parquet(tmp_path) -> None:
+    table = planted_table(20)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.csv"), table)
+    pytest.importorskip("pyarrow")
+    table.to_parquet(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.parquet"), table)
+
+
+# -------------------------------------------------------------------------------------------- bundle
+def test_explain_saves_tables_figure_and_config(tmp_path) -> None:
+    table = planted_table(160)
+    table["seed"] = np.arange(160) % 2
+    table["augment"] = table["noise0"] % 2 == 1
+    table["score"] = table["score"] + 0.5 * table["augment"]
+    variables = ["depth", "noise1", "augment"]
+    result = explain(table.drop_duplicates(["depth", "noise1", "augment", "seed"]), "score",
+                     variables=variables, pair="augment", pair_on=["depth", "noise1", "seed"])
+    assert result.paired is not None and result.paired.iloc[0]["mean_difference"] > 0.3
+    paths = result.save(tmp_path / "out")
+    names = {p.name for p in paths}
+    assert {"group_means.csv", "paired.csv", "shap_slopes.csv", "explain.png", "explain.svg",
+            "config.json"} <= names
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["variables"] == variables and config["shap"]["r2"] > 0.8
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "shap_slopes.csv"), result.slopes)
+    text = result.text()
+    assert "SHAP model R²" in text and "Cliff's delta" in text
