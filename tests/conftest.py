@@ -17,6 +17,16 @@ def _seeded_and_single_threaded_inputs():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny models run far faster so than on two contended
+    threads, above all on a busy machine; the thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fashion() -> data.Dataset:
     return data.load("fashion-mnist")

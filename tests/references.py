@@ -82,3 +82,18 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     x = x.astype(np.float64) - x.mean(0)
     y = y.astype(np.float64) - y.mean(0)
     return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def hooked_outputs(model, names, x) -> dict:
+    """The raw outputs of the modules ``names`` for input ``x``, read by forward hooks of the
+    test's own (an independent read of what a capture should see)."""
+    import torch
+
+    outs, modules = {}, dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+               for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return outs

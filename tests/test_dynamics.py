@@ -29,12 +29,8 @@ SETTINGS = dict(ood=[OOD_DATA], metrics="probe,rank", resamples=20, max_samples=
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny probes run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,18 @@ def _show_intervention(table, shown, title: str, paths, quiet: bool, as_json: bo
         out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
 
 
+def _evaluation_options(f):
+    """The options of a test-accuracy evaluation: sample cap, seed, batch size, device, data root."""
+    for option in reversed([
+        click.option("--max-samples", type=click.IntRange(min=1), default=None,
+                     help="A seeded subset of the test split."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True),
+        device_option, data_root_option]):
+        f = option(f)
+    return f
+
+
 @intervene.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
@@ -150,11 +162,7 @@ def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_js
 @click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Initialisation checkpoint (default: step 0 of the same run).")
-@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="A seeded subset of the test split.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
-@device_option
-@data_root_option
+@_evaluation_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for reset.csv, reset.json and reset.png/.svg.")
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
@@ -195,11 +203,7 @@ def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buff
 @click.option("--projection", type=click.Choice(["skip", "keep"]), default="skip", show_default=True,
               help="Blocks with a projection shortcut: leave them alone, or delete their branch and keep the "
                    "projection.")
-@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="A seeded subset of the test split.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
-@device_option
-@data_root_option
+@_evaluation_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for deletion.csv, deletion.json and deletion.png/.svg.")
 @click.option("--quiet", "-q", is_flag=True, help="No table.")

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from references import hooked_outputs
 from tunnelscope import models
 from tunnelscope.capture import Capture, Reduction
 from tunnelscope.errors import SpecError
@@ -12,24 +13,13 @@ def _conv_model():
     return models.build("vggm11-w0.25", 10, (3, 32, 32)).eval()
 
 
-def _raw_outputs(model, x, names):
-    outs, modules = {}, dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
-               for n in names]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return outs
-
-
 @pytest.mark.parametrize("reduce", ["pool2", "gap", "pool4", "flatten"])
 def test_conv_reductions_match_manual(reduce):
     model, x = _conv_model(), torch.randn(3, 3, 32, 32)
     cap = Capture(model, "blocks", reduce=reduce, max_dim=10**6)
     with torch.no_grad():
         feats = cap(x)
-    raw = _raw_outputs(model, x, cap.names)
+    raw = hooked_outputs(model, cap.names, x)
     for name in cap.names:
         r = raw[name]
         if reduce == "gap":

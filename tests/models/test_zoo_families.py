@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from references import hooked_outputs
 from tunnelscope import data, models, train
 from tunnelscope.capture import Capture
 from tunnelscope.engine import analyze_layers
@@ -107,22 +108,13 @@ def test_vit_conv_set_is_refused_with_a_hint():
 
 
 # ---------------------------------------------------------------------------------------- ViT tokens
-def _hooked_outputs(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    modules, outs = dict(model.named_modules()), {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
-               for n in names]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return outs
 
 
 def test_vit_blocks_are_token_sequences_with_the_class_token_first():
     model = models.build("vit-t-d3", 5, (1, 28, 28)).eval()
     x = torch.randn(4, 1, 28, 28)
     names = models.probe_points(model, "blocks")
-    outs = _hooked_outputs(model, names, x)
+    outs = hooked_outputs(model, names, x)
     assert all(o.shape == (4, 1 + 49, 192) for o in outs.values())
     # token 0 before the blocks is the class token (plus its position embedding), whatever the input
     with torch.no_grad():
