@@ -576,10 +576,6 @@ def _one_line(text: object) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def _terminate(_signum, _frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files go, a training run can resume
-
-
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   line: str | None = None) -> str:
     """A library warning as the CLI shows it: one line, no source location."""
@@ -596,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     An unexpected exception (a bug) is one line too, with exit status 70; ``TUNNELSCOPE_DEBUG=1``
     shows its traceback."""
     import os
-    import signal
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+    from . import interrupts
+
+    interrupts.install()  # SIGTERM cleans up like Ctrl-C: temporary files go, a training run can resume
     warnings.formatwarning = _warning_line
     try:
         code = cli.main(args=argv, prog_name="tunnelscope", standalone_mode=False)

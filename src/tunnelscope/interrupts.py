@@ -1,0 +1,44 @@
+"""SIGTERM and Ctrl-C as one clean interruption, never delivered in the middle of an import.
+
+The CLI turns SIGTERM into ``KeyboardInterrupt`` so that temporary files are removed and a training
+run stays resumable. Raised at an arbitrary point, that exception can land inside an import (the
+CLI imports torch, matplotlib and scikit-learn lazily): a C extension's initialisation can then
+abort the interpreter, a library may turn it into an ``ImportError`` or ``OSError`` and report a
+wrong error, and CPython exits by SIGINT (status -2) once an ``exec``-built function such as a
+dataclass's ``__init__`` was interrupted, whatever status the CLI returned. So the handler looks
+at the interrupted frames first: inside an import or ``exec``-generated code it re-checks every
+:data:`RETRY_SECONDS` with a one-shot timer and raises as soon as that code has finished.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+RETRY_SECONDS = 0.05
+_DEFERRED_FILES = ("<frozen importlib", "<string>")
+
+
+def in_import_or_exec(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or one of its callers runs import machinery or ``exec``-generated code."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_DEFERRED_FILES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupt(_signum: int, frame: FrameType | None) -> None:
+    """Signal handler: raise ``KeyboardInterrupt`` now, or shortly after the current import ends."""
+    if in_import_or_exec(frame):
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Route SIGTERM and SIGINT through :func:`interrupt`, unless the embedding program set its own."""
+    for number, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(number) is default:
+            signal.signal(number, interrupt)
