@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tunnelscope.errors import ConfigError
+from tunnelscope.errors import ConfigError, InsufficientDataError
 from tunnelscope.explain import (
     cliffs_delta,
     cliffs_magnitude,
@@ -55,6 +55,21 @@ def test_planted_numeric_effect_gets_largest_slope() -> None:
     assert by_variable[NOISE].abs().max() < 0.1 * by_variable["depth"]
     assert info["model"]["loss"] == "huber" and info["model"]["random_state"] == 0
     assert info["versions"]["shap"] != ""
+
+
+def test_held_out_r2_separates_a_planted_effect_from_noise() -> None:
+    _, planted = shap_slopes(planted_table(200), "score", [*NOISE, "depth"])
+    noise = planted_table(200)
+    noise["score"] = np.random.default_rng(7).normal(size=len(noise))
+    _, pure_noise = shap_slopes(noise, "score", [*NOISE, "depth"])
+    assert planted["r2_cv"] > 0.95
+    # a boosted model fits noise in-sample, and held-out rows show it
+    assert pure_noise["r2"] > 0.3 and pure_noise["r2_cv"] < 0.05
+
+
+def test_shap_slopes_refuse_too_few_rows() -> None:
+    with pytest.raises(InsufficientDataError, match="at least 10 rows"):
+        shap_slopes(planted_table(9), "score", ["depth"])
 
 
 def test_planted_categorical_effect_via_one_hot_sum() -> None:

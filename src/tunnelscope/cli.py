@@ -504,16 +504,21 @@ SWEEP_ACTIONS = ("run", "status", "collect")
               help="Cells running at once (default: as Ray schedules).")
 @click.option("--device", default="auto", show_default=True, help="Device inside each cell (GPU cells: auto/cuda).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="collect: the Parquet (or .csv) file to write (default STORE/collected.parquet).")
+              help="collect: the Parquet (or .csv) file to write (default STORE/collected.parquet, "
+                   "STORE/collected-ood.parquet with --level ood).")
+@click.option("--level", type=click.Choice(["layer", "ood"]), default="layer", show_default=True,
+              help="collect: layer = every analysis row (point x metric); ood = one row per cell x checkpoint x "
+                   "OOD set with % retained, Pearson, alignment and the design variables, for `tunnelscope explain`.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on standard output.")
-def sweep(first: str, spec_file: str | None, address, max_concurrent, device, out, quiet, as_json) -> None:
+def sweep(first: str, spec_file: str | None, address, max_concurrent, device, out, level, quiet, as_json) -> None:
     """Run a YAML sweep of cells (SPEC.yaml) locally or on a Ray cluster, or show its status, or collect its table.
 
     \b
     tunnelscope sweep SPEC.yaml          run every unfinished cell; write STORE/report.html
     tunnelscope sweep status SPEC.yaml   one row per cell: pending, running, dead, finished or failed
     tunnelscope sweep collect SPEC.yaml  every finished cell's rows in one tidy table
+    tunnelscope sweep collect SPEC.yaml --level ood   one row per cell x checkpoint x OOD set
 
     \b
     Examples:
@@ -536,18 +541,7 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
             _print_frame(status, f"sweep {spec.name}: {len(status)} cells in {spec.store}")
         return
     if action == "collect":
-        table = store.collect(spec)
-        target = Path(out) if out else spec.store / "collected.parquet"
-        from .io import atomic_write
-
-        atomic_write(target, (lambda h: table.to_csv(h, index=False)) if target.suffix == ".csv"
-                     else (lambda h: table.to_parquet(h, index=False)))
-        if as_json:
-            click.echo(json.dumps({"rows": len(table), "cells": int(table["cell"].nunique()) if len(table) else 0,
-                                   "out": str(target)}))
-        elif not quiet:
-            out_console.print(f"{len(table)} rows from {table['cell'].nunique() if len(table) else 0} cells "
-                              f"-> {target}", markup=False)
+        _collect(spec, store, level, out, quiet, as_json)
         return
     from .report.sweep import write_sweep_report
     from .sweep.run import run_sweep
@@ -567,6 +561,32 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
         out_console.print(f"report: {report}", markup=False)
     if outcome.failed:
         raise click.exceptions.Exit(1)
+
+
+def _collect(spec, store, level: str, out: str | None, quiet: bool, as_json: bool) -> None:
+    """``sweep collect``: write the store's table at ``level`` and say what was written."""
+    from .io import atomic_write
+
+    table = store.collect(spec, level=level)
+    target = Path(out) if out else spec.store / ("collected-ood.parquet" if level == "ood" else "collected.parquet")
+    atomic_write(target, (lambda h: table.to_csv(h, index=False)) if target.suffix == ".csv"
+                 else (lambda h: table.to_parquet(h, index=False)))
+    cells = int(table["cell"].nunique()) if len(table) else 0
+    hint = None
+    if level == "ood" and len(table):
+        from .sweep.ood_table import CATEGORICAL_COLUMNS, suggested_variables
+
+        chosen = suggested_variables(table)
+        categorical = [c for c in chosen if c in CATEGORICAL_COLUMNS]
+        hint = (f"tunnelscope explain {target} --target retained " + " ".join(f"--vars {c}" for c in chosen)
+                + "".join(f" --categorical {c}" for c in categorical) + " --out STORE/explain") if chosen else None
+    if as_json:
+        click.echo(json.dumps({"rows": len(table), "cells": cells, "level": level, "out": str(target),
+                               "explain": hint}))
+    elif not quiet:
+        out_console.print(f"{len(table)} rows from {cells} cells -> {target}", markup=False)
+        if hint:
+            out_console.print(f"explain it: {hint}", markup=False)
 
 
 _print_frame = print_frame

@@ -19,6 +19,7 @@ Definitions are in docs/explain.md. Needs no torch; SHAP needs the ``shap`` pack
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -42,6 +43,8 @@ CLIFF_DEFINITION = "Cliff's delta = (#(b > a) − #(b < a)) / (n_a·n_b) over al
 # Romano et al. (2006) thresholds on |δ|, the ones Harun et al. use: below each bound, its label.
 CLIFF_BUCKETS = ((0.147, "negligible"), (0.33, "small"), (0.474, "medium"))
 MODEL_SETTINGS: dict[str, Any] = {"estimator": "sklearn.ensemble.GradientBoostingRegressor", "loss": "huber"}
+MIN_SHAP_ROWS = 10  # fewer rows cannot support a boosted model, let alone its cross-validation
+CV_FOLDS = 5
 MAX_DEFAULT_LEVELS = 20
 TABLE_FILES = {"group_means": "group_means.csv", "paired": "paired.csv", "slopes": "shap_slopes.csv"}
 CONFIG_FILE, FIGURE_NAME = "config.json", "explain"
@@ -233,7 +236,9 @@ def _encode(rows: pd.DataFrame, variables: Sequence[str], categorical: Sequence[
 
 def _load_shap() -> Any:
     try:
-        import shap
+        with warnings.catch_warnings():  # shap's import calls matplotlib colormap setters that warn of deprecation
+            warnings.filterwarnings("ignore", message=r"The set_\w+ function will be deprecated")
+            import shap
     except ImportError as exc:
         raise ConfigError(f"shap_slopes needs the shap package: pip install shap ({exc})") from exc
     return shap
@@ -260,9 +265,13 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     from sklearn.ensemble import GradientBoostingRegressor
 
     rows = _target_rows(table, target, variables)
+    if len(rows) < MIN_SHAP_ROWS:
+        raise InsufficientDataError(f"SHAP slopes of {target!r} need at least {MIN_SHAP_ROWS} rows with a finite "
+                                    f"target; the table has {len(rows)}: add cells (seeds, OOD sets) to the sweep")
     inputs, columns, scaled, encodings = _encode(rows, variables, categorical)
     target_values = rows[target].to_numpy(dtype=float)
     model = GradientBoostingRegressor(random_state=random_state, loss="huber").fit(inputs, target_values)
+    r2_cv = _cross_validated_r2(inputs, target_values, random_state)
     values = pd.DataFrame(np.asarray(shap.TreeExplainer(model).shap_values(inputs), dtype=float),
                           columns=inputs.columns)
     records = []
@@ -275,12 +284,24 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     total = float(slopes["slope_raw"].abs().sum())
     slopes["slope"] = slopes["slope_raw"] / total if l1_normalise and total > 0 else slopes["slope_raw"]
     info = {"r2": float(model.score(inputs, target_values)), "r2_kind": "in-sample (as Harun et al.)",
+            "r2_cv": r2_cv, "r2_cv_kind": f"mean R² on held-out rows, {CV_FOLDS}-fold shuffled KFold (same model)",
             "n_rows": len(rows), "model": {**MODEL_SETTINGS, "random_state": random_state,
                                            **{k: model.get_params()[k] for k in ("n_estimators", "max_depth",
                                                                                   "learning_rate", "alpha")}},
             "explainer": "shap.TreeExplainer", "l1_normalise": l1_normalise, "encodings": encodings,
             "versions": {"scikit-learn": metadata.version("scikit-learn"), "shap": metadata.version("shap")}}
     return slopes[["variable", "kind", "slope_raw", "slope", "mean_abs_shap"]], info
+
+
+def _cross_validated_r2(inputs: pd.DataFrame, target: np.ndarray, random_state: int) -> float:
+    """Mean held-out R² of the same model over shuffled folds: how far the in-sample R² is overfit."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.model_selection import KFold, cross_val_score
+
+    folds = KFold(min(CV_FOLDS, len(target)), shuffle=True, random_state=random_state)
+    scores = cross_val_score(GradientBoostingRegressor(random_state=random_state, loss="huber"), inputs, target,
+                             cv=folds, scoring="r2")
+    return float(np.mean(scores))
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -333,7 +354,9 @@ class ExplainResult:
                              f"{row.mean_difference:.4g}, Wilcoxon p {row.p_wilcoxon:.3g}, Cliff's delta "
                              f"{row.cliffs_delta:.3f} ({row.magnitude})")
         shap_info = self.config.get("shap", {})
-        lines.append(f"  SHAP model R² {shap_info.get('r2', float('nan')):.3f} (in-sample); slopes by |slope|:")
+        lines.append(f"  SHAP model R² {shap_info.get('r2', float('nan')):.3f} in-sample, "
+                     f"{shap_info.get('r2_cv', float('nan')):.3f} on held-out rows ({CV_FOLDS}-fold); "
+                     "slopes by |slope|:")
         ordered = self.slopes.reindex(self.slopes["slope"].abs().sort_values(ascending=False).index)
         lines += [f"    {row.variable}: {row.slope:+.4g}" for row in ordered.itertuples()]
         return "\n".join(lines)

@@ -100,9 +100,40 @@ def test_tiny_grid_locally_then_nothing_to_do(tmp_path, capsys):
     figures = {p.name for p in (spec.store / "figures").glob("*.png")}
     assert "by-depth.png" in figures and sum(f.startswith("dynamics-") for f in figures) == 4
     assert (spec.store / "report.html").is_file()
+    assert "What explains transfer across the sweep" in (spec.store / "report.html").read_text()
+    check_ood_level_collect(path, spec, table, capsys)
     code, out, _ = run_cli(["sweep", path, "--json"], capsys)
     again = json.loads(out)
     assert code == 0 and again["ran"] == 0 and again["already_finished"] == 4
+
+
+def check_ood_level_collect(path, spec, layers: pd.DataFrame, capsys) -> None:
+    """``collect --level ood``: one row per cell x step x OOD set, each value traced to its source."""
+    import torch
+
+    code, out, _ = run_cli(["sweep", "collect", path, "--level", "ood", "--json"], capsys)
+    collected = json.loads(out)
+    ood = pd.read_parquet(collected["out"])
+    assert code == 0 and collected["out"].endswith("collected-ood.parquet") and len(ood) == 16  # 4 cells x 4 steps
+    assert "--vars depth" in collected["explain"] and "--vars parameters" in collected["explain"]
+    name = "digits[classes=0-2,per_class=30]"
+    for row in ood.itertuples():
+        summary = json.loads((spec.store / "results" / row.cell / f"step-{row.step:07d}.json").read_text())
+        entry = next(e for e in summary["ood"] if e["name"] == name)
+        assert row.ood == name and row.retained == pytest.approx(entry["retained"])
+        assert row.alignment == pytest.approx(entry["alignment"])
+        probes = layers[(layers.cell == row.cell) & (layers.step == row.step) & (layers.metric == "probe_acc")
+                        & (layers.split == "test")]
+        last = probes[probes.layer == probes.layer.max()].set_index("dataset")["value"]
+        assert row.ood_acc == pytest.approx(last[name]) and row.id_acc == pytest.approx(last["id"])
+        cell = next(c for c in spec.cells if c.key == row.cell)
+        state = torch.load(spec.store / "runs" / cell.train_key / "checkpoints" / f"step-{row.step:07d}.pt",
+                           weights_only=True)["model"]
+        parameters = sum(v.numel() for k, v in state.items() if "running_" not in k and "num_batches" not in k)
+        assert row.parameters == parameters and row.train_samples == 300  # 3 classes x 100
+        assert row.overparam == pytest.approx(parameters / 300)
+        assert (row.family, row.kind, row.depth, row.width) == ("mlp", "MLP", row.var_depth, 16)
+        assert (row.resolution, row.id_classes, row.augmentation) == (28, 3, "none")
 
 
 def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):

@@ -25,7 +25,13 @@ from ..summary import (
     start_key,
 )
 
+_EXPLAIN_CAPTION = ("Mean of {} per level of each design variable that varies across the sweep (95% Student t "
+                    "intervals), and the SHAP slope of each variable: the slope of its SHAP values against its value "
+                    "scaled to a maximum of 1 (Harun et al. 2024).")
 CAPTIONS = {
+    "explain-retained": _EXPLAIN_CAPTION.format("% OOD retained"),
+    "explain-pearson": _EXPLAIN_CAPTION.format("the Pearson correlation of the ID and OOD probe curves"),
+    "explain-alignment": _EXPLAIN_CAPTION.format("the ID/OOD alignment"),
     "probes": "Linear probe accuracy on each dataset's test split against layer, with 95% bootstrap intervals "
               "(bands); layer 0 is the input, reduced like the layers. Shaded: the tunnel (from the first layer "
               "reaching 95% of the penultimate point's ID accuracy). Vertical dashed line: the best layer to "

@@ -5,6 +5,8 @@
   combination of the other variables, mean ± 95% CI (Student t) over seeds.
 - Dynamics (cells with several analysed checkpoints): layer × checkpoint heatmaps of probe
   accuracy and numerical rank, and the tunnel start against training step.
+- What explains transfer (:mod:`tunnelscope.report.sweep_explain`): group means, SHAP slopes and
+  their figures for % retained, Pearson and alignment over the OOD-level table.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..sweep.store import VAR_PREFIX, Store
 from ..uncertainty import mean_ci
 from .figures import save_figures
 from .html import figure_html, page
+from .sweep_explain import explain_section
 
 SEED_NAMES = ("seed", "seeds")
 Y_METRICS = {TUNNEL_LENGTH: "tunnel length (points, τ = 0.95)", MEAN_RETAINED: "mean % OOD retained"}
@@ -125,6 +128,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
         EFFECTIVE_DEPTH) or c.startswith("retained · ")]
     failures = status[status.status == "failed"]
+    ood = store.collect(spec, level="ood")
     body = page(
         f"sweep {spec.name}",
         f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '
@@ -134,6 +138,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "<h2>Last checkpoint of each cell</h2>",
         final[keep].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
         if not final.empty else "<p>no finished cells yet</p>",
+        explain_section(ood, spec.store / FIGURES_DIR),
     )
     return write_text(spec.store / "report.html", body)
 

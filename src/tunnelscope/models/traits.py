@@ -1,0 +1,101 @@
+"""Architecture traits of a model: the design variables Harun et al. (2024) explain transfer with.
+
+:func:`spec_traits` reads what a zoo spec says (family, kind, depth, width);
+:func:`measured_traits` measures what any ``nn.Module`` does to an input of a given shape (stem
+kernel, spatial reduction, parameters). Definitions (also in docs/explain.md):
+
+- ``family``: the zoo family (``mlp``, ``vggm``, ``vit``, ...); ``kind``: ``MLP``, ``CNN`` or ``ViT``.
+- ``depth``: the depth the spec names (Linear layers for MLPs, the VGG/ResNet number, ViT blocks,
+  CONV-L-H's L); ``width``: hidden units (MLP), channels of the first stage (CNN), embedding width (ViT).
+- ``stem``: side of the first convolution's kernel in execution order (a ViT's patch embedding is one,
+  so this is its patch size); missing for models without convolutions.
+- ``spatial_reduction``: input side ÷ side of the smallest feature map any layer other than an
+  adaptive (global) pool outputs; 1 means no downsampling, missing for models without feature maps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..specs import parse_spec
+from .base import count_parameters
+
+_FIRST_STAGE_CHANNELS = {"vgg": 64, "vggm": 64, "resnet": 64}
+_CIFAR_RESNET_CHANNELS = 16
+_VIT_WIDTH = 192
+_VIT_NAMES = ("vit_", "swin_", "maxvit_")
+
+
+def spec_traits(spec: str) -> dict[str, Any]:
+    """``family``, ``kind``, ``depth`` and ``width`` named by a zoo spec (missing ones are None)."""
+    from .registry import FAMILIES
+
+    name = parse_spec(spec, "model spec").name
+    for family in FAMILIES:
+        match = re.fullmatch(family.pattern, name)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        multiplier = float(groups.get("w") or 1.0)
+        depth = int(groups["depth"]) if groups.get("depth") else None
+        width: float | None = None
+        kind = "CNN"
+        if family.name in ("mlp", "linear-mlp"):
+            kind, width = "MLP", float(groups["width"])
+        elif family.name == "convnet":
+            width = float(groups["width"])
+        elif family.name in _FIRST_STAGE_CHANNELS:
+            width = float(round(_FIRST_STAGE_CHANNELS[family.name] * multiplier))
+        elif family.name == "cifar-resnet":
+            width = float(_CIFAR_RESNET_CHANNELS * int(groups.get("width") or 1))
+        elif family.name == "vit":
+            kind, width = "ViT", float(_VIT_WIDTH)
+            depth = depth if depth is not None else _default_vit_depth()
+        elif family.name == "tv":
+            kind = "ViT" if groups["name"].startswith(_VIT_NAMES) else "CNN"
+        return {"family": family.name, "kind": kind, "depth": depth, "width": width}
+    return {"family": None, "kind": None, "depth": None, "width": None}
+
+
+def _default_vit_depth() -> int:
+    from .vit import DEFAULT_DEPTH
+
+    return DEFAULT_DEPTH
+
+
+@torch.no_grad()
+def measured_traits(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """``stem``, ``spatial_reduction`` and ``parameters`` of ``model`` on inputs of ``input_shape``
+    (one forward pass of two zero inputs in eval mode; the model's mode is restored)."""
+    convs: list[nn.Conv2d] = []
+    sides: list[int] = []
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(module, nn.Conv2d):
+            convs.append(module)
+        global_pool = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and not global_pool:
+            sides.append(int(output.shape[-1]))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(2, *input_shape))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    image = len(input_shape) == 3
+    stem = float(convs[0].kernel_size[0]) if convs else math.nan
+    reduction = input_shape[-1] / min(sides) if image and sides else math.nan
+    return {"stem": stem, "spatial_reduction": reduction, "parameters": count_parameters(model)}
+
+
+__all__ = ["measured_traits", "spec_traits"]

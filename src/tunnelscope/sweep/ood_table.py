@@ -1,0 +1,108 @@
+"""The sweep's OOD-level table: one row per (cell, checkpoint, OOD set), ready for ``tunnelscope explain``.
+
+Each row holds the transfer metrics of one OOD set at one analysed checkpoint (% retained, Pearson,
+ID/OOD alignment with their bootstrap intervals, OOD and ID probe accuracy at the penultimate point),
+the checkpoint's tunnel numbers, and the design variables Harun et al. (2024) explain them with:
+architecture traits (:mod:`tunnelscope.models.traits`), parameter count, training-set size,
+overparameterisation γ = parameters / training samples, input resolution, augmentation and the
+number of ID classes. The grid's own variables stay as ``var_*`` columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from ..summary import MODEL_ACCURACY, OOD, TUNNEL_LENGTH, TUNNEL_START, VERDICT_VALID
+from .spec import Cell, SweepSpec
+from .store import VAR_PREFIX, Store
+
+ID_DATASET = "id"
+METRIC_COLUMNS = ("retained", "pearson", "alignment")
+DESIGN_COLUMNS = ("family", "kind", "depth", "width", "parameters", "train_samples", "overparam", "resolution",
+                  "augmentation", "stem", "spatial_reduction", "id_classes")
+CATEGORICAL_COLUMNS = ("family", "kind", "augmentation")
+
+
+def ood_table(spec: SweepSpec, store: Store | None = None) -> pd.DataFrame:
+    """One row per finished (cell, step, OOD set) of ``spec``'s store; columns in module docs."""
+    store = store or Store(spec.store)
+    design: dict[str, dict[str, Any]] = {}  # per training run: built once
+    rows = []
+    for cell in spec.cells:
+        for step in store.done_steps(cell.key):
+            folder = store.root / "results" / cell.key
+            summary = json.loads((folder / f"step-{step:07d}.json").read_text())
+            if not summary.get(OOD):
+                continue
+            table = pd.read_parquet(folder / f"step-{step:07d}.parquet")
+            if cell.train_key not in design:
+                design[cell.train_key] = design_variables(cell, store)
+            rows += _step_rows(cell, step, summary, table, design[cell.train_key])
+    return pd.DataFrame(rows)
+
+
+def _step_rows(cell: Cell, step: int, summary: dict, table: pd.DataFrame, design: dict) -> list[dict]:
+    penultimate = _penultimate_accuracy(table)
+    id_acc = penultimate.get(ID_DATASET, penultimate.get(str(summary.get("data")), math.nan))
+    base = {"cell": cell.key, "step": step, **{VAR_PREFIX + k: v for k, v in cell.variables.items()},
+            "model": summary.get("model"), "data": summary.get("data"),
+            "id_acc": id_acc, "model_accuracy": summary.get(MODEL_ACCURACY),
+            "tunnel_start": summary.get(TUNNEL_START), "tunnel_length": summary.get(TUNNEL_LENGTH),
+            "verdict_valid": summary.get(VERDICT_VALID), **design}
+    rows = []
+    for entry in summary[OOD]:
+        row = {**base, "ood": entry["name"], "ood_acc": penultimate.get(entry["name"], math.nan),
+               "best_point": entry.get("best_point")}
+        for metric in METRIC_COLUMNS:
+            row[metric] = entry.get(metric, math.nan)
+            low, high = entry.get(f"{metric}_ci") or (math.nan, math.nan)
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        rows.append(row)
+    return rows
+
+
+def _penultimate_accuracy(table: pd.DataFrame) -> dict[str, float]:
+    """Test-split probe accuracy at the last probe point, per dataset."""
+    rows = table[(table.metric == "probe_acc") & (table.split == "test")]
+    if rows.empty:
+        return {}
+    last = rows.loc[rows.groupby("dataset")["layer"].idxmax()]
+    return dict(zip(last["dataset"], last["value"].astype(float)))
+
+
+def design_variables(cell: Cell, store: Store) -> dict[str, Any]:
+    """The design variables of a cell's training run (its ``run.json`` and its built model)."""
+    from ..models import build
+    from ..models.traits import measured_traits, spec_traits
+    from ..train.loop import read_run
+
+    run = read_run(store.run_dir(cell.train_key))
+    model_info, data_info = run.get("model", {}), run.get("data", {})
+    spec = cell.train["model"]
+    values: dict[str, Any] = dict(spec_traits(spec))
+    shape = tuple(model_info.get("input_shape") or ())
+    classes = model_info.get("num_classes")
+    measured = measured_traits(build(spec, classes, shape), shape) if shape and classes else {}
+    parameters = model_info.get("parameters", measured.get("parameters"))
+    samples = data_info.get("train_samples")
+    values.update(
+        parameters=parameters, train_samples=samples,
+        overparam=parameters / samples if parameters and samples else math.nan,
+        resolution=shape[-1] if shape else math.nan,
+        augmentation=data_info.get("augmentation") or "none",
+        stem=measured.get("stem", math.nan), spatial_reduction=measured.get("spatial_reduction", math.nan),
+        id_classes=classes)
+    return values
+
+
+def suggested_variables(table: pd.DataFrame) -> list[str]:
+    """The design columns that vary in ``table`` (what ``explain`` can separate)."""
+    return [c for c in DESIGN_COLUMNS if c in table and table[c].nunique(dropna=True) > 1]
+
+
+__all__ = ["CATEGORICAL_COLUMNS", "DESIGN_COLUMNS", "METRIC_COLUMNS", "design_variables", "ood_table",
+           "suggested_variables"]
