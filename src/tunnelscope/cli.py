@@ -394,7 +394,8 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def report(run_dir: str, quiet: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report's path and figure count as JSON.")
+def report(run_dir: str, quiet: bool, as_json: bool) -> None:
     """Rebuild figures/ and report.html of a saved run, without running a model.
 
     \b
@@ -404,7 +405,9 @@ def report(run_dir: str, quiet: bool) -> None:
     from .report import refresh_report
 
     path, figures = refresh_report(run_dir, redraw=True)
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps({"report": str(path), "figures": figures}))
+    elif not quiet:
         out_console.print(f"{figures} figures and {path}" if figures else f"inversion report {path}", markup=False)
 
 

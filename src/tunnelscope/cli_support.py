@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+PIPED_MAX_WIDTH = 10_000  # columns a piped table may take
 out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -26,7 +27,17 @@ def print_frame(frame, title: str) -> None:
         table.add_column(str(col))
     for row in frame.itertuples(index=False):
         table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    out_console.print(table)
+    if out_console.is_terminal:  # the table fits the window
+        out_console.print(table)
+        return
+    # piped or redirected: the table keeps its natural width, so no value is cut or split over lines
+    natural = out_console.measure(table, options=out_console.options.update(max_width=PIPED_MAX_WIDTH)).maximum
+    width = out_console.width
+    out_console.width = max(width, natural)
+    try:
+        out_console.print(table)
+    finally:
+        out_console.width = width
 
 
 __all__ = ["data_root_option", "device_option", "download_option", "err_console", "out_console", "print_frame"]

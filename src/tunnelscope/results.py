@@ -11,6 +11,7 @@ nothing of figures or reports: the report reads :class:`Results`, not the other 
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,16 @@ import pandas as pd
 from .errors import RunDirectoryError
 from .io import atomic_write, write_json
 from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
-from .summary import Summary
+from .summary import (
+    MEAN_RETAINED,
+    MEAN_RETAINED_CI,
+    POINTS,
+    TUNNEL_START,
+    TUNNEL_START_CI,
+    VERDICT,
+    VERDICT_VALID,
+    Summary,
+)
 
 REQUIRED_COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
                     "other_layer", "valid"]
@@ -53,6 +63,40 @@ class Results:
                                   other_layer=table["other_layer"].astype(float),
                                   ci_lo=table["ci_lo"].astype(float), ci_hi=table["ci_hi"].astype(float),
                                   reference=ref.where(ref.notna(), None))
+
+    # ------------------------------------------------------------------ notebooks
+    def headline(self) -> list[tuple[str, str]]:
+        """The few facts a reader wants first, as ``(label, text)`` pairs: model, data, points,
+        metrics, the tunnel's start and mean % retained with their intervals, and the verdict."""
+        s = self.summary
+        metrics = sorted(set(self.table.metric[self._is(None)]))
+        facts = [("model", str(s.get("model", self.config.get("model", "?")))),
+                 ("data", str(s.get("data", self.config.get("data", "?")))),
+                 ("points", f"{len(self.points)} ({', '.join(_shorten(self.points))})"),
+                 ("datasets", ", ".join(self.datasets)),
+                 ("metrics", ", ".join(metrics))]
+        if s.get(TUNNEL_START) is not None:
+            facts.append(("tunnel start", f"{s[TUNNEL_START]}{_interval(s.get(TUNNEL_START_CI))} of {s.get(POINTS)}"))
+        if s.get(MEAN_RETAINED) is not None:
+            facts.append(("mean % OOD retained", f"{s[MEAN_RETAINED]:.1f}{_interval(s.get(MEAN_RETAINED_CI), '.1f')}"))
+        if s.get(VERDICT):
+            facts.append(("verdict", ("" if s.get(VERDICT_VALID, True) else "[not valid] ") + str(s[VERDICT])))
+        if self.path is not None:
+            facts.append(("saved in", str(self.path)))
+        return facts
+
+    def __repr__(self) -> str:
+        return "Results(\n" + "".join(f"  {label}: {text}\n" for label, text in self.headline()) + ")"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the headline, then the per-point table of the test split."""
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(label)}</th><td style='text-align:left'>"
+                       f"{html.escape(text)}</td></tr>" for label, text in self.headline())
+        try:
+            layers = self.layer_table().to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+        except (KeyError, ValueError):  # no per-point test metrics (e.g. a pairwise-only run)
+            layers = ""
+        return f"<div><strong>tunnelscope Results</strong><table>{rows}</table>{layers}</div>"
 
     # ------------------------------------------------------------------ access
     @property
@@ -183,6 +227,17 @@ class Results:
             raise RunDirectoryError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; "
                                     "it was not written by tunnelscope")
         return cls(table, summary, config, d)
+
+
+def _shorten(names: list[str], keep: int = 3) -> list[str]:
+    """The first and last names of a long list, with an ellipsis between."""
+    return names if len(names) <= 2 * keep else [*names[:keep], "…", *names[-keep:]]
+
+
+def _interval(bounds: object, fmt: str = "g") -> str:
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or None in bounds:
+        return ""
+    return f" [{bounds[0]:{fmt}}, {bounds[1]:{fmt}}]"
 
 
 __all__ = ["COLUMNS", "Results", "ResultsError", "check_free"]

@@ -142,9 +142,10 @@ def test_report_command_rebuilds_figures_and_html_without_a_model(runs, tmp_path
     shutil.copytree(path, copy)
     shutil.rmtree(copy / "figures")
     (copy / "report.html").unlink()
-    code, out, _ = run_cli(["report", copy], capsys)
+    code, out, _ = run_cli(["report", copy, "--json"], capsys)
     assert code == 0 and (copy / "report.html").is_file()
     assert sorted(p.stem for p in (copy / "figures").glob("*.png")) == sorted(FIGURES)
+    assert json.loads(out) == {"report": str(copy / "report.html"), "figures": len(FIGURES)}
 
 
 def test_compare_overlays_runs_of_different_depth(runs, tmp_path, capsys):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,10 @@ def test_spec_expands_the_grid_and_hashes_cells(tmp_path):
     assert cell.train["model"] == "mlp-2x16" and cell.train["seed"] == 0 and isinstance(cell.train["seed"], int)
     assert len({c.key for c in spec.cells}) == 4
     assert SweepSpec.load(tiny_spec(tmp_path)).cells[0].key == cell.key  # content hash: stable
+    assert spec.name == "tiny"  # not the last grid variable's name
+    raw = yaml.safe_load(tiny_spec(tmp_path).read_text())
+    del raw["store"]
+    assert SweepSpec.from_dict(raw).store == (Path.cwd() / "runs" / "sweeps" / "tiny").resolve()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -243,14 +243,15 @@ class SweepSpec:
         if cells > MAX_CELLS:
             raise SweepConfigError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep "
                                    "into several files or use fewer values per variable")
-        for name, values in grid.items():
-            if not re.fullmatch(r"\w+", str(name)):
-                raise SweepConfigError(f"grid variable {name!r} must be letters, digits and underscores "
-                                       f"(it is used as {{{name}}})")
+        for variable, values in grid.items():
+            if not re.fullmatch(r"\w+", str(variable)):
+                raise SweepConfigError(f"grid variable {variable!r} must be letters, digits and underscores "
+                                       f"(it is used as {{{variable}}})")
             if any(isinstance(v, (list, dict)) for v in values):
-                raise SweepConfigError(f"grid variable {name!r} takes single values (numbers or strings), not lists")
+                raise SweepConfigError(f"grid variable {variable!r} takes single values (numbers or strings), "
+                                       "not lists")
             if len(set(map(repr, values))) != len(values):
-                raise SweepConfigError(f"grid variable {name!r} lists a value twice: {values}")
+                raise SweepConfigError(f"grid variable {variable!r} lists a value twice: {values}")
         cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
         _check_keys(cell, CELL_KEYS, "'cell'")
         for required in ("model", "data"):
