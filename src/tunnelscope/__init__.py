@@ -30,14 +30,15 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import data, models, report
-    from .engine.analyze import analyze
+    from .engine.analyze import analyze, analyze_features
     from .models import load_model
     from .results import Results
     from .train import train
 
 # public name -> (module, attribute); attribute None: the module itself
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "analyze": ("engine.analyze", "analyze"), "Results": ("results", "Results"), "train": ("train", "train"),
+    "analyze": ("engine.analyze", "analyze"), "analyze_features": ("engine.analyze", "analyze_features"),
+    "Results": ("results", "Results"), "train": ("train", "train"),
     "load_model": ("models", "load_model"), "data": ("data", None), "models": ("models", None),
     "report": ("report", None), "analyze_run": ("dynamics", "analyze_run"),
 }
@@ -72,6 +73,6 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "CheckpointError", "ConfigError", "DataNotFoundError", "InsufficientDataError", "MemoryBudgetError",
     "ProbePointError", "Results", "RunDirectoryError", "ShapeError", "SpecError", "SweepConfigError",
-    "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "analyze_run", "data", "load_model",
-    "models", "report", "train",
+    "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "analyze_features", "analyze_run", "data",
+    "load_model", "models", "report", "train",
 ]

@@ -1,7 +1,25 @@
-"""Datasets by spec string: ``tunnelscope.data.load("fashion-mnist[classes=0-4]")``."""
+"""Datasets by spec string: ``tunnelscope.data.load("fashion-mnist[classes=0-4]")``; or from
+Python objects: ``tunnelscope.data.as_dataset((X, y), name="mine")`` (:mod:`.objects`)."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .registry import Dataset, check_spec, list_datasets, load, valid_names
 from .split import FolderSplit, Split, TensorSplit, sample_split
 
-__all__ = ["Dataset", "FolderSplit", "check_spec", "Split", "TensorSplit", "list_datasets", "load", "sample_split",
+# read from .objects on first use: it imports the capture (and the model zoo), which plain loading does not need
+_OBJECTS = ("FeatureModel", "as_dataset", "feature_dataset", "resolve_data", "split_indices")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OBJECTS:
+        from . import objects
+
+        return getattr(objects, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Dataset", "FeatureModel", "FolderSplit", "check_spec", "Split", "TensorSplit", "as_dataset",
+           "feature_dataset", "list_datasets", "load", "resolve_data", "sample_split", "split_indices",
            "valid_names"]

@@ -138,7 +138,7 @@ def check_spec(spec: str) -> None:
     without reading any file."""
     parsed = parse_spec(spec, "dataset spec")
     if parsed.name.startswith("imagefolder:"):
-        _parse_options(parsed, spec, {}, "image")
+        _imagefolder_options(parsed, spec)
         return
     source = SOURCES.get(parsed.name)
     if source is None:
@@ -157,8 +157,7 @@ def load(spec: str, root: str | os.PathLike | None = None, download: bool = Fals
     parsed = parse_spec(spec, "dataset spec")
     ctx = LoadContext.make(root, download)
     if parsed.name.startswith("imagefolder:"):
-        options = _parse_options(parsed, spec, {}, "image")
-        return _load_imagefolder(parsed, spec, options)
+        return _load_imagefolder(parsed, spec, _imagefolder_options(parsed, spec))
     source = SOURCES.get(parsed.name)
     if source is None:
         raise SpecError(
@@ -414,7 +413,80 @@ class _FolderImages(torch.utils.data.Dataset):
         return self.transform(image), self.labels[i]
 
 
+IMAGEFOLDER_MODIFIERS = {
+    "norm": "imagenet (default: ImageNet's mean and std), dataset (per-channel mean and std of train/) or none",
+}
+IMAGEFOLDER_NORMS = ("imagenet", "dataset", "none")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as one channel
+
+
+def _imagefolder_options(parsed: Spec, text: str) -> dict:
+    """The common modifiers of an imagefolder spec, plus ``norm`` (validated, default ``imagenet``)."""
+    modifiers = dict(parsed.modifiers)
+    norm = modifiers.pop("norm", "imagenet")
+    if norm not in IMAGEFOLDER_NORMS:
+        raise SpecError(f"modifier norm={norm} in {text!r} must be one of {', '.join(IMAGEFOLDER_NORMS)}")
+    options = _parse_options(Spec(parsed.name, modifiers), text, IMAGEFOLDER_MODIFIERS, "image")
+    return {**options, "norm": norm}
+
+
+def _native_format(folder) -> tuple[int, int, str]:
+    """The default size (the smallest shorter side) and channels (1 when all are grey) of the
+    first image of each class of ``folder``, read from the files' headers, and a description."""
+    from PIL import Image
+
+    firsts: dict[int, str] = {}
+    for path, target in folder.samples:
+        firsts.setdefault(target, path)
+    sides, grey = [], True
+    for path in firsts.values():
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+                grey = grey and image.mode in GREY_MODES
+        except Exception as exc:  # PIL raises several types for unreadable files
+            raise DataNotFoundError(f"cannot read image {path}: {type(exc).__name__}; remove or replace the file") \
+                from None
+    if not sides:
+        raise DataNotFoundError(f"{folder.root} holds no images")
+    return min(sides), 1 if grey else 3, "the first training image of each class"
+
+
+def _imagefolder_stats(folder, transform, size: int, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over every image of ``folder`` as ``transform`` makes them (the
+    model's view before normalisation), float64 sums; kept in the user cache keyed by every
+    file's size and mtime."""
+    paths = [Path(p) for p, _ in folder.samples]
+    fingerprint = {"key": ["imagefolder", str(Path(folder.root).resolve()), size, channels],
+                   "version": STATS_VERSION, "torch": torch.__version__,
+                   "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]}
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
+    path = sources.user_cache_dir() / "normalisation" / f"{digest}.json"
+    stats = _read_stats(path, fingerprint)
+    if stats is not None:
+        return stats
+    labels = torch.tensor(folder.targets, dtype=torch.long)
+    split = FolderSplit(_FolderImages(folder, torch.arange(len(labels)), labels, transform), labels,
+                        num_workers=min(4, os.cpu_count() or 1))
+    total = torch.zeros(channels, dtype=torch.float64)
+    square = torch.zeros_like(total)
+    count = 0
+    for x, _ in split.batches(64):
+        flat = x.double().transpose(0, 1).reshape(channels, -1)
+        total += flat.sum(1)
+        square += (flat * flat).sum(1)
+        count += flat.shape[1]
+    mean = total / count
+    var = (square - count * mean * mean) / max(count - 1, 1)
+    stats = tuple(mean.tolist()), tuple(var.clamp_min(1e-16).sqrt().tolist())
+    _write_stats(path, fingerprint, stats)
+    return stats
+
+
 def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
+    """``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` streamed from disk. Without ``size``
+    / ``channels`` the images keep their native format (see :func:`_native_format`); ``norm``
+    picks ImageNet's statistics (default), those of train/ or none."""
     import torchvision
     from torchvision.transforms import v2
 
@@ -425,24 +497,36 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
                 f"imagefolder {root} needs train/ and test/ subfolders with one folder per class; "
                 f"{root / sub} is missing"
             )
-    size = options.get("size", 224)
-    channels = options.get("channels", 3)
-    mean = IMAGENET_MEAN if channels == 3 else (0.449,)
-    std = IMAGENET_STD if channels == 3 else (0.226,)
+    folders = {sub: torchvision.datasets.ImageFolder(str(root / sub)) for sub in ("train", "test")}
+    native_size, native_channels, native_from = _native_format(folders["train"])
+    size = options.get("size", native_size)
+    channels = options.get("channels", native_channels)
     base = [v2.Grayscale(1) if channels == 1 else v2.RGB()]
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    scaled = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    view = v2.Compose(base + [v2.Resize(size, antialias=True), v2.CenterCrop(size)] + scaled)
+    norm = options["norm"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    if norm == "imagenet":
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
+        computed_on = "ImageNet statistics (norm=imagenet, the default)"
+    elif norm == "dataset":
+        mean, std = _imagefolder_stats(folders["train"], view, size, channels)
+        computed_on = f"every image in {root / 'train'} at {size}x{size}, {channels} channel(s) (norm=dataset)"
+    else:
+        mean, std = (0.0,) * channels, (1.0,) * channels
+        computed_on = "none (norm=none): pixel values scaled to [0, 1]"
+    tail = scaled + [v2.Normalize(mean, std)]
     test_tf = v2.Compose(base + [v2.Resize(size, antialias=True), v2.CenterCrop(size)] + tail)
     train_tf = test_tf
     if options.get("aug"):
         train_tf = v2.Compose(base + [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] + tail)
     splits = {}
-    class_names: list[str] = []
+    class_names: list[str] = list(folders["train"].classes)
     label_noise: dict | None = None
     for sub, tf, cap in (("train", train_tf, "per_class"), ("test", test_tf, "test_per_class")):
-        folder = torchvision.datasets.ImageFolder(str(root / sub))
-        if sub == "train":
-            class_names = list(folder.classes)
-        elif folder.classes != class_names:
+        folder = folders[sub]
+        if folder.classes != class_names:
             raise DataNotFoundError(f"{root}: train/ and test/ hold different class folders")
         targets = torch.tensor(folder.targets, dtype=torch.long)
         keep, labels = select_classes(targets, options.get("classes"), len(class_names), text)
@@ -455,7 +539,11 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
         splits[sub] = FolderSplit(images, split_labels, num_workers=min(4, os.cpu_count() or 1))
     classes = options.get("classes") or list(range(len(class_names)))
     info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
-            "kind": "image", "normalisation": {"mean": mean, "std": std, "computed_on": "ImageNet statistics"},
+            "kind": "image", "normalisation": {"mode": norm, "mean": list(mean), "std": list(std),
+                                               "computed_on": computed_on},
+            "format": {"size": size, "channels": channels,
+                       "size_from": "size= modifier" if "size" in options else f"native: {native_from}",
+                       "channels_from": "channels= modifier" if "channels" in options else f"native: {native_from}"},
             "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
             "augmentation": "RandomResizedCrop + RandomHorizontalFlip" if options.get("aug") else None,
             "original_classes": classes, "label_noise": label_noise}
@@ -472,5 +560,6 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
         rows.append({"name": name, "description": source.description, "available": available, "where": where,
                      "modifiers": sorted({**COMMON_MODIFIERS, **source.extra_modifiers})})
     rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/train/<class>/*, PATH/test/<class>/*",
-                 "available": True, "where": "read from PATH", "modifiers": sorted(COMMON_MODIFIERS)})
+                 "available": True, "where": "read from PATH",
+                 "modifiers": sorted({**COMMON_MODIFIERS, **IMAGEFOLDER_MODIFIERS})})
     return rows

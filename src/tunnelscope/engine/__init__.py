@@ -9,10 +9,10 @@
 :class:`tunnelscope.results.Results`, with one tidy table layout.
 """
 
-from .analyze import ANALYZE_METRICS, analyze, parse_metrics
+from .analyze import ANALYZE_METRICS, analyze, analyze_features, parse_metrics
 from .cross_model import cross_model_cka
 from .probing import probe_layers
 from .statistics import analyze_layers, run_pass
 
-__all__ = ["ANALYZE_METRICS", "analyze", "analyze_layers", "cross_model_cka", "parse_metrics", "probe_layers",
-           "run_pass"]
+__all__ = ["ANALYZE_METRICS", "analyze", "analyze_features", "analyze_layers", "cross_model_cka", "parse_metrics",
+           "probe_layers", "run_pass"]

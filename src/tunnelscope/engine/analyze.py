@@ -9,7 +9,7 @@ of every OOD set once each into a feature cache and train all points' probes joi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +20,13 @@ from .. import data as data_mod
 from ..capture import DEFAULT_MAX_DIM
 from ..capture.cache import FeatureCache
 from ..data import sample_split
+from ..data.objects import (
+    DEFAULT_TEST_FRACTION,
+    dataset_names,
+    feature_dataset,
+    object_records,
+    resolve_data,
+)
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..metrics import METRICS, REGISTRY
@@ -49,8 +56,8 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
 
 def analyze(
     model: nn.Module | str | Path,
-    data: data_mod.Dataset | str,
-    ood: Sequence[str] = (),
+    data: data_mod.Dataset | str | object,
+    ood: object = (),
     metrics: str | Sequence[str] = "default",
     points: str | Sequence[str] = "blocks",
     reduce: str = "pool2",
@@ -74,6 +81,12 @@ def analyze(
 ) -> Results:
     """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
 
+    ``data`` and each OOD set are a spec string, a :class:`~tunnelscope.data.Dataset`, or data
+    given as objects: an ``(X, y)`` pair of tensors or arrays, a DataLoader or torch Dataset
+    yielding ``(x, y)``, or ``{"train": obj, "test": obj}``; one object is split 80/20 per
+    class with seed 0 (see :func:`tunnelscope.data.as_dataset`, which also names objects and
+    sets other splits). ``ood`` is one set, a list, or ``{name: object}``. Objects' records
+    (kind, split, sample counts) are kept in ``config["data_objects"]``.
     ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
     initialised), or a module (``model_info`` may say how it was trained: ``{"step": ...}``).
     ``metrics``: see :func:`parse_metrics`. Every split is read as a seeded subset of at most
@@ -95,20 +108,22 @@ def analyze(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     stats_metrics = [m for m in wanted if m != PROBE]
+    dataset, ood = resolve_data(data, ood, data_root)
     if ood and PROBE not in wanted:
         raise ConfigError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(device)
-    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
     net, model_name, resolved = resolve_model(model, dev, dataset, weights)
     net.eval()
     model_info = {"model": model_name, **resolved, **(model_info or {})}
     frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
-                           "ood_datasets": list(ood)}
-    config: dict = {"model": model_info, "data": dataset.spec, "ood": list(ood), "metrics": wanted,
+                           "ood_datasets": dataset_names(ood)}
+    config: dict = {"model": model_info, "data": dataset.spec, "ood": dataset_names(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
                     "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim,
                     "device": str(dev), "seed": seed, "environment": environment(dev),
                     "versions": package_versions()}
+    if records := object_records(dataset, ood):
+        config["data_objects"] = records
     max_train = max_samples if max_train is None else max_train
     max_test = max_samples if max_test is None else max_test
     shared = bool(stats_metrics) and PROBE in wanted and max_train == max_samples and max_test == max_samples
@@ -184,4 +199,65 @@ def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summ
     return pd.concat([table, rows], ignore_index=True), summary, config
 
 
-__all__ = ["ANALYZE_METRICS", "analyze", "parse_metrics"]
+def analyze_features(
+    features: object,
+    labels: object,
+    ood: object = (),
+    metrics: str | Sequence[str] = "default",
+    *,
+    name: str = "features",
+    model_name: str = "precomputed",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    split_seed: int = 0,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    reduce: str = "pool2",
+    device: str | torch.device = "auto",
+    probe: ProbeConfig | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = 10_000,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    include_input: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    ncc_eps: float = 0.01,
+    cka_passes: int = 1,
+    max_dim: int | None = DEFAULT_MAX_DIM,
+) -> Results:
+    """:func:`analyze` on features already extracted: every statistic and probe it computes
+    from captured features, through the same code, as one :class:`Results`.
+
+    ``features`` is ``{point: (N, D) array or tensor}`` in layer order with ``labels`` ``(N,)``
+    integer classes, split per class into train and test (``test_fraction``, ``split_seed``;
+    recorded), or ``{"train": {point: ...}, "test": {point: ...}}`` with ``labels``
+    ``{"train": y, "test": y}``. An ``input`` entry is layer 0 (the raw input, read when
+    ``include_input``); features of more than 2 dims are reduced by ``reduce`` as captured
+    outputs are, and every point is capped at ``max_dim`` coordinates as they are. ``ood`` is
+    ``{name: (features, labels)}`` (or a list, named ``ood-1``, ...) at the same points. The
+    table's ``model`` column holds ``model_name``; the model's own accuracy is not known
+    (NaN) and the probe points' names are the keys given. Other arguments: see :func:`analyze`.
+    """
+    net, dataset = feature_dataset(features, labels, name=name, model_name=model_name, test_fraction=test_fraction,
+                                   split_seed=split_seed, num_classes=num_classes, class_names=class_names)
+    if isinstance(ood, Mapping):
+        items = [(str(k), v) for k, v in ood.items()]
+    elif isinstance(ood, (list, tuple)):
+        items = [(f"ood-{i}", v) for i, v in enumerate(ood, 1)]
+    else:
+        raise ConfigError(f"ood must be {{name: (features, labels)}} or a list of such pairs, not {type(ood).__name__}")
+    ood_sets = []
+    for key, pair in items:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ConfigError(f"OOD set {key!r} must be a (features, labels) pair")
+        ood_sets.append(feature_dataset(pair[0], pair[1], name=key, test_fraction=test_fraction,
+                                        split_seed=split_seed, like=net)[1])
+    return analyze(net, dataset, ood=ood_sets, metrics=metrics, points="blocks", reduce=reduce, device=device,
+                   probe=probe, batch_size=batch_size, max_samples=max_samples, max_train=max_train,
+                   max_test=max_test, seed=seed, progress=progress, include_input=include_input,
+                   resamples=resamples, model_info=net.record(), ncc_eps=ncc_eps, cka_passes=cka_passes,
+                   max_dim=max_dim)
+
+
+__all__ = ["ANALYZE_METRICS", "analyze", "analyze_features", "parse_metrics"]

@@ -25,7 +25,7 @@ from .. import data as data_mod
 from ..capture import DEFAULT_MAX_DIM, Capture
 from ..capture.cache import DEFAULT_BUDGET, FeatureCache
 from ..data import sample_split
-from ..data.adapt import load_adapted
+from ..data.objects import as_dataset, ood_dataset
 from ..device import resolve_device
 from ..errors import InsufficientDataError
 from ..metrics.base import ModelAccuracy
@@ -122,7 +122,7 @@ class _Fitted:
 def probe_layers(
     model: nn.Module | str | Path,
     data: data_mod.Dataset | str,
-    ood: Sequence[str] = (),
+    ood: Sequence[str | data_mod.Dataset] = (),
     points: str | Sequence[str] = "blocks",
     reduce: str = "pool2",
     probe: ProbeConfig | None = None,
@@ -147,7 +147,7 @@ def probe_layers(
 ) -> Results:
     """Train linear probes at every point on the ID data and on each OOD dataset.
 
-    ``ood`` is a list of dataset specs; each gets its own probes, trained on its training
+    ``ood`` is a list of dataset specs or Datasets; each gets its own probes, trained on its training
     split and scored on its test split, reading the same backbone. ``probe`` sets the
     protocol (default ``lbfgs``, run to convergence; ``probe.seeds`` probes per point).
     ``max_train`` / ``max_test`` cap the samples read per split (seeded subsets).
@@ -169,14 +169,15 @@ def probe_layers(
     dev = resolve_device(device)
     net, model_name, resolved_info = resolve_model(model, dev)
     model_info = {**resolved_info, **(model_info or {})}
-    id_ds = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    id_ds = as_dataset(data, root=data_root)
     example = next(id_ds.test.batches(2, device=dev))[0]
-    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                      include_input=include_input)
+    make_capture = getattr(net, "capture_class", Capture)  # a model may read its points itself (precomputed)
+    capture = make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                           include_input=include_input)
     names, modules = capture.names, capture.points
     datasets: dict[str, tuple[data_mod.Dataset, list[str]]] = {"id": (id_ds, [])}
-    for spec in ood:
-        ds, changes = load_adapted(spec, id_ds.input_shape, data_root)
+    for item in ood:
+        spec, ds, changes = ood_dataset(item, id_ds.input_shape, data_root)
         if ds.num_classes < 2:
             raise InsufficientDataError(f"OOD dataset {spec!r} has a single class; a probe needs at least two")
         datasets[spec] = (ds, changes)

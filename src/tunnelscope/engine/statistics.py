@@ -32,6 +32,7 @@ from torch import nn
 from .. import data as data_mod
 from ..capture import DEFAULT_MAX_DIM, Capture
 from ..capture.cache import DEFAULT_BUDGET, FeatureCache
+from ..data.objects import as_dataset
 from ..device import resolve_device
 from ..errors import ConfigError, MemoryBudgetError
 from ..metrics import LEVELS, Metric, Options, PointStats, parse_metrics
@@ -349,11 +350,12 @@ def analyze_layers(
     wanted, explicit = parse_metrics(metrics)
     _check_settings(wanted, batch_size, precision, cka_passes)
     dev = resolve_device(device)
-    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    dataset = as_dataset(data, root=data_root)
     net, model_name, model_info = resolve_model(model, dev, dataset)
     example = next(dataset.test.batches(2, device=dev))[0]
-    capture = Capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                      include_input=include_input)
+    make_capture = getattr(net, "capture_class", Capture)  # a model may read its points itself (precomputed)
+    capture = make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                           include_input=include_input)
     widths = list(capture.widths(example).values())
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget

@@ -1,0 +1,554 @@
+"""Data given as Python objects rather than spec strings, and features given precomputed.
+
+:func:`as_dataset` turns any of these into a :class:`~tunnelscope.data.Dataset`:
+
+- a spec string (loaded by :func:`tunnelscope.data.load`) or a ``Dataset`` (kept as it is);
+- an ``(X, y)`` pair of tensors or numpy arrays: ``X`` is ``(N, ...)`` inputs, ``y`` ``(N,)``
+  integer class indices from 0;
+- a :class:`torch.utils.data.DataLoader` whose batches are ``(x, y)``;
+- a :class:`torch.utils.data.Dataset` whose items are ``(x, y)``.
+
+**Splits.** The engine fits on the *train* split (probes, class means, NCC and ridge
+read-outs) and scores on the *test* split (probe accuracy, CKA). Give both as
+``{"train": obj, "test": obj}`` (each any of the forms above), or one object, which is split
+per class with a seeded random draw: ``test_fraction * n_c`` (rounded half up) of each class's ``n_c``
+samples (at least one and at most ``n_c - 1`` when ``n_c >= 2``) go to test, the rest to
+train, both kept in their original order. ``test_fraction`` (default 0.2) and
+``split_seed`` (default 0) are recorded in ``info["split"]``.
+
+**Inputs** are read once into memory and used as given: no normalisation unless
+``norm="dataset"`` (per-channel mean and std of the train split, channels being dim 1; per
+feature for ``(N, D)`` inputs). Integer inputs (e.g. uint8 images) are stored as they are
+and converted to float per batch, float64 becomes float32. A DataLoader is iterated once,
+so its transforms (augmentation included) are applied once.
+
+**Names.** An object's dataset is named by ``name=``, else by its kind and rank among the
+objects of one call: ``arrays-1``, ``loader-1``, ``torch-dataset-1`` (never by its repr).
+``info`` records ``from_object``, what the object was, the split and the sample counts.
+
+Precomputed features (:func:`feature_dataset`) become a dataset whose inputs are every
+point's features side by side, and a :class:`FeatureModel` whose capture
+(:class:`FeatureCapture`) cuts them back into points, so that the engine computes the same
+statistics and probes on them as on features it captured itself.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..capture import DEFAULT_MAX_DIM, INPUT_POINT, Capture, Features
+from ..errors import ConfigError, InsufficientDataError, ShapeError
+from .adapt import load_adapted
+from .registry import Dataset, channel_stats, load
+from .split import TensorSplit
+
+DEFAULT_TEST_FRACTION = 0.2
+NORMS = ("none", "dataset")
+SPLITS = ("train", "test")
+READ_BATCH = 256  # samples per batch when a torch Dataset is read into memory
+FORMS = ("a spec string, a tunnelscope Dataset, an (X, y) pair of tensors or arrays, a torch DataLoader or "
+         "Dataset yielding (x, y), or {'train': ..., 'test': ...} of those")
+
+
+# ----------------------------------------------------------------------------------------- reading
+def _is_array(a: object) -> bool:
+    return isinstance(a, (Tensor, np.ndarray))
+
+
+def _is_pair(obj: object) -> bool:
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and _is_array(obj[0])
+
+
+def _is_split_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and set(obj) == set(SPLITS)
+
+
+def object_kind(obj: object) -> str:
+    """``arrays``, ``loader`` or ``torch-dataset`` (the kind of a split dict's train part);
+    :class:`ConfigError` for anything else."""
+    if _is_split_dict(obj):
+        assert isinstance(obj, Mapping)
+        return object_kind(obj["train"])
+    if isinstance(obj, Mapping):
+        raise ConfigError(f"a dict of data needs exactly the keys 'train' and 'test', got {sorted(map(str, obj))}")
+    if _is_pair(obj):
+        return "arrays"
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return "loader"
+    if isinstance(obj, torch.utils.data.Dataset):
+        return "torch-dataset"
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        raise ConfigError(f"an (X, y) pair needs X as a tensor or numpy array, got {type(obj[0]).__name__}")
+    raise ConfigError(f"cannot use {type(obj).__name__} as data; give {FORMS}")
+
+
+def _as_inputs(a: Any, what: str) -> Tensor:
+    """Inputs as a CPU tensor: integers kept (converted to float per batch), floats as float32."""
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise ConfigError(f"{what} holds {a.dtype} values; inputs must be numbers")
+        a = torch.from_numpy(np.ascontiguousarray(a))
+    if not isinstance(a, Tensor):
+        raise ConfigError(f"{what} is a {type(a).__name__}; inputs must be tensors or numpy arrays")
+    a = a.detach().cpu()
+    if a.is_complex():
+        raise ConfigError(f"{what} holds complex values; inputs must be real numbers")
+    if a.dtype == torch.bool:
+        return a.to(torch.uint8)
+    if a.is_floating_point() and a.dtype != torch.float16:
+        return a.float()
+    return a
+
+
+def _as_labels(y: Any, what: str) -> Tensor:
+    """Labels as a 1-D int64 tensor of class indices >= 0."""
+    if isinstance(y, Tensor):
+        arr = y.detach().cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(y)
+        except (TypeError, ValueError):
+            arr = np.asarray([], dtype=object)
+    if arr.size == 0 and arr.ndim == 1:
+        return torch.zeros(0, dtype=torch.long)  # refused as "holds no samples" by the caller
+    if arr.dtype.kind not in "iu":
+        hint = " (convert them with y.astype(int) or y.long())" if arr.dtype.kind in "fb" else ""
+        raise ConfigError(f"{what} labels must be integer class indices, got {arr.dtype}{hint}")
+    if arr.ndim != 1:
+        hint = "; for one-hot labels use y.argmax(1)" if arr.ndim == 2 and arr.shape[1] > 1 else ""
+        raise ShapeError(f"{what} labels must be a 1-D vector of class indices, got shape {arr.shape}{hint}")
+    if arr.size and arr.min() < 0:
+        raise ConfigError(f"{what} labels must be class indices from 0, got {int(arr.min())}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _check_pair(x: Tensor, y: Tensor, what: str) -> None:
+    if len(y) == 0 or len(x) == 0:
+        raise InsufficientDataError(f"{what} holds no samples")
+    if x.dim() < 2:
+        raise ShapeError(f"{what} inputs have shape {tuple(x.shape)}: give one row per sample, "
+                         "shape (N, ...), e.g. X.reshape(-1, 1)")
+    if len(x) != len(y):
+        raise ShapeError(f"{what} has {len(x)} inputs but {len(y)} labels; give one label per sample")
+
+
+def _check_item(dataset: torch.utils.data.Dataset, what: str) -> None:
+    """The first item of a map-style dataset must be ``(x, y)`` with ``x`` a tensor or array."""
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) == 0:
+        raise InsufficientDataError(f"{what} holds no samples")
+    item = dataset[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise ConfigError(f"{what} items must be (x, y) pairs; item 0 is a {type(item).__name__}")
+    if not _is_array(item[0]):
+        raise ConfigError(f"{what} item 0 has x of type {type(item[0]).__name__}, not a tensor or array; "
+                          "add a transform such as torchvision.transforms.ToTensor()")
+
+
+def _read_loader(loader: Iterable, what: str) -> tuple[Tensor, Tensor]:
+    """Every batch of ``loader`` as one ``(x, y)``."""
+    xs, ys = [], []
+    try:
+        for i, batch in enumerate(loader):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise ConfigError(f"{what} batches must be (x, y) pairs; batch {i} is a {type(batch).__name__}"
+                                  + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
+            xs.append(_as_inputs(batch[0], f"{what} batch {i}"))
+            ys.append(_as_labels(batch[1], f"{what} batch {i}"))
+    except TypeError as exc:
+        if "collate" not in str(exc):
+            raise
+        raise ConfigError(f"{what} items cannot be batched ({str(exc).splitlines()[0]}); items must be (x, y) "
+                          "with x a tensor or array and y an integer") from None
+    if not xs:
+        raise InsufficientDataError(f"{what} holds no samples")
+    shapes = {tuple(x.shape[1:]) for x in xs}
+    if len(shapes) > 1:
+        raise ShapeError(f"{what} yields inputs of different shapes {sorted(shapes)}; resize them to one shape")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _class_names_of(obj: object) -> list[str] | None:
+    """Class names an object carries (torchvision datasets' ``classes``), if any."""
+    inner = obj.dataset if isinstance(obj, torch.utils.data.DataLoader) else obj
+    names = getattr(inner, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def _describe(obj: object) -> str:
+    if _is_pair(obj):
+        return "(X, y) arrays"
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return f"DataLoader over {type(obj.dataset).__name__}"
+    return f"torch Dataset {type(obj).__name__}"
+
+
+def read_object(obj: object, what: str) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of one ``(X, y)`` pair, DataLoader or torch Dataset, checked."""
+    kind = object_kind(obj)
+    if kind == "arrays":
+        assert isinstance(obj, (tuple, list))
+        x, y = _as_inputs(obj[0], f"{what} X"), _as_labels(obj[1], what)
+    elif kind == "loader":
+        assert isinstance(obj, torch.utils.data.DataLoader)
+        if isinstance(obj.sampler, torch.utils.data.RandomSampler):
+            warnings.warn(f"{what}: the DataLoader shuffles, so its order (and the max_samples subset drawn "
+                          "from it) changes from run to run; give shuffle=False", stacklevel=3)
+        if obj.drop_last:
+            warnings.warn(f"{what}: the DataLoader drops its last incomplete batch, so those samples are not "
+                          "analysed; give drop_last=False", stacklevel=3)
+        x, y = _read_loader(obj, what)
+    else:
+        assert isinstance(obj, torch.utils.data.Dataset)
+        _check_item(obj, what)
+        x, y = _read_loader(torch.utils.data.DataLoader(obj, batch_size=READ_BATCH, num_workers=0), what)
+    _check_pair(x, y, what)
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------- splits
+def split_indices(labels: Tensor, test_fraction: float = DEFAULT_TEST_FRACTION,
+                  seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Sorted train and test indices of a stratified seeded split: ``test_fraction * n_c``
+    (rounded half up, clamped to ``1 .. n_c - 1`` when ``n_c >= 2``; a class of one sample
+    stays in train) of each class's ``n_c`` samples are drawn for test with
+    ``torch.Generator().manual_seed(seed)``, the classes taken in increasing order."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    test = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = len(idx)
+        k = min(max(math.floor(test_fraction * n + 0.5), 1), n - 1) if n >= 2 else 0
+        test.append(idx[torch.randperm(n, generator=generator)[:k]])
+    test_idx = torch.sort(torch.cat(test)).values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[test_idx] = False
+    if len(test_idx) == 0:
+        raise InsufficientDataError(f"{len(labels)} samples are too few to split into train and test; give "
+                                    "more samples per class or {'train': ..., 'test': ...}")
+    return torch.nonzero(mask).flatten(), test_idx
+
+
+def _split_record(n_test: int, n: int, test_fraction: float, seed: int) -> dict:
+    return {"method": "stratified seeded split of one object", "test_fraction": test_fraction, "seed": seed,
+            "description": f"{n_test} of {n} samples to test, about {test_fraction:.0%} of each class "
+                           f"(torch generator seeded {seed}); the rest to train"}
+
+
+def _split(x: Tensor, y: Tensor, test_fraction: float, seed: int) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
+    train, test = split_indices(y, test_fraction, seed)
+    record = _split_record(len(test), len(y), test_fraction, seed)
+    return {"train": (x[train], y[train]), "test": (x[test], y[test])}, record
+
+
+# ----------------------------------------------------------------------------------------- datasets
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a dataset name must be a non-empty string, got {name!r}")
+    if name.strip() == "id":
+        raise ConfigError("'id' names the ID dataset in results; choose another name")
+    return name.strip()
+
+
+def _num_classes(splits: dict[str, tuple[Tensor, Tensor]], num_classes: int | None, name: str) -> int:
+    top = max(int(y.max()) for _, y in splits.values()) + 1
+    if num_classes is None:
+        return top
+    if num_classes < top:
+        raise ConfigError(f"{name}: num_classes={num_classes} but the labels go up to {top - 1}")
+    return num_classes
+
+
+def _class_names(given: Sequence[str] | None, carried: list[str] | None, k: int, name: str) -> list[str]:
+    if given is not None:
+        if len(given) != k:
+            raise ConfigError(f"{name}: {len(given)} class names for {k} classes")
+        return [str(n) for n in given]
+    return list(carried) if carried is not None and len(carried) == k else [str(c) for c in range(k)]
+
+
+def _normalise(x: Tensor, norm: str, name: str) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
+    """Mean, std and their record for ``norm`` (``none`` or ``dataset``: of the train inputs ``x``)."""
+    if norm == "none":
+        return (0.0,), (1.0,), {"mode": "none", "mean": None, "std": None,
+                                "computed_on": "none: inputs used as given"}
+    if len(x) < 2:
+        raise InsufficientDataError(f"{name}: norm='dataset' needs at least 2 training samples")
+    mean, std = channel_stats(x, 1.0)
+    std = tuple(s if s > 1e-6 else 1.0 for s in std)  # a constant channel is centred, not blown up
+    return mean, std, {"mode": "dataset", "mean": list(mean), "std": list(std),
+                       "computed_on": f"{name} train split, per channel (dim 1)"}
+
+
+def _kind(x: Tensor) -> str:
+    return {4: "image", 3: "signal", 2: "vector"}.get(x.dim(), "tensor")
+
+
+def _make(splits: dict[str, tuple[Tensor, Tensor]], name: str, norm: str, num_classes: int | None,
+          class_names: Sequence[str] | None, carried: list[str] | None, record: dict) -> Dataset:
+    """The Dataset of checked ``{split: (x, y)}`` tensors."""
+    shapes = {s: tuple(x.shape[1:]) for s, (x, _) in splits.items()}
+    if shapes["train"] != shapes["test"]:
+        raise ShapeError(f"{name}: train inputs have shape {shapes['train']} but test inputs {shapes['test']}")
+    k = _num_classes(splits, num_classes, name)
+    mean, std, norm_record = _normalise(splits["train"][0], norm, name)
+    train, test = (TensorSplit(*splits[s], scale=1.0, mean=mean, std=std) for s in SPLITS)
+    info = {"spec": name, "base": "object", "from_object": True, "modifiers": {},
+            "kind": _kind(splits["train"][0]), "input_dtype": str(splits["train"][0].dtype).replace("torch.", ""),
+            "normalisation": norm_record, "train_samples": len(train), "test_samples": len(test),
+            "augmentation": None, "original_classes": list(range(k)), "label_noise": None, **record}
+    return Dataset(name, train, test, k, shapes["train"], _class_names(class_names, carried, k, name), info)
+
+
+def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = DEFAULT_TEST_FRACTION,
+               split_seed: int = 0, norm: str = "none", num_classes: int | None = None,
+               class_names: Sequence[str] | None = None, root: Any = None) -> Dataset:
+    """A :class:`Dataset` from a spec string, a Dataset, or data given as objects (see the
+    module docstring for the forms, the split convention and the names).
+
+    ``name`` defaults to ``<kind>-1``; ``num_classes`` to the largest label + 1;
+    ``class_names`` to the object's ``classes`` attribute when it has one, else ``"0"``,
+    ``"1"``, ...; ``root`` is where spec strings look for files. Raises
+    :class:`ConfigError`, :class:`ShapeError` or :class:`InsufficientDataError` in one line
+    for objects that cannot be used.
+    """
+    if isinstance(obj, str):
+        if name is not None:
+            raise ConfigError(f"name={name!r} names data given as objects; the spec {obj!r} names itself")
+        return load(obj, root=root)
+    if isinstance(obj, Dataset):
+        return obj
+    if norm not in NORMS:
+        raise ConfigError(f"norm={norm!r}; valid: {', '.join(NORMS)}")
+    name = _check_name(name if name is not None else f"{object_kind(obj)}-1")
+    if _is_split_dict(obj):
+        assert isinstance(obj, Mapping)
+        splits = {s: read_object(obj[s], f"{name} {s} split") for s in SPLITS}
+        record: dict = {"object": {s: _describe(obj[s]) for s in SPLITS},
+                        "split": {"method": "train and test given separately"}}
+        carried = _class_names_of(obj["train"])
+    else:
+        x, y = read_object(obj, name)
+        splits, split_record = _split(x, y, test_fraction, split_seed)
+        record = {"object": _describe(obj), "split": split_record}
+        carried = _class_names_of(obj)
+    record["source"] = f"python objects ({record['object']})"
+    return _make(splits, name, norm, num_classes, class_names, carried, record)
+
+
+def _ood_items(ood: object) -> list[tuple[str | None, object]]:
+    """``(name or None, object)`` for each OOD set of ``ood``: one set, a list, or ``{name: object}``."""
+    if ood is None:
+        return []
+    single = (str, Dataset, torch.utils.data.DataLoader, torch.utils.data.Dataset)
+    if isinstance(ood, single) or _is_pair(ood) and _is_array(ood[1]):  # type: ignore[index]
+        return [(None, ood)]
+    if _is_split_dict(ood):
+        raise ConfigError("ood={'train': ..., 'test': ...} is ambiguous: wrap one OOD set in a list, "
+                          "ood=[{'train': ..., 'test': ...}], or name it, ood={'name': {...}}")
+    if isinstance(ood, Mapping):
+        for key, value in ood.items():
+            if isinstance(value, (str, Dataset)):
+                raise ConfigError(f"ood={{{key!r}: ...}} names data given as objects; give specs and Datasets "
+                                  "in a list, e.g. ood=['svhn']")
+        return [(str(key), value) for key, value in ood.items()]
+    if isinstance(ood, (list, tuple)):
+        return [(None, item) for item in ood]
+    raise ConfigError(f"ood must be a list of datasets, or {{name: data}}; got {type(ood).__name__}")
+
+
+def resolve_data(data: object, ood: object = (), root: Any = None) -> tuple[Dataset, list[str | Dataset]]:
+    """The ID :class:`Dataset` and the OOD sets (spec strings, left for the probes to load and
+    adapt, or Datasets) of one analysis. Objects without a name are numbered per kind in the
+    order given, ID first (``arrays-1``, ``arrays-2``, ...); OOD sets must have distinct names."""
+    counts: dict[str, int] = {}
+
+    def convert(obj: object, name: str | None) -> str | Dataset:
+        if isinstance(obj, (str, Dataset)):
+            return obj
+        if name is None:
+            kind = object_kind(obj)
+            counts[kind] = counts.get(kind, 0) + 1
+            name = f"{kind}-{counts[kind]}"
+        return as_dataset(obj, name)
+
+    dataset = as_dataset(data, root=root) if isinstance(data, str) else convert(data, None)
+    assert isinstance(dataset, Dataset)
+    resolved = [convert(obj, name) for name, obj in _ood_items(ood)]
+    names = dataset_names(resolved)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two OOD datasets are named {twice[0]!r}; give objects distinct names with "
+                          "ood={'name': data} or tunnelscope.data.as_dataset(obj, name=...)")
+    return dataset, resolved
+
+
+def dataset_names(sets: Sequence[str | Dataset]) -> list[str]:
+    """The name of each spec string or Dataset, as results key them."""
+    return [s if isinstance(s, str) else s.spec for s in sets]
+
+
+def object_records(dataset: Dataset, ood: Sequence[str | Dataset]) -> dict[str, dict]:
+    """``{name: info}`` of the datasets among ``dataset`` and ``ood`` that came from objects."""
+    sets = [dataset, *(s for s in ood if isinstance(s, Dataset))]
+    return {("id" if s is dataset else s.spec): s.info for s in sets if s.info.get("from_object")}
+
+
+def ood_dataset(item: object, input_shape: tuple[int, ...], root: Any = None) -> tuple[str, Dataset, list[str]]:
+    """``(name, dataset, changes)`` of one OOD set for a model taking ``input_shape``: a spec
+    (or a Dataset loaded from one) is reloaded resized / converted when its inputs differ; data
+    from objects must already fit (:class:`ShapeError` otherwise)."""
+    if isinstance(item, str):
+        ds, changes = load_adapted(item, input_shape, root)
+        return item, ds, changes
+    ds = item if isinstance(item, Dataset) else as_dataset(item)
+    if tuple(ds.input_shape) == tuple(input_shape):
+        return ds.spec, ds, []
+    if not ds.info.get("from_object"):
+        adapted, changes = load_adapted(ds.spec, input_shape, root)
+        return ds.spec, adapted, changes
+    raise ShapeError(f"OOD dataset {ds.spec!r} has inputs of shape {tuple(ds.input_shape)} but the model takes "
+                     f"{tuple(input_shape)}; data given as objects is not adapted: resize it first")
+
+
+# ----------------------------------------------------------------------------------------- features
+class FeatureCapture(Capture):
+    """A :class:`Capture` that reads the points of a :class:`FeatureModel` from its input, the
+    features of every point side by side, instead of from hooks: each point's columns are
+    reshaped to the shape they were given in and reduced exactly as captured outputs are
+    (2-D features as they are, maps by ``reduce``, then ``max_dim``). ``points`` is ignored:
+    the points are the features given; ``include_input`` reads the ``input`` entry, if given,
+    as layer 0."""
+
+    def __init__(self, model: nn.Module, points: str | Sequence[str] = "blocks", reduce: str = "pool2",
+                 max_dim: int | None = DEFAULT_MAX_DIM, seed: int = 0, example: Tensor | None = None,
+                 include_input: bool = False, model_output: bool = False) -> None:
+        if not isinstance(model, FeatureModel):
+            raise ConfigError(f"FeatureCapture reads a FeatureModel, not {type(model).__name__}")
+        self.features_model = model
+        super().__init__(model, "blocks", reduce=reduce, max_dim=max_dim, seed=seed, example=None,
+                         include_input=include_input and INPUT_POINT in model.shapes, model_output=model_output)
+
+    def __call__(self, x: Tensor) -> Features:
+        """Every point's features in the batch ``x`` (one row per sample, all points' columns)."""
+        out = Features()
+        model = self.features_model
+        for name in self.names:
+            lo, hi = model.columns[name]
+            out[name] = self._reduce(name, x[:, lo:hi].reshape(len(x), *model.shapes[name]))
+        out.output = None  # no model output: the model's own accuracy is not measured
+        return out
+
+
+class FeatureModel(nn.Module):
+    """Stands in for the model whose features were given precomputed.
+
+    Its input is one row per sample holding every point's features flattened side by side
+    (``shapes``: each point's per-sample shape, in layer order; an ``input`` entry is layer 0);
+    the engine reads it through :class:`FeatureCapture` (``capture_class``). It computes
+    nothing itself and has no output.
+    """
+
+    capture_class = FeatureCapture
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], name: str = "precomputed") -> None:
+        super().__init__()
+        self.spec = name
+        self.shapes = {p: tuple(s) for p, s in shapes.items()}
+        self.columns: dict[str, tuple[int, int]] = {}
+        lo = 0
+        for point, shape in self.shapes.items():
+            self.columns[point] = (lo, lo + math.prod(shape))
+            lo += math.prod(shape)
+        self.input_shape = (lo,)
+        self.probe_sets = {"blocks": [p for p in self.shapes if p != INPUT_POINT]}
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise ConfigError("a FeatureModel holds precomputed features and cannot be run; analyse it with "
+                          "tunnelscope.analyze_features")
+
+    def record(self) -> dict:
+        """What ``config["model"]`` records about the features."""
+        return {"precomputed_features": True, "feature_shapes": {p: list(s) for p, s in self.shapes.items()}}
+
+
+def _feature_split(features: object, labels: object, what: str) -> tuple[dict[str, Tensor], Tensor]:
+    """``({point: (N, ...) tensor}, labels)`` of one split, checked."""
+    if not isinstance(features, Mapping) or not features:
+        raise ConfigError(f"{what} features must be a non-empty dict {{point name: (N, D) array or tensor}}, "
+                          f"got {type(features).__name__}")
+    y = _as_labels(labels, what)
+    out: dict[str, Tensor] = {}
+    for point, value in features.items():
+        if not isinstance(point, str) or not point:
+            raise ConfigError(f"{what}: point names must be non-empty strings, got {point!r}")
+        x = _as_inputs(value, f"{what} features at {point!r}")
+        _check_pair(x, y, f"{what} at {point!r}")
+        out[point] = x
+    return out, y
+
+
+def feature_dataset(features: object, labels: object, *, name: str = "features", model_name: str = "precomputed",
+                    test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0,
+                    num_classes: int | None = None, class_names: Sequence[str] | None = None,
+                    like: FeatureModel | None = None) -> tuple[FeatureModel, Dataset]:
+    """A :class:`FeatureModel` and the :class:`Dataset` of precomputed features.
+
+    ``features`` is ``{point: (N, ...) array or tensor}`` with ``labels`` ``(N,)`` (split as
+    :func:`as_dataset` splits one object), or ``{"train": {point: ...}, "test": {point: ...}}``
+    with ``labels`` ``{"train": y, "test": y}``. Points are layers in the order given; an
+    ``input`` entry is layer 0. ``like`` (an OOD set's ID model) requires the same points and
+    shapes and is returned in place of a new model.
+    """
+    name = _check_name(name)
+    if isinstance(features, Mapping) and _is_split_dict(features) and all(isinstance(v, Mapping)
+                                                                          for v in features.values()):
+        if not _is_split_dict(labels):
+            raise ConfigError(f"{name}: features are given per split, so labels must be {{'train': y, 'test': y}}")
+        assert isinstance(labels, Mapping)
+        parts = {s: _feature_split(features[s], labels[s], f"{name} {s} split") for s in SPLITS}
+        record: dict = {"split": {"method": "train and test given separately"}}
+    else:
+        feats, y = _feature_split(features, labels, name)
+        train, test = split_indices(y, test_fraction, split_seed)
+        parts = {"train": ({p: f[train] for p, f in feats.items()}, y[train]),
+                 "test": ({p: f[test] for p, f in feats.items()}, y[test])}
+        record = {"split": _split_record(len(test), len(y), test_fraction, split_seed)}
+    shapes = {s: {p: tuple(f.shape[1:]) for p, f in parts[s][0].items()} for s in SPLITS}
+    if shapes["train"] != shapes["test"]:
+        raise ShapeError(f"{name}: the train and test features differ in points or shapes: "
+                         f"{_layout(shapes['train'])} vs {_layout(shapes['test'])}")
+    if like is not None and shapes["train"] != like.shapes:
+        raise ShapeError(f"{name}: features at {_layout(shapes['train'])} but the ID features are at "
+                         f"{_layout(like.shapes)}; give every dataset the same points and shapes")
+    if not [p for p in shapes["train"] if p != INPUT_POINT]:
+        raise ConfigError(f"{name}: give features at one point at least besides {INPUT_POINT!r}")
+    model = like if like is not None else FeatureModel(shapes["train"], model_name)
+    dtype = torch.float16 if all(f.dtype == torch.float16 for f in parts["train"][0].values()) else torch.float32
+    splits = {s: (torch.cat([f.reshape(len(f), -1).to(dtype) for f in parts[s][0].values()], dim=1), parts[s][1])
+              for s in SPLITS}
+    points = len(shapes["train"])
+    record.update(kind="features", object=f"precomputed features at {points} point(s)",
+                  source=f"precomputed features ({points} point(s): {', '.join(shapes['train'])})")
+    return model, _make(splits, name, "none", num_classes, class_names, None, record)
+
+
+def _layout(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return "{" + ", ".join(f"{p}: {tuple(s)}" for p, s in shapes.items()) + "}"
+
+
+__all__ = ["DEFAULT_TEST_FRACTION", "NORMS", "FeatureCapture", "FeatureModel", "as_dataset", "dataset_names",
+           "feature_dataset", "object_kind", "object_records", "ood_dataset", "read_object", "resolve_data",
+           "split_indices"]
