@@ -569,8 +569,9 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
 def _collect(spec, store, level: str, out: str | None, quiet: bool, as_json: bool) -> None:
     """``sweep collect``: write the store's table at ``level`` and say what was written."""
     from .io import atomic_write
+    from .sweep import collect
 
-    table = store.collect(spec, level=level)
+    table = collect(spec, level, store)
     target = Path(out) if out else spec.store / ("collected-ood.parquet" if level == "ood" else "collected.parquet")
     atomic_write(target, (lambda h: table.to_csv(h, index=False)) if target.suffix == ".csv"
                  else (lambda h: table.to_parquet(h, index=False)))

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from ..io import write_text
 from ..rundir import FIGURES_DIR
 from ..summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, MEAN_RETAINED, POINTS, TUNNEL_LENGTH, TUNNEL_START
+from ..sweep.ood_table import ood_table
 from ..sweep.spec import SweepSpec
 from ..sweep.store import VAR_PREFIX, Store
 from ..uncertainty import mean_ci
@@ -128,7 +129,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
         EFFECTIVE_DEPTH) or c.startswith("retained · ")]
     failures = status[status.status == "failed"]
-    ood = store.collect(spec, level="ood")
+    ood = ood_table(spec, store)
     body = page(
         f"sweep {spec.name}",
         f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '

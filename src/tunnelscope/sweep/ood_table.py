@@ -104,5 +104,16 @@ def suggested_variables(table: pd.DataFrame) -> list[str]:
     return [c for c in DESIGN_COLUMNS if c in table and table[c].nunique(dropna=True) > 1]
 
 
-__all__ = ["CATEGORICAL_COLUMNS", "DESIGN_COLUMNS", "METRIC_COLUMNS", "design_variables", "ood_table",
+def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -> pd.DataFrame:
+    """The store's rows in one frame: ``level="layer"``, every analysis row (point × metric, plus the
+    cell's columns, :meth:`Store.collect`); ``level="ood"``, :func:`ood_table`."""
+    store = store or Store(spec.store)
+    if level == "ood":
+        return ood_table(spec, store)
+    if level != "layer":
+        raise ValueError(f"level must be 'layer' or 'ood', not {level!r}")
+    return store.collect(spec)
+
+
+__all__ = ["CATEGORICAL_COLUMNS", "collect", "DESIGN_COLUMNS", "METRIC_COLUMNS", "design_variables", "ood_table",
            "suggested_variables"]

@@ -105,16 +105,9 @@ class Store:
                          "steps_done": len(self.done_steps(cell.key)), "error": record.get("error")})
         return pd.DataFrame(rows)
 
-    def collect(self, spec: SweepSpec, level: str = "layer") -> pd.DataFrame:
-        """Every finished step's rows in one frame: ``level="layer"``, the analysis tables (one row per
-        point and metric, plus the cell's columns); ``level="ood"``, one row per cell × step × OOD set
-        with its transfer metrics and design variables (:func:`tunnelscope.sweep.ood_table.ood_table`)."""
-        if level == "ood":
-            from .ood_table import ood_table
-
-            return ood_table(spec, self)
-        if level != "layer":
-            raise ValueError(f"level must be 'layer' or 'ood', not {level!r}")
+    def collect(self, spec: SweepSpec) -> pd.DataFrame:
+        """Every finished step's table, one tidy frame (cell columns first); the OOD-level table is
+        :func:`tunnelscope.sweep.collect` with ``level="ood"``."""
         frames = [pd.read_parquet(self.root / "results" / cell.key / f"step-{step:07d}.parquet")
                   for cell in spec.cells for step in self.done_steps(cell.key)]
         if not frames:
