@@ -21,11 +21,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli_experiments import EXPERIMENT_COMMANDS
-from .cli_support import data_root_option, device_option, download_option, err_console, out_console, print_frame
+from .cli_support import (
+    POINTS_HELP,
+    data_root_option,
+    device_option,
+    download_option,
+    err_console,
+    out_console,
+    print_frame,
+    print_table,
+)
 
 # the demo's settings, re-exported: bench/ reads them here
 from .demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD, DEMO_QUICK_DATA, DEMO_QUICK_OOD  # noqa: F401
-from .errors import CheckpointError, TunnelscopeError
+from .errors import CheckpointError, SpecError, TunnelscopeError
 
 # examples for --metrics' help: the full list lives in the metric registry, which needs torch
 METRIC_EXAMPLES = ("probe", "rank", "nc1", "cka")
@@ -91,7 +100,10 @@ def models(show_tv: bool, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []  # JSON rows: one per family, then the torchvision names
     for family in FAMILIES:
         shape = (3, 32, 32)
-        model = build(family.example, 10, shape) if family.name != "tv" else None
+        try:
+            model = build(family.example, 10, shape) if family.name != "tv" else None
+        except SpecError:  # an optional package (timm, transformers) is not installed
+            model = None
         counts = {k: len(v) for k, v in model.probe_sets.items()} if model is not None else {}
         rows.append({"family": family.name, "example": family.example, "description": family.description,
                      "blocks": counts.get("blocks"), "conv": counts.get("conv")})
@@ -107,9 +119,11 @@ def models(show_tv: bool, as_json: bool) -> None:
         if "family" in row:
             table.add_row(row["family"], row["example"], str(row["blocks"] or "-"), str(row["conv"] or "-"),
                           row["description"])
-    out_console.print(table)
+    print_table(table)
     out_console.print("variants: vgg{11,13,16,19}[-wM], vggm{11,17}[-nopool][-wM], resnet{18,34}[-imagenet][-wM], "
-                      "cifar-resnet-D[xK], vit-t[-pP][-dL], mlp-DxW, linear-mlp-DxW, convnet-LxH, tv:NAME")
+                      "cifar-resnet-D[xK], vit-t[-pP][-dL], mlp-DxW, linear-mlp-DxW, convnet-LxH, tv:NAME, "
+                      "timm:NAME[.TAG][-pP][-dL][-wW], hf:{vit,convnext}[-pP][-dL][-wW], hf:ORG/NAME",
+                      markup=False)
     if show_tv:
         out_console.print(", ".join(rows[-1]["torchvision"]))
 
@@ -323,7 +337,7 @@ def _metrics_help() -> str:
 @click.option("--data", "data_spec", required=True, help="ID dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
 @click.option("--ood", multiple=True, help="An OOD dataset spec (repeat for several); adapted to the input shape.")
 @click.option("--metrics", default="default", show_default=True, help=_metrics_help())
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
               help="Linear probe protocol: lbfgs (standardised logistic regression run to convergence), harun "
@@ -443,7 +457,7 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="A checkpoint written by train.")
 @click.option("--data", "data_spec", required=True, help="Dataset spec; images are drawn from its test split.")
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="How many test images.")
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
@@ -582,8 +596,9 @@ def _collect(spec, store, level: str, out: str | None, quiet: bool, as_json: boo
 
         chosen = suggested_variables(table)
         categorical = [c for c in chosen if c in CATEGORICAL_COLUMNS]
-        hint = (f"tunnelscope explain {target} --target retained " + " ".join(f"--vars {c}" for c in chosen)
-                + "".join(f" --categorical {c}" for c in categorical) + " --out STORE/explain") if chosen else None
+        options = [*(f"--vars {c}" for c in chosen), *(f"--categorical {c}" for c in categorical),
+                   f"--out {spec.store / 'explain'}"]
+        hint = f"tunnelscope explain {target} --target retained {' '.join(options)}" if chosen else None
     if as_json:
         click.echo(json.dumps({"rows": len(table), "cells": cells, "level": level, "out": str(target),
                                "explain": hint}))

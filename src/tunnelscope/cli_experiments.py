@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from .cli_support import data_root_option, device_option, out_console, print_frame
+from .cli_support import POINTS_HELP, data_root_option, device_option, out_console, print_frame
 
 
 # ----------------------------------------------------------------------------------------- agreement
@@ -123,7 +123,7 @@ def _evaluation_options(f):
 
 @intervene.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--head/--no-head", default=True, show_default=True,
               help="Also report the head (everything after the last probe point).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -159,7 +159,7 @@ def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_js
               help="Reset layers k..L (from the top), 1..k (from the bottom), or each in turn.")
 @click.option("--head/--no-head", default=True, show_default=True, help="With k..L, reset the head too.")
 @click.option("--keep-buffers", is_flag=True, help="Keep the trained BatchNorm running statistics of reset layers.")
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Initialisation checkpoint (default: step 0 of the same run).")
 @_evaluation_options
@@ -243,7 +243,7 @@ def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection,
 @click.option("--steps", default="all", show_default=True,
               help="Checkpoints to analyse: all, final, every:K (every K-th), log:N (about N spread evenly on "
                    "log(1 + step)) or a comma list of steps such as 0,1,2,16.")
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
               help="Linear probe protocol (see 'tunnelscope analyze --help').")
@@ -325,7 +325,7 @@ def _print_steps(steps) -> None:
 @click.argument("model_a")
 @click.argument("model_b")
 @click.option("--data", "data_spec", required=True, help="Dataset spec both models take as input.")
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
@@ -420,7 +420,8 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
     paths = result.save(out)
     if as_json:
         tables = {"group_means": result.group_means, "slopes": result.slopes, "paired": result.paired}
-        click.echo(json.dumps({"out": str(out), "r2": result.config["shap"]["r2"],
+        shap_info = result.config["shap"]
+        click.echo(json.dumps({"out": str(out), "r2": shap_info["r2"], "r2_cv": shap_info["r2_cv"],
                                **{name: None if frame is None else json.loads(frame.to_json(orient="records"))
                                   for name, frame in tables.items()}}, indent=2))
         return
@@ -428,7 +429,9 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
     if result.paired is not None:
         print_frame(result.paired[["level_a", "level_b", "n_pairs", "mean_difference", "p_wilcoxon", "cliffs_delta",
                                    "magnitude"]], f"paired comparison of {pair}")
-    print_frame(result.slopes, f"SHAP slopes (model R² {result.config['shap']['r2']:.3f}, in-sample)")
+    shap_info = result.config["shap"]
+    print_frame(result.slopes, f"SHAP slopes (model R² {shap_info['r2']:.3f} in-sample, "
+                               f"{shap_info['r2_cv']:.3f} on held-out rows)")
     out_console.print(f"wrote {Path(out)} ({len(paths)} files)", markup=False)
 
 
@@ -443,7 +446,7 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
               help="Probe point (1 = the first) where the extractor ends (default: M1's tunnel start on task 1).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs of training E2+T1's tunnel on task 1 with E2 frozen (0: skip).")
-@click.option("--points", default="blocks", show_default=True, help="blocks, conv, or comma-separated module globs.")
+@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option

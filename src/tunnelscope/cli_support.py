@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+POINTS_HELP = "blocks, conv, or comma-separated module globs ('*' within one dotted level, '**' across levels)."
 PIPED_MAX_WIDTH = 10_000  # columns a piped table may take
 out_console = Console(soft_wrap=True)  # lines are never broken: paths and values survive piping
 err_console = Console(stderr=True, soft_wrap=True)
@@ -27,6 +28,11 @@ def print_frame(frame, title: str) -> None:
         table.add_column(str(col))
     for row in frame.itertuples(index=False):
         table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """A rich table on standard output: fitted to a terminal; at its natural width when piped."""
     if out_console.is_terminal:  # the table fits the window
         out_console.print(table)
         return
@@ -40,4 +46,5 @@ def print_frame(frame, title: str) -> None:
         out_console.width = width
 
 
-__all__ = ["data_root_option", "device_option", "download_option", "err_console", "out_console", "print_frame"]
+__all__ = ["POINTS_HELP", "data_root_option", "device_option", "download_option", "err_console", "out_console",
+           "print_frame", "print_table"]

@@ -91,7 +91,8 @@ class _UserNet(nn.Module):
 
 def test_any_module_with_glob_patterns():
     net = _UserNet()
-    assert models.probe_points(net, ["stage*"]) == ["stage1", "stage1.0", "stage1.1", "stage2", "stage2.0", "stage2.1"]
+    assert models.probe_points(net, ["stage*", "stage*.*"]) == ["stage1", "stage1.0", "stage1.1", "stage2", "stage2.0",
+                                                               "stage2.1"]
     assert models.probe_points(net, "stage?") == ["stage1", "stage2"]
     assert models.probe_points(net, "conv") == ["stage1.0", "stage2.0"]
     x = torch.randn(2, 1, 8, 8)

@@ -23,6 +23,10 @@ from tunnelscope.models.traits import measured_traits, spec_traits
     ("convnet-8x64", {"family": "convnet", "kind": "CNN", "depth": 8, "width": 64.0}),
     ("tv:vit_b_16", {"family": "tv", "kind": "ViT", "depth": None, "width": None}),
     ("tv:resnet50", {"family": "tv", "kind": "CNN", "depth": None, "width": None}),
+    ("timm:vit_tiny_patch16_224-p8-d2-w64", {"family": "timm", "kind": "ViT", "depth": 2, "width": 64.0}),
+    ("timm:resnet18", {"family": "timm", "kind": "CNN", "depth": None, "width": None}),
+    ("hf:vit-d4", {"family": "hf", "kind": "ViT", "depth": 4, "width": None}),
+    ("hf:convnext", {"family": "hf", "kind": "CNN", "depth": None, "width": None}),
 ])
 def test_spec_traits(spec, expected):
     assert spec_traits(spec) == expected

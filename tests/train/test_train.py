@@ -143,6 +143,9 @@ def test_the_default_recipe_follows_the_model_family(tmp_path):
 
     assert default_recipe("vit-t-p7") == default_recipe("linear-mlp-6x256") == "adamw"
     assert default_recipe("mlp-6x256") == default_recipe("resnet18") == "sgd"
+    assert default_recipe("timm:vit_tiny_patch16_224") == default_recipe("hf:vit-d2") == "adamw"
+    assert default_recipe("tv:vit_b_16") == "adamw" and default_recipe("tv:resnet18") == "sgd"
+    assert default_recipe("timm:resnet18") == default_recipe("hf:convnext") == "sgd"
     run = ts.train("linear-mlp-2x8", "digits[classes=0-2,per_class=20,test_per_class=5]", epochs=1, out=tmp_path / "r",
                    batch_size=16, early_checkpoints=False, progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["recipe"]["name"] == "adamw"

@@ -16,11 +16,16 @@ matrix with a reduction (METRICS.md §1):
 Layers wider than ``max_dim`` after reduction (projection included) keep a fixed, seeded
 random subset of ``max_dim`` coordinates (METRICS.md §3: 8000; ``None``: no cap), recorded in
 :attr:`Capture.layout`. Features never share memory with the module's output.
-The forward pass stops after the deepest probe point that was asked for.
+Points are put in execution order and checked by one forward pass of an example batch
+(the ``example`` given, else a zero batch of a zoo model's input shape, else the first
+batch captured): a module that never runs or runs more than once per forward pass is
+refused, two points that output the very same tensor are warned about.
+The forward pass stops once every probe point that was asked for has run.
 """
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -50,17 +55,23 @@ def _full_copy(_name: str, out) -> Tensor:
 def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable[[str, Any], Tensor] | None = None,
                stop: bool = True) -> tuple[dict[str, Tensor], Any]:
     """``({name: keep(name, output)}, model output)`` on input ``x``; with ``stop`` the forward
-    pass ends after the last of ``names`` (in execution order) and the model output is None.
-    A point that did not run is an error."""
+    pass ends as soon as every one of ``names`` has run (in whatever order they were given:
+    a block and its children may be listed together) and the model output is None. Each point
+    is read at its first call; a point that did not run is an error."""
     keep = keep or _full_copy
     modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ProbePointError(f"{type(model).__name__} has no modules named {unknown}")
     outputs: dict[str, Tensor] = {}
     handles = []
-    last = names[-1]
-    for name in names:
+    wanted = list(dict.fromkeys(names))
+    for name in wanted:
         def hook(_m, _i, out, name=name):
+            if name in outputs:
+                return
             outputs[name] = keep(name, out)
-            if stop and name == last:
+            if stop and len(outputs) == len(wanted):
                 raise _StopForward
         handles.append(modules[name].register_forward_hook(hook))
     result = None
@@ -71,7 +82,7 @@ def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable
     finally:
         for h in handles:
             h.remove()
-    missing = [n for n in names if n not in outputs]
+    missing = [n for n in wanted if n not in outputs]
     if missing:
         raise ProbePointError(f"probe points did not run in the forward pass: {missing}")
     return outputs, result
@@ -79,10 +90,47 @@ def run_points(model: nn.Module, names: Sequence[str], x: Tensor, keep: Callable
 
 def activations(model: nn.Module, names: Sequence[str], x: Tensor,
                 keep: Callable[[str, Any], Tensor] = _full_copy) -> dict[str, Tensor]:
-    """``keep(name, output)`` for each of ``names`` (in execution order) on input ``x``: by
-    default the full, unreduced output with autograd intact. The forward pass stops after the
-    last of them; a point that did not run is an error."""
+    """``keep(name, output)`` for each of ``names`` on input ``x``: by default the full,
+    unreduced output with autograd intact. The forward pass stops once all of them have run;
+    a point that did not run is an error."""
     return run_points(model, names, x, keep)[0]
+
+
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[str]]] = weakref.WeakKeyDictionary()
+
+
+def _preordered(model: nn.Module, names: Sequence[str]) -> list[str] | None:
+    """``names`` in execution order when they all belong to one of a zoo model's probe sets
+    (ordered and checked when the model was built), else None."""
+    for members in (getattr(model, "probe_sets", None) or {}).values():
+        if set(names) <= set(members):
+            return [n for n in members if n in set(names)]
+    return None
+
+
+def checked_points(model: nn.Module, names: Sequence[str], example: Tensor) -> list[str]:
+    """``names`` in execution order, checked with one forward pass of ``example`` (see
+    :func:`~tunnelscope.models.order_by_execution`: modules that never run or run more than
+    once are refused, points that output the same tensor warned about). The result is cached
+    per model instance, point modules and input shape, so repeated captures cost no pass."""
+    modules = dict(model.named_modules())
+    key = (tuple(sorted(set(names))), tuple(id(modules.get(n)) for n in sorted(set(names))),
+           tuple(example.shape[1:]), example.dtype, example.device.type)
+    cache = _CHECKED.setdefault(model, {})
+    if key not in cache:
+        cache[key] = order_by_execution(model, names, example[:2])
+    return list(cache[key])
+
+
+def _model_example(model: nn.Module) -> Tensor | None:
+    """A zero batch of 2 of the input shape a zoo model records, on its device; None if unknown."""
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or not shape:
+        return None
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        return torch.zeros(2, *shape)
+    return torch.zeros(2, *shape, device=tensor.device, dtype=tensor.dtype)
 
 
 def _seed_for(name: str, seed: int) -> int:
@@ -97,7 +145,11 @@ class Capture:
     computed past the deepest point unless ``model_output`` (then ``features.output`` holds it).
     ``include_input`` adds layer 0, :data:`INPUT_POINT`: the model's input reduced the same
     way as the points (flattened for models that flatten their input first, such as the MLPs).
-    ``names`` lists every point read, layer 0 first; ``points`` only the modules.
+    ``names`` lists every point read, layer 0 first; ``points`` only the modules, in
+    execution order: checked with one dry pass of ``example`` (a small batch) at construction,
+    of a zero batch of a zoo model's ``input_shape`` when no example is given, or else of the
+    first batch captured (then ``points`` and ``names`` are settled by the first call). A zoo
+    model's named sets were checked when it was built and need no pass.
     """
 
     def __init__(self, model: nn.Module, points: str | Sequence[str] = "blocks", reduce: str = "pool2",
@@ -110,8 +162,12 @@ class Capture:
         self.max_dim = max_dim
         self.seed = seed
         names = probe_points(model, points)
-        if example is not None and not hasattr(model, "probe_sets"):
-            names = order_by_execution(model, names, example)
+        ordered = _preordered(model, names)
+        example = example if example is not None or ordered is not None else _model_example(model)
+        if ordered is None and example is not None:
+            ordered = checked_points(model, names, example)
+        self._checked = ordered is not None
+        names = ordered if ordered is not None else names
         if include_input and INPUT_POINT in names:
             raise ProbePointError(f"a probe point is named {INPUT_POINT!r}, the name of layer 0 (the input); "
                                   "rename the module or analyse without the input point")
@@ -193,6 +249,8 @@ class Capture:
 
     def __call__(self, x: Tensor) -> Features:
         """Run the model on ``x`` and return every point's reduced features."""
+        if not self._checked:
+            self._settle(x)
         feats, output = run_points(self.model, self.points, x, keep=self._reduce, stop=not self.model_output)
         out = Features()
         if self.input_point:
@@ -201,6 +259,12 @@ class Capture:
             out[n] = feats[n]
         out.output = output if isinstance(output, Tensor) else None
         return out
+
+    def _settle(self, x: Tensor) -> None:
+        """Order and check the points with a dry pass of (up to 2 samples of) the first batch."""
+        self.points = checked_points(self.model, self.points, x)
+        self.names = ([INPUT_POINT] if self.input_point else []) + self.points
+        self._checked = True
 
     def widths(self, example: Tensor) -> dict[str, int]:
         """Each point's reduced width, from one forward pass over ``example`` (a small batch)."""

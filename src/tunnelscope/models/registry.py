@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ShapeError, SpecError
+from ..errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
 from ..specs import parse_spec
 from .base import ZooModel, count_parameters
 from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
+from .hub import HF_PATTERN, PRETRAINED, TIMM_PATTERN
 from .mlp import MLP, LinearMLP
 from .probe_points import order_by_execution
 from .resnet import STAGES, ResNet
@@ -37,6 +38,7 @@ class Family:
     image_only: bool
     build: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel]
     validate: Callable[[str, re.Match], None] | None = None  # checks depth, width, ... before building
+    pretrained: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel] | None = None  # weights="pretrained"
 
 
 def _multiplier(text: str | None, spec: str) -> float:
@@ -139,6 +141,42 @@ def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> Zoo
     return TorchvisionModel(spec, m["name"], num_classes, shape)
 
 
+def _check_timm(spec: str, m: re.Match) -> None:
+    from .hub import check_timm
+
+    check_timm(spec, m)
+
+
+def _timm(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    from .hub import build_timm
+
+    return build_timm(spec, m, num_classes, shape)
+
+
+def _timm_pretrained(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    from .hub import build_timm_pretrained
+
+    return build_timm_pretrained(spec, m, num_classes, shape)
+
+
+def _check_hf(spec: str, m: re.Match) -> None:
+    from .hub import check_hf
+
+    check_hf(spec, m)
+
+
+def _hf(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    from .hub import build_hf
+
+    return build_hf(spec, m, num_classes, shape)
+
+
+def _hf_pretrained(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
+    from .hub import build_hf_pretrained
+
+    return build_hf_pretrained(spec, m, num_classes, shape)
+
+
 _W = r"(?:-w(?P<w>[0-9.]+))?"
 FAMILIES = [
     Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
@@ -164,6 +202,13 @@ FAMILIES = [
            _check_convnet),
     Family("tv", r"tv:(?P<name>[A-Za-z0-9_]+)", "tv:resnet50",
            "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv),
+    Family("timm", TIMM_PATTERN, "timm:vit_tiny_patch16_224-d6",
+           "any timm model sized to the data, random init (weights: a local file or 'pretrained'); "
+           "ViT options -pP patch, -dL blocks, -wW width", True, _timm, _check_timm, _timm_pretrained),
+    Family("hf", HF_PATTERN, "hf:vit-p4-d6-w256",
+           "a Hugging Face image classifier: a cached model id (hf:ORG/NAME) or the alias vit or convnext "
+           "(-pP patch, -dL depth, -wW width), random init (weights: a local file or 'pretrained')", True, _hf,
+           _check_hf, _hf_pretrained),
 ]
 
 
@@ -211,25 +256,32 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
     """Build the model a spec names, for ``num_classes`` outputs and inputs of ``input_shape``.
 
     The model is checked with one forward pass of a dummy batch, which also puts its
-    probe points in execution order. ``weights`` loads a state dict from a local file.
-    Raises :class:`SpecError` for an unknown or impossible spec and :class:`ShapeError`
-    when the inputs do not fit.
+    probe points in execution order. ``weights`` loads a state dict from a local file
+    (``.safetensors`` or a PyTorch file); the string ``"pretrained"`` asks ``timm:`` and
+    ``hf:`` specs for their library's pretrained weights (from the local Hugging Face
+    cache, downloaded there first if absent). Raises :class:`SpecError` for an unknown or
+    impossible spec and :class:`ShapeError` when the inputs do not fit.
     """
     parsed = parse_spec(spec, "model spec")
     if parsed.modifiers:
         raise SpecError(f"model spec {spec!r} takes no [modifiers]; they belong to dataset specs")
     if int(num_classes) < 1:
         raise SpecError(f"num_classes must be >= 1, got {num_classes}")
+    pretrained = isinstance(weights, str) and weights == PRETRAINED
     for family in FAMILIES:
         match = re.fullmatch(family.pattern, parsed.name)
         if match is None:
             continue
-        if family.validate is not None:
+        if pretrained and family.pretrained is None:
+            hubs = ", ".join(f"{f.name}:" for f in FAMILIES if f.pretrained is not None)
+            raise SpecError(f"weights='pretrained' is for {hubs} specs only; give {spec!r} a local weights file")
+        if family.validate is not None and not pretrained:  # the pretrained builder checks what it needs
             family.validate(parsed.name, match)
         shape = _check_shape(input_shape, family.image_only, spec)
-        model = family.build(parsed.name, match, int(num_classes), shape)
+        builder = family.pretrained if pretrained and family.pretrained is not None else family.build
+        model = builder(parsed.name, match, int(num_classes), shape)
         _dry_run(model, shape, spec)
-        if weights is not None:
+        if weights is not None and not pretrained:
             load_weights(model, weights)
         return model
     raise _unknown(parsed.name)
@@ -243,8 +295,10 @@ def _dry_run(model: ZooModel, shape: tuple[int, ...], spec: str) -> None:
         model.eval()
         with torch.no_grad():
             out = model(example)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except TunnelscopeError:
+        raise
+    except (RuntimeError, ValueError, AssertionError) as exc:  # library models also assert on input sizes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ShapeError(f"{spec!r} cannot take inputs of shape {shape}: {first}; "
                          "resize the data with a [size=S] or [channels=C] modifier") from None
     finally:
@@ -257,7 +311,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a state dict from a local file, with a clear error when it does not fit."""
     from ..checkpoint import safe_load
 
-    state = safe_load(path, "weights file")
+    state = _load_safetensors(path) if Path(path).suffix == ".safetensors" else safe_load(path, "weights file")
     if isinstance(state, dict) and state.get("format") == "tunnelscope.checkpoint" and "model" in state:
         state = state["model"]  # a tunnelscope checkpoint's weights
     if isinstance(state, dict) and "state_dict" in state:
@@ -274,6 +328,22 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"weights in {path} do not fit {getattr(model, 'spec', type(model).__name__)}: "
                               f"{' '.join(s.strip() for s in first[:3])}") from None
+
+
+def _load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` state dict (the format Hugging Face saves; it holds tensors only)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"weights file {path} is .safetensors: pip install safetensors (or "
+                              "'tunnelscope[hf]') to read it") from None
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"weights file {path} is not a readable .safetensors file "
+                              f"({type(exc).__name__})") from None
 
 
 def list_models() -> list[dict]:

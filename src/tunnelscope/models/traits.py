@@ -58,6 +58,11 @@ def spec_traits(spec: str) -> dict[str, Any]:
             depth = depth if depth is not None else _default_vit_depth()
         elif family.name == "tv":
             kind = "ViT" if groups["name"].startswith(_VIT_NAMES) else "CNN"
+        elif family.name in ("timm", "hf"):
+            from .hub import spec_kind
+
+            kind = spec_kind(family.name, groups)
+            width = float(groups["width"]) if groups.get("width") else None
         return {"family": family.name, "kind": kind, "depth": depth, "width": width}
     return {"family": None, "kind": None, "depth": None, "width": None}
 

@@ -1,12 +1,17 @@
 """``tv:NAME``: any torchvision classification model, randomly initialised offline.
 
 Weights come from a local file only (``build(..., weights=PATH)``): a state dict as saved
-by torchvision or ``torch.save(model.state_dict())``.
+by torchvision or ``torch.save(model.state_dict())``. The model is torchvision's own (module
+names such as ``layer1.0``, torchvision's state-dict keys); state dicts of the earlier
+wrapper, whose keys start with ``net.``, still load.
 """
 
 from __future__ import annotations
 
-import torch
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from ..errors import SpecError
@@ -52,11 +57,54 @@ def _conv(net: nn.Module, classifier: str) -> list[str]:
     return points
 
 
-class TorchvisionModel(ZooModel):
-    """A torchvision model wrapped so that it carries its spec and probe sets."""
+_CLASSES: dict[type, type] = {}
 
-    def __init__(self, spec: str, name: str, num_classes: int, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
+
+def _class_for(base: type) -> type:
+    """The class ``TorchvisionModel`` + a torchvision model class (one per class, made once)."""
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Torchvision{base.__name__}", (TorchvisionModel, base),
+                   {"__module__": __name__, "__doc__": f"torchvision's {base.__name__} as a zoo model."})
+        _CLASSES[base] = cls
+    return cls
+
+
+def _new_instance(base: type) -> TorchvisionModel:
+    """An empty instance of the zoo class for torchvision class ``base`` (for pickle and deepcopy)."""
+    instance: TorchvisionModel = nn.Module.__new__(_class_for(base))
+    return instance
+
+
+def strip_net_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A state dict whose keys all start with ``net.`` (saved from the old wrapper, which held the
+    torchvision model as ``self.net``) with that prefix removed, its metadata kept; others as they are."""
+    if not state or not all(isinstance(k, str) and k.startswith("net.") for k in state):
+        return state
+    stripped: OrderedDict[str, Any] = OrderedDict((k[4:], v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        renamed = OrderedDict()
+        for key, value in metadata.items():
+            if key == "net":
+                renamed[""] = value
+            elif key.startswith("net."):
+                renamed[key[4:]] = value
+        stripped._metadata = renamed  # type: ignore[attr-defined]
+    return stripped
+
+
+class TorchvisionModel(ZooModel):
+    """A torchvision model that also carries its spec and probe sets.
+
+    ``TorchvisionModel(spec, name, num_classes, input_shape)`` returns the torchvision model
+    itself, of a class derived from both this class and torchvision's (``ResNet``, ...): its
+    module names, state-dict keys and ``isinstance`` checks are torchvision's own
+    (``layer1.0``, ``layer1.0.conv1.weight``). State dicts saved from the earlier wrapper,
+    whose keys start with ``net.``, still load; ``model.net`` is the model itself.
+    """
+
+    def __new__(cls, spec: str, name: str, num_classes: int, input_shape: tuple[int, ...]) -> TorchvisionModel:
         import torchvision
 
         if name not in torchvision_names():
@@ -64,17 +112,36 @@ class TorchvisionModel(ZooModel):
                 f"unknown torchvision model {name!r}; e.g. {', '.join(torchvision_names()[:8])}, ... "
                 "(see `tunnelscope models --torchvision`)"
             )
-        self.spec, self.num_classes, self.input_shape = spec, num_classes, tuple(input_shape)
         kwargs = {}
         if name.startswith("vit_") and len(input_shape) == 3:
             kwargs["image_size"] = input_shape[-1]
-        self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-        linears = [n for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
         classifier = linears[-1] if linears else ""
-        self.probe_sets = {"conv": [f"net.{n}" for n in _conv(self.net, classifier)]}
-        blocks = _blocks(self.net)
+        probe_sets = {"conv": _conv(net, classifier)}
+        blocks = _blocks(net)
         if blocks:
-            self.probe_sets["blocks"] = [f"net.{n}" for n in blocks]
+            probe_sets["blocks"] = blocks
+        net.__class__ = _class_for(type(net))
+        model: TorchvisionModel = net
+        model.spec, model.num_classes, model.input_shape = spec, num_classes, tuple(input_shape)
+        model.probe_sets = probe_sets
+        return model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def __init__(self, spec: str, name: str, num_classes: int, input_shape: tuple[int, ...]) -> None:
+        """Nothing to do: ``__new__`` built the torchvision model and made it this class."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickle and deepcopy as an empty instance of the same class plus the state."""
+        base = next(b for b in type(self).__bases__ if b is not TorchvisionModel)
+        return _new_instance, (base,), self.__dict__.copy()
+
+    @property
+    def net(self) -> nn.Module:
+        """The torchvision model: this object (kept for code written for the earlier wrapper)."""
+        return self
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, also taking state dicts saved from the earlier wrapper
+        (every key prefixed ``net.``)."""
+        return super().load_state_dict(strip_net_prefix(state_dict), strict=strict, assign=assign)

@@ -99,9 +99,16 @@ def design_variables(cell: Cell, store: Store) -> dict[str, Any]:
     return values
 
 
+EXPLAIN_COLUMNS = ("family", "kind", "depth", "width", "overparam", "resolution", "augmentation", "stem",
+                   "spatial_reduction", "id_classes")  # Harun et al.'s eight, plus family and width
+
+
 def suggested_variables(table: pd.DataFrame) -> list[str]:
-    """The design columns that vary in ``table`` (what ``explain`` can separate)."""
-    return [c for c in DESIGN_COLUMNS if c in table and table[c].nunique(dropna=True) > 1]
+    """The explanatory columns that vary in ``table`` and have no missing value (what ``explain``
+    can separate). ``parameters`` and ``train_samples`` are left out: γ = their ratio stands for
+    both, as in Harun et al., and would be collinear with them."""
+    return [c for c in EXPLAIN_COLUMNS
+            if c in table and table[c].notna().all() and table[c].nunique(dropna=True) > 1]
 
 
 def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -> pd.DataFrame:
@@ -115,5 +122,5 @@ def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -
     return store.collect(spec)
 
 
-__all__ = ["CATEGORICAL_COLUMNS", "collect", "DESIGN_COLUMNS", "METRIC_COLUMNS", "design_variables", "ood_table",
-           "suggested_variables"]
+__all__ = ["CATEGORICAL_COLUMNS", "DESIGN_COLUMNS", "EXPLAIN_COLUMNS", "METRIC_COLUMNS", "collect", "design_variables",
+           "ood_table", "suggested_variables"]

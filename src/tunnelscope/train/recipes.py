@@ -24,10 +24,18 @@ ADAMW_FAMILIES = ("vit-", "linear-mlp-")  # transformers (Harun et al. train ViT
 
 
 def default_recipe(model_spec: str) -> str:
-    """The recipe a model trains with when none is named: ``adamw`` for the ViTs and the
-    linear MLPs (plain SGD at lr 0.1 diverges on a deep linear net and trains a ViT poorly),
-    ``sgd`` for everything else."""
-    return "adamw" if model_spec.startswith(ADAMW_FAMILIES) else "sgd"
+    """The recipe a model trains with when none is named: ``adamw`` for the ViTs (zoo, timm,
+    Hugging Face and torchvision transformers) and the linear MLPs (plain SGD at lr 0.1 diverges
+    on a deep linear net and trains a ViT poorly), ``sgd`` for everything else."""
+    if model_spec.startswith(ADAMW_FAMILIES):
+        return "adamw"
+    if model_spec.startswith(("timm:", "hf:", "tv:")):  # a hub or torchvision transformer trains like vit-
+        from ..models.traits import spec_traits
+
+        return "adamw" if spec_traits(model_spec)["kind"] == "ViT" else "sgd"
+    return "sgd"
+
+
 SCHEDULES = {"sgd": ("cosine", "onecycle", "constant"), "adamw": ("cosine", "constant")}
 
 

@@ -1,0 +1,34 @@
+"""The Python examples of docs/own-model-and-data.md run as written (each block in a fresh
+namespace, in a temporary folder). A block whose first line is ``# needs: PACKAGE`` is skipped
+with that reason when the package is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+PAGE = Path(__file__).parents[1] / "docs" / "own-model-and-data.md"
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _blocks() -> list[str]:
+    return BLOCK.findall(PAGE.read_text()) if PAGE.is_file() else []
+
+
+def test_the_page_has_examples():
+    assert len(_blocks()) >= 4
+
+
+@pytest.mark.parametrize("index", range(len(_blocks())))
+def test_example_runs(index, tmp_path, monkeypatch, one_thread):
+    code = _blocks()[index]
+    first = code.splitlines()[0]
+    if first.startswith("# needs:"):
+        for package in first.removeprefix("# needs:").split(","):
+            if importlib.util.find_spec(package.strip()) is None:
+                pytest.skip(f"example {index} needs {package.strip()} (pip install 'tunnelscope[{package.strip()}]')")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{PAGE.name} example {index}", "exec"), {"__name__": f"docs_example_{index}"})
