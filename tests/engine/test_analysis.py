@@ -82,10 +82,9 @@ class _PoisonTrainOnly(nn.Module):
     """NaN in one training row only (the test rows stay finite)."""
 
     def forward(self, h):
-        if not torch.is_inference_mode_enabled() or len(h) != 100:
-            return h
-        h = h.clone()
-        h[0] = float("nan")
+        h = h.clone()  # a new tensor on every call: a point of its own, not the previous layer's output
+        if torch.is_inference_mode_enabled() and len(h) == 100:
+            h[0] = float("nan")
         return h
 
 
