@@ -210,3 +210,12 @@ def test_explain_saves_tables_figure_and_config(tmp_path) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "shap_slopes.csv"), result.slopes)
     text = result.text()
     assert "SHAP model R²" in text and "Cliff's delta" in text
+
+
+def test_figure_labels_numeric_levels_briefly() -> None:
+    table = planted_table(60)
+    table["gamma"] = table["depth"] * 2.5473666 + 1.0  # float levels with long reprs
+    result = explain(table, "score", variables=["depth", "gamma"])
+    fig = result.figure()
+    labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[:2]]
+    assert labels == [["0", "1", "2", "3"], ["1", "3.547", "6.095", "8.642"]]

@@ -400,9 +400,16 @@ def _draw_means(ax: Any, means: pd.DataFrame, variable: str, target: str) -> Non
     low, high = means["ci_low"].to_numpy(dtype=float), means["ci_high"].to_numpy(dtype=float)
     errors = np.vstack([centre - low, high - centre])
     ax.errorbar(positions, centre, yerr=np.nan_to_num(errors), fmt="o", capsize=4)
-    ax.set_xticks(positions, [str(level) for level in means["level"]], rotation=30, fontsize=8)
+    ax.set_xticks(positions, [_level_label(level) for level in means["level"]], rotation=30, fontsize=8)
     ax.set_title(variable, fontsize=10)
     ax.set_ylabel(f"{target} (mean, 95% CI)", fontsize=8)
+
+
+def _level_label(level: Any) -> str:
+    """A tick label: numbers to 4 significant digits (4.0 → 4, 2.547366… → 2.547), others as they are."""
+    if isinstance(level, (float, np.floating)):
+        return f"{float(level):.4g}"
+    return str(level)
 
 
 def _draw_slopes(ax: Any, slopes: pd.DataFrame, l1_normalise: bool) -> None:
