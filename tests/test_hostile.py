@@ -148,7 +148,9 @@ def _cases(w: dict, out: str) -> list[tuple[list, int, str]]:
         ([*an, "--checkpoint", ck, "--data", "digits", "--metrics", "rank,nope"], 1, "unknown metric"),
         ([*an, "--checkpoint", ck, "--data", "digits", "--ood", "mnist1d[n=200]"], 1, "only images"),
         ([*an, "--checkpoint", ck, "--data", "digits", "--ood", "digits[classes=3]"], 1, "single class"),
-        ([*an, "--checkpoint", ck, "--data", "digits", "--ood", "digits", "--metrics", "rank"], 1, "add 'probe'"),
+        ([*an, "--checkpoint", ck, "--data", "digits", "--ood", "digits[classes=0-4]", "--metrics", "rank"], 1,
+         "add 'probe'"),
+        ([*an, "--checkpoint", ck, "--data", "digits", "--ood", "digits"], 1, "is the ID data itself"),
         ([*an, "--checkpoint", ck, "--data", "digits", "--reduce", "pool0"], 1, "unknown reduction"),
         ([*an, "--checkpoint", ck, "--data", "digits", "--points", "nomatch*"], 1, "matches"),
         ([*an, "--checkpoint", ck, "--data", "digits[classes=0-4]"], 1, "classes"),
@@ -195,7 +197,7 @@ def _cases(w: dict, out: str) -> list[tuple[list, int, str]]:
     ]
 
 
-CASE_COUNT = 85
+CASE_COUNT = 86
 
 
 def _tree(root: Path) -> set[str]:
@@ -292,7 +294,7 @@ def test_killed_and_terminated_training_resume_and_leave_no_temporaries(tmp_path
 
 def test_killed_analysis_leaves_nothing_and_runs_again(world, tmp_path):
     out = tmp_path / "analysis"
-    args = ["analyze", "--checkpoint", str(world["checkpoint"]), "--data", "digits", "--ood", "digits",
+    args = ["analyze", "--checkpoint", str(world["checkpoint"]), "--data", "digits", "--ood", "digits[classes=0-4]",
             "--protocol", "harun", "--probe-epochs", "5000", "--out", str(out), "-q"]
     spills = _spills()
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -289,7 +289,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
     if quiet:
         return
     layers = results.layer_table(intervals=True)
-    ood = [c for c in (f"probe_acc · {d}" for d in results.datasets if d != "id") if c in layers.columns]
+    ood = [c for c in (f"probe_acc · {d}" for d in results.datasets if d != results.id_dataset) if c in layers.columns]
     names = {"probe_acc": "ID", **{c: f"OOD{i + 1}" for i, c in enumerate(ood)}, "rank": "rank", "ncc_acc": "NCC"}
     columns = [c for c in names if c in layers.columns]
     table = Table(title="per layer, test split (layer 0 = the input; * = probe not converged)", box=box.SIMPLE_HEAD,
@@ -306,7 +306,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
     def cells(row: dict, c: str) -> list[str]:
         text = f"{row[c]:.3f}" if c != "rank" else f"{row[c]:.0f}"
-        dataset = "id" if " · " not in c else c.split(" · ", 1)[1]
+        dataset = results.id_dataset if " · " not in c else c.split(" · ", 1)[1]
         text += " *" if c.startswith("probe_acc") and (row["point"], dataset) in unconverged else ""
         if c == "probe_acc" and "probe_acc lo" in row:
             return [text, f"{row['probe_acc lo']:.3f}-{row['probe_acc hi']:.3f}"]

@@ -369,7 +369,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _probe_curve(results: Results) -> pd.DataFrame:
     """``layer, point, acc`` of the ID test probes, in layer order."""
     t = results.table
-    rows = t[(t.metric == "probe_acc") & (t.split == "test") & (t.dataset == "id") & t.reference.isna()]
+    rows = t[(t.metric == "probe_acc") & (t.split == "test") & (t.dataset == results.id_dataset)
+             & t.reference.isna()]
     return rows.sort_values("layer")[["layer", "point", "value"]].rename(columns={"value": "acc"}).reset_index(
         drop=True)
 

@@ -38,6 +38,7 @@ COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "va
            "other_point", "other_layer", "valid", "reference"]
 
 
+ID_ALIAS = "id"  # how callers (and runs saved before November 2026) name the ID data
 ResultsError = RunDirectoryError  # the name this error had before it moved to errors.py
 
 
@@ -112,10 +113,22 @@ class Results:
         return name if name and bool((self.table.point == name).any()) else None
 
     @property
+    def id_dataset(self) -> str:
+        """The name the table gives the ID data: its spec (or its name when given as an object);
+        ``"id"`` in runs saved before November 2026. ``"id"`` is accepted as an alias by
+        :meth:`curve`, :meth:`interval` and :meth:`dataset_name`."""
+        name = self.config.get("id_dataset")
+        return str(name) if name is not None else ID_ALIAS
+
+    @property
     def datasets(self) -> list[str]:
-        """``"id"`` first, then the OOD specs, in the order they were analysed."""
+        """The ID data first, then the OOD sets, in the order they were analysed."""
         seen = list(dict.fromkeys(self.table["dataset"]))
-        return sorted(seen, key=lambda d: (d != "id", seen.index(d)))
+        return sorted(seen, key=lambda d: (d != self.id_dataset, seen.index(d)))
+
+    def dataset_name(self, dataset: str) -> str:
+        """``dataset`` as the table names it (``"id"`` means the ID data)."""
+        return self.id_dataset if dataset == ID_ALIAS else dataset
 
     @property
     def references(self) -> list[str]:
@@ -133,6 +146,7 @@ class Results:
 
     def _rows(self, metric: str, dataset: str, split: str, reference: str | None) -> pd.DataFrame:
         t = self.table
+        dataset = self.dataset_name(dataset)
         rows = t[(t.metric == metric) & (t.dataset == dataset) & (t.split == split) & t.other_point.isna()
                  & self._is(reference)]
         if rows.empty:
@@ -169,7 +183,7 @@ class Results:
         """One row per point (layer 0 first when read), one column per per-point metric (OOD columns
         named ``metric · dataset``); ``intervals`` adds ``column lo`` / ``column hi`` where they exist."""
         t = self.table[(self.table.split == split) & self.table.other_point.isna() & self._is(None)]
-        label = t.metric.where(t.dataset == "id", t.metric + " · " + t.dataset)
+        label = t.metric.where(t.dataset == self.id_dataset, t.metric + " · " + t.dataset)
         t = t.assign(column=label)
         wide = t.set_index(["layer", "point", "column"])["value"].unstack("column")
         if intervals:
@@ -229,6 +243,16 @@ class Results:
         return cls(table, summary, config, d)
 
 
+def id_name_of(table: pd.DataFrame) -> str:
+    """The ID data's name in an engine-built table (one run's, or several checkpoints' concatenated):
+    ``"id"`` in runs saved before November 2026, else the dataset of the first row, since the
+    engine writes the ID rows of every analysis first."""
+    names = table["dataset"]
+    if names.empty or bool((names == ID_ALIAS).any()):
+        return ID_ALIAS
+    return str(names.iloc[0])
+
+
 def _shorten(names: list[str], keep: int = 3) -> list[str]:
     """The first and last names of a long list, with an ellipsis between."""
     return names if len(names) <= 2 * keep else [*names[:keep], "…", *names[-keep:]]
@@ -240,4 +264,4 @@ def _interval(bounds: object, fmt: str = "g") -> str:
     return f" [{bounds[0]:{fmt}}, {bounds[1]:{fmt}}]"
 
 
-__all__ = ["COLUMNS", "Results", "ResultsError", "check_free"]
+__all__ = ["COLUMNS", "ID_ALIAS", "Results", "ResultsError", "check_free", "id_name_of"]

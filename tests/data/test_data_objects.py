@@ -63,7 +63,9 @@ def test_objects_give_the_numbers_of_the_same_samples_given_by_spec(digits_run, 
     given = {key: {s: wrap(kind, *tensors(getattr(ds, s))) for s in ("train", "test")} for key, ds in sets.items()}
     results = ts.analyze(net, given["id"], ood=[given["ood"]], **RUN)
     ood_name = f"{kind}-2"
-    table = results.table.replace({"dataset": {ood_name: OOD_SPEC}}).drop(columns="model")
+    assert results.id_dataset == f"{kind}-1" and reference.id_dataset == "digits"  # each named as given
+    names = {ood_name: OOD_SPEC, results.id_dataset: reference.id_dataset}
+    table = results.table.replace({"dataset": names}).drop(columns="model")
     expected = reference.table.drop(columns="model")
     assert len(table) == len(expected) > 50
     for column in ("dataset", "split", "point", "metric", "other_point"):

@@ -20,7 +20,8 @@ def trained(trained_mlp):
 def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
     stats = analyze_layers(trained.final_checkpoint, fashion_small, metrics="all", batch_size=64, progress=False)
     table, config = stats.table, stats.config
-    assert isinstance(stats, Results) and len(config["points"]) == 5 and set(table.dataset) == {"id"}
+    assert isinstance(stats, Results) and len(config["points"]) == 5
+    assert set(table.dataset) == {fashion_small.spec} == {stats.id_dataset}  # the ID data named by its spec
     assert {"rank", "erank", "pc1", "nc1", "cdnv", "ncc_acc", "ridge_acc", "cka", "cka_full",
             "pc1_sim"} <= set(table.metric)
     assert set(table.columns) >= {"model", "split", "point", "layer", "depth", "metric", "value", "other_point"}

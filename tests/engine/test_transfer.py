@@ -90,7 +90,7 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
         for split, x, y in (("train", tr[name], ytr), ("test", te[name], yte)):
             pred = ((x[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
             table = stats.table
-            row = table[(table.dataset == "id") & (table.split == split) & (table.point == name)
+            row = table[(table.dataset == ds.spec) & (table.split == split) & (table.point == name)
                         & (table.metric == "ncc_acc")]
             assert row.value.item() == pytest.approx((pred == y).mean(), abs=1e-12)
             if split == "train":

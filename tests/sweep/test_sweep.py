@@ -131,7 +131,7 @@ def check_ood_level_collect(path, spec, layers: pd.DataFrame, capsys) -> None:
         probes = layers[(layers.cell == row.cell) & (layers.step == row.step) & (layers.metric == "probe_acc")
                         & (layers.split == "test")]
         last = probes[probes.layer == probes.layer.max()].set_index("dataset")["value"]
-        assert row.ood_acc == pytest.approx(last[name]) and row.id_acc == pytest.approx(last["id"])
+        assert row.ood_acc == pytest.approx(last[name]) and row.id_acc == pytest.approx(last[row.data])
         cell = next(c for c in spec.cells if c.key == row.cell)
         state = torch.load(spec.store / "runs" / cell.train_key / "checkpoints" / f"step-{row.step:07d}.pt",
                            weights_only=True)["model"]

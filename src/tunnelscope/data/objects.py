@@ -392,6 +392,9 @@ def resolve_data(data: object, ood: object = (), root: Any = None) -> tuple[Data
     if twice:
         raise ConfigError(f"two OOD datasets are named {twice[0]!r}; give objects distinct names with "
                           "ood={'name': data} or tunnelscope.data.as_dataset(obj, name=...)")
+    if dataset.spec in names:
+        raise ConfigError(f"the OOD set {dataset.spec!r} is the ID data itself: its probes would repeat the ID "
+                          "probes; drop it from the OOD sets (or name a different subset, e.g. other classes)")
     return dataset, resolved
 
 

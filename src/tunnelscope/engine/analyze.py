@@ -117,7 +117,8 @@ def analyze(
     model_info = {"model": model_name, **resolved, **(model_info or {})}
     frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
                            "ood_datasets": dataset_names(ood)}
-    config: dict = {"model": model_info, "data": dataset.spec, "ood": dataset_names(ood), "metrics": wanted,
+    config: dict = {"model": model_info, "data": dataset.spec, "id_dataset": dataset.spec,
+                    "ood": dataset_names(ood), "metrics": wanted,
                     "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
                     "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim,
                     "device": str(dev), "seed": seed, "environment": environment(dev),

@@ -247,7 +247,8 @@ def probe_layers(
                   "percentile bootstrap over test samples" + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "")
                   + f" (seed {seed})")},
               "device": str(dev), "environment": environment(dev), "versions": package_versions(),
-              "seconds": time.perf_counter() - tic}
+              "seconds": time.perf_counter() - tic, "id_dataset": id_ds.spec}
+    table = table.assign(dataset=table["dataset"].replace({"id": id_ds.spec}))  # rows name the ID data by its spec
     return Results(table, as_summary(summary), config)
 
 

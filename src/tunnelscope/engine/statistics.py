@@ -345,7 +345,7 @@ def analyze_layers(
     records the model's own test accuracy in ``summary["model_accuracy"]``.
     ``memory_budget`` (bytes; ``"auto"``: the memory available now; None: no check) refuses
     a plan that would not fit before anything is allocated. A split sample of fewer than 2
-    samples is refused. Returns a :class:`~tunnelscope.results.Results` (``dataset`` ``"id"``).
+    samples is refused. Returns a :class:`~tunnelscope.results.Results` (``dataset``: the ID data's name).
     """
     wanted, explicit = parse_metrics(metrics)
     _check_settings(wanted, batch_size, precision, cka_passes)
@@ -376,7 +376,8 @@ def analyze_layers(
                 "samples": {s: (n if s == "test" or plan.train_pass else 0) for s, (_, n) in splits.items()}}
     config = _config(settings, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
-    table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset="id")
+    config["id_dataset"] = dataset.spec
+    table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset=dataset.spec)
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 

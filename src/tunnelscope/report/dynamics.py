@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
+from ..results import ID_ALIAS, id_name_of
 from ..summary import MEAN_RETAINED, MODEL_ACCURACY, POINTS, TUNNEL_START
 
 HEATMAP_METRICS: tuple[str, ...] = ("probe_acc", "rank")
@@ -97,7 +98,10 @@ def step_axis(ax: Axes, steps: Sequence[int], steps_per_epoch: int | None = None
 
 
 def heatmap_grid(table: pd.DataFrame, metric: str, dataset: str = "id", split: str = "test") -> pd.DataFrame:
-    """One metric of the model (no reference rows, no pairwise rows) as a layers × steps frame."""
+    """One metric of the model (no reference rows, no pairwise rows) as a layers × steps frame;
+    ``dataset="id"`` means the ID data, whatever the table names it."""
+    if dataset == ID_ALIAS:
+        dataset = id_name_of(table)
     rows = table[(table.metric == metric) & (table.dataset == dataset) & (table.split == split)
                  & table.other_point.isna() & table.reference.isna()]
     if rows.empty:
@@ -108,13 +112,14 @@ def heatmap_grid(table: pd.DataFrame, metric: str, dataset: str = "id", split: s
 def heatmap_panels(table: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS) -> list[tuple[str, str, str]]:
     """``(metric, dataset, title)`` of every panel the table allows: probe accuracy on the ID set
     and on each OOD set, every other metric on the ID set."""
+    id_name = id_name_of(table)
     datasets = list(dict.fromkeys(table.dataset))
-    datasets = sorted(datasets, key=lambda d: (d != "id", datasets.index(d)))
+    datasets = sorted(datasets, key=lambda d: (d != id_name, datasets.index(d)))
     panels = []
     for metric in metrics:
-        for dataset in datasets if metric == "probe_acc" else ["id"]:
+        for dataset in datasets if metric == "probe_acc" else [id_name]:
             if not heatmap_grid(table, metric, dataset).empty:
-                where = "ID" if dataset == "id" else f"OOD {dataset}"
+                where = "ID" if dataset == id_name else f"OOD {dataset}"
                 panels.append((metric, dataset, f"{where}: {METRIC_TITLES.get(metric, metric)}"))
     return panels
 

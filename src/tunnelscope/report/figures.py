@@ -76,8 +76,9 @@ def probe_figure(results) -> Figure | None:
         return None
     fig, ax, n = _tunnel_axes(results, height=5.2)
     for i, dataset in enumerate(results.datasets):
-        label = "ID " + results.summary.get("data", "") if dataset == "id" else "OOD " + dataset
-        _plot(ax, results, "probe_acc", dataset, label=label, colour=f"C{i}", lw=2 if dataset == "id" else 1.5)
+        is_id = dataset == results.id_dataset
+        label = "ID " + results.summary.get("data", "") if is_id else "OOD " + dataset
+        _plot(ax, results, "probe_acc", dataset, label=label, colour=f"C{i}", lw=2 if is_id else 1.5)
     best = results.summary.get(BEST_TRANSFER_LAYER)
     if best:
         ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
@@ -99,9 +100,9 @@ def normalised_probe_figure(results) -> Figure | None:
         peak = curve.value.max()
         if not peak > 0:
             continue
-        label = "ID" if dataset == "id" else "OOD " + dataset
-        ax.plot(curve.layer, curve.value / peak, marker="o", ms=4, color=f"C{i}", label=label,
-                lw=2 if dataset == "id" else 1.5)
+        is_id = dataset == results.id_dataset
+        ax.plot(curve.layer, curve.value / peak, marker="o", ms=4, color=f"C{i}",
+                label="ID" if is_id else "OOD " + dataset, lw=2 if is_id else 1.5)
     ax.set_ylabel("probe accuracy / its maximum (test)")
     _layer_axis(ax, _first_layer(results), n)
     ax.legend(fontsize=8)

@@ -188,7 +188,7 @@ def _layer_table_html(results: Results) -> str:
             text = _fmt(row[c]) if c not in ("layer", "point") else html.escape(str(row[c]))
             if f"{c} lo" in row and row[f"{c} lo"] == row[f"{c} lo"]:
                 text += f" [{row[f'{c} lo']:.3g}, {row[f'{c} hi']:.3g}]"
-            dataset = "id" if " · " not in c else c.split(" · ", 1)[1]
+            dataset = results.id_dataset if " · " not in c else c.split(" · ", 1)[1]
             if c.startswith("probe_acc") and (row["point"], dataset) in unconverged:
                 text += " *"
             cells.append(f"<td>{text}</td>")

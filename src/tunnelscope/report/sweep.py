@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from ..io import write_text
+from ..results import id_name_of
 from ..rundir import FIGURES_DIR
 from ..summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, MEAN_RETAINED, POINTS, TUNNEL_LENGTH, TUNNEL_START
 from ..sweep.ood_table import ood_table
@@ -87,7 +88,7 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4), layout="constrained")
     axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, panels):
-        rows = table[(table.metric == metric) & (table.dataset == "id") & (table.split == "test")
+        rows = table[(table.metric == metric) & (table.dataset == id_name_of(table)) & (table.split == "test")
                      & table.other_point.isna()]
         grid = rows.pivot_table(index="layer", columns="step", values="value").reindex(columns=steps)
         im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="viridis",
