@@ -130,11 +130,11 @@ def test_rows_of_each_step_equal_a_direct_analyze_call(run_dir, analysed):
                                       direct.table.reindex(columns=COLUMNS).reset_index(drop=True), check_exact=True)
         row = analysed.steps.set_index("step").loc[step]
         assert row[TUNNEL_START] == direct.summary[TUNNEL_START]
-        assert [row[f"{TUNNEL_START} lo"], row[f"{TUNNEL_START} hi"]] == direct.summary[TUNNEL_START_CI]
+        assert [row[f"{TUNNEL_START}_lo"], row[f"{TUNNEL_START}_hi"]] == direct.summary[TUNNEL_START_CI]
         assert row[MEAN_RETAINED] == direct.summary[MEAN_RETAINED]
-        assert [row[f"{MEAN_RETAINED} lo"], row[f"{MEAN_RETAINED} hi"]] == direct.summary[MEAN_RETAINED_CI]
+        assert [row[f"{MEAN_RETAINED}_lo"], row[f"{MEAN_RETAINED}_hi"]] == direct.summary[MEAN_RETAINED_CI]
         ood_row = direct.summary["ood"][0]
-        assert row[f"retained · {OOD_DATA}"] == ood_row["retained"]
+        assert row[f"retained@{OOD_DATA}"] == ood_row["retained"]
         assert row["model_accuracy"] == direct.summary["model_accuracy"]
 
 

@@ -34,3 +34,17 @@ def test_html_repr_escapes_and_has_one_row_per_point():
     assert "digits&lt;b&gt;" in page and "digits<b>" not in page
     body = page.split("<tbody>")[-1]
     assert body.count("<tr>") == 10  # the per-point table: one row per probe point
+
+
+def test_layer_table_has_plain_column_names_and_the_id_data_by_name():
+    rows = [{"model": "m", "dataset": dataset, "split": "test", "point": f"p{i}", "layer": i, "depth": i / 2,
+             "metric": "probe_acc", "value": 0.5 + i / 10, "ci_lo": 0.4, "ci_hi": 0.9, "other_point": None,
+             "other_layer": float("nan"), "valid": True}
+            for dataset in ("digits", "fashion-mnist[classes=5-9]") for i in (1, 2)]
+    results = Results(pd.DataFrame(rows), {}, {"id_dataset": "digits"})
+    wide = results.layer_table(intervals=True)
+    assert list(wide.columns) == ["layer", "point", "probe_acc", "probe_acc@fashion-mnist[classes=5-9]",
+                                  "probe_acc_lo", "probe_acc@fashion-mnist[classes=5-9]_lo",
+                                  "probe_acc_hi", "probe_acc@fashion-mnist[classes=5-9]_hi"]
+    assert results.datasets == ["digits", "fashion-mnist[classes=5-9]"]
+    assert results.curve("probe_acc", "id").tolist() == results.curve("probe_acc", "digits").tolist() == [0.6, 0.7]

@@ -276,6 +276,7 @@ def _analyze(model, weights, data_spec: str, ood, metrics: str, points: str, red
 def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = None) -> None:
     """The per-layer table, the headline numbers and the verdict; or JSON (with ``extra``); or nothing."""
     from .report import summary_lines
+    from .results import column_dataset, column_name, lower, upper
     from .rundir import REPORT_FILE
 
     report = results.path / REPORT_FILE if results.path else None
@@ -289,7 +290,8 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
     if quiet:
         return
     layers = results.layer_table(intervals=True)
-    ood = [c for c in (f"probe_acc · {d}" for d in results.datasets if d != results.id_dataset) if c in layers.columns]
+    ood = [c for c in (column_name("probe_acc", d) for d in results.datasets if d != results.id_dataset)
+           if c in layers.columns]
     names = {"probe_acc": "ID", **{c: f"OOD{i + 1}" for i, c in enumerate(ood)}, "rank": "rank", "ncc_acc": "NCC"}
     columns = [c for c in names if c in layers.columns]
     table = Table(title="per layer, test split (layer 0 = the input; * = probe not converged)", box=box.SIMPLE_HEAD,
@@ -298,7 +300,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
     table.add_column("point", no_wrap=True)
     for c in columns:
         table.add_column(names[c], justify="right", no_wrap=True)
-        if c == "probe_acc" and "probe_acc lo" in layers.columns:
+        if c == "probe_acc" and lower("probe_acc") in layers.columns:
             table.add_column("ID 95%", justify="right", no_wrap=True)
     t = results.table
     bad = t[(t.metric == "probe_converged") & (t.value < 1) & t.reference.isna()]
@@ -306,17 +308,17 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
     def cells(row: dict, c: str) -> list[str]:
         text = f"{row[c]:.3f}" if c != "rank" else f"{row[c]:.0f}"
-        dataset = results.id_dataset if " · " not in c else c.split(" · ", 1)[1]
+        dataset = column_dataset(c) or results.id_dataset
         text += " *" if c.startswith("probe_acc") and (row["point"], dataset) in unconverged else ""
-        if c == "probe_acc" and "probe_acc lo" in row:
-            return [text, f"{row['probe_acc lo']:.3f}-{row['probe_acc hi']:.3f}"]
+        if c == "probe_acc" and lower("probe_acc") in row:
+            return [text, f"{row[lower('probe_acc')]:.3f}-{row[upper('probe_acc')]:.3f}"]
         return [text]
 
     for row in layers.to_dict("records"):
         table.add_row(str(row["layer"]), row["point"], *(x for c in columns for x in cells(row, c)))
     out_console.print(table)
     for i, c in enumerate(ood):
-        out_console.print(f"OOD{i + 1} = {c.removeprefix('probe_acc · ')}", markup=False)
+        out_console.print(f"OOD{i + 1} = {column_dataset(c)}", markup=False)
     for label, value in summary_lines(results.summary):
         out_console.print(f"{label}: {value}", markup=False)
     out_console.print(f"[bold]{escape(results.summary.get('verdict', ''))}[/]")

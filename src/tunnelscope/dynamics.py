@@ -42,7 +42,7 @@ from .errors import ConfigError, RunDirectoryError
 from .io import atomic_write, jsonable, write_json, write_text
 from .probes import ProbeConfig
 from .progress import progress_bar
-from .results import COLUMNS, Results
+from .results import COLUMNS, Results, column_name, lower, upper
 from .rundir import (
     CKPT_DIR,
     CONFIG_FILE,
@@ -420,21 +420,21 @@ def _run_info(run: dict) -> dict:
 
 def step_row(step: int, epoch: float, checkpoint: str, summary: Mapping[str, Any]) -> dict[str, Any]:
     """One checkpoint's summary as a flat row: scalars as they are, each ``KEY_ci`` interval as
-    ``KEY lo`` / ``KEY hi``, each OOD set's ``retained · NAME`` (with its interval), the flag codes."""
+    ``KEY_lo`` / ``KEY_hi``, each OOD set's ``retained@NAME`` (with its interval), the flag codes."""
     row: dict[str, Any] = {"step": step, "epoch": epoch, "checkpoint": checkpoint}
     for key, value in summary.items():
         if key in (OOD, FLAGS, VERDICT) or isinstance(value, dict):
             continue
         if key.endswith("_ci") and isinstance(value, list) and len(value) == 2:
             base = key.removesuffix("_ci")
-            row[f"{base} lo"], row[f"{base} hi"] = _number(value[0]), _number(value[1])
+            row[lower(base)], row[upper(base)] = _number(value[0]), _number(value[1])
         elif not isinstance(value, list):
             row[key] = value
     for entry in summary.get(OOD, []):
-        name = f"retained · {entry['name']}"
+        name = column_name("retained", entry["name"])
         row[name] = _number(entry.get("retained"))
         interval = entry.get("retained_ci") or [None, None]
-        row[f"{name} lo"], row[f"{name} hi"] = _number(interval[0]), _number(interval[1])
+        row[lower(name)], row[upper(name)] = _number(interval[0]), _number(interval[1])
     row["flags"] = ",".join(flag["code"] for flag in summary.get(FLAGS, []))
     row[VERDICT] = summary.get(VERDICT)
     return row

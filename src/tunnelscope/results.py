@@ -39,6 +39,28 @@ COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "va
 
 
 ID_ALIAS = "id"  # how callers (and runs saved before November 2026) name the ID data
+DATASET_SEP = "@"  # wide tables: an OOD set's column is "metric@dataset"; the ID data's is "metric"
+
+
+def column_name(metric: str, dataset: str | None = None) -> str:
+    """A wide table's column of ``metric`` on ``dataset`` (None: the ID data): ``probe_acc``,
+    ``probe_acc@digits[size=28]``. ASCII, no spaces: usable in pandas ``query`` with backticks."""
+    return metric if dataset is None else f"{metric}{DATASET_SEP}{dataset}"
+
+
+def column_dataset(column: str) -> str | None:
+    """The OOD set a wide-table column is about, or None for the ID data."""
+    return column.split(DATASET_SEP, 1)[1] if DATASET_SEP in column else None
+
+
+def lower(column: str) -> str:
+    """The column of ``column``'s lower 95% interval bound (``column_lo``)."""
+    return f"{column}_lo"
+
+
+def upper(column: str) -> str:
+    """The column of ``column``'s upper 95% interval bound (``column_hi``)."""
+    return f"{column}_hi"
 ResultsError = RunDirectoryError  # the name this error had before it moved to errors.py
 
 
@@ -181,16 +203,17 @@ class Results:
 
     def layer_table(self, split: str = "test", intervals: bool = False) -> pd.DataFrame:
         """One row per point (layer 0 first when read), one column per per-point metric (OOD columns
-        named ``metric · dataset``); ``intervals`` adds ``column lo`` / ``column hi`` where they exist."""
+        named ``metric@dataset``, :func:`column_name`); ``intervals`` adds ``column_lo`` /
+        ``column_hi`` where they exist."""
         t = self.table[(self.table.split == split) & self.table.other_point.isna() & self._is(None)]
-        label = t.metric.where(t.dataset == self.id_dataset, t.metric + " · " + t.dataset)
+        label = t.metric.where(t.dataset == self.id_dataset, t.metric + DATASET_SEP + t.dataset)
         t = t.assign(column=label)
         wide = t.set_index(["layer", "point", "column"])["value"].unstack("column")
         if intervals:
             bounded = t[t.ci_lo.notna()]
             for bound in ("ci_lo", "ci_hi"):
                 part = bounded.set_index(["layer", "point", "column"])[bound].unstack("column")
-                part.columns = [f"{c} {'lo' if bound == 'ci_lo' else 'hi'}" for c in part.columns]
+                part.columns = [lower(c) if bound == "ci_lo" else upper(c) for c in part.columns]
                 wide = wide.join(part)
         wide.columns.name = None
         return wide.sort_index().reset_index()
@@ -264,4 +287,5 @@ def _interval(bounds: object, fmt: str = "g") -> str:
     return f" [{bounds[0]:{fmt}}, {bounds[1]:{fmt}}]"
 
 
-__all__ = ["COLUMNS", "ID_ALIAS", "Results", "ResultsError", "check_free", "id_name_of"]
+__all__ = ["COLUMNS", "DATASET_SEP", "ID_ALIAS", "Results", "ResultsError", "check_free", "column_dataset",
+           "column_name", "id_name_of", "lower", "upper"]

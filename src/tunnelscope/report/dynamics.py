@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
-from ..results import ID_ALIAS, id_name_of
+from ..results import ID_ALIAS, id_name_of, lower, upper
 from ..summary import MEAN_RETAINED, MODEL_ACCURACY, POINTS, TUNNEL_START
 
 HEATMAP_METRICS: tuple[str, ...] = ("probe_acc", "rank")
@@ -35,14 +35,6 @@ START_COLOUR = "white"
 MAX_STEP_TICKS = 12
 
 
-def lower(column: str) -> str:
-    """The steps-table column of ``column``'s lower interval bound."""
-    return f"{column} lo"
-
-
-def upper(column: str) -> str:
-    """The steps-table column of ``column``'s upper interval bound."""
-    return f"{column} hi"
 
 
 def _to_axis(steps: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..io import write_text
-from ..results import Results
+from ..results import Results, column_dataset, lower, upper
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG
 from ..summary import (
     BEST_TRANSFER_LAYER,
@@ -179,16 +179,17 @@ def _layer_table_html(results: Results) -> str:
         t = results.table
         bad = t[(t.metric == "probe_converged") & (t.value < 1) & t.reference.isna()]
         unconverged = {(p, d) for p, d in zip(bad.point, bad.dataset)}
-    columns = [c for c in wide.columns if not c.endswith((" lo", " hi"))]
+    bounds = {b for c in wide.columns for b in (lower(c), upper(c)) if b in wide.columns}
+    columns = [c for c in wide.columns if c not in bounds]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = []
     for row in wide.to_dict("records"):
         cells = []
         for c in columns:
             text = _fmt(row[c]) if c not in ("layer", "point") else html.escape(str(row[c]))
-            if f"{c} lo" in row and row[f"{c} lo"] == row[f"{c} lo"]:
-                text += f" [{row[f'{c} lo']:.3g}, {row[f'{c} hi']:.3g}]"
-            dataset = results.id_dataset if " · " not in c else c.split(" · ", 1)[1]
+            if lower(c) in row and row[lower(c)] == row[lower(c)]:
+                text += f" [{row[lower(c)]:.3g}, {row[upper(c)]:.3g}]"
+            dataset = column_dataset(c) or results.id_dataset
             if c.startswith("probe_acc") and (row["point"], dataset) in unconverged:
                 text += " *"
             cells.append(f"<td>{text}</td>")

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from ..io import write_text
-from ..results import id_name_of
+from ..results import column_name, id_name_of
 from ..rundir import FIGURES_DIR
 from ..summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, MEAN_RETAINED, POINTS, TUNNEL_LENGTH, TUNNEL_START
 from ..sweep.ood_table import ood_table
@@ -128,7 +128,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     final = final_summaries(summaries)
     keep = [c for c in final.columns if c.startswith(VAR_PREFIX) or c in (
         "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
-        EFFECTIVE_DEPTH) or c.startswith("retained · ")]
+        EFFECTIVE_DEPTH) or c.startswith(column_name("retained", ""))]
     failures = status[status.status == "failed"]
     ood = ood_table(spec, store)
     body = page(

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ..io import atomic_write, write_json
+from ..results import column_name
 from .spec import Cell, SweepSpec
 
 VAR_PREFIX = "var_"
@@ -122,7 +123,7 @@ class Store:
                 summary = json.loads((self.root / "results" / cell.key / f"step-{step:07d}.json").read_text())
                 row = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
                 for entry in summary.get("ood", []):
-                    row[f"retained · {entry['name']}"] = entry["retained"]
+                    row[column_name("retained", entry["name"])] = entry["retained"]
                 rows.append(row)
         return pd.DataFrame(rows)
 
