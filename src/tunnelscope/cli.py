@@ -79,7 +79,7 @@ def datasets(data_root: str | None, as_json: bool) -> None:
     for row in rows:
         status = "[green]yes[/]" if row["available"] else "[yellow]no[/]"
         table.add_row(row["name"], status, row["where"], row["description"])
-    out_console.print(table)
+    print_table(table)
     out_console.print("modifiers: classes=0-4, per_class=N, test_per_class=N, noise=F, size=S, channels=1|3, "
                       "aug=1, seed=K; mnist1d also n=N, data_seed=K")
 
@@ -221,7 +221,7 @@ def _print_history(history) -> None:
     for row in history.to_dict("records"):
         table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_acc']:.4f}",
                       f"{row['test_loss']:.4f}", f"{row['test_acc']:.4f}", f"{row['lr']:.2e}", f"{row['seconds']:.1f}")
-    out_console.print(table)
+    print_table(table)
 
 
 @cli.command()
@@ -316,7 +316,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
     for row in layers.to_dict("records"):
         table.add_row(str(row["layer"]), row["point"], *(x for c in columns for x in cells(row, c)))
-    out_console.print(table)
+    print_table(table)
     for i, c in enumerate(ood):
         out_console.print(f"OOD{i + 1} = {column_dataset(c)}", markup=False)
     for label, value in summary_lines(results.summary):
@@ -506,7 +506,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
             for r in rows:
                 table.add_row(state, str(r["layer"]), r["point"],
                               *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique")))
-        out_console.print(table)
+        print_table(table)
         out_console.print(f"report: {out_path / REPORT_FILE}", markup=False)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from .cli_support import POINTS_HELP, data_root_option, device_option, out_console, print_frame
+from .cli_support import POINTS_HELP, data_root_option, device_option, out_console, print_frame, print_table
 
 
 # ----------------------------------------------------------------------------------------- agreement
@@ -317,7 +317,7 @@ def _print_steps(steps) -> None:
         table.add_row(str(row["step"]), number(row.get("epoch"), 3), number(row.get("model_accuracy"), 3),
                       number(row.get("tunnel_start@0.95"), 0), interval(row, "tunnel_start@0.95", 0),
                       number(row.get("mean_retained"), 1), interval(row, "mean_retained", 1))
-    out_console.print(table)
+    print_table(table)
 
 
 # ------------------------------------------------------------------------------------ cross-model CKA
@@ -498,7 +498,7 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     for name, row in result.swaps.iterrows():
         cells = (row["task1_acc"], row["task2_acc"])
         table.add_row(str(name), *(f"{v:.4f}" if math.isfinite(v) else "-" for v in cells))
-    out_console.print(table)
+    print_table(table)
     out_console.print(f"split: {result.split_reason}", markup=False)
     worst = result.forgetting.iloc[int(result.forgetting["forgetting"].to_numpy().argmax())]
     out_console.print(f"most forgetting at layer {worst['layer']} ({worst['point']}): task-1 probe accuracy "

@@ -4,10 +4,12 @@ under the library's own module names."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -326,3 +328,17 @@ def test_spec_kind_reads_the_architecture_from_the_name(spec, kind):
 
     family = next(f for f in FAMILIES if re.fullmatch(f.pattern, spec))
     assert spec_kind(family.name, re.fullmatch(family.pattern, spec).groupdict()) == kind
+
+
+@pytest.mark.parametrize("spec", ["timm:vit_tiny_patch16_224-p8-d3-w64", "hf:vit-p8-d3-w64"])
+def test_cli_points_blocks_gives_one_point_per_transformer_block(spec, tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(["analyze", "--model", spec, "--data", "digits[size=32,channels=3,per_class=20,"
+                              "test_per_class=10]", "--points", "blocks", "--metrics", "rank", "--out",
+                              str(tmp_path / "run"), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    points = table[(table.metric == "rank") & (table.layer > 0)].point.unique().tolist()
+    assert summary["points"] == 3 and len(points) == 3  # -d3: three transformer blocks
