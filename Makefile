@@ -22,7 +22,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	TUNNELSCOPE_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"

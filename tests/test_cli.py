@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import run_cli
+from optional import require
 
 
 def test_help_lists_commands_with_examples(capsys):
@@ -221,7 +222,7 @@ def test_cross_cka_aligns_two_models_of_different_depths(tmp_path, capsys):
 
 
 def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
-    pytest.importorskip("shap")
+    require("shap")
     import pandas as pd
 
     rng = np.random.default_rng(0)

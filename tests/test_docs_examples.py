@@ -1,14 +1,16 @@
 """The Python examples of docs/own-model-and-data.md run as written (each block in a fresh
 namespace, in a temporary folder). A block whose first line is ``# needs: PACKAGE`` is skipped
-with that reason when the package is not installed."""
+with that reason when the package is not installed (a failure under ``make test``, which
+installs it; see tests/optional.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from optional import require
 
 PAGE = Path(__file__).parents[1] / "docs" / "own-model-and-data.md"
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
@@ -28,7 +30,6 @@ def test_example_runs(index, tmp_path, monkeypatch, one_thread):
     first = code.splitlines()[0]
     if first.startswith("# needs:"):
         for package in first.removeprefix("# needs:").split(","):
-            if importlib.util.find_spec(package.strip()) is None:
-                pytest.skip(f"example {index} needs {package.strip()} (pip install 'tunnelscope[{package.strip()}]')")
+            require(package.strip())
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{PAGE.name} example {index}", "exec"), {"__name__": f"docs_example_{index}"})

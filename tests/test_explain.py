@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from optional import require
 from tunnelscope.errors import ConfigError, InsufficientDataError
 from tunnelscope.explain import (
     cliffs_delta,
@@ -22,7 +23,7 @@ from tunnelscope.explain import (
     shap_slopes,
 )
 
-pytest.importorskip("shap")
+require("shap")
 
 NOISE = [f"noise{i}" for i in range(5)]
 
@@ -186,7 +187,6 @@ def test_read_table_csv_and_parquet(tmp_path) -> None:
     table = planted_table(20)
     table.to_csv(tmp_path / "t.csv", index=False)
     pd.testing.assert_frame_equal(read_table(tmp_path / "t.csv"), table)
-    pytest.importorskip("pyarrow")
     table.to_parquet(tmp_path / "t.parquet")
     pd.testing.assert_frame_equal(read_table(tmp_path / "t.parquet"), table)
 

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'tunnelscope[timm]'")
-transformers = pytest.importorskip("transformers",
-                                   reason="transformers is not installed: pip install 'tunnelscope[hf]'")
+from optional import require
+
+timm = require("timm")
+transformers = require("transformers")
 
 from references import hooked_outputs, numerical_rank  # noqa: E402
 from tunnelscope import analyze, data, models  # noqa: E402
