@@ -130,7 +130,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
         EFFECTIVE_DEPTH) or c.startswith(column_name("retained", ""))]
     failures = status[status.status == "failed"]
-    ood = ood_table(spec, store)
+    ood = ood_table(spec, store, table)
     body = page(
         f"sweep {spec.name}",
         f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '

@@ -16,20 +16,23 @@ from typing import Any
 
 import pandas as pd
 
+from ..results import id_name_of
 from ..summary import MODEL_ACCURACY, OOD, TUNNEL_LENGTH, TUNNEL_START, VERDICT_VALID
 from .spec import Cell, SweepSpec
 from .store import VAR_PREFIX, Store
 
-ID_DATASET = "id"
 METRIC_COLUMNS = ("retained", "pearson", "alignment")
 DESIGN_COLUMNS = ("family", "kind", "depth", "width", "parameters", "train_samples", "overparam", "resolution",
                   "augmentation", "stem", "spatial_reduction", "id_classes")
 CATEGORICAL_COLUMNS = ("family", "kind", "augmentation")
 
 
-def ood_table(spec: SweepSpec, store: Store | None = None) -> pd.DataFrame:
-    """One row per finished (cell, step, OOD set) of ``spec``'s store; columns in module docs."""
+def ood_table(spec: SweepSpec, store: Store | None = None, layers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per finished (cell, step, OOD set) of ``spec``'s store; columns in module docs.
+    ``layers``: the store's layer-level table when the caller already read it (:meth:`Store.collect`),
+    so that the step tables are not read twice."""
     store = store or Store(spec.store)
+    by_step = dict(iter(layers.groupby(["cell", "step"]))) if layers is not None and not layers.empty else None
     design: dict[str, dict[str, Any]] = {}  # per training run: built once
     rows = []
     for cell in spec.cells:
@@ -38,7 +41,8 @@ def ood_table(spec: SweepSpec, store: Store | None = None) -> pd.DataFrame:
             summary = json.loads((folder / f"step-{step:07d}.json").read_text())
             if not summary.get(OOD):
                 continue
-            table = pd.read_parquet(folder / f"step-{step:07d}.parquet")
+            table = (by_step[(cell.key, step)] if by_step is not None
+                     else pd.read_parquet(folder / f"step-{step:07d}.parquet"))
             if cell.train_key not in design:
                 design[cell.train_key] = design_variables(cell, store)
             rows += _step_rows(cell, step, summary, table, design[cell.train_key])
@@ -47,7 +51,7 @@ def ood_table(spec: SweepSpec, store: Store | None = None) -> pd.DataFrame:
 
 def _step_rows(cell: Cell, step: int, summary: dict, table: pd.DataFrame, design: dict) -> list[dict]:
     penultimate = _penultimate_accuracy(table)
-    id_acc = penultimate.get(ID_DATASET, penultimate.get(str(summary.get("data")), math.nan))
+    id_acc = penultimate.get(id_name_of(table), math.nan)
     base = {"cell": cell.key, "step": step, **{VAR_PREFIX + k: v for k, v in cell.variables.items()},
             "model": summary.get("model"), "data": summary.get("data"),
             "id_acc": id_acc, "model_accuracy": summary.get(MODEL_ACCURACY),
