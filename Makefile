@@ -12,8 +12,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	scripts/pip-install.sh $(BIN)/python --upgrade pip
+	scripts/pip-install.sh $(BIN)/python -e ".[test]"
 	@touch $(STAMP)
 
 demo: setup
@@ -25,7 +25,7 @@ test: setup
 	TUNNELSCOPE_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	scripts/pip-install.sh $(BIN)/python -e ".[test,bench]"
 	$(BIN)/python bench/run.py
 
 clean:
