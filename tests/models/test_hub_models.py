@@ -343,3 +343,37 @@ def test_cli_points_blocks_gives_one_point_per_transformer_block(spec, tmp_path,
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     points = table[(table.metric == "rank") & (table.layer > 0)].point.unique().tolist()
     assert summary["points"] == 3 and len(points) == 3  # -d3: three transformer blocks
+
+
+@pytest.mark.parametrize("spec, prefix", [
+    ("timm:deit_tiny_distilled_patch16_224-p8-d2-w64", 2),  # class + distillation token
+    ("timm:vit_medium_patch16_reg4_gap_256-p8-d2-w64", 4),  # 4 register tokens, no class token
+])
+def test_token_means_leave_out_every_prefix_token(spec, prefix):
+    from tunnelscope.models.base import prefix_tokens
+
+    model = models.build(spec, 10, SHAPE).eval()
+    assert prefix_tokens(model) == prefix
+    names = models.probe_points(model, "blocks")
+    x = torch.randn(3, *SHAPE)
+    outs = hooked_outputs(model, names, x)
+    capture = Capture(model, "blocks")
+    features = capture(x)
+    for name in names:
+        assert outs[name].shape[1] == prefix + (32 // 8) ** 2
+        patch_mean = outs[name].double().numpy()[:, prefix:].mean(axis=1)
+        np.testing.assert_allclose(features[name].double().numpy(), patch_mean, atol=1e-5)
+        assert capture.layout[name]["reduction"] == f"token mean ({prefix} prefix tokens excluded)"
+
+
+def test_prefix_tokens_are_counted_from_token_parameters_without_timms_count():
+    from tunnelscope.models.base import prefix_tokens
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 8))
+            self.register_tokens = torch.nn.Parameter(torch.zeros(1, 3, 8))
+            self.proj = torch.nn.Linear(8, 8)
+
+    assert prefix_tokens(Tokens()) == 4 and prefix_tokens(torch.nn.Linear(2, 2)) == 0

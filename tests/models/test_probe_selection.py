@@ -257,7 +257,7 @@ def test_tv_models_use_torchvision_module_names_and_keys():
     assert model.net is model and model.describe()["spec"] == "tv:resnet18"
     vit = models.build("tv:vit_b_16", 10, (3, 32, 32))
     assert vit.probe_sets["blocks"][0] == "encoder.layers.encoder_layer_0" and len(vit.probe_sets["blocks"]) == 12
-    assert Capture(vit, "blocks").cls_token
+    assert Capture(vit, "blocks").prefix_tokens == 1
 
 
 def test_tv_weights_load_with_torchvision_keys_and_old_net_keys(tmp_path):
@@ -302,3 +302,51 @@ def test_tv_models_copy_pickle_and_take_a_new_head():
         assert model(x).shape == (2, 3)
     model.train()
     assert all(m.training for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- 6. torchvision families
+@pytest.mark.parametrize("name, shape, blocks, block_class", [
+    ("swin_t", (3, 64, 64), 12, "SwinTransformerBlock"),
+    ("googlenet", (3, 64, 64), 9, "Inception"),
+    ("inception_v3", (3, 75, 75), 11, None),
+    ("efficientnet_b0", (3, 32, 32), 16, "MBConv"),
+    ("mobilenet_v3_small", (3, 32, 32), 11, "InvertedResidual"),
+    ("densenet121", (3, 32, 32), 7, None),
+    ("squeezenet1_0", (3, 64, 64), 8, "Fire"),
+])
+def test_tv_families_build_with_blocks_and_only_readable_conv_points(name, shape, blocks, block_class):
+    """Swin calls its attention Linears through their weights and GoogLeNet/Inception run their
+    auxiliary heads only in training: derived sets keep only what one eval pass reads once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torchvision's init-weights notice
+        model = models.build(f"tv:{name}", 5, shape).eval()
+    assert len(model.probe_sets["blocks"]) == blocks
+    if block_class is not None:
+        assert {type(model.get_submodule(n)).__name__ for n in model.probe_sets["blocks"]} == {block_class}
+    points = [p for s in model.probe_sets.values() for p in s]
+    calls: dict[str, int] = {}
+    handles = [model.get_submodule(p).register_forward_hook(
+        lambda _m, _i, out, p=p: calls.__setitem__(p, calls.get(p, 0) + 1)) for p in set(points)]
+    with torch.no_grad():
+        model(torch.randn(2, *shape))
+    for h in handles:
+        h.remove()
+    assert calls == {p: 1 for p in set(points)}
+    assert not any("aux" in p.lower() for p in points)
+
+
+def test_swin_blocks_are_channels_last_maps_pooled_over_space():
+    model = models.build("tv:swin_t", 5, (3, 64, 64)).eval()
+    names = models.probe_points(model, "blocks")
+    assert model.channels_last_points == frozenset(names)
+    x = torch.randn(3, 3, 64, 64)
+    outs = hooked_outputs(model, names, x)
+    capture = Capture(model, "blocks")
+    features = capture(x)
+    for name in names:
+        nhwc = outs[name].double()
+        assert nhwc.dim() == 4 and nhwc.shape[-1] in (96, 192, 384, 768)
+        want = F.adaptive_avg_pool2d(nhwc.permute(0, 3, 1, 2), 2).flatten(1) if nhwc.shape[1] > 2 \
+            else nhwc.permute(0, 3, 1, 2).flatten(1)
+        torch.testing.assert_close(features[name].double(), want, rtol=1e-5, atol=1e-5)
+        assert capture.layout[name]["reduction"].endswith("(channels-last map)")

@@ -8,8 +8,11 @@ matrix with a reduction (METRICS.md §1):
 - ``gap``: global average pool (C dims); ``poolK``: KxK adaptive pool; ``flatten``: C·H·W.
 - ``project:D``: flatten, then a fixed Gaussian random projection to D dims, seeded per
   probe point.
+- 4-D outputs of the model's ``channels_last_points`` (Swin blocks) are ``(B, H, W, C)``
+  maps, turned channels-first before they are pooled.
 - 3-D outputs are token sequences ``(B, T, D)`` (transformers, RNNs), averaged over
-  tokens with the class token excluded when the model has one; in models built on
+  tokens with the prefix tokens excluded (class, distillation and register tokens:
+  :func:`tunnelscope.models.base.prefix_tokens`); in models built on
   ``Conv1d`` they are 1-D maps ``(B, C, L)``, pooled like 2-D ones (``pool2`` → 2
   positions per channel).
 
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ProbePointError
 from ..features import Features, joint_features, point_views  # noqa: F401  (re-exported)
+from ..models.base import prefix_tokens
 from ..models.probe_points import order_by_execution, probe_points
 from .reduce import Reduction
 
@@ -133,6 +137,11 @@ def _model_example(model: nn.Module) -> Tensor | None:
     return torch.zeros(2, *shape, device=tensor.device, dtype=tensor.dtype)
 
 
+def _excluded(count: int) -> str:
+    """What a token mean left out, for the recorded reduction."""
+    return " (class token excluded)" if count == 1 else f" ({count} prefix tokens excluded)"
+
+
 def _seed_for(name: str, seed: int) -> int:
     return (zlib.crc32(name.encode()) + 7919 * seed) % (2**31)
 
@@ -176,9 +185,10 @@ class Capture:
         self.names = ([INPUT_POINT] if include_input else []) + names
         self.model_output = model_output
         self.flat_input = bool(getattr(model, "flat_input", False))
-        self.cls_token = hasattr(model, "class_token") or hasattr(getattr(model, "net", None), "class_token")
+        self.prefix_tokens = prefix_tokens(model)
+        self.channels_last = frozenset(getattr(model, "channels_last_points", ()))
         # 3-D outputs are (B, C, L) maps in models built on Conv1d, token sequences otherwise
-        self.tokens = self.cls_token or not any(isinstance(m, nn.Conv1d) for m in model.modules())
+        self.tokens = self.prefix_tokens > 0 or not any(isinstance(m, nn.Conv1d) for m in model.modules())
         self.layout: dict[str, dict] = {}  # per point: raw shape, reduced dims, subset/projection
         self._projections: dict[str, Tensor] = {}
         self._subsets: dict[str, Tensor] = {}
@@ -192,6 +202,9 @@ class Capture:
         raw_shape = tuple(out.shape[1:])
         out = out.detach()
         red = self.reduction
+        channels_last = out.dim() == 4 and name in self.channels_last
+        if channels_last:
+            out = out.permute(0, 3, 1, 2)
         if out.dim() == 4:
             if red.kind == "gap":
                 x = out.mean((2, 3))
@@ -200,9 +213,12 @@ class Capture:
             else:
                 x = out.flatten(1)
             how = str(red) if red.kind != "project" else "flatten"
+            if channels_last:
+                how += " (channels-last map)"
         elif out.dim() == 3 and self.tokens:
-            tokens = out[:, 1:] if (self.cls_token and out.shape[1] > 1) else out
-            x, how = tokens.mean(1), "token mean" + (" (class token excluded)" if tokens is not out else "")
+            skip = self.prefix_tokens
+            tokens = out[:, skip:] if (skip and out.shape[1] > skip) else out
+            x, how = tokens.mean(1), "token mean" + (_excluded(skip) if tokens is not out else "")
         elif out.dim() == 3:  # (B, C, L): a 1-D conv map
             if red.kind == "gap":
                 x = out.mean(2)

@@ -17,6 +17,11 @@ class ZooModel(nn.Module):
     input_shape: tuple[int, ...]
     probe_sets: dict[str, list[str]]
     flat_input: bool = False  # True when the model flattens its input before the first layer
+    # True when the sets were derived from a library's module tree rather than written by
+    # hand: the build keeps only the points a forward pass can read (registry._dry_run)
+    derived_probe_sets: bool = False
+    # points whose 4-D outputs are channels-last (B, H, W, C) maps, such as Swin blocks
+    channels_last_points: frozenset[str] = frozenset()
 
     def describe(self) -> dict:
         """What is recorded about the model in results and checkpoints."""
@@ -27,6 +32,26 @@ class ZooModel(nn.Module):
             "parameters": count_parameters(self),
             "probe_points": {k: list(v) for k, v in self.probe_sets.items()},
         }
+
+
+# parameters holding tokens that a ViT-like model puts before its patch tokens
+PREFIX_TOKEN_PARAMETERS = frozenset({"cls_token", "class_token", "dist_token", "distillation_token",
+                                     "reg_token", "register_tokens"})
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """How many leading tokens of the model's token sequences stand for no image patch: the
+    class token, a distillation token, register tokens. timm models say so themselves
+    (``num_prefix_tokens``); for others, the token parameters are counted by name, each
+    ``(1, n, width)`` parameter giving n tokens."""
+    count = getattr(model, "num_prefix_tokens", None)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    total = 0
+    for name, parameter in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in PREFIX_TOKEN_PARAMETERS:
+            total += int(parameter.shape[-2]) if parameter.dim() >= 2 else 1
+    return total
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -80,6 +80,7 @@ class HubModel(ZooModel):
 
     library: str = ""
     class_token_name: str | None = None  # dotted name of the class-token parameter
+    derived_probe_sets = True
 
     @property
     def class_token(self) -> torch.Tensor:

@@ -225,6 +225,29 @@ def warn_duplicates(groups: Sequence[Sequence[str]]) -> None:
                       "layer is counted twice", UserWarning, stacklevel=3)
 
 
+def readable_points(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
+    """The ``names`` whose output one forward pass of ``example`` can read as a probe point, in
+    the order given: modules that run exactly once and output a tensor, leaving out Linear
+    layers applied to channels-last maps (4-D outputs or more, as inside ConvNeXt and Swin
+    blocks). For point sets derived from a library's module tree, where some modules only run
+    in training (auxiliary heads) or are called through their weights (Swin's attention)."""
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    dims: dict[str, int] = {}
+
+    def hook_for(name: str):
+        def hook(_module, _inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            tensor = _first_tensor(output)
+            dims[name] = -1 if tensor is None else tensor.dim()
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in dict.fromkeys(names) if n in modules]
+    hooked_pass(model, example, handles)
+    return [n for n in names if calls.get(n) == 1 and dims[n] > 0
+            and not (isinstance(modules[n], nn.Linear) and dims[n] >= 4)]
+
+
 def order_by_execution(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
     """``names`` sorted by when each module first finishes in a forward pass of ``example``
     (a small batch; a block comes after its children).

@@ -16,7 +16,7 @@ from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
 from .hub import HF_PATTERN, PRETRAINED, TIMM_PATTERN
 from .mlp import MLP, LinearMLP
-from .probe_points import order_by_execution
+from .probe_points import order_by_execution, readable_points
 from .resnet import STAGES, ResNet
 from .tv import TorchvisionModel
 from .vgg import CONFIGS, VGG, VGGM_BASE
@@ -290,7 +290,12 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
 def _dry_run(model: ZooModel, shape: tuple[int, ...], spec: str) -> None:
     example = torch.zeros(2, *shape)
     try:
-        for key, names in model.probe_sets.items():
+        for key, names in list(model.probe_sets.items()):
+            if model.derived_probe_sets:
+                names = readable_points(model, names, example)
+                if not names:
+                    del model.probe_sets[key]
+                    continue
             model.probe_sets[key] = order_by_execution(model, names, example)
         model.eval()
         with torch.no_grad():

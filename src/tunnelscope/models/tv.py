@@ -25,6 +25,27 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# torchvision's block classes, by name: a ``blocks`` set is each outermost module of these
+# classes (GoogLeNet/Inception modules, SqueezeNet's Fire, the inverted residuals of
+# MobileNet, ShuffleNet and MNASNet, EfficientNet's MBConv, RegNet's blocks, DenseNet's dense
+# blocks and transitions, MaxViT's layers, Swin's transformer blocks)
+_BLOCK_CLASSES = frozenset({
+    "Inception", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "Fire",
+    "InvertedResidual", "_InvertedResidual", "MBConv", "FusedMBConv", "ResBottleneckBlock",
+    "_DenseBlock", "_Transition", "MaxVitLayer", "SwinTransformerBlock", "SwinTransformerBlockV2",
+})
+_CHANNELS_LAST_BLOCKS = frozenset({"SwinTransformerBlock", "SwinTransformerBlockV2"})
+
+
+def _outermost(net: nn.Module, classes: frozenset[str]) -> list[str]:
+    """Names of the modules whose class name is in ``classes`` and that sit inside no other such module."""
+    found: list[str] = []
+    for name, module in net.named_modules():
+        if type(module).__name__ in classes and not any(name.startswith(f"{outer}.") for outer in found):
+            found.append(name)
+    return found
+
+
 def _blocks(net: nn.Module) -> list[str]:
     """Known block-level probe points of torchvision families; empty if unknown."""
     import torchvision.models as tvm
@@ -39,11 +60,12 @@ def _blocks(net: nn.Module) -> list[str]:
         return [n for n in names if n.startswith("encoder.layers.") and n.count(".") == 2]
     if isinstance(net, tvm.ConvNeXt):
         return [n for n in names if n.startswith("features.") and n.count(".") == 2]
-    return []
+    return _outermost(net, _BLOCK_CLASSES)
 
 
 def _conv(net: nn.Module, classifier: str) -> list[str]:
-    """Every Conv2d/Linear output except 1x1 shortcut convs and the final classifier."""
+    """Every Conv2d/Linear output except 1x1 shortcut convs, a ViT's token MLPs and the final
+    classifier (the build then drops what a forward pass cannot read: ``readable_points``)."""
     points = []
     for name, module in net.named_modules():
         if name == classifier:
@@ -122,11 +144,15 @@ class TorchvisionModel(ZooModel):
         blocks = _blocks(net)
         if blocks:
             probe_sets["blocks"] = blocks
+        channels_last = frozenset(n for n in blocks if type(net.get_submodule(n)).__name__ in _CHANNELS_LAST_BLOCKS)
         net.__class__ = _class_for(type(net))
         model: TorchvisionModel = net
         model.spec, model.num_classes, model.input_shape = spec, num_classes, tuple(input_shape)
         model.probe_sets = probe_sets
+        model.channels_last_points = channels_last
         return model
+
+    derived_probe_sets = True
 
     def __init__(self, spec: str, name: str, num_classes: int, input_shape: tuple[int, ...]) -> None:
         """Nothing to do: ``__new__`` built the torchvision model and made it this class."""
