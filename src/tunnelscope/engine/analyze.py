@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -115,88 +116,155 @@ def analyze(
     net, model_name, resolved = resolve_model(model, dev, dataset, weights)
     net.eval()
     model_info = {"model": model_name, **resolved, **(model_info or {})}
-    frames, summary = [], {"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
-                           "ood_datasets": dataset_names(ood)}
-    config: dict = {"model": model_info, "data": dataset.spec, "id_dataset": dataset.spec,
-                    "ood": dataset_names(ood), "metrics": wanted,
-                    "points_set": points if isinstance(points, str) else list(points), "reduce": reduce,
-                    "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim,
-                    "device": str(dev), "seed": seed, "environment": environment(dev),
-                    "versions": package_versions()}
-    if records := object_records(dataset, ood):
-        config["data_objects"] = records
-    max_train = max_samples if max_train is None else max_train
-    max_test = max_samples if max_test is None else max_test
-    shared = bool(stats_metrics) and PROBE in wanted and max_train == max_samples and max_test == max_samples
-    config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
-                           else "the statistics and the probes read the ID splits separately")
+    opts = _Options(ood=ood, metrics=wanted, points=points, reduce=reduce, device=dev, probe=probe,
+                    batch_size=batch_size, max_samples=max_samples,
+                    max_train=max_samples if max_train is None else max_train,
+                    max_test=max_samples if max_test is None else max_test, seed=seed, data_root=data_root,
+                    progress=progress, include_input=include_input, resamples=resamples, ncc_eps=ncc_eps,
+                    cka_passes=cka_passes, max_dim=max_dim)
+    merged = _Merged(summary={"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
+                              "ood_datasets": dataset_names(ood)}, config=_base_config(model_info, dataset, opts))
+    shared = bool(stats_metrics) and PROBE in wanted and opts.max_train == max_samples and opts.max_test == max_samples
+    merged.config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
+                                  else "the statistics and the probes read the ID splits separately")
     model_accuracy = None
     with contextlib.ExitStack() as stack:
-        caches: tuple[FeatureCache, FeatureCache] | None = None
-        if shared:
-            id_train, id_test = (stack.enter_context(FeatureCache(sample_split(split, max_samples, seed + i)[1]))
-                                 for i, split in enumerate((dataset.train, dataset.test)))
-            caches = (id_train, id_test)
+        caches = _shared_caches(stack, dataset, opts) if shared else None
         if stats_metrics:
             # "default"/"all" pass through, so that a metric that does not fit is skipped with a note
             request = metrics if isinstance(metrics, str) and metrics in ("default", "all") else stats_metrics
-            stats = analyze_layers(net, dataset, request, points=points, reduce=reduce, batch_size=batch_size,
-                                   device=dev, max_samples=max_samples, seed=seed, progress=progress,
-                                   train_cache=caches[0] if caches else None,
-                                   test_cache=caches[1] if caches else None, include_input=include_input,
-                                   eps=ncc_eps, cka_passes=cka_passes, max_dim=max_dim)
-            frames.append(stats.table)
-            summary.update(stats.summary)
-            model_accuracy = stats.summary.get(MODEL_ACCURACY)
-            config["statistics"] = stats.config
-            config["points"] = stats.config["points"]
-            config["input_point"] = stats.config["input_point"]
+            model_accuracy = merged.add_statistics(_statistics(net, dataset, request, opts, caches))
         if PROBE in wanted:
-            transfer = probe_layers(net, dataset, ood=ood, points=points, reduce=reduce, probe=probe,
-                                    batch_size=batch_size, device=dev, max_train=max_train, max_test=max_test,
-                                    seed=seed, data_root=data_root, progress=progress, id_features=caches,
-                                    id_ncc="ncc" not in stats_metrics,  # the statistics measured it
-                                    include_input=include_input, resamples=resamples, model_info=model_info,
-                                    model_accuracy=model_accuracy, ncc_eps=ncc_eps, max_dim=max_dim)
-            frames.append(transfer.table)
-            kept: dict[str, object] = {k: summary[k] for k in (EFFECTIVE_DEPTH, "effective_depth_point", "ncc_eps")
-                                       if k in summary}
-            summary.update(transfer.summary)
-            summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it
-            summary["verdict"] = verdict(summary, transfer.config["points"])
-            config["probes"] = transfer.config
-            config["points"] = transfer.config["points"]
-            config["input_point"] = transfer.config["input_point"]
+            merged.add_probes(_probes(net, dataset, opts, caches, id_ncc="ncc" not in stats_metrics,
+                                      model_info=model_info, model_accuracy=model_accuracy))
         else:
-            flags = [f.as_dict() for f in model_flags(model_info, model_accuracy, dataset.num_classes)]
-            summary.update(flags=flags, verdict_valid=False,
-                           verdict="no probes were run (add 'probe' to --metrics for the tunnel verdict)")
-    table = pd.concat(frames, ignore_index=True).assign(reference=None)
-    summary["points"] = len(config["points"])
+            merged.without_probes(model_info, model_accuracy, dataset.num_classes)
+    table, summary, config = merged.results()
     if untrained_reference:
-        table, summary, config = _with_untrained_reference(
-            net, dataset, table, summary, config, dict(ood=ood, metrics=wanted, points=points, reduce=reduce,
-                                                        device=dev, probe=probe, batch_size=batch_size,
-                                                        max_samples=max_samples, max_train=max_train,
-                                                        max_test=max_test, seed=seed, data_root=data_root,
-                                                        progress=progress, include_input=include_input,
-                                                        resamples=resamples, ncc_eps=ncc_eps,
-                                                        cka_passes=cka_passes, max_dim=max_dim))
+        table, summary, config = _with_untrained_reference(net, dataset, table, summary, config, opts)
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 
+@dataclass
+class _Options:
+    """How one ``analyze`` run reads and probes its data (an untrained reference reuses them)."""
+
+    ood: list[str | data_mod.Dataset]
+    metrics: list[str]
+    points: str | Sequence[str]
+    reduce: str
+    device: torch.device
+    probe: ProbeConfig | None
+    batch_size: int
+    max_samples: int | None
+    max_train: int | None
+    max_test: int | None
+    seed: int
+    data_root: str | Path | None
+    progress: bool | None
+    include_input: bool
+    resamples: int
+    ncc_eps: float
+    cka_passes: int
+    max_dim: int | None
+
+
+def _base_config(model_info: dict, dataset: data_mod.Dataset, opts: _Options) -> dict:
+    """The run's configuration before any pass: model, data, metrics, options and environment."""
+    dev = opts.device
+    config: dict = {"model": model_info, "data": dataset.spec, "id_dataset": dataset.spec,
+                    "ood": dataset_names(opts.ood), "metrics": opts.metrics,
+                    "points_set": opts.points if isinstance(opts.points, str) else list(opts.points),
+                    "reduce": opts.reduce, "ncc_eps": opts.ncc_eps, "cka_passes": opts.cka_passes,
+                    "max_dim": opts.max_dim, "device": str(dev), "seed": opts.seed, "environment": environment(dev),
+                    "versions": package_versions()}
+    if records := object_records(dataset, opts.ood):
+        config["data_objects"] = records
+    return config
+
+
+def _shared_caches(stack: contextlib.ExitStack, dataset: data_mod.Dataset,
+                   opts: _Options) -> tuple[FeatureCache, FeatureCache]:
+    """The ID train and test feature caches the statistics pass fills for the probes (closed by ``stack``)."""
+    id_train, id_test = (stack.enter_context(FeatureCache(sample_split(split, opts.max_samples, opts.seed + i)[1]))
+                         for i, split in enumerate((dataset.train, dataset.test)))
+    return id_train, id_test
+
+
+def _statistics(net: nn.Module, dataset: data_mod.Dataset, request: str | Sequence[str], opts: _Options,
+                caches: tuple[FeatureCache, FeatureCache] | None) -> Results:
+    """The layer statistics of ``request`` on the ID splits (filling ``caches`` when given)."""
+    return analyze_layers(net, dataset, request, points=opts.points, reduce=opts.reduce, batch_size=opts.batch_size,
+                          device=opts.device, max_samples=opts.max_samples, seed=opts.seed, progress=opts.progress,
+                          train_cache=caches[0] if caches else None,
+                          test_cache=caches[1] if caches else None, include_input=opts.include_input,
+                          eps=opts.ncc_eps, cka_passes=opts.cka_passes, max_dim=opts.max_dim)
+
+
+def _probes(net: nn.Module, dataset: data_mod.Dataset, opts: _Options,
+            caches: tuple[FeatureCache, FeatureCache] | None, id_ncc: bool, model_info: dict,
+            model_accuracy: float | None) -> Results:
+    """The linear probes on the ID set (reading ``caches`` when given) and every OOD set."""
+    return probe_layers(net, dataset, ood=opts.ood, points=opts.points, reduce=opts.reduce, probe=opts.probe,
+                        batch_size=opts.batch_size, device=opts.device, max_train=opts.max_train,
+                        max_test=opts.max_test, seed=opts.seed, data_root=opts.data_root, progress=opts.progress,
+                        id_features=caches, id_ncc=id_ncc,  # False when the statistics measured it
+                        include_input=opts.include_input, resamples=opts.resamples, model_info=model_info,
+                        model_accuracy=model_accuracy, ncc_eps=opts.ncc_eps, max_dim=opts.max_dim)
+
+
+@dataclass
+class _Merged:
+    """The statistics' and the probes' tables, summary and configuration, merged as they come."""
+
+    summary: dict
+    config: dict
+    frames: list[pd.DataFrame] = field(default_factory=list)
+
+    def add_statistics(self, stats: Results) -> float | None:
+        """Add the statistics' results; returns the model's own accuracy they measured."""
+        self.frames.append(stats.table)
+        self.summary.update(stats.summary)
+        self.config["statistics"] = stats.config
+        self.config["points"] = stats.config["points"]
+        self.config["input_point"] = stats.config["input_point"]
+        return stats.summary.get(MODEL_ACCURACY)
+
+    def add_probes(self, transfer: Results) -> None:
+        """Add the probes' results and the verdict they give."""
+        self.frames.append(transfer.table)
+        kept: dict[str, object] = {k: self.summary[k] for k in (EFFECTIVE_DEPTH, "effective_depth_point", "ncc_eps")
+                                   if k in self.summary}
+        self.summary.update(transfer.summary)
+        self.summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it
+        self.summary["verdict"] = verdict(self.summary, transfer.config["points"])
+        self.config["probes"] = transfer.config
+        self.config["points"] = transfer.config["points"]
+        self.config["input_point"] = transfer.config["input_point"]
+
+    def without_probes(self, model_info: dict, model_accuracy: float | None, num_classes: int) -> None:
+        """Flag the model and say that no verdict is given without probes."""
+        flags = [f.as_dict() for f in model_flags(model_info, model_accuracy, num_classes)]
+        self.summary.update(flags=flags, verdict_valid=False,
+                            verdict="no probes were run (add 'probe' to --metrics for the tunnel verdict)")
+
+    def results(self) -> tuple[pd.DataFrame, dict, dict]:
+        """The merged table (not yet a reference's), summary and configuration."""
+        table = pd.concat(self.frames, ignore_index=True).assign(reference=None)
+        self.summary["points"] = len(self.config["points"])
+        return table, self.summary, self.config
 
 
 def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summary: dict, config: dict,
-                              options: dict) -> tuple[pd.DataFrame, dict, dict]:
+                              opts: _Options) -> tuple[pd.DataFrame, dict, dict]:
     """The same analysis of a seeded re-initialisation of ``net``, appended as reference rows."""
     from ..invert import untrained_copy
 
-    reference = analyze(untrained_copy(net, options["seed"]), dataset, model_info={"untrained": True}, **options)
+    reference = analyze(untrained_copy(net, opts.seed), dataset, model_info={"untrained": True}, **vars(opts))
     rows = reference.table.assign(reference="untrained", model=summary["model"])
     summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
     config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
-                                        f"seed {options['seed']}; same data, points, probes and samples"}
+                                        f"seed {opts.seed}; same data, points, probes and samples"}
     return pd.concat([table, rows], ignore_index=True), summary, config
 
 

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from ..summary import (
 )
 from ..tunnel import summarize
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
-from ..verdict import check_probe_samples, curve_flags, model_flags, probe_flags, verdict
+from ..verdict import Flag, check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from ..versions import environment, package_versions
 
 
@@ -64,9 +64,9 @@ def _features(capture: Capture, split, limit: int | None, seed: int, batch_size:
         cache.update(feats, y)
         for acc in extra:
             acc.update(feats, y)
-    if cache.spilled_to is not None:
+    if cache.spilled_to is not None:  # stacklevel 5: the caller of probe_layers, through _Probing
         warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
-                      f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=3)
+                      f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=5)
     return _read(cache)
 
 
@@ -170,86 +170,158 @@ def probe_layers(
     net, model_name, resolved_info = resolve_model(model, dev)
     model_info = {**resolved_info, **(model_info or {})}
     id_ds = as_dataset(data, root=data_root)
+    capture = _capture(net, id_ds, dev, points, reduce, max_dim, seed, include_input)
+    datasets = _datasets(id_ds, ood, data_root)
+    run = _Probing(capture=capture, cfg=cfg, dev=dev, model_name=model_name, seed=seed, batch_size=batch_size,
+                   max_train=max_train, max_test=max_test, cache_budget=cache_budget, cache_dtype=cache_dtype,
+                   progress=progress, resamples=resamples, id_features=id_features, id_ncc=id_ncc,
+                   model_accuracy=model_accuracy)
+    tic = time.perf_counter()
+    with progress_bar(progress) as bars:
+        for key, (ds, changes) in datasets.items():
+            run.probe_dataset(key, ds, changes, bars)
+    table = pd.DataFrame(run.rows, columns=COLUMNS)
+    summary = run.judged_summary(datasets, model_info, id_ds.num_classes, taus, ncc_eps)
+    config = run.config(model_info, id_ds.spec, tic)
+    table = table.assign(dataset=table["dataset"].replace({"id": id_ds.spec}))  # rows name the ID data by its spec
+    return Results(table, as_summary(summary), config)
+
+
+def _capture(net: nn.Module, id_ds: data_mod.Dataset, dev: torch.device, points: str | Sequence[str], reduce: str,
+             max_dim: int | None, seed: int, include_input: bool) -> Capture:
+    """The capture of ``net``'s probe points, shaped by an example batch of the ID test split."""
     example = next(id_ds.test.batches(2, device=dev))[0]
     make_capture = getattr(net, "capture_class", Capture)  # a model may read its points itself (precomputed)
-    capture = make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                           include_input=include_input)
-    names, modules = capture.names, capture.points
+    return make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                        include_input=include_input)
+
+
+def _datasets(id_ds: data_mod.Dataset, ood: Sequence[str | data_mod.Dataset],
+              data_root: str | Path | None) -> dict[str, tuple[data_mod.Dataset, list[str]]]:
+    """The ID dataset (key ``"id"``) and every OOD dataset, adapted to the ID input shape, with
+    the changes made; refuses an OOD dataset with a single class."""
     datasets: dict[str, tuple[data_mod.Dataset, list[str]]] = {"id": (id_ds, [])}
     for item in ood:
         spec, ds, changes = ood_dataset(item, id_ds.input_shape, data_root)
         if ds.num_classes < 2:
             raise InsufficientDataError(f"OOD dataset {spec!r} has a single class; a probe needs at least two")
         datasets[spec] = (ds, changes)
-    rows: list[dict] = []
-    info: dict[str, dict] = {}
-    fitted: dict[str, _Fitted] = {}
-    flags = []
-    ncc_id_train = None
-    tic = time.perf_counter()
-    with progress_bar(progress) as bars:
-        for key, (ds, changes) in datasets.items():
-            label = "ID" if key == "id" else key
-            shared = id_features if key == "id" else None  # the statistics' caches, which they own
-            if shared is not None:
-                (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (_read(c, shared_with_statistics=True)
-                                                                         for c in shared)
-                if list(tr) != names:
-                    raise ValueError(f"shared feature caches hold points {list(tr)}, not {names}")
-            else:
-                tr_cache, tr, ytr, tr_info = _features(capture, ds.train, max_train, seed, batch_size, dev,
-                                                       cache_budget, cache_dtype, bars, f"{label} train")
-                own = ModelAccuracy()
-                capture.model_output = key == "id" and model_accuracy is None
-                try:
-                    te_cache, te, yte, te_info = _features(capture, ds.test, max_test, seed + 1, batch_size, dev,
-                                                           cache_budget, cache_dtype, bars, f"{label} test", [own])
-                finally:
-                    capture.model_output = False
-                if key == "id" and model_accuracy is None:
-                    model_accuracy = own.compute()
-            try:
-                flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
-                                             ds.class_names)
-                results = train_probe_seeds(tr, ytr, te, yte, ds.num_classes, cfg, device=dev, progress=progress)
-                ncc = _ncc(tr_cache, te_cache, ds.num_classes, dev) if key != "id" or id_ncc else None
-                if key == "id" and ncc:
-                    ncc_id_train = ncc["train"]
-            finally:
-                del tr, te
-                if shared is None:
-                    tr_cache.close()
-                    te_cache.close()
-            fit = fitted[key] = _Fitted.of(results, names, resamples, seed + 17 * len(fitted))
-            rows += _rows(model_name, key, names, capture, results, fit, ncc)
-            info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
-                         "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
-                         "unconverged": [n for n in names if not all(r.converged[n] for r in results)],
-                         "iterations": dict(results[0].iterations), "epochs": dict(results[0].epoch)}
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    summary = _summary(fitted, datasets, names, modules, taus)
-    flags += model_flags(model_info, model_accuracy, id_ds.num_classes)
-    flags += probe_flags({k: v["unconverged"] for k, v in info.items() if k == "id" or k not in summary[OOD_SKIPPED]},
-                         {k: v["diverged"] for k, v in info.items()})
-    if TUNNEL_START in summary:
-        flags += curve_flags([fitted["id"].test[n] for n in modules],
-                             fitted["id"].test.get(capture.input_point) if capture.input_point else None)
-    summary.update(effective_depth_summary(ncc_id_train or {}, modules, ncc_eps))
-    summary.update({MODEL_ACCURACY: model_accuracy, FLAGS: [f.as_dict() for f in flags],
-                    VERDICT_VALID: not any(f.blocking for f in flags)})
-    summary["verdict"] = verdict(summary, modules)
-    config = {"model": model_name, **model_info, "points": modules, "input_point": capture.input_point,
-              "reduce": str(capture.reduction), "layout": capture.layout,
-              "probe": {**vars(cfg), "protocol_note": PROTOCOL_NOTES[cfg.protocol]}, "selection_note": (
-                  "selected on the test split (the papers' behaviour): accuracies are optimistic"
-                  if cfg.select == "test" else None), "datasets": info, "seed": seed, "batch_size": batch_size,
-              "intervals": {"level": LEVEL, "resamples": resamples, "method": (
-                  "percentile bootstrap over test samples" + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "")
-                  + f" (seed {seed})")},
-              "device": str(dev), "environment": environment(dev), "versions": package_versions(),
-              "seconds": time.perf_counter() - tic, "id_dataset": id_ds.spec}
-    table = table.assign(dataset=table["dataset"].replace({"id": id_ds.spec}))  # rows name the ID data by its spec
-    return Results(table, as_summary(summary), config)
+    return datasets
+
+
+@dataclass
+class _Probing:
+    """One ``probe_layers`` run: its settings, and the rows, records, fitted probes and flags
+    its datasets add up to."""
+
+    capture: Capture
+    cfg: ProbeConfig
+    dev: torch.device
+    model_name: str
+    seed: int
+    batch_size: int
+    max_train: int | None
+    max_test: int | None
+    cache_budget: int
+    cache_dtype: str
+    progress: bool | None
+    resamples: int
+    id_features: tuple[FeatureCache, FeatureCache] | None
+    id_ncc: bool
+    model_accuracy: float | None
+    rows: list[dict] = field(default_factory=list)
+    info: dict[str, dict] = field(default_factory=dict)
+    fitted: dict[str, _Fitted] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
+    ncc_id_train: dict[str, float] | None = None
+
+    def probe_dataset(self, key: str, ds: data_mod.Dataset, changes: list[str], bars) -> None:
+        """Read one dataset's splits, train its probes and NCC, and keep their rows and record."""
+        shared = self.id_features if key == "id" else None  # the statistics' caches, which they own
+        (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (
+            self._shared_splits(shared) if shared is not None else self._read_splits(key, ds, bars))
+        try:
+            self.flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
+                                              ds.class_names)
+            results = train_probe_seeds(tr, ytr, te, yte, ds.num_classes, self.cfg, device=self.dev,
+                                        progress=self.progress)
+            ncc = _ncc(tr_cache, te_cache, ds.num_classes, self.dev) if key != "id" or self.id_ncc else None
+            if key == "id" and ncc:
+                self.ncc_id_train = ncc["train"]
+        finally:
+            del tr, te
+            if shared is None:
+                tr_cache.close()
+                te_cache.close()
+        self._record(key, ds, changes, results, ncc, tr_info, te_info)
+
+    def _shared_splits(self, shared: tuple[FeatureCache, FeatureCache]) -> tuple[tuple, tuple]:
+        """The ID train and test caches the statistics pass filled, checked to hold the same points."""
+        train, test = (_read(c, shared_with_statistics=True) for c in shared)
+        if list(train[1]) != self.capture.names:
+            raise ValueError(f"shared feature caches hold points {list(train[1])}, not {self.capture.names}")
+        return train, test
+
+    def _read_splits(self, key: str, ds: data_mod.Dataset, bars) -> tuple[tuple, tuple]:
+        """One model pass over each split of ``ds`` into a feature cache; the ID test pass also
+        measures the model's own accuracy when it is not known yet."""
+        label = "ID" if key == "id" else key
+        train = _features(self.capture, ds.train, self.max_train, self.seed, self.batch_size, self.dev,
+                          self.cache_budget, self.cache_dtype, bars, f"{label} train")
+        own = ModelAccuracy()
+        self.capture.model_output = key == "id" and self.model_accuracy is None
+        try:
+            test = _features(self.capture, ds.test, self.max_test, self.seed + 1, self.batch_size, self.dev,
+                             self.cache_budget, self.cache_dtype, bars, f"{label} test", [own])
+        finally:
+            self.capture.model_output = False
+        if key == "id" and self.model_accuracy is None:
+            self.model_accuracy = own.compute()
+        return train, test
+
+    def _record(self, key: str, ds: data_mod.Dataset, changes: list[str], results: list[ProbeResult],
+                ncc: dict | None, tr_info: dict, te_info: dict) -> None:
+        """Keep one dataset's fitted probes, its table rows and its record for the config."""
+        names = self.capture.names
+        fit = self.fitted[key] = _Fitted.of(results, names, self.resamples, self.seed + 17 * len(self.fitted))
+        self.rows += _rows(self.model_name, key, names, self.capture, results, fit, ncc)
+        self.info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
+                          "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
+                          "unconverged": [n for n in names if not all(r.converged[n] for r in results)],
+                          "iterations": dict(results[0].iterations), "epochs": dict(results[0].epoch)}
+
+    def judged_summary(self, datasets: dict, model_info: dict, num_classes: int, taus: Sequence[float],
+                       ncc_eps: float) -> dict:
+        """The tunnel's metrics with the flags on the model, the probes and the curve, the effective
+        depth, and the verdict they allow."""
+        fitted, modules, input_point = self.fitted, self.capture.points, self.capture.input_point
+        summary = _summary(fitted, datasets, self.capture.names, modules, taus)
+        self.flags += model_flags(model_info, self.model_accuracy, num_classes)
+        self.flags += probe_flags({k: v["unconverged"] for k, v in self.info.items()
+                                   if k == "id" or k not in summary[OOD_SKIPPED]},
+                                  {k: v["diverged"] for k, v in self.info.items()})
+        if TUNNEL_START in summary:
+            self.flags += curve_flags([fitted["id"].test[n] for n in modules],
+                                      fitted["id"].test.get(input_point) if input_point else None)
+        summary.update(effective_depth_summary(self.ncc_id_train or {}, modules, ncc_eps))
+        summary.update({MODEL_ACCURACY: self.model_accuracy, FLAGS: [f.as_dict() for f in self.flags],
+                        VERDICT_VALID: not any(f.blocking for f in self.flags)})
+        summary["verdict"] = verdict(summary, modules)
+        return summary
+
+    def config(self, model_info: dict, id_spec: str, tic: float) -> dict:
+        """The run's configuration: model, points, probe protocol, datasets, intervals and environment."""
+        cfg, capture, seed, dev = self.cfg, self.capture, self.seed, self.dev
+        return {"model": self.model_name, **model_info, "points": capture.points, "input_point": capture.input_point,
+                "reduce": str(capture.reduction), "layout": capture.layout,
+                "probe": {**vars(cfg), "protocol_note": PROTOCOL_NOTES[cfg.protocol]}, "selection_note": (
+                    "selected on the test split (the papers' behaviour): accuracies are optimistic"
+                    if cfg.select == "test" else None), "datasets": self.info, "seed": seed,
+                "batch_size": self.batch_size, "intervals": {"level": LEVEL, "resamples": self.resamples, "method": (
+                    "percentile bootstrap over test samples"
+                    + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "") + f" (seed {seed})")},
+                "device": str(dev), "environment": environment(dev), "versions": package_versions(),
+                "seconds": time.perf_counter() - tic, "id_dataset": id_spec}
 
 
 def _rows(model: str, dataset: str, names: list[str], capture: Capture, results: list[ProbeResult],
