@@ -281,64 +281,136 @@ def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     names = list(train)
     if resident is None:
         resident = not any(isinstance(x, np.memmap) for x in [*train.values(), *test.values()])
-    y_all = train_labels.long().to(dev)
-    y_eval = test_labels.long().to(dev)
+    groups = _harun_groups(train, num_classes, cfg, dev)
+    data = _harun_data(train, train_labels, test, test_labels, [g.names for g in groups], cfg, dev, resident)
+    track = _Tracking(best={name: (-1.0, 0) for name in names}, history={name: [] for name in names})
+    step = 0
+    with progress_bar(progress) as bars:
+        task = bars.add_task("probes", total=cfg.epochs, info=f"{len(names)} points")
+        for epoch in range(1, cfg.epochs + 1):
+            step = _harun_epoch(groups, data, epoch, step, num_classes, cfg)
+            _record_epoch(groups, track)
+            if cfg.select != "last":
+                _remember_best(groups, track, _selection_accuracy(groups, data, cfg), epoch)
+            bars.update(task, completed=epoch)
+    chosen_epoch = _restore_best(groups, track, names, cfg.epochs)
+    return _harun_result(groups, data, track, names, chosen_epoch, cfg)
+
+
+@dataclass
+class _HarunData:
+    """The ``harun`` trainer's rows and labels: the training split (the rows it fits, and those
+    held out for selection) and the evaluation split."""
+
+    rows: _Rows
+    labels: Tensor
+    eval_rows: _Rows
+    eval_labels: Tensor
+    fit_idx: Tensor
+    val_idx: Tensor | None
+
+
+@dataclass
+class _Tracking:
+    """Per point over the epochs: the training-loss history, divergence, and the best epoch so far
+    (its selection accuracy, epoch and weights)."""
+
+    best: dict[str, tuple[float, int]]
+    history: dict[str, list[float]]
+    snapshots: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    diverged: set[str] = field(default_factory=set)
+
+
+def _harun_groups(train: dict[str, FeatureArray], num_classes: int, cfg: ProbeConfig,
+                  dev: torch.device) -> list[_Group]:
+    """The probes, initialised per point and stacked into one group per feature width."""
+    names = list(train)
     dims = [train[n].shape[1] for n in names]
     weights = dict(zip(names, _init(names, dims, num_classes, cfg.init_std, cfg.seed)))
     by_dim: dict[int, list[str]] = {}
     for name, d in zip(names, dims):
         by_dim.setdefault(d, []).append(name)
-    groups = [_Group(ns, [weights[n] for n in ns], dev) for ns in by_dim.values()]
-    rows = _Rows(train, list(by_dim.values()), dev, resident)
-    eval_rows = _Rows(test, list(by_dim.values()), dev, resident)
-    fit_idx = torch.arange(len(y_all), device=dev)
+    return [_Group(ns, [weights[n] for n in ns], dev) for ns in by_dim.values()]
+
+
+def _harun_data(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+                test_labels: Tensor, group_names: list[list[str]], cfg: ProbeConfig, dev: torch.device,
+                resident: bool) -> _HarunData:
+    """Rows and labels on the device; with ``select="val"`` a seeded share of train held out for selection."""
+    labels = train_labels.long().to(dev)
+    eval_labels = test_labels.long().to(dev)
+    rows = _Rows(train, group_names, dev, resident)
+    eval_rows = _Rows(test, group_names, dev, resident)
+    fit_idx = torch.arange(len(labels), device=dev)
     val_idx = None
-    if cfg.select == "val":  # a seeded share of train held out for selection
-        perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(cfg.seed + 7)).to(dev)
-        n_val = max(1, int(round(cfg.val_fraction * len(y_all))))
+    if cfg.select == "val":
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed + 7)).to(dev)
+        n_val = max(1, int(round(cfg.val_fraction * len(labels))))
         val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:]
-    n = len(fit_idx)
-    best = {name: (-1.0, 0) for name in names}
-    snapshots: dict[str, tuple[Tensor, Tensor]] = {}
-    diverged: set[str] = set()
-    history: dict[str, list[float]] = {name: [] for name in names}
+    return _HarunData(rows, labels, eval_rows, eval_labels, fit_idx, val_idx)
+
+
+def _harun_epoch(groups: list[_Group], data: _HarunData, epoch: int, step: int, num_classes: int,
+                 cfg: ProbeConfig) -> int:
+    """One epoch of AdamW steps over the fitted rows in a seeded order; the step count after it."""
+    n = len(data.fit_idx)
     smooth = cfg.label_smoothing
-    step = 0
-    with progress_bar(progress) as bars:
-        task = bars.add_task("probes", total=cfg.epochs, info=f"{len(names)} points")
-        for epoch in range(1, cfg.epochs + 1):
-            epoch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = fit_idx[torch.randperm(n, generator=epoch_gen).to(dev)]
-            for lo in range(0, n, cfg.batch_size):
-                idx = order[lo : lo + cfg.batch_size].sort().values
-                y = y_all[idx]
-                target = F.one_hot(y, num_classes).t().float().mul_(1 - smooth).add_(smooth / num_classes)  # (C, B)
-                step += 1
-                for g, x in zip(groups, rows.gather(idx)):
-                    g.step(x, target, cfg, step)
-            for g in groups:
-                bad = ~(torch.isfinite(g.w).flatten(1).all(1) & torch.isfinite(g.b).flatten(1).all(1))
-                diverged |= {name for name, b in zip(g.names, bad.tolist()) if b}
-                for name, loss in zip(g.names, g.epoch_loss().tolist()):
-                    history[name].append(loss)
-            if cfg.select != "last":
-                acc = _mean(_correct(groups, rows, y_all, val_idx) if cfg.select == "val"
-                            else _correct(groups, eval_rows, y_eval))
-                for g in groups:
-                    for i, name in enumerate(g.names):
-                        if acc[name] > best[name][0]:
-                            best[name] = (acc[name], epoch)
-                            snapshots[name] = (g.w[i].clone(), g.b[i].clone())
-            bars.update(task, completed=epoch)
-    chosen_epoch = {name: cfg.epochs for name in names}
+    epoch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = data.fit_idx[torch.randperm(n, generator=epoch_gen).to(data.fit_idx.device)]
+    for lo in range(0, n, cfg.batch_size):
+        idx = order[lo : lo + cfg.batch_size].sort().values
+        y = data.labels[idx]
+        target = F.one_hot(y, num_classes).t().float().mul_(1 - smooth).add_(smooth / num_classes)  # (C, B)
+        step += 1
+        for g, x in zip(groups, data.rows.gather(idx)):
+            g.step(x, target, cfg, step)
+    return step
+
+
+def _record_epoch(groups: list[_Group], track: _Tracking) -> None:
+    """Note the points whose weights are no longer finite and each probe's epoch-mean training loss."""
+    for g in groups:
+        bad = ~(torch.isfinite(g.w).flatten(1).all(1) & torch.isfinite(g.b).flatten(1).all(1))
+        track.diverged |= {name for name, b in zip(g.names, bad.tolist()) if b}
+        for name, loss in zip(g.names, g.epoch_loss().tolist()):
+            track.history[name].append(loss)
+
+
+def _selection_accuracy(groups: list[_Group], data: _HarunData, cfg: ProbeConfig) -> dict[str, float]:
+    """Per point, the accuracy that selects the epoch: on the held-out train rows (``val``) or on test."""
+    if cfg.select == "val":
+        return _mean(_correct(groups, data.rows, data.labels, data.val_idx))
+    return _mean(_correct(groups, data.eval_rows, data.eval_labels))
+
+
+def _remember_best(groups: list[_Group], track: _Tracking, acc: dict[str, float], epoch: int) -> None:
+    """Keep a copy of each probe whose selection accuracy beats its best so far."""
     for g in groups:
         for i, name in enumerate(g.names):
-            if name in snapshots:
-                g.w[i], g.b[i] = snapshots[name]
-                chosen_epoch[name] = best[name][1]
-    correct = _correct(groups, eval_rows, y_eval)
+            if acc[name] > track.best[name][0]:
+                track.best[name] = (acc[name], epoch)
+                track.snapshots[name] = (g.w[i].clone(), g.b[i].clone())
+
+
+def _restore_best(groups: list[_Group], track: _Tracking, names: list[str], epochs: int) -> dict[str, int]:
+    """Put the selected epochs' weights back into the groups; the epoch chosen per point (the last when none was)."""
+    chosen_epoch = {name: epochs for name in names}
+    for g in groups:
+        for i, name in enumerate(g.names):
+            if name in track.snapshots:
+                g.w[i], g.b[i] = track.snapshots[name]
+                chosen_epoch[name] = track.best[name][1]
+    return chosen_epoch
+
+
+def _harun_result(groups: list[_Group], data: _HarunData, track: _Tracking, names: list[str],
+                  chosen_epoch: dict[str, int], cfg: ProbeConfig) -> ProbeResult:
+    """Score the final probes on the evaluation split and the fitted rows, and gather the result."""
+    correct = _correct(groups, data.eval_rows, data.eval_labels)
     accuracy = _mean(correct)
-    train_accuracy = _mean(_correct(groups, rows, y_all, None if cfg.select != "val" else fit_idx.sort().values))
+    train_index = None if cfg.select != "val" else data.fit_idx.sort().values
+    train_accuracy = _mean(_correct(groups, data.rows, data.labels, train_index))
+    history, diverged = track.history, track.diverged
     converged = {name: name not in diverged and not still_falling(history[name], cfg.converge_rtol) for name in names}
     for name in diverged:
         accuracy[name] = train_accuracy[name] = math.nan

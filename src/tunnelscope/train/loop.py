@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from rich.progress import TaskID
 from torch import nn
 
 from .. import data as data_mod
@@ -175,136 +176,217 @@ def train(
     created = not out.exists() or not any(out.iterdir())
     _prepare_out(out, resume, overwrite)
     try:
-
-        torch.manual_seed(seed)
-        net = build(model, dataset.num_classes, dataset.input_shape).to(dev)
-        steps_per_epoch = len(dataset.train) // batch_size
-        if steps_per_epoch == 0:
-            raise SpecError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
-                            "lower --batch-size")
-        total_steps = epochs * steps_per_epoch
-        optimizer = rec.optimizer(net)
-        scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
-        criterion = nn.CrossEntropyLoss(label_smoothing=rec.label_smoothing)
-        early = set(early_steps(steps_per_epoch)) if early_checkpoints else set()
-
-        step, history, checkpoints = 0, [], []
-        sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        if resume:
-            state = _load_resume(out, config)
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if dev.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
-            step, history, checkpoints = state["step"], state["history"], [Path(p) for p in state["checkpoints"]]
-            sums = state["epoch_sums"]
-
-        run_info = {
-            "config": config, "data": dataset.info, "model": net.describe(), "device": str(dev),
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": package_versions(),
-            "environment": environment(dev),
-            "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if resume and state.get("environment") not in (None, run_info["environment"]):
-            run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
-
-        def checkpoint() -> None:
-            path = out / CKPT_DIR / checkpoint_name(step)
-            meta = {"model_spec": model, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
-                    "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
-                    "step": step, "epoch": step / steps_per_epoch, "seed": seed, "recipe": asdict(rec),
-                    "environment": run_info["environment"]}
-            save_checkpoint(path, net, meta)
-            if str(path) not in map(str, checkpoints):
-                checkpoints.append(path)
-            rng = {"torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-            save_checkpoint(out / RESUME_FILE, net, meta, extra={
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                "step": step, "history": history, "checkpoints": [str(p) for p in checkpoints],
-                "epoch_sums": dict(sums), "config": config, "environment": run_info["environment"],
-            })
-            write_json(out / RUN_FILE, {**run_info, "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
-
+        run = _set_up(out, model, dataset, rec, config, dev, use_amp, resume)
         if not resume and (early_checkpoints or dense_steps):
-            checkpoint()  # step 0: the initialisation
-
-        start_epoch = step // steps_per_epoch
-        try:
-            with progress_bar(progress) as bars:
-                for epoch in range(start_epoch, epochs):
-                    offset = step - epoch * steps_per_epoch
-                    task = bars.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch,
-                                         completed=offset, info="")
-                    tic = time.perf_counter()
-                    net.train()
-                    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-                    correct = torch.zeros((), device=dev, dtype=torch.long)
-                    seen = 0
-                    batches = dataset.train.batches(batch_size, shuffle=True, generator=_shuffle_generator(seed, epoch),
-                                                    device=dev, drop_last=True, start_batch=offset)
-                    for x, y in batches:
-                        loss, logits = train_step(net, x, y, optimizer, scheduler, criterion, dev.type, use_amp)
-                        step += 1
-                        loss_sum += loss.double() * len(y)
-                        correct += (logits.argmax(1) == y).sum()
-                        seen += len(y)
-                        if on_step is not None:
-                            on_step(step, loss.detach())
-                        # a dense step that ends the epoch is saved after the epoch's history row
-                        dense = step <= dense_steps and step < (epoch + 1) * steps_per_epoch
-                        if (step in early and epoch == 0) or dense:
-                            _fold(sums, loss_sum, correct, seen, tic)
-                            loss_sum.zero_(), correct.zero_()
-                            checkpoint()  # not counted in the epoch's seconds
-                            seen, tic = 0, time.perf_counter()
-                        if step % 20 == 0:
-                            bars.update(task, completed=step - epoch * steps_per_epoch, info=f"loss {loss.item():.3f}")
-                    _fold(sums, loss_sum, correct, seen, tic)
-                    train_loss = sums["loss"] / max(1, sums["seen"])
-                    if not torch.isfinite(torch.tensor(train_loss)):
-                        raise TrainingDivergedError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
-                                                    f"lower the learning rate (now {rec.lr})"
-                                                    + ("" if resume else "; the new run was removed"))
-                    test_loss, test_acc = evaluate(net, dataset.test, dev, use_amp)
-                    history.append({
-                        "epoch": epoch + 1, "step": step, "train_loss": train_loss,
-                        "train_acc": sums["correct"] / max(1, sums["seen"]), "test_loss": test_loss,
-                        "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": sums["seconds"],
-                    })
-                    sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-                    bars.update(task, completed=steps_per_epoch,
-                                info=f"loss {train_loss:.3f} test acc {test_acc:.4f}")
-                    _write_history(out, history)
-                    if on_epoch is not None:
-                        on_epoch(history[-1])
-                    if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or step <= dense_steps:
-                        checkpoint()
-        except KeyboardInterrupt:
-            last = checkpoints[-1] if checkpoints else None
-            write_json(out / RUN_FILE, {**run_info, "status": "interrupted", "interrupted_at_step": step,
-                                        "checkpoints": [str(p.relative_to(out)) for p in checkpoints]})
-            if should_show(progress) or progress is None:
-                console.print(f"interrupted at step {step}; last complete checkpoint: {last}; "
-                              f"continue with --resume --out {out}", markup=False)
-            raise
-
-        final = history[-1]
-        run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        final={k: final[k]
-                               for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
-                        final_checkpoint=str(checkpoints[-1].relative_to(out)),
-                        checkpoints=[str(p.relative_to(out)) for p in checkpoints])
-        write_json(out / RUN_FILE, run_info)
-        return TrainResult(out, net.eval(), pd.DataFrame(history), checkpoints, final["test_acc"])
+            _checkpoint(run)  # step 0: the initialisation
+        _train_epochs(run, resume, progress, on_step, on_epoch)
+        return _finish(run)
     except KeyboardInterrupt:
         raise  # the checkpoints so far stay, for --resume
     except BaseException:
         if not resume:  # a new run that failed leaves nothing behind
             _remove_run(out, created)
         raise
+
+
+def _empty_epoch_sums() -> dict:
+    """The host-side sums of an epoch before its first step."""
+    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+@dataclass
+class _Run:
+    """One training run in progress: its settings, model and optimiser, and how far it got (the
+    step, the history rows, the checkpoints written and the current epoch's sums)."""
+
+    out: Path
+    model_spec: str
+    dataset: data_mod.Dataset
+    rec: Recipe
+    config: dict
+    device: torch.device
+    amp: bool
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    steps_per_epoch: int
+    early: set[int]
+    run_info: dict = field(default_factory=dict)
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    sums: dict = field(default_factory=_empty_epoch_sums)
+
+    def relative_checkpoints(self) -> list[str]:
+        """The checkpoints written so far, relative to ``out``."""
+        return [str(p.relative_to(self.out)) for p in self.checkpoints]
+
+
+def _set_up(out: Path, model: str, dataset: data_mod.Dataset, rec: Recipe, config: dict, dev: torch.device,
+            use_amp: bool, resume: bool) -> _Run:
+    """Seed and build the model, optimiser and schedule; restore them when resuming; describe the run."""
+    torch.manual_seed(config["seed"])
+    net = build(model, dataset.num_classes, dataset.input_shape).to(dev)
+    batch_size = config["batch_size"]
+    steps_per_epoch = len(dataset.train) // batch_size
+    if steps_per_epoch == 0:
+        raise SpecError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
+                        "lower --batch-size")
+    total_steps = config["epochs"] * steps_per_epoch
+    optimizer = rec.optimizer(net)
+    scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
+    run = _Run(out, model, dataset, rec, config, dev, use_amp, net, optimizer, scheduler,
+               criterion=nn.CrossEntropyLoss(label_smoothing=rec.label_smoothing), steps_per_epoch=steps_per_epoch,
+               early=set(early_steps(steps_per_epoch)) if config["early_checkpoints"] else set())
+    state = _restore(run) if resume else {}
+    run.run_info = {
+        "config": config, "data": dataset.info, "model": net.describe(), "device": str(dev),
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": package_versions(),
+        "environment": environment(dev),
+        "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if resume and state.get("environment") not in (None, run.run_info["environment"]):
+        run.run_info["environment_before_resume"] = state["environment"]  # the steps before it ran under these
+    return run
+
+
+def _restore(run: _Run) -> dict[str, Any]:
+    """Load ``resume.pt`` into the run (weights, optimiser, schedule, RNG, progress); the state read."""
+    state = _load_resume(run.out, run.config)
+    run.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if run.device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
+    run.step, run.history, run.checkpoints = state["step"], state["history"], [Path(p) for p in state["checkpoints"]]
+    run.sums = state["epoch_sums"]
+    return state
+
+
+def _checkpoint(run: _Run) -> None:
+    """Save the model at the current step, and refresh ``resume.pt`` and ``run.json`` to match."""
+    path = run.out / CKPT_DIR / checkpoint_name(run.step)
+    dataset = run.dataset
+    meta = {"model_spec": run.model_spec, "data_spec": dataset.spec, "num_classes": dataset.num_classes,
+            "input_shape": list(dataset.input_shape), "class_names": dataset.class_names,
+            "step": run.step, "epoch": run.step / run.steps_per_epoch, "seed": run.config["seed"],
+            "recipe": asdict(run.rec), "environment": run.run_info["environment"]}
+    save_checkpoint(path, run.net, meta)
+    if str(path) not in map(str, run.checkpoints):
+        run.checkpoints.append(path)
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+    save_checkpoint(run.out / RESUME_FILE, run.net, meta, extra={
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng,
+        "step": run.step, "history": run.history, "checkpoints": [str(p) for p in run.checkpoints],
+        "epoch_sums": dict(run.sums), "config": run.config, "environment": run.run_info["environment"],
+    })
+    write_json(run.out / RUN_FILE, {**run.run_info, "checkpoints": run.relative_checkpoints()})
+
+
+def _train_epochs(run: _Run, resume: bool, progress: bool | None, on_step: Callable[[int, torch.Tensor], None] | None,
+                  on_epoch: Callable[[dict], None] | None) -> None:
+    """Train from the run's step to the last epoch; an interrupt is recorded in ``run.json`` and re-raised."""
+    start_epoch, epochs = run.step // run.steps_per_epoch, run.config["epochs"]
+    try:
+        with progress_bar(progress) as bars:
+            for epoch in range(start_epoch, epochs):
+                offset = run.step - epoch * run.steps_per_epoch
+                task = bars.add_task(f"epoch {epoch + 1}/{epochs}", total=run.steps_per_epoch,
+                                     completed=offset, info="")
+                _train_epoch_steps(run, epoch, offset, bars, task, on_step)
+                _end_epoch(run, epoch, resume, bars, task, on_epoch)
+    except KeyboardInterrupt:
+        _record_interrupt(run, progress)
+        raise
+
+
+def _train_epoch_steps(run: _Run, epoch: int, offset: int, bars: Any, task: TaskID,
+                       on_step: Callable[[int, torch.Tensor], None] | None) -> None:
+    """The epoch's optimiser steps from batch ``offset`` on, with the early and dense checkpoints among them."""
+    tic = time.perf_counter()
+    run.net.train()
+    loss_sum = torch.zeros((), device=run.device, dtype=torch.float64)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    seen = 0
+    batches = run.dataset.train.batches(run.config["batch_size"], shuffle=True,
+                                        generator=_shuffle_generator(run.config["seed"], epoch), device=run.device,
+                                        drop_last=True, start_batch=offset)
+    for x, y in batches:
+        loss, logits = train_step(run.net, x, y, run.optimizer, run.scheduler, run.criterion, run.device.type, run.amp)
+        run.step += 1
+        loss_sum += loss.double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if on_step is not None:
+            on_step(run.step, loss.detach())
+        # a dense step that ends the epoch is saved after the epoch's history row
+        dense = run.step <= run.config["dense_steps"] and run.step < (epoch + 1) * run.steps_per_epoch
+        if (run.step in run.early and epoch == 0) or dense:
+            _fold(run.sums, loss_sum, correct, seen, tic)
+            loss_sum.zero_(), correct.zero_()
+            _checkpoint(run)  # not counted in the epoch's seconds
+            seen, tic = 0, time.perf_counter()
+        if run.step % 20 == 0:
+            bars.update(task, completed=run.step - epoch * run.steps_per_epoch, info=f"loss {loss.item():.3f}")
+    _fold(run.sums, loss_sum, correct, seen, tic)
+
+
+def _end_epoch(run: _Run, epoch: int, resume: bool, bars: Any, task: TaskID,
+               on_epoch: Callable[[dict], None] | None) -> None:
+    """Record the finished epoch's history row and checkpoint it when the schedule says so."""
+    row = _evaluate_epoch(run, epoch, resume)
+    run.history.append(row)
+    run.sums = _empty_epoch_sums()
+    bars.update(task, completed=run.steps_per_epoch,
+                info=f"loss {row['train_loss']:.3f} test acc {row['test_acc']:.4f}")
+    _write_history(run.out, run.history)
+    if on_epoch is not None:
+        on_epoch(run.history[-1])
+    config = run.config
+    if ((epoch + 1) % config["checkpoint_every"] == 0 or epoch + 1 == config["epochs"]
+            or run.step <= config["dense_steps"]):
+        _checkpoint(run)
+
+
+def _evaluate_epoch(run: _Run, epoch: int, resume: bool) -> dict:
+    """The epoch's history row: its training loss and accuracy, then the test split's; raises when training diverged."""
+    sums = run.sums
+    train_loss = sums["loss"] / max(1, sums["seen"])
+    if not torch.isfinite(torch.tensor(train_loss)):
+        raise TrainingDivergedError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
+                                    f"lower the learning rate (now {run.rec.lr})"
+                                    + ("" if resume else "; the new run was removed"))
+    test_loss, test_acc = evaluate(run.net, run.dataset.test, run.device, run.amp)
+    return {
+        "epoch": epoch + 1, "step": run.step, "train_loss": train_loss,
+        "train_acc": sums["correct"] / max(1, sums["seen"]), "test_loss": test_loss,
+        "test_acc": test_acc, "lr": run.optimizer.param_groups[0]["lr"], "seconds": sums["seconds"],
+    }
+
+
+def _record_interrupt(run: _Run, progress: bool | None) -> None:
+    """Mark the run interrupted in ``run.json`` and say (when bars may show) how to continue it."""
+    last = run.checkpoints[-1] if run.checkpoints else None
+    write_json(run.out / RUN_FILE, {**run.run_info, "status": "interrupted", "interrupted_at_step": run.step,
+                                    "checkpoints": run.relative_checkpoints()})
+    if should_show(progress) or progress is None:
+        console.print(f"interrupted at step {run.step}; last complete checkpoint: {last}; "
+                      f"continue with --resume --out {run.out}", markup=False)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Mark the run finished in ``run.json`` with its final row and checkpoint; the result."""
+    final = run.history[-1]
+    run.run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        final={k: final[k]
+                               for k in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")},
+                        final_checkpoint=str(run.checkpoints[-1].relative_to(run.out)),
+                        checkpoints=run.relative_checkpoints())
+    write_json(run.out / RUN_FILE, run.run_info)
+    return TrainResult(run.out, run.net.eval(), pd.DataFrame(run.history), run.checkpoints, final["test_acc"])
 
 
 def _fold(sums: dict, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, tic: float) -> None:
