@@ -85,3 +85,30 @@ def test_metrics_do_not_import_capture_and_nothing_imports_the_cli(graph):
 
 def test_results_do_not_import_the_report(graph):
     assert not [b for b in graph.successors("tunnelscope.results") if b.startswith("tunnelscope.report")]
+
+
+MAX_BODY = 50  # lines after the docstring; the signature and docstring do not count
+
+
+def body_lengths(path: Path) -> list[tuple[str, int]]:
+    """``(function, lines)`` for every function in ``path``: its lines from the first statement
+    after the docstring to its end."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
+            out.append((node.name, (node.end_lineno or node.lineno) - body[0].lineno + 1))
+    return out
+
+
+def test_body_lengths_are_measured_from_the_first_statement_after_the_docstring(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('def f(\n    a,\n):\n    """Doc.\n\n    More."""\n    x = a\n    return x\n\n\n'
+                      'def g():\n    return 1\n')
+    assert body_lengths(source) == [("f", 2), ("g", 1)]
+
+
+def test_no_function_body_is_longer_than_one_screen():
+    long = [(str(p.relative_to(ROOT)), name, lines) for p in sorted(ROOT.rglob("*.py"))
+            for name, lines in body_lengths(p) if lines > MAX_BODY]
+    assert not long, f"function bodies over {MAX_BODY} lines: {long}"

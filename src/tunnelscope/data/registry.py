@@ -483,13 +483,8 @@ def _imagefolder_stats(folder, transform, size: int, channels: int) -> tuple[tup
     return stats
 
 
-def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
-    """``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` streamed from disk. Without ``size``
-    / ``channels`` the images keep their native format (see :func:`_native_format`); ``norm``
-    picks ImageNet's statistics (default), those of train/ or none."""
-    import torchvision
-    from torchvision.transforms import v2
-
+def _imagefolder_root(parsed: Spec) -> Path:
+    """The folder an imagefolder spec names, checked to hold ``train/`` and ``test/``."""
     root = Path(parsed.name.split(":", 1)[1]).expanduser()
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
@@ -497,34 +492,42 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
                 f"imagefolder {root} needs train/ and test/ subfolders with one folder per class; "
                 f"{root / sub} is missing"
             )
-    folders = {sub: torchvision.datasets.ImageFolder(str(root / sub)) for sub in ("train", "test")}
-    native_size, native_channels, native_from = _native_format(folders["train"])
-    size = options.get("size", native_size)
-    channels = options.get("channels", native_channels)
+    return root
+
+
+def _imagefolder_pipeline(channels: int, geometry: list, normalise: list):
+    """Channel conversion, then ``geometry``, then float pixels in [0, 1], then ``normalise``."""
+    from torchvision.transforms import v2
+
     base = [v2.Grayscale(1) if channels == 1 else v2.RGB()]
     scaled = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    view = v2.Compose(base + [v2.Resize(size, antialias=True), v2.CenterCrop(size)] + scaled)
-    norm = options["norm"]
+    return v2.Compose(base + geometry + scaled + normalise)
+
+
+def _imagefolder_normalisation(norm: str, train_folder, root: Path, size: int,
+                               channels: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """The per-channel mean and std that ``norm`` picks and a description of where they come from."""
+    from torchvision.transforms import v2
+
     mean: tuple[float, ...]
     std: tuple[float, ...]
     if norm == "imagenet":
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
-        computed_on = "ImageNet statistics (norm=imagenet, the default)"
-    elif norm == "dataset":
-        mean, std = _imagefolder_stats(folders["train"], view, size, channels)
-        computed_on = f"every image in {root / 'train'} at {size}x{size}, {channels} channel(s) (norm=dataset)"
-    else:
-        mean, std = (0.0,) * channels, (1.0,) * channels
-        computed_on = "none (norm=none): pixel values scaled to [0, 1]"
-    tail = scaled + [v2.Normalize(mean, std)]
-    test_tf = v2.Compose(base + [v2.Resize(size, antialias=True), v2.CenterCrop(size)] + tail)
-    train_tf = test_tf
-    if options.get("aug"):
-        train_tf = v2.Compose(base + [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] + tail)
+        return mean, std, "ImageNet statistics (norm=imagenet, the default)"
+    if norm == "dataset":
+        view = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size)], [])
+        mean, std = _imagefolder_stats(train_folder, view, size, channels)
+        return mean, std, f"every image in {root / 'train'} at {size}x{size}, {channels} channel(s) (norm=dataset)"
+    return (0.0,) * channels, (1.0,) * channels, "none (norm=none): pixel values scaled to [0, 1]"
+
+
+def _imagefolder_splits(folders: dict, transforms: dict, class_names: list[str], root: Path, options: dict,
+                        text: str) -> tuple[dict[str, FolderSplit], dict | None]:
+    """The train and test splits with the class selection, the per-class caps and the label noise
+    applied, and the label noise's record."""
     splits = {}
-    class_names: list[str] = list(folders["train"].classes)
     label_noise: dict | None = None
-    for sub, tf, cap in (("train", train_tf, "per_class"), ("test", test_tf, "test_per_class")):
+    for sub, cap in (("train", "per_class"), ("test", "test_per_class")):
         folder = folders[sub]
         if folder.classes != class_names:
             raise DataNotFoundError(f"{root}: train/ and test/ hold different class folders")
@@ -535,8 +538,34 @@ def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
         if sub == "train":
             split_labels, label_noise = _noisy_train_labels(
                 split_labels, options, len(options.get("classes") or class_names))
-        images = _FolderImages(folder, keep[capped], split_labels, tf)
+        images = _FolderImages(folder, keep[capped], split_labels, transforms[sub])
         splits[sub] = FolderSplit(images, split_labels, num_workers=min(4, os.cpu_count() or 1))
+    return splits, label_noise
+
+
+def _load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
+    """``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` streamed from disk. Without ``size``
+    / ``channels`` the images keep their native format (see :func:`_native_format`); ``norm``
+    picks ImageNet's statistics (default), those of train/ or none."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    root = _imagefolder_root(parsed)
+    folders = {sub: torchvision.datasets.ImageFolder(str(root / sub)) for sub in ("train", "test")}
+    native_size, native_channels, native_from = _native_format(folders["train"])
+    size = options.get("size", native_size)
+    channels = options.get("channels", native_channels)
+    norm = options["norm"]
+    mean, std, computed_on = _imagefolder_normalisation(norm, folders["train"], root, size, channels)
+    normalise = [v2.Normalize(mean, std)]
+    test_tf = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size)], normalise)
+    train_tf = test_tf
+    if options.get("aug"):
+        train_tf = _imagefolder_pipeline(
+            channels, [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()], normalise)
+    class_names: list[str] = list(folders["train"].classes)
+    splits, label_noise = _imagefolder_splits(folders, {"train": train_tf, "test": test_tf}, class_names, root,
+                                              options, text)
     classes = options.get("classes") or list(range(len(class_names)))
     info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
             "kind": "image", "normalisation": {"mode": norm, "mean": list(mean), "std": list(std),

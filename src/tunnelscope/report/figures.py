@@ -247,26 +247,20 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
     return pngs
 
 
-def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
-    """ID probe accuracy (NCC accuracy for a run without probes), NCC accuracy on the training
-    split (Galanti et al.'s effective depth: where it reaches 1 − ε) and numerical rank of
-    several runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
-    (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
-    from ..uncertainty import mean_ci
-
-    groups = list(groups) if groups is not None else [None] * len(runs)
-    accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
+def _compare_rows(runs: Sequence, accuracy: Sequence[str | None]) -> list[str]:
+    """The panel rows some run has the metrics for: ``accuracy``, ``ncc_train``, ``rank``, in that order."""
     ncc = any(r.has("ncc_acc") for r in runs)
     rows = [name for name, present in (("accuracy", any(accuracy)), ("ncc_train", ncc),
                                        ("rank", any(r.has("rank") for r in runs))) if present]
     if not rows:
         raise SpecError("none of the runs has probe, NCC or rank results to compare; analyse them with "
                         "--metrics including probe, ncc or rank")
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
-    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "ncc_train": "NCC accuracy (train)",
-               "rank": "numerical rank (test)"}
-    metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test")}
-    # one entry per line: (label, member indices); a seed group is one line
+    return rows
+
+
+def _seed_lines(labels: Sequence[str], groups: Sequence[str | None]) -> list[tuple[str, list[int]]]:
+    """One ``(label, member indices)`` per line to draw: runs sharing a group key are one line, labelled
+    by the group's first run."""
     lines: list[tuple[str, list[int]]] = []
     seen: dict[str, int] = {}
     for i, (label, group) in enumerate(zip(labels, groups)):
@@ -277,39 +271,81 @@ def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str |
         else:
             seen[group] = len(lines)
             lines.append((label, [i]))
+    return lines
+
+
+def _seed_mean_curve(seeds: Sequence, metric: str, split: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer mean of ``metric`` over the seeds and the half-width of its 95% Student-t interval."""
+    from ..uncertainty import mean_ci
+
+    curves = [run.curve(metric, split=split, with_input=False).to_numpy() for run in seeds]
+    if len({len(c) for c in curves}) != 1:
+        raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
+    stacked = np.stack(curves)
+    mean_half = [mean_ci(stacked[:, j]) for j in range(stacked.shape[1])]
+    return np.array([m for m, _ in mean_half]), np.array([h for _, h in mean_half])
+
+
+def _seed_line_name(seeds: Sequence, label: str) -> str:
+    """The legend entry of a line: its label, or the model and the number of seeds for a seed group."""
+    return f"{seeds[0].summary.get('model', label)} ({len(seeds)} seeds)" if len(seeds) > 1 else label
+
+
+def _plot_seed_line(row, mean: np.ndarray, half: np.ndarray, banded: bool, colour: str, name: str) -> None:
+    """Draw the mean curve against layer index (left) and relative depth (right), with its band if ``banded``."""
+    layers = np.arange(1, len(mean) + 1)
+    for ax, x in ((row[0], layers), (row[1], layers / len(mean))):
+        ax.plot(x, mean, marker="o", ms=3, color=colour, label=name)
+        if banded:
+            ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.2, lw=0)
+
+
+def _mark_mean_tunnel_start(row, seeds: Sequence, points: int, colour: str) -> None:
+    """A dotted line at the seeds' mean tunnel start on both panels, when every seed has one inside the curve."""
+    starts = [run.summary.get(TUNNEL_START) for run in seeds]
+    if all(s is not None for s in starts):
+        start = float(np.mean(starts))
+        if start < points:
+            row[0].axvline(start, color=colour, ls=":", lw=1)
+            row[1].axvline(start / points, color=colour, ls=":", lw=1)
+
+
+def _label_compare_row(row, kind: str) -> None:
+    """Axis labels, grid and legend of one row; numerical rank on a log scale."""
+    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "ncc_train": "NCC accuracy (train)",
+               "rank": "numerical rank (test)"}
+    for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabels[kind])
+        ax.grid(alpha=0.3)
+        if kind == "rank":
+            ax.set_yscale("log")
+    row[0].legend(fontsize=8)
+
+
+def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
+    """ID probe accuracy (NCC accuracy for a run without probes), NCC accuracy on the training
+    split (Galanti et al.'s effective depth: where it reaches 1 − ε) and numerical rank of
+    several runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
+    (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
+    groups = list(groups) if groups is not None else [None] * len(runs)
+    accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
+    rows = _compare_rows(runs, accuracy)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
+    metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test")}
+    lines = _seed_lines(labels, groups)
     for row, kind in zip(axes, rows):
         for colour, (label, members) in enumerate(lines):
-            first = runs[members[0]]
+            seeds = [runs[m] for m in members]
             metric, split = (accuracy[members[0]], "test") if kind == "accuracy" else metric_of[kind]
-            if metric is None or not first.has(metric):
+            if metric is None or not seeds[0].has(metric):
                 continue
-            curves = [runs[m].curve(metric, split=split, with_input=False).to_numpy() for m in members]
-            if len({len(c) for c in curves}) != 1:
-                raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
-            stacked = np.stack(curves)
-            mean_half = [mean_ci(stacked[:, j]) for j in range(stacked.shape[1])]
-            mean = np.array([m for m, _ in mean_half])
-            half = np.array([h for _, h in mean_half])
-            layers = np.arange(1, len(mean) + 1)
-            name = (f"{runs[members[0]].summary.get('model', label)} ({len(members)} seeds)" if len(members) > 1
-                    else label) + (" (NCC)" if kind == "accuracy" and metric == "ncc_acc" else "")
-            for ax, x in ((row[0], layers), (row[1], layers / len(mean))):
-                ax.plot(x, mean, marker="o", ms=3, color=f"C{colour}", label=name)
-                if len(members) > 1:
-                    ax.fill_between(x, mean - half, mean + half, color=f"C{colour}", alpha=0.2, lw=0)
-            starts = [runs[m].summary.get(TUNNEL_START) for m in members]
-            if kind == rows[0] and all(s is not None for s in starts):
-                start = float(np.mean(starts))
-                if start < len(mean):
-                    row[0].axvline(start, color=f"C{colour}", ls=":", lw=1)
-                    row[1].axvline(start / len(mean), color=f"C{colour}", ls=":", lw=1)
-        for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabels[kind])
-            ax.grid(alpha=0.3)
-            if kind == "rank":
-                ax.set_yscale("log")
-        row[0].legend(fontsize=8)
+            mean, half = _seed_mean_curve(seeds, metric, split, label)
+            name = _seed_line_name(seeds, label) + (" (NCC)" if kind == "accuracy" and metric == "ncc_acc" else "")
+            _plot_seed_line(row, mean, half, len(seeds) > 1, f"C{colour}", name)
+            if kind == rows[0]:
+                _mark_mean_tunnel_start(row, seeds, len(mean), f"C{colour}")
+        _label_compare_row(row, kind)
     fig.suptitle("dotted lines: tunnel start (τ = 0.95; mean over seeds); bands: 95% interval over training seeds",
                  fontsize=9)
     return fig

@@ -166,6 +166,79 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _check_top_level(raw: Any, where: str) -> None:
+    """The sweep is a mapping of known keys, has ``name`` and ``cell``, and its sections are mappings."""
+    if not isinstance(raw, dict):
+        raise SweepConfigError(f"{where} must be a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    _check_keys(raw, TOP_KEYS, where)
+    for required in ("name", "cell"):
+        if required not in raw:
+            raise SweepConfigError(f"{where} lacks the key {required!r}")
+    for section in ("grid", "cell", "analysis", "resources"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise SweepConfigError(f"'{section}' in {where} must be a mapping of keys to values, "
+                                   f"not {type(raw[section]).__name__}")
+
+
+def _checked_name(raw: dict[str, Any], where: str) -> str:
+    """The sweep's name, checked to be usable as the store folder's name."""
+    name = str(raw["name"])
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise SweepConfigError(f"sweep name {name!r} in {where} must be letters, digits, '_', '.' and '-' "
+                               "(it names the store folder), not a path")
+    return name
+
+
+def _checked_grid(raw: dict[str, Any], where: str) -> dict[str, list]:
+    """The grid: non-empty lists of distinct single values, named like identifiers, at most ``MAX_CELLS`` cells."""
+    grid = raw.get("grid") or {}
+    if not all(isinstance(v, list) and v for v in grid.values()):
+        raise SweepConfigError(f"'grid' in {where} must map each variable to a non-empty list of values")
+    cells = 1
+    for values in grid.values():
+        cells *= len(values)
+    if cells > MAX_CELLS:
+        raise SweepConfigError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep "
+                               "into several files or use fewer values per variable")
+    for variable, values in grid.items():
+        if not re.fullmatch(r"\w+", str(variable)):
+            raise SweepConfigError(f"grid variable {variable!r} must be letters, digits and underscores "
+                                   f"(it is used as {{{variable}}})")
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise SweepConfigError(f"grid variable {variable!r} takes single values (numbers or strings), "
+                                   "not lists")
+        if len(set(map(repr, values))) != len(values):
+            raise SweepConfigError(f"grid variable {variable!r} lists a value twice: {values}")
+    return grid
+
+
+def _checked_sections(raw: dict[str, Any], grid: dict[str, list],
+                      where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``cell``, ``analysis`` and ``resources`` over their defaults, checked, using only grid variables."""
+    cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
+    _check_keys(cell, CELL_KEYS, "'cell'")
+    for required in ("model", "data"):
+        if required not in cell:
+            raise SweepConfigError(f"'cell' in {where} lacks the key {required!r}")
+    analysis = {**ANALYSIS_DEFAULTS, **(raw.get("analysis") or {})}
+    _check_keys(analysis, ANALYSIS_KEYS, "'analysis'")
+    resources = {**RESOURCE_DEFAULTS, **(raw.get("resources") or {})}
+    _check_keys(resources, RESOURCE_KEYS, "'resources'")
+    _check_resources(resources, where)
+    undefined = sorted((_placeholders(cell) | _placeholders(analysis)) - set(grid))
+    if undefined:
+        raise SweepConfigError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid "
+                               f"variables; grid variables: {', '.join(grid) or '(none)'}")
+    return cell, analysis, resources
+
+
+def _store_path(raw: dict[str, Any], name: str, source: Path | None) -> Path:
+    """The sweep's store folder, resolved against the sweep file's folder (or the working directory)."""
+    base = source.parent if source else Path.cwd()
+    store = Path(raw.get("store") or f"runs/sweeps/{name}")
+    return (store if store.is_absolute() else base / store).resolve()
+
+
 @dataclass(frozen=True)
 class Cell:
     """One resolved combination: the grid values, the training config and the analysis config."""
@@ -220,56 +293,11 @@ class SweepSpec:
     def from_dict(cls, raw: Any, source: Path | None = None) -> SweepSpec:
         """Validate a sweep given as a dict (as read from YAML)."""
         where = str(source) if source else "the sweep"
-        if not isinstance(raw, dict):
-            raise SweepConfigError(f"{where} must be a mapping with keys {', '.join(sorted(TOP_KEYS))}")
-        _check_keys(raw, TOP_KEYS, where)
-        for required in ("name", "cell"):
-            if required not in raw:
-                raise SweepConfigError(f"{where} lacks the key {required!r}")
-        for section in ("grid", "cell", "analysis", "resources"):
-            if raw.get(section) is not None and not isinstance(raw[section], dict):
-                raise SweepConfigError(f"'{section}' in {where} must be a mapping of keys to values, "
-                                       f"not {type(raw[section]).__name__}")
-        name = str(raw["name"])
-        if not _NAME.fullmatch(name) or ".." in name:
-            raise SweepConfigError(f"sweep name {name!r} in {where} must be letters, digits, '_', '.' and '-' "
-                                   "(it names the store folder), not a path")
-        grid = raw.get("grid") or {}
-        if not all(isinstance(v, list) and v for v in grid.values()):
-            raise SweepConfigError(f"'grid' in {where} must map each variable to a non-empty list of values")
-        cells = 1
-        for values in grid.values():
-            cells *= len(values)
-        if cells > MAX_CELLS:
-            raise SweepConfigError(f"the grid in {where} has {cells} cells, more than {MAX_CELLS}; split the sweep "
-                                   "into several files or use fewer values per variable")
-        for variable, values in grid.items():
-            if not re.fullmatch(r"\w+", str(variable)):
-                raise SweepConfigError(f"grid variable {variable!r} must be letters, digits and underscores "
-                                       f"(it is used as {{{variable}}})")
-            if any(isinstance(v, (list, dict)) for v in values):
-                raise SweepConfigError(f"grid variable {variable!r} takes single values (numbers or strings), "
-                                       "not lists")
-            if len(set(map(repr, values))) != len(values):
-                raise SweepConfigError(f"grid variable {variable!r} lists a value twice: {values}")
-        cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
-        _check_keys(cell, CELL_KEYS, "'cell'")
-        for required in ("model", "data"):
-            if required not in cell:
-                raise SweepConfigError(f"'cell' in {where} lacks the key {required!r}")
-        analysis = {**ANALYSIS_DEFAULTS, **(raw.get("analysis") or {})}
-        _check_keys(analysis, ANALYSIS_KEYS, "'analysis'")
-        resources = {**RESOURCE_DEFAULTS, **(raw.get("resources") or {})}
-        _check_keys(resources, RESOURCE_KEYS, "'resources'")
-        _check_resources(resources, where)
-        undefined = sorted((_placeholders(cell) | _placeholders(analysis)) - set(grid))
-        if undefined:
-            raise SweepConfigError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid "
-                                   f"variables; grid variables: {', '.join(grid) or '(none)'}")
-        base = source.parent if source else Path.cwd()
-        store = Path(raw.get("store") or f"runs/sweeps/{name}")
-        store = (store if store.is_absolute() else base / store).resolve()
-        spec = cls(name, store, grid, cell, analysis, resources, source)
+        _check_top_level(raw, where)
+        name = _checked_name(raw, where)
+        grid = _checked_grid(raw, where)
+        cell, analysis, resources = _checked_sections(raw, grid, where)
+        spec = cls(name, _store_path(raw, name, source), grid, cell, analysis, resources, source)
         spec.cells = spec._expand()
         return spec
 
