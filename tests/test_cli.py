@@ -236,5 +236,12 @@ def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
     result = json.loads(out)
     slopes = {row["variable"]: abs(row["slope"]) for row in result["slopes"]}
     assert max(slopes, key=slopes.get) == "aug" and result["r2"] > 0.9
+    table.assign(cell=np.arange(200) // 2).to_csv(tmp_path / "c.csv", index=False)  # two rows per cell
+    code, out, err = run_cli(["explain", tmp_path / "c.csv", "--target", "retained", "--vars", "aug", "--vars", "depth",
+                              "--cluster", "cell", "--out", tmp_path / "c", "--json"], capsys)
+    assert code == 0, err
+    means = json.loads(out)["group_means"]
+    assert sum(row["n"] for row in means if row["variable"] == "aug") == 200
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["cluster"] == "cell"
     code, _, err = run_cli(["explain", tmp_path / "t.csv", "--target", "nope", "--out", tmp_path / "f"], capsys)
     assert code == 1 and err.count("\n") == 1

@@ -219,3 +219,43 @@ def test_figure_labels_numeric_levels_briefly() -> None:
     fig = result.figure()
     labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[:2]]
     assert labels == [["0", "1", "2", "3"], ["1", "3.547", "6.095", "8.642"]]
+
+
+def test_clustered_group_means_are_t_intervals_over_cluster_means() -> None:
+    """Rows of one cluster (the OOD sets of one sweep cell) count once: unequal cluster sizes
+    weight each cluster equally, and the interval has clusters − 1 degrees of freedom."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for cell in range(12):
+        depth = (4, 8)[cell % 2]
+        shift = rng.normal(0, 1.0)  # what the rows of one cell share
+        for ood in range(1 + cell % 3):  # 1 to 3 rows per cell
+            rows.append({"cell": f"c{cell}", "depth": depth, "ood": ood, "score": depth + shift + rng.normal(0, 0.1)})
+    table = pd.DataFrame(rows)
+    means = group_means(table, "score", ["depth"], cluster="cell").set_index("level")
+    for depth, group in table.groupby("depth"):
+        per_cell = group.groupby("cell")["score"].mean().to_numpy()
+        low, high = stats.t.interval(0.95, len(per_cell) - 1, loc=per_cell.mean(), scale=stats.sem(per_cell))
+        got = means.loc[depth]
+        assert (got["n"], got["clusters"]) == (len(group), len(per_cell)) and len(per_cell) == 6
+        assert got["mean"] == pytest.approx(per_cell.mean()) and got["std"] == pytest.approx(per_cell.std(ddof=1))
+        assert (got["ci_low"], got["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+        assert got["mean"] != pytest.approx(group["score"].mean())  # unequal sizes: not the row mean
+    unclustered = group_means(table, "score", ["depth"]).set_index("level")
+    assert (unclustered["clusters"] == unclustered["n"]).all()
+
+
+def test_held_out_r2_with_clusters_never_scores_a_cluster_it_was_fitted_on() -> None:
+    """Rows that copy their cell's value: shuffled folds see every cell in training and look
+    perfect; folds of whole cells show that the variables predict nothing."""
+    rng = np.random.default_rng(8)
+    cells = pd.DataFrame({"cell": [f"c{i}" for i in range(30)], "depth": rng.choice([4, 8, 12], 30),
+                          "width": rng.choice([64, 256], 30), "score": rng.normal(0, 1, 30)})
+    table = cells.loc[cells.index.repeat(4)].assign(noise1=lambda t: rng.normal(0, 1, len(t)))
+    table["cell_code"] = table["cell"].str[1:].astype(int)
+    _, by_rows = shap_slopes(table, "score", ["depth", "width", "cell_code"])
+    _, by_cells = shap_slopes(table, "score", ["depth", "width", "cell_code"], cluster="cell")
+    assert by_rows["r2_cv"] > 0.9 and by_cells["r2_cv"] < 0.2
+    assert "GroupKFold" in by_cells["r2_cv_kind"] and "KFold" in by_rows["r2_cv_kind"]
+    with pytest.raises(ConfigError, match="cluster column"):
+        explain(table, "score", variables=["depth", "cell"], cluster="cell")

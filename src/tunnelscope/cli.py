@@ -599,7 +599,7 @@ def _collect(spec, store, level: str, out: str | None, quiet: bool, as_json: boo
         chosen = suggested_variables(table)
         categorical = [c for c in chosen if c in CATEGORICAL_COLUMNS]
         options = [*(f"--vars {c}" for c in chosen), *(f"--categorical {c}" for c in categorical),
-                   f"--out {spec.store / 'explain'}"]
+                   "--cluster cell", f"--out {spec.store / 'explain'}"]
         hint = f"tunnelscope explain {target} --target retained {' '.join(options)}" if chosen else None
     if as_json:
         click.echo(json.dumps({"rows": len(table), "cells": cells, "level": level, "out": str(target),

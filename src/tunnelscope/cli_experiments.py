@@ -399,10 +399,13 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
 @click.option("--pair-on", "pair_on", multiple=True,
               help="A column that must be equal within a pair; repeat it (default: every other variable).")
 @click.option("--l1-normalise", is_flag=True, help="Divide the SHAP slopes by the sum of their absolute values.")
+@click.option("--cluster", default=None,
+              help="A column whose equal values mark rows that are not independent (e.g. cell: the OOD sets of one "
+                   "sweep cell): means and intervals over cluster means, held-out R² over whole clusters.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for the CSV tables, explain.png/.svg and config.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tables and the SHAP-model R² as JSON.")
-def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, out, as_json) -> None:
+def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, cluster, out, as_json) -> None:
     """Which design variables explain a metric across a sweep (Harun et al. 2024): group means
     with 95% t intervals, paired Wilcoxon tests with Cliff's delta, and SHAP slopes of a
     gradient-boosted model (needs shap: pip install 'tunnelscope[explain]').
@@ -416,7 +419,7 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
     from .explain import read_table
 
     result = explain_table(read_table(table), target, variables=list(variables) or None, categorical=categorical,
-                           pair=pair, pair_on=list(pair_on) or None, l1_normalise=l1_normalise)
+                           pair=pair, pair_on=list(pair_on) or None, l1_normalise=l1_normalise, cluster=cluster)
     paths = result.save(out)
     if as_json:
         tables = {"group_means": result.group_means, "slopes": result.slopes, "paired": result.paired}
@@ -425,13 +428,14 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
                                **{name: None if frame is None else json.loads(frame.to_json(orient="records"))
                                   for name, frame in tables.items()}}, indent=2))
         return
-    print_frame(result.group_means, f"{target}: mean per level (95% Student t intervals)")
+    over = f", over {cluster} means" if cluster else ""
+    print_frame(result.group_means, f"{target}: mean per level (95% Student t intervals{over})")
     if result.paired is not None:
         print_frame(result.paired[["level_a", "level_b", "n_pairs", "mean_difference", "p_wilcoxon", "cliffs_delta",
                                    "magnitude"]], f"paired comparison of {pair}")
     shap_info = result.config["shap"]
     print_frame(result.slopes, f"SHAP slopes (model R² {shap_info['r2']:.3f} in-sample, "
-                               f"{shap_info['r2_cv']:.3f} on held-out rows)")
+                               f"{shap_info['r2_cv']:.3f} on held-out {'clusters' if cluster else 'rows'})")
     out_console.print(f"wrote {Path(out)} ({len(paths)} files)", markup=False)
 
 

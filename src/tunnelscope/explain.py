@@ -89,24 +89,34 @@ def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> 
 
 
 # ------------------------------------------------------------------------------------- group means
-def group_means(table: pd.DataFrame, target: str, variables: Sequence[str]) -> pd.DataFrame:
-    """Per variable and level: ``n``, ``mean``, 95% Student t interval (``ci_low``, ``ci_high``;
-    NaN for one row) and ``std`` (ddof=1) of ``target``. Rows with a non-finite target are left out."""
-    rows = _target_rows(table, target, variables)
+def group_means(table: pd.DataFrame, target: str, variables: Sequence[str], cluster: str | None = None
+                ) -> pd.DataFrame:
+    """Per variable and level: ``n`` rows, ``mean``, 95% Student t interval (``ci_low``,
+    ``ci_high``; NaN for one unit) and ``std`` (ddof=1) of ``target``. Rows with a non-finite
+    target are left out.
+
+    ``cluster`` names a column whose equal values mark rows that are not independent (the OOD
+    sets of one sweep cell share its model): each cluster's rows are averaged first, and the
+    mean, interval and std are over those cluster means (``clusters`` of them). Without it each
+    row is a unit (``clusters`` = ``n``)."""
+    rows = _target_rows(table, target, [*variables, *([cluster] if cluster else [])])
     records = []
     for variable in variables:
-        for level, values in rows.groupby(variable, sort=True)[target]:
-            records.append({"variable": variable, "level": level, **_mean_interval(values.to_numpy(dtype=float))})
-    return pd.DataFrame(records, columns=["variable", "level", "n", "mean", "ci_low", "ci_high", "std"])
+        for level, group in rows.groupby(variable, sort=True):
+            units = group.groupby(cluster)[target].mean() if cluster else group[target]
+            records.append({"variable": variable, "level": level, "n": len(group), "clusters": len(units),
+                            **_mean_interval(units.to_numpy(dtype=float))})
+    return pd.DataFrame(records, columns=["variable", "level", "n", "clusters", "mean", "ci_low", "ci_high", "std"])
 
 
 def _mean_interval(values: np.ndarray) -> dict[str, float]:
+    """Mean, 95% Student t interval and std (ddof=1) of independent values."""
     n, mean = len(values), float(values.mean())
     if n < 2:
-        return {"n": n, "mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan")}
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan")}
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * std / np.sqrt(n)
-    return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": std}
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": std}
 
 
 # ------------------------------------------------------------------------------- paired comparison
@@ -245,7 +255,8 @@ def _load_shap() -> Any:
 
 
 def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], categorical: Sequence[str] = (),
-                l1_normalise: bool = False, random_state: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+                l1_normalise: bool = False, random_state: int = 0, cluster: str | None = None
+                ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """SHAP-slope analysis of ``target`` on ``variables`` (Harun et al. 2024).
 
     Fits ``GradientBoostingRegressor(random_state, loss='huber')`` on the variables
@@ -254,7 +265,9 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     per variable a line of its SHAP values on its value divided by its maximum |value|.
     Returns a table (``variable``, ``kind``, ``slope_raw``, ``slope`` — L1-normalised across
     variables when ``l1_normalise`` — and ``mean_abs_shap``) and a dict with the in-sample
-    R², the model settings, each variable's encoding and the package versions.
+    R², the held-out R² (folds keep each ``cluster`` whole when one is named, so that rows of one
+    sweep cell are never both fitted and scored), the model settings, each variable's encoding
+    and the package versions.
     """
     unknown = [c for c in categorical if c not in variables]
     if unknown:
@@ -264,14 +277,15 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     shap = _load_shap()
     from sklearn.ensemble import GradientBoostingRegressor
 
-    rows = _target_rows(table, target, variables)
+    rows = _target_rows(table, target, [*variables, *([cluster] if cluster else [])])
     if len(rows) < MIN_SHAP_ROWS:
         raise InsufficientDataError(f"SHAP slopes of {target!r} need at least {MIN_SHAP_ROWS} rows with a finite "
                                     f"target; the table has {len(rows)}: add cells (seeds, OOD sets) to the sweep")
     inputs, columns, scaled, encodings = _encode(rows, variables, categorical)
     target_values = rows[target].to_numpy(dtype=float)
     model = GradientBoostingRegressor(random_state=random_state, loss="huber").fit(inputs, target_values)
-    r2_cv = _cross_validated_r2(inputs, target_values, random_state)
+    groups = rows[cluster].to_numpy() if cluster else None
+    r2_cv, cv_kind = _cross_validated_r2(inputs, target_values, random_state, groups)
     values = pd.DataFrame(np.asarray(shap.TreeExplainer(model).shap_values(inputs), dtype=float),
                           columns=inputs.columns)
     records = []
@@ -284,7 +298,7 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     total = float(slopes["slope_raw"].abs().sum())
     slopes["slope"] = slopes["slope_raw"] / total if l1_normalise and total > 0 else slopes["slope_raw"]
     info = {"r2": float(model.score(inputs, target_values)), "r2_kind": "in-sample (as Harun et al.)",
-            "r2_cv": r2_cv, "r2_cv_kind": f"mean R² on held-out rows, {CV_FOLDS}-fold shuffled KFold (same model)",
+            "r2_cv": r2_cv, "r2_cv_kind": cv_kind,
             "n_rows": len(rows), "model": {**MODEL_SETTINGS, "random_state": random_state,
                                            **{k: model.get_params()[k] for k in ("n_estimators", "max_depth",
                                                                                   "learning_rate", "alpha")}},
@@ -293,15 +307,21 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     return slopes[["variable", "kind", "slope_raw", "slope", "mean_abs_shap"]], info
 
 
-def _cross_validated_r2(inputs: pd.DataFrame, target: np.ndarray, random_state: int) -> float:
-    """Mean held-out R² of the same model over shuffled folds: how far the in-sample R² is overfit."""
+def _cross_validated_r2(inputs: pd.DataFrame, target: np.ndarray, random_state: int,
+                        groups: np.ndarray | None = None) -> tuple[float, str]:
+    """Mean held-out R² of the same model over folds (how far the in-sample R² is overfit), and
+    how the folds were made: shuffled rows, or whole clusters when ``groups`` is given."""
     from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.model_selection import GroupKFold, KFold, cross_val_score
 
-    folds = KFold(min(CV_FOLDS, len(target)), shuffle=True, random_state=random_state)
-    scores = cross_val_score(GradientBoostingRegressor(random_state=random_state, loss="huber"), inputs, target,
-                             cv=folds, scoring="r2")
-    return float(np.mean(scores))
+    model = GradientBoostingRegressor(random_state=random_state, loss="huber")
+    if groups is not None and len(set(groups)) >= 2:
+        folds = min(CV_FOLDS, len(set(groups)))
+        scores = cross_val_score(model, inputs, target, cv=GroupKFold(folds), groups=groups, scoring="r2")
+        return float(np.mean(scores)), f"mean R² on held-out clusters, {folds}-fold GroupKFold (same model)"
+    splitter = KFold(min(CV_FOLDS, len(target)), shuffle=True, random_state=random_state)
+    scores = cross_val_score(model, inputs, target, cv=splitter, scoring="r2")
+    return float(np.mean(scores)), f"mean R² on held-out rows, {CV_FOLDS}-fold shuffled KFold (same model)"
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -371,22 +391,29 @@ def default_variables(table: pd.DataFrame, target: str) -> list[str]:
 
 def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = None,
             categorical: Sequence[str] = (), pair: str | None = None, pair_on: Sequence[str] | None = None,
-            l1_normalise: bool = False, random_state: int = 0) -> ExplainResult:
+            l1_normalise: bool = False, random_state: int = 0, cluster: str | None = None) -> ExplainResult:
     """Group means, SHAP slopes and (when ``pair`` is given) a paired comparison of ``pair``'s
-    levels on rows equal in ``pair_on`` (default: every other variable) for one target."""
+    levels on rows equal in ``pair_on`` (default: every other variable) for one target.
+    ``cluster`` names the column of rows that are not independent (a sweep cell): group means
+    average over clusters and the held-out R² holds out whole clusters."""
     chosen = list(variables) if variables is not None else default_variables(table, target)
+    if cluster is not None and variables is None:
+        chosen = [v for v in chosen if v != cluster]
+    if cluster is not None and cluster in chosen:
+        raise ConfigError(f"the cluster column {cluster!r} is also a variable; drop it from the variables")
     if not chosen:
         raise ConfigError(f"no design variables found besides {target!r}; name them (--vars)")
-    means = group_means(table, target, chosen)
-    slopes, shap_info = shap_slopes(table, target, chosen, categorical, l1_normalise, random_state)
+    means = group_means(table, target, chosen, cluster)
+    slopes, shap_info = shap_slopes(table, target, chosen, categorical, l1_normalise, random_state, cluster)
     paired, pair_columns = None, None
     if pair is not None:
         pair_columns = list(pair_on) if pair_on else [v for v in chosen if v != pair]
         paired = paired_comparison(table, target, pair, pair_columns)
     config = {"target": target, "variables": chosen, "variables_chosen": "given" if variables is not None else
               f"default: columns with 2..{MAX_DEFAULT_LEVELS} distinct values", "categorical": list(categorical),
-              "pair": pair, "pair_on": pair_columns, "n_rows": shap_info["n_rows"],
-              "rows_left_out": len(table) - shap_info["n_rows"], "interval": f"{LEVEL:.0%} {INTERVAL_METHOD}",
+              "pair": pair, "pair_on": pair_columns, "cluster": cluster, "n_rows": shap_info["n_rows"],
+              "rows_left_out": len(table) - shap_info["n_rows"], "interval": f"{LEVEL:.0%} {INTERVAL_METHOD}"
+              + (f", over the means of each {cluster!r}" if cluster else ", rows as independent units"),
               "paired_test": PAIRED_TEST, "cliffs_delta": CLIFF_DEFINITION,
               "cliffs_buckets": {label: bound for bound, label in CLIFF_BUCKETS}, "shap": shap_info,
               "versions": {**package_versions(), **shap_info["versions"]}}

@@ -34,7 +34,7 @@ def explain_ood_table(table: pd.DataFrame) -> dict[str, ExplainResult | str]:
     outcome: dict[str, ExplainResult | str] = {}
     for target in METRIC_COLUMNS:
         try:
-            outcome[target] = explain(table, target, variables=variables, categorical=categorical)
+            outcome[target] = explain(table, target, variables=variables, categorical=categorical, cluster="cell")
         except TunnelscopeError as exc:
             outcome[target] = str(exc)
     return outcome
@@ -47,10 +47,10 @@ def explain_section(table: pd.DataFrame, figures_dir: Path) -> str:
     pngs = {p.stem: p for p in save_figures(figures, figures_dir)}
     parts = ["<h2>What explains transfer across the sweep (Harun et al. 2024)</h2>",
              f"<p>{len(table)} rows: one per cell, analysed checkpoint and OOD set "
-             "(<code>tunnelscope sweep collect --level ood</code>). Group means with 95% Student t intervals "
-             "treat rows as independent, although the OOD sets of one cell share its model. SHAP slopes: "
-             "gradient boosting (huber loss) on the design variables that vary; R² in-sample as in the paper "
-             "and on held-out rows (5-fold).</p>"]
+             "(<code>tunnelscope sweep collect --level ood</code>). The OOD sets of one cell share its model, so "
+             "a cell is the unit: group means and their 95% Student t intervals are over cell means, and the "
+             "held-out R² holds out whole cells (5-fold GroupKFold). SHAP slopes: gradient boosting (huber "
+             "loss) on the design variables that vary, fitted on every row; R² in-sample as in the paper.</p>"]
     for target, result in outcome.items():
         parts.append(f"<h3>{html.escape(TARGET_NAMES[target])}</h3>")
         if isinstance(result, str):
