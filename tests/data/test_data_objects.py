@@ -86,6 +86,80 @@ def test_objects_give_the_numbers_of_the_same_samples_given_by_spec(digits_run, 
     assert records["id"]["split"]["method"] == "train and test given separately"
 
 
+def test_streamed_torch_datasets_give_the_numbers_of_the_in_memory_read(digits_run):
+    net, sets, reference = digits_run
+    given = {key: {s: PairItems(*tensors(getattr(ds, s))) for s in ("train", "test")} for key, ds in sets.items()}
+    streamed = {key: as_dataset(value, name=f"{key}-items", stream=True) for key, value in given.items()}
+    assert streamed["id"].info["streamed"] == {"train": True, "test": True}
+    assert isinstance(streamed["id"].train, data.FolderSplit)
+    results = ts.analyze(net, streamed["id"], ood=[streamed["ood"]], **RUN)
+    table = results.table.replace({"dataset": {"ood-items": OOD_SPEC, "id-items": "digits"}}).drop(columns="model")
+    expected = reference.table.drop(columns="model")
+    assert table[["dataset", "split", "point", "metric"]].equals(expected[["dataset", "split", "point", "metric"]])
+    np.testing.assert_allclose(table["value"].to_numpy(float), expected["value"].to_numpy(float),
+                               rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert results.summary[TUNNEL_START] == reference.summary[TUNNEL_START]
+
+
+class CountingItems(torch.utils.data.Dataset):
+    """Items made on demand from their index (nothing stored), with ``targets``; counts reads."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int = 3) -> None:
+        self.n, self.shape, self.reads = n, shape, 0
+        self.targets = [i % classes for i in range(n)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(self.shape, generator=g) + self.targets[i], self.targets[i]
+
+
+def test_a_dataset_too_large_for_memory_is_streamed_and_only_the_sampled_items_are_read(one_thread):
+    """A million 3x32x32 items (12 GB as float32) with ``targets``: split, analysed on 300
+    samples per split, reading only those items (and item 0)."""
+    items = CountingItems(1_000_000, (3, 32, 32))
+    ds = as_dataset(items, name="big")
+    assert ds.info["streamed"] == {"train": True, "test": True} and ds.input_shape == (3, 32, 32)
+    assert (len(ds.train), len(ds.test)) == (799_999, 200_001) and items.reads <= 2  # 66 667 per class
+    torch.manual_seed(0)
+    net = models.build("convnet-2x8", 3, (3, 32, 32))
+    results = ts.analyze(net, ds, metrics="probe,rank", max_samples=300, batch_size=100, device="cpu",
+                         progress=False, resamples=10)
+    assert not results.table.empty and items.reads <= 1 + 2 * 2 * 300, items.reads  # statistics and probes, both splits
+    small = as_dataset(CountingItems(50, (3, 4, 4)), name="small")
+    assert small.info["streamed"] == {"train": False, "test": False}
+
+
+def test_streamed_normalisation_equals_the_in_memory_statistics():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy((rng.normal(size=(300, 3, 5, 5)) * [[[2.0]], [[5.0]], [[0.5]]] + 3).astype(np.float32))
+    y = torch.arange(300) % 3
+    read, streamed = (as_dataset(PairItems(x, y), name="n", norm="dataset", stream=s) for s in (False, True))
+    assert read.info["normalisation"]["mean"] == pytest.approx(streamed.info["normalisation"]["mean"], rel=1e-12)
+    assert read.info["normalisation"]["std"] == pytest.approx(streamed.info["normalisation"]["std"], rel=1e-12)
+    for split in ("train", "test"):
+        np.testing.assert_allclose(tensors(getattr(streamed, split))[0].numpy(),
+                                   tensors(getattr(read, split))[0].numpy(), rtol=1e-6, atol=1e-6)
+        assert torch.equal(tensors(getattr(streamed, split))[1], tensors(getattr(read, split))[1])
+
+
+def test_stream_is_refused_for_objects_that_cannot_stream_and_bad_items_fail_in_one_line():
+    x, y = torch.randn(40, 4), torch.arange(40) % 2
+    with pytest.raises(ConfigError, match="stream=True needs a map-style torch Dataset"):
+        as_dataset((x.numpy(), y.numpy()), stream=True)
+
+    class Ragged(PairItems):
+        def __getitem__(self, i: int):
+            return self.x[i][: 3 + i % 2], self.y[i]
+
+    ds = as_dataset(Ragged(x, y), name="ragged", stream=True)
+    with pytest.raises(ShapeError, match="stack expects each tensor to be equal size"):
+        list(ds.train.batches(8))
+
+
 def test_split_indices_are_stratified_seeded_and_complete():
     labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 2)[torch.randperm(20)]
     train, test = split_indices(labels, 0.2, seed=5)

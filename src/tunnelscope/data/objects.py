@@ -16,7 +16,9 @@ samples (at least one and at most ``n_c - 1`` when ``n_c >= 2``) go to test, the
 train, both kept in their original order. ``test_fraction`` (default 0.2) and
 ``split_seed`` (default 0) are recorded in ``info["split"]``.
 
-**Inputs** are read once into memory and used as given: no normalisation unless
+**Inputs** are read once into memory (a map-style torch Dataset larger than
+``STREAM_BYTES`` as float32, or any with ``stream=True``, is instead read batch by batch at
+each pass: see :func:`as_dataset`) and used as given: no normalisation unless
 ``norm="dataset"`` (per-channel mean and std of the train split, channels being dim 1; per
 feature for ``(N, D)`` inputs). Integer inputs (e.g. uint8 images) are stored as they are
 and converted to float per batch, float64 becomes float32. A DataLoader is iterated once,
@@ -36,7 +38,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,13 +49,14 @@ from torch import Tensor, nn
 from ..capture import DEFAULT_MAX_DIM, INPUT_POINT, Capture, Features
 from ..errors import ConfigError, InsufficientDataError, ShapeError
 from .adapt import load_adapted
-from .registry import Dataset, channel_stats, load
-from .split import TensorSplit
+from .registry import Dataset, chunk_channel_stats, load
+from .split import FolderSplit, Split, TensorSplit, normalise
 
 DEFAULT_TEST_FRACTION = 0.2
 NORMS = ("none", "dataset")
 SPLITS = ("train", "test")
 READ_BATCH = 256  # samples per batch when a torch Dataset is read into memory
+STREAM_BYTES = 2 * 1024**3  # a torch Dataset whose inputs would take more as float32 is streamed, not read
 FORMS = ("a spec string, a tunnelscope Dataset, an (X, y) pair of tensors or arrays, a torch DataLoader or "
          "Dataset yielding (x, y), or {'train': ..., 'test': ...} of those")
 
@@ -139,10 +143,11 @@ def _check_pair(x: Tensor, y: Tensor, what: str) -> None:
         raise ShapeError(f"{what} has {len(x)} inputs but {len(y)} labels; give one label per sample")
 
 
-def _check_item(dataset: torch.utils.data.Dataset, what: str) -> None:
-    """The first item of a map-style dataset must be ``(x, y)`` with ``x`` a tensor or array."""
+def _check_item(dataset: torch.utils.data.Dataset, what: str) -> Any:
+    """The first item of a map-style dataset, which must be ``(x, y)`` with ``x`` a tensor or
+    array (None for an iterable dataset)."""
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-        return
+        return None
     if len(dataset) == 0:
         raise InsufficientDataError(f"{what} holds no samples")
     item = dataset[0]
@@ -151,6 +156,7 @@ def _check_item(dataset: torch.utils.data.Dataset, what: str) -> None:
     if not _is_array(item[0]):
         raise ConfigError(f"{what} item 0 has x of type {type(item[0]).__name__}, not a tensor or array; "
                           "add a transform such as torchvision.transforms.ToTensor()")
+    return item
 
 
 def _read_loader(loader: Iterable, what: str) -> tuple[Tensor, Tensor]:
@@ -216,6 +222,96 @@ def read_object(obj: object, what: str) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+# ----------------------------------------------------------------------------------------- parts
+@dataclass
+class _Part:
+    """One split of data given as objects: inputs in memory (``x``), or a map-style torch
+    ``dataset`` read batch by batch at every pass; ``y`` its labels, ``shape`` and ``dtype``
+    one input's."""
+
+    y: Tensor
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    x: Tensor | None = None
+    dataset: torch.utils.data.Dataset | None = None
+
+    def subset(self, indices: Tensor) -> _Part:
+        """The samples at ``indices``, in that order."""
+        if self.x is not None:
+            return _Part(self.y[indices], self.shape, self.dtype, x=self.x[indices])
+        assert self.dataset is not None
+        return _Part(self.y[indices], self.shape, self.dtype,
+                     dataset=torch.utils.data.Subset(self.dataset, indices.tolist()))
+
+    def chunks(self) -> Iterator[Tensor]:
+        """The inputs, a batch at a time (for statistics over the whole split)."""
+        if self.x is not None:
+            yield from self.x.split(4096)
+            return
+        assert self.dataset is not None
+        for x, _ in torch.utils.data.DataLoader(self.dataset, batch_size=READ_BATCH, num_workers=0):
+            yield _as_inputs(x, "inputs")
+
+
+def _streamable(obj: object) -> bool:
+    """Whether ``obj`` is a map-style torch Dataset (length and indexing), which can be streamed."""
+    return (isinstance(obj, torch.utils.data.Dataset) and not isinstance(obj, torch.utils.data.IterableDataset)
+            and hasattr(obj, "__len__") and not isinstance(obj, torch.utils.data.DataLoader))
+
+
+def _labels_only(items: list) -> list:
+    """The labels of a batch of ``(x, y)`` items (inputs are not collated)."""
+    return [item[1] for item in items]
+
+
+def _labels_of(dataset: torch.utils.data.Dataset, what: str) -> Tensor:
+    """A torch Dataset's labels: its ``targets`` when it has one label per item, else read item by
+    item (which loads every input once, one batch in memory at a time)."""
+    targets = getattr(dataset, "targets", None)
+    n = len(dataset)  # type: ignore[arg-type]
+    if targets is not None and not isinstance(targets, (str, bytes)) and hasattr(targets, "__len__") \
+            and len(targets) == n:
+        return _as_labels(targets, what)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=READ_BATCH, num_workers=0, collate_fn=_labels_only)
+    labels = [_as_labels(y, f"{what} batch {i}") for i, y in enumerate(loader)]
+    return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+
+
+def _read_part(obj: object, what: str, stream: bool | None) -> _Part:
+    """One object as a part: a map-style torch Dataset is streamed when ``stream`` is true, or
+    when ``stream`` is None and its inputs as float32 would exceed :data:`STREAM_BYTES`; anything
+    else is read into memory."""
+    if stream is not False and _streamable(obj):
+        assert isinstance(obj, torch.utils.data.Dataset)
+        item = _check_item(obj, what)
+        first = _as_inputs(torch.as_tensor(item[0])[None], f"{what} item 0")
+        if stream or len(obj) * first.numel() * 4 > STREAM_BYTES:  # type: ignore[arg-type]
+            labels = _labels_of(obj, what)
+            _check_pair(first, labels[:1], what)  # one input and its label: shape and presence
+            return _Part(labels, tuple(first.shape[1:]), first.dtype, dataset=obj)
+    elif stream:
+        raise ConfigError(f"{what}: stream=True needs a map-style torch Dataset (with __len__ and __getitem__), "
+                          f"not {_describe(obj)}; pass its Dataset, or leave stream unset to read it into memory")
+    return _in_memory(*read_object(obj, what))
+
+
+def _in_memory(x: Tensor, y: Tensor) -> _Part:
+    """A part held in memory."""
+    return _Part(y, tuple(x.shape[1:]), x.dtype, x=x)
+
+
+def _split_of(part: _Part, mean: tuple[float, ...], std: tuple[float, ...], what: str) -> Split:
+    """The engine's split of one part: in memory, or streamed with each batch converted and normalised."""
+    if part.x is not None:
+        return TensorSplit(part.x, part.y, scale=1.0, mean=mean, std=std)
+    assert part.dataset is not None
+
+    def prepare(x: Tensor) -> Tensor:
+        return normalise(_as_inputs(x, f"{what} batch"), 1.0, mean, std)
+
+    return FolderSplit(part.dataset, part.y, num_workers=0, prepare=prepare, error=ShapeError)
+
+
 # ----------------------------------------------------------------------------------------- splits
 def split_indices(labels: Tensor, test_fraction: float = DEFAULT_TEST_FRACTION,
                   seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -247,10 +343,11 @@ def _split_record(n_test: int, n: int, test_fraction: float, seed: int) -> dict:
                            f"(torch generator seeded {seed}); the rest to train"}
 
 
-def _split(x: Tensor, y: Tensor, test_fraction: float, seed: int) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
-    train, test = split_indices(y, test_fraction, seed)
-    record = _split_record(len(test), len(y), test_fraction, seed)
-    return {"train": (x[train], y[train]), "test": (x[test], y[test])}, record
+def _split(part: _Part, test_fraction: float, seed: int) -> tuple[dict[str, _Part], dict]:
+    """One object's part cut into train and test by :func:`split_indices`, and the record of it."""
+    train, test = split_indices(part.y, test_fraction, seed)
+    record = _split_record(len(test), len(part.y), test_fraction, seed)
+    return {"train": part.subset(train), "test": part.subset(test)}, record
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -262,8 +359,8 @@ def _check_name(name: object) -> str:
     return name.strip()
 
 
-def _num_classes(splits: dict[str, tuple[Tensor, Tensor]], num_classes: int | None, name: str) -> int:
-    top = max(int(y.max()) for _, y in splits.values()) + 1
+def _num_classes(parts: dict[str, _Part], num_classes: int | None, name: str) -> int:
+    top = max(int(part.y.max()) for part in parts.values()) + 1
     if num_classes is None:
         return top
     if num_classes < top:
@@ -279,42 +376,43 @@ def _class_names(given: Sequence[str] | None, carried: list[str] | None, k: int,
     return list(carried) if carried is not None and len(carried) == k else [str(c) for c in range(k)]
 
 
-def _normalise(x: Tensor, norm: str, name: str) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
-    """Mean, std and their record for ``norm`` (``none`` or ``dataset``: of the train inputs ``x``)."""
+def _normalise(train: _Part, norm: str, name: str) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
+    """Mean, std and their record for ``norm`` (``none`` or ``dataset``: of the train inputs)."""
     if norm == "none":
         return (0.0,), (1.0,), {"mode": "none", "mean": None, "std": None,
                                 "computed_on": "none: inputs used as given"}
-    if len(x) < 2:
+    if len(train.y) < 2:
         raise InsufficientDataError(f"{name}: norm='dataset' needs at least 2 training samples")
-    mean, std = channel_stats(x, 1.0)
+    mean, std = chunk_channel_stats(train.chunks())
     std = tuple(s if s > 1e-6 else 1.0 for s in std)  # a constant channel is centred, not blown up
     return mean, std, {"mode": "dataset", "mean": list(mean), "std": list(std),
                        "computed_on": f"{name} train split, per channel (dim 1)"}
 
 
-def _kind(x: Tensor) -> str:
-    return {4: "image", 3: "signal", 2: "vector"}.get(x.dim(), "tensor")
+def _kind(shape: tuple[int, ...]) -> str:
+    return {3: "image", 2: "signal", 1: "vector"}.get(len(shape), "tensor")
 
 
-def _make(splits: dict[str, tuple[Tensor, Tensor]], name: str, norm: str, num_classes: int | None,
+def _make(parts: dict[str, _Part], name: str, norm: str, num_classes: int | None,
           class_names: Sequence[str] | None, carried: list[str] | None, record: dict) -> Dataset:
-    """The Dataset of checked ``{split: (x, y)}`` tensors."""
-    shapes = {s: tuple(x.shape[1:]) for s, (x, _) in splits.items()}
-    if shapes["train"] != shapes["test"]:
-        raise ShapeError(f"{name}: train inputs have shape {shapes['train']} but test inputs {shapes['test']}")
-    k = _num_classes(splits, num_classes, name)
-    mean, std, norm_record = _normalise(splits["train"][0], norm, name)
-    train, test = (TensorSplit(*splits[s], scale=1.0, mean=mean, std=std) for s in SPLITS)
+    """The Dataset of checked ``{split: part}``."""
+    if parts["train"].shape != parts["test"].shape:
+        raise ShapeError(f"{name}: train inputs have shape {parts['train'].shape} but test inputs "
+                         f"{parts['test'].shape}")
+    k = _num_classes(parts, num_classes, name)
+    mean, std, norm_record = _normalise(parts["train"], norm, name)
+    train, test = (_split_of(parts[s], mean, std, f"{name} {s} split") for s in SPLITS)
     info = {"spec": name, "base": "object", "from_object": True, "modifiers": {},
-            "kind": _kind(splits["train"][0]), "input_dtype": str(splits["train"][0].dtype).replace("torch.", ""),
+            "kind": _kind(parts["train"].shape), "input_dtype": str(parts["train"].dtype).replace("torch.", ""),
             "normalisation": norm_record, "train_samples": len(train), "test_samples": len(test),
-            "augmentation": None, "original_classes": list(range(k)), "label_noise": None, **record}
-    return Dataset(name, train, test, k, shapes["train"], _class_names(class_names, carried, k, name), info)
+            "augmentation": None, "original_classes": list(range(k)), "label_noise": None,
+            "streamed": {s: parts[s].x is None for s in SPLITS}, **record}
+    return Dataset(name, train, test, k, parts["train"].shape, _class_names(class_names, carried, k, name), info)
 
 
 def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = DEFAULT_TEST_FRACTION,
                split_seed: int = 0, norm: str = "none", num_classes: int | None = None,
-               class_names: Sequence[str] | None = None, root: Any = None) -> Dataset:
+               class_names: Sequence[str] | None = None, root: Any = None, stream: bool | None = None) -> Dataset:
     """A :class:`Dataset` from a spec string, a Dataset, or data given as objects (see the
     module docstring for the forms, the split convention and the names).
 
@@ -323,6 +421,12 @@ def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = D
     ``"1"``, ...; ``root`` is where spec strings look for files. Raises
     :class:`ConfigError`, :class:`ShapeError` or :class:`InsufficientDataError` in one line
     for objects that cannot be used.
+
+    ``stream``: a map-style torch Dataset is read batch by batch at every pass, never held in
+    memory, when ``True``, or by default (``None``) when its inputs as float32 would take more
+    than :data:`STREAM_BYTES`; ``False`` always reads it into memory. Its labels come from its
+    ``targets`` attribute when that has one label per item, else from one pass over it.
+    ``info["streamed"]`` records it per split.
     """
     if isinstance(obj, str):
         if name is not None:
@@ -335,17 +439,16 @@ def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = D
     name = _check_name(name if name is not None else f"{object_kind(obj)}-1")
     if _is_split_dict(obj):
         assert isinstance(obj, Mapping)
-        splits = {s: read_object(obj[s], f"{name} {s} split") for s in SPLITS}
+        parts = {s: _read_part(obj[s], f"{name} {s} split", stream) for s in SPLITS}
         record: dict = {"object": {s: _describe(obj[s]) for s in SPLITS},
                         "split": {"method": "train and test given separately"}}
         carried = _class_names_of(obj["train"])
     else:
-        x, y = read_object(obj, name)
-        splits, split_record = _split(x, y, test_fraction, split_seed)
+        parts, split_record = _split(_read_part(obj, name, stream), test_fraction, split_seed)
         record = {"object": _describe(obj), "split": split_record}
         carried = _class_names_of(obj)
     record["source"] = f"python objects ({record['object']})"
-    return _make(splits, name, norm, num_classes, class_names, carried, record)
+    return _make(parts, name, norm, num_classes, class_names, carried, record)
 
 
 def _ood_items(ood: object) -> list[tuple[str | None, object]]:
@@ -540,8 +643,8 @@ def feature_dataset(features: object, labels: object, *, name: str = "features",
         raise ConfigError(f"{name}: give features at one point at least besides {INPUT_POINT!r}")
     model = like if like is not None else FeatureModel(shapes["train"], model_name)
     dtype = torch.float16 if all(f.dtype == torch.float16 for f in parts["train"][0].values()) else torch.float32
-    splits = {s: (torch.cat([f.reshape(len(f), -1).to(dtype) for f in parts[s][0].values()], dim=1), parts[s][1])
-              for s in SPLITS}
+    splits = {s: _in_memory(torch.cat([f.reshape(len(f), -1).to(dtype) for f in parts[s][0].values()], dim=1),
+                            parts[s][1]) for s in SPLITS}
     points = len(shapes["train"])
     record.update(kind="features", object=f"precomputed features at {points} point(s)",
                   source=f"precomputed features ({points} point(s): {', '.join(shapes['train'])})")

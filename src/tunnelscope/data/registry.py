@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DataNotFoundError, SpecError
+from ..errors import DataNotFoundError, InsufficientDataError, SpecError
 from ..io import atomic_write
 from ..specs import Spec, parse_index_set, parse_int, parse_spec
 from . import sources
@@ -273,16 +274,24 @@ def channel_stats(x: Tensor, scale: float, channels: int | None = None, size: in
     if channels == 3 and x.shape[1] == 1:
         grey_mean, grey_std = channel_stats(x, scale, None, size, chunk)
         return grey_mean * 3, grey_std * 3
-    total = torch.zeros(channels if channels == 1 else x.shape[1], dtype=torch.float64)
-    square = torch.zeros_like(total)
+    return chunk_channel_stats(
+        (convert_channels(resize(x[lo : lo + chunk], size) if x.dim() == 4 else x[lo : lo + chunk], channels)
+         for lo in range(0, len(x), chunk)), scale)
+
+
+def chunk_channel_stats(chunks: Iterable[Tensor], scale: float = 1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (dim 1) mean and std (ddof=1) of the samples of ``chunks`` times ``scale``,
+    from float64 sums, one chunk in memory at a time."""
+    total: Tensor | None = None
+    square: Tensor | None = None
     count = 0
-    for lo in range(0, len(x), chunk):
-        part = convert_channels(resize(x[lo : lo + chunk], size) if x.dim() == 4 else x[lo : lo + chunk], channels)
-        part = part.double() * scale
-        flat = part.transpose(0, 1).reshape(part.shape[1], -1)
-        total += flat.sum(1)
-        square += (flat * flat).sum(1)
+    for part in chunks:
+        flat = (part.double() * scale).transpose(0, 1).reshape(part.shape[1], -1)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        square = (flat * flat).sum(1) if square is None else square + (flat * flat).sum(1)
         count += flat.shape[1]
+    if total is None or square is None or count < 2:
+        raise InsufficientDataError("channel statistics need at least 2 values per channel")
     mean = total / count
     var = (square - count * mean * mean) / (count - 1)
     return tuple(mean.tolist()), tuple(var.clamp_min(1e-16).sqrt().tolist())

@@ -1,20 +1,20 @@
 """One split of a dataset (train or test) and how it is cut into batches.
 
 Small datasets live in memory as tensors (:class:`TensorSplit`) and are batched by index
-without worker processes; image folders stream from disk through a
-:class:`torch.utils.data.DataLoader` (:class:`FolderSplit`). Both yield normalised float
-batches ``(x, y)`` on the requested device.
+without worker processes; image folders, and torch Datasets too large for memory, stream
+through a :class:`torch.utils.data.DataLoader` (:class:`FolderSplit`). Both yield normalised
+float batches ``(x, y)`` on the requested device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from ..errors import DataNotFoundError
+from ..errors import DataNotFoundError, TunnelscopeError
 
 Batch = tuple[Tensor, Tensor]
 
@@ -45,6 +45,13 @@ class Split(Protocol):
 
 def _count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def normalise(x: Tensor, scale: float, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(float(x) * scale - mean) / std`` with per-channel ``mean`` and ``std`` (channels: dim 1)."""
+    x = x.float() * scale
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
 
 
 class TensorSplit:
@@ -96,11 +103,7 @@ class TensorSplit:
         x = x.to(device, non_blocking=True)
         if self.augment is not None:
             x = self.augment(x)
-        x = x.float() * self.scale
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = torch.tensor(self.mean, device=device).view(shape)
-        std = torch.tensor(self.std, device=device).view(shape)
-        return (x - mean) / std
+        return normalise(x, self.scale, self.mean, self.std)
 
     def batches(
         self,
@@ -130,15 +133,22 @@ class TensorSplit:
 
 
 class FolderSplit:
-    """A split streamed from disk by a DataLoader with worker processes.
+    """A split streamed by a DataLoader, never held in memory: image folders (worker processes)
+    and large torch Datasets given as objects.
 
-    ``dataset`` must return ``(float tensor already normalised, int label)`` pairs.
+    ``dataset`` returns ``(x, label)`` items. Without ``prepare`` the items' ``x`` must already
+    be normalised float tensors; with it, each collated batch ``x`` goes through ``prepare``
+    (conversion and normalisation). A loader error becomes one line of class ``error``.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, labels: Tensor, num_workers: int) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: Tensor, num_workers: int, *,
+                 prepare: Callable[[Tensor], Tensor] | None = None,
+                 error: type[TunnelscopeError] = DataNotFoundError) -> None:
         self.dataset = dataset
         self._labels = labels.long()
         self.num_workers = num_workers
+        self.prepare = prepare
+        self.error = error
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -153,7 +163,7 @@ class FolderSplit:
     def subset(self, indices: Tensor) -> FolderSplit:
         """The same split restricted to ``indices``."""
         return FolderSplit(torch.utils.data.Subset(self.dataset, indices.tolist()), self._labels[indices],
-                           self.num_workers)
+                           self.num_workers, prepare=self.prepare, error=self.error)
 
     def batches(
         self,
@@ -184,9 +194,13 @@ class FolderSplit:
                 xb, yb = next(batches)
             except StopIteration:
                 return
+            except TunnelscopeError:
+                raise
             except Exception as exc:  # a worker's error arrives wrapped in its traceback text: keep its last line
                 lines = [line for line in str(exc).splitlines() if line.strip()]
-                raise DataNotFoundError(lines[-1].split(": ", 1)[-1] if lines else type(exc).__name__) from None
+                raise self.error(lines[-1].split(": ", 1)[-1] if lines else type(exc).__name__) from None
+            if self.prepare is not None:
+                xb = self.prepare(xb)
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
