@@ -262,3 +262,19 @@ def test_step_axis_helpers():
                                    math.log(4) + (math.log(4) - math.log(2)) / 2])
     ticks = step_ticks(list(range(17)) + [32, 64, 128, 234, 468], most=8)
     assert ticks[0] == 0 and ticks[-1] == 468 and len(ticks) <= 8
+
+
+def test_the_command_prints_each_steps_tunnel_start_and_retained_with_intervals(run_dir, analysed, capsys):
+    """``tunnelscope dynamics`` on the analysed run (nothing new to analyse): one table row per step
+    with the numbers and intervals of steps.csv."""
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(["dynamics", str(run_dir), "--ood", OOD_DATA, "--metrics", "probe,rank",
+                              "--resamples", "20", "--max-samples", "100", "--seed", "3",
+                              "--steps", ",".join(map(str, STEPS))], capsys)
+    assert code == 0, err
+    for step, row in analysed.steps.set_index("step").iterrows():
+        cells = next(line.split() for line in out.splitlines() if line.split()[:1] == [str(step)])
+        assert f"{row[TUNNEL_START]:.0f}" in cells
+        assert f"{row[TUNNEL_START + '_lo']:.0f}-{row[TUNNEL_START + '_hi']:.0f}" in cells, cells
+        assert f"{row[MEAN_RETAINED + '_lo']:.1f}-{row[MEAN_RETAINED + '_hi']:.1f}" in cells, cells

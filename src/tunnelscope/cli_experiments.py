@@ -303,11 +303,14 @@ def _print_steps(steps) -> None:
     from rich import box
     from rich.table import Table
 
+    from .results import lower, upper
+    from .summary import MEAN_RETAINED, TUNNEL_START
+
     def number(value, digits: int) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
     def interval(row: dict, key: str, digits: int) -> str:
-        return f"{number(row.get(key + ' lo'), digits)}-{number(row.get(key + ' hi'), digits)}"
+        return f"{number(row.get(lower(key)), digits)}-{number(row.get(upper(key)), digits)}"
 
     table = Table(title="per checkpoint (tunnel start at τ = 0.95; 95% intervals)", box=box.SIMPLE_HEAD,
                   pad_edge=False)
@@ -315,8 +318,8 @@ def _print_steps(steps) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     for row in steps.to_dict("records"):
         table.add_row(str(row["step"]), number(row.get("epoch"), 3), number(row.get("model_accuracy"), 3),
-                      number(row.get("tunnel_start@0.95"), 0), interval(row, "tunnel_start@0.95", 0),
-                      number(row.get("mean_retained"), 1), interval(row, "mean_retained", 1))
+                      number(row.get(TUNNEL_START), 0), interval(row, TUNNEL_START, 0),
+                      number(row.get(MEAN_RETAINED), 1), interval(row, MEAN_RETAINED, 1))
     print_table(table)
 
 
