@@ -36,6 +36,8 @@ def test_spec_traits(spec, expected):
     ("vit-t-p4-d1", (3, 32, 32), 4.0, 4.0),  # patch embedding: a 4x4 stride-4 convolution, 8x8 tokens
     ("resnet18-imagenet", (3, 64, 64), 7.0, 32.0),  # 7x7 stem; 64 px down to 2x2 before global pooling
     ("resnet18", (3, 32, 32), 3.0, 8.0),  # CIFAR stem 3x3, no max pool: 32 -> 4x4 after three stride-2 stages
+    ("tv:convnext_tiny", (3, 64, 64), 4.0, 32.0),  # 2x2 before the pool; the head's LayerNorm on 1x1 does not count
+    ("tv:swin_t", (3, 64, 64), 4.0, 32.0),  # channels-last maps: 64 -> 16 (patches) -> 2x2 after 3 mergings
 ])
 def test_measured_stem_and_spatial_reduction(spec, shape, stem, reduction):
     traits = measured_traits(build(spec, 10, shape), shape)

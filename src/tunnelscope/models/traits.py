@@ -9,8 +9,10 @@ kernel, spatial reduction, parameters). Definitions (also in docs/explain.md):
   CONV-L-H's L); ``width``: hidden units (MLP), channels of the first stage (CNN), embedding width (ViT).
 - ``stem``: side of the first convolution's kernel in execution order (a ViT's patch embedding is one,
   so this is its patch size); missing for models without convolutions.
-- ``spatial_reduction``: input side ÷ side of the smallest feature map any layer other than an
-  adaptive (global) pool outputs; 1 means no downsampling, missing for models without feature maps.
+- ``spatial_reduction``: input side ÷ side of the smallest feature map a layer outputs before the
+  global pool (adaptive pools and the head after a 1x1 pool do not count; a map's side is the
+  smaller of its last two dimensions, so channels-last maps count too); 1 means no downsampling,
+  missing for models without feature maps.
 """
 
 from __future__ import annotations
@@ -79,13 +81,18 @@ def measured_traits(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     (one forward pass of two zero inputs in eval mode; the model's mode is restored)."""
     convs: list[nn.Conv2d] = []
     sides: list[int] = []
+    pooled = [False]  # a global pool has run: what follows is the head
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(module, nn.Conv2d):
             convs.append(module)
-        global_pool = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
-        if isinstance(output, torch.Tensor) and output.dim() == 4 and not global_pool:
-            sides.append(int(output.shape[-1]))
+        if pooled[0] or not isinstance(output, torch.Tensor) or output.dim() != 4:
+            return
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            pooled[0] = tuple(output.shape[-2:]) == (1, 1)
+            return
+        # (B, C, H, W) or channels-last (B, H, W, C) as in Swin: the smaller of the last two is the side
+        sides.append(int(min(output.shape[-2], output.shape[-1])))
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
