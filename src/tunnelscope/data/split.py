@@ -194,8 +194,6 @@ class FolderSplit:
                 xb, yb = next(batches)
             except StopIteration:
                 return
-            except TunnelscopeError:
-                raise
             except Exception as exc:  # a worker's error arrives wrapped in its traceback text: keep its last line
                 lines = [line for line in str(exc).splitlines() if line.strip()]
                 raise self.error(lines[-1].split(": ", 1)[-1] if lines else type(exc).__name__) from None
