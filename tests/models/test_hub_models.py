@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from optional import require
 
@@ -377,3 +378,30 @@ def test_prefix_tokens_are_counted_from_token_parameters_without_timms_count():
             self.proj = torch.nn.Linear(8, 8)
 
     assert prefix_tokens(Tokens()) == 4 and prefix_tokens(torch.nn.Linear(2, 2)) == 0
+
+
+@pytest.mark.parametrize("name, blocks, classes", [
+    ("efficientnet_b0", 16, {"DepthwiseSeparableConv", "InvertedResidual"}),
+    ("ghostnet_100", 16, {"GhostBottleneck"}),
+    ("poolformer_s12", 12, {"MetaFormerBlock"}),  # takes no img_size: built without it
+])
+def test_other_timm_families_get_their_outermost_blocks(name, blocks, classes):
+    model = models.build(f"timm:{name}", 5, (3, 64, 64)).eval()
+    names = model.probe_sets["blocks"]
+    assert len(names) == blocks and {type(model.get_submodule(n)).__name__ for n in names} == classes
+    assert not any(a != b and b.startswith(f"{a}.") for a in names for b in names)  # none inside another
+    features = Capture(model, "blocks")(torch.randn(2, 3, 64, 64))
+    assert list(features) == names and all(f.shape[0] == 2 and torch.isfinite(f).all() for f in features.values())
+
+
+def test_timm_swin_blocks_are_channels_last_maps_pooled_over_space():
+    model = models.build("timm:swin_tiny_patch4_window7_224", 5, (3, 64, 64)).eval()
+    names = models.probe_points(model, "blocks")
+    assert len(names) == 12 and model.channels_last_points == frozenset(names)
+    x = torch.randn(2, 3, 64, 64)
+    outs = hooked_outputs(model, names, x)
+    features = Capture(model, "blocks")(x)
+    for name in names:
+        nchw = outs[name].permute(0, 3, 1, 2)
+        want = F.adaptive_avg_pool2d(nchw, 2).flatten(1) if nchw.shape[-1] > 2 else nchw.flatten(1)
+        torch.testing.assert_close(features[name], want, rtol=1e-5, atol=1e-5)

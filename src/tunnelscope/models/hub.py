@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
+from .probe_points import outermost
 
 PRETRAINED = "pretrained"
 HEAD_DIM = 64  # -wW gives W // 64 attention heads, as ViT-B (768 / 12) and ViT-Ti (192 / 3)
@@ -179,10 +180,20 @@ def _children(net: nn.Module, container: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- timm
+# timm's block classes besides those named ``...Block`` or ``...Bottleneck``: MobileNet/EfficientNet blocks
+_TIMM_BLOCK_CLASSES = frozenset({"InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual"})
+
+
+def _timm_block(module: nn.Module) -> bool:
+    """Whether a module is one of timm's blocks, by its class name."""
+    name = type(module).__name__
+    return name.endswith(("Block", "Bottleneck")) or name in _TIMM_BLOCK_CLASSES
+
+
 def _timm_blocks(net: nn.Module) -> list[str]:
-    """Block-level points of the timm families whose block outputs are channels-first maps or
-    token sequences: ResNets (``layerN.M``), ConvNeXts (``stages.N.blocks.M``) and ViT-like
-    models (``blocks.N`` with a position embedding); empty for the others."""
+    """Block-level points: ResNets (``layerN.M``), ConvNeXts (``stages.N.blocks.M``), ViT-like
+    models (``blocks.N`` with a position embedding), and for the other families each outermost
+    module of a block class (``...Block``, ``...Bottleneck``, ``InvertedResidual``, ...)."""
     from timm.models.convnext import ConvNeXt
     from timm.models.resnet import ResNet
 
@@ -193,7 +204,12 @@ def _timm_blocks(net: nn.Module) -> list[str]:
     blocks = getattr(net, "blocks", None)
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and hasattr(net, "pos_embed"):
         return _children(net, "blocks")
-    return []
+    return outermost(net, _timm_block)
+
+
+def _channels_last(net: nn.Module, blocks: list[str]) -> frozenset[str]:
+    """The blocks whose 4-D outputs are channels-last maps: timm's Swin blocks work in (B, H, W, C)."""
+    return frozenset(n for n in blocks if type(net.get_submodule(n)).__name__.startswith("SwinTransformer"))
 
 
 def _timm_options(spec: str, m: re.Match) -> dict[str, int]:
@@ -230,7 +246,8 @@ def check_timm(spec: str, m: re.Match) -> None:
                         "(see timm.list_models())")
 
 
-_UNEXPECTED = re.compile(r"unexpected keyword argument '(?P<key>\w+)'")
+# "unexpected keyword argument 'x'" (Python) or "unexpected keyword argument(s): ['x']" (timm's own check)
+_UNEXPECTED = re.compile(r"unexpected keyword argument(?:\(s\))?:? \[?'(?P<key>\w+)'")
 _FLAGS = {"patch_size": "-pP", "depth": "-dL", "embed_dim": "-wW", "num_heads": "-wW"}
 
 
@@ -260,7 +277,10 @@ def build_timm(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...],
                             f"drop it from {spec!r}") from None
         except (RuntimeError, ValueError, AssertionError) as exc:
             raise SpecError(f"timm could not build {name!r} for {spec!r} and inputs {shape}: {_first(exc)}") from None
-    return _adopt(net.float(), TimmModel, spec, num_classes, shape, _with_conv(net, _timm_blocks(net)))
+    blocks = _timm_blocks(net)
+    model = _adopt(net.float(), TimmModel, spec, num_classes, shape, _with_conv(net, blocks))
+    model.channels_last_points = _channels_last(net, blocks)
+    return model
 
 
 def build_timm_pretrained(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -105,6 +105,16 @@ def _generic_conv(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules()
             if (isinstance(m, nn.Conv2d) and "downsample" not in n and "shortcut" not in n)
             or (isinstance(m, nn.Linear) and n != last)]
+
+
+def outermost(net: nn.Module, is_block: Callable[[nn.Module], bool]) -> list[str]:
+    """Names, in registration order, of the modules for which ``is_block`` holds that sit inside
+    no other such module: a library model's blocks, found by their classes."""
+    found: list[str] = []
+    for name, module in net.named_modules():
+        if name and is_block(module) and not any(name.startswith(f"{outer}.") for outer in found):
+            found.append(name)
+    return found
 
 
 def _no_match_hint(all_names: list[str], patterns: list[str]) -> str:

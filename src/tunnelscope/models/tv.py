@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
+from .probe_points import outermost
 
 
 def torchvision_names() -> list[str]:
@@ -37,15 +38,6 @@ _BLOCK_CLASSES = frozenset({
 _CHANNELS_LAST_BLOCKS = frozenset({"SwinTransformerBlock", "SwinTransformerBlockV2"})
 
 
-def _outermost(net: nn.Module, classes: frozenset[str]) -> list[str]:
-    """Names of the modules whose class name is in ``classes`` and that sit inside no other such module."""
-    found: list[str] = []
-    for name, module in net.named_modules():
-        if type(module).__name__ in classes and not any(name.startswith(f"{outer}.") for outer in found):
-            found.append(name)
-    return found
-
-
 def _blocks(net: nn.Module) -> list[str]:
     """Known block-level probe points of torchvision families; empty if unknown."""
     import torchvision.models as tvm
@@ -60,7 +52,7 @@ def _blocks(net: nn.Module) -> list[str]:
         return [n for n in names if n.startswith("encoder.layers.") and n.count(".") == 2]
     if isinstance(net, tvm.ConvNeXt):
         return [n for n in names if n.startswith("features.") and n.count(".") == 2]
-    return _outermost(net, _BLOCK_CLASSES)
+    return outermost(net, lambda module: type(module).__name__ in _BLOCK_CLASSES)
 
 
 def _conv(net: nn.Module, classifier: str) -> list[str]:
