@@ -146,10 +146,25 @@ def test_streamed_normalisation_equals_the_in_memory_statistics():
         assert torch.equal(tensors(getattr(streamed, split))[1], tensors(getattr(read, split))[1])
 
 
+def test_an_in_order_dataloader_streams_its_dataset_with_its_workers():
+    rng = np.random.default_rng(5)
+    x, y = torch.from_numpy(rng.normal(size=(200, 6)).astype(np.float32)), torch.arange(200) % 4
+    loader = DataLoader(PairItems(x, y), batch_size=32, num_workers=2)
+    streamed = as_dataset(loader, name="loader-streamed", stream=True, split_seed=3)
+    read = as_dataset((x.numpy(), y.numpy()), name="arrays-read", split_seed=3)
+    assert streamed.info["streamed"] == {"train": True, "test": True} and streamed.train.num_workers == 2
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(tensors(getattr(streamed, split))[0].numpy(),
+                                      tensors(getattr(read, split))[0].numpy())
+        assert torch.equal(tensors(getattr(streamed, split))[1], tensors(getattr(read, split))[1])
+
+
 def test_stream_is_refused_for_objects_that_cannot_stream_and_bad_items_fail_in_one_line():
     x, y = torch.randn(40, 4), torch.arange(40) % 2
     with pytest.raises(ConfigError, match="stream=True needs a map-style torch Dataset"):
         as_dataset((x.numpy(), y.numpy()), stream=True)
+    with pytest.raises(ConfigError, match="in order"):  # a shuffling loader has no fixed order to stream
+        as_dataset(DataLoader(PairItems(x, y), batch_size=8, shuffle=True), stream=True)
 
     class Ragged(PairItems):
         def __getitem__(self, i: int):
@@ -242,7 +257,11 @@ X, Y = np.zeros((10, 3), np.float32), np.arange(10) % 2
      r"train inputs have shape \(3,\) but test inputs \(2,\)"),
     (DictItems(), ConfigError, "items must be \\(x, y\\) pairs; item 0 is a dict"),
     (PilItems(), ConfigError, "not a tensor or array; add a transform such as torchvision.transforms.ToTensor"),
-    (DataLoader(DictItems(), batch_size=2), ConfigError, "batches must be \\(x, y\\) pairs; batch 0 is a dict"),
+    # an in-order loader's dataset is checked item by item, as it may stream
+    (DataLoader(DictItems(), batch_size=2), ConfigError, "loader-1 items must be \\(x, y\\) pairs; item 0 is a dict"),
+    pytest.param(DataLoader(DictItems(), batch_size=2, shuffle=True), ConfigError,
+                 "batches must be \\(x, y\\) pairs; batch 0 is a dict",
+                 marks=pytest.mark.filterwarnings("ignore:.*the DataLoader shuffles")),
     (TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), InsufficientDataError, "no samples"),
 ])
 def test_bad_objects_are_refused_in_one_line(obj, error, message):

@@ -16,9 +16,9 @@ samples (at least one and at most ``n_c - 1`` when ``n_c >= 2``) go to test, the
 train, both kept in their original order. ``test_fraction`` (default 0.2) and
 ``split_seed`` (default 0) are recorded in ``info["split"]``.
 
-**Inputs** are read once into memory (a map-style torch Dataset larger than
-``STREAM_BYTES`` as float32, or any with ``stream=True``, is instead read batch by batch at
-each pass: see :func:`as_dataset`) and used as given: no normalisation unless
+**Inputs** are read once into memory (a map-style torch Dataset, or a DataLoader reading one
+in order, larger than ``STREAM_BYTES`` as float32, or any with ``stream=True``, is instead
+read batch by batch at each pass: see :func:`as_dataset`) and used as given: no normalisation unless
 ``norm="dataset"`` (per-channel mean and std of the train split, channels being dim 1; per
 feature for ``(N, D)`` inputs). Integer inputs (e.g. uint8 images) are stored as they are
 and converted to float per batch, float64 becomes float32. A DataLoader is iterated once,
@@ -234,6 +234,7 @@ class _Part:
     dtype: torch.dtype
     x: Tensor | None = None
     dataset: torch.utils.data.Dataset | None = None
+    workers: int = 0  # DataLoader worker processes that read a streamed dataset
 
     def subset(self, indices: Tensor) -> _Part:
         """The samples at ``indices``, in that order."""
@@ -241,7 +242,7 @@ class _Part:
             return _Part(self.y[indices], self.shape, self.dtype, x=self.x[indices])
         assert self.dataset is not None
         return _Part(self.y[indices], self.shape, self.dtype,
-                     dataset=torch.utils.data.Subset(self.dataset, indices.tolist()))
+                     dataset=torch.utils.data.Subset(self.dataset, indices.tolist()), workers=self.workers)
 
     def chunks(self) -> Iterator[Tensor]:
         """The inputs, a batch at a time (for statistics over the whole split)."""
@@ -249,14 +250,28 @@ class _Part:
             yield from self.x.split(4096)
             return
         assert self.dataset is not None
-        for x, _ in torch.utils.data.DataLoader(self.dataset, batch_size=READ_BATCH, num_workers=0):
+        for x, _ in torch.utils.data.DataLoader(self.dataset, batch_size=READ_BATCH, num_workers=self.workers):
             yield _as_inputs(x, "inputs")
 
 
-def _streamable(obj: object) -> bool:
-    """Whether ``obj`` is a map-style torch Dataset (length and indexing), which can be streamed."""
+def _map_style(obj: object) -> bool:
+    """Whether ``obj`` is a map-style torch Dataset (length and indexing)."""
     return (isinstance(obj, torch.utils.data.Dataset) and not isinstance(obj, torch.utils.data.IterableDataset)
             and hasattr(obj, "__len__") and not isinstance(obj, torch.utils.data.DataLoader))
+
+
+def _stream_source(obj: object) -> tuple[torch.utils.data.Dataset, int] | None:
+    """``(dataset, worker processes)`` that can stream ``obj``: a map-style Dataset itself (read in
+    the main process), or the dataset of a DataLoader that reads it whole, in order, with the
+    default collation (read with the loader's workers); None for anything else."""
+    if _map_style(obj):
+        assert isinstance(obj, torch.utils.data.Dataset)
+        return obj, 0
+    if isinstance(obj, torch.utils.data.DataLoader) and _map_style(obj.dataset) \
+            and isinstance(obj.sampler, torch.utils.data.SequentialSampler) and not obj.drop_last \
+            and obj.collate_fn is torch.utils.data.default_collate:
+        return obj.dataset, obj.num_workers
+    return None
 
 
 def _labels_only(items: list) -> list:
@@ -278,20 +293,22 @@ def _labels_of(dataset: torch.utils.data.Dataset, what: str) -> Tensor:
 
 
 def _read_part(obj: object, what: str, stream: bool | None) -> _Part:
-    """One object as a part: a map-style torch Dataset is streamed when ``stream`` is true, or
-    when ``stream`` is None and its inputs as float32 would exceed :data:`STREAM_BYTES`; anything
-    else is read into memory."""
-    if stream is not False and _streamable(obj):
-        assert isinstance(obj, torch.utils.data.Dataset)
-        item = _check_item(obj, what)
+    """One object as a part: a map-style torch Dataset (or a DataLoader reading one in order,
+    :func:`_stream_source`) is streamed when ``stream`` is true, or when ``stream`` is None and its
+    inputs as float32 would exceed :data:`STREAM_BYTES`; anything else is read into memory."""
+    source = _stream_source(obj)
+    if stream is not False and source is not None:
+        dataset, workers = source
+        item = _check_item(dataset, what)
         first = _as_inputs(torch.as_tensor(item[0])[None], f"{what} item 0")
-        if stream or len(obj) * first.numel() * 4 > STREAM_BYTES:  # type: ignore[arg-type]
-            labels = _labels_of(obj, what)
+        if stream or len(dataset) * first.numel() * 4 > STREAM_BYTES:  # type: ignore[arg-type]
+            labels = _labels_of(dataset, what)
             _check_pair(first, labels[:1], what)  # one input and its label: shape and presence
-            return _Part(labels, tuple(first.shape[1:]), first.dtype, dataset=obj)
+            return _Part(labels, tuple(first.shape[1:]), first.dtype, dataset=dataset, workers=workers)
     elif stream:
-        raise ConfigError(f"{what}: stream=True needs a map-style torch Dataset (with __len__ and __getitem__), "
-                          f"not {_describe(obj)}; pass its Dataset, or leave stream unset to read it into memory")
+        raise ConfigError(f"{what}: stream=True needs a map-style torch Dataset, or a DataLoader reading one in "
+                          f"order (no shuffle, no drop_last, default collate_fn), not {_describe(obj)}; leave "
+                          "stream unset to read it into memory")
     return _in_memory(*read_object(obj, what))
 
 
@@ -309,7 +326,7 @@ def _split_of(part: _Part, mean: tuple[float, ...], std: tuple[float, ...], what
     def prepare(x: Tensor) -> Tensor:
         return normalise(_as_inputs(x, f"{what} batch"), 1.0, mean, std)
 
-    return FolderSplit(part.dataset, part.y, num_workers=0, prepare=prepare, error=ShapeError)
+    return FolderSplit(part.dataset, part.y, num_workers=part.workers, prepare=prepare, error=ShapeError)
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -422,9 +439,11 @@ def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = D
     :class:`ConfigError`, :class:`ShapeError` or :class:`InsufficientDataError` in one line
     for objects that cannot be used.
 
-    ``stream``: a map-style torch Dataset is read batch by batch at every pass, never held in
-    memory, when ``True``, or by default (``None``) when its inputs as float32 would take more
-    than :data:`STREAM_BYTES`; ``False`` always reads it into memory. Its labels come from its
+    ``stream``: a map-style torch Dataset, or a DataLoader that reads one whole and in order
+    with the default collation (then with the loader's worker processes), is read batch by
+    batch at every pass, never held in memory, when ``True``, or by default (``None``) when its
+    inputs as float32 would take more than :data:`STREAM_BYTES`; ``False`` always reads it into
+    memory. Its labels come from its
     ``targets`` attribute when that has one label per item, else from one pass over it.
     ``info["streamed"]`` records it per split.
     """
