@@ -259,3 +259,25 @@ def test_held_out_r2_with_clusters_never_scores_a_cluster_it_was_fitted_on() -> 
     assert "GroupKFold" in by_cells["r2_cv_kind"] and "KFold" in by_rows["r2_cv_kind"]
     with pytest.raises(ConfigError, match="cluster column"):
         explain(table, "score", variables=["depth", "cell"], cluster="cell")
+
+
+def test_clustered_pairs_are_cell_means_and_unclustered_duplicates_are_refused() -> None:
+    """Two OOD rows per cell: pairs on (depth, seed) have two rows a side unless each cell's rows
+    are averaged first; then the Wilcoxon test runs on the differences of cell means."""
+    rng = np.random.default_rng(9)
+    rows = []
+    for depth in (4, 8, 12):
+        for seed in range(6):
+            for aug in (0, 1):
+                cell = f"d{depth}-s{seed}-a{aug}"
+                for ood in ("x", "y"):
+                    rows.append({"cell": cell, "depth": depth, "seed": seed, "aug": aug, "ood": ood,
+                                 "score": 60 + 5 * aug + rng.normal(0, 2)})
+    table = pd.DataFrame(rows)
+    with pytest.raises(ConfigError, match="share the same"):
+        paired_comparison(table, "score", "aug", ["depth", "seed"])
+    got = paired_comparison(table, "score", "aug", ["depth", "seed"], cluster="cell").iloc[0]
+    means = table.groupby(["depth", "seed", "aug"])["score"].mean().unstack("aug")
+    differences = (means[1] - means[0]).to_numpy()
+    assert got["n_pairs"] == 18 and got["mean_difference"] == pytest.approx(differences.mean())
+    assert got["p_wilcoxon"] == pytest.approx(stats.wilcoxon(differences).pvalue)

@@ -137,20 +137,26 @@ def cliffs_magnitude(delta: float) -> str:
 
 
 def paired_comparison(table: pd.DataFrame, target: str, variable: str, pair_on: Sequence[str],
-                      levels: Sequence[Any] | None = None) -> pd.DataFrame:
+                      levels: Sequence[Any] | None = None, cluster: str | None = None) -> pd.DataFrame:
     """Compare the levels of ``variable`` on rows paired by equal values in ``pair_on``.
 
     One row per pair of levels (a, b), a before b in ``levels`` (default: sorted levels):
     ``n_pairs``, ``mean_a``, ``mean_b``, ``mean_difference`` (b − a), Wilcoxon signed-rank
     ``wilcoxon_statistic`` and ``p_wilcoxon`` (NaN when every difference is 0), and
     ``cliffs_delta`` (positive: b higher) with ``magnitude`` over the paired rows' values.
+    With ``cluster``, the rows of one cluster that agree on ``variable`` and ``pair_on`` (a
+    sweep cell's OOD sets) are averaged into one before pairing.
     """
     pair_on = list(pair_on)
     if not pair_on:
         raise ConfigError("pair_on is empty; name the design columns that must be equal within a pair")
     if variable in pair_on:
         raise ConfigError(f"{variable!r} is both compared and paired on; remove it from pair_on")
-    rows = _target_rows(table, target, [variable, *pair_on])
+    if cluster is not None and cluster in (variable, *pair_on):
+        raise ConfigError(f"the cluster column {cluster!r} is also compared or paired on; drop it from those")
+    rows = _target_rows(table, target, [variable, *pair_on, *([cluster] if cluster else [])])
+    if cluster is not None:
+        rows = rows.groupby([cluster, variable, *pair_on], as_index=False, sort=False)[target].mean()
     chosen = _levels(rows, variable, levels)
     records = []
     for level_a, level_b in combinations(chosen, 2):
@@ -395,7 +401,8 @@ def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = 
     """Group means, SHAP slopes and (when ``pair`` is given) a paired comparison of ``pair``'s
     levels on rows equal in ``pair_on`` (default: every other variable) for one target.
     ``cluster`` names the column of rows that are not independent (a sweep cell): group means
-    average over clusters and the held-out R² holds out whole clusters."""
+    average over clusters, paired rows are cluster means, and the held-out R² holds out whole
+    clusters."""
     chosen = list(variables) if variables is not None else default_variables(table, target)
     if cluster is not None and variables is None:
         chosen = [v for v in chosen if v != cluster]
@@ -408,7 +415,7 @@ def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = 
     paired, pair_columns = None, None
     if pair is not None:
         pair_columns = list(pair_on) if pair_on else [v for v in chosen if v != pair]
-        paired = paired_comparison(table, target, pair, pair_columns)
+        paired = paired_comparison(table, target, pair, pair_columns, cluster=cluster)
     config = {"target": target, "variables": chosen, "variables_chosen": "given" if variables is not None else
               f"default: columns with 2..{MAX_DEFAULT_LEVELS} distinct values", "categorical": list(categorical),
               "pair": pair, "pair_on": pair_columns, "cluster": cluster, "n_rows": shap_info["n_rows"],
