@@ -156,7 +156,7 @@ def paired_comparison(table: pd.DataFrame, target: str, variable: str, pair_on: 
         raise ConfigError(f"the cluster column {cluster!r} is also compared or paired on; drop it from those")
     rows = _target_rows(table, target, [variable, *pair_on, *([cluster] if cluster else [])])
     if cluster is not None:
-        rows = rows.groupby([cluster, variable, *pair_on], as_index=False, sort=False)[target].mean()
+        rows = rows.groupby([cluster, variable, *pair_on], sort=False)[target].mean().reset_index()
     chosen = _levels(rows, variable, levels)
     records = []
     for level_a, level_b in combinations(chosen, 2):
