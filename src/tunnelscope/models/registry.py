@@ -14,7 +14,17 @@ from ..specs import parse_spec
 from .base import ZooModel, count_parameters
 from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
-from .hub import HF_PATTERN, PRETRAINED, TIMM_PATTERN
+from .hub import (
+    HF_PATTERN,
+    PRETRAINED,
+    TIMM_PATTERN,
+    build_hf,
+    build_hf_pretrained,
+    build_timm,
+    build_timm_pretrained,
+    check_hf,
+    check_timm,
+)
 from .mlp import MLP, LinearMLP
 from .probe_points import order_by_execution, readable_points
 from .resnet import STAGES, ResNet
@@ -141,42 +151,6 @@ def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> Zoo
     return TorchvisionModel(spec, m["name"], num_classes, shape)
 
 
-def _check_timm(spec: str, m: re.Match) -> None:
-    from .hub import check_timm
-
-    check_timm(spec, m)
-
-
-def _timm(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    from .hub import build_timm
-
-    return build_timm(spec, m, num_classes, shape)
-
-
-def _timm_pretrained(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    from .hub import build_timm_pretrained
-
-    return build_timm_pretrained(spec, m, num_classes, shape)
-
-
-def _check_hf(spec: str, m: re.Match) -> None:
-    from .hub import check_hf
-
-    check_hf(spec, m)
-
-
-def _hf(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    from .hub import build_hf
-
-    return build_hf(spec, m, num_classes, shape)
-
-
-def _hf_pretrained(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> ZooModel:
-    from .hub import build_hf_pretrained
-
-    return build_hf_pretrained(spec, m, num_classes, shape)
-
-
 _W = r"(?:-w(?P<w>[0-9.]+))?"
 FAMILIES = [
     Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
@@ -204,11 +178,11 @@ FAMILIES = [
            "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv),
     Family("timm", TIMM_PATTERN, "timm:vit_tiny_patch16_224-d6",
            "any timm model sized to the data, random init (weights: a local file or 'pretrained'); "
-           "ViT options -pP patch, -dL blocks, -wW width", True, _timm, _check_timm, _timm_pretrained),
+           "ViT options -pP patch, -dL blocks, -wW width", True, build_timm, check_timm, build_timm_pretrained),
     Family("hf", HF_PATTERN, "hf:vit-p4-d6-w256",
            "a Hugging Face image classifier: a cached model id (hf:ORG/NAME) or the alias vit or convnext "
-           "(-pP patch, -dL depth, -wW width), random init (weights: a local file or 'pretrained')", True, _hf,
-           _check_hf, _hf_pretrained),
+           "(-pP patch, -dL depth, -wW width), random init (weights: a local file or 'pretrained')", True, build_hf,
+           check_hf, build_hf_pretrained),
 ]
 
 
