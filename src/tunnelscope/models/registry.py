@@ -264,12 +264,12 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
 def _dry_run(model: ZooModel, shape: tuple[int, ...], spec: str) -> None:
     example = torch.zeros(2, *shape)
     try:
-        for key, names in list(model.probe_sets.items()):
-            if model.derived_probe_sets:
-                names = readable_points(model, names, example)
-                if not names:
-                    del model.probe_sets[key]
-                    continue
+        if model.derived_probe_sets:  # one pass over every set's points keeps those a pass can read
+            every = list(dict.fromkeys(n for names in model.probe_sets.values() for n in names))
+            readable = set(readable_points(model, every, example))
+            model.probe_sets = {key: kept for key, names in model.probe_sets.items()
+                                if (kept := [n for n in names if n in readable])}
+        for key, names in model.probe_sets.items():
             model.probe_sets[key] = order_by_execution(model, names, example)
         model.eval()
         with torch.no_grad():
