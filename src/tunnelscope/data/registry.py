@@ -477,17 +477,7 @@ def _imagefolder_stats(folder, transform, size: int, channels: int) -> tuple[tup
     labels = torch.tensor(folder.targets, dtype=torch.long)
     split = FolderSplit(_FolderImages(folder, torch.arange(len(labels)), labels, transform), labels,
                         num_workers=min(4, os.cpu_count() or 1))
-    total = torch.zeros(channels, dtype=torch.float64)
-    square = torch.zeros_like(total)
-    count = 0
-    for x, _ in split.batches(64):
-        flat = x.double().transpose(0, 1).reshape(channels, -1)
-        total += flat.sum(1)
-        square += (flat * flat).sum(1)
-        count += flat.shape[1]
-    mean = total / count
-    var = (square - count * mean * mean) / max(count - 1, 1)
-    stats = tuple(mean.tolist()), tuple(var.clamp_min(1e-16).sqrt().tolist())
+    stats = chunk_channel_stats(x for x, _ in split.batches(64))
     _write_stats(path, fingerprint, stats)
     return stats
 

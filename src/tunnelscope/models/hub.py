@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
-from .probe_points import outermost
+from .probe_points import channels_last_blocks, outermost
 
 PRETRAINED = "pretrained"
 HEAD_DIM = 64  # -wW gives W // 64 attention heads, as ViT-B (768 / 12) and ViT-Ti (192 / 3)
@@ -76,8 +76,8 @@ def spec_kind(family: str, groups: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- the wrapper
 class HubModel(ZooModel):
     """What a library model gains as a zoo model: spec, classes, input shape, probe sets, and
-    ``class_token`` (the class-token parameter, where the model has one; capture excludes that
-    token from the token mean)."""
+    ``class_token`` (the class-token parameter, where the model has one; the capture leaves out
+    every prefix token, :func:`tunnelscope.models.base.prefix_tokens`)."""
 
     library: str = ""
     class_token_name: str | None = None  # dotted name of the class-token parameter
@@ -207,10 +207,6 @@ def _timm_blocks(net: nn.Module) -> list[str]:
     return outermost(net, _timm_block)
 
 
-def _channels_last(net: nn.Module, blocks: list[str]) -> frozenset[str]:
-    """The blocks whose 4-D outputs are channels-last maps: timm's Swin blocks work in (B, H, W, C)."""
-    return frozenset(n for n in blocks if type(net.get_submodule(n)).__name__.startswith("SwinTransformer"))
-
 
 def _timm_options(spec: str, m: re.Match) -> dict[str, int]:
     """The ``-pP -dL -wW`` options as timm keyword arguments."""
@@ -279,7 +275,7 @@ def build_timm(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...],
             raise SpecError(f"timm could not build {name!r} for {spec!r} and inputs {shape}: {_first(exc)}") from None
     blocks = _timm_blocks(net)
     model = _adopt(net.float(), TimmModel, spec, num_classes, shape, _with_conv(net, blocks))
-    model.channels_last_points = _channels_last(net, blocks)
+    model.channels_last_points = channels_last_blocks(net, blocks)
     return model
 
 

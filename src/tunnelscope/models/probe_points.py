@@ -117,6 +117,12 @@ def outermost(net: nn.Module, is_block: Callable[[nn.Module], bool]) -> list[str
     return found
 
 
+def channels_last_blocks(net: nn.Module, blocks: Sequence[str]) -> frozenset[str]:
+    """The ``blocks`` whose 4-D outputs are channels-last ``(B, H, W, C)`` maps: Swin transformer
+    blocks (torchvision's and timm's), found by their class names."""
+    return frozenset(n for n in blocks if type(net.get_submodule(n)).__name__.startswith("SwinTransformer"))
+
+
 def _no_match_hint(all_names: list[str], patterns: list[str]) -> str:
     """Why patterns written for the old syntax or the old ``tv:`` names match nothing, if that is why."""
     if any(p.startswith("net.") for p in patterns) and match_names(all_names, [p[4:] for p in patterns]):

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
-from .probe_points import outermost
+from .probe_points import channels_last_blocks, outermost
 
 
 def torchvision_names() -> list[str]:
@@ -35,7 +35,6 @@ _BLOCK_CLASSES = frozenset({
     "InvertedResidual", "_InvertedResidual", "MBConv", "FusedMBConv", "ResBottleneckBlock",
     "_DenseBlock", "_Transition", "MaxVitLayer", "SwinTransformerBlock", "SwinTransformerBlockV2",
 })
-_CHANNELS_LAST_BLOCKS = frozenset({"SwinTransformerBlock", "SwinTransformerBlockV2"})
 
 
 def _blocks(net: nn.Module) -> list[str]:
@@ -136,7 +135,7 @@ class TorchvisionModel(ZooModel):
         blocks = _blocks(net)
         if blocks:
             probe_sets["blocks"] = blocks
-        channels_last = frozenset(n for n in blocks if type(net.get_submodule(n)).__name__ in _CHANNELS_LAST_BLOCKS)
+        channels_last = channels_last_blocks(net, blocks)
         net.__class__ = _class_for(type(net))
         model: TorchvisionModel = net
         model.spec, model.num_classes, model.input_shape = spec, num_classes, tuple(input_shape)
