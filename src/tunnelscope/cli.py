@@ -594,10 +594,9 @@ def _collect(spec, store, level: str, out: str | None, quiet: bool, as_json: boo
     cells = int(table["cell"].nunique()) if len(table) else 0
     hint = None
     if level == "ood" and len(table):
-        from .sweep.ood_table import CATEGORICAL_COLUMNS, suggested_variables
+        from .sweep.ood_table import explain_arguments
 
-        chosen = suggested_variables(table)
-        categorical = [c for c in chosen if c in CATEGORICAL_COLUMNS]
+        chosen, categorical = explain_arguments(table)
         options = [*(f"--vars {c}" for c in chosen), *(f"--categorical {c}" for c in categorical),
                    "--cluster cell", f"--out {spec.store / 'explain'}"]
         hint = f"tunnelscope explain {target} --target retained {' '.join(options)}" if chosen else None

@@ -291,7 +291,7 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     target_values = rows[target].to_numpy(dtype=float)
     model = GradientBoostingRegressor(random_state=random_state, loss="huber").fit(inputs, target_values)
     groups = rows[cluster].to_numpy() if cluster else None
-    r2_cv, cv_kind = _cross_validated_r2(inputs, target_values, random_state, groups)
+    r2_cv, cv_kind = _cross_validated_r2(model, inputs, target_values, random_state, groups)
     values = pd.DataFrame(np.asarray(shap.TreeExplainer(model).shap_values(inputs), dtype=float),
                           columns=inputs.columns)
     records = []
@@ -313,21 +313,20 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     return slopes[["variable", "kind", "slope_raw", "slope", "mean_abs_shap"]], info
 
 
-def _cross_validated_r2(inputs: pd.DataFrame, target: np.ndarray, random_state: int,
+def _cross_validated_r2(model: Any, inputs: pd.DataFrame, target: np.ndarray, random_state: int,
                         groups: np.ndarray | None = None) -> tuple[float, str]:
-    """Mean held-out R² of the same model over folds (how far the in-sample R² is overfit), and
-    how the folds were made: shuffled rows, or whole clusters when ``groups`` is given."""
-    from sklearn.ensemble import GradientBoostingRegressor
+    """Mean held-out R² of ``model``'s settings refitted on folds (how far the in-sample R² is
+    overfit), and how the folds were made: shuffled rows, or whole clusters when ``groups`` is given."""
     from sklearn.model_selection import GroupKFold, KFold, cross_val_score
 
-    model = GradientBoostingRegressor(random_state=random_state, loss="huber")
     if groups is not None and len(set(groups)) >= 2:
         folds = min(CV_FOLDS, len(set(groups)))
         scores = cross_val_score(model, inputs, target, cv=GroupKFold(folds), groups=groups, scoring="r2")
         return float(np.mean(scores)), f"mean R² on held-out clusters, {folds}-fold GroupKFold (same model)"
-    splitter = KFold(min(CV_FOLDS, len(target)), shuffle=True, random_state=random_state)
-    scores = cross_val_score(model, inputs, target, cv=splitter, scoring="r2")
-    return float(np.mean(scores)), f"mean R² on held-out rows, {CV_FOLDS}-fold shuffled KFold (same model)"
+    folds = min(CV_FOLDS, len(target))
+    scores = cross_val_score(model, inputs, target, cv=KFold(folds, shuffle=True, random_state=random_state),
+                             scoring="r2")
+    return float(np.mean(scores)), f"mean R² on held-out rows, {folds}-fold shuffled KFold (same model)"
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -381,7 +380,7 @@ class ExplainResult:
                              f"{row.cliffs_delta:.3f} ({row.magnitude})")
         shap_info = self.config.get("shap", {})
         lines.append(f"  SHAP model R² {shap_info.get('r2', float('nan')):.3f} in-sample, "
-                     f"{shap_info.get('r2_cv', float('nan')):.3f} on held-out rows ({CV_FOLDS}-fold); "
+                     f"{shap_info.get('r2_cv', float('nan')):.3f} held out ({shap_info.get('r2_cv_kind', '')}); "
                      "slopes by |slope|:")
         ordered = self.slopes.reindex(self.slopes["slope"].abs().sort_values(ascending=False).index)
         lines += [f"    {row.variable}: {row.slope:+.4g}" for row in ordered.itertuples()]

@@ -11,8 +11,8 @@ capture and the metrics, so neither imports the other.
 
 from ..features import Features, joint_features, point_views
 from .cache import DEFAULT_BUDGET, FeatureCache
-from .hooks import DEFAULT_MAX_DIM, INPUT_POINT, Capture, activations, run_points
+from .hooks import DEFAULT_MAX_DIM, INPUT_POINT, Capture, activations, capture_for, run_points
 from .reduce import Reduction
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_DIM", "INPUT_POINT", "Capture", "FeatureCache", "Features", "Reduction",
-           "activations", "joint_features", "point_views", "run_points"]
+           "activations", "capture_for", "joint_features", "point_views", "run_points"]

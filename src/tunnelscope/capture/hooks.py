@@ -315,3 +315,11 @@ class Capture:
                         progress.update(task, completed=seen)
         finally:
             self.model.train(was_training)
+
+
+def capture_for(model: nn.Module, points: str | Sequence[str], **options: Any) -> Capture:
+    """The capture of ``model``'s probe points: a :class:`Capture`, or the model's own
+    ``capture_class`` when it reads its points itself (precomputed features)."""
+    make_capture = getattr(model, "capture_class", Capture)
+    capture: Capture = make_capture(model, points, **options)
+    return capture

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..capture import Capture
+from ..capture import capture_for
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..metrics.cka import MIN_BATCH, MinibatchCKA
@@ -48,8 +48,7 @@ def cross_model_cka(
     chosen, n = data_mod.sample_split(getattr(dataset, split), max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
     (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev, dataset), resolve_model(model_b, dev, dataset)
-    cap_a = Capture(net_a, points, reduce=reduce, seed=seed, example=example)
-    cap_b = Capture(net_b, points, reduce=reduce, seed=seed, example=example)
+    cap_a, cap_b = (capture_for(net, points, reduce=reduce, seed=seed, example=example) for net in (net_a, net_b))
     keys = [f"a/{p}" for p in cap_a.names] + [f"b/{p}" for p in cap_b.names]
     acc = MinibatchCKA(keys, gram_dtype=torch.float64 if precision == "float64" else torch.float32)
     for module in (net_a, net_b):

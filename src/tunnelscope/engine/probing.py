@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..capture import DEFAULT_MAX_DIM, Capture
+from ..capture import DEFAULT_MAX_DIM, Capture, capture_for
 from ..capture.cache import DEFAULT_BUDGET, FeatureCache
 from ..data import sample_split
 from ..data.objects import as_dataset, ood_dataset
@@ -183,7 +183,6 @@ def probe_layers(
     table = pd.DataFrame(run.rows, columns=COLUMNS)
     summary = run.judged_summary(datasets, model_info, id_ds.num_classes, taus, ncc_eps)
     config = run.config(model_info, id_ds.spec, tic)
-    table = table.assign(dataset=table["dataset"].replace({"id": id_ds.spec}))  # rows name the ID data by its spec
     return Results(table, as_summary(summary), config)
 
 
@@ -191,9 +190,8 @@ def _capture(net: nn.Module, id_ds: data_mod.Dataset, dev: torch.device, points:
              max_dim: int | None, seed: int, include_input: bool) -> Capture:
     """The capture of ``net``'s probe points, shaped by an example batch of the ID test split."""
     example = next(id_ds.test.batches(2, device=dev))[0]
-    make_capture = getattr(net, "capture_class", Capture)  # a model may read its points itself (precomputed)
-    return make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                        include_input=include_input)
+    return capture_for(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                       include_input=include_input)
 
 
 def _datasets(id_ds: data_mod.Dataset, ood: Sequence[str | data_mod.Dataset],
@@ -284,7 +282,8 @@ class _Probing:
         """Keep one dataset's fitted probes, its table rows and its record for the config."""
         names = self.capture.names
         fit = self.fitted[key] = _Fitted.of(results, names, self.resamples, self.seed + 17 * len(self.fitted))
-        self.rows += _rows(self.model_name, key, names, self.capture, results, fit, ncc)
+        name = ds.spec if key == "id" else key  # rows name the ID data by its spec
+        self.rows += _rows(self.model_name, name, names, self.capture, results, fit, ncc)
         self.info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
                           "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
                           "unconverged": [n for n in names if not all(r.converged[n] for r in results)],

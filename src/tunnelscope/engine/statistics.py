@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..capture import DEFAULT_MAX_DIM, Capture
+from ..capture import DEFAULT_MAX_DIM, Capture, capture_for
 from ..capture.cache import DEFAULT_BUDGET, FeatureCache
 from ..data.objects import as_dataset
 from ..device import resolve_device
@@ -353,9 +353,8 @@ def analyze_layers(
     dataset = as_dataset(data, root=data_root)
     net, model_name, model_info = resolve_model(model, dev, dataset)
     example = next(dataset.test.batches(2, device=dev))[0]
-    make_capture = getattr(net, "capture_class", Capture)  # a model may read its points itself (precomputed)
-    capture = make_capture(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                           include_input=include_input)
+    capture = capture_for(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
+                          include_input=include_input)
     widths = list(capture.widths(example).values())
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget

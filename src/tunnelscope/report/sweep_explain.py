@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import TunnelscopeError
 from ..explain import ExplainResult, explain
-from ..sweep.ood_table import CATEGORICAL_COLUMNS, METRIC_COLUMNS, suggested_variables
+from ..sweep.ood_table import METRIC_COLUMNS, explain_arguments
 from .figures import save_figures
 from .html import figure_html
 
@@ -27,10 +27,9 @@ def explain_ood_table(table: pd.DataFrame) -> dict[str, ExplainResult | str]:
     """Per transfer metric, its :class:`ExplainResult` or the reason there is none."""
     if table.empty:
         return {target: "no analysed checkpoint with OOD sets yet" for target in METRIC_COLUMNS}
-    variables = suggested_variables(table)
+    variables, categorical = explain_arguments(table)
     if not variables:
         return {target: "no design variable varies across the cells" for target in METRIC_COLUMNS}
-    categorical = [v for v in variables if v in CATEGORICAL_COLUMNS]
     outcome: dict[str, ExplainResult | str] = {}
     for target in METRIC_COLUMNS:
         try:
@@ -49,7 +48,7 @@ def explain_section(table: pd.DataFrame, figures_dir: Path) -> str:
              f"<p>{len(table)} rows: one per cell, analysed checkpoint and OOD set "
              "(<code>tunnelscope sweep collect --level ood</code>). The OOD sets of one cell share its model, so "
              "a cell is the unit: group means and their 95% Student t intervals are over cell means, and the "
-             "held-out R² holds out whole cells (5-fold GroupKFold). SHAP slopes: gradient boosting (huber "
+             "held-out R² holds out whole cells. SHAP slopes: gradient boosting (huber "
              "loss) on the design variables that vary, fitted on every row; R² in-sample as in the paper.</p>"]
     for target, result in outcome.items():
         parts.append(f"<h3>{html.escape(TARGET_NAMES[target])}</h3>")
@@ -58,7 +57,7 @@ def explain_section(table: pd.DataFrame, figures_dir: Path) -> str:
             continue
         shap_info = result.config["shap"]
         parts.append(f"<p>{shap_info['n_rows']} rows; SHAP model R² {shap_info['r2']:.3f} in-sample, "
-                     f"{shap_info['r2_cv']:.3f} held-out.</p>")
+                     f"{shap_info['r2_cv']:.3f} held-out ({html.escape(shap_info['r2_cv_kind'])}).</p>")
         parts.append(figure_html(f"explain-{target}", pngs[f"explain-{target}"]))
         parts.append(result.slopes.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
         parts.append(result.group_means.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",

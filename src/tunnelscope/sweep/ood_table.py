@@ -22,8 +22,6 @@ from .spec import Cell, SweepSpec
 from .store import VAR_PREFIX, Store
 
 METRIC_COLUMNS = ("retained", "pearson", "alignment")
-DESIGN_COLUMNS = ("family", "kind", "depth", "width", "parameters", "train_samples", "overparam", "resolution",
-                  "augmentation", "stem", "spatial_reduction", "id_classes")
 CATEGORICAL_COLUMNS = ("family", "kind", "augmentation")
 
 
@@ -115,6 +113,13 @@ def suggested_variables(table: pd.DataFrame) -> list[str]:
             if c in table and table[c].notna().all() and table[c].nunique(dropna=True) > 1]
 
 
+def explain_arguments(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The variables ``explain`` is given for an OOD table (:func:`suggested_variables`) and
+    those of them to one-hot encode (:data:`CATEGORICAL_COLUMNS`)."""
+    variables = suggested_variables(table)
+    return variables, [v for v in variables if v in CATEGORICAL_COLUMNS]
+
+
 def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -> pd.DataFrame:
     """The store's rows in one frame: ``level="layer"``, every analysis row (point × metric, plus the
     cell's columns, :meth:`Store.collect`); ``level="ood"``, :func:`ood_table`."""
@@ -126,5 +131,5 @@ def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -
     return store.collect(spec)
 
 
-__all__ = ["CATEGORICAL_COLUMNS", "DESIGN_COLUMNS", "EXPLAIN_COLUMNS", "METRIC_COLUMNS", "collect", "design_variables",
-           "ood_table", "suggested_variables"]
+__all__ = ["CATEGORICAL_COLUMNS", "EXPLAIN_COLUMNS", "METRIC_COLUMNS", "collect", "design_variables",
+           "explain_arguments", "ood_table", "suggested_variables"]
