@@ -116,7 +116,8 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     """Figures into ``STORE/figures`` and ``STORE/report.html``; returns the report's path."""
     store = store or Store(spec.store)
     status = store.status(spec)
-    summaries = store.summaries(spec)
+    read = store.step_summaries(spec)
+    summaries = store.summaries(spec, read)
     table = store.collect(spec)
     figures = aggregate_figures(spec, summaries)
     for cell in spec.cells:
@@ -130,7 +131,7 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         "cell", "step", POINTS, TUNNEL_START, TUNNEL_LENGTH, BEST_TRANSFER_LAYER, MEAN_RETAINED,
         EFFECTIVE_DEPTH) or c.startswith(column_name("retained", ""))]
     failures = status[status.status == "failed"]
-    ood = ood_table(spec, store, table)
+    ood = ood_table(spec, store, table, read)
     body = page(
         f"sweep {spec.name}",
         f'<p class="verdict">{(status.status == "finished").sum()} of {len(status)} cells finished, '

@@ -10,8 +10,8 @@ number of ID classes. The grid's own variables stay as ``var_*`` columns.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -25,25 +25,24 @@ METRIC_COLUMNS = ("retained", "pearson", "alignment")
 CATEGORICAL_COLUMNS = ("family", "kind", "augmentation")
 
 
-def ood_table(spec: SweepSpec, store: Store | None = None, layers: pd.DataFrame | None = None) -> pd.DataFrame:
+def ood_table(spec: SweepSpec, store: Store | None = None, layers: pd.DataFrame | None = None,
+              summaries: Mapping[tuple[str, int], dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per finished (cell, step, OOD set) of ``spec``'s store; columns in module docs.
-    ``layers``: the store's layer-level table when the caller already read it (:meth:`Store.collect`),
-    so that the step tables are not read twice."""
+    ``layers`` (:meth:`Store.collect`) and ``summaries`` (:meth:`Store.step_summaries`): what the
+    caller already read, so that no step's table or summary is read twice."""
     store = store or Store(spec.store)
     by_step = dict(iter(layers.groupby(["cell", "step"]))) if layers is not None and not layers.empty else None
+    cells = {cell.key: cell for cell in spec.cells}
     design: dict[str, dict[str, Any]] = {}  # per training run: built once
     rows = []
-    for cell in spec.cells:
-        for step in store.done_steps(cell.key):
-            folder = store.root / "results" / cell.key
-            summary = json.loads((folder / f"step-{step:07d}.json").read_text())
-            if not summary.get(OOD):
-                continue
-            table = (by_step[(cell.key, step)] if by_step is not None
-                     else pd.read_parquet(folder / f"step-{step:07d}.parquet"))
-            if cell.train_key not in design:
-                design[cell.train_key] = design_variables(cell, store)
-            rows += _step_rows(cell, step, summary, table, design[cell.train_key])
+    for (key, step), summary in (summaries if summaries is not None else store.step_summaries(spec)).items():
+        if not summary.get(OOD):
+            continue
+        cell = cells[key]
+        table = by_step[(key, step)] if by_step is not None else pd.read_parquet(store.step_path(key, step, "parquet"))
+        if cell.train_key not in design:
+            design[cell.train_key] = design_variables(cell, store)
+        rows += _step_rows(cell, step, summary, table, design[cell.train_key])
     return pd.DataFrame(rows)
 
 

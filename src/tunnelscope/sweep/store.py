@@ -89,13 +89,16 @@ class Store:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP.search(p.name)))
 
+    def step_path(self, key: str, step: int, suffix: str) -> Path:
+        """Where one checkpoint's analysis of cell ``key`` lies: its ``parquet`` table or ``json`` summary."""
+        return self.root / "results" / key / f"step-{step:07d}.{suffix}"
+
     def write_step(self, cell: Cell, step: int, table: pd.DataFrame, summary: Mapping[str, Any]) -> None:
         """The table of one checkpoint's analysis, then its summary (the completion mark)."""
-        folder = self.root / "results" / cell.key
         cols = {"cell": cell.key, "step": step, **{VAR_PREFIX + k: v for k, v in cell.variables.items()}}
         table = table.assign(**{k: [v] * len(table) for k, v in cols.items()})
-        atomic_write(folder / f"step-{step:07d}.parquet", lambda h: table.to_parquet(h, index=False))
-        write_json(folder / f"step-{step:07d}.json", {**cols, **summary})
+        atomic_write(self.step_path(cell.key, step, "parquet"), lambda h: table.to_parquet(h, index=False))
+        write_json(self.step_path(cell.key, step, "json"), {**cols, **summary})
 
     def status(self, spec: SweepSpec) -> pd.DataFrame:
         """One row per cell: its variables, status, analysed steps and error."""
@@ -109,22 +112,27 @@ class Store:
     def collect(self, spec: SweepSpec) -> pd.DataFrame:
         """Every finished step's table, one tidy frame (cell columns first); the OOD-level table is
         :func:`tunnelscope.sweep.collect` with ``level="ood"``."""
-        frames = [pd.read_parquet(self.root / "results" / cell.key / f"step-{step:07d}.parquet")
+        frames = [pd.read_parquet(self.step_path(cell.key, step, "parquet"))
                   for cell in spec.cells for step in self.done_steps(cell.key)]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
 
-    def summaries(self, spec: SweepSpec) -> pd.DataFrame:
-        """One row per finished cell × step: the cell's variables and its summary's scalars."""
+    def step_summaries(self, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]]:
+        """Every finished cell × step's summary, ``{(cell key, step): summary}`` in cell and step order."""
+        return {(cell.key, step): json.loads(self.step_path(cell.key, step, "json").read_text())
+                for cell in spec.cells for step in self.done_steps(cell.key)}
+
+    def summaries(self, spec: SweepSpec, read: Mapping[tuple[str, int], dict[str, Any]] | None = None
+                  ) -> pd.DataFrame:
+        """One row per finished cell × step: the cell's variables and its summary's scalars
+        (``read``: :meth:`step_summaries` when the caller has them already)."""
         rows = []
-        for cell in spec.cells:
-            for step in self.done_steps(cell.key):
-                summary = json.loads((self.root / "results" / cell.key / f"step-{step:07d}.json").read_text())
-                row = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
-                for entry in summary.get("ood", []):
-                    row[column_name("retained", entry["name"])] = entry["retained"]
-                rows.append(row)
+        for summary in (read if read is not None else self.step_summaries(spec)).values():
+            row = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+            for entry in summary.get("ood", []):
+                row[column_name("retained", entry["name"])] = entry["retained"]
+            rows.append(row)
         return pd.DataFrame(rows)
 
 
