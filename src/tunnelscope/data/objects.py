@@ -199,8 +199,9 @@ def _describe(obj: object) -> str:
     return f"torch Dataset {type(obj).__name__}"
 
 
-def read_object(obj: object, what: str) -> tuple[Tensor, Tensor]:
-    """``(inputs, labels)`` of one ``(X, y)`` pair, DataLoader or torch Dataset, checked."""
+def read_object(obj: object, what: str, item_checked: bool = False) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of one ``(X, y)`` pair, DataLoader or torch Dataset, checked
+    (``item_checked``: a torch Dataset's first item was checked already)."""
     kind = object_kind(obj)
     if kind == "arrays":
         assert isinstance(obj, (tuple, list))
@@ -216,7 +217,8 @@ def read_object(obj: object, what: str) -> tuple[Tensor, Tensor]:
         x, y = _read_loader(obj, what)
     else:
         assert isinstance(obj, torch.utils.data.Dataset)
-        _check_item(obj, what)
+        if not item_checked:
+            _check_item(obj, what)
         x, y = _read_loader(torch.utils.data.DataLoader(obj, batch_size=READ_BATCH, num_workers=0), what)
     _check_pair(x, y, what)
     return x, y
@@ -297,9 +299,11 @@ def _read_part(obj: object, what: str, stream: bool | None) -> _Part:
     :func:`_stream_source`) is streamed when ``stream`` is true, or when ``stream`` is None and its
     inputs as float32 would exceed :data:`STREAM_BYTES`; anything else is read into memory."""
     source = _stream_source(obj)
+    checked = False
     if stream is not False and source is not None:
         dataset, workers = source
         item = _check_item(dataset, what)
+        checked = dataset is obj
         first = _as_inputs(torch.as_tensor(item[0])[None], f"{what} item 0")
         if stream or len(dataset) * first.numel() * 4 > STREAM_BYTES:  # type: ignore[arg-type]
             labels = _labels_of(dataset, what)
@@ -309,7 +313,7 @@ def _read_part(obj: object, what: str, stream: bool | None) -> _Part:
         raise ConfigError(f"{what}: stream=True needs a map-style torch Dataset, or a DataLoader reading one in "
                           f"order (no shuffle, no drop_last, default collate_fn), not {_describe(obj)}; leave "
                           "stream unset to read it into memory")
-    return _in_memory(*read_object(obj, what))
+    return _in_memory(*read_object(obj, what, item_checked=checked))
 
 
 def _in_memory(x: Tensor, y: Tensor) -> _Part:
