@@ -9,6 +9,7 @@ rebuilds the model from the path alone.
 from __future__ import annotations
 
 import pickle
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
         "model": model.state_dict(),
         **(extra or {}),
     }
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
+    # serialised in memory first: torch's zip writer, interrupted while writing through a Python file,
+    # writes again from its destructor once that file is closed, and the process aborts
+    buffer = BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def safe_load(path: str | Path, what: str = "checkpoint") -> Any:

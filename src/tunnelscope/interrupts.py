@@ -6,17 +6,35 @@ CLI imports torch, matplotlib and scikit-learn lazily): a C extension's initiali
 abort the interpreter, a library may turn it into an ``ImportError`` or ``OSError`` and report a
 wrong error, and CPython exits by SIGINT (status -2) once an ``exec``-built function such as a
 dataclass's ``__init__`` was interrupted, whatever status the CLI returned. So the handler looks
-at the interrupted frames first: inside an import or ``exec``-generated code it re-checks every
-:data:`RETRY_SECONDS` with a one-shot timer and raises as soon as that code has finished.
+at the interrupted frames first: inside an import or ``exec``-generated code, or inside an
+:func:`uninterrupted` section (file writes), it re-checks every :data:`RETRY_SECONDS` with a
+one-shot timer and raises as soon as that code has finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 RETRY_SECONDS = 0.05
 _DEFERRED_FILES = ("<frozen importlib", "<string>")
+_uninterrupted = 0  # depth of open :func:`uninterrupted` sections
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A section that an installed handler never interrupts: a SIGTERM or Ctrl-C arriving inside
+    it is raised shortly after it ends. For writes through C++ code that calls back into Python
+    (``torch.save`` to a file object): interrupted there, the writer's destructor later writes to
+    a closed file and the process aborts."""
+    global _uninterrupted
+    _uninterrupted += 1
+    try:
+        yield
+    finally:
+        _uninterrupted -= 1
 
 
 def in_import_or_exec(frame: FrameType | None) -> bool:
@@ -29,8 +47,9 @@ def in_import_or_exec(frame: FrameType | None) -> bool:
 
 
 def interrupt(_signum: int, frame: FrameType | None) -> None:
-    """Signal handler: raise ``KeyboardInterrupt`` now, or shortly after the current import ends."""
-    if in_import_or_exec(frame):
+    """Signal handler: raise ``KeyboardInterrupt`` now, or shortly after the current import,
+    ``exec``-built code or :func:`uninterrupted` section ends."""
+    if _uninterrupted or in_import_or_exec(frame):
         signal.signal(signal.SIGALRM, interrupt)
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         return
