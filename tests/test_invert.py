@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from tunnelscope.invert import InvertConfig, invert, untrained_copy
+from tunnelscope.invert import InvertConfig, invert
+from tunnelscope.models import untrained_copy
 
 
 def _images(n=3, seed=0):

@@ -522,7 +522,7 @@ def compare_predictions(
     predictions, names, sources = [], [], []
     with progress_bar(progress) as bars:
         for k, model in enumerate(models):
-            net, name, info = resolve_model(model, dev, dataset)
+            net, name, info = resolve_model(model, dev, dataset, seed=seed)
             task = bars.add_task(f"model {k + 1}/{len(models)}: {name}", total=len(targets), info="")
             predictions.append(predict(net, chosen, dataset.num_classes, batch_size, dev,
                                        partial(bars.advance, task)))

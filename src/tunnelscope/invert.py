@@ -17,10 +17,8 @@ space; Badger's start ``N(0,1)/20 + 0.7`` is applied there.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +30,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .capture import activations
 from .errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
+from .models.init import untrained_copy
 from .models.probe_points import order_by_execution, probe_points
 from .progress import progress_bar
 
@@ -80,30 +79,6 @@ class Inversion:
         if state is not None:
             t = t[t.state == state]
         return t.groupby(["state", "layer", "point"], as_index=False)[["value"]].mean()
-
-
-def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture re-initialised by each module's own ``reset_parameters`` (or
-    ``_reset_parameters``), seeded. Parameters no module resets (bare ``nn.Parameter``s such
-    as a ViT's class token) are redrawn from N(0, 0.02²) and named in a warning."""
-    fresh = copy.deepcopy(model)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        for module in fresh.modules():
-            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-            if callable(reset):
-                reset()
-        kept = [name for name, p in fresh.named_parameters()
-                if p.numel() > 1 and torch.equal(p.detach().cpu(), before[name].cpu())]
-        with torch.no_grad():
-            for name, p in fresh.named_parameters():
-                if name in kept:
-                    p.normal_(0.0, 0.02)
-    if kept:
-        warnings.warn(f"untrained copy: no module resets {', '.join(kept)}; redrawn from N(0, 0.02²)", stacklevel=2)
-    return fresh
 
 
 def _tv(x: Tensor) -> Tensor:
@@ -287,5 +262,4 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
     return runs
 
 
-__all__ = ["InvertConfig", "Inversion", "invert", "invert_checkpoint", "save_inversions", "summarize_inversions",
-           "untrained_copy"]
+__all__ = ["InvertConfig", "Inversion", "invert", "invert_checkpoint", "save_inversions", "summarize_inversions"]

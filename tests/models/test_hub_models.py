@@ -143,11 +143,9 @@ def digits32() -> data.Dataset:
 
 @pytest.mark.parametrize("spec", [TIMM_VIT, HF_VIT])
 def test_analysis_of_a_tiny_vit_has_one_rank_row_per_block(spec, digits32):
-    torch.manual_seed(1)
     results = analyze(spec, digits32, metrics="rank", points="blocks", device="cpu", progress=False,
-                      include_input=False, resamples=0)
-    torch.manual_seed(1)  # the same random init as the model analyze built from the spec
-    net = models.build(spec, digits32.num_classes, digits32.input_shape).eval()
+                      include_input=False, resamples=0, seed=1)
+    net = models.build(spec, digits32.num_classes, digits32.input_shape, seed=1).eval()  # analyze's random init
     blocks = models.probe_points(net, "blocks")
     assert len(blocks) == 2 and results.summary["points"] == 2
     table = results.table

@@ -32,7 +32,7 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..metrics import METRICS, REGISTRY
 from ..metrics.registry import metric_names
-from ..models import resolve_model
+from ..models import resolve_model, untrained_copy
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
 from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS, as_summary
@@ -113,7 +113,7 @@ def analyze(
     if ood and PROBE not in wanted:
         raise ConfigError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(device)
-    net, model_name, resolved = resolve_model(model, dev, dataset, weights)
+    net, model_name, resolved = resolve_model(model, dev, dataset, weights, seed=seed)
     net.eval()
     model_info = {"model": model_name, **resolved, **(model_info or {})}
     opts = _Options(ood=ood, metrics=wanted, points=points, reduce=reduce, device=dev, probe=probe,
@@ -258,8 +258,6 @@ class _Merged:
 def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summary: dict, config: dict,
                               opts: _Options) -> tuple[pd.DataFrame, dict, dict]:
     """The same analysis of a seeded re-initialisation of ``net``, appended as reference rows."""
-    from ..invert import untrained_copy
-
     reference = analyze(untrained_copy(net, opts.seed), dataset, model_info={"untrained": True}, **vars(opts))
     rows = reference.table.assign(reference="untrained", model=summary["model"])
     summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}

@@ -351,7 +351,7 @@ def analyze_layers(
     _check_settings(wanted, batch_size, precision, cka_passes)
     dev = resolve_device(device)
     dataset = as_dataset(data, root=data_root)
-    net, model_name, model_info = resolve_model(model, dev, dataset)
+    net, model_name, model_info = resolve_model(model, dev, dataset, seed=seed)
     example = next(dataset.test.batches(2, device=dev))[0]
     capture = capture_for(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
                           include_input=include_input)

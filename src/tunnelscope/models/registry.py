@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ..specs import parse_spec
 from .base import ZooModel, count_parameters
 from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
+from .init import seeded
 from .hub import (
     HF_PATTERN,
     PRETRAINED,
@@ -226,15 +228,19 @@ def check_spec(spec: str) -> None:
     raise _unknown(parsed.name)
 
 
-def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: str | Path | None = None) -> ZooModel:
+def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: str | Path | None = None,
+          seed: int | None = None) -> ZooModel:
     """Build the model a spec names, for ``num_classes`` outputs and inputs of ``input_shape``.
 
     The model is checked with one forward pass of a dummy batch, which also puts its
     probe points in execution order. ``weights`` loads a state dict from a local file
     (``.safetensors`` or a PyTorch file); the string ``"pretrained"`` asks ``timm:`` and
     ``hf:`` specs for their library's pretrained weights (from the local Hugging Face
-    cache, downloaded there first if absent). Raises :class:`SpecError` for an unknown or
-    impossible spec and :class:`ShapeError` when the inputs do not fit.
+    cache, downloaded there first if absent). ``seed`` draws the random initialisation from
+    torch's generator seeded so (restored afterwards): the same seed gives the same model, the
+    one ``tunnelscope train --seed`` starts from; ``None`` draws from the global generator as it
+    stands. Raises :class:`SpecError` for an unknown or impossible spec and :class:`ShapeError`
+    when the inputs do not fit.
     """
     parsed = parse_spec(spec, "model spec")
     if parsed.modifiers:
@@ -253,7 +259,8 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
             family.validate(parsed.name, match)
         shape = _check_shape(input_shape, family.image_only, spec)
         builder = family.pretrained if pretrained and family.pretrained is not None else family.build
-        model = builder(parsed.name, match, int(num_classes), shape)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            model = builder(parsed.name, match, int(num_classes), shape)
         _dry_run(model, shape, spec)
         if weights is not None and not pretrained:
             load_weights(model, weights)

@@ -33,20 +33,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: Dataset | None = None,
-                  weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
+                  weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, str, dict]:
     """A module, a checkpoint path, or (given ``dataset``) a model spec with optional
     ``weights`` → ``(module on device, its name, where it came from)``.
 
-    With ``dataset``, a checkpoint whose class count or input shape differs from it is refused."""
+    A spec without ``weights`` is initialised from ``seed`` (recorded as ``init_seed``), so the
+    same seed gives the same random model in every run. With ``dataset``, a checkpoint whose
+    class count or input shape differs from it is refused."""
     if isinstance(model, nn.Module):
         return model.to(device), getattr(model, "spec", type(model).__name__), {}
     if not isinstance(model, (str, Path)):
         raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
     path = Path(model)
     if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
-        built = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights)
+        built = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights, seed=seed)
         return built.to(device), str(model), {"weights": str(weights) if weights is not None else None,
-                                            "untrained": weights is None}
+                                            "untrained": weights is None, "init_seed": seed}
     net, meta = load_model(path, device)
     if dataset is not None:
         _check_fits(net, path, dataset)
