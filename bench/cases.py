@@ -415,16 +415,16 @@ def case_help() -> dict:
 
 # Phases of analyze() and save_run, timed by wrapping the functions that do them while the
 # case runs: "module:attribute" (an attribute path may go through a class, e.g. a method). Each
-# phase lists the names its function is called by, in the engine layout and in the former one;
-# every one that exists is wrapped. A phase none of whose names exists is reported as not
-# instrumented: add the new name here when a module moves.
+# phase lists the names its function is called by; every one that exists is wrapped. A phase
+# none of whose names exists is reported as not instrumented: add the new name here when a
+# module moves.
 ANALYZE_PHASES = {
-    "statistics": ("tunnelscope.engine.analyze:analyze_layers", "tunnelscope.pipeline:analyze_layers"),
-    "probes": ("tunnelscope.engine.analyze:probe_layers", "tunnelscope.pipeline:probe_layers"),
-    # inside the probes: data loading, not analysis
-    "ood_loads": ("tunnelscope.engine.probing:load_adapted", "tunnelscope.transfer:load_adapted"),
-    "figures": ("tunnelscope.report.run:save_run_figures", "tunnelscope.results:Results.save_figures"),
-    "html": ("tunnelscope.report.run:write_report", "tunnelscope.results:Results.to_html"),
+    "statistics": ("tunnelscope.engine.analyze:analyze_layers",),
+    "probes": ("tunnelscope.engine.analyze:probe_layers",),
+    # inside the probes: reading and adapting the OOD sets, not analysis
+    "ood_loads": ("tunnelscope.engine.probing:_datasets",),
+    "figures": ("tunnelscope.report.run:save_run_figures",),
+    "html": ("tunnelscope.report.run:write_report",),
 }
 # What `tunnelscope demo` analyses, if the library no longer says (see demo_settings).
 DEMO_FALLBACK = {"model": "vgg11-w0.125", "data": "fashion-mnist[classes=0-4]", "epochs": 4,
@@ -491,7 +491,7 @@ def demo_settings() -> dict:
     """Model, data, OOD sets and epochs of `tunnelscope demo` (of `demo --quick` in a quick run),
     read from the library so that the two cannot drift apart."""
     s = dict(DEMO_FALLBACK)
-    for module in ("tunnelscope.demo", "tunnelscope.cli"):  # the constants' home, then their old one
+    for module in ("tunnelscope.experiments.demo",):  # the constants' home
         try:
             m = importlib.import_module(module)
             s = {"model": m.DEMO_MODEL, "data": m.DEMO_DATA, "ood": list(m.DEMO_OOD), "epochs": m.DEMO_EPOCHS,
@@ -839,7 +839,7 @@ def case_probe_widths(device: torch.device, repeats: int, epochs: int = 2, point
 def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict:
     """Input reconstruction of images × layers in one batched optimisation against the original
     protocol's loop (one image and one layer per run), same starts and steps."""
-    from tunnelscope.invert import InvertConfig, invert
+    from tunnelscope.experiments.inversion import InvertConfig, invert
 
     model, label = mlp12(device)
     ds = ts.data.load(MLP_DATA)

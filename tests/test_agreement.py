@@ -1,4 +1,4 @@
-"""Per-example and per-class comparison of models (tunnelscope.agreement), against references
+"""Per-example and per-class comparison of models (tunnelscope.experiments.agreement), against references
 computed here: our own prediction loop, numpy, scikit-learn, scipy, and hand-derived numbers
 on models whose predictions are planted."""
 
@@ -17,7 +17,9 @@ from sklearn.metrics import cohen_kappa_score, recall_score
 from torch import nn
 
 from tunnelscope import data, train
-from tunnelscope.agreement import (
+from tunnelscope.data import Dataset, TensorSplit
+from tunnelscope.errors import ConfigError, RunDirectoryError, ShapeError
+from tunnelscope.experiments.agreement import (
     AgreementResult,
     compare_predictions,
     exact_sign_test,
@@ -26,8 +28,6 @@ from tunnelscope.agreement import (
     seed_statistics,
     wilson_interval,
 )
-from tunnelscope.data import Dataset, TensorSplit
-from tunnelscope.errors import ConfigError, RunDirectoryError, ShapeError
 from tunnelscope.models import load_model
 
 DIGITS = "digits[per_class=40,test_per_class=20]"

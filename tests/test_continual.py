@@ -15,7 +15,8 @@ from torch import nn
 
 from tunnelscope import data
 from tunnelscope.checkpoint import read_checkpoint
-from tunnelscope.continual import (
+from tunnelscope.errors import ConfigError, RunDirectoryError
+from tunnelscope.experiments.continual import (
     ContinualResult,
     combine,
     continual,
@@ -24,7 +25,6 @@ from tunnelscope.continual import (
     partition,
     swap_states,
 )
-from tunnelscope.errors import ConfigError, RunDirectoryError
 from tunnelscope.models import build
 from tunnelscope.train import Recipe, train
 from tunnelscope.tunnel import tunnel_start

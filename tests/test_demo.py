@@ -4,9 +4,9 @@ quick version, marked slow)."""
 
 import pytest
 
-import tunnelscope.demo as demo
-import tunnelscope.pipeline as pipeline
-from tunnelscope.demo import run_demo
+import tunnelscope.engine.analyze as pipeline
+import tunnelscope.experiments.demo as demo
+from tunnelscope.experiments.demo import run_demo
 from tunnelscope.probes import ProbeConfig
 
 

@@ -15,8 +15,8 @@ import torch
 import tunnelscope as ts
 from tunnelscope import dynamics
 from tunnelscope.checkpoint import read_checkpoint
-from tunnelscope.dynamics import DynamicsResult, analyze_run, select_steps
 from tunnelscope.errors import ConfigError, RunDirectoryError
+from tunnelscope.experiments.dynamics import DynamicsResult, analyze_run, select_steps
 from tunnelscope.report.dynamics import heatmap_figure, step_edges, step_ticks, tunnel_figure
 from tunnelscope.results import COLUMNS
 from tunnelscope.summary import MEAN_RETAINED, MEAN_RETAINED_CI, TUNNEL_START, TUNNEL_START_CI

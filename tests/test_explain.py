@@ -1,4 +1,4 @@
-"""Sweep-level statistics of Harun et al. 2024 (tunnelscope.explain), checked against scipy,
+"""Sweep-level statistics of Harun et al. 2024 (tunnelscope.experiments.explain), checked against scipy,
 pandas, brute-force loops and planted effects."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from scipy import stats
 
 from optional import require
 from tunnelscope.errors import ConfigError, InsufficientDataError
-from tunnelscope.explain import (
+from tunnelscope.experiments.explain import (
     cliffs_delta,
     cliffs_magnitude,
     explain,

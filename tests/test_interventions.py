@@ -15,7 +15,7 @@ from torch import nn
 from tunnelscope import data, train
 from tunnelscope.checkpoint import save_checkpoint
 from tunnelscope.errors import CheckpointError, ConfigError
-from tunnelscope.interventions import (
+from tunnelscope.experiments.interventions import (
     HEAD,
     OTHER,
     delete_blocks,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunnelscope.invert import InvertConfig, invert
+from tunnelscope.experiments.inversion import InvertConfig, invert
 from tunnelscope.models import untrained_copy
 
 
@@ -111,7 +111,7 @@ def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
     import json
 
     from tunnelscope.errors import CheckpointError, SpecError, TunnelscopeError
-    from tunnelscope.invert import invert_checkpoint, summarize_inversions
+    from tunnelscope.experiments.inversion import invert_checkpoint, summarize_inversions
 
     run, ds = trained
     out = tmp_path / "inv"

@@ -40,7 +40,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "analyze": ("engine.analyze", "analyze"), "analyze_features": ("engine.analyze", "analyze_features"),
     "Results": ("results", "Results"), "train": ("train", "train"),
     "load_model": ("models", "load_model"), "data": ("data", None), "models": ("models", None),
-    "report": ("report", None), "analyze_run": ("dynamics", "analyze_run"),
+    "report": ("report", None), "analyze_run": ("experiments.dynamics", "analyze_run"),
 }
 
 

@@ -31,10 +31,10 @@ from .cli_support import (
     print_frame,
     print_table,
 )
+from .errors import CheckpointError, SpecError, TunnelscopeError
 
 # the demo's settings, re-exported: bench/ reads them here
-from .demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD, DEMO_QUICK_DATA, DEMO_QUICK_OOD  # noqa: F401
-from .errors import CheckpointError, SpecError, TunnelscopeError
+from .experiments.demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD, DEMO_QUICK_DATA, DEMO_QUICK_OOD  # noqa: F401
 
 # examples for --metrics' help: the full list lives in the metric registry, which needs torch
 METRIC_EXAMPLES = ("probe", "rank", "nc1", "cka")
@@ -249,7 +249,7 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
       tunnelscope demo --quick --out /tmp/demo
       tunnelscope demo --json
     """
-    from .demo import demo_settings, run_demo
+    from .experiments.demo import demo_settings, run_demo
 
     silent = quiet or as_json
     say = None if silent else (lambda text: err_console.print(text, markup=False))
@@ -486,7 +486,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
           --images 8 --out runs/demo
       tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
     """
-    from .invert import InvertConfig, invert_checkpoint, summarize_inversions
+    from .experiments.inversion import InvertConfig, invert_checkpoint, summarize_inversions
     from .rundir import REPORT_FILE
 
     out_path = Path(out)

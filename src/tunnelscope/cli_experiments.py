@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from .cli_support import POINTS_HELP, data_root_option, device_option, out_console, print_frame, print_table
+from .cli_support import (
+    POINTS_HELP,
+    data_root_option,
+    device_option,
+    out_console,
+    overwrite_option,
+    print_frame,
+    print_table,
+)
 
 
 # ----------------------------------------------------------------------------------------- agreement
@@ -35,10 +43,11 @@ from .cli_support import POINTS_HELP, data_root_option, device_option, out_conso
 @data_root_option
 @click.option("--out", type=click.Path(file_okay=False), default="runs/agreement", show_default=True,
               help="Folder for the CSV tables, agreement.png/.svg and config.json.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model, pair and group tables as JSON.")
 def agreement(models, data_spec, groups, labels, split, max_samples, seed, batch_size, figure_groups, device,
-              data_root, out, quiet, as_json) -> None:
+              data_root, out, overwrite, quiet, as_json) -> None:
     """Which examples and classes several models get wrong (Nguyen et al. 2021): accuracy with
     intervals, pairwise agreement and kappa, per-class differences between architectures set
     against the seed-to-seed spread, and the examples hard for all or for one architecture.
@@ -48,7 +57,7 @@ def agreement(models, data_spec, groups, labels, split, max_samples, seed, batch
       tunnelscope agreement a0.pt a1.pt b0.pt b1.pt --data "fashion-mnist[classes=0-4]" --group mlp-4x64 --group mlp-4x64 --group mlp-8x64 --group mlp-8x64 --out runs/agree
       tunnelscope agreement ck1.pt ck2.pt --data cifar10 --max-samples 2000 --json
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    from .agreement import compare_predictions
+    from .experiments.agreement import compare_predictions
 
     pair = None
     if figure_groups is not None:
@@ -59,7 +68,7 @@ def agreement(models, data_spec, groups, labels, split, max_samples, seed, batch
     result = compare_predictions(list(models), data_spec, labels=labels or None, groups=groups or None, split=split,
                                  max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
                                  progress=False if (quiet or as_json) else None, data_root=data_root)
-    paths = result.save(out, groups=pair)
+    paths = result.save(out, overwrite=overwrite, groups=pair)
     hard = {"all": len(result.hard_for_all()),
             **{g: len(result.hard_only_for(g)) for g in result.group_names if len(result.group_names) > 1}}
     if as_json:
@@ -138,7 +147,7 @@ def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_js
     Examples:
       tunnelscope intervene movement runs/mlp12 --out runs/mlp12/interventions
     """
-    from .interventions import save_intervention, weight_movement
+    from .experiments.interventions import save_intervention, weight_movement
 
     table = weight_movement(run_dir, _points(points), include_head=head)
     paths = save_intervention(table, out)
@@ -178,7 +187,7 @@ def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buff
       tunnelscope intervene reset runs/mlp12 --out runs/mlp12/interventions
       tunnelscope intervene reset runs/mlp12 --checkpoint 936 --direction both --no-head --out runs/i
     """
-    from .interventions import reset_layers, save_intervention
+    from .experiments.interventions import reset_layers, save_intervention
 
     step = int(checkpoint) if checkpoint is not None and checkpoint.isdigit() else checkpoint
     table = reset_layers(source, data_spec, list(from_layers) or None, step, direction=direction, include_head=head,
@@ -220,8 +229,8 @@ def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection,
       tunnelscope intervene delete-blocks runs/res18 --out runs/res18/interventions
       tunnelscope intervene delete-blocks runs/res18/checkpoints/step-0003910.pt --range 6-9 --range 2-4 --out runs/d
     """
-    from .interventions import delete_blocks as delete
-    from .interventions import save_intervention
+    from .experiments.interventions import delete_blocks as delete
+    from .experiments.interventions import save_intervention
 
     table = delete(checkpoint, data_spec, [] if no_singles else (list(blocks) or None), ranges=list(ranges),
                    projection=projection, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
@@ -275,7 +284,7 @@ def dynamics(run_dir, data_spec, ood, metrics, steps, points, reduce, protocol, 
       tunnelscope dynamics runs/mlp8 --ood "digits[size=28]" --steps all --max-samples 2000 --resamples 200
       tunnelscope dynamics runs/mlp8 --metrics rank,nc --steps 0,1,2,4,8,16 --heatmap rank --heatmap ncc_acc --out runs/nc
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    from .dynamics import analyze_run
+    from .experiments.dynamics import analyze_run
     from .probes import ProbeConfig
 
     result = analyze_run(run_dir, data_spec, ood=list(ood), metrics=metrics, steps=steps, out=out,
@@ -418,8 +427,8 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
       tunnelscope explain results.csv --target pct_retained --vars augment --vars resolution --vars arch --categorical arch --pair augment --out runs/explain
       tunnelscope explain results.parquet --target pearson --l1-normalise --out runs/explain --json
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    from .explain import explain as explain_table
-    from .explain import read_table
+    from .experiments.explain import explain as explain_table
+    from .experiments.explain import read_table
 
     result = explain_table(read_table(table), target, variables=list(variables) or None, categorical=categorical,
                            pair=pair, pair_on=list(pair_on) or None, l1_normalise=l1_normalise, cluster=cluster)
@@ -480,7 +489,7 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     from rich import box
     from rich.table import Table
 
-    from .continual import continual as run_continual
+    from .experiments.continual import continual as run_continual
     from .io import jsonable
 
     pts = _points(points)

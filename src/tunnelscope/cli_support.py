@@ -17,6 +17,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder searched first for dataset files (default: $TUNNELSCOPE_DATA).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace an earlier run of this command in --out (another kind's run is never "
+                                     "replaced).")
 download_option = click.option("--download", is_flag=True,
                                help="Let torchvision download missing datasets (needs network access).")
 
@@ -47,4 +50,4 @@ def print_table(table: Table) -> None:
 
 
 __all__ = ["POINTS_HELP", "data_root_option", "device_option", "download_option", "err_console", "out_console",
-           "print_frame", "print_table"]
+           "overwrite_option", "print_frame", "print_table"]

@@ -10,6 +10,8 @@ A **comparison** writes ``compare.csv``, ``runs.csv`` and ``seeds.csv``.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from .errors import RunDirectoryError
@@ -24,9 +26,96 @@ RUN_FILE, HISTORY_FILE, RESUME_FILE, CKPT_DIR = "run.json", "history.csv", "resu
 COMPARE_FILE, RUNS_FILE, SEEDS_FILE, COLLECTED_FILE = "compare.csv", "runs.csv", "seeds.csv", "collected.parquet"
 
 
+KIND_KEY = "kind"  # the key of config.json that names an experiment directory's kind
+_STEP_NAME = re.compile(r"step-(\d+)\.[A-Za-z0-9]+")
+
+
+def step_name(step: int, suffix: str = "pt") -> str:
+    """The file name of what was taken or measured at ``step``: ``step-NNNNNNN.<suffix>``."""
+    return f"step-{step:07d}.{suffix}"
+
+
 def checkpoint_name(step: int) -> str:
     """The file name of the checkpoint taken at ``step``, inside :data:`CKPT_DIR`."""
-    return f"step-{step:07d}.pt"
+    return step_name(step, "pt")
+
+
+def step_of(path: str | Path) -> int | None:
+    """The step a ``step-NNNNNNN.<suffix>`` file name stands for, or None for any other name."""
+    match = _STEP_NAME.fullmatch(Path(path).name)
+    return int(match[1]) if match else None
+
+
+def steps_in(folder: str | Path, suffix: str) -> dict[int, Path]:
+    """The ``step-NNNNNNN.<suffix>`` files of ``folder`` by step, in step order ({} if there is no folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found = {step: p for p in folder.glob(f"step-*.{suffix}") if (step := step_of(p)) is not None}
+    return dict(sorted(found.items()))
+
+
+def checkpoints(run_dir: str | Path, required: bool = False) -> dict[int, Path]:
+    """A training run's checkpoints ``checkpoints/step-NNNNNNN.pt`` by step, in step order.
+
+    ``required`` refuses (:class:`RunDirectoryError`) a ``run_dir`` that is not a folder or holds
+    no checkpoint, saying what to give instead."""
+    run_dir = Path(run_dir)
+    if required and not run_dir.is_dir():
+        raise RunDirectoryError(f"run directory {run_dir} does not exist or is not a folder; give the --out folder "
+                                "of 'tunnelscope train'")
+    found = steps_in(run_dir / CKPT_DIR, "pt")
+    if required and not found:
+        raise RunDirectoryError(f"{run_dir} holds no checkpoints ({CKPT_DIR}/step-NNNNNNN.pt); give the --out folder "
+                                "of 'tunnelscope train'")
+    return found
+
+
+def kind_of(directory: str | Path) -> str | None:
+    """What ``directory`` holds: an experiment's kind (from its ``config.json``), ``"analysis"``,
+    ``"training"``, or None for a free (missing or empty-of-results) directory."""
+    out = Path(directory)
+    if (out / RESULTS_FILE).exists() or (out / SUMMARY_FILE).exists():
+        return "analysis"
+    if (out / RUN_FILE).exists() or (out / CKPT_DIR).exists():
+        return "training"
+    config = out / CONFIG_FILE
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return "unknown"
+        return recorded.get(KIND_KEY, "unknown") if isinstance(recorded, dict) else "unknown"
+    return None
+
+
+def claim(directory: str | Path, kind: str, overwrite: bool = False, files: tuple[str, ...] = ()) -> Path:
+    """Take ``directory`` for an experiment of ``kind`` and return it, created.
+
+    A directory holding a training run, an analysis or another kind's experiment is refused
+    (:class:`RunDirectoryError`); one holding the same kind (``config.json`` names it) or any
+    of ``files`` (what a partial run of this kind leaves) is refused unless ``overwrite``,
+    which removes ``config.json`` first, so the directory reads as partial until the new
+    experiment finishes."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out} is a file, not a directory; choose another --out")
+    held = kind_of(out)
+    if held not in (None, kind, "unknown"):
+        raise RunDirectoryError(f"{out} holds {_article(held)} {held} run, not a {kind} experiment; choose another "
+                                "--out")
+    partial = [name for name in files if (out / name).exists()]
+    if (held is not None or partial) and not overwrite:
+        what = f"a partial ({partial[0]})" if held is None else "a finished"
+        raise RunDirectoryError(f"{out} already holds {what} {kind} experiment; pass --overwrite (overwrite=True) "
+                                "to replace it or choose another --out")
+    (out / CONFIG_FILE).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def check_free(directory: str | Path, overwrite: bool) -> bool:
@@ -44,5 +133,6 @@ def check_free(directory: str | Path, overwrite: bool) -> bool:
 
 
 __all__ = ["CKPT_DIR", "COLLECTED_FILE", "COMPARE_FILE", "CONFIG_FILE", "FIGURES_DIR", "HISTORY_FILE",
-           "INVERSION_CONFIG", "INVERSION_FILE", "REPORT_FILE", "RESULTS_FILE", "RESUME_FILE", "RUNS_FILE",
-           "RUN_FILE", "SEEDS_FILE", "SUMMARY_FILE", "check_free", "checkpoint_name"]
+           "INVERSION_CONFIG", "INVERSION_FILE", "KIND_KEY", "REPORT_FILE", "RESULTS_FILE", "RESUME_FILE", "RUNS_FILE",
+           "RUN_FILE", "SEEDS_FILE", "SUMMARY_FILE", "check_free", "checkpoint_name", "checkpoints", "claim",
+           "kind_of", "step_name", "step_of", "steps_in"]

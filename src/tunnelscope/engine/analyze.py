@@ -1,8 +1,8 @@
 """``tunnelscope.analyze``: layer statistics and linear probes of one model, as one :class:`Results`.
 
-The statistics (:func:`tunnelscope.analysis.analyze_layers`: rank, effective rank, PC1,
+The statistics (:func:`tunnelscope.engine.statistics.analyze_layers`: rank, effective rank, PC1,
 neural collapse, NCC, CKA, ridge) read each ID split once; the probes
-(:func:`tunnelscope.transfer.probe_layers`) read the train and test split of the ID set and
+(:func:`tunnelscope.engine.probing.probe_layers`) read the train and test split of the ID set and
 of every OOD set once each into a feature cache and train all points' probes jointly.
 """
 

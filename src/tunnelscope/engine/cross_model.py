@@ -47,7 +47,8 @@ def cross_model_cka(
         raise ConfigError(f"split must be train or test, not {split!r}")
     chosen, n = data_mod.sample_split(getattr(dataset, split), max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
-    (net_a, name_a, _), (net_b, name_b, _) = resolve_model(model_a, dev, dataset, seed=seed), resolve_model(model_b, dev, dataset, seed=seed)
+    (net_a, name_a, _), (net_b, name_b, _) = (resolve_model(model, dev, dataset, seed=seed)
+                                              for model in (model_a, model_b))
     cap_a, cap_b = (capture_for(net, points, reduce=reduce, seed=seed, example=example) for net in (net_a, net_b))
     keys = [f"a/{p}" for p in cap_a.names] + [f"b/{p}" for p in cap_b.names]
     acc = MinibatchCKA(keys, gram_dtype=torch.float64 if precision == "float64" else torch.float32)

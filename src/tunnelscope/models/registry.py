@@ -15,7 +15,6 @@ from ..specs import parse_spec
 from .base import ZooModel, count_parameters
 from .cifar_resnet import CifarResNet, blocks_per_stage
 from .convnet import ConvNet
-from .init import seeded
 from .hub import (
     HF_PATTERN,
     PRETRAINED,
@@ -27,6 +26,7 @@ from .hub import (
     check_hf,
     check_timm,
 )
+from .init import seeded
 from .mlp import MLP, LinearMLP
 from .probe_points import order_by_execution, readable_points
 from .resnet import STAGES, ResNet

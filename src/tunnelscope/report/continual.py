@@ -1,4 +1,4 @@
-"""The figure of a continual-learning experiment (:mod:`tunnelscope.continual`).
+"""The figure of a continual-learning experiment (:mod:`tunnelscope.experiments.continual`).
 
 Left: test accuracy on task 1 and task 2 of every extractor/tunnel combination. Right:
 task-1 linear-probe accuracy per layer of the model after task 1 (M1) and after task 2

@@ -1,4 +1,4 @@
-"""Figures of one training run's dynamics (:func:`tunnelscope.dynamics.analyze_run`).
+"""Figures of one training run's dynamics (:func:`tunnelscope.experiments.dynamics.analyze_run`).
 
 - ``heatmaps``: layer × training-step heatmaps of chosen metrics (ID probe accuracy, the
   probe accuracy on each OOD set, numerical rank, ...), one column per analysed checkpoint,

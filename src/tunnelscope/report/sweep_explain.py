@@ -1,6 +1,6 @@
 """The sweep report's explain section: what explains % retained, Pearson and alignment across the cells.
 
-Runs :func:`tunnelscope.explain.explain` on the sweep's OOD-level table
+Runs :func:`tunnelscope.experiments.explain.explain` on the sweep's OOD-level table
 (:func:`tunnelscope.sweep.ood_table.ood_table`) for each transfer metric, over the design variables
 that vary in the sweep, and renders each result's figure and tables. A metric that cannot be
 explained (too few rows, no varying variable, shap not installed) gets a one-line reason instead.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import TunnelscopeError
-from ..explain import ExplainResult, explain
+from ..experiments.explain import ExplainResult, explain
 from ..sweep.ood_table import METRIC_COLUMNS, explain_arguments
 from .figures import save_figures
 from .html import figure_html

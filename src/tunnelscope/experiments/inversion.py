@@ -28,14 +28,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .capture import activations
-from .errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
-from .models.init import untrained_copy
-from .models.probe_points import order_by_execution, probe_points
-from .progress import progress_bar
+from ..capture import activations
+from ..errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
+from ..models.init import untrained_copy
+from ..models.probe_points import order_by_execution, probe_points
+from ..progress import progress_bar
 
 if TYPE_CHECKING:
-    from .data import Dataset
+    from ..data import Dataset
 
 
 @dataclass
@@ -207,8 +207,8 @@ def summarize_inversions(inversions: list[Inversion]) -> dict:
 
 def save_inversions(inversions: list[Inversion], out, extra_config: dict | None = None) -> list:
     """Write ``inversion.parquet``, ``inversion.json`` and the figures into ``out``; returns the PNGs."""
-    from .io import atomic_write, write_json
-    from .report.figures import inversion_curves, inversion_grid, save_figures
+    from ..io import atomic_write, write_json
+    from ..report.figures import inversion_curves, inversion_grid, save_figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,11 +231,11 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
     with ``config.seed``) from every point of a checkpoint's model and, with ``untrained``, of
     a copy re-initialised with the same seed; write scores, figures and ``report.html`` into
     ``out``. Returns the inversions, the trained model's first."""
-    from . import data as data_mod
-    from .data import sample_split
-    from .device import resolve_device
-    from .models import load_model
-    from .report.run import refresh_report
+    from .. import data as data_mod
+    from ..data import sample_split
+    from ..device import resolve_device
+    from ..models import load_model
+    from ..report.run import refresh_report
 
     out = Path(out)
     if (out / INVERSION_FILE).exists() and not overwrite:

@@ -35,14 +35,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from . import data as data_mod
-from .checkpoint import read_checkpoint
-from .device import resolve_device
-from .errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
-from .io import atomic_write, write_json, write_text
-from .models.probe_points import hooked_pass, order_by_execution, probe_points
-from .models.resolve import load_model
-from .rundir import CKPT_DIR, checkpoint_name
+from .. import data as data_mod
+from ..checkpoint import read_checkpoint
+from ..device import resolve_device
+from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
+from ..io import atomic_write, write_json, write_text
+from ..models.probe_points import hooked_pass, order_by_execution, probe_points
+from ..models.resolve import load_model
+from ..rundir import CKPT_DIR, checkpoint_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -32,23 +32,23 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import data as data_mod
-from .checkpoint import save_checkpoint
-from .device import resolve_device
-from .engine.probing import probe_layers
-from .errors import ConfigError, ProbePointError, RunDirectoryError, TrainingDivergedError
-from .io import write_json, write_text
-from .models import build, check_spec, probe_points
-from .models.probe_points import hooked_pass
-from .probes import ProbeConfig
-from .progress import progress_bar
-from .results import Results
-from .rundir import CKPT_DIR, CONFIG_FILE, HISTORY_FILE, RUN_FILE, checkpoint_name
-from .summary import TUNNEL_START
-from .train import Recipe, evaluate
-from .train import train as train_model
-from .train.loop import train_step
-from .versions import environment, package_versions
+from .. import data as data_mod
+from ..checkpoint import save_checkpoint
+from ..device import resolve_device
+from ..engine.probing import probe_layers
+from ..errors import ConfigError, ProbePointError, RunDirectoryError, TrainingDivergedError
+from ..io import write_json, write_text
+from ..models import build, check_spec, probe_points
+from ..models.probe_points import hooked_pass
+from ..probes import ProbeConfig
+from ..progress import progress_bar
+from ..results import Results
+from ..rundir import CKPT_DIR, CONFIG_FILE, HISTORY_FILE, RUN_FILE, checkpoint_name
+from ..summary import TUNNEL_START
+from ..train import Recipe, evaluate
+from ..train import train as train_model
+from ..train.loop import train_step
+from ..versions import environment, package_versions
 
 SWAPS_FILE, FORGETTING_FILE, FIGURE_NAME = "swaps.csv", "forgetting.csv", "continual"
 M1_DIR, M2_DIR = "m1", "m2"
@@ -277,8 +277,8 @@ class ContinualResult:
     def save(self, out: str | Path) -> Path:
         """Write ``swaps.csv``, ``forgetting.csv``, ``continual.png`` and ``.svg`` and, last,
         ``config.json`` to ``out`` (each atomically); returns ``out``."""
-        from .report.continual import continual_figure
-        from .report.figures import save_figures
+        from ..report.continual import continual_figure
+        from ..report.figures import save_figures
 
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

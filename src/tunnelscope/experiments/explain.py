@@ -32,9 +32,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .errors import ConfigError, InsufficientDataError
-from .io import atomic_write, write_json
-from .versions import package_versions
+from ..errors import ConfigError, InsufficientDataError
+from ..io import atomic_write, write_json
+from ..versions import package_versions
 
 LEVEL = 0.95
 INTERVAL_METHOD = "Student t interval of the mean: mean ± t(0.975, n−1)·std/√n (std with ddof=1)"

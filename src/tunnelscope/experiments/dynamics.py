@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import data as data_mod
-from .device import resolve_device
-from .engine.analyze import analyze, parse_metrics
-from .errors import ConfigError, RunDirectoryError
-from .io import atomic_write, jsonable, write_json, write_text
-from .probes import ProbeConfig
-from .progress import progress_bar
-from .results import COLUMNS, Results, column_name, lower, upper
-from .rundir import (
+from .. import data as data_mod
+from ..device import resolve_device
+from ..engine.analyze import analyze, parse_metrics
+from ..errors import ConfigError, RunDirectoryError
+from ..io import atomic_write, jsonable, write_json, write_text
+from ..probes import ProbeConfig
+from ..progress import progress_bar
+from ..results import COLUMNS, Results, column_name, lower, upper
+from ..rundir import (
     CKPT_DIR,
     CONFIG_FILE,
     FIGURES_DIR,
@@ -52,9 +52,9 @@ from .rundir import (
     SUMMARY_FILE,
     checkpoint_name,
 )
-from .summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
-from .sweep.cell import checkpoints as run_checkpoints
-from .train.loop import read_run
+from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
+from ..sweep.cell import checkpoints as run_checkpoints
+from ..train.loop import read_run
 
 DEFAULT_OUT = "dynamics"  # inside the run directory
 DYNAMICS_FILE, STEPS_FILE, STEP_RESULTS_DIR = "dynamics.parquet", "steps.csv", "steps"
@@ -85,7 +85,7 @@ class DynamicsResult:
 
     def heatmap(self, metric: str = "probe_acc", dataset: str = "id", split: str = "test") -> pd.DataFrame:
         """One metric as a layers × steps frame (rows: layer, 0 = the input; columns: step)."""
-        from .report.dynamics import heatmap_grid
+        from ..report.dynamics import heatmap_grid
 
         grid = heatmap_grid(self.table, metric, dataset, split)
         if grid.empty:
@@ -208,7 +208,7 @@ def analyze_run(
     ``heatmaps`` names the metrics drawn as layer × step heatmaps (default probe accuracy,
     on every dataset, and rank); ``figures=False`` draws none.
     """
-    from .report.dynamics import HEATMAP_METRICS
+    from ..report.dynamics import HEATMAP_METRICS
 
     run_dir = Path(run_dir)
     available = _available_checkpoints(run_dir)
@@ -284,7 +284,7 @@ def _training_data(run: dict, available: dict[int, Path]) -> str:
     """The run's training data spec: from run.json, else from its first checkpoint."""
     spec = run.get("config", {}).get("data")
     if spec is None:
-        from .checkpoint import read_checkpoint
+        from ..checkpoint import read_checkpoint
 
         spec = read_checkpoint(available[min(available)])["meta"]["data_spec"]
     return str(spec)
@@ -336,7 +336,7 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / STEP_RESULTS_DIR, ignore_errors=True)
     for name in (DYNAMICS_FILE, STEPS_FILE):
         (out / name).unlink(missing_ok=True)
-    from .report.dynamics import DYNAMICS_FIGURES
+    from ..report.dynamics import DYNAMICS_FIGURES
 
     for name in DYNAMICS_FIGURES:
         for fmt in ("png", "svg"):
@@ -446,8 +446,8 @@ def _number(value: Any) -> float:
 
 def _save_figures(result: DynamicsResult, out: Path, heatmaps: Sequence[str]) -> list[Path]:
     """Draw the dynamics figures into ``out/figures`` (PNG and SVG); returns the PNGs."""
-    from .report.dynamics import DYNAMICS_FIGURES, dynamics_figures
-    from .report.figures import save_figures
+    from ..report.dynamics import DYNAMICS_FIGURES, dynamics_figures
+    from ..report.figures import save_figures
 
     run = result.config["run"]
     title = f"{run['model']} on {run['data']}" if run.get("model") else ""

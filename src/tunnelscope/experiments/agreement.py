@@ -19,13 +19,12 @@ Definitions are in docs/agreement.md.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from itertools import combinations
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -35,22 +34,21 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from torch import nn
 
-from . import data as data_mod
-from .device import resolve_device
-from .errors import ConfigError, InsufficientDataError, RunDirectoryError, ShapeError
-from .io import atomic_write, write_json
-from .models import resolve_model
-from .progress import progress_bar
-from .versions import package_versions
+from .. import data as data_mod
+from ..device import resolve_device
+from ..errors import ConfigError, InsufficientDataError, RunDirectoryError, ShapeError
+from ..models import resolve_model
+from ..progress import progress_bar
+from ..versions import package_versions
+from .base import ExperimentResult
 
 LEVEL = 0.95
 INTERVAL_METHOD = "wilson"
 EXAMPLE_TEST = "exact sign test over examples (exact McNemar for one model per group), scipy.stats.binomtest"
 SEED_TEST = "pooled two-sample Student t test over seeds"
-CONFIG_FILE, PREDICTIONS_FILE = "config.json", "predictions.csv"
+PREDICTIONS_FILE = "predictions.csv"
 TABLE_FILES = {"models": "models.csv", "pairs": "pairs.csv", "classes": "classes.csv",
                "group_pairs": "group_pairs.csv", "group_classes": "group_classes.csv", "examples": "examples.csv"}
-FIGURE_NAME = "agreement"
 
 ModelLike = nn.Module | str | Path
 
@@ -144,12 +142,15 @@ def _benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class AgreementResult:
+class AgreementResult(ExperimentResult):
     """Predictions of ``M`` models on the same ``N`` examples, and the tables made from them.
 
     ``predictions`` is ``(M, N)`` predicted classes, ``targets`` the true classes, ``indices``
     each example's index in the split it was drawn from; ``labels`` name the models and
     ``groups`` their architectures (models sharing a group are seeds of one architecture)."""
+
+    kind: ClassVar[str] = "agreement"
+    table_files: ClassVar[dict[str, str]] = {**TABLE_FILES, "predictions": PREDICTIONS_FILE}
 
     labels: list[str]
     groups: list[str]
@@ -318,51 +319,40 @@ class AgreementResult:
         return self.indices[chosen]
 
     def figure(self, groups: tuple[str, str] | None = None) -> Figure:
-        """Agreement heatmap (left) and, for two groups (default: the first two), the per-class
-        accuracy difference with the seed-to-seed band, and the mean absolute class-accuracy
-        difference between models of one group and of different groups (right)."""
-        pair = groups or (tuple(self.group_names[:2]) if len(self.group_names) >= 2 else None)
-        fig = Figure(figsize=(12, 5), layout="constrained")
-        heat_ax, diff_ax = fig.subplots(1, 2, width_ratios=[1, 1.3])
-        _draw_heatmap(heat_ax, self.agreement_matrix())
-        if pair is None:
-            diff_ax.axis("off")
-            diff_ax.text(0.5, 0.5, "one group only: no between-group difference", ha="center", va="center")
-        else:
-            self._draw_class_difference(diff_ax, pair[0], pair[1])
+        """Agreement heatmap and, for two groups (default: the first two), the per-class accuracy
+        difference with its seed band (drawn by :mod:`tunnelscope.report.agreement`)."""
+        from ..report.agreement import agreement_figure
+
+        fig = agreement_figure(self.tables(), self._figure_config(groups))
+        assert fig is not None  # the agreement figure is always drawn
         return fig
 
-    def _draw_class_difference(self, ax: Any, group_a: str, group_b: str) -> None:
-        acc, _ = class_accuracy(self.correct, self.targets, len(self.class_names))
-        in_a, in_b = self._members(group_a), self._members(group_b)
-        seeds = seed_statistics(acc[in_a], acc[in_b])
-        x = np.arange(len(self.class_names))
-        band = np.nan_to_num(seeds["seed_band"])
-        ax.bar(x, 2 * band, bottom=-band, width=0.8, color="0.88", label=f"seed band ({LEVEL:.0%} t interval)")
-        ax.bar(x, seeds["diff"], color="tab:blue", width=0.45, label=f"{group_a} − {group_b} (seed means)")
-        ax.scatter(x, seeds["within_abs"], marker="_", s=250, linewidths=2, color="0.2", zorder=3,
-                   label="mean |seed − seed|, same group")
-        ax.scatter(x, seeds["between_abs"], marker="x", s=40, color="tab:red", zorder=3,
-                   label="mean |model − model|, across groups")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(x, self.class_names, rotation=45 if len(x) > 6 else 0, ha="right" if len(x) > 6 else "center")
-        ax.set_ylabel("class accuracy difference")
-        ax.set_title(f"per-class accuracy: {group_a} vs {group_b}")
-        ax.legend(fontsize=8)
+    def _figure_config(self, groups: tuple[str, str] | None) -> dict[str, Any]:
+        """``config`` with the labels, groups, classes and the figure's pair of groups (checked)."""
+        if groups is not None:
+            for group in groups:
+                self._members(group)  # an unknown group is refused before anything is written
+        return {**self.config, "labels": self.labels, "groups": self.groups, "class_names": self.class_names,
+                "figure_groups": list(groups) if groups is not None else None}
 
-    def save(self, out: str | Path, groups: tuple[str, str] | None = None) -> list[Path]:
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The six tables of the module docstring and ``predictions`` (index, target, one
+        ``pred[LABEL]`` column per model)."""
+        return {**{attr: getattr(self, attr) for attr in TABLE_FILES}, "predictions": self._prediction_frame()}
+
+    def saved_config(self) -> dict[str, Any]:
+        """``config`` with what :meth:`from_tables` needs: labels, groups, class names, figure groups."""
+        figure_groups = self.config.get("figure_groups")
+        return {"kind": self.kind, **self._figure_config(tuple(figure_groups) if figure_groups else None)}
+
+    def save(self, out: str | Path, overwrite: bool = False, groups: tuple[str, str] | None = None) -> list[Path]:
         """Write the tables as CSV, ``predictions.csv``, ``agreement.png``/``.svg`` and, last,
-        ``config.json`` into ``out``, each atomically; return the written paths."""
-        fig = self.figure(groups)  # first: an unknown group is refused before anything is written
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [_write_csv(out / name, getattr(self, attr)) for attr, name in TABLE_FILES.items()]
-        paths.append(_write_csv(out / PREDICTIONS_FILE, self._prediction_frame()))
-        for fmt in ("png", "svg"):
-            paths.append(atomic_write(out / f"{FIGURE_NAME}.{fmt}", _figure_writer(fig, fmt)))
-        config = {**self.config, "labels": self.labels, "groups": self.groups, "class_names": self.class_names}
-        paths.append(write_json(out / CONFIG_FILE, config))
-        return paths
+        ``config.json`` into ``out`` (see :meth:`ExperimentResult.save`); ``groups`` chooses the
+        two groups of the per-class difference plot."""
+        if groups is not None:
+            self._figure_config(groups)
+            self.config["figure_groups"] = list(groups)
+        return super().save(out, overwrite)
 
     def _prediction_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame({"index": self.indices, "target": self.targets})
@@ -371,46 +361,15 @@ class AgreementResult:
         return frame
 
     @classmethod
-    def load(cls, out: str | Path) -> AgreementResult:
-        """Read a result written by :meth:`save` (its predictions and config)."""
-        out = Path(out)
-        if not (out / CONFIG_FILE).is_file() or not (out / PREDICTIONS_FILE).is_file():
-            raise RunDirectoryError(f"{out} holds no complete agreement result ({CONFIG_FILE} and "
-                                    f"{PREDICTIONS_FILE}); run compare_predictions(...).save({str(out)!r}) first")
-        config = json.loads((out / CONFIG_FILE).read_text())
-        frame = pd.read_csv(out / PREDICTIONS_FILE)
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> AgreementResult:
+        """The result whose predictions and config were saved."""
+        if "predictions" not in tables:
+            raise RunDirectoryError(f"an agreement result needs its {PREDICTIONS_FILE}; run it again")
+        config = dict(config)
+        frame = tables["predictions"]
         labels, groups, names = config.pop("labels"), config.pop("groups"), config.pop("class_names")
         predictions = frame[[f"pred[{label}]" for label in labels]].to_numpy().T
         return cls(labels, groups, predictions, frame["target"].to_numpy(), frame["index"].to_numpy(), names, config)
-
-
-def _draw_heatmap(ax: Any, matrix: pd.DataFrame) -> None:
-    values = matrix.to_numpy()
-    off_diagonal = values[~np.eye(len(values), dtype=bool)]
-    low = float(off_diagonal.min()) if off_diagonal.size else 0.0
-    low = min(low, 1.0 - 1e-3)
-    image = ax.imshow(values, cmap="viridis", vmin=low, vmax=1.0)
-    ticks = np.arange(len(matrix))
-    ax.set_xticks(ticks, matrix.columns, rotation=45, ha="right")
-    ax.set_yticks(ticks, matrix.index)
-    if len(matrix) <= 12:
-        for i in ticks:
-            for j in ticks:
-                bright = (values[i, j] - low) / (1.0 - low) > 0.6
-                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                        color="black" if bright else "white")
-    ax.set_title("prediction agreement (fraction of examples with the same predicted class)", fontsize=10)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8)
-
-
-def _figure_writer(fig: Figure, fmt: str) -> Callable[[IO[bytes]], None]:
-    def write(handle: IO[bytes]) -> None:
-        fig.savefig(handle, format=fmt, dpi=150, bbox_inches="tight")
-    return write
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
 
 
 def _check_names(labels: Sequence[str], groups: Sequence[str], count: int) -> None:
@@ -533,7 +492,7 @@ def compare_predictions(
                                                                     for n, s in zip(names, sources)])
     config = {"data": dataset.spec, "data_info": dataset.info, "split": split, "samples": len(targets),
               "max_samples": max_samples, "seed": seed, "batch_size": batch_size, "device": str(dev),
-              "models": sources, "interval": f"{LEVEL:.0%} {INTERVAL_METHOD} score interval",
+              "models": sources, "level": LEVEL, "interval": f"{LEVEL:.0%} {INTERVAL_METHOD} score interval",
               "example_test": EXAMPLE_TEST, "seed_test": SEED_TEST, "versions": package_versions()}
     return AgreementResult(model_labels, list(groups) if groups is not None else names, np.stack(predictions),
                            targets, indices.numpy(), list(dataset.class_names), config)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .results import Results
+    from ..results import Results
 
 DEMO_MODEL = "vgg11-w0.125"
 DEMO_DATA = "fashion-mnist[classes=0-4]"
@@ -61,9 +61,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str 
     ``overwrite`` retrains and re-analyses even when ``out`` holds the demo; ``progress`` as
     in :func:`tunnelscope.train`; ``log`` receives one line per step taken or reused;
     ``on_epoch`` receives each epoch's history row."""
-    from .engine.analyze import analyze
-    from .report import save_run
-    from .train import train
+    from ..engine.analyze import analyze
+    from ..report import save_run
+    from ..train import train
 
     say = log or (lambda text: None)
     out = Path(out)
@@ -93,8 +93,8 @@ def _reusable_training(out: Path, data_spec: str, epochs: int, say: Callable[[st
     """``((final checkpoint, its test accuracy), False)`` when ``out`` holds this demo's finished
     training run; else ``(None, resume)``, ``resume`` saying whether a run of this demo was
     interrupted there."""
-    from .rundir import RESUME_FILE, RUN_FILE
-    from .train.loop import read_run
+    from ..rundir import RESUME_FILE, RUN_FILE
+    from ..train.loop import read_run
 
     if not (out / RUN_FILE).is_file():
         return None, False
@@ -113,8 +113,8 @@ def _reusable_training(out: Path, data_spec: str, epochs: int, say: Callable[[st
 
 def _reusable_analysis(out: Path, checkpoint: Path, say: Callable[[str], None]) -> Results | None:
     """The analysis saved in ``out`` when it is of ``checkpoint``; else None."""
-    from .errors import RunDirectoryError
-    from .results import Results
+    from ..errors import RunDirectoryError
+    from ..results import Results
 
     try:
         results = Results.load(out)

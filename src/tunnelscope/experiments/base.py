@@ -1,0 +1,105 @@
+"""The contract every experiment's result keeps: a kind, a config, named tables; saved and loaded one way.
+
+An experiment directory holds one CSV per table (``table_files``), the figures drawn for its
+kind (``report.experiments``: ``NAME.png`` and ``NAME.svg``) and, written last, ``config.json``
+naming the kind: a directory without it holds a partial experiment and does not load.
+
+Adding an experiment: subclass :class:`ExperimentResult`, set ``kind`` and ``table_files``,
+implement :meth:`~ExperimentResult.tables` and :meth:`~ExperimentResult.from_tables`, and
+register its figures with :func:`tunnelscope.report.experiments.experiment_figure`
+(docs/architecture.md has a worked example).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import pandas as pd
+
+from ..errors import RunDirectoryError
+from ..io import atomic_write, write_json
+from ..report.experiments import draw_experiment, figure_names
+from ..report.figures import save_figures
+from ..rundir import CONFIG_FILE, KIND_KEY, claim
+
+
+class ExperimentResult(ABC):
+    """A result that saves itself as tables, figures and ``config.json``, and loads back.
+
+    Subclasses set ``kind`` (the name written into ``config.json`` and the key of its
+    figures) and ``table_files`` (table name → CSV file name), and hold ``config``:
+    everything that changes a number."""
+
+    kind: ClassVar[str]
+    table_files: ClassVar[dict[str, str]]
+    config: dict[str, Any]
+
+    @abstractmethod
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every table the result saves, by name (the keys of ``table_files``); a table that
+        does not apply to this result may be left out."""
+
+    @classmethod
+    @abstractmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> Self:
+        """The result that :meth:`tables` and ``config`` were written from."""
+
+    def saved_config(self) -> dict[str, Any]:
+        """``config`` as written to ``config.json``: the kind first, then the config."""
+        return {KIND_KEY: self.kind, **{k: v for k, v in self.config.items() if k != KIND_KEY}}
+
+    def save(self, out: str | Path, overwrite: bool = False) -> list[Path]:
+        """Claim ``out`` for this kind, write every table (CSV), the kind's figures and, last,
+        ``config.json``, each atomically; return the written paths. A directory holding another
+        kind's run is refused; one holding this kind's unless ``overwrite``."""
+        tables, config = self.tables(), self.saved_config()
+        figures = draw_experiment(self.kind, tables, config)  # first: a figure that cannot be drawn writes nothing
+        folder = claim(out, self.kind, overwrite, files=tuple(self.table_files.values()))
+        paths = [_write_csv(folder / self.table_files[name], frame) for name, frame in tables.items()]
+        for name in figure_names(self.kind):
+            for fmt in ("png", "svg"):
+                (folder / f"{name}.{fmt}").unlink(missing_ok=True)  # none of an earlier run's outlives it
+        for png in save_figures(figures, folder):
+            paths += [png, png.with_suffix(".svg")]
+        paths.append(write_json(folder / CONFIG_FILE, config))
+        return paths
+
+    @classmethod
+    def load(cls, out: str | Path) -> Self:
+        """Read a result written by :meth:`save`; refuses a partial directory (no ``config.json``)
+        and one of another kind."""
+        folder = Path(out)
+        config = read_config(folder, cls.kind)
+        tables = {name: pd.read_csv(folder / file) for name, file in cls.table_files.items()
+                  if (folder / file).is_file()}
+        config.pop(KIND_KEY, None)
+        return cls.from_tables(tables, config)
+
+
+def read_config(folder: Path, kind: str) -> dict[str, Any]:
+    """The ``config.json`` of a finished experiment of ``kind`` in ``folder``; refuses what is not one."""
+    path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise RunDirectoryError(f"{folder} does not exist or is not a folder; give the --out of a {kind} experiment")
+    if not path.is_file():
+        raise RunDirectoryError(f"{folder} holds a partial {kind} experiment or none ({CONFIG_FILE}, written last, "
+                                "is missing): run it again")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunDirectoryError(f"{path} cannot be read ({exc}); run the experiment again") from None
+    recorded = config.get(KIND_KEY) if isinstance(config, dict) else None
+    if recorded is not None and recorded != kind:
+        raise RunDirectoryError(f"{folder} holds a {recorded} experiment, not a {kind} one")
+    return config
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
+
+
+__all__ = ["ExperimentResult", "read_config"]
