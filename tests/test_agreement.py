@@ -16,6 +16,7 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score, recall_score
 from torch import nn
 
+from experiment_contract import check_contract
 from tunnelscope import data, train
 from tunnelscope.data import Dataset, TensorSplit
 from tunnelscope.errors import ConfigError, RunDirectoryError, ShapeError
@@ -260,6 +261,20 @@ def test_save_writes_tables_figure_and_config_and_loads_back(trained, tmp_path):
     assert not list((tmp_path / "agree").glob(".*.tmp"))
     with pytest.raises(RunDirectoryError):
         AgreementResult.load(tmp_path / "nothing here")
+    check_contract(result, tmp_path)
+
+
+def test_the_figure_drawn_from_saved_tables_shows_the_computed_numbers(trained):
+    from tunnelscope.report.agreement import agreement_matrix
+
+    checkpoints, ds = trained
+    result = compare_predictions(checkpoints, ds, groups=["small", "small", "deeper"], device="cpu", progress=False)
+    np.testing.assert_allclose(agreement_matrix(result.pairs, result.labels).to_numpy(),
+                               result.agreement_matrix().to_numpy())
+    fig = result.figure(("deeper", "small"))  # the reverse of the table's order: the bars flip sign
+    bars = [p.get_height() for p in fig.axes[1].patches][len(result.class_names):]  # after the seed band
+    rows = result.group_classes.sort_values("class")
+    np.testing.assert_allclose(bars, -rows["diff"].to_numpy())
 
 
 # ---------------------------------------------------------------- the statistics on their own

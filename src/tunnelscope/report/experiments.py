@@ -21,7 +21,8 @@ FigureFunction = Callable[[Tables, dict[str, Any]], Figure | None]
 _FIGURES: dict[str, dict[str, FigureFunction]] = {}
 # the report module that registers each kind's figures, imported when the kind is first drawn
 _MODULES = {"agreement": "agreement", "explain": "explain", "continual": "continual",
-            "interventions": "interventions", "cross-cka": "cross_cka"}
+            "interventions": "interventions", "cross-cka": "cross_cka", "dynamics": "dynamics",
+            "inversion": "inversion", "demo": "demo"}
 
 
 def experiment_figure(kind: str, name: str) -> Callable[[FigureFunction], FigureFunction]:
