@@ -121,3 +121,13 @@ def test_thin_data_is_flagged(run):
     res = analyze(result.final_checkpoint, thin, **FAST)
     assert "few_samples" in _codes(res)
     assert all(math.isfinite(v) for v in res.summary["tunnel_start@0.95_ci"])
+
+
+def test_an_unreadable_model_output_is_flagged_but_precomputed_features_are_not():
+    from tunnelscope.verdict import model_flags
+
+    codes = [f.code for f in model_flags({}, float("nan"), 10)]
+    assert codes == ["accuracy_unknown"]
+    assert not model_flags({"precomputed_features": True}, float("nan"), 10)
+    assert not model_flags({}, None, 10)  # not measured at all: nothing to say
+    assert [f.code for f in model_flags({}, 0.11, 10)] == ["near_chance"]

@@ -87,13 +87,19 @@ def check_statistics_samples(n: int, split: str, what: str) -> None:
 
 
 def model_flags(model_info: dict, model_accuracy: float | None, num_classes: int) -> list[Flag]:
-    """``untrained`` from where the model came from; ``near_chance`` from its own test accuracy."""
+    """``untrained`` from where the model came from; ``near_chance`` from its own test accuracy;
+    ``accuracy_unknown`` when a model's output could not be read as class scores (not for
+    precomputed features, which have no model to check)."""
     flags = []
     step = model_info.get("step")
     if model_info.get("untrained") or step == 0:
         why = "a checkpoint at training step 0" if step == 0 else "randomly initialised (no weights given)"
         flags.append(Flag("untrained", f"the model is untrained ({why}): its layers hold random features, "
                                        "not learned ones, so there is no tunnel to find", True))
+    if model_accuracy is not None and not np.isfinite(model_accuracy) and not model_info.get("precomputed_features"):
+        flags.append(Flag("accuracy_unknown", "the model's output could not be read as class scores of shape (batch, "
+                                              "classes), so whether it learned the task (its own test accuracy "
+                                              "against chance) was not checked", False))
     if model_accuracy is not None and np.isfinite(model_accuracy):
         chance = 1 / num_classes
         if model_accuracy < chance + NEAR_CHANCE_SHARE * (1 - chance):

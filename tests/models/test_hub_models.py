@@ -403,3 +403,17 @@ def test_timm_swin_blocks_are_channels_last_maps_pooled_over_space():
         nchw = outs[name].permute(0, 3, 1, 2)
         want = F.adaptive_avg_pool2d(nchw, 2).flatten(1) if nchw.shape[-1] > 2 else nchw.flatten(1)
         torch.testing.assert_close(features[name], want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- model objects
+def test_an_hf_model_object_is_scored_on_its_logits_and_flagged_near_chance(digits32):
+    plain = _plain_vit("hf", digits32.num_classes).eval()  # random init, returns an output object with .logits
+    results = analyze(plain, digits32, metrics="probe,rank", points="vit.layers.*", device="cpu",
+                      progress=False, resamples=0, max_samples=200)
+    accuracy = results.summary["model_accuracy"]
+    with torch.no_grad():
+        xs, ys = zip(*digits32.test.batches(256))
+        expected = float((plain(torch.cat(xs)).logits.argmax(1) == torch.cat(ys)).double().mean())
+    assert accuracy == pytest.approx(expected)
+    codes = {f["code"] for f in results.summary["flags"]}
+    assert "near_chance" in codes and not results.summary["verdict_valid"]

@@ -146,6 +146,20 @@ def _seed_for(name: str, seed: int) -> int:
     return (zlib.crc32(name.encode()) + 7919 * seed) % (2**31)
 
 
+
+def class_scores(output: Any) -> Tensor | None:
+    """The class scores a model returned: a plain tensor, the ``logits`` of a Hugging Face
+    output (or any object carrying them), or the first tensor of a tuple (``return_dict=False``,
+    torchvision's auxiliary-output tuples); None when there are none."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
 class Capture:
     """Hooks on a model's probe points that return ``{name: (B, D) tensor}`` per batch.
 
@@ -273,7 +287,7 @@ class Capture:
             out[self.input_point] = self._reduce(self.input_point, x.flatten(1) if self.flat_input else x)
         for n in self.points:
             out[n] = feats[n]
-        out.output = output if isinstance(output, Tensor) else None
+        out.output = class_scores(output)
         return out
 
     def _settle(self, x: Tensor) -> None:

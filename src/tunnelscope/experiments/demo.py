@@ -1,7 +1,7 @@
 """The demo: train a small VGG on Fashion-MNIST classes 0-4, then analyse it with two OOD sets
 beside an untrained copy. What ``tunnelscope demo`` runs, callable from Python::
 
-    from tunnelscope.demo import run_demo
+    from tunnelscope.experiments.demo import run_demo
     run = run_demo("runs/demo", quick=True)
     run.results.summary["verdict"]
 

@@ -22,7 +22,7 @@ _FIGURES: dict[str, dict[str, FigureFunction]] = {}
 # the report module that registers each kind's figures, imported when the kind is first drawn
 _MODULES = {"agreement": "agreement", "explain": "explain", "continual": "continual",
             "interventions": "interventions", "cross-cka": "cross_cka", "dynamics": "dynamics",
-            "inversion": "inversion", "demo": "demo"}
+            "inversion": "inversion"}
 
 
 def experiment_figure(kind: str, name: str) -> Callable[[FigureFunction], FigureFunction]:
