@@ -176,7 +176,13 @@ def test_experiment_commands_run_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "i" / "movement.csv").is_file() and "weight movement" in out
     code, out, err = run_cli(["intervene", "reset", tmp_path / "run", "--out", tmp_path / "i", "--json"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "already holds" in err  # one intervention per folder
+    code, out, err = run_cli(["intervene", "reset", tmp_path / "run", "--out", tmp_path / "r", "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["k"] == 1, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["intervention"] == "resets"
+    code, out, err = run_cli(["intervene", "reset", tmp_path / "run", "--out", tmp_path / "i", "-q", "--overwrite"],
+                             capsys)
+    assert code == 0 and not (tmp_path / "i" / "movement.csv").exists() and (tmp_path / "i" / "reset.csv").is_file()
     code, _, err = run_cli(["intervene", "delete-blocks", run.final_checkpoint, "--out", tmp_path / "d"], capsys)
     assert code == 1 and err.count("\n") == 1 and "residual" in err
     ck = run.final_checkpoint

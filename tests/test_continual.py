@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from experiment_contract import check_contract
 from tunnelscope import data
 from tunnelscope.checkpoint import read_checkpoint
 from tunnelscope.errors import ConfigError, RunDirectoryError
@@ -26,6 +27,7 @@ from tunnelscope.experiments.continual import (
     swap_states,
 )
 from tunnelscope.models import build
+from tunnelscope.report.experiments import draw_experiment
 from tunnelscope.train import Recipe, train
 from tunnelscope.tunnel import tunnel_start
 
@@ -238,8 +240,47 @@ def test_save_writes_the_tables_the_figure_and_the_config(run, tmp_path):
     assert config["task1"] == TASK1 and config["split"]["point"] == run.split_point
     assert config["checkpoints"]["M2"] == str(run.m2_checkpoint) and "torch" in config["versions"]
     assert list(run.swaps.index) == ["E1+T1", "E1+T2", "E2+T1", "E2+T2", "E2+T1 fine-tuned", "E2 + linear head"]
-    elsewhere = run.save(tmp_path / "copy")
-    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(
+    assert config["kind"] == "continual"
+    elsewhere = tmp_path / "copy"
+    paths = run.save(elsewhere)
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(p.name for p in paths) == sorted(
         ["config.json", "continual.png", "continual.svg", "forgetting.csv", "swaps.csv"])
     with pytest.raises(RunDirectoryError, match="already holds"):
         continual(MODEL, TASK1, TASK2, epochs=1, out=out, device="cpu", progress=False, batch_size=BATCH)
+
+
+def test_swaps_csv_keeps_its_text_and_a_partial_experiment_is_refused(run, tmp_path):
+    out = run.m1_checkpoint.parents[2]
+    assert (out / "swaps.csv").read_text() == run.swaps.to_csv(index_label="combination")  # as before the contract
+    partial = tmp_path / "partial"
+    (partial / "m1").mkdir(parents=True)
+    (partial / "m1" / "run.json").write_text("{}")  # an experiment that stopped after training M1
+    with pytest.raises(RunDirectoryError, match=r"partial \(m1/run.json\)"):
+        continual(MODEL, TASK1, TASK2, epochs=1, out=partial, device="cpu", progress=False, batch_size=BATCH)
+
+
+def test_the_result_keeps_the_contract_and_loads_back(run, tmp_path):
+    loaded = check_contract(run, tmp_path)
+    assert isinstance(loaded, ContinualResult)
+    pd.testing.assert_frame_equal(loaded.swaps, run.swaps)
+    pd.testing.assert_frame_equal(loaded.forgetting, run.forgetting)
+    assert (loaded.split_layer, loaded.split_point, loaded.split_source, loaded.split_reason) == (
+        run.split_layer, run.split_point, run.split_source, run.split_reason)
+    assert (loaded.m1_checkpoint, loaded.m2_checkpoint) == (run.m1_checkpoint, run.m2_checkpoint)
+    assert loaded.partition is None and loaded.config["probe_points"] == run.config["probe_points"]
+
+
+def test_the_figure_drawn_from_saved_tables_shows_the_computed_numbers(run):
+    loaded = ContinualResult.load(run.m1_checkpoint.parents[2])
+    fig = draw_experiment("continual", loaded.tables(), loaded.saved_config())["continual"]
+    bars, curves = fig.axes[0], fig.axes[1]
+    heights = [p.get_height() for p in bars.patches]
+    n = len(run.swaps)
+    np.testing.assert_allclose(heights[:n], np.nan_to_num(run.swaps["task1_acc"].to_numpy()), rtol=0, atol=0)
+    np.testing.assert_allclose(heights[n:], np.nan_to_num(run.swaps["task2_acc"].to_numpy()), rtol=0, atol=0)
+    assert [t.get_text() for t in bars.get_xticklabels()] == list(run.swaps.index)
+    m1, m2, split = curves.get_lines()[:3]
+    np.testing.assert_array_equal(m1.get_ydata(), run.forgetting["acc_M1"].to_numpy())
+    np.testing.assert_array_equal(m2.get_ydata(), run.forgetting["acc_M2"].to_numpy())
+    assert list(split.get_xdata()) == [run.split_layer, run.split_layer]
+    assert f"layer {run.split_layer} ({run.split_point})" in split.get_label()

@@ -4,6 +4,7 @@ state dicts, block deletion against forward hooks that zero the residual branch.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -12,14 +13,15 @@ import pytest
 import torch
 from torch import nn
 
+from experiment_contract import check_contract
 from tunnelscope import data, train
 from tunnelscope.checkpoint import save_checkpoint
-from tunnelscope.errors import CheckpointError, ConfigError
+from tunnelscope.errors import CheckpointError, ConfigError, RunDirectoryError
 from tunnelscope.experiments.interventions import (
     HEAD,
     OTHER,
+    InterventionResult,
     delete_blocks,
-    interventions_figure,
     layer_map,
     reset_layers,
     reset_model,
@@ -28,6 +30,8 @@ from tunnelscope.experiments.interventions import (
     without_blocks,
 )
 from tunnelscope.models import build, load_model
+from tunnelscope.report.experiments import draw_experiment
+from tunnelscope.report.interventions import interventions_figure
 
 MLP_DATA = "fashion-mnist[classes=0-4,per_class=60,test_per_class=30]"
 RESNET_DATA = "digits[per_class=20,test_per_class=10]"
@@ -276,9 +280,73 @@ def test_tables_are_saved_with_their_settings_and_figure(mlp_run, tmp_path):
     resets.attrs = reset_layers(result.out, ds, from_layers=[1], device="cpu").attrs
     fig = interventions_figure(movement=movement, resets=resets)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
-    paths = save_intervention(movement, tmp_path)
-    assert sorted(p.name for p in paths) == ["movement.csv", "movement.json", "movement.png", "movement.svg"]
-    again = pd.read_csv(tmp_path / "movement.csv")
+    paths = save_intervention(movement, tmp_path / "m")
+    assert [p.name for p in paths] == ["movement.csv", "interventions.png", "interventions.svg", "config.json"]
+    assert (tmp_path / "m" / "movement.csv").read_text() == movement.to_csv(index=False)  # the same text as before
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["kind"] == "interventions" and config["intervention"] == "movement"
+    assert {k: v for k, v in config.items() if k not in ("kind", "intervention")} == {
+        k: v for k, v in movement.attrs.items() if k != "kind"}
+    again = pd.read_csv(tmp_path / "m" / "movement.csv")
     np.testing.assert_array_equal(again.relative.to_numpy(), movement.relative.to_numpy())
     with pytest.raises(ConfigError):
         interventions_figure()
+    with pytest.raises(ConfigError, match="weight_movement"):
+        InterventionResult.of(pd.DataFrame({"x": [1]}))
+
+
+def test_each_intervention_keeps_the_contract(mlp_run, resnet_run, tmp_path):
+    result, ds = mlp_run
+    movement = InterventionResult.of(weight_movement(result.out))
+    loaded = check_contract(movement, tmp_path / "movement")
+    pd.testing.assert_frame_equal(loaded.table, movement.table)
+    assert loaded.table.attrs == movement.table.attrs
+    resets = InterventionResult.of(reset_layers(result.out, ds, from_layers=[0, 2], direction="1..k", device="cpu"))
+    assert resets.table.point.iloc[0] == ""  # k = 0: no layer, an empty field in the CSV
+    loaded = check_contract(resets, tmp_path / "resets")
+    pd.testing.assert_frame_equal(loaded.table, resets.table, check_dtype=False)
+    path, resnet_ds = resnet_run
+    deletions = InterventionResult.of(delete_blocks(path, resnet_ds, blocks=[2], ranges=["2-5"], device="cpu"))
+    loaded = check_contract(deletions, tmp_path / "deletions")
+    pd.testing.assert_frame_equal(loaded.table, deletions.table, check_dtype=False)
+    assert [p.name for p in deletions.save(tmp_path / "d")][0] == "deletion.csv"
+
+
+def test_the_figures_drawn_from_saved_tables_show_the_computed_numbers(mlp_run, tmp_path):
+    result, ds = mlp_run
+    movement = weight_movement(result.out)
+    save_intervention(movement, tmp_path / "m")
+    loaded = InterventionResult.load(tmp_path / "m")
+    figures = draw_experiment("interventions", loaded.tables(), loaded.saved_config())
+    assert list(figures) == ["interventions"]
+    lines = figures["interventions"].axes[0].get_lines()
+    layers = movement[movement.point != OTHER].sort_values(["layer", "step"])
+    assert [line.get_label() for line in lines] == ["1 blocks.0", "2 blocks.1", "3 blocks.2", f"4 {HEAD}"]
+    for line, (_, rows) in zip(lines, layers.groupby("layer", sort=True)):
+        np.testing.assert_array_equal(line.get_xdata(), rows.step.to_numpy())
+        np.testing.assert_array_equal(line.get_ydata(), rows.relative.to_numpy())
+    resets = reset_layers(result.out, ds, direction="both", device="cpu")
+    save_intervention(resets, tmp_path / "r")
+    loaded = InterventionResult.load(tmp_path / "r")
+    ax = draw_experiment("interventions", loaded.tables(), loaded.saved_config())["interventions"].axes[0]
+    for line, (_, rows) in zip(ax.get_lines(), resets.groupby("reset", sort=False)):
+        np.testing.assert_array_equal(line.get_ydata(), rows.accuracy.to_numpy())
+    chance = ax.get_lines()[-1]
+    assert chance.get_label() == "chance" and chance.get_ydata()[0] == 1 / ds.num_classes
+
+
+def test_one_intervention_per_directory_and_missing_runs_are_named(mlp_run, tmp_path):
+    result, ds = mlp_run
+    out = tmp_path / "i"
+    save_intervention(weight_movement(result.out), out)
+    resets = reset_layers(result.out, ds, from_layers=[1], device="cpu")
+    with pytest.raises(RunDirectoryError, match="already holds a finished interventions experiment"):
+        save_intervention(resets, out)
+    save_intervention(resets, out, overwrite=True)  # replaces the movement: none of its files is left
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "interventions.png", "interventions.svg",
+                                                     "reset.csv"]
+    assert InterventionResult.load(out).intervention == "resets"
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        weight_movement(tmp_path / "nowhere")
+    with pytest.raises(RunDirectoryError, match="holds no checkpoints"):
+        reset_layers(out, ds, device="cpu")

@@ -100,9 +100,9 @@ def intervene() -> None:
 
     \b
     Examples:
-      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/interventions
-      tunnelscope intervene reset runs/mlp12 --direction both --out runs/mlp12/interventions
-      tunnelscope intervene delete-blocks runs/res18 --range 6-9 --out runs/res18/interventions
+      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/movement
+      tunnelscope intervene reset runs/mlp12 --direction both --out runs/mlp12/resets
+      tunnelscope intervene delete-blocks runs/res18 --range 6-9 --out runs/res18/deletions
     """
 
 
@@ -110,9 +110,10 @@ def _points(points: str):
     return points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
 
 
-def _show_intervention(table, shown, title: str, paths, quiet: bool, as_json: bool) -> None:
+def _show_intervention(result, shown, title: str, paths, quiet: bool, as_json: bool) -> None:
+    """Print an InterventionResult: its whole table as JSON, or the ``shown`` columns and the written files."""
     if as_json:
-        click.echo(table.to_json(orient="records", indent=2))
+        click.echo(result.table.to_json(orient="records", indent=2))
     elif not quiet:
         print_frame(shown, title)
         out_console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
@@ -136,23 +137,25 @@ def _evaluation_options(f):
 @click.option("--head/--no-head", default=True, show_default=True,
               help="Also report the head (everything after the last probe point).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for movement.csv, movement.json and movement.png/.svg.")
+              help="Folder for movement.csv, interventions.png/.svg and config.json.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole table as JSON.")
-def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_json: bool) -> None:
+def movement(run_dir: str, points: str, head: bool, out: str, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """How far each layer's weights moved from initialisation (and from the previous
     checkpoint), at every checkpoint of a training run (needs its step-0 checkpoint).
 
     \b
     Examples:
-      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/interventions
+      tunnelscope intervene movement runs/mlp12 --out runs/mlp12/movement
     """
-    from .experiments.interventions import save_intervention, weight_movement
+    from .experiments.interventions import InterventionResult, weight_movement
 
-    table = weight_movement(run_dir, _points(points), include_head=head)
-    paths = save_intervention(table, out)
+    result = InterventionResult.of(weight_movement(run_dir, _points(points), include_head=head))
+    paths = result.save(out, overwrite=overwrite)
+    table = result.table
     last = table[table.step == table.step.max()]
-    _show_intervention(table, last[["point", "layer", "parameters", "relative", "absolute", "step_relative"]],
+    _show_intervention(result, last[["point", "layer", "parameters", "relative", "absolute", "step_relative"]],
                        f"weight movement at step {table.step.max()} (relative = ‖W_t − W_0‖ / ‖W_0‖)",
                        paths, quiet, as_json)
 
@@ -173,28 +176,31 @@ def movement(run_dir: str, points: str, head: bool, out: str, quiet: bool, as_js
               help="Initialisation checkpoint (default: step 0 of the same run).")
 @_evaluation_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for reset.csv, reset.json and reset.png/.svg.")
+              help="Folder for reset.csv, interventions.png/.svg and config.json.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buffers, points, init, max_samples, seed,
-          batch_size, device, data_root, out, quiet, as_json) -> None:
+          batch_size, device, data_root, out, overwrite, quiet, as_json) -> None:
     """Test accuracy after resetting layers k..L (or 1..k) to their values at initialisation.
 
     SOURCE is a training run directory or one of its checkpoints.
 
     \b
     Examples:
-      tunnelscope intervene reset runs/mlp12 --out runs/mlp12/interventions
+      tunnelscope intervene reset runs/mlp12 --out runs/mlp12/resets
       tunnelscope intervene reset runs/mlp12 --checkpoint 936 --direction both --no-head --out runs/i
     """
-    from .experiments.interventions import reset_layers, save_intervention
+    from .experiments.interventions import InterventionResult, reset_layers
 
     step = int(checkpoint) if checkpoint is not None and checkpoint.isdigit() else checkpoint
-    table = reset_layers(source, data_spec, list(from_layers) or None, step, direction=direction, include_head=head,
-                         include_buffers=not keep_buffers, points=_points(points), init=init, max_samples=max_samples,
-                         seed=seed, batch_size=batch_size, device=device, data_root=data_root)
-    paths = save_intervention(table, out)
-    _show_intervention(table, table[["k", "point", "reset", "layers_reset", "accuracy"]],
+    result = InterventionResult.of(reset_layers(
+        source, data_spec, list(from_layers) or None, step, direction=direction, include_head=head,
+        include_buffers=not keep_buffers, points=_points(points), init=init, max_samples=max_samples, seed=seed,
+        batch_size=batch_size, device=device, data_root=data_root))
+    paths = result.save(out, overwrite=overwrite)
+    table = result.table
+    _show_intervention(result, table[["k", "point", "reset", "layers_reset", "accuracy"]],
                        f"reset to initialisation: trained {table.untouched_accuracy.iloc[0]:.4f}, "
                        f"initialisation {table.init_accuracy.iloc[0]:.4f} ({table.attrs['samples']} test samples)",
                        paths, quiet, as_json)
@@ -214,11 +220,12 @@ def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buff
                    "projection.")
 @_evaluation_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for deletion.csv, deletion.json and deletion.png/.svg.")
+              help="Folder for deletion.csv, interventions.png/.svg and config.json.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection, max_samples, seed, batch_size, device,
-                  data_root, out, quiet, as_json) -> None:
+                  data_root, out, overwrite, quiet, as_json) -> None:
     """Test accuracy of a residual network with residual blocks deleted (only the skip
     connection left), one at a time and in ranges (Nguyen et al. 2021).
 
@@ -226,17 +233,19 @@ def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection,
 
     \b
     Examples:
-      tunnelscope intervene delete-blocks runs/res18 --out runs/res18/interventions
+      tunnelscope intervene delete-blocks runs/res18 --out runs/res18/deletions
       tunnelscope intervene delete-blocks runs/res18/checkpoints/step-0003910.pt --range 6-9 --range 2-4 --out runs/d
     """
+    from .experiments.interventions import InterventionResult
     from .experiments.interventions import delete_blocks as delete
-    from .experiments.interventions import save_intervention
 
-    table = delete(checkpoint, data_spec, [] if no_singles else (list(blocks) or None), ranges=list(ranges),
-                   projection=projection, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
-                   data_root=data_root)
-    paths = save_intervention(table, out)
-    _show_intervention(table, table[["deleted", "first_layer", "last_layer", "blocks", "kept", "accuracy", "drop"]],
+    result = InterventionResult.of(delete(
+        checkpoint, data_spec, [] if no_singles else (list(blocks) or None), ranges=list(ranges),
+        projection=projection, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
+        data_root=data_root))
+    paths = result.save(out, overwrite=overwrite)
+    table = result.table
+    _show_intervention(result, table[["deleted", "first_layer", "last_layer", "blocks", "kept", "accuracy", "drop"]],
                        f"residual blocks deleted: untouched accuracy {table.untouched_accuracy.iloc[0]:.4f} "
                        f"({table.attrs['samples']} test samples)", paths, quiet, as_json)
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -43,12 +43,13 @@ from ..models.probe_points import hooked_pass
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import Results
-from ..rundir import CKPT_DIR, CONFIG_FILE, HISTORY_FILE, RUN_FILE, checkpoint_name
+from ..rundir import CKPT_DIR, HISTORY_FILE, RUN_FILE, checkpoint_name, claim
 from ..summary import TUNNEL_START
 from ..train import Recipe, evaluate
 from ..train import train as train_model
 from ..train.loop import train_step
 from ..versions import environment, package_versions
+from .base import ExperimentResult
 
 SWAPS_FILE, FORGETTING_FILE, FIGURE_NAME = "swaps.csv", "forgetting.csv", "continual"
 M1_DIR, M2_DIR = "m1", "m2"
@@ -56,6 +57,8 @@ COMBINATIONS = ("E1+T1", "E1+T2", "E2+T1", "E2+T2")
 FINETUNED, LINEAR_HEAD = "E2+T1 fine-tuned", "E2 + linear head"
 SWAP_COLUMNS = ("task1_acc", "task2_acc")
 FORGETTING_COLUMNS = ("layer", "point", "acc_M1", "acc_M2", "forgetting")
+# what an earlier experiment in the same ``out`` leaves before its config.json
+PARTIAL_FILES = (SWAPS_FILE, FORGETTING_FILE, f"{M1_DIR}/{RUN_FILE}", f"{M2_DIR}/{RUN_FILE}", f"{M2_DIR}/{CKPT_DIR}")
 TRAIN_OPTIONS = ("recipe", "lr", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "batch_size", "amp")
 
 
@@ -252,7 +255,7 @@ def fine_tune_tunnel(net: nn.Module, split: Partition, dataset: data_mod.Dataset
 
 # ----------------------------------------------------------------------------- the result
 @dataclass
-class ContinualResult:
+class ContinualResult(ExperimentResult):
     """One continual-learning experiment.
 
     ``swaps``: one row per combination (index ``combination``), columns ``task1_acc`` and
@@ -260,8 +263,13 @@ class ContinualResult:
     per probe point, columns ``layer, point, acc_M1, acc_M2, forgetting`` (task-1 linear-probe
     test accuracy of M1 and M2 and ``acc_M1 - acc_M2``). The split point is probe point
     ``split_layer`` (1-based), ``split_point``, chosen by ``split_source`` (``split_at`` or
-    ``tunnel_start``) for ``split_reason``. ``config`` holds everything that changes a number.
+    ``tunnel_start``) for ``split_reason``. ``config`` holds everything that changes a number,
+    the split (``config["split"]``) and both checkpoints (``config["checkpoints"]``) included,
+    so :meth:`load` rebuilds the result; ``partition`` is only known to the run that computed it.
     """
+
+    kind: ClassVar[str] = "continual"
+    table_files: ClassVar[dict[str, str]] = {"swaps": SWAPS_FILE, "forgetting": FORGETTING_FILE}
 
     swaps: pd.DataFrame
     forgetting: pd.DataFrame
@@ -271,24 +279,24 @@ class ContinualResult:
     split_reason: str
     m1_checkpoint: Path
     m2_checkpoint: Path
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
     partition: Partition | None = None
 
-    def save(self, out: str | Path) -> Path:
-        """Write ``swaps.csv``, ``forgetting.csv``, ``continual.png`` and ``.svg`` and, last,
-        ``config.json`` to ``out`` (each atomically); returns ``out``."""
-        from ..report.continual import continual_figure
-        from ..report.figures import save_figures
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``swaps`` (flat: its index as the first column, ``combination``) and ``forgetting``."""
+        return {"swaps": self.swaps.rename_axis("combination").reset_index(), "forgetting": self.forgetting}
 
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text(folder / SWAPS_FILE, self.swaps.to_csv(index_label="combination"))
-        write_text(folder / FORGETTING_FILE, self.forgetting.to_csv(index=False))
-        how = "M1's tunnel start" if self.split_source == "tunnel_start" else "given"
-        label = f"layer {self.split_layer} ({self.split_point}), {how}"
-        save_figures({FIGURE_NAME: continual_figure(self.swaps, self.forgetting, self.split_layer, label)}, folder)
-        write_json(folder / CONFIG_FILE, self.config)
-        return folder
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> ContinualResult:
+        """The result whose tables and config were saved (``partition`` is not saved: None)."""
+        missing = [name for name in cls.table_files if name not in tables]
+        if missing:
+            raise RunDirectoryError(f"a continual experiment lacks {', '.join(cls.table_files[n] for n in missing)}; "
+                                    "run it again")
+        split, checkpoints = config["split"], config["checkpoints"]
+        swaps = tables["swaps"].set_index("combination")
+        return cls(swaps, tables["forgetting"], int(split["layer"]), str(split["point"]), str(split["source"]),
+                   str(split["reason"]), Path(checkpoints["M1"]), Path(checkpoints["M2"]), config)
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -351,15 +359,12 @@ def _recipes(epochs: int, finetune_epochs: int, options: dict[str, Any]) -> tupl
             {"recipe": name, **args}, batch_size, options.get("amp"))
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that holds an earlier experiment unless ``overwrite``; then clear what
-    this module wrote there (train clears its own run in ``m1``)."""
-    taken = [p for p in (out / CONFIG_FILE, out / SWAPS_FILE, out / M1_DIR / RUN_FILE, out / M2_DIR / RUN_FILE,
-                         out / M2_DIR / CKPT_DIR) if p.exists()]
-    if taken and not overwrite:
-        raise RunDirectoryError(f"{out} already holds a continual-learning run ({taken[0].name}); pass "
-                                "overwrite=True (--overwrite) to replace it or choose another out")
-    for name in (CONFIG_FILE, SWAPS_FILE, FORGETTING_FILE, f"{FIGURE_NAME}.png", f"{FIGURE_NAME}.svg"):
+def _claim_out(out: Path, overwrite: bool) -> None:
+    """Claim ``out`` for a continual experiment (:func:`~tunnelscope.rundir.claim`): refused when it
+    holds an earlier one, finished or partial (its tables, or M1's or M2's training run), unless
+    ``overwrite``; then clear what this module wrote there (train clears its own run in ``m1``)."""
+    claim(out, ContinualResult.kind, overwrite, files=PARTIAL_FILES)
+    for name in (SWAPS_FILE, FORGETTING_FILE, f"{FIGURE_NAME}.png", f"{FIGURE_NAME}.svg"):
         (out / name).unlink(missing_ok=True)
     for name in (RUN_FILE, HISTORY_FILE):
         (out / M2_DIR / name).unlink(missing_ok=True)
@@ -488,7 +493,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
         "seed": seed, "progress": progress, "include_input": False, "resamples": 0, "id_ncc": False}
     setup = _Setup(model, tasks, Path(out), epochs, finetune_epochs, recipe, finetune_recipe, recipe_args, batch_size,
                    seed, dev, amp, progress)
-    _check_out(setup.out, overwrite)
+    _claim_out(setup.out, overwrite)
 
     run1 = _train_m1(setup, overwrite)
     m1, m1_ckpt = run1.model, run1.final_checkpoint
@@ -512,7 +517,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
         "finetune_history": finetune_history, "seconds": time.perf_counter() - tic}
     result = ContinualResult(swaps, forgetting, split_layer, split.split_point, split_source, split_reason, m1_ckpt,
                              m2_ckpt, config, split)
-    result.save(setup.out)
+    result.save(setup.out, overwrite=overwrite)
     return result
 
 

@@ -17,18 +17,19 @@ the entries of modules outside every point that run after the last point: for th
 ``"other"``: never reset, reported by :func:`weight_movement` with no layer index.
 
 Every function returns a tidy :class:`pandas.DataFrame` whose ``attrs`` record the settings;
-:func:`save_intervention` writes one as CSV, JSON and figure, :func:`interventions_figure` draws them.
+:class:`InterventionResult` holds one such table with its settings as ``config`` and saves it
+(``movement.csv``, ``reset.csv`` or ``deletion.csv``, ``interventions.png``/``.svg`` and ``config.json``);
+:func:`tunnelscope.report.interventions.interventions_figure` draws several side by side.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -39,20 +40,19 @@ from .. import data as data_mod
 from ..checkpoint import read_checkpoint
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
-from ..io import atomic_write, write_json, write_text
 from ..models.probe_points import hooked_pass, order_by_execution, probe_points
 from ..models.resolve import load_model
-from ..rundir import CKPT_DIR, checkpoint_name
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+from ..rundir import CKPT_DIR, checkpoint_name, checkpoints
+from .base import ExperimentResult
 
 HEAD, OTHER = "head", "other"
 DIRECTIONS = ("k..L", "1..k")  # and "both": each in turn
 PROJECTION_POLICIES = ("skip", "keep")
-STEP_FILE = re.compile(r"step-(\d+)\.pt")
 Points = str | Sequence[str]
+# each intervention's table: the name its result gives it, by the ``attrs["kind"]`` of the function's table
+TABLE_NAMES = {"movement": "movement", "reset": "resets", "deletion": "deletions"}
+TABLE_FILES = {"movement": "movement.csv", "resets": "reset.csv", "deletions": "deletion.csv"}
+INTERVENTION_KEY = "intervention"  # the key of config.json naming the table a directory holds
 
 
 # ----------------------------------------------------------------------------- layers
@@ -151,27 +151,15 @@ def _start_ticks(model: nn.Module, modules: set[str], example: Tensor) -> dict[s
 
 
 # ----------------------------------------------------------------------------- checkpoints and data
-def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """A training run's checkpoints ``checkpoints/step-NNNNNNN.pt``, ordered by step."""
-    folder = Path(run_dir) / CKPT_DIR
-    if not Path(run_dir).is_dir():
-        raise RunDirectoryError(f"run directory {run_dir} does not exist or is not a folder")
-    found = [(int(m[1]), p) for p in folder.glob("step-*.pt") if (m := STEP_FILE.fullmatch(p.name))]
-    if not found:
-        raise RunDirectoryError(f"no checkpoints in {folder}; give the --out folder of `tunnelscope train`")
-    return [p for _, p in sorted(found)]
-
-
 def _checkpoint_paths(source: str | Path, checkpoint: int | str | Path | None,
                       init: str | Path | None) -> tuple[Path, Path, bool]:
     """(checkpoint to intervene on, initialisation checkpoint, whether the latter was given)."""
     source = Path(source)
     if source.is_dir():
-        listed = run_checkpoints(source)
+        by_step = checkpoints(source, required=True)
         if checkpoint is None:
-            chosen = listed[-1]
+            chosen = list(by_step.values())[-1]
         elif isinstance(checkpoint, int):
-            by_step = {int(STEP_FILE.fullmatch(p.name)[1]): p for p in listed}  # type: ignore[index]
             if checkpoint not in by_step:
                 raise ConfigError(f"{source} has no checkpoint at step {checkpoint}; steps: {sorted(by_step)}")
             chosen = by_step[checkpoint]
@@ -249,7 +237,7 @@ def weight_movement(run_dir: str | Path, points: Points = "blocks", *, include_h
     when ``include_head``; parameters in no layer as point ``other``, no layer index).
     Columns: step, epoch, point, layer, parameters, relative, absolute, step_relative, step_absolute.
     """
-    paths = run_checkpoints(run_dir)
+    paths = list(checkpoints(run_dir, required=True).values())
     first = read_checkpoint(paths[0])
     if first["meta"].get("step") != 0:
         raise CheckpointError(f"{paths[0]} is not the initialisation (step {first['meta'].get('step')}); "
@@ -479,7 +467,7 @@ def delete_blocks(checkpoint: str | Path, data: str | data_mod.Dataset | None = 
     """
     if projection not in PROJECTION_POLICIES:
         raise ConfigError(f"projection must be 'skip' or 'keep', got {projection!r}")
-    path = run_checkpoints(checkpoint)[-1] if Path(checkpoint).is_dir() else Path(checkpoint)
+    path = list(checkpoints(checkpoint, required=True).values())[-1] if Path(checkpoint).is_dir() else Path(checkpoint)
     dev = resolve_device(device)
     model, meta = load_model(path, dev)
     found = residual_blocks(model)
@@ -551,97 +539,79 @@ def _select_range(found: Sequence[ResidualBlock], pair: tuple[str | int, str | i
     return chosen, [b for b in inside if b not in chosen]
 
 
-# ----------------------------------------------------------------------------- figure and files
-def interventions_figure(movement: pd.DataFrame | None = None, resets: pd.DataFrame | None = None,
-                         deletions: pd.DataFrame | None = None) -> Figure:
-    """One panel per table given: weight movement (each layer's relative distance from
-    initialisation against training step), accuracy against k for resets, accuracy per deletion."""
-    from matplotlib.figure import Figure
+# ----------------------------------------------------------------------------- the result
+@dataclass
+class InterventionResult(ExperimentResult):
+    """One intervention's table and its settings.
 
-    panels = [(draw, t) for draw, t in ((_movement_panel, movement), (_reset_panel, resets),
-                                        (_deletion_panel, deletions)) if t is not None]
-    if not panels:
-        raise ConfigError("interventions_figure needs at least one table (movement, resets or deletions)")
-    fig = Figure(figsize=(5.6 * len(panels), 4.4), layout="constrained")
-    for ax, (draw, table) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        draw(fig, ax, table)
-    return fig
+    ``intervention`` names the table: ``movement`` (:func:`weight_movement`, saved as
+    ``movement.csv``), ``resets`` (:func:`reset_layers`, ``reset.csv``) or ``deletions``
+    (:func:`delete_blocks`, ``deletion.csv``). ``config`` is the table's ``attrs`` with
+    ``intervention`` in place of their ``kind``; its figure, ``interventions.png``/``.svg``, is
+    the table's panel (:mod:`tunnelscope.report.interventions`). A directory holds one intervention."""
 
+    kind: ClassVar[str] = "interventions"
+    table_files: ClassVar[dict[str, str]] = TABLE_FILES
 
-def _movement_panel(fig: Figure, ax: Axes, table: pd.DataFrame) -> None:
-    from matplotlib import colormaps
+    intervention: str
+    table: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
 
-    rows = table[table.point != OTHER]
-    layers = rows[["layer", "point"]].drop_duplicates().sort_values("layer")
-    colours = colormaps["viridis"].resampled(max(2, len(layers)))
-    for i, (layer, point) in enumerate(layers.itertuples(index=False)):
-        line = rows[rows.point == point].sort_values("step")
-        ax.plot(line.step, line.relative, marker=".", color=colours(i), linestyle="--" if point == HEAD else "-",
-                label=f"{layer} {point}")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("training step (checkpoints; symlog)")
-    ax.set_ylabel("‖W_t − W_0‖ / ‖W_0‖")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(layers) > 10 else 1, title="layer", title_fontsize=7)
-    ax.set_title(f"weight movement: {table.attrs.get('model_spec', '')}")
+    def __post_init__(self) -> None:
+        if self.intervention not in TABLE_FILES:
+            raise ConfigError(f"unknown intervention {self.intervention!r}; one of {', '.join(TABLE_FILES)}")
 
+    @classmethod
+    def of(cls, table: pd.DataFrame) -> InterventionResult:
+        """The result of a table made by :func:`weight_movement`, :func:`reset_layers` or :func:`delete_blocks`."""
+        kind = table.attrs.get("kind")
+        if kind not in TABLE_NAMES:
+            raise ConfigError("an intervention result takes a table made by weight_movement, reset_layers or "
+                              "delete_blocks")
+        name = TABLE_NAMES[kind]
+        return cls(name, table, {INTERVENTION_KEY: name, **{str(k): v for k, v in table.attrs.items() if k != "kind"}})
 
-def _reset_panel(fig: Figure, ax: Axes, table: pd.DataFrame) -> None:
-    from matplotlib.ticker import MaxNLocator
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The one table, by its name (``intervention``)."""
+        return {self.intervention: self.table}
 
-    for direction, part in table.groupby("reset", sort=False):
-        ax.plot(part.k, part.accuracy, marker="o", label=f"reset {direction}")
-    ax.axhline(table.untouched_accuracy.iloc[0], color="black", linestyle="--", label="trained")
-    ax.axhline(table.init_accuracy.iloc[0], color="grey", linestyle=":", label="initialisation")
-    classes = table.attrs.get("num_classes")
-    if classes:
-        ax.axhline(1 / classes, color="grey", linewidth=0.8, label="chance")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("k (layers k..L or 1..k reset; L + 1 = the head alone)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("resetting layers to initialisation")
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> InterventionResult:
+        """The result whose table and config were saved; the table's ``attrs`` are rebuilt from ``config``."""
+        name = config.get(INTERVENTION_KEY)
+        if name not in TABLE_FILES or name not in tables:
+            raise RunDirectoryError(f"an interventions directory whose config names intervention {name!r} lacks "
+                                    f"its table ({TABLE_FILES.get(str(name), 'unknown')}); run it again")
+        table = tables[name].copy()
+        if name == "movement":
+            table["layer"] = table["layer"].astype("Int64")
+        for column in {"resets": ["point"], "deletions": ["kept"]}.get(name, []):
+            table[column] = table[column].astype(object).where(table[column].notna(), "")  # empty text reads as NaN
+        kind = {v: k for k, v in TABLE_NAMES.items()}[name]
+        table.attrs = {"kind": kind, **{k: v for k, v in config.items() if k != INTERVENTION_KEY}}
+        return cls(name, table, config)
 
-
-def _deletion_panel(fig: Figure, ax: Axes, table: pd.DataFrame) -> None:
-    colours = ["#4c72b0" if kind == "block" else "#dd8452" for kind in table.kind]
-    ax.bar(range(len(table)), table.accuracy, color=colours)
-    labels = [f"{first}-{last} {deleted}" if first != last else f"{first} {deleted}"
-              for first, last, deleted in zip(table.first_layer, table.last_layer, table.deleted)]
-    ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=7)
-    if len(table):
-        ax.axhline(table.untouched_accuracy.iloc[0], color="black", linestyle="--", label="no deletion")
-    classes = table.attrs.get("num_classes")
-    if classes:
-        ax.axhline(1 / classes, color="grey", linewidth=0.8, label="chance")
-    if len(table) or classes:
-        ax.legend(fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3, axis="y")
-    ax.set_title("residual blocks deleted (orange: ranges)")
+    def save(self, out: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write the table's CSV, its figure (``.png``/``.svg``) and, last, ``config.json`` into
+        ``out`` (see :meth:`ExperimentResult.save`); with ``overwrite``, another intervention's
+        files there (and an older version's ``NAME.json`` and ``NAME.png``/``.svg``) are removed."""
+        paths = super().save(out, overwrite)
+        folder = Path(out)
+        for name, file in TABLE_FILES.items():
+            if name != self.intervention:
+                (folder / file).unlink(missing_ok=True)
+        for stem in TABLE_NAMES:
+            for suffix in ("json", "png", "svg"):
+                (folder / f"{stem}.{suffix}").unlink(missing_ok=True)
+        return paths
 
 
-def save_intervention(table: pd.DataFrame, out: str | Path, name: str | None = None) -> list[Path]:
-    """Write ``NAME.csv`` (the table), ``NAME.json`` (its ``attrs``), ``NAME.png`` and ``NAME.svg``
-    (its figure) into ``out``, each atomically; ``name`` defaults to the table's kind."""
-    kind = table.attrs.get("kind")
-    if kind not in ("movement", "reset", "deletion"):
-        raise ConfigError("save_intervention takes a table made by weight_movement, reset_layers or delete_blocks")
-    out, name = Path(out), name or str(kind)
-    written = [write_text(out / f"{name}.csv", table.to_csv(index=False)),
-               write_json(out / f"{name}.json", table.attrs)]
-    fig = interventions_figure(**{{"movement": "movement", "reset": "resets", "deletion": "deletions"}[kind]: table})
-    for fmt in ("png", "svg"):
-        def draw(handle: IO[bytes], fmt: str = fmt) -> None:
-            fig.savefig(handle, format=fmt, dpi=150)
-
-        written.append(atomic_write(out / f"{name}.{fmt}", draw))
-    return written
+def save_intervention(table: pd.DataFrame, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Save a table made by :func:`weight_movement`, :func:`reset_layers` or :func:`delete_blocks`
+    as an :class:`InterventionResult` into ``out``; return the written paths."""
+    return InterventionResult.of(table).save(out, overwrite)
 
 
-__all__ = ["HEAD", "OTHER", "LayerMap", "ResidualBlock", "SkipOnly", "delete_blocks", "interventions_figure",
-           "layer_map", "reset_layers", "reset_model", "residual_blocks", "run_checkpoints", "save_intervention",
-           "weight_movement", "without_blocks"]
+__all__ = ["HEAD", "OTHER", "InterventionResult", "LayerMap", "ResidualBlock", "SkipOnly", "delete_blocks",
+           "layer_map", "reset_layers", "reset_model", "residual_blocks", "save_intervention", "weight_movement",
+           "without_blocks"]

@@ -1,4 +1,5 @@
-"""The figure of a continual-learning experiment (:mod:`tunnelscope.experiments.continual`).
+"""The figure of a continual-learning experiment (:mod:`tunnelscope.experiments.continual`),
+drawn from its saved tables (``swaps``, ``forgetting``) and config.
 
 Left: test accuracy on task 1 and task 2 of every extractor/tunnel combination. Right:
 task-1 linear-probe accuracy per layer of the model after task 1 (M1) and after task 2
@@ -8,21 +9,22 @@ task-1 linear-probe accuracy per layer of the model after task 1 (M1) and after 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from .experiments import Tables, experiment_figure
 
 TASK_COLUMNS = (("task1_acc", "task 1"), ("task2_acc", "task 2"))
 
 
-def _swap_bars(ax, swaps: pd.DataFrame) -> None:
-    """Grouped bars: one group per combination, one bar per task; a missing value reads n/a."""
-    names = [str(n) for n in swaps.index]
+def _swap_bars(ax: Axes, swaps: pd.DataFrame) -> None:
+    """Grouped bars: one group per combination (column ``combination``), one bar per task; a
+    missing value reads n/a."""
+    names = [str(n) for n in swaps["combination"]]
     x = np.arange(len(names))
     width = 0.38
     for i, (column, label) in enumerate(TASK_COLUMNS):
@@ -40,7 +42,7 @@ def _swap_bars(ax, swaps: pd.DataFrame) -> None:
     ax.legend(loc="upper center", ncol=2, fontsize=8)
 
 
-def _forgetting_curves(ax, forgetting: pd.DataFrame, split_layer: int, split_label: str) -> None:
+def _forgetting_curves(ax: Axes, forgetting: pd.DataFrame, split_layer: int, split_label: str) -> None:
     """Task-1 probe accuracy per layer of M1 and M2, the split point as a dashed line."""
     ax.plot(forgetting["layer"], forgetting["acc_M1"], marker="o", ms=4, label="M1 (after task 1)", color="C0")
     ax.plot(forgetting["layer"], forgetting["acc_M2"], marker="o", ms=4, label="M2 (after task 2)", color="C3")
@@ -56,15 +58,20 @@ def _forgetting_curves(ax, forgetting: pd.DataFrame, split_layer: int, split_lab
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
 
 
-def continual_figure(swaps: pd.DataFrame, forgetting: pd.DataFrame, split_layer: int, split_label: str) -> Figure:
+@experiment_figure("continual", "continual")
+def continual_figure(tables: Tables, config: dict[str, Any]) -> Figure:
     """The two-panel figure of a continual-learning result (see the module docstring).
 
-    ``swaps`` is indexed by combination with columns ``task1_acc`` and ``task2_acc``;
-    ``forgetting`` has columns ``layer``, ``acc_M1`` and ``acc_M2``."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained",
-                                      gridspec_kw={"width_ratios": [1.25, 1]})
-    _swap_bars(left, swaps)
-    _forgetting_curves(right, forgetting, split_layer, split_label)
+    ``tables["swaps"]`` has columns ``combination``, ``task1_acc`` and ``task2_acc``;
+    ``tables["forgetting"]`` has ``layer``, ``acc_M1`` and ``acc_M2``; ``config["split"]`` names
+    the split point (``layer``, ``point``, ``source``)."""
+    split = config["split"]
+    how = "M1's tunnel start" if split["source"] == "tunnel_start" else "given"
+    label = f"layer {split['layer']} ({split['point']}), {how}"
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
+    _swap_bars(left, tables["swaps"])
+    _forgetting_curves(right, tables["forgetting"], int(split["layer"]), label)
     return fig
 
 
