@@ -12,7 +12,7 @@ import pytest
 
 from tunnelscope.errors import RunDirectoryError
 from tunnelscope.experiments.base import ExperimentResult
-from tunnelscope.report.experiments import figure_names
+from tunnelscope.report.experiments import draw_experiment, figure_names
 
 
 def check_contract(result: ExperimentResult, tmp_path) -> ExperimentResult:
@@ -24,8 +24,10 @@ def check_contract(result: ExperimentResult, tmp_path) -> ExperimentResult:
     assert paths[-1] == out / "config.json", "config.json must be written last"
     saved = json.loads((out / "config.json").read_text())
     assert saved["kind"] == result.kind
-    for name in figure_names(result.kind):
-        assert (out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()
+    drawn = draw_experiment(result.kind, result.tables(), saved)
+    assert set(drawn) <= set(figure_names(result.kind))
+    for name in figure_names(result.kind):  # every figure its tables can show, and none they cannot
+        assert ((out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()) == (name in drawn), name
     loaded = type(result).load(out)
     before, after = result.tables(), loaded.tables()
     assert set(before) == set(after)

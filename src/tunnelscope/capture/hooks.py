@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ProbePointError
 from ..features import Features, joint_features, point_views  # noqa: F401  (re-exported)
 from ..models.base import prefix_tokens
-from ..models.probe_points import order_by_execution, probe_points
+from ..models.probe_points import channels_last_blocks, order_by_execution, probe_points
 from .reduce import Reduction
 
 DEFAULT_MAX_DIM = 8000
@@ -200,7 +200,8 @@ class Capture:
         self.model_output = model_output
         self.flat_input = bool(getattr(model, "flat_input", False))
         self.prefix_tokens = prefix_tokens(model)
-        self.channels_last = frozenset(getattr(model, "channels_last_points", ()))
+        self.channels_last = frozenset(getattr(model, "channels_last_points", None)
+                                       or channels_last_blocks(model, self.points))
         # 3-D outputs are (B, C, L) maps in models built on Conv1d, token sequences otherwise
         self.tokens = self.prefix_tokens > 0 or not any(isinstance(m, nn.Conv1d) for m in model.modules())
         self.layout: dict[str, dict] = {}  # per point: raw shape, reduced dims, subset/projection

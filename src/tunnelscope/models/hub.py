@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
-from .probe_points import channels_last_blocks, outermost
+from .probe_points import BLOCK_FINDERS, channels_last_blocks, outermost
 
 PRETRAINED = "pretrained"
 HEAD_DIM = 64  # -wW gives W // 64 attention heads, as ViT-B (768 / 12) and ViT-Ti (192 / 3)
@@ -298,6 +298,17 @@ def _hf_blocks(net: nn.Module) -> list[str]:
                   if isinstance(mod, (nn.ModuleList, nn.Sequential)) and n.rsplit(".", 1)[-1] in _CONTAINERS]
     innermost = [c for c in containers if not any(o.startswith(f"{c}.") for o in containers)]
     return [n for c in innermost for n in _children(net, c)]
+
+
+def _object_blocks(library: str, finder: Any) -> Any:
+    """A block finder for ``library``'s module objects (None for any other module)."""
+    def find(net: nn.Module) -> list[str] | None:
+        return finder(net) if type(net).__module__.startswith(f"{library}.") else None
+    return find
+
+
+BLOCK_FINDERS.extend([("timm", _object_blocks("timm", _timm_blocks)),
+                      ("transformers", _object_blocks("transformers", _hf_blocks))])
 
 
 def _hub_id(spec: str, name: str) -> None:

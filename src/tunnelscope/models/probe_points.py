@@ -38,6 +38,12 @@ from torch import nn
 from ..errors import ProbePointError
 
 POINT_SETS = ("blocks", "conv")
+# (family, finder): a finder returns a library module object's block-level points, or None when
+# the module is not of its library; the tv and hub modules register theirs when imported
+BLOCK_FINDERS: list[tuple[str, Callable[[nn.Module], list[str] | None]]] = []
+# modules whose outputs stand for a layer when a model has no repeated composite blocks
+_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish)
+_CONTAINER_TYPES = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 @lru_cache(maxsize=256)
@@ -123,6 +129,27 @@ def channels_last_blocks(net: nn.Module, blocks: Sequence[str]) -> frozenset[str
     return frozenset(n for n in blocks if type(net.get_submodule(n)).__name__.startswith("SwinTransformer"))
 
 
+def default_blocks(model: nn.Module) -> tuple[list[str], str]:
+    """The ``blocks`` of a module that is no zoo model, and the rule that found them: its
+    library's own blocks (torchvision, timm, Hugging Face transformers: the rules of the
+    ``tv:``, ``timm:`` and ``hf:`` specs), else the outermost modules of a class with children
+    that occurs at least twice (a model's repeated blocks), else the outputs of a repeated
+    activation module (a plain Sequential MLP's nonlinearities); ``([], rule)`` if none."""
+    for family, finder in BLOCK_FINDERS:
+        found = finder(model)
+        if found is not None:
+            return found, family
+    composite: dict[type, int] = {}
+    for name, module in model.named_modules():
+        if name and not isinstance(module, _CONTAINER_TYPES) and any(True for _ in module.children()):
+            composite[type(module)] = composite.get(type(module), 0) + 1
+    repeated = {cls for cls, count in composite.items() if count >= 2}
+    if repeated:
+        return outermost(model, lambda module: type(module) in repeated), "outermost repeated blocks"
+    activations = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    return (activations, "repeated activations") if len(activations) >= 2 else ([], "none")
+
+
 def _no_match_hint(all_names: list[str], patterns: list[str]) -> str:
     """Why patterns written for the old syntax or the old ``tv:`` names match nothing, if that is why."""
     if any(p.startswith("net.") for p in patterns) and match_names(all_names, [p[4:] for p in patterns]):
@@ -138,8 +165,9 @@ def probe_points(model: nn.Module, points: str | Sequence[str] = "blocks") -> li
 
     For zoo models the named sets come from the model; for other modules ``conv`` means
     every Conv2d/Linear except 1x1 shortcut convs and the last Linear, and ``blocks`` is
-    only known for zoo and some torchvision models, so pass patterns instead (module
-    docstring: ``*`` stays within one dotted level, ``**`` crosses levels).
+    found by :func:`default_blocks` (a library's own blocks, else the repeated ones). Patterns
+    choose any modules (module docstring: ``*`` stays within one dotted level, ``**`` crosses
+    levels).
     """
     sets = getattr(model, "probe_sets", None) or {}
     if isinstance(points, str) and points in POINT_SETS:
@@ -148,10 +176,12 @@ def probe_points(model: nn.Module, points: str | Sequence[str] = "blocks") -> li
         elif points == "conv":
             names = _generic_conv(model)
         else:
-            raise ProbePointError(
-                f"no '{points}' probe points are known for {type(model).__name__}; pass module-name "
-                "patterns instead, e.g. points=['layer*.?'] (CLI: --points 'layer*.?')"
-            )
+            names = default_blocks(model)[0]
+            if not names:
+                raise ProbePointError(
+                    f"no blocks could be found in {type(model).__name__} (no library blocks, no repeated modules "
+                    f"with children, no repeated activations); pass module-name patterns instead, e.g. "
+                    f"{_pattern_example(model)}")
         if not names:
             others = [k for k, v in sets.items() if v and k != points]
             hint = f"; use {' or '.join(repr(k) for k in others)}" if others else ""
@@ -172,6 +202,13 @@ def probe_points(model: nn.Module, points: str | Sequence[str] = "blocks") -> li
             f"{_no_match_hint(all_names, patterns)}"
         )
     return names
+
+
+def _pattern_example(model: nn.Module) -> str:
+    """A pattern over the model's own top-level children, for an error message."""
+    children = [name for name, _ in model.named_children()]
+    first = children[0] if children else "features"
+    return f"points=['{first}.*'] (CLI: --points '{first}.*'), or see model.named_modules()"
 
 
 def hooked_pass(model: nn.Module, example: torch.Tensor, handles: Sequence) -> None:

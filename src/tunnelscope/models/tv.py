@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import ZooModel
-from .probe_points import channels_last_blocks, outermost
+from .probe_points import BLOCK_FINDERS, channels_last_blocks, outermost
 
 
 def torchvision_names() -> list[str]:
@@ -52,6 +52,14 @@ def _blocks(net: nn.Module) -> list[str]:
     if isinstance(net, tvm.ConvNeXt):
         return [n for n in names if n.startswith("features.") and n.count(".") == 2]
     return outermost(net, lambda module: type(module).__name__ in _BLOCK_CLASSES)
+
+
+def _object_blocks(net: nn.Module) -> list[str] | None:
+    """The blocks of a torchvision model passed as an object (None for any other module)."""
+    return _blocks(net) if type(net).__module__.startswith("torchvision.models") else None
+
+
+BLOCK_FINDERS.append(("torchvision", _object_blocks))
 
 
 def _conv(net: nn.Module, classifier: str) -> list[str]:
