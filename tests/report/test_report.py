@@ -4,6 +4,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -265,3 +267,30 @@ def test_normalised_probe_curves_are_each_curve_over_its_maximum(runs):
         curve = results.curve("probe_acc", dataset).to_numpy()
         np.testing.assert_allclose(lines[label].get_ydata(), curve / curve.max(), rtol=1e-12)
         assert max(lines[label].get_ydata()) == 1.0
+
+
+BACKEND_SCRIPT = """
+import sys
+import matplotlib
+matplotlib.use("svg")
+import tunnelscope.report, tunnelscope.report.compare, tunnelscope.report.sweep
+from tunnelscope import Results
+from tunnelscope.report import save_run
+from tunnelscope.report.figures import run_figures, save_figures
+results = Results.load(sys.argv[1])
+assert save_figures(run_figures(results), sys.argv[2] + "/figures")
+save_run(results, sys.argv[2] + "/run")
+import matplotlib.pyplot as plt
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+
+
+def test_importing_and_drawing_leaves_the_users_matplotlib_backend_alone(runs, tmp_path):
+    """A notebook's backend (here svg) is not switched to Agg by importing the report or by
+    drawing and saving a run's figures, and no figure is left registered with pyplot."""
+    path, _, _ = runs["mlp-3x64"]
+    done = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(path), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "0"]
+    assert (tmp_path / "figures" / "probes.png").stat().st_size > 5000

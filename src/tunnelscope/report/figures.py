@@ -1,4 +1,5 @@
-"""Figures of one run (and of several, for ``compare``), drawn with matplotlib's Agg backend.
+"""Figures of one run (and of several, for ``compare``), drawn on matplotlib Figures that
+pyplot never sees: importing or drawing leaves the user's backend alone.
 
 Each function takes a :class:`~tunnelscope.results.Results` and returns a Figure, or None
 when the run lacks the metrics it needs. ``save_figures`` writes PNG and SVG.
@@ -8,12 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -22,6 +19,13 @@ from ..io import atomic_write
 from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
 
 TUNNEL_COLOUR = "#f4d58d"
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A constrained-layout figure and its axes, as ``plt.subplots`` gives, but not registered
+    with pyplot: no backend is chosen or switched, and nothing has to be closed."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _layer_axis(ax, first: int, n: int, label: str = "layer (probe point; 0 = the input)") -> None:
@@ -42,7 +46,7 @@ def _shade_tunnel(ax, results, n: int) -> None:
 
 def _tunnel_axes(results, height: float):
     """A one-panel figure over the run's points with the tunnel shaded; ``(fig, ax, points)``."""
-    fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
+    fig, ax = subplots(figsize=(7, height))
     n = len(results.points)
     _shade_tunnel(ax, results, n)
     return fig, ax, n
@@ -130,7 +134,7 @@ def collapse_figure(results) -> Figure | None:
     panels = [m for m in ("nc1", "cdnv", "ncc_acc") if results.has(m)]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), layout="constrained", squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
     n = len(results.points)
     titles = {"nc1": "NC1 = tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "ncc_acc": "nearest-class-centre accuracy"}
     for ax, m in zip(axes[0], panels):
@@ -153,7 +157,7 @@ def pc1_figure(results) -> Figure | None:
     if not results.has("pc1_sim"):
         fig, ax, n = _tunnel_axes(results, height=3.6)
     else:
-        fig, (ax, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1.4, 1))
+        fig, (ax, right) = subplots(1, 2, figsize=(11, 4.2), width_ratios=(1.4, 1))
         n = len(results.points)
         _shade_tunnel(ax, results, n)
         _heatmap(fig, right, results.matrix("pc1_sim", split="train"), results, "|cos| of PC1 scores",
@@ -184,10 +188,10 @@ def cka_figure(results) -> Figure | None:
     if not results.has("cka"):
         return None
     if not results.has("cka_nopc1"):
-        fig, ax = plt.subplots(figsize=(5.4, 4.6), layout="constrained")
+        fig, ax = subplots(figsize=(5.4, 4.6))
         _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
         return fig
-    fig, (ax, right) = plt.subplots(1, 2, figsize=(10.8, 4.6), layout="constrained")
+    fig, (ax, right) = subplots(1, 2, figsize=(10.8, 4.6))
     _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
     _heatmap(fig, right, results.matrix("cka_nopc1"), results, "CKA", "without each layer's PC1 (test)")
     return fig
@@ -198,7 +202,7 @@ def cross_model_figure(matrix) -> Figure:
     model A's points, columns model B's, each placed at its relative depth (layer / points),
     so that models of different depths align."""
     la, lb = matrix.shape
-    fig, ax = plt.subplots(figsize=(5.8, 4.8), layout="constrained")
+    fig, ax = subplots(figsize=(5.8, 4.8))
     # cell edges at relative depth: point i of L spans ((i - 0.5) / L, (i + 0.5) / L], i = 1 … L
     im = ax.pcolormesh((np.arange(lb + 1) + 0.5) / lb, (np.arange(la + 1) + 0.5) / la, matrix.to_numpy(dtype=float),
                        cmap="magma", vmin=0, vmax=1, shading="flat")
@@ -225,8 +229,7 @@ def run_figures(results) -> dict[str, Figure]:
 
 
 def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequence[str] = ()) -> list[Path]:
-    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg`` (one layout for both); close
-    them; return the PNG paths.
+    """Write each figure as ``NAME.png`` (150 dpi) and ``NAME.svg`` (one layout for both); return the PNG paths.
 
     ``replace`` names figures of an earlier run to delete first, so none of them outlives it."""
     folder = Path(folder)
@@ -242,7 +245,6 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
 
             atomic_write(folder / f"{name}.{fmt}", write)
             fig.set_layout_engine("none")  # the layout the PNG computed serves the SVG: laid out once
-        plt.close(fig)
         pngs.append(folder / f"{name}.png")
     return pngs
 
@@ -331,7 +333,7 @@ def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str |
     groups = list(groups) if groups is not None else [None] * len(runs)
     accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
     rows = _compare_rows(runs, accuracy)
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), layout="constrained", squeeze=False)
+    fig, axes = subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), squeeze=False)
     metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test")}
     lines = _seed_lines(labels, groups)
     for row, kind in zip(axes, rows):
@@ -356,8 +358,8 @@ def inversion_grid(inv, max_images: int = 8) -> Figure:
     column shares the original's grey scale."""
     points = list(inv.reconstructions)
     n = min(max_images, len(inv.images))
-    fig, axes = plt.subplots(len(points) + 1, n, figsize=(1.3 * n + 1.2, 1.3 * (len(points) + 1)),
-                             squeeze=False, layout="constrained")
+    fig, axes = subplots(len(points) + 1, n, figsize=(1.3 * n + 1.2, 1.3 * (len(points) + 1)),
+                         squeeze=False)
     rows = [("original", inv.images)] + [(p, inv.reconstructions[p][0]) for p in points]
     for r, (label, batch) in enumerate(rows):
         for c in range(n):
@@ -383,7 +385,7 @@ def _displayable(x) -> np.ndarray:
 
 def inversion_curves(inversions: Sequence) -> Figure:
     """m_g, m_i and m_r against layer, one line style per model state (trained / untrained)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    fig, axes = subplots(1, 3, figsize=(13, 3.8))
     titles = {"m_g": "embedding distance m_g = ‖O(a) − O(a_g)‖", "m_i": "input distance m_i = ‖a_g − a‖",
               "m_r": "reference m_r = ‖O(a) − O(a′)‖"}
     for inv, style in zip(inversions, ("-", "--", ":")):

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
@@ -29,7 +25,7 @@ from ..sweep.ood_table import ood_table
 from ..sweep.spec import SweepSpec
 from ..sweep.store import VAR_PREFIX, Store
 from ..uncertainty import mean_ci
-from .figures import save_figures
+from .figures import save_figures, subplots
 from .html import figure_html, page
 from .sweep_explain import explain_section
 
@@ -59,7 +55,7 @@ def aggregate_figures(spec: SweepSpec, summaries: pd.DataFrame) -> dict:
     figures = {}
     for x in xs:
         others = [VAR_PREFIX + v for v in variables if VAR_PREFIX + v != x]
-        fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), layout="constrained", squeeze=False)
+        fig, axes = subplots(1, len(ys), figsize=(5.5 * len(ys), 4), squeeze=False)
         ticks = sorted(final[x].unique(), key=lambda v: (isinstance(v, str), v))  # one order for every line
         position = {v: i for i, v in enumerate(ticks)}
         for ax, y in zip(axes[0], ys):
@@ -85,7 +81,7 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
     """Layer × checkpoint heatmaps of ID probe accuracy and rank, and the tunnel start against step."""
     steps = sorted(table.step.unique())
     panels = [m for m in ("probe_acc", "rank") if (table.metric == m).any()]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4), layout="constrained")
+    fig, axes = subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4))
     axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, panels):
         rows = table[(table.metric == metric) & (table.dataset == id_name_of(table)) & (table.split == "test")
