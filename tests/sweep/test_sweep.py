@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cli_helpers import run_cli
@@ -270,7 +271,13 @@ def test_cells_that_differ_only_in_their_analysis_share_one_training_run(tmp_pat
         "analysis": {"metrics": "{metrics}", "probe_epochs": 1}})
     a, b = spec.cells
     assert a.key != b.key and a.train_key == b.train_key
-    records = run_cells(spec.cells, str(spec.store), "cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        records = run_cells(spec.cells, str(spec.store), "cpu", threads=1)
+        assert torch.get_num_threads() == 3  # the worker's thread count holds for the cell only
+    finally:
+        torch.set_num_threads(before)
     assert [r["status"] for r in records] == ["finished", "finished"]
     assert [p.name for p in (spec.store / "runs").iterdir()] == [a.train_key]
     run = json.loads((spec.store / "runs" / a.train_key / "run.json").read_text())

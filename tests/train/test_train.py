@@ -7,7 +7,7 @@ import torch
 
 import tunnelscope as ts
 from tunnelscope.checkpoint import read_checkpoint
-from tunnelscope.errors import CheckpointError, SpecError
+from tunnelscope.errors import CheckpointError, ConfigError, SpecError
 from tunnelscope.train import Recipe, early_steps
 
 SMALL = "fashion-mnist[classes=0-4,per_class=100,test_per_class=40,aug=1]"
@@ -126,10 +126,15 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, fashion_small):
         ts.load_model(tmp_path / "mismatch.pt")
 
 
-def test_thread_count_and_environment_are_recorded(tmp_path):
+def test_thread_count_and_environment_are_recorded_and_the_callers_count_comes_back(tmp_path):
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(3)
         result = ts.train("mlp-3x16", "digits", epochs=1, out=tmp_path, batch_size=64, progress=False, threads=1)
+        assert torch.get_num_threads() == 3  # train's threads= holds for the run only
+        with pytest.raises(ConfigError, match="threads must be >= 1"):
+            ts.train("mlp-3x16", "digits", epochs=1, out=tmp_path / "bad", progress=False, threads=0)
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
     run = json.loads((tmp_path / "run.json").read_text())

@@ -10,10 +10,9 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
-
 from ..errors import SpecError
 from ..rundir import CKPT_DIR, RESUME_FILE
+from ..threads import torch_threads
 from .spec import Cell
 from .store import Store
 
@@ -56,11 +55,16 @@ def _train(cell: Cell, run_dir: Path, device: str) -> None:
 
 def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | None = None) -> dict:
     """Train and analyse ``cell``; returns its record. Errors are recorded, not raised."""
+    # one worker per core: oversubscribed OpenMP threads crawl; the count is restored afterwards
+    with torch_threads(threads or None):
+        return _run_cell(cell, store_root, device)
+
+
+def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
+    """:func:`run_cell` on the thread count already set."""
     from ..engine.analyze import analyze
     from ..probes import ProbeConfig
 
-    if threads:
-        torch.set_num_threads(threads)  # one worker per core: oversubscribed OpenMP threads crawl
     store = Store(store_root)
     run_dir = store.run_dir(cell.train_key)
     store.write_record(cell, status="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),

@@ -23,6 +23,7 @@ from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
 from ..rundir import CKPT_DIR, HISTORY_FILE, RESUME_FILE, RUN_FILE, checkpoint_name
+from ..threads import torch_threads
 from ..versions import environment, package_versions
 from .recipes import Recipe, default_recipe, early_steps
 
@@ -151,42 +152,39 @@ def train(
     ``recipe`` (``sgd`` or ``adamw``) defaults to :func:`~tunnelscope.train.recipes.default_recipe`
     of the model (``adamw`` for ViTs and linear MLPs); the resolved recipe is recorded.
     """
-    if threads is not None:
-        if threads < 1:
-            raise SpecError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    out = Path(out)
-    if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
-        raise SpecError("epochs, batch_size and checkpoint_every must be >= 1")
-    if dense_steps < 0:
-        raise ConfigError(f"dense_steps must be >= 0 (0: none), got {dense_steps}")
-    dev = resolve_device(device)
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
-    rec = Recipe.resolve(recipe or default_recipe(model), epochs, lr, weight_decay, schedule, warmup_epochs,
-                         label_smoothing)
-    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root, download=download)
-    if dataset.num_classes < 2:
-        raise InsufficientDataError(f"{dataset.spec} has a single class; a classifier needs at least 2 "
-                                    "(widen classes=)")
-    config = {
-        "model": model, "data": dataset.spec, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-        "recipe": asdict(rec), "checkpoint_every": checkpoint_every, "early_checkpoints": early_checkpoints,
-        "dense_steps": dense_steps, "amp": use_amp, "drop_last": True,
-    }
-    created = not out.exists() or not any(out.iterdir())
-    _prepare_out(out, resume, overwrite)
-    try:
-        run = _set_up(out, model, dataset, rec, config, dev, use_amp, resume)
-        if not resume and (early_checkpoints or dense_steps):
-            _checkpoint(run)  # step 0: the initialisation
-        _train_epochs(run, resume, progress, on_step, on_epoch)
-        return _finish(run)
-    except KeyboardInterrupt:
-        raise  # the checkpoints so far stay, for --resume
-    except BaseException:
-        if not resume:  # a new run that failed leaves nothing behind
-            _remove_run(out, created)
-        raise
+    with torch_threads(threads):  # the caller's thread count is back when the run ends
+        out = Path(out)
+        if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
+            raise SpecError("epochs, batch_size and checkpoint_every must be >= 1")
+        if dense_steps < 0:
+            raise ConfigError(f"dense_steps must be >= 0 (0: none), got {dense_steps}")
+        dev = resolve_device(device)
+        use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
+        rec = Recipe.resolve(recipe or default_recipe(model), epochs, lr, weight_decay, schedule, warmup_epochs,
+                             label_smoothing)
+        dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root, download=download)
+        if dataset.num_classes < 2:
+            raise InsufficientDataError(f"{dataset.spec} has a single class; a classifier needs at least 2 "
+                                        "(widen classes=)")
+        config = {
+            "model": model, "data": dataset.spec, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+            "recipe": asdict(rec), "checkpoint_every": checkpoint_every, "early_checkpoints": early_checkpoints,
+            "dense_steps": dense_steps, "amp": use_amp, "drop_last": True,
+        }
+        created = not out.exists() or not any(out.iterdir())
+        _prepare_out(out, resume, overwrite)
+        try:
+            run = _set_up(out, model, dataset, rec, config, dev, use_amp, resume)
+            if not resume and (early_checkpoints or dense_steps):
+                _checkpoint(run)  # step 0: the initialisation
+            _train_epochs(run, resume, progress, on_step, on_epoch)
+            return _finish(run)
+        except KeyboardInterrupt:
+            raise  # the checkpoints so far stay, for --resume
+        except BaseException:
+            if not resume:  # a new run that failed leaves nothing behind
+                _remove_run(out, created)
+            raise
 
 
 def _empty_epoch_sums() -> dict:
