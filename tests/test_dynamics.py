@@ -1,5 +1,5 @@
 """One training run's dynamics: dense early checkpoints, analyze_run against direct analyze
-calls, resumption, step selection and the figures' axes."""
+calls, resumption, step selection, the result contract and the figures' axes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import tunnelscope as ts
-from tunnelscope import dynamics
+from experiment_contract import check_contract
 from tunnelscope.checkpoint import read_checkpoint
 from tunnelscope.errors import ConfigError, RunDirectoryError
+from tunnelscope.experiments import dynamics
 from tunnelscope.experiments.dynamics import DynamicsResult, analyze_run, select_steps
 from tunnelscope.report.dynamics import heatmap_figure, step_edges, step_ticks, tunnel_figure
+from tunnelscope.report.experiments import draw_experiment
 from tunnelscope.results import COLUMNS
 from tunnelscope.summary import MEAN_RETAINED, MEAN_RETAINED_CI, TUNNEL_START, TUNNEL_START_CI
 
@@ -146,6 +148,31 @@ def test_the_saved_directory_reads_back_the_same(run_dir, analysed):
     assert loaded.steps[TUNNEL_START].tolist() == analysed.steps[TUNNEL_START].tolist()
     assert loaded.config["steps"] == STEPS and loaded.config["settings"]["data"] == ID_DATA  # run.json's data
     assert loaded.config["run"]["dense_steps"] == DENSE
+    assert loaded.summaries == analysed.summaries and loaded.config["heatmaps"] == ["probe_acc", "rank"]
+    assert json.loads((out / "config.json").read_text())["kind"] == "dynamics"
+    assert (out / "steps.csv").read_text() == analysed.steps.to_csv(index=False)
+
+
+def test_the_result_keeps_the_experiment_contract(analysed, tmp_path):
+    loaded = check_contract(analysed, tmp_path)
+    assert loaded.steps.to_csv(index=False) == analysed.steps.to_csv(index=False)  # as computed
+    copy = tmp_path / "contract-dynamics"  # saved by the check: the layer table and the figures too
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "dynamics.parquet"), analysed.table, check_exact=True)
+    assert {p.name for p in (copy / "figures").iterdir()} == {"heatmaps.png", "heatmaps.svg", "tunnel.png",
+                                                              "tunnel.svg"}
+
+
+def test_a_directory_of_another_kind_is_refused_as_out(run_dir, tmp_path):
+    other = tmp_path / "agreement"
+    other.mkdir()
+    (other / "config.json").write_text('{"kind": "agreement"}')
+    with pytest.raises(RunDirectoryError, match="holds a agreement experiment, not a dynamics one"):
+        analyze_run(run_dir, steps=[0], out=other, **SETTINGS)
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    (analysis / "summary.json").write_text("{}")
+    with pytest.raises(RunDirectoryError, match="single analysis"):
+        analyze_run(run_dir, steps=[0], out=analysis, **SETTINGS)
 
 
 def test_heatmap_is_the_table_pivoted(analysed):
@@ -252,6 +279,25 @@ def test_heatmaps_have_one_column_per_step_and_the_tunnel_start_overlaid(analyse
     tunnel = tunnel_figure(analysed.steps)
     assert len(tunnel.axes) == 3 and all(ax.collections for ax in tunnel.axes[:2])  # interval bands
     assert {p.name for p in analysed.figures} == {"heatmaps.png", "tunnel.png"}
+
+
+def test_figures_drawn_from_the_saved_tables_show_the_computed_numbers(analysed, tmp_path):
+    analysed.save(tmp_path / "saved")
+    loaded = DynamicsResult.load(tmp_path / "saved")
+    figures = draw_experiment("dynamics", loaded.figure_tables(), loaded.saved_config())
+    assert set(figures) == {"figures/heatmaps", "figures/tunnel"}
+    panels = [ax for ax in figures["figures/heatmaps"].axes if ax.get_ylabel().startswith("layer")]
+    grids = [analysed.heatmap("probe_acc"), analysed.heatmap("probe_acc", OOD_DATA), analysed.heatmap("rank")]
+    for ax, grid in zip(panels, grids, strict=True):
+        np.testing.assert_array_equal(np.asarray(ax.collections[0].get_array()), grid.to_numpy())
+    start, retained, accuracy = figures["figures/tunnel"].axes
+    for ax, key in ((start, TUNNEL_START), (retained, MEAN_RETAINED), (accuracy, "model_accuracy")):
+        assert list(ax.get_lines()[0].get_xdata()) == STEPS
+        np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), analysed.steps[key].astype(float))
+    # the heatmap metrics are the config's: without the layer table there is no heatmap
+    only_rank = draw_experiment("dynamics", loaded.figure_tables(), {**loaded.saved_config(), "heatmaps": ["rank"]})
+    assert [ax.get_title() for ax in only_rank["figures/heatmaps"].axes if ax.get_ylabel()] == ["ID: numerical rank"]
+    assert set(draw_experiment("dynamics", loaded.tables(), loaded.saved_config())) == {"figures/tunnel"}
 
 
 def test_step_axis_helpers():

@@ -1,11 +1,22 @@
-"""Input reconstruction (METRICS.md §8) on layers whose invertibility is known."""
+"""Input reconstruction (METRICS.md §8) on layers whose invertibility is known; the saved
+inversion's result contract and its score figure."""
+
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from tunnelscope.experiments.inversion import InvertConfig, invert
+from tunnelscope.errors import RunDirectoryError
+from tunnelscope.experiments.inversion import (
+    InversionResult,
+    InvertConfig,
+    invert,
+    invert_checkpoint,
+    summarize_inversions,
+)
 from tunnelscope.models import untrained_copy
 
 
@@ -111,7 +122,6 @@ def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
     import json
 
     from tunnelscope.errors import CheckpointError, SpecError, TunnelscopeError
-    from tunnelscope.experiments.inversion import invert_checkpoint, summarize_inversions
 
     run, ds = trained
     out = tmp_path / "inv"
@@ -120,7 +130,7 @@ def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
     assert [r.config["state"] for r in runs] == ["trained", "untrained"] and len(runs[0].images) == 2
     saved = json.loads((out / "inversion.json").read_text())
     assert saved["summary"] == summarize_inversions(runs) and saved["data"] == ds.spec and saved["images"] == 2
-    assert saved["config"]["steps"] == 3 and saved["config"]["seed"] == 1
+    assert saved["config"]["steps"] == 3 and saved["config"]["seed"] == 1 and saved["kind"] == "inversion"
     assert (out / "report.html").is_file() and (out / "figures" / "inversion-grid-untrained.svg").is_file()
     # a Dataset serves as well as its spec; the same seed draws the same images
     again = invert_checkpoint(run.final_checkpoint, ds, out, images=2, points=["blocks.0"], untrained=False,
@@ -165,6 +175,69 @@ def test_invert_command_writes_scores_figures_and_a_report_section(trained, tmp_
     text = (analysed / "report.html").read_text()
     assert code == 0 and "Input reconstruction from each layer" in text and 'id="fig-rank"' in text
     assert Results.load(analysed).has("rank")
+
+
+@pytest.fixture(scope="module")
+def inverted(trained, tmp_path_factory):
+    """A small inversion written by invert_checkpoint: its directory and the inversions."""
+    run, ds = trained
+    out = tmp_path_factory.mktemp("inverted") / "inv"
+    runs = invert_checkpoint(run.final_checkpoint, ds, out, images=2, config=InvertConfig(steps=3, seed=1),
+                             progress=False)
+    return out, runs
+
+
+def test_the_inversion_keeps_the_result_contract(inverted, tmp_path):
+    """What tests/experiment_contract.py checks, with inversion.json in place of config.json (an
+    inversion shares its directory with an analysis, whose config.json that is): save → load
+    round-trips the table and config; inversion.json, written last, names the kind; a directory
+    without it reads as partial; a taken directory is refused unless overwrite."""
+    out, runs = inverted
+    result = InversionResult.load(out)
+    pd.testing.assert_frame_equal(result.scores, pd.concat([r.table for r in runs], ignore_index=True),
+                                  check_exact=True)
+    assert result.config["config"] == runs[0].config and result.summary() == summarize_inversions(runs)
+    copy = tmp_path / "copy"
+    paths = result.save(copy)
+    assert paths[-1] == copy / "inversion.json" and paths[0] == copy / "inversion.parquet"
+    saved = json.loads((copy / "inversion.json").read_text())
+    assert list(saved)[:2] == ["kind", "config"] and saved["kind"] == "inversion" and list(saved)[-1] == "summary"
+    assert saved == json.loads((out / "inversion.json").read_text())  # the same file as invert_checkpoint's
+    assert all((copy / "figures" / f"inversion-scores.{fmt}").is_file() for fmt in ("png", "svg"))
+    loaded = InversionResult.load(copy)
+    pd.testing.assert_frame_equal(loaded.scores, result.scores, check_exact=True)
+    assert loaded.saved_config() == saved
+    with pytest.raises(RunDirectoryError, match="already holds an inversion"):
+        result.save(copy)
+    result.save(copy, overwrite=True)
+    (copy / "inversion.json").unlink()
+    with pytest.raises(RunDirectoryError, match="partial"):
+        InversionResult.load(copy)
+    with pytest.raises(RunDirectoryError, match="a partial one"):
+        result.save(copy)
+    with pytest.raises(RunDirectoryError, match="partial inversion or none"):
+        InversionResult.load(tmp_path / "nothing here")
+    beside = tmp_path / "analysis"  # beside an analysis (its summary.json and config.json) it is at home
+    beside.mkdir()
+    (beside / "summary.json").write_text("{}")
+    (beside / "config.json").write_text('{"seed": 0}')
+    result.save(beside)
+    assert (beside / "config.json").read_text() == '{"seed": 0}' and InversionResult.load(beside).summary()
+
+
+def test_the_score_figure_drawn_from_the_saved_table_shows_the_computed_means(inverted):
+    from tunnelscope.report.experiments import draw_experiment
+
+    out, runs = inverted
+    loaded = InversionResult.load(out)
+    figure = draw_experiment("inversion", loaded.tables(), loaded.saved_config())["figures/inversion-scores"]
+    for ax, metric in zip(figure.axes, ("m_g", "m_i", "m_r"), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["trained", "untrained"]
+        for line, inv in zip(lines, runs, strict=True):
+            expected = inv.score(metric)
+            np.testing.assert_array_equal(line.get_xdata(), expected.layer)
+            np.testing.assert_array_equal(line.get_ydata(), expected.value)
 
 
 def test_untrained_copy_redraws_parameters_no_module_resets():

@@ -14,8 +14,11 @@ The output directory (``RUN_DIR/dynamics`` by default)::
     dynamics.parquet             every analysed checkpoint's table, with step and epoch columns
     steps.csv                    one row per checkpoint: the summary's numbers, intervals as "KEY lo/hi"
     figures/                     heatmaps and tunnel (PNG and SVG)
-    config.json                  the settings, the run, the steps; written last (a directory
-                                 without it holds a partial or interrupted analysis)
+    config.json                  the kind ("dynamics"), the settings, the run, the steps; written
+                                 last (a directory without it holds a partial or interrupted analysis)
+
+The last four are :meth:`DynamicsResult.save` (the :class:`~.base.ExperimentResult` contract:
+its table is ``steps``; ``dynamics.parquet`` is the layer table its heatmaps are drawn from).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -43,18 +46,10 @@ from ..io import atomic_write, jsonable, write_json, write_text
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import COLUMNS, Results, column_name, lower, upper
-from ..rundir import (
-    CKPT_DIR,
-    CONFIG_FILE,
-    FIGURES_DIR,
-    RESULTS_FILE,
-    RUN_FILE,
-    SUMMARY_FILE,
-    checkpoint_name,
-)
+from ..rundir import CONFIG_FILE, FIGURES_DIR, KIND_KEY, checkpoints, claim, kind_of, step_name, steps_in
 from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
-from ..sweep.cell import checkpoints as run_checkpoints
 from ..train.loop import read_run
+from .base import ExperimentResult, read_config
 
 DEFAULT_OUT = "dynamics"  # inside the run directory
 DYNAMICS_FILE, STEPS_FILE, STEP_RESULTS_DIR = "dynamics.parquet", "steps.csv", "steps"
@@ -66,15 +61,20 @@ ANALYZE_PARAMETERS = inspect.signature(analyze).parameters
 
 
 @dataclass
-class DynamicsResult:
+class DynamicsResult(ExperimentResult):
     """One run's checkpoints analysed: ``table`` (the tidy table of every checkpoint, with
     ``step`` and ``epoch`` columns), ``steps`` (one row per checkpoint: its summary's numbers),
-    ``summaries`` (each checkpoint's full summary, by step) and ``config``."""
+    ``summaries`` (each checkpoint's full summary, by step, where its record in ``steps/`` is
+    there) and ``config``. Its saved table is ``steps`` (``steps.csv``); ``table`` is saved
+    beside it as ``dynamics.parquet``."""
+
+    kind: ClassVar[str] = "dynamics"
+    table_files: ClassVar[dict[str, str]] = {"steps": STEPS_FILE}
 
     table: pd.DataFrame
     steps: pd.DataFrame
     summaries: dict[int, Summary]
-    config: dict
+    config: dict[str, Any]
     path: Path | None = None
     figures: list[Path] = field(default_factory=list)
 
@@ -96,28 +96,76 @@ class DynamicsResult:
     def results(self, step: int) -> Results:
         """The analysis of one checkpoint as a :class:`~tunnelscope.results.Results`."""
         if step not in self.summaries:
-            raise KeyError(f"step {step} was not analysed; steps here: {self.step_list}")
+            raise KeyError(f"step {step} was not analysed (or its record in {STEP_RESULTS_DIR}/ is gone); "
+                           f"summaries here: {sorted(self.summaries)}")
         rows = self.table[self.table.step == step].drop(columns=STEP_COLUMNS)
         return Results(rows.reset_index(drop=True), self.summaries[step], self.config.get("analysis", {}))
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``steps``: one row per analysed checkpoint (``steps.csv``)."""
+        return {"steps": self.steps}
+
+    def figure_tables(self) -> dict[str, pd.DataFrame]:
+        """What the figures are drawn from: :meth:`tables` and the layer table (``layers``)."""
+        from ..report.dynamics import LAYER_TABLE
+
+        return {**self.tables(), LAYER_TABLE: self.table}
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> DynamicsResult:
+        """The result of ``steps`` and, when given, the layer table ``layers`` (else an empty one);
+        no per-step summaries (:meth:`load` reads them)."""
+        from ..report.dynamics import LAYER_TABLE
+
+        table = tables.get(LAYER_TABLE)
+        if table is None:
+            table = pd.DataFrame(columns=STEP_COLUMNS + COLUMNS)
+        return cls(table, tables["steps"], {}, dict(config))
+
+    def save(self, out: str | Path, overwrite: bool = False, figures: bool = True) -> list[Path]:
+        """Claim ``out`` (see :func:`tunnelscope.rundir.claim`), write ``dynamics.parquet``,
+        ``steps.csv``, the figures (``figures/``, with ``figures``; none of an earlier run's
+        outlives it) and, last, ``config.json`` naming the kind; return the written paths."""
+        from ..report.dynamics import DYNAMICS_FIGURES
+        from ..report.experiments import draw_experiment
+        from ..report.figures import save_figures
+
+        config = self.saved_config()
+        drawn = draw_experiment(self.kind, self.figure_tables(), config) if figures else {}
+        folder = claim(out, self.kind, overwrite, files=(DYNAMICS_FILE, STEPS_FILE))
+        table = self.table
+        paths = [atomic_write(folder / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False)),
+                 write_text(folder / STEPS_FILE, self.steps.to_csv(index=False))]
+        stale = [f"{FIGURES_DIR}/{name}" for name in DYNAMICS_FIGURES]
+        for png in save_figures(drawn, folder, replace=stale):
+            paths += [png, png.with_suffix(".svg")]
+        paths.append(write_json(folder / CONFIG_FILE, config))
+        return paths
+
     @classmethod
     def load(cls, directory: str | Path) -> DynamicsResult:
-        """Read a directory written by :func:`analyze_run`."""
+        """Read a directory written by :func:`analyze_run` (or :meth:`save`); refuses a partial one."""
+        from ..report.dynamics import LAYER_TABLE
+
         out = Path(directory)
         missing = [f for f in (CONFIG_FILE, DYNAMICS_FILE, STEPS_FILE) if not (out / f).is_file()]
         if missing:
             raise RunDirectoryError(f"{out} holds no complete dynamics analysis (missing {', '.join(missing)}): "
                                     "at most a partial or interrupted one; run analyze_run (tunnelscope dynamics) "
                                     "with the same settings again to finish it")
+        config = read_config(out, cls.kind)
+        config.pop(KIND_KEY, None)
         try:
-            config = json.loads((out / CONFIG_FILE).read_text())
-            table = pd.read_parquet(out / DYNAMICS_FILE)
-            steps = pd.read_csv(out / STEPS_FILE)
-            summaries = {step: _read_step_record(out, step)["summary"] for step in config["steps"]}
+            tables = {LAYER_TABLE: pd.read_parquet(out / DYNAMICS_FILE), "steps": pd.read_csv(out / STEPS_FILE)}
+            records = steps_in(out / STEP_RESULTS_DIR, "json")
+            summaries = {step: json.loads(records[step].read_text())["summary"]
+                         for step in config["steps"] if step in records}
         except (OSError, ValueError, KeyError) as exc:
             raise RunDirectoryError(f"cannot read the dynamics in {out}: {type(exc).__name__}: {exc}") from None
-        figures = sorted((out / FIGURES_DIR).glob("*.png"))
-        return cls(table, steps, summaries, config, out, figures)
+        result = cls.from_tables(tables, config)
+        result.summaries, result.path = summaries, out
+        result.figures = sorted((out / FIGURES_DIR).glob("*.png"))
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -206,12 +254,13 @@ def analyze_run(
     interrupted call resumes. Finished checkpoints analysed with other settings, or whose
     checkpoint file changed since, are refused unless ``overwrite`` (which starts afresh).
     ``heatmaps`` names the metrics drawn as layer × step heatmaps (default probe accuracy,
-    on every dataset, and rank); ``figures=False`` draws none.
+    on every dataset, and rank; recorded in ``config.json``); ``figures=False`` draws none.
+    The gathered result is written by :meth:`DynamicsResult.save`, ``config.json`` last.
     """
     from ..report.dynamics import HEATMAP_METRICS
 
     run_dir = Path(run_dir)
-    available = _available_checkpoints(run_dir)
+    available = checkpoints(run_dir, required=True)
     run = read_run(run_dir)
     options = _check_options(analyze_options)
     out = run_dir / DEFAULT_OUT if out is None else Path(out)
@@ -223,8 +272,7 @@ def analyze_run(
     if overwrite:
         _clear(out)
     done = _finished_steps(out, selected, available, settings)  # refuses before anything in out changes
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).unlink(missing_ok=True)  # the directory reads as partial until the end
+    claim(out, DynamicsResult.kind, overwrite=True)  # resumed: it reads as partial until the end
     steps_per_epoch = run.get("steps_per_epoch")
     tic = time.perf_counter()
     with progress_bar(progress) as bars:
@@ -236,22 +284,11 @@ def analyze_run(
             results = analyze(available[step], dataset, ood=list(ood), metrics=metrics, progress=False, **options)
             _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, settings)
             bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
-    result = _gather(out, selected, run_dir, run, settings, time.perf_counter() - tic)
-    if figures:
-        result.figures = _save_figures(result, out, HEATMAP_METRICS if heatmaps is None else heatmaps)
-    write_json(out / CONFIG_FILE, result.config)  # last: marks the directory complete
-    result.path = out
+    drawn = list(HEATMAP_METRICS if heatmaps is None else heatmaps)
+    result = _gather(out, selected, run_dir, run, settings, drawn, time.perf_counter() - tic)
+    paths = result.save(out, overwrite=True, figures=figures)  # out is this analysis's: checked above
+    result.path, result.figures = out, [p for p in paths if p.suffix == ".png"]
     return result
-
-
-def _available_checkpoints(run_dir: Path) -> dict[int, Path]:
-    if not run_dir.is_dir():
-        raise RunDirectoryError(f"{run_dir} is not a directory; give a run directory written by 'tunnelscope train'")
-    available = run_checkpoints(run_dir)
-    if not available:
-        raise RunDirectoryError(f"{run_dir} holds no checkpoints ({CKPT_DIR}/step-NNNNNNN.pt); "
-                                "give a run directory written by 'tunnelscope train'")
-    return available
 
 
 def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -264,12 +301,18 @@ def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_out(out: Path, run_dir: Path) -> None:
-    """Refuse an ``out`` that is a training run or an analysis run directory."""
-    if (out / RUN_FILE).exists() or (out / CKPT_DIR).exists():
+    """Refuse an ``out`` that is a file, a training run, an analysis or another kind's experiment
+    (:func:`tunnelscope.rundir.kind_of`); a dynamics directory, finished or not, is resumed."""
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out} is a file, not a directory; choose another out")
+    held = kind_of(out)
+    if held == "training":
         raise RunDirectoryError(f"{out} is a training run directory; write the dynamics elsewhere "
                                 f"(default: {run_dir / DEFAULT_OUT})")
-    if (out / RESULTS_FILE).exists() or (out / SUMMARY_FILE).exists():
+    if held == "analysis":
         raise RunDirectoryError(f"{out} holds a single analysis ('tunnelscope analyze'); choose another out")
+    if held not in (None, "unknown", DynamicsResult.kind):
+        raise RunDirectoryError(f"{out} holds a {held} experiment, not a dynamics one; choose another out")
 
 
 def _dataset(data: str | data_mod.Dataset | None, run: dict, available: dict[int, Path],
@@ -317,13 +360,10 @@ def _digest(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the store
-def _step_stem(step: int) -> str:
-    return Path(checkpoint_name(step)).stem
-
-
 def _step_paths(out: Path, step: int) -> tuple[Path, Path]:
+    """Where one step's table and record go: ``steps/step-NNNNNNN.parquet`` and ``.json``."""
     folder = out / STEP_RESULTS_DIR
-    return folder / f"{_step_stem(step)}.parquet", folder / f"{_step_stem(step)}.json"
+    return folder / step_name(step, "parquet"), folder / step_name(step, "json")
 
 
 def _read_step_record(out: Path, step: int) -> dict:
@@ -347,10 +387,11 @@ def _finished_steps(out: Path, selected: list[int], available: dict[int, Path], 
     """Selected steps already analysed in ``out`` with these settings and this checkpoint file;
     refuses finished steps that differ in either."""
     done = set()
+    tables, records = steps_in(out / STEP_RESULTS_DIR, "parquet"), steps_in(out / STEP_RESULTS_DIR, "json")
     for step in selected:
-        parquet, record_path = _step_paths(out, step)
-        if not (record_path.is_file() and parquet.is_file()):
+        if step not in tables or step not in records:
             continue
+        record_path = records[step]
         try:
             record = json.loads(record_path.read_text())
         except ValueError:
@@ -387,9 +428,9 @@ def _write_step(out: Path, step: int, epoch: float, checkpoint: Path, results: R
                         "settings": settings, "summary": results.summary, "config": results.config})
 
 
-def _gather(out: Path, selected: list[int], run_dir: Path, run: dict, settings: dict, seconds: float
-            ) -> DynamicsResult:
-    """Read every selected step back and write ``dynamics.parquet`` and ``steps.csv``."""
+def _gather(out: Path, selected: list[int], run_dir: Path, run: dict, settings: dict, heatmaps: list[str],
+            seconds: float) -> DynamicsResult:
+    """Every selected step read back into one result (its ``config``: ``heatmaps`` the metrics drawn)."""
     frames, rows, summaries, last_config = [], [], {}, {}
     for step in selected:
         parquet, _ = _step_paths(out, step)
@@ -402,10 +443,8 @@ def _gather(out: Path, selected: list[int], run_dir: Path, run: dict, settings: 
     table = pd.concat(frames, ignore_index=True)
     table["epoch"] = table["epoch"].astype(float)
     steps = pd.DataFrame(rows)
-    atomic_write(out / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False))
-    write_text(out / STEPS_FILE, steps.to_csv(index=False))
     config = {"run_dir": str(run_dir), "run": _run_info(run), "settings": settings, "steps": selected,
-              "analysis": {k: v for k, v in last_config.items() if k != "model"},
+              "analysis": {k: v for k, v in last_config.items() if k != "model"}, "heatmaps": heatmaps,
               "seconds": round(seconds, 3)}
     return DynamicsResult(table, steps, summaries, config)
 
@@ -442,17 +481,6 @@ def step_row(step: int, epoch: float, checkpoint: str, summary: Mapping[str, Any
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def _save_figures(result: DynamicsResult, out: Path, heatmaps: Sequence[str]) -> list[Path]:
-    """Draw the dynamics figures into ``out/figures`` (PNG and SVG); returns the PNGs."""
-    from ..report.dynamics import DYNAMICS_FIGURES, dynamics_figures
-    from ..report.figures import save_figures
-
-    run = result.config["run"]
-    title = f"{run['model']} on {run['data']}" if run.get("model") else ""
-    figures = dynamics_figures(result.table, result.steps, heatmaps, run.get("steps_per_epoch"), title)
-    return save_figures(figures, out / FIGURES_DIR, replace=list(DYNAMICS_FIGURES))
 
 
 __all__ = ["DEFAULT_OUT", "DYNAMICS_FILE", "STEPS_FILE", "STEP_RESULTS_DIR", "DynamicsResult", "analyze_run",

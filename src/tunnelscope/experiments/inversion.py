@@ -18,21 +18,26 @@ space; Badger's start ``N(0,1)/20 + 0.7`` is applied there.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..capture import activations
-from ..errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
+from ..errors import CheckpointError, RunDirectoryError, ShapeError, SpecError
 from ..models.init import untrained_copy
 from ..models.probe_points import order_by_execution, probe_points
 from ..progress import progress_bar
+from ..rundir import FIGURES_DIR, INVERSION_CONFIG, INVERSION_FILE, KIND_KEY
+from .base import ExperimentResult
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -189,15 +194,15 @@ def _scores(model, names, images, perturbed, out, targets, cfg: InvertConfig, st
     return pd.DataFrame(rows)
 
 
-INVERSION_FILE, INVERSION_CONFIG = "inversion.parquet", "inversion.json"
+SUMMARY_KEY = "summary"  # the key of inversion.json that holds the per-layer means, after the config
+INVERSION_FIGURES = ("inversion-grid-trained", "inversion-grid-untrained", "inversion-scores")  # under figures/
 
 
-def summarize_inversions(inversions: list[Inversion]) -> dict:
-    """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+def summarize_scores(scores: pd.DataFrame) -> dict:
+    """Per model state (in the table's order) and point: mean m_g, m_i, m_r and the share of non-unique rows."""
     out: dict = {}
-    for inv in inversions:
-        state = inv.config["state"]
-        t = inv.table
+    for state in dict.fromkeys(scores.state):
+        t = scores[scores.state == state]
         per = t[t.metric.isin(["m_g", "m_i", "m_r", "nonunique"])].groupby(["layer", "point", "metric"]).value.mean()
         out[state] = [{"layer": int(layer), "point": point, **{m: float(per[(layer, point, m)])
                        for m in ("m_g", "m_i", "m_r", "nonunique")}}
@@ -205,22 +210,113 @@ def summarize_inversions(inversions: list[Inversion]) -> dict:
     return out
 
 
-def save_inversions(inversions: list[Inversion], out, extra_config: dict | None = None) -> list:
-    """Write ``inversion.parquet``, ``inversion.json`` and the figures into ``out``; returns the PNGs."""
-    from ..io import atomic_write, write_json
-    from ..report.figures import inversion_curves, inversion_grid, save_figures
+def summarize_inversions(inversions: list[Inversion]) -> dict:
+    """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+    return summarize_scores(pd.concat([inv.table for inv in inversions], ignore_index=True))
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = pd.concat([inv.table for inv in inversions], ignore_index=True)
-    atomic_write(out / INVERSION_FILE, lambda h: table.to_parquet(h, index=False))
-    figures = {f"inversion-grid-{inv.config['state']}": inversion_grid(inv) for inv in inversions}
-    figures["inversion-scores"] = inversion_curves(inversions)
-    pngs = save_figures(figures, out / "figures", replace=["inversion-grid-trained", "inversion-grid-untrained",
-                                                           "inversion-scores"])
-    write_json(out / INVERSION_CONFIG, {"config": inversions[0].config, **(extra_config or {}),
-                                        "summary": summarize_inversions(inversions)})
-    return pngs
+
+@dataclass
+class InversionResult(ExperimentResult):
+    """The scores of one or more inversions (one per model state) and their config.
+
+    It shares its directory with an analysis or a training run, so its files are its own:
+    ``inversion.parquet`` (``scores``), ``figures/inversion-*`` and, written last and naming
+    the kind, ``inversion.json`` (``config``, then the per-layer ``summary``): a directory
+    with the table but without it holds a partial inversion and does not load."""
+
+    kind: ClassVar[str] = "inversion"
+    table_files: ClassVar[dict[str, str]] = {"scores": INVERSION_FILE}
+
+    scores: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_inversions(cls, inversions: Sequence[Inversion], extra_config: dict | None = None) -> InversionResult:
+        """The scores of ``inversions`` (the first one's settings as ``config["config"]``) and ``extra_config``."""
+        scores = pd.concat([inv.table for inv in inversions], ignore_index=True)
+        return cls(scores, {"config": inversions[0].config, **(extra_config or {})})
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``scores``: the tidy table of every inversion (state, image, restart, point, layer, metric, value)."""
+        return {"scores": self.scores}
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> InversionResult:
+        """The result of a saved ``scores`` table and config (a saved ``summary`` is recomputed, not kept)."""
+        return cls(tables["scores"], {k: v for k, v in config.items() if k not in (KIND_KEY, SUMMARY_KEY)})
+
+    def summary(self) -> dict:
+        """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+        return summarize_scores(self.scores)
+
+    def saved_config(self) -> dict[str, Any]:
+        """What ``inversion.json`` holds: the kind, ``config`` and, last, the :meth:`summary`."""
+        return {**super().saved_config(), SUMMARY_KEY: self.summary()}
+
+    def save(self, out: str | Path, overwrite: bool = False, figures: Mapping[str, Figure] | None = None
+             ) -> list[Path]:
+        """Write ``inversion.parquet``, the kind's figures and ``figures`` (more figures by name, such
+        as the reconstruction grids) under ``out/figures``, and last ``inversion.json``; return the
+        written paths. A directory already holding an inversion is refused unless ``overwrite``."""
+        from ..io import atomic_write, write_json
+        from ..report.experiments import draw_experiment
+        from ..report.figures import save_figures
+
+        config = self.saved_config()
+        drawn = {**draw_experiment(self.kind, self.tables(), config), **(figures or {})}
+        folder = claim_inversion(out, overwrite)
+        scores = self.scores
+        paths = [atomic_write(folder / INVERSION_FILE, lambda h: scores.to_parquet(h, index=False))]
+        for png in save_figures(drawn, folder, replace=[f"{FIGURES_DIR}/{name}" for name in INVERSION_FIGURES]):
+            paths += [png, png.with_suffix(".svg")]
+        paths.append(write_json(folder / INVERSION_CONFIG, config))
+        return paths
+
+    @classmethod
+    def load(cls, out: str | Path) -> InversionResult:
+        """Read an inversion written by :meth:`save`; refuses a partial one (no ``inversion.json``)."""
+        folder = Path(out)
+        path = folder / INVERSION_CONFIG
+        if not (path.is_file() and (folder / INVERSION_FILE).is_file()):
+            raise RunDirectoryError(f"{folder} holds a partial inversion or none ({INVERSION_CONFIG}, written last, "
+                                    f"or {INVERSION_FILE} is missing): run tunnelscope invert again")
+        try:
+            config = json.loads(path.read_text())
+            scores = pd.read_parquet(folder / INVERSION_FILE)
+        except (OSError, ValueError) as exc:
+            raise RunDirectoryError(f"cannot read the inversion in {folder}: {type(exc).__name__}: {exc}") from None
+        recorded = config.get(KIND_KEY) if isinstance(config, dict) else None
+        if not isinstance(config, dict) or recorded not in (None, cls.kind):
+            raise RunDirectoryError(f"{path} does not describe an inversion (kind {recorded!r})")
+        return cls.from_tables({"scores": scores}, config)
+
+
+def claim_inversion(out: str | Path, overwrite: bool = False, create: bool = True) -> Path:
+    """Take ``out`` for an inversion (beside an analysis or a training run, or alone) and return it.
+    One already holding an inversion, finished or partial, is refused unless ``overwrite``, which
+    removes ``inversion.json`` first so the directory reads as partial until the new one finishes."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirectoryError(f"{folder} is a file, not a directory; choose another --out")
+    finished = (folder / INVERSION_CONFIG).exists()
+    if (finished or (folder / INVERSION_FILE).exists()) and not overwrite:
+        what = "an inversion" if finished else f"an inversion (a partial one: no {INVERSION_CONFIG})"
+        raise RunDirectoryError(f"{folder} already holds {what}; pass --overwrite or choose another --out")
+    if create:
+        (folder / INVERSION_CONFIG).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_inversions(inversions: list[Inversion], out: str | Path, extra_config: dict | None = None,
+                    overwrite: bool = False) -> list[Path]:
+    """Write ``inversion.parquet``, the figures (scores and one reconstruction grid per model state)
+    and ``inversion.json`` into ``out`` (:meth:`InversionResult.save`); returns the PNGs."""
+    from ..report.figures import inversion_grid
+
+    grids = {f"{FIGURES_DIR}/inversion-grid-{inv.config['state']}": inversion_grid(inv) for inv in inversions}
+    paths = InversionResult.from_inversions(inversions, extra_config).save(out, overwrite, grids)
+    return [p for p in paths if p.suffix == ".png"]
 
 
 def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Path, *, images: int = 8,
@@ -237,9 +333,7 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
     from ..models import load_model
     from ..report.run import refresh_report
 
-    out = Path(out)
-    if (out / INVERSION_FILE).exists() and not overwrite:
-        raise TunnelscopeError(f"{out} already holds an inversion; pass --overwrite or choose another --out")
+    out = claim_inversion(out, overwrite, create=False)  # refused before any work
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
     cfg = config or InvertConfig()
@@ -257,9 +351,10 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
     if untrained:
         runs.append(invert(untrained_copy(model, cfg.seed), x, points, cfg, dev, "untrained", progress))
     save_inversions(runs, out, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": dataset.spec,
-                                "images": n, "device": str(dev)})
+                                "images": n, "device": str(dev)}, overwrite)
     refresh_report(out, title=f"tunnelscope invert: {meta['model_spec']}")
     return runs
 
 
-__all__ = ["InvertConfig", "Inversion", "invert", "invert_checkpoint", "save_inversions", "summarize_inversions"]
+__all__ = ["INVERSION_CONFIG", "INVERSION_FILE", "InversionResult", "InvertConfig", "Inversion", "claim_inversion",
+           "invert", "invert_checkpoint", "save_inversions", "summarize_inversions", "summarize_scores"]

@@ -8,17 +8,16 @@
 
 The step axis is ``log(1 + step)``: the early checkpoints are dense (0, 1, 2, 4, ... and
 every step up to ``dense_steps``) and the late ones sparse. The functions read plain tables
-(the dynamics table and its per-step summary table), not the module that writes them.
+(the dynamics table and its per-step summary table), not the module that writes them; both
+figures are registered for the ``dynamics`` kind (:mod:`tunnelscope.report.experiments`) as
+``figures/heatmaps`` and ``figures/tunnel``, drawn from a saved experiment's tables and config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -26,15 +25,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from ..results import ID_ALIAS, id_name_of, lower, upper
+from ..rundir import FIGURES_DIR
 from ..summary import MEAN_RETAINED, MODEL_ACCURACY, POINTS, TUNNEL_START
+from .experiments import Tables, experiment_figure
 
 HEATMAP_METRICS: tuple[str, ...] = ("probe_acc", "rank")
 METRIC_TITLES = {"probe_acc": "probe accuracy", "rank": "numerical rank", "erank": "effective rank",
                  "ncc_acc": "NCC accuracy", "pc1": "PC1 share of variance", "nc1": "NC1", "cdnv": "CDNV"}
 START_COLOUR = "white"
 MAX_STEP_TICKS = 12
-
-
+LAYER_TABLE = "layers"  # the key of the dynamics table among the tables its figures are drawn from
 
 
 def _to_axis(steps: np.ndarray) -> np.ndarray:
@@ -124,8 +124,8 @@ def heatmap_figure(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence[s
     if not panels:
         return None
     all_steps = sorted(int(s) for s in table.step.unique())
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.7 * len(panels) + 0.6), layout="constrained",
-                             sharex=True, squeeze=False)
+    fig = Figure(figsize=(8, 2.7 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     for ax, (metric, dataset, panel_title) in zip(axes[:, 0], panels):
         grid = heatmap_grid(table, metric, dataset).reindex(columns=all_steps)
         layers = grid.index.to_numpy(dtype=float)
@@ -165,7 +165,8 @@ def tunnel_figure(steps: pd.DataFrame, steps_per_epoch: int | None = None, title
     if not panels:
         return None
     rows = steps.sort_values("step")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), layout="constrained", squeeze=False)
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         values = rows[key].astype(float)
         ax.plot(rows.step, values, marker="o", ms=4)
@@ -194,5 +195,30 @@ def dynamics_figures(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence
 
 DYNAMICS_FIGURES = ("heatmaps", "tunnel")
 
-__all__ = ["DYNAMICS_FIGURES", "HEATMAP_METRICS", "dynamics_figures", "heatmap_figure", "heatmap_grid",
-           "heatmap_panels", "lower", "step_axis", "step_edges", "step_ticks", "tunnel_figure", "upper"]
+
+def _title(config: dict[str, Any]) -> str:
+    run = config.get("run") or {}
+    return f"{run['model']} on {run['data']}" if run.get("model") else ""
+
+
+@experiment_figure("dynamics", f"{FIGURES_DIR}/heatmaps")
+def heatmaps_from_tables(tables: Tables, config: dict[str, Any]) -> Figure | None:
+    """:func:`heatmap_figure` of a saved dynamics experiment: its layer table (``tables["layers"]``,
+    ``dynamics.parquet``) and ``steps``, the metrics ``config["heatmaps"]``; None without the layer table."""
+    if LAYER_TABLE not in tables:
+        return None
+    metrics = config.get("heatmaps")
+    metrics = HEATMAP_METRICS if metrics is None else metrics
+    steps_per_epoch = (config.get("run") or {}).get("steps_per_epoch")
+    return heatmap_figure(tables[LAYER_TABLE], tables["steps"], metrics, steps_per_epoch, _title(config))
+
+
+@experiment_figure("dynamics", f"{FIGURES_DIR}/tunnel")
+def tunnel_from_tables(tables: Tables, config: dict[str, Any]) -> Figure | None:
+    """:func:`tunnel_figure` of a saved dynamics experiment, from its ``steps`` table."""
+    return tunnel_figure(tables["steps"], (config.get("run") or {}).get("steps_per_epoch"), _title(config))
+
+
+__all__ = ["DYNAMICS_FIGURES", "HEATMAP_METRICS", "LAYER_TABLE", "dynamics_figures", "heatmap_figure", "heatmap_grid",
+           "heatmap_panels", "heatmaps_from_tables", "lower", "step_axis", "step_edges", "step_ticks", "tunnel_figure",
+           "tunnel_from_tables", "upper"]
