@@ -42,10 +42,10 @@ from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
 from ..models.probe_points import hooked_pass, order_by_execution, probe_points
 from ..models.resolve import load_model
+from ..report.interventions import HEAD, OTHER
 from ..rundir import CKPT_DIR, checkpoint_name, checkpoints
 from .base import ExperimentResult
 
-HEAD, OTHER = "head", "other"
 DIRECTIONS = ("k..L", "1..k")  # and "both": each in turn
 PROJECTION_POLICIES = ("skip", "keep")
 Points = str | Sequence[str]

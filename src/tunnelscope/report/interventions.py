@@ -20,8 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import ConfigError
-from ..experiments.interventions import HEAD, OTHER
 from .experiments import Tables, experiment_figure
+
+# the point names of weights outside every probe point: the classifier head, and the rest
+HEAD, OTHER = "head", "other"
 
 Panel = Callable[[Axes, pd.DataFrame, dict[str, Any]], None]
 PANEL_WIDTH, PANEL_HEIGHT = 5.6, 4.4
