@@ -4,27 +4,16 @@ skipping those already done. Runs inside a Ray worker or in-process."""
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 import traceback
 from pathlib import Path
 
 from ..errors import SpecError
-from ..rundir import CKPT_DIR, RESUME_FILE
+from ..rundir import RESUME_FILE, checkpoints
 from ..threads import torch_threads
 from .spec import Cell
 from .store import Store
-
-_CKPT = re.compile(r"step-(\d+)\.pt$")
-
-
-def checkpoints(run_dir: Path) -> dict[int, Path]:
-    """The run's checkpoints by step."""
-    folder = run_dir / CKPT_DIR
-    if not folder.is_dir():
-        return {}
-    return {int(m.group(1)): p for p in sorted(folder.iterdir()) if (m := _CKPT.search(p.name))}
 
 
 def chosen_steps(available: list[int], which) -> list[int]:
@@ -96,4 +85,4 @@ def run_cells(cells: list[Cell], store_root: str, device: str = "auto", threads:
     return [run_cell(cell, store_root, device, threads) for cell in cells]
 
 
-__all__ = ["checkpoints", "chosen_steps", "run_cell", "run_cells"]
+__all__ = ["chosen_steps", "run_cell", "run_cells"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,10 +24,10 @@ import pandas as pd
 
 from ..io import atomic_write, write_json
 from ..results import column_name
+from ..rundir import step_name, steps_in
 from .spec import Cell, SweepSpec
 
 VAR_PREFIX = "var_"
-_STEP = re.compile(r"step-(\d+)\.json$")
 
 
 def live_status(record: dict) -> str:
@@ -84,14 +83,11 @@ class Store:
 
     def done_steps(self, key: str) -> list[int]:
         """Steps whose analysis is complete (their summary exists)."""
-        folder = self.root / "results" / key
-        if not folder.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP.search(p.name)))
+        return list(steps_in(self.root / "results" / key, "json"))
 
     def step_path(self, key: str, step: int, suffix: str) -> Path:
         """Where one checkpoint's analysis of cell ``key`` lies: its ``parquet`` table or ``json`` summary."""
-        return self.root / "results" / key / f"step-{step:07d}.{suffix}"
+        return self.root / "results" / key / step_name(step, suffix)
 
     def write_step(self, cell: Cell, step: int, table: pd.DataFrame, summary: Mapping[str, Any]) -> None:
         """The table of one checkpoint's analysis, then its summary (the completion mark)."""
