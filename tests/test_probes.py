@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope.errors import SpecError
+from tunnelscope.errors import ConfigError
 from tunnelscope.probes import ProbeConfig, train_probes
 
 
@@ -60,9 +60,9 @@ def test_a_diverging_probe_is_reported_without_crashing():
 
 
 def test_bad_configs():
-    with pytest.raises(SpecError, match="valid: last, val, test"):
+    with pytest.raises(ConfigError, match="valid: last, val, test"):
         ProbeConfig(select="best")
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         ProbeConfig(protocol="harun", epochs=0)
 
 
@@ -96,7 +96,7 @@ def test_ridge_protocol_uses_the_closed_form():
                         xc.T @ (onehot - onehot.mean(0)) / len(x))
     ref = np.mean(((xt - x.mean(0)) @ w + onehot.mean(0)).argmax(1) == yt.numpy())
     assert res.accuracy["c"] == pytest.approx(ref)
-    with pytest.raises(SpecError, match="needs epochs"):
+    with pytest.raises(ConfigError, match="needs epochs"):
         ProbeConfig(protocol="ridge", select="val")
 
 

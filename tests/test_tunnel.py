@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from tunnelscope.errors import SpecError
+from tunnelscope.errors import ConfigError
 from tunnelscope.tunnel import alignment, ood_retained, pearson, strength, summarize, tunnel_length, tunnel_start
 
 
@@ -57,10 +57,10 @@ def test_summary_over_several_ood_sets():
 
 @pytest.mark.parametrize("bad", [[], [0.5, float("nan")], [[0.1, 0.2]]])
 def test_bad_curves(bad):
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         tunnel_start(bad)
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         alignment(95.0, 5, 0.5, 5)
-    with pytest.raises(SpecError, match="zero at every point"):
+    with pytest.raises(ConfigError, match="zero at every point"):
         ood_retained([0.0, 0.0])
     assert np.isfinite(pearson([0.1, 0.5], [0.2, 0.4]))

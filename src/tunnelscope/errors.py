@@ -12,7 +12,8 @@ class TunnelscopeError(Exception):
 
 
 class SpecError(TunnelscopeError, ValueError):
-    """A dataset or model spec string that cannot be parsed or is not known."""
+    """A spec string (a dataset, model or reduction spec) whose syntax is wrong, that names
+    something unknown, or whose modifiers are out of range."""
 
 
 class DataNotFoundError(TunnelscopeError, FileNotFoundError):
@@ -39,9 +40,10 @@ class MemoryBudgetError(TunnelscopeError, MemoryError):
     """A computation whose planned state does not fit in the memory available."""
 
 
-class ConfigError(SpecError):
-    """A setting that is out of range or inconsistent with the others (a batch size, a
-    probe protocol, a metric name, a device)."""
+class ConfigError(TunnelscopeError, ValueError):
+    """A setting (an argument or option, not a spec string) that is out of range or
+    inconsistent with the others: a batch size, a probe protocol, a metric name, a device, a
+    thread count, labels that do not match the runs."""
 
 
 class SweepConfigError(ConfigError):

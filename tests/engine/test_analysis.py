@@ -8,7 +8,7 @@ from references import minibatch_cka, ncc_accuracy, numerical_rank
 from tunnelscope import data, models
 from tunnelscope.capture import Capture, FeatureCache
 from tunnelscope.engine import analyze_layers
-from tunnelscope.errors import ProbePointError, SpecError
+from tunnelscope.errors import ConfigError, ProbePointError
 from tunnelscope.results import Results
 
 
@@ -159,9 +159,9 @@ def test_absent_class_is_recorded():
 def test_bad_arguments():
     ds = data.load("digits[per_class=10]")
     model = models.build("mlp-3x16", 10, ds.input_shape)
-    with pytest.raises(SpecError, match="unknown metric"):
+    with pytest.raises(ConfigError, match="unknown metric"):
         analyze_layers(model, ds, metrics="rank,bogus", progress=False)
-    with pytest.raises(SpecError, match="smallest minibatch"):
+    with pytest.raises(ConfigError, match="smallest minibatch"):
         analyze_layers(model, ds, metrics="cka", batch_size=3, progress=False)
     with pytest.raises(ProbePointError):
         analyze_layers(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ds, points="blocks", progress=False)

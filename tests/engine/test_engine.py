@@ -8,7 +8,7 @@ import torch
 from tunnelscope import models
 from tunnelscope.data import load
 from tunnelscope.engine.statistics import analyze_layers
-from tunnelscope.errors import MemoryBudgetError, SpecError
+from tunnelscope.errors import ConfigError, MemoryBudgetError
 from tunnelscope.metrics import REGISTRY
 from tunnelscope.metrics.linalg import eigenvalues, top_eigenvector
 
@@ -63,7 +63,7 @@ def test_full_cka_over_wide_points_is_skipped_under_all_and_refused_when_named(d
         stats = run(model, digits, "all", max_samples=200)
     assert "cka_full" in stats.config["skipped_metrics"] and "cka_full" not in set(stats.table.metric)
     assert "exceeds 4096" in stats.config["skipped_metrics"]["cka_full"]
-    with pytest.raises(SpecError, match="exceeds 4096"):
+    with pytest.raises(ConfigError, match="exceeds 4096"):
         run(model, digits, "cka_full", max_samples=200)
 
 

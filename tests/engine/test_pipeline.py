@@ -7,7 +7,7 @@ import pytest
 from tunnelscope import analyze
 from tunnelscope.engine.analyze import parse_metrics
 from tunnelscope.engine.probing import probe_layers
-from tunnelscope.errors import SpecError
+from tunnelscope.errors import ConfigError
 from tunnelscope.probes import ProbeConfig
 
 DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
@@ -56,13 +56,13 @@ def test_different_probe_samples_read_the_splits_separately(trained):
 def test_metric_names_and_aliases():
     assert parse_metrics("nc,probe") == ["nc1", "cdnv", "ncc", "probe"]
     assert parse_metrics("default")[0] == "probe"
-    with pytest.raises(SpecError, match="unknown metric"):
+    with pytest.raises(ConfigError, match="unknown metric"):
         parse_metrics("rank,nope")
 
 
 def test_ood_without_probes_is_refused(trained):
     model, ds = trained
-    with pytest.raises(SpecError, match="add 'probe'"):
+    with pytest.raises(ConfigError, match="add 'probe'"):
         analyze(model, ds, ood=["digits"], metrics="rank", progress=False)
 
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from cli_helpers import run_cli
-from tunnelscope.errors import SpecError
+from tunnelscope.errors import SweepConfigError
 from tunnelscope.sweep import Store, SweepSpec
 from tunnelscope.uncertainty import mean_ci
 
@@ -62,10 +62,10 @@ def test_spec_expands_the_grid_and_hashes_cells(tmp_path):
 ])
 def test_bad_specs_name_the_key(tmp_path, change, message):
     raw = {"name": "x", "grid": {"depth": [2]}, "cell": {"model": "mlp-{depth}x16", "data": "digits"}, **change}
-    with pytest.raises(SpecError, match=message.replace("{", r"\{").replace("}", r"\}")):
+    with pytest.raises(SweepConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
         SweepSpec.from_dict(raw)
     if "valid keys" in message or "unknown key" in message:
-        with pytest.raises(SpecError, match="valid keys: "):
+        with pytest.raises(SweepConfigError, match="valid keys: "):
             SweepSpec.from_dict(raw)
 
 
@@ -234,7 +234,7 @@ def test_the_examples_parse(name, cells):
 ])
 def test_bad_values_are_refused_when_the_sweep_is_read(change, message):
     raw = {"name": "x", "grid": {"depth": [2, 3]}, "cell": {"model": "mlp-{depth}x16", "data": "digits"}, **change}
-    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+    with pytest.raises(SweepConfigError, match=message.replace("(", r"\(")):
         SweepSpec.from_dict(raw)
 
 

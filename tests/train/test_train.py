@@ -7,7 +7,7 @@ import torch
 
 import tunnelscope as ts
 from tunnelscope.checkpoint import read_checkpoint
-from tunnelscope.errors import CheckpointError, ConfigError, SpecError
+from tunnelscope.errors import CheckpointError, ConfigError, RunDirectoryError
 from tunnelscope.train import Recipe, early_steps
 
 SMALL = "fashion-mnist[classes=0-4,per_class=100,test_per_class=40,aug=1]"
@@ -33,9 +33,9 @@ def test_recipes_resolve_defaults_and_schedules():
         sched.step()
     assert lrs[0] == pytest.approx(1e-3 / 50) and lrs[49] == pytest.approx(1e-3)
     assert lrs[525] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 475 / 950)))
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         Recipe.resolve("adam", 10)
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         Recipe.resolve("adamw", 10, schedule="onecycle")
 
 
@@ -100,7 +100,7 @@ def test_seed_gives_identical_weights_on_cpu(tmp_path):
 def test_run_directory_protection_and_resume_checks(tmp_path, fashion_small):
     kwargs = dict(epochs=1, batch_size=64, progress=False, early_checkpoints=False)
     ts.train("mlp-3x32", fashion_small, out=tmp_path, **kwargs)
-    with pytest.raises(SpecError, match="already holds a training run"):
+    with pytest.raises(RunDirectoryError, match="already holds a training run"):
         ts.train("mlp-3x32", fashion_small, out=tmp_path, **kwargs)
     with pytest.raises(CheckpointError, match="other settings"):
         ts.train("mlp-3x64", fashion_small, out=tmp_path, resume=True, **kwargs)

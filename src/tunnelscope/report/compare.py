@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import SpecError
+from ..errors import ConfigError
 from ..io import atomic_write
 from ..results import Results
 from ..rundir import COMPARE_FILE, RUNS_FILE, SEEDS_FILE
@@ -51,17 +51,17 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path,
     Returns the per-run summary table and the written paths.
     """
     if len(run_dirs) < 1:
-        raise SpecError("compare needs at least one run directory")
+        raise ConfigError("compare needs at least one run directory")
     runs = [Results.load(d) for d in run_dirs]
     if labels is not None and len(labels) != len(runs):
-        raise SpecError(f"got {len(labels)} labels for {len(runs)} runs; give one --label per run or none")
+        raise ConfigError(f"got {len(labels)} labels for {len(runs)} runs; give one --label per run or none")
     if labels is None:
         labels = [f"{r.summary.get('model', '?')} ({Path(d).name})" for r, d in zip(runs, run_dirs)]
         if len(set(labels)) < len(labels):  # runs/a/analysis and runs/b/analysis: name them by their path
             labels = [f"{r.summary.get('model', '?')} ({d})" for r, d in zip(runs, run_dirs)]
     labels = list(labels)
     if len(set(labels)) < len(labels):
-        raise SpecError(f"labels must differ, got {labels}; give one distinct --label per run")
+        raise ConfigError(f"labels must differ, got {labels}; give one distinct --label per run")
     rows = []
     for label, run in zip(labels, runs):
         row = {"run": label, "model": run.summary.get("model"), "data": run.summary.get("data"),

@@ -14,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import SpecError
+from ..errors import ConfigError
 from ..io import atomic_write
 from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
 
@@ -255,8 +255,8 @@ def _compare_rows(runs: Sequence, accuracy: Sequence[str | None]) -> list[str]:
     rows = [name for name, present in (("accuracy", any(accuracy)), ("ncc_train", ncc),
                                        ("rank", any(r.has("rank") for r in runs))) if present]
     if not rows:
-        raise SpecError("none of the runs has probe, NCC or rank results to compare; analyse them with "
-                        "--metrics including probe, ncc or rank")
+        raise ConfigError("none of the runs has probe, NCC or rank results to compare; analyse them with "
+                          "--metrics including probe, ncc or rank")
     return rows
 
 
@@ -282,7 +282,7 @@ def _seed_mean_curve(seeds: Sequence, metric: str, split: str, label: str) -> tu
 
     curves = [run.curve(metric, split=split, with_input=False).to_numpy() for run in seeds]
     if len({len(c) for c in curves}) != 1:
-        raise SpecError(f"runs grouped as seeds of {label} have different numbers of points")
+        raise ConfigError(f"runs grouped as seeds of {label} have different numbers of points")
     stacked = np.stack(curves)
     mean_half = [mean_ci(stacked[:, j]) for j in range(stacked.shape[1])]
     return np.array([m for m, _ in mean_half]), np.array([h for _, h in mean_half])

@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..errors import SpecError
+from ..errors import ConfigError
 from ..rundir import RESUME_FILE, checkpoints
 from ..threads import torch_threads
 from .spec import Cell
@@ -25,9 +25,9 @@ def chosen_steps(available: list[int], which) -> list[int]:
     if isinstance(which, list):
         missing = [s for s in which if s not in available]
         if missing:
-            raise SpecError(f"checkpoints {missing} do not exist; the run has steps {available}")
+            raise ConfigError(f"checkpoints {missing} do not exist; the run has steps {available}")
         return list(which)
-    raise SpecError(f"analysis.checkpoints must be final, all or a list of steps, not {which!r}")
+    raise ConfigError(f"analysis.checkpoints must be final, all or a list of steps, not {which!r}")
 
 
 def _train(cell: Cell, run_dir: Path, device: str) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import SpecError, SweepConfigError
+from ..errors import ConfigError, SpecError, SweepConfigError
 
 TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
 CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
@@ -148,7 +148,7 @@ def _validate(cell: Cell) -> None:
         Reduction.parse(str(a["reduce"]))
         if a["protocol"] not in PROTOCOLS:
             raise SweepConfigError(f"unknown probe protocol {a['protocol']!r}; valid: {', '.join(PROTOCOLS)}")
-    except SpecError as exc:
+    except (SpecError, ConfigError) as exc:  # a bad spec string or setting, named by where it is
         raise SweepConfigError(f"{where}: {exc}") from None
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError, InsufficientDataError, SpecError, TrainingDivergedError
+from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
@@ -88,8 +88,8 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if (out / RUN_FILE).exists() or (out / CKPT_DIR).exists():
         if not overwrite:
-            raise SpecError(f"{out} already holds a training run; use --resume to continue it, "
-                            "--overwrite to replace it, or another --out")
+            raise RunDirectoryError(f"{out} already holds a training run; use --resume to continue it, "
+                                    "--overwrite to replace it, or another --out")
         for name in (RUN_FILE, HISTORY_FILE, RESUME_FILE):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
@@ -155,7 +155,7 @@ def train(
     with torch_threads(threads):  # the caller's thread count is back when the run ends
         out = Path(out)
         if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
-            raise SpecError("epochs, batch_size and checkpoint_every must be >= 1")
+            raise ConfigError("epochs, batch_size and checkpoint_every must be >= 1")
         if dense_steps < 0:
             raise ConfigError(f"dense_steps must be >= 0 (0: none), got {dense_steps}")
         dev = resolve_device(device)
@@ -229,8 +229,8 @@ def _set_up(out: Path, model: str, dataset: data_mod.Dataset, rec: Recipe, confi
     batch_size = config["batch_size"]
     steps_per_epoch = len(dataset.train) // batch_size
     if steps_per_epoch == 0:
-        raise SpecError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
-                        "lower --batch-size")
+        raise ConfigError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
+                          "lower --batch-size")
     total_steps = config["epochs"] * steps_per_epoch
     optimizer = rec.optimizer(net)
     scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
