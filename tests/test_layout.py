@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and arrows only the right way.
+"""The package's import graph: no cycles, and arrows only the right way: down the layer table
+of docs/architecture.md (:data:`LAYERS`), never up it.
 
 Every ``import`` counts, at module level or inside a function (deferred imports still
 couple modules); only ``if TYPE_CHECKING:`` blocks are left out. A module's own parent
@@ -9,6 +10,7 @@ name`` is an arrow to the submodule ``pkg.name`` when there is one, else to ``pk
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -112,3 +114,61 @@ def test_no_function_body_is_longer_than_one_screen():
     long = [(str(p.relative_to(ROOT)), name, lines) for p in sorted(ROOT.rglob("*.py"))
             for name, lines in body_lengths(p) if lines > MAX_BODY]
     assert not long, f"function bodies over {MAX_BODY} lines: {long}"
+
+
+# The layer table of docs/architecture.md, lowest first: a module may import its own layer and
+# the layers below it, never one above. Every top-level module or package must be placed.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("vocabulary", {"errors", "io", "interrupts", "features", "device", "threads", "rundir", "summary", "specs",
+                    "versions", "progress", "checkpoint"}),
+    ("data and models", {"data", "models"}),
+    ("capture", {"capture"}),
+    ("metrics", {"metrics"}),
+    ("probes and the tunnel", {"probes", "tunnel", "uncertainty", "verdict"}),
+    ("results", {"results"}),
+    ("engine", {"engine"}),
+    ("training and sweeps", {"train", "sweep"}),
+    ("report", {"report"}),
+    ("experiments", {"experiments"}),
+    ("cli and the package facade", {"cli", "cli_experiments", "cli_support", ""}),
+]
+
+# Arrows against the table, each with the reason it is tolerated for now. Remove an entry when
+# its arrow goes; an entry whose arrow is gone fails the test, so the list stays true.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {
+    ("tunnelscope.report.sweep_explain", "tunnelscope.experiments.explain"):
+        "the sweep page's 'what explains transfer' section runs the explain experiment; it belongs "
+        "with the experiment (or the sweep page in a layer above experiments)",
+}
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s top-level name (``""``: the package itself)."""
+    top = module.split(".")[1] if "." in module else ""
+    for index, (_, members) in enumerate(LAYERS):
+        if top in members:
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS (and of docs/architecture.md): place it")
+
+
+def test_every_module_has_a_layer(graph):
+    for module in graph:
+        layer_of(module)
+
+
+def test_no_module_imports_a_higher_layer(graph):
+    upward = {(a, b) for a, b in graph.edges if layer_of(b) > layer_of(a)}
+    named = [f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+             for a, b in sorted(upward - set(ALLOWED_UPWARD))]
+    assert not named, "imports of a higher layer:\n" + "\n".join(named)
+    gone = set(ALLOWED_UPWARD) - upward
+    assert not gone, f"allowed exceptions that no longer occur (remove them): {sorted(gone)}"
+
+
+def test_the_layer_table_of_the_docs_lists_every_top_level_name():
+    """docs/architecture.md's table names the same modules, in the same layers, as LAYERS."""
+    doc = (ROOT.parents[1] / "docs" / "architecture.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    in_docs = [{name.strip("`/").split(".")[-1] for name in re.findall(r"`[^`]+`", row.split(" | ")[0])}
+               for row in rows]
+    assert in_docs == [members - {""} for _, members in LAYERS]

@@ -8,8 +8,9 @@ from typing import Any
 from .registry import Dataset, check_spec, list_datasets, load, valid_names
 from .split import FolderSplit, Split, TensorSplit, sample_split
 
-# read from .objects on first use: it imports the capture (and the model zoo), which plain loading does not need
-_OBJECTS = ("FeatureModel", "as_dataset", "feature_dataset", "resolve_data", "split_indices")
+# read from .objects on first use, which plain loading does not need (precomputed features, which stand in
+# for a model and its capture, are tunnelscope.capture.precomputed: data imports neither models nor capture)
+_OBJECTS = ("as_dataset", "resolve_data", "split_indices")
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +21,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Dataset", "FeatureModel", "FolderSplit", "check_spec", "Split", "TensorSplit", "as_dataset",
-           "feature_dataset", "list_datasets", "load", "resolve_data", "sample_split", "split_indices",
-           "valid_names"]
+__all__ = ["Dataset", "FolderSplit", "check_spec", "Split", "TensorSplit", "as_dataset", "list_datasets", "load",
+           "resolve_data", "sample_split", "split_indices", "valid_names"]

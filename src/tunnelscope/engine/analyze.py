@@ -20,11 +20,11 @@ from torch import nn
 from .. import data as data_mod
 from ..capture import DEFAULT_MAX_DIM
 from ..capture.cache import FeatureCache
+from ..capture.precomputed import feature_dataset
 from ..data import sample_split
 from ..data.objects import (
     DEFAULT_TEST_FRACTION,
     dataset_names,
-    feature_dataset,
     object_records,
     resolve_data,
 )
