@@ -126,7 +126,8 @@ def outermost(net: nn.Module, is_block: Callable[[nn.Module], bool]) -> list[str
 def channels_last_blocks(net: nn.Module, blocks: Sequence[str]) -> frozenset[str]:
     """The ``blocks`` whose 4-D outputs are channels-last ``(B, H, W, C)`` maps: Swin transformer
     blocks (torchvision's and timm's), found by their class names."""
-    return frozenset(n for n in blocks if type(net.get_submodule(n)).__name__.startswith("SwinTransformer"))
+    modules = dict(net.named_modules())
+    return frozenset(n for n in blocks if type(modules.get(n)).__name__.startswith("SwinTransformer"))
 
 
 def default_blocks(model: nn.Module) -> tuple[list[str], str]:
