@@ -225,6 +225,12 @@ def test_cross_cka_aligns_two_models_of_different_depths(tmp_path, capsys):
     assert np.allclose(result["matrix"]["data"], direct.to_numpy(), atol=1e-12)
     assert len(result["matrix"]["index"]) == 3 and len(result["matrix"]["columns"]) == 2
     assert (tmp_path / "x" / "cross_cka.png").is_file() and set(result["best_match"]) == set(direct.index)
+    assert (tmp_path / "x" / "cross_cka.csv").read_text() == direct.to_csv()
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["kind"] == "cross-cka"
+    code, _, err = run_cli([*args, "-q"], capsys)  # the folder is taken
+    assert code == 1 and "--overwrite" in err and err.count("\n") == 1
+    code, _, err = run_cli([*args, "-q", "--overwrite"], capsys)
+    assert code == 0, err
 
 
 def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
@@ -251,3 +257,9 @@ def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "config.json").read_text())["cluster"] == "cell"
     code, _, err = run_cli(["explain", tmp_path / "t.csv", "--target", "nope", "--out", tmp_path / "f"], capsys)
     assert code == 1 and err.count("\n") == 1
+    args = ["explain", tmp_path / "t.csv", "--target", "retained", "--vars", "aug", "--out", tmp_path / "e", "--json"]
+    code, _, err = run_cli(args, capsys)  # the folder is taken
+    assert code == 1 and "--overwrite" in err and err.count("\n") == 1
+    code, out, err = run_cli([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["kind"] == "explain"

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from experiment_contract import check_contract
 from optional import require
 from tunnelscope.errors import ConfigError, InsufficientDataError
 from tunnelscope.experiments.explain import (
+    ExplainResult,
     cliffs_delta,
     cliffs_magnitude,
     explain,
@@ -212,10 +214,47 @@ def test_explain_saves_tables_figure_and_config(tmp_path) -> None:
     assert "SHAP model R²" in text and "Cliff's delta" in text
 
 
-def test_figure_labels_numeric_levels_briefly() -> None:
+def paired_result() -> ExplainResult:
+    """Group means of numeric, boolean and string levels, a paired comparison and SHAP slopes."""
+    table = planted_table(160)
+    table["seed"] = np.arange(160) % 2
+    table["augment"] = table["noise0"] % 2 == 1
+    table["arch"] = np.where(table["noise2"] % 2 == 1, "wide", "deep")
+    table["score"] = table["score"] + 0.5 * table["augment"]
+    return explain(table.drop_duplicates(["depth", "noise1", "augment", "seed"]), "score",
+                   variables=["depth", "noise1", "augment", "arch"], categorical=["arch"], pair="augment",
+                   pair_on=["depth", "noise1", "seed"])
+
+
+def test_explain_keeps_the_experiment_contract(tmp_path) -> None:
+    result = paired_result()
+    loaded = check_contract(result, tmp_path)
+    assert isinstance(loaded, ExplainResult) and loaded.target == "score" and loaded.paired is not None
+    unpaired = explain(planted_table(60), "score", variables=["depth", "noise0"])
+    assert "paired" not in check_contract(unpaired, tmp_path / "unpaired").tables()
+
+
+def test_the_figure_drawn_from_saved_tables_shows_the_computed_numbers(tmp_path) -> None:
+    result = paired_result()
+    result.save(tmp_path / "out")
+    fig = ExplainResult.load(tmp_path / "out").figure()
+    variables = list(dict.fromkeys(result.group_means["variable"]))
+    for ax, variable in zip(fig.axes, variables):
+        means = result.group_means[result.group_means["variable"] == variable]
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), means["mean"].to_numpy(dtype=float))
+        assert ax.get_title() == variable
+    bars = [patch.get_width() for patch in fig.axes[len(variables)].patches]
+    np.testing.assert_allclose(bars, result.slopes["slope"].to_numpy())
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_figure_labels_numeric_levels_briefly(tmp_path, loaded: bool) -> None:
     table = planted_table(60)
     table["gamma"] = table["depth"] * 2.5473666 + 1.0  # float levels with long reprs
     result = explain(table, "score", variables=["depth", "gamma"])
+    if loaded:  # levels of several variables share one CSV column and come back as text
+        result.save(tmp_path / "out")
+        result = ExplainResult.load(tmp_path / "out")
     fig = result.figure()
     labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[:2]]
     assert labels == [["0", "1", "2", "3"], ["1", "3.547", "6.095", "8.642"]]

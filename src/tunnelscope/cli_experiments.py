@@ -357,11 +357,12 @@ def _print_steps(steps) -> None:
 @device_option
 @data_root_option
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for cross_cka.csv, cross_cka.json and cross_cka.png/.svg.")
+              help="Folder for cross_cka.csv, cross_cka.png/.svg and config.json.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix and the settings as JSON.")
 def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, batch_size, seed, device, data_root,
-              out, quiet, as_json) -> None:
+              out, overwrite, quiet, as_json) -> None:
     """Minibatch CKA between every layer of MODEL_A and every layer of MODEL_B, read on the
     same batches (Nguyen et al. 2021): which layers of two models (of any depths, drawn at
     their relative depth) represent the data alike. MODEL_A/B are checkpoints or model specs.
@@ -370,43 +371,24 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
     Examples:
       tunnelscope cross-cka runs/mlp6/checkpoints/step-0002340.pt runs/mlp12/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" --out runs/cross
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    import matplotlib.pyplot as plt
+    from .experiments.cross_cka import cross_cka as run_cross_cka
 
-    from .engine.cross_model import cross_model_cka
-    from .io import atomic_write, jsonable, write_json
-    from .report.figures import cross_model_figure
-
-    matrix = cross_model_cka(model_a, model_b, data_spec, points=_points(points), reduce=reduce, split=split,
-                             batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
-                             data_root=data_root, progress=False if (quiet or as_json) else None)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "cross_cka.csv", lambda h: h.write(matrix.to_csv().encode()))
-    settings = {**matrix.attrs, "model_a": str(model_a), "model_b": str(model_b), "points": points, "seed": seed}
-    figure = cross_model_figure(matrix)
-    for fmt in ("png", "svg"):
-        def draw(handle, fmt: str = fmt) -> None:
-            figure.savefig(handle, format=fmt, dpi=150)
-
-        atomic_write(folder / f"cross_cka.{fmt}", draw)
-    plt.close(figure)
-    write_json(folder / "cross_cka.json", jsonable(settings))
-    values = matrix.to_numpy(dtype=float)
-    best = values.argmax(axis=1)  # for each of A's points, B's most similar one
-    rows = [(str(a), str(matrix.columns[j]), float(values[i, j])) for i, (a, j) in enumerate(zip(matrix.index, best))]
+    result = run_cross_cka(model_a, model_b, data_spec, points=_points(points), reduce=reduce, split=split,
+                           batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
+                           data_root=data_root, progress=False if (quiet or as_json) else None)
+    paths = result.save(out, overwrite=overwrite)
+    matrix, best = result.matrix, result.best_matches()
     if as_json:
-        click.echo(json.dumps(jsonable({"out": str(folder), "settings": settings,
-                                        "matrix": json.loads(matrix.to_json(orient="split")),
-                                        "best_match": {a: b for a, b, _ in rows}}), indent=2))
+        click.echo(json.dumps({"out": str(out), "settings": result.config,
+                               "matrix": json.loads(matrix.to_json(orient="split")),
+                               "best_match": dict(zip(best["point_a"], best["point_b"]))}, indent=2))
         return
     if quiet:
         return
-    import pandas as pd
-
-    print_frame(pd.DataFrame(rows, columns=[f"A point ({matrix.index.name})", f"most similar B point "
-                                            f"({matrix.columns.name})", "CKA"]),
-                f"minibatch CKA across models, {matrix.attrs['samples']} {split} samples")
-    out_console.print(f"wrote {folder / 'cross_cka.csv'}, cross_cka.png, cross_cka.json", markup=False)
+    columns = [f"A point ({matrix.index.name})", f"most similar B point ({matrix.columns.name})", "CKA"]
+    print_frame(best.set_axis(columns, axis=1),
+                f"minibatch CKA across models, {result.config['samples']} {split} samples")
+    out_console.print(f"wrote {Path(out)} ({len(paths)} files)", markup=False)
 
 
 # ------------------------------------------------------------------------------------------- explain
@@ -425,8 +407,10 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
                    "sweep cell): means and intervals over cluster means, held-out R² over whole clusters.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for the CSV tables, explain.png/.svg and config.json.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print the tables and the SHAP-model R² as JSON.")
-def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, cluster, out, as_json) -> None:
+def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, cluster, out, overwrite,
+            as_json) -> None:
     """Which design variables explain a metric across a sweep (Harun et al. 2024): group means
     with 95% t intervals, paired Wilcoxon tests with Cliff's delta, and SHAP slopes of a
     gradient-boosted model (needs shap: pip install 'tunnelscope[explain]').
@@ -441,7 +425,7 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
 
     result = explain_table(read_table(table), target, variables=list(variables) or None, categorical=categorical,
                            pair=pair, pair_on=list(pair_on) or None, l1_normalise=l1_normalise, cluster=cluster)
-    paths = result.save(out)
+    paths = result.save(out, overwrite=overwrite)
     if as_json:
         tables = {"group_means": result.group_means, "slopes": result.slopes, "paired": result.paired}
         shap_info = result.config["shap"]

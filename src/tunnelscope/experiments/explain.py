@@ -11,8 +11,9 @@ variables and the metrics). This module computes them from a pandas table:
 - :func:`shap_slopes`: a gradient-boosted model of the target on the variables, SHAP values
   from a tree explainer summed back per variable, and per variable the slope of its SHAP
   values against its value (normalised to a maximum of 1);
-- :func:`explain` bundles the three in an :class:`ExplainResult` that saves tables, a
-  figure and ``config.json``.
+- :func:`explain` bundles the three in an :class:`ExplainResult`, an experiment of kind
+  ``explain`` (:mod:`tunnelscope.experiments.base`) that saves its tables, its figure
+  (drawn by :mod:`tunnelscope.report.explain`) and ``config.json``, and loads back.
 
 Definitions are in docs/explain.md. Needs no torch; SHAP needs the ``shap`` package.
 """
@@ -20,21 +21,21 @@ Definitions are in docs/explain.md. Needs no torch; SHAP needs the ``shap`` pack
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from itertools import combinations
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from ..errors import ConfigError, InsufficientDataError
-from ..io import atomic_write, write_json
+from ..errors import ConfigError, InsufficientDataError, RunDirectoryError
 from ..versions import package_versions
+from .base import ExperimentResult
 
 LEVEL = 0.95
 INTERVAL_METHOD = "Student t interval of the mean: mean ± t(0.975, n−1)·std/√n (std with ddof=1)"
@@ -47,7 +48,6 @@ MIN_SHAP_ROWS = 10  # fewer rows cannot support a boosted model, let alone its c
 CV_FOLDS = 5
 MAX_DEFAULT_LEVELS = 20
 TABLE_FILES = {"group_means": "group_means.csv", "paired": "paired.csv", "slopes": "shap_slopes.csv"}
-CONFIG_FILE, FIGURE_NAME = "config.json", "explain"
 
 
 # ------------------------------------------------------------------------------------- input tables
@@ -331,8 +331,11 @@ def _cross_validated_r2(model: Any, inputs: pd.DataFrame, target: np.ndarray, ra
 
 # ------------------------------------------------------------------------------------------ bundle
 @dataclass
-class ExplainResult:
+class ExplainResult(ExperimentResult):
     """Group means, paired comparisons (or None) and SHAP slopes of one target."""
+
+    kind: ClassVar[str] = "explain"
+    table_files: ClassVar[dict[str, str]] = TABLE_FILES
 
     target: str
     group_means: pd.DataFrame
@@ -341,31 +344,26 @@ class ExplainResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def figure(self) -> Figure:
-        """Group means with 95% intervals per variable, and the SHAP slopes as bars."""
-        variables = list(dict.fromkeys(self.group_means["variable"]))
-        panels = len(variables) + 1
-        ncols = min(panels, 4)
-        nrows = -(-panels // ncols)
-        fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, variable in zip(axes, variables):
-            _draw_means(ax, self.group_means[self.group_means["variable"] == variable], variable, self.target)
-        _draw_slopes(axes[len(variables)], self.slopes, bool(self.config.get("shap", {}).get("l1_normalise")))
-        for ax in axes[panels:]:
-            ax.set_axis_off()
+        """Group means with 95% intervals per variable, and the SHAP slopes as bars (drawn by
+        :mod:`tunnelscope.report.explain` from :meth:`tables` and ``config``)."""
+        from ..report.explain import explain_figure
+
+        fig = explain_figure(self.tables(), {**self.config, "target": self.target})
+        assert fig is not None  # the explain figure is always drawn
         return fig
 
-    def save(self, out: str | Path) -> list[Path]:
-        """Write the tables as CSV, ``explain.png``/``.svg`` and, last, ``config.json`` into
-        ``out``, each atomically; return the written paths."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [_write_csv(out / name, frame) for attr, name in TABLE_FILES.items()
-                 if (frame := getattr(self, attr)) is not None]
-        fig = self.figure()
-        paths += [atomic_write(out / f"{FIGURE_NAME}.{fmt}", _figure_writer(fig, fmt)) for fmt in ("png", "svg")]
-        paths.append(write_json(out / CONFIG_FILE, self.config))
-        return paths
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``group_means``, ``slopes`` and, when a pair was compared, ``paired``."""
+        frames = {"group_means": self.group_means, "paired": self.paired, "slopes": self.slopes}
+        return {name: frame for name, frame in frames.items() if frame is not None}
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> ExplainResult:
+        """The result whose tables and config were saved."""
+        missing = [TABLE_FILES[name] for name in ("group_means", "slopes") if name not in tables]
+        if missing:
+            raise RunDirectoryError(f"an explain result needs {', '.join(missing)}; run it again")
+        return cls(config["target"], tables["group_means"], tables.get("paired"), tables["slopes"], dict(config))
 
     def text(self) -> str:
         """A short summary for the terminal."""
@@ -424,41 +422,3 @@ def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = 
               "cliffs_buckets": {label: bound for bound, label in CLIFF_BUCKETS}, "shap": shap_info,
               "versions": {**package_versions(), **shap_info["versions"]}}
     return ExplainResult(target, means, paired, slopes, config)
-
-
-# ------------------------------------------------------------------------------------------ drawing
-def _draw_means(ax: Any, means: pd.DataFrame, variable: str, target: str) -> None:
-    positions = np.arange(len(means))
-    centre = means["mean"].to_numpy(dtype=float)
-    low, high = means["ci_low"].to_numpy(dtype=float), means["ci_high"].to_numpy(dtype=float)
-    errors = np.vstack([centre - low, high - centre])
-    ax.errorbar(positions, centre, yerr=np.nan_to_num(errors), fmt="o", capsize=4)
-    ax.set_xticks(positions, [_level_label(level) for level in means["level"]], rotation=30, fontsize=8)
-    ax.set_title(variable, fontsize=10)
-    ax.set_ylabel(f"{target} (mean, 95% CI)", fontsize=8)
-
-
-def _level_label(level: Any) -> str:
-    """A tick label: numbers to 4 significant digits (4.0 → 4, 2.547366… → 2.547), others as they are."""
-    if isinstance(level, (float, np.floating)):
-        return f"{float(level):.4g}"
-    return str(level)
-
-
-def _draw_slopes(ax: Any, slopes: pd.DataFrame, l1_normalise: bool) -> None:
-    values = slopes["slope"].to_numpy(dtype=float)
-    ax.barh(np.arange(len(values)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
-    ax.set_yticks(np.arange(len(values)), list(slopes["variable"]), fontsize=8)
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.invert_yaxis()
-    ax.set_title("SHAP slope" + (" (L1-normalised)" if l1_normalise else ""), fontsize=10)
-
-
-def _figure_writer(fig: Figure, fmt: str) -> Callable[[IO[bytes]], None]:
-    def write(handle: IO[bytes]) -> None:
-        fig.savefig(handle, format=fmt, dpi=150)
-    return write
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
