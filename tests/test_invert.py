@@ -101,9 +101,9 @@ def test_untrained_copy_reinitialises_and_leaves_the_model_alone():
 
 
 def test_bad_config():
-    from tunnelscope.errors import SpecError
+    from tunnelscope.errors import ConfigError
 
-    with pytest.raises(SpecError):
+    with pytest.raises(ConfigError):
         InvertConfig(steps=0)
 
 
@@ -121,7 +121,7 @@ def trained(tmp_path_factory):
 def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
     import json
 
-    from tunnelscope.errors import CheckpointError, SpecError, TunnelscopeError
+    from tunnelscope.errors import CheckpointError, ConfigError, TunnelscopeError
 
     run, ds = trained
     out = tmp_path / "inv"
@@ -141,7 +141,7 @@ def test_invert_checkpoint_writes_and_returns_the_inversions(trained, tmp_path):
         invert_checkpoint(run.final_checkpoint, ds, out)
     with pytest.raises(CheckpointError, match="does not exist"):
         invert_checkpoint(tmp_path / "none.pt", ds, tmp_path / "other")
-    with pytest.raises(SpecError, match="more than the 60 test images"):
+    with pytest.raises(ConfigError, match="more than the 60 test images"):
         invert_checkpoint(run.final_checkpoint, ds, tmp_path / "other", images=61)
 
 

@@ -22,7 +22,7 @@ transformers = require("transformers")
 from references import hooked_outputs, numerical_rank  # noqa: E402
 from tunnelscope import analyze, data, models  # noqa: E402
 from tunnelscope.capture import Capture  # noqa: E402
-from tunnelscope.errors import CheckpointError, ShapeError, SpecError  # noqa: E402
+from tunnelscope.errors import CheckpointError, ConfigError, ShapeError, SpecError  # noqa: E402
 from tunnelscope.models.base import ZooModel  # noqa: E402
 
 TIMM_VIT = "timm:vit_tiny_patch16_224-p8-d2-w64"  # ViT-Ti layout cut to 2 blocks of width 64 (1 head), 8 px patches
@@ -247,7 +247,7 @@ def test_timm_pretrained_weights_are_asked_of_timm_only_on_request(monkeypatch):
     models.build("timm:resnet18", 3, SHAPE)
     models.build("timm:resnet18.a1_in1k", 3, SHAPE, weights="pretrained")
     assert list(dict.fromkeys(calls)) == [("resnet18", False), ("resnet18.a1_in1k", True)]  # img_size: a retry
-    with pytest.raises(SpecError, match="weights='pretrained' is for timm:, hf: specs only"):
+    with pytest.raises(ConfigError, match="weights='pretrained' is for timm:, hf: specs only"):
         models.build("vit-t-d1", 3, SHAPE, weights="pretrained")
     with pytest.raises(SpecError, match="alias with no pretrained weights"):
         models.build("hf:vit-d1", 3, SHAPE, weights="pretrained")

@@ -39,7 +39,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint
 from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError, SpecError
+from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, ShapeError
 from ..models.probe_points import hooked_pass, order_by_execution, probe_points
 from ..models.resolve import load_model
 from ..report.interventions import HEAD, OTHER
@@ -196,7 +196,7 @@ def _dataset(data: str | data_mod.Dataset | None, meta: Mapping[str, Any],
     """``data`` (default: the checkpoint's training data spec), checked to fit the model."""
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data or meta["data_spec"], root=data_root)
     if dataset.num_classes != meta["num_classes"]:
-        raise SpecError(f"the model has {meta['num_classes']} classes but {dataset.spec} has "
+        raise ShapeError(f"the model has {meta['num_classes']} classes but {dataset.spec} has "
                         f"{dataset.num_classes}; give the data it was trained on ({meta['data_spec']})")
     if tuple(dataset.input_shape) != tuple(meta["input_shape"]):
         raise ShapeError(f"the model takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..capture import activations
-from ..errors import CheckpointError, RunDirectoryError, ShapeError, SpecError
+from ..errors import CheckpointError, ConfigError, RunDirectoryError, ShapeError
 from ..models.init import untrained_copy
 from ..models.probe_points import order_by_execution, probe_points
 from ..progress import progress_bar
@@ -64,7 +64,7 @@ class InvertConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.restarts < 1 or self.max_rows < 1:
-            raise SpecError("steps, restarts and max_rows must be >= 1")
+            raise ConfigError("steps, restarts and max_rows must be >= 1")
 
 
 @dataclass
@@ -142,7 +142,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
         drawn = torch.randn(R, n, *images.shape[1:], generator=g) * cfg.init_std + cfg.init_mean
         starts = (drawn if starts is None else starts).to(dev)
         if starts.shape != (R, n, *images.shape[1:]):
-            raise SpecError(f"starts must have shape {(R, n, *images.shape[1:])}, got {tuple(starts.shape)}")
+            raise ShapeError(f"starts must have shape {(R, n, *images.shape[1:])}, got {tuple(starts.shape)}")
         perturbed = images + (torch.randn(images.shape, generator=g) * cfg.perturb_std).to(dev)
         rows = list(itertools.product(range(len(names)), range(R), range(n)))
         out = torch.empty(len(names), R, n, *images.shape[1:], device=dev)
@@ -344,7 +344,7 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
         raise ShapeError(f"checkpoint {checkpoint} takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "
                          f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
     if images > len(dataset.test):
-        raise SpecError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
+        raise ConfigError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
     split, n = sample_split(dataset.test, images, cfg.seed)
     x = torch.cat([b for b, _ in split.batches(256, device=dev)])
     runs = [invert(model, x, points, cfg, dev, "trained", progress)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ShapeError, SpecError, TunnelscopeError
+from ..errors import CheckpointError, ConfigError, ShapeError, SpecError, TunnelscopeError
 from ..specs import parse_spec
 from .base import ZooModel, count_parameters
 from .cifar_resnet import CifarResNet, blocks_per_stage
@@ -246,7 +246,7 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
     if parsed.modifiers:
         raise SpecError(f"model spec {spec!r} takes no [modifiers]; they belong to dataset specs")
     if int(num_classes) < 1:
-        raise SpecError(f"num_classes must be >= 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     pretrained = isinstance(weights, str) and weights == PRETRAINED
     for family in FAMILIES:
         match = re.fullmatch(family.pattern, parsed.name)
@@ -254,7 +254,7 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
             continue
         if pretrained and family.pretrained is None:
             hubs = ", ".join(f"{f.name}:" for f in FAMILIES if f.pretrained is not None)
-            raise SpecError(f"weights='pretrained' is for {hubs} specs only; give {spec!r} a local weights file")
+            raise ConfigError(f"weights='pretrained' is for {hubs} specs only; give {spec!r} a local weights file")
         if family.validate is not None and not pretrained:  # the pretrained builder checks what it needs
             family.validate(parsed.name, match)
         shape = _check_shape(input_shape, family.image_only, spec)

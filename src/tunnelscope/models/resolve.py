@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import read_checkpoint
-from ..errors import CheckpointError, SpecError, TunnelscopeError
+from ..errors import CheckpointError, ConfigError, ShapeError, TunnelscopeError
 from .registry import build
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: 
     if isinstance(model, nn.Module):
         return model.to(device), getattr(model, "spec", type(model).__name__), {}
     if not isinstance(model, (str, Path)):
-        raise SpecError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
+        raise ConfigError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
     path = Path(model)
     if dataset is not None and not (path.suffix in (".pt", ".pth") or path.is_file()):
         built = build(str(model), dataset.num_classes, dataset.input_shape, weights=weights, seed=seed)
@@ -60,9 +60,9 @@ def _check_fits(net: nn.Module, path: Path, dataset: Dataset) -> None:
     """Refuse a checkpoint whose classes or input shape differ from ``dataset``'s."""
     classes = getattr(net, "num_classes", dataset.num_classes)
     if classes != dataset.num_classes:
-        raise SpecError(f"checkpoint {path} has {classes} classes but {dataset.spec} has "
+        raise ShapeError(f"checkpoint {path} has {classes} classes but {dataset.spec} has "
                         f"{dataset.num_classes}; give --data with the classes it was trained on")
     shape = tuple(getattr(net, "input_shape", dataset.input_shape))
     if shape != tuple(dataset.input_shape):
-        raise SpecError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
+        raise ShapeError(f"checkpoint {path} expects inputs {shape} but {dataset.spec} gives "
                         f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
