@@ -197,23 +197,6 @@ def cka_figure(results) -> Figure | None:
     return fig
 
 
-def cross_model_figure(matrix) -> Figure:
-    """Minibatch CKA between the points of two models (``cross_model_cka``'s frame): rows are
-    model A's points, columns model B's, each placed at its relative depth (layer / points),
-    so that models of different depths align."""
-    la, lb = matrix.shape
-    fig, ax = subplots(figsize=(5.8, 4.8))
-    # cell edges at relative depth: point i of L spans ((i - 0.5) / L, (i + 0.5) / L], i = 1 … L
-    im = ax.pcolormesh((np.arange(lb + 1) + 0.5) / lb, (np.arange(la + 1) + 0.5) / la, matrix.to_numpy(dtype=float),
-                       cmap="magma", vmin=0, vmax=1, shading="flat")
-    fig.colorbar(im, ax=ax, label="CKA")
-    ax.set_xlabel(f"{matrix.columns.name or 'model B'}: relative depth ({lb} points)")
-    ax.set_ylabel(f"{matrix.index.name or 'model A'}: relative depth ({la} points)")
-    ax.set_aspect("equal")
-    ax.set_title(f"minibatch CKA across models ({matrix.attrs.get('split', 'test')})", fontsize=10)
-    return fig
-
-
 FIGURES = {"probes": probe_figure, "probes_normalised": normalised_probe_figure, "rank": rank_figure,
            "collapse": collapse_figure, "pc1": pc1_figure, "cka": cka_figure}
 
