@@ -24,7 +24,7 @@ def check_contract(result: ExperimentResult, tmp_path) -> ExperimentResult:
     assert paths[-1] == out / "config.json", "config.json must be written last"
     saved = json.loads((out / "config.json").read_text())
     assert saved["kind"] == result.kind
-    drawn = draw_experiment(result.kind, result.tables(), saved)
+    drawn = draw_experiment(result.kind, result.figure_tables(), saved)
     assert set(drawn) <= set(figure_names(result.kind))
     for name in figure_names(result.kind):  # every figure its tables can show, and none they cannot
         assert ((out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()) == (name in drawn), name

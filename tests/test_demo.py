@@ -2,12 +2,15 @@
 with cheap analysis settings (the real demo trains for minutes; tests/test_cli.py runs its
 quick version, marked slow)."""
 
+import importlib
+
 import pytest
 
-import tunnelscope.engine.analyze as pipeline
 import tunnelscope.experiments.demo as demo
 from tunnelscope.experiments.demo import run_demo
 from tunnelscope.probes import ProbeConfig
+
+pipeline = importlib.import_module("tunnelscope.engine.analyze")  # the module (the package exports the function)
 
 
 @pytest.fixture()

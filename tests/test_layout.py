@@ -172,3 +172,44 @@ def test_the_layer_table_of_the_docs_lists_every_top_level_name():
     in_docs = [{name.strip("`/").split(".")[-1] for name in re.findall(r"`[^`]+`", row.split(" | ")[0])}
                for row in rows]
     assert in_docs == [members - {""} for _, members in LAYERS]
+
+
+# ---------------------------------------------------------------------------------------- settings travel whole
+MAX_SETTINGS_ONE_BY_ONE = 8
+# the one place settings are spelled out field by field: the object itself, and the CLI building it
+SETTINGS_BUILDERS = {"AnalysisSettings", "from_dict"}
+
+
+def settings_passed_one_by_one(path: Path, fields: frozenset[str]) -> list[tuple[str, int, int]]:
+    """``(call, line, count)`` of every call in ``path`` that passes analysis settings as keywords
+    (keyword arguments or dict-literal keys named like an ``AnalysisSettings`` field)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func).rsplit(".", 1)[-1]
+        keys = {k.arg for k in node.keywords if k.arg in fields}
+        for arg in node.args:
+            if isinstance(arg, ast.Dict):
+                keys |= {k.value for k in arg.keys if isinstance(k, ast.Constant) and k.value in fields}
+        if len(keys) > MAX_SETTINGS_ONE_BY_ONE and name not in SETTINGS_BUILDERS:
+            found.append((name, node.lineno, len(keys)))
+    return found
+
+
+def test_no_call_passes_more_than_eight_settings_one_by_one():
+    from tunnelscope.engine.settings import FIELDS
+
+    offenders = [f"{p.relative_to(ROOT)}:{line} {name}(...) passes {n} settings"
+                 for p in sorted(ROOT.rglob("*.py")) for name, line, n in settings_passed_one_by_one(p, FIELDS)]
+    assert not offenders, "pass an AnalysisSettings instead:\n" + "\n".join(offenders)
+
+
+def test_the_settings_check_counts_keywords_and_dict_keys(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("f(a, points=1, reduce=2, seed=3, device=4, batch_size=5, max_dim=6, resamples=7, probe=8, "
+                    "ncc_eps=9)\ng({'points': 1, 'seed': 2})\nAnalysisSettings(points=1, reduce=2, seed=3, device=4, "
+                    "batch_size=5, max_dim=6, resamples=7, probe=8, ncc_eps=9)\n")
+    from tunnelscope.engine.settings import FIELDS
+
+    assert settings_passed_one_by_one(code, FIELDS) == [("f", 1, 9)]

@@ -259,16 +259,15 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
     _print_results(run.results, quiet, as_json, {"training": run.training_summary()})
 
 
-def _analyze(model, weights, data_spec: str, ood, metrics: str, points: str, reduce: str, device: str, out: Path,
-             overwrite: bool, quiet: bool, data_root: str | None = None, **kwargs):
-    """Run :func:`tunnelscope.analyze` and save the run directory (refusing a taken one first)."""
+def _analyze(model, data_spec: str, ood, metrics: str, settings, out: Path, overwrite: bool, **options):
+    """Run :func:`tunnelscope.analyze` with ``settings`` and save the run directory (refusing a
+    taken one first); ``options``: ``weights``, ``untrained_reference``."""
     from .engine.analyze import analyze
     from .report import save_run
     from .rundir import check_free
 
     check_free(out, overwrite)  # before the model runs, not after
-    results = analyze(model, data_spec, ood=list(ood), metrics=metrics, points=points, reduce=reduce, device=device,
-                      weights=weights, data_root=data_root, progress=False if quiet else None, **kwargs)
+    results = analyze(model, data_spec, ood=list(ood), metrics=metrics, settings=settings, **options)
     save_run(results, out, overwrite=overwrite)
     return results
 
@@ -328,7 +327,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
 def _metrics_help() -> str:
     return (f"Comma list of metrics, e.g. {','.join(METRIC_EXAMPLES)} (a wrong name lists them all); aliases "
-            "nc/collapse; or default/all.")
+            "nc/collapse; or default/all. Options in brackets: ncc[eps=0.05], cka[passes=10], ridge[alpha=0.01].")
 
 
 @cli.command()
@@ -389,6 +388,7 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
       tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
       tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol harun --probe-seeds 3 --json --out runs/b
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .engine.settings import AnalysisSettings
     from .probes import ProbeConfig
 
     if (checkpoint is None) == (model_spec is None):
@@ -397,13 +397,15 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
         raise click.UsageError("--weights goes with --model")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
-    probe = ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed, seeds=probe_seeds)
-    max_samples = max_samples or None
-    results = _analyze(checkpoint or model_spec, weights, data_spec, ood, metrics, points, reduce, device, Path(out),
-                       overwrite, quiet or as_json, data_root, probe=probe, max_samples=max_samples,
-                       max_train=max_train, batch_size=batch_size, seed=seed, resamples=resamples,
-                       untrained_reference=untrained_reference, include_input=not no_input, ncc_eps=ncc_eps,
-                       cka_passes=cka_passes, max_dim=max_dim or None)
+    settings = AnalysisSettings.from_dict({
+        "points": points, "reduce": reduce, "device": device, "data_root": data_root,
+        "max_samples": max_samples or None, "max_train": max_train, "batch_size": batch_size, "seed": seed,
+        "resamples": resamples,
+        "include_input": not no_input, "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim or None,
+        "progress": False if (quiet or as_json) else None,
+        "probe": ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed, seeds=probe_seeds)})
+    results = _analyze(checkpoint or model_spec, data_spec, ood, metrics, settings, Path(out), overwrite,
+                       weights=weights, untrained_reference=untrained_reference)
     _print_results(results, quiet, as_json)
 
 

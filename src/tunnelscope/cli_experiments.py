@@ -293,14 +293,16 @@ def dynamics(run_dir, data_spec, ood, metrics, steps, points, reduce, protocol, 
       tunnelscope dynamics runs/mlp8 --ood "digits[size=28]" --steps all --max-samples 2000 --resamples 200
       tunnelscope dynamics runs/mlp8 --metrics rank,nc --steps 0,1,2,4,8,16 --heatmap rank --heatmap ncc_acc --out runs/nc
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .engine.settings import AnalysisSettings
     from .experiments.dynamics import analyze_run
     from .probes import ProbeConfig
 
+    settings = AnalysisSettings(points=points, reduce=reduce, device=device, max_samples=max_samples or None,
+                                probe=ProbeConfig(protocol=protocol, seed=seed), resamples=resamples,
+                                batch_size=batch_size, seed=seed, data_root=data_root)
     result = analyze_run(run_dir, data_spec, ood=list(ood), metrics=metrics, steps=steps, out=out,
                          overwrite=overwrite, progress=False if (quiet or as_json) else None,
-                         heatmaps=list(heatmaps) or None, points=points, reduce=reduce, device=device,
-                         probe=ProbeConfig(protocol=protocol, seed=seed), max_samples=max_samples or None,
-                         resamples=resamples, batch_size=batch_size, seed=seed, data_root=data_root)
+                         heatmaps=list(heatmaps) or None, settings=settings)
     if as_json:
         from .io import jsonable
 

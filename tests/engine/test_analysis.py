@@ -53,7 +53,7 @@ def test_analyze_layers_on_a_checkpoint(trained, fashion_small):
 def test_effective_depth_and_accuracy_saturate_on_separable_data():
     ds = data.load("digits[per_class=60]")
     torch.manual_seed(0)
-    stats = analyze_layers(models.build("mlp-4x64", 10, ds.input_shape), ds, metrics="ncc", eps=1.0,
+    stats = analyze_layers(models.build("mlp-4x64", 10, ds.input_shape), ds, metrics="ncc", ncc_eps=1.0,
                            batch_size=128, progress=False)
     assert stats.summary["effective_depth"] == 1  # eps = 1 accepts any layer
 

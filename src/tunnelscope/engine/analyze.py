@@ -39,8 +39,9 @@ from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS, as_summar
 from ..uncertainty import DEFAULT_RESAMPLES
 from ..verdict import model_flags, verdict
 from ..versions import environment, package_versions
-from .probing import probe_layers
-from .statistics import analyze_layers
+from .probing import IdReuse, probe_statistics
+from .settings import AnalysisSettings, metric_options, settings_from, with_metric_options
+from .statistics import layer_statistics
 
 PROBE = "probe"
 ALIASES = {"nc": ("nc1", "cdnv", "ncc"), "collapse": ("nc1", "cdnv", "ncc")}
@@ -79,6 +80,7 @@ def analyze(
     ncc_eps: float = 0.01,
     cka_passes: int = 1,
     max_dim: int | None = DEFAULT_MAX_DIM,
+    settings: AnalysisSettings | None = None,
 ) -> Results:
     """Analyse every probe point of ``model`` on ``data`` (and probes on each ``ood`` set).
 
@@ -90,7 +92,10 @@ def analyze(
     (kind, split, sample counts) are kept in ``config["data_objects"]``.
     ``model`` is a checkpoint path, a model spec (with ``weights``, or randomly
     initialised), or a module (``model_info`` may say how it was trained: ``{"step": ...}``).
-    ``metrics``: see :func:`parse_metrics`. Every split is read as a seeded subset of at most
+    ``metrics``: see :func:`parse_metrics`; a metric's options go in the spec grammar
+    (``"probe,ncc[eps=0.05],cka[passes=10]"``). The settings below may come whole as
+    ``settings`` (:class:`~tunnelscope.engine.settings.AnalysisSettings`); keywords left at
+    their defaults do not override it. Every split is read as a seeded subset of at most
     ``max_samples`` samples (``None``: all); the probes may read other amounts (``max_train``
     / ``max_test``, default ``max_samples``). When the probes and the statistics read the
     same ID samples, one pass per ID split serves both: the statistics pass fills the probes'
@@ -105,112 +110,75 @@ def analyze(
     ``results.summary["verdict"]`` says in one line where the tunnel starts and which layer
     transfers best, and ``results.summary["flags"]`` why it may not be valid.
     """
+    names, options = metric_options(metrics)
+    chosen = with_metric_options(settings_from(settings, locals()), options)
+    dataset, ood_sets = resolve_data(data, ood, chosen.data_root)
+    return run_analysis(model, dataset, ood_sets, names, chosen, weights=weights, model_info=model_info,
+                        untrained_reference=untrained_reference)
+
+
+def run_analysis(model: nn.Module | str | Path, dataset: data_mod.Dataset, ood: list, metrics: str | Sequence[str],
+                 settings: AnalysisSettings, *, weights: str | Path | None = None, model_info: dict | None = None,
+                 untrained_reference: bool = False) -> Results:
+    """:func:`analyze` on resolved data with its settings whole (the engine's entry point)."""
     wanted = parse_metrics(metrics)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     stats_metrics = [m for m in wanted if m != PROBE]
-    dataset, ood = resolve_data(data, ood, data_root)
     if ood and PROBE not in wanted:
         raise ConfigError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
-    dev = resolve_device(device)
-    net, model_name, resolved = resolve_model(model, dev, dataset, weights, seed=seed)
+    dev = resolve_device(settings.device)
+    settings = settings.replace(device=dev)
+    net, model_name, resolved = resolve_model(model, dev, dataset, weights, seed=settings.seed)
     net.eval()
     model_info = {"model": model_name, **resolved, **(model_info or {})}
-    opts = _Options(ood=ood, metrics=wanted, points=points, reduce=reduce, device=dev, probe=probe,
-                    batch_size=batch_size, max_samples=max_samples,
-                    max_train=max_samples if max_train is None else max_train,
-                    max_test=max_samples if max_test is None else max_test, seed=seed, data_root=data_root,
-                    progress=progress, include_input=include_input, resamples=resamples, ncc_eps=ncc_eps,
-                    cka_passes=cka_passes, max_dim=max_dim)
     merged = _Merged(summary={"model": model_name, "data": dataset.spec, "classes": dataset.num_classes,
-                              "ood_datasets": dataset_names(ood)}, config=_base_config(model_info, dataset, opts))
-    shared = bool(stats_metrics) and PROBE in wanted and opts.max_train == max_samples and opts.max_test == max_samples
+                              "ood_datasets": dataset_names(ood)},
+                     config=_base_config(model_info, dataset, ood, wanted, settings))
+    shared = (bool(stats_metrics) and PROBE in wanted and settings.train_samples == settings.max_samples
+              and settings.test_samples == settings.max_samples)
     merged.config["id_passes"] = ("one pass per split, shared by the statistics and the probes" if shared
                                   else "the statistics and the probes read the ID splits separately")
     model_accuracy = None
     with contextlib.ExitStack() as stack:
-        caches = _shared_caches(stack, dataset, opts) if shared else None
+        caches = _shared_caches(stack, dataset, settings) if shared else None
         if stats_metrics:
             # "default"/"all" pass through, so that a metric that does not fit is skipped with a note
             request = metrics if isinstance(metrics, str) and metrics in ("default", "all") else stats_metrics
-            model_accuracy = merged.add_statistics(_statistics(net, dataset, request, opts, caches))
+            model_accuracy = merged.add_statistics(layer_statistics(net, dataset, request, settings,
+                                                                    caches=caches or (None, None)))
         if PROBE in wanted:
-            merged.add_probes(_probes(net, dataset, opts, caches, id_ncc="ncc" not in stats_metrics,
-                                      model_info=model_info, model_accuracy=model_accuracy))
+            reuse = IdReuse(caches, id_ncc="ncc" not in stats_metrics,  # False when the statistics measured it
+                            model_accuracy=model_accuracy)
+            merged.add_probes(probe_statistics(net, dataset, ood, settings, reuse=reuse, model_info=model_info))
         else:
             merged.without_probes(model_info, model_accuracy, dataset.num_classes)
     table, summary, config = merged.results()
     if untrained_reference:
-        table, summary, config = _with_untrained_reference(net, dataset, table, summary, config, opts)
+        table, summary, config = _with_untrained_reference(net, dataset, ood, metrics, settings,
+                                                           (table, summary, config))
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 
-@dataclass
-class _Options:
-    """How one ``analyze`` run reads and probes its data (an untrained reference reuses them)."""
-
-    ood: list[str | data_mod.Dataset]
-    metrics: list[str]
-    points: str | Sequence[str]
-    reduce: str
-    device: torch.device
-    probe: ProbeConfig | None
-    batch_size: int
-    max_samples: int | None
-    max_train: int | None
-    max_test: int | None
-    seed: int
-    data_root: str | Path | None
-    progress: bool | None
-    include_input: bool
-    resamples: int
-    ncc_eps: float
-    cka_passes: int
-    max_dim: int | None
-
-
-def _base_config(model_info: dict, dataset: data_mod.Dataset, opts: _Options) -> dict:
+def _base_config(model_info: dict, dataset: data_mod.Dataset, ood: list, metrics: list[str],
+                 settings: AnalysisSettings) -> dict:
     """The run's configuration before any pass: model, data, metrics, options and environment."""
-    dev = opts.device
+    dev = settings.device
     config: dict = {"model": model_info, "data": dataset.spec, "id_dataset": dataset.spec,
-                    "ood": dataset_names(opts.ood), "metrics": opts.metrics,
-                    "points_set": opts.points if isinstance(opts.points, str) else list(opts.points),
-                    "reduce": opts.reduce, "ncc_eps": opts.ncc_eps, "cka_passes": opts.cka_passes,
-                    "max_dim": opts.max_dim, "device": str(dev), "seed": opts.seed, "environment": environment(dev),
-                    "versions": package_versions()}
-    if records := object_records(dataset, opts.ood):
+                    "ood": dataset_names(ood), "metrics": metrics, "points_set": settings.points_request,
+                    "reduce": settings.reduce, "ncc_eps": settings.ncc_eps, "cka_passes": settings.cka_passes,
+                    "max_dim": settings.max_dim, "device": str(dev), "seed": settings.seed,
+                    "environment": environment(dev), "versions": package_versions()}
+    if records := object_records(dataset, ood):
         config["data_objects"] = records
     return config
 
 
 def _shared_caches(stack: contextlib.ExitStack, dataset: data_mod.Dataset,
-                   opts: _Options) -> tuple[FeatureCache, FeatureCache]:
+                   settings: AnalysisSettings) -> tuple[FeatureCache, FeatureCache]:
     """The ID train and test feature caches the statistics pass fills for the probes (closed by ``stack``)."""
-    id_train, id_test = (stack.enter_context(FeatureCache(sample_split(split, opts.max_samples, opts.seed + i)[1]))
+    id_train, id_test = (stack.enter_context(FeatureCache(sample_split(split, settings.max_samples,
+                                                                      settings.seed + i)[1]))
                          for i, split in enumerate((dataset.train, dataset.test)))
     return id_train, id_test
-
-
-def _statistics(net: nn.Module, dataset: data_mod.Dataset, request: str | Sequence[str], opts: _Options,
-                caches: tuple[FeatureCache, FeatureCache] | None) -> Results:
-    """The layer statistics of ``request`` on the ID splits (filling ``caches`` when given)."""
-    return analyze_layers(net, dataset, request, points=opts.points, reduce=opts.reduce, batch_size=opts.batch_size,
-                          device=opts.device, max_samples=opts.max_samples, seed=opts.seed, progress=opts.progress,
-                          train_cache=caches[0] if caches else None,
-                          test_cache=caches[1] if caches else None, include_input=opts.include_input,
-                          eps=opts.ncc_eps, cka_passes=opts.cka_passes, max_dim=opts.max_dim)
-
-
-def _probes(net: nn.Module, dataset: data_mod.Dataset, opts: _Options,
-            caches: tuple[FeatureCache, FeatureCache] | None, id_ncc: bool, model_info: dict,
-            model_accuracy: float | None) -> Results:
-    """The linear probes on the ID set (reading ``caches`` when given) and every OOD set."""
-    return probe_layers(net, dataset, ood=opts.ood, points=opts.points, reduce=opts.reduce, probe=opts.probe,
-                        batch_size=opts.batch_size, device=opts.device, max_train=opts.max_train,
-                        max_test=opts.max_test, seed=opts.seed, data_root=opts.data_root, progress=opts.progress,
-                        id_features=caches, id_ncc=id_ncc,  # False when the statistics measured it
-                        include_input=opts.include_input, resamples=opts.resamples, model_info=model_info,
-                        model_accuracy=model_accuracy, ncc_eps=opts.ncc_eps, max_dim=opts.max_dim)
 
 
 @dataclass
@@ -255,14 +223,17 @@ class _Merged:
         return table, self.summary, self.config
 
 
-def _with_untrained_reference(net: nn.Module, dataset, table: pd.DataFrame, summary: dict, config: dict,
-                              opts: _Options) -> tuple[pd.DataFrame, dict, dict]:
+def _with_untrained_reference(net: nn.Module, dataset: data_mod.Dataset, ood: list, metrics: str | Sequence[str],
+                              settings: AnalysisSettings, merged: tuple[pd.DataFrame, dict, dict]
+                              ) -> tuple[pd.DataFrame, dict, dict]:
     """The same analysis of a seeded re-initialisation of ``net``, appended as reference rows."""
-    reference = analyze(untrained_copy(net, opts.seed), dataset, model_info={"untrained": True}, **vars(opts))
+    table, summary, config = merged
+    reference = run_analysis(untrained_copy(net, settings.seed), dataset, ood, metrics, settings,
+                             model_info={"untrained": True})
     rows = reference.table.assign(reference="untrained", model=summary["model"])
     summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
     config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
-                                        f"seed {opts.seed}; same data, points, probes and samples"}
+                                        f"seed {settings.seed}; same data, points, probes and samples"}
     return pd.concat([table, rows], ignore_index=True), summary, config
 
 
@@ -292,6 +263,7 @@ def analyze_features(
     ncc_eps: float = 0.01,
     cka_passes: int = 1,
     max_dim: int | None = DEFAULT_MAX_DIM,
+    settings: AnalysisSettings | None = None,
 ) -> Results:
     """:func:`analyze` on features already extracted: every statistic and probe it computes
     from captured features, through the same code, as one :class:`Results`.
@@ -320,11 +292,9 @@ def analyze_features(
             raise ConfigError(f"OOD set {key!r} must be a (features, labels) pair")
         ood_sets.append(feature_dataset(pair[0], pair[1], name=key, test_fraction=test_fraction,
                                         split_seed=split_seed, like=net)[1])
-    return analyze(net, dataset, ood=ood_sets, metrics=metrics, points="blocks", reduce=reduce, device=device,
-                   probe=probe, batch_size=batch_size, max_samples=max_samples, max_train=max_train,
-                   max_test=max_test, seed=seed, progress=progress, include_input=include_input,
-                   resamples=resamples, model_info=net.record(), ncc_eps=ncc_eps, cka_passes=cka_passes,
-                   max_dim=max_dim)
+    names, options = metric_options(metrics)
+    chosen = with_metric_options(settings_from(settings, locals()), options).replace(points="blocks")
+    return run_analysis(net, dataset, ood_sets, names, chosen, model_info=net.record())
 
 
 __all__ = ["ANALYZE_METRICS", "analyze", "analyze_features", "parse_metrics"]

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..metrics.cka import MIN_BATCH, MinibatchCKA
 from ..models import resolve_model
 from ..progress import progress_bar
+from .settings import AnalysisSettings, settings_from
 
 
 def cross_model_cka(
@@ -32,29 +33,34 @@ def cross_model_cka(
     precision: str = "float32",
     data_root: str | Path | None = None,
     progress: bool | None = None,
+    settings: AnalysisSettings | None = None,
 ) -> pd.DataFrame:
     """Minibatch CKA between every probe point of ``model_a`` (rows) and of ``model_b``
     (columns), both reading the same batches of one split in the same pass.
 
-    Both models must take the dataset's inputs. Returns an ``L_a x L_b`` DataFrame whose
-    ``attrs`` record the settings.
+    Both models must take the dataset's inputs. The settings may come whole as ``settings``
+    (:class:`AnalysisSettings`; keywords left at their defaults do not override it). Returns an
+    ``L_a x L_b`` DataFrame whose ``attrs`` record the settings.
     """
+    s = settings_from(settings, locals())
+    batch_size, seed = s.batch_size, s.seed
     if batch_size < MIN_BATCH:
         raise ConfigError(f"batch_size {batch_size} is below {MIN_BATCH}, the smallest minibatch HSIC₁ allows")
-    dev = resolve_device(device)
-    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=data_root)
+    dev = resolve_device(s.device)
+    dataset = data if isinstance(data, data_mod.Dataset) else data_mod.load(data, root=s.data_root)
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, not {split!r}")
-    chosen, n = data_mod.sample_split(getattr(dataset, split), max_samples, seed)
+    chosen, n = data_mod.sample_split(getattr(dataset, split), s.max_samples, seed)
     example = next(dataset.test.batches(2, device=dev))[0]
     (net_a, name_a, _), (net_b, name_b, _) = (resolve_model(model, dev, dataset, seed=seed)
                                               for model in (model_a, model_b))
-    cap_a, cap_b = (capture_for(net, points, reduce=reduce, seed=seed, example=example) for net in (net_a, net_b))
+    cap_a, cap_b = (capture_for(net, s.points_request, reduce=s.reduce, seed=seed, example=example)
+                    for net in (net_a, net_b))
     keys = [f"a/{p}" for p in cap_a.names] + [f"b/{p}" for p in cap_b.names]
-    acc = MinibatchCKA(keys, gram_dtype=torch.float64 if precision == "float64" else torch.float32)
+    acc = MinibatchCKA(keys, gram_dtype=torch.float64 if s.precision == "float64" else torch.float32)
     for module in (net_a, net_b):
         module.eval()
-    with progress_bar(progress) as bars, torch.inference_mode():
+    with progress_bar(s.progress) as bars, torch.inference_mode():
         task = bars.add_task(f"{split} pass (2 models)", total=n, info="")
         seen = 0
         for x, _ in chosen.batches(batch_size, device=dev):
@@ -66,5 +72,5 @@ def cross_model_cka(
     mat = acc.compute()[:la, la:].cpu().numpy()
     frame = pd.DataFrame(mat, index=pd.Index(cap_a.names, name=name_a), columns=pd.Index(cap_b.names, name=name_b))
     frame.attrs.update({"data": dataset.spec, "split": split, "samples": n, "batch_size": batch_size,
-                        "reduce": reduce, "skipped_batches": acc.skipped, "precision": precision})
+                        "reduce": s.reduce, "skipped_batches": acc.skipped, "precision": s.precision})
     return frame

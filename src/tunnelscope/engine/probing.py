@@ -51,6 +51,7 @@ from ..tunnel import summarize
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from ..verdict import Flag, check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from ..versions import environment, package_versions
+from .settings import AnalysisSettings, settings_from
 
 
 def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
@@ -144,6 +145,7 @@ def probe_layers(
     resamples: int = DEFAULT_RESAMPLES,
     model_info: dict | None = None,
     model_accuracy: float | None = None,
+    settings: AnalysisSettings | None = None,
 ) -> Results:
     """Train linear probes at every point on the ID data and on each OOD dataset.
 
@@ -163,35 +165,58 @@ def probe_layers(
     nearest-class-centre scores when the caller has them already. ``model_info`` describes a
     module passed directly (its training ``step``, or ``untrained``). Refuses datasets with
     one class or too few samples per class; ``summary["flags"]`` and ``summary["verdict"]``
-    say what the numbers can and cannot show.
+    say what the numbers can and cannot show. The settings may come whole as ``settings``
+    (:class:`AnalysisSettings`; without it nothing is capped unless ``max_train`` /
+    ``max_test`` say so); keywords left at their defaults do not override it.
     """
-    cfg = probe or ProbeConfig(seed=seed)
-    dev = resolve_device(device)
+    chosen = settings_from(settings or AnalysisSettings(max_samples=None), locals())
+    reuse = IdReuse(id_features, id_ncc, model_accuracy)
+    return probe_statistics(model, data, ood, chosen, reuse=reuse, model_info=model_info,
+                            cache=(cache_budget, cache_dtype), taus=taus)
+
+
+@dataclass
+class IdReuse:
+    """What the statistics pass already has for the ID data: its feature caches (train, test),
+    whether it measured NCC (``id_ncc=False``: it did), and the model's own accuracy."""
+
+    features: tuple[FeatureCache, FeatureCache] | None = None
+    id_ncc: bool = True
+    model_accuracy: float | None = None
+
+
+def probe_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str,
+                     ood: Sequence[str | data_mod.Dataset], settings: AnalysisSettings, *,
+                     reuse: IdReuse | None = None, model_info: dict | None = None,
+                     cache: tuple[int, str] = (DEFAULT_BUDGET, "float32"),
+                     taus: Sequence[float] = (0.95, 0.98)) -> Results:
+    """:func:`probe_layers` with its settings whole (the engine's entry point); ``cache`` is the
+    feature cache's byte budget and dtype."""
+    s = settings
+    cfg = s.probe or ProbeConfig(seed=s.seed)
+    dev = resolve_device(s.device)
     net, model_name, resolved_info = resolve_model(model, dev)
     model_info = {**resolved_info, **(model_info or {})}
-    id_ds = as_dataset(data, root=data_root)
-    capture = _capture(net, id_ds, dev, points, reduce, max_dim, seed, include_input)
-    datasets = _datasets(id_ds, ood, data_root)
-    run = _Probing(capture=capture, cfg=cfg, dev=dev, model_name=model_name, seed=seed, batch_size=batch_size,
-                   max_train=max_train, max_test=max_test, cache_budget=cache_budget, cache_dtype=cache_dtype,
-                   progress=progress, resamples=resamples, id_features=id_features, id_ncc=id_ncc,
-                   model_accuracy=model_accuracy)
+    id_ds = as_dataset(data, root=s.data_root)
+    capture = _capture(net, id_ds, dev, s)
+    datasets = _datasets(id_ds, ood, s.data_root)
+    run = _Probing(capture=capture, settings=s, cfg=cfg, dev=dev, model_name=model_name, reuse=reuse or IdReuse(),
+                   cache_budget=cache[0], cache_dtype=cache[1])
     tic = time.perf_counter()
-    with progress_bar(progress) as bars:
+    with progress_bar(s.progress) as bars:
         for key, (ds, changes) in datasets.items():
             run.probe_dataset(key, ds, changes, bars)
     table = pd.DataFrame(run.rows, columns=COLUMNS)
-    summary = run.judged_summary(datasets, model_info, id_ds.num_classes, taus, ncc_eps)
+    summary = run.judged_summary(datasets, model_info, id_ds.num_classes, taus, s.ncc_eps)
     config = run.config(model_info, id_ds.spec, tic)
     return Results(table, as_summary(summary), config)
 
 
-def _capture(net: nn.Module, id_ds: data_mod.Dataset, dev: torch.device, points: str | Sequence[str], reduce: str,
-             max_dim: int | None, seed: int, include_input: bool) -> Capture:
+def _capture(net: nn.Module, id_ds: data_mod.Dataset, dev: torch.device, s: AnalysisSettings) -> Capture:
     """The capture of ``net``'s probe points, shaped by an example batch of the ID test split."""
     example = next(id_ds.test.batches(2, device=dev))[0]
-    return capture_for(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                       include_input=include_input)
+    return capture_for(net, s.points_request, reduce=s.reduce, max_dim=s.max_dim, seed=s.seed, example=example,
+                       include_input=s.include_input)
 
 
 def _datasets(id_ds: data_mod.Dataset, ood: Sequence[str | data_mod.Dataset],
@@ -213,20 +238,13 @@ class _Probing:
     its datasets add up to."""
 
     capture: Capture
+    settings: AnalysisSettings
     cfg: ProbeConfig
     dev: torch.device
     model_name: str
-    seed: int
-    batch_size: int
-    max_train: int | None
-    max_test: int | None
+    reuse: IdReuse
     cache_budget: int
     cache_dtype: str
-    progress: bool | None
-    resamples: int
-    id_features: tuple[FeatureCache, FeatureCache] | None
-    id_ncc: bool
-    model_accuracy: float | None
     rows: list[dict] = field(default_factory=list)
     info: dict[str, dict] = field(default_factory=dict)
     fitted: dict[str, _Fitted] = field(default_factory=dict)
@@ -235,15 +253,15 @@ class _Probing:
 
     def probe_dataset(self, key: str, ds: data_mod.Dataset, changes: list[str], bars) -> None:
         """Read one dataset's splits, train its probes and NCC, and keep their rows and record."""
-        shared = self.id_features if key == "id" else None  # the statistics' caches, which they own
+        shared = self.reuse.features if key == "id" else None  # the statistics' caches, which they own
         (tr_cache, tr, ytr, tr_info), (te_cache, te, yte, te_info) = (
             self._shared_splits(shared) if shared is not None else self._read_splits(key, ds, bars))
         try:
             self.flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
                                               ds.class_names)
             results = train_probe_seeds(tr, ytr, te, yte, ds.num_classes, self.cfg, device=self.dev,
-                                        progress=self.progress)
-            ncc = _ncc(tr_cache, te_cache, ds.num_classes, self.dev) if key != "id" or self.id_ncc else None
+                                        progress=self.settings.progress)
+            ncc = _ncc(tr_cache, te_cache, ds.num_classes, self.dev) if key != "id" or self.reuse.id_ncc else None
             if key == "id" and ncc:
                 self.ncc_id_train = ncc["train"]
         finally:
@@ -263,25 +281,26 @@ class _Probing:
     def _read_splits(self, key: str, ds: data_mod.Dataset, bars) -> tuple[tuple, tuple]:
         """One model pass over each split of ``ds`` into a feature cache; the ID test pass also
         measures the model's own accuracy when it is not known yet."""
-        label = "ID" if key == "id" else key
-        train = _features(self.capture, ds.train, self.max_train, self.seed, self.batch_size, self.dev,
+        label, s = ("ID" if key == "id" else key), self.settings
+        train = _features(self.capture, ds.train, s.train_samples, s.seed, s.batch_size, self.dev,
                           self.cache_budget, self.cache_dtype, bars, f"{label} train")
         own = ModelAccuracy()
-        self.capture.model_output = key == "id" and self.model_accuracy is None
+        self.capture.model_output = key == "id" and self.reuse.model_accuracy is None
         try:
-            test = _features(self.capture, ds.test, self.max_test, self.seed + 1, self.batch_size, self.dev,
+            test = _features(self.capture, ds.test, s.test_samples, s.seed + 1, s.batch_size, self.dev,
                              self.cache_budget, self.cache_dtype, bars, f"{label} test", [own])
         finally:
             self.capture.model_output = False
-        if key == "id" and self.model_accuracy is None:
-            self.model_accuracy = own.compute()
+        if key == "id" and self.reuse.model_accuracy is None:
+            self.reuse.model_accuracy = own.compute()
         return train, test
 
     def _record(self, key: str, ds: data_mod.Dataset, changes: list[str], results: list[ProbeResult],
                 ncc: dict | None, tr_info: dict, te_info: dict) -> None:
         """Keep one dataset's fitted probes, its table rows and its record for the config."""
         names = self.capture.names
-        fit = self.fitted[key] = _Fitted.of(results, names, self.resamples, self.seed + 17 * len(self.fitted))
+        fit = self.fitted[key] = _Fitted.of(results, names, self.settings.resamples,
+                                            self.settings.seed + 17 * len(self.fitted))
         name = ds.spec if key == "id" else key  # rows name the ID data by its spec
         self.rows += _rows(self.model_name, name, names, self.capture, results, fit, ncc)
         self.info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
@@ -295,7 +314,7 @@ class _Probing:
         depth, and the verdict they allow."""
         fitted, modules, input_point = self.fitted, self.capture.points, self.capture.input_point
         summary = _summary(fitted, datasets, self.capture.names, modules, taus)
-        self.flags += model_flags(model_info, self.model_accuracy, num_classes)
+        self.flags += model_flags(model_info, self.reuse.model_accuracy, num_classes)
         self.flags += probe_flags({k: v["unconverged"] for k, v in self.info.items()
                                    if k == "id" or k not in summary[OOD_SKIPPED]},
                                   {k: v["diverged"] for k, v in self.info.items()})
@@ -303,20 +322,21 @@ class _Probing:
             self.flags += curve_flags([fitted["id"].test[n] for n in modules],
                                       fitted["id"].test.get(input_point) if input_point else None)
         summary.update(effective_depth_summary(self.ncc_id_train or {}, modules, ncc_eps))
-        summary.update({MODEL_ACCURACY: self.model_accuracy, FLAGS: [f.as_dict() for f in self.flags],
+        summary.update({MODEL_ACCURACY: self.reuse.model_accuracy, FLAGS: [f.as_dict() for f in self.flags],
                         VERDICT_VALID: not any(f.blocking for f in self.flags)})
         summary["verdict"] = verdict(summary, modules)
         return summary
 
     def config(self, model_info: dict, id_spec: str, tic: float) -> dict:
         """The run's configuration: model, points, probe protocol, datasets, intervals and environment."""
-        cfg, capture, seed, dev = self.cfg, self.capture, self.seed, self.dev
+        cfg, capture, seed, dev = self.cfg, self.capture, self.settings.seed, self.dev
         return {"model": self.model_name, **model_info, "points": capture.points, "input_point": capture.input_point,
                 "reduce": str(capture.reduction), "layout": capture.layout,
                 "probe": {**vars(cfg), "protocol_note": PROTOCOL_NOTES[cfg.protocol]}, "selection_note": (
                     "selected on the test split (the papers' behaviour): accuracies are optimistic"
                     if cfg.select == "test" else None), "datasets": self.info, "seed": seed,
-                "batch_size": self.batch_size, "intervals": {"level": LEVEL, "resamples": self.resamples, "method": (
+                "batch_size": self.settings.batch_size, "intervals": {
+                    "level": LEVEL, "resamples": self.settings.resamples, "method": (
                     "percentile bootstrap over test samples"
                     + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "") + f" (seed {seed})")},
                 "device": str(dev), "environment": environment(dev), "versions": package_versions(),
@@ -379,4 +399,4 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
     return summary
 
 
-__all__ = ["probe_layers"]
+__all__ = ["IdReuse", "probe_layers", "probe_statistics"]

@@ -45,6 +45,7 @@ from ..results import COLUMNS, Results
 from ..summary import MODEL_ACCURACY, as_summary
 from ..verdict import check_statistics_samples
 from ..versions import environment, package_versions
+from .settings import AnalysisSettings, metric_options, settings_from, with_metric_options
 
 TABLE_COLUMNS = ["model", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
                  "valid"]
@@ -325,63 +326,82 @@ def analyze_layers(
     model: nn.Module | str | Path, data: data_mod.Dataset | str, metrics: str | Sequence[str] = "default",
     points: str | Sequence[str] = "blocks", reduce: str = "pool2", batch_size: int = 256,
     device: str | torch.device = "auto", max_samples: int | None = 10_000, seed: int = 0,
-    max_dim: int | None = DEFAULT_MAX_DIM, eps: float = 0.01, ridge: float = 1e-3, cache_budget: int = DEFAULT_BUDGET,
-    precision: str = "float32", cka_passes: int = 1, data_root: str | Path | None = None,
-    progress: bool | None = None, train_cache: FeatureCache | None = None, test_cache: FeatureCache | None = None,
-    include_input: bool = True, model_accuracy: bool = True, memory_budget: int | None | Literal["auto"] = "auto",
+    max_dim: int | None = DEFAULT_MAX_DIM, ncc_eps: float = 0.01, ridge: float = 1e-3,
+    cache_budget: int = DEFAULT_BUDGET, precision: str = "float32", cka_passes: int = 1,
+    data_root: str | Path | None = None, progress: bool | None = None, train_cache: FeatureCache | None = None,
+    test_cache: FeatureCache | None = None, include_input: bool = True, model_accuracy: bool = True,
+    memory_budget: int | None | Literal["auto"] = "auto", settings: AnalysisSettings | None = None,
 ) -> Results:
     """Statistics of every probe point of ``model`` on ``data``, from one pass per split.
 
-    ``model`` is a module, a checkpoint path or a model spec (randomly initialised); ``data``
-    a Dataset or a spec. ``metrics`` is ``"default"``, ``"all"`` or registered names
-    (:data:`tunnelscope.metrics.METRICS`); only what they need is computed (CKA alone reads
-    the test split once). Each split is read at most ``max_samples`` samples (a seeded
-    random subset; ``None`` for all). ``batch_size`` is also the CKA minibatch size ``n``
-    (>= 4). ``precision`` is that of the per-batch products of centred features and of the
-    NCC and ridge scores (``float32`` default, or ``float64``); every running sum is float64.
-    ``train_cache`` / ``test_cache`` (feature caches sized for the sampled splits, owned by
-    the caller) are filled by the same passes, for linear probes to train from.
-    ``include_input`` adds layer 0 (the input, reduced like the points); ``model_accuracy``
-    records the model's own test accuracy in ``summary["model_accuracy"]``.
+    ``model`` is a module, a checkpoint path or a model spec (randomly initialised from
+    ``seed``); ``data`` a Dataset or a spec. ``metrics`` is ``"default"``, ``"all"`` or
+    registered names (:data:`tunnelscope.metrics.METRICS`), with options in the spec grammar
+    (``"ncc[eps=0.05],cka[passes=10]"``); only what they need is computed (CKA alone reads the
+    test split once). Each split is read at most ``max_samples`` samples (a seeded random
+    subset; ``None`` for all). ``batch_size`` is also the CKA minibatch size ``n`` (>= 4).
+    ``precision`` is that of the per-batch products of centred features and of the NCC and
+    ridge scores (``float32`` default, or ``float64``); every running sum is float64.
+    The settings may come whole as ``settings`` (:class:`AnalysisSettings`); keywords left at
+    their defaults do not override it. ``train_cache`` / ``test_cache`` (feature caches sized
+    for the sampled splits, owned by the caller) are filled by the same passes, for linear
+    probes to train from. ``include_input`` adds layer 0 (the input, reduced like the points);
+    ``model_accuracy`` records the model's own test accuracy in ``summary["model_accuracy"]``.
     ``memory_budget`` (bytes; ``"auto"``: the memory available now; None: no check) refuses
     a plan that would not fit before anything is allocated. A split sample of fewer than 2
     samples is refused. Returns a :class:`~tunnelscope.results.Results` (``dataset``: the ID data's name).
     """
+    names, options = metric_options(metrics)
+    chosen = with_metric_options(settings_from(settings, locals()), options)
+    return layer_statistics(model, data, names, chosen, caches=(train_cache, test_cache),
+                            model_accuracy=model_accuracy, cache_budget=cache_budget, memory_budget=memory_budget)
+
+
+Caches = tuple[FeatureCache | None, FeatureCache | None]
+
+
+def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str, metrics: str | Sequence[str],
+                     settings: AnalysisSettings, *, caches: Caches = (None, None), model_accuracy: bool = True,
+                     cache_budget: int = DEFAULT_BUDGET, memory_budget: int | None | Literal["auto"] = "auto"
+                     ) -> Results:
+    """:func:`analyze_layers` with its settings whole (the engine's entry point)."""
+    s = settings
     wanted, explicit = parse_metrics(metrics)
-    _check_settings(wanted, batch_size, precision, cka_passes)
-    dev = resolve_device(device)
-    dataset = as_dataset(data, root=data_root)
-    net, model_name, model_info = resolve_model(model, dev, dataset, seed=seed)
+    _check_settings(wanted, s.batch_size)
+    dev = resolve_device(s.device)
+    dataset = as_dataset(data, root=s.data_root)
+    net, model_name, model_info = resolve_model(model, dev, dataset, seed=s.seed)
     example = next(dataset.test.batches(2, device=dev))[0]
-    capture = capture_for(net, points, reduce=reduce, max_dim=max_dim, seed=seed, example=example,
-                          include_input=include_input)
+    capture = capture_for(net, s.points_request, reduce=s.reduce, max_dim=s.max_dim, seed=s.seed, example=example,
+                          include_input=s.include_input)
     widths = list(capture.widths(example).values())
+    train_cache, test_cache = caches
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget
     need = check_memory(plan, widths, dataset.num_classes, budget)
-    splits = _sample(dataset, max_samples, seed, plan, train_cache, test_cache)
-    options = Options(eps=eps, ridge=ridge, matmul_dtype=torch.float64 if precision == "float64" else torch.float32)
+    splits = _sample(dataset, s.max_samples, s.seed, plan, train_cache, test_cache)
+    options = Options(eps=s.ncc_eps, ridge=s.ridge,
+                      matmul_dtype=torch.float64 if s.precision == "float64" else torch.float32)
     tic = time.perf_counter()
-    run = Run(capture, plan, options, dataset.num_classes, batch_size, dev, None, widths=widths)
-    run, summary = _passes(run, splits, progress, cache_budget, (train_cache, test_cache), model_accuracy,
-                           cka_passes, seed)
+    run = Run(capture, plan, options, dataset.num_classes, s.batch_size, dev, None, widths=widths)
+    run, summary = _passes(run, splits, s, cache_budget, (train_cache, test_cache), model_accuracy)
     record = stream_rows(run)
     for w in run.warnings:
         warnings.warn(w, stacklevel=2)
-    settings = {"model": model_name, "model_info": model_info, "data": dataset.spec, "max_samples": max_samples,
-                "seed": seed, "points": points, "max_dim": max_dim, "batch_size": batch_size,
-                "cka_passes": cka_passes, "eps": eps, "ridge": ridge, "precision": precision, "device": dev,
-                "class_names": dataset.class_names, "data_info": dataset.info,
-                "samples": {s: (n if s == "test" or plan.train_pass else 0) for s, (_, n) in splits.items()}}
-    config = _config(settings, capture, plan, run.passes, run.warnings, record, need)
+    recorded = {"model": model_name, "model_info": model_info, "data": dataset.spec, "max_samples": s.max_samples,
+                "seed": s.seed, "points": s.points_request, "max_dim": s.max_dim, "batch_size": s.batch_size,
+                "cka_passes": s.cka_passes, "eps": s.ncc_eps, "ridge": s.ridge, "precision": s.precision,
+                "device": dev, "class_names": dataset.class_names, "data_info": dataset.info,
+                "samples": {k: (n if k == "test" or plan.train_pass else 0) for k, (_, n) in splits.items()}}
+    config = _config(recorded, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
     table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset=dataset.spec)
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 
-def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_budget: int, caches: tuple,
-            model_accuracy: bool, cka_passes: int, seed: int) -> tuple[Run, dict]:
+def _passes(run: Run, splits: dict[str, tuple], settings: AnalysisSettings, cache_budget: int, caches: tuple,
+            model_accuracy: bool) -> tuple[Run, dict]:
     """The training pass, the test pass and the read-outs; returns the run and the summary."""
     train_cache, test_cache = caches
     run.warnings += [f"{name} not computed: {why}" for name, why in run.plan.skipped.items()]
@@ -393,13 +413,14 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
         run.plan.train_cache = False
     cache_ctx = (FeatureCache(n_train, cache_budget) if train_cache is None
                  else contextlib.nullcontext(train_cache))
-    with progress_bar(progress) as bars, cache_ctx as cache:
+    with progress_bar(settings.progress) as bars, cache_ctx as cache:
         run.bars = bars
         train_pass(run, splits["train"][0], cache)
         if cache.spilled_to is not None:
             run.warnings.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
                                 f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
-        test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own, cka_passes, seed)
+        test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own,
+                           settings.cka_passes, settings.seed)
         if test_m is not None:
             point_rows(run, "test", test_m)
         scored = None if reread else cache
@@ -408,15 +429,13 @@ def _passes(run: Run, splits: dict[str, tuple], progress: bool | None, cache_bud
     return run, summary
 
 
-def _check_settings(wanted: list[Metric], batch_size: int, precision: str, cka_passes: int) -> None:
+def _check_settings(wanted: list[Metric], batch_size: int) -> None:
+    """Refuse a batch smaller than a wanted metric's minibatch (the other settings are checked
+    by :class:`AnalysisSettings`)."""
     for metric in wanted:
         if batch_size < metric.min_batch:
             raise ConfigError(f"batch_size {batch_size} is below {metric.min_batch}, the smallest minibatch "
                               f"{metric.name} allows")
-    if precision not in ("float64", "float32"):
-        raise ConfigError("precision must be float64 or float32")
-    if cka_passes < 1:
-        raise ConfigError("cka_passes must be >= 1")
 
 
 def _sample(dataset: data_mod.Dataset, max_samples: int | None, seed: int, plan: Plan,

@@ -48,6 +48,11 @@ class ExperimentResult(ABC):
     def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> Self:
         """The result that :meth:`tables` and ``config`` were written from."""
 
+    def figure_tables(self) -> dict[str, pd.DataFrame]:
+        """The tables its figures are drawn from: :meth:`tables`, unless a result keeps a table
+        its figures need outside the CSV tables (dynamics' layer table)."""
+        return self.tables()
+
     def saved_config(self) -> dict[str, Any]:
         """``config`` as written to ``config.json``: the kind first, then the config."""
         return {KIND_KEY: self.kind, **{k: v for k, v in self.config.items() if k != KIND_KEY}}
@@ -57,7 +62,8 @@ class ExperimentResult(ABC):
         ``config.json``, each atomically; return the written paths. A directory holding another
         kind's run is refused; one holding this kind's unless ``overwrite``."""
         tables, config = self.tables(), self.saved_config()
-        figures = draw_experiment(self.kind, tables, config)  # first: a figure that cannot be drawn writes nothing
+        # drawn first: a figure that cannot be drawn leaves nothing written
+        figures = draw_experiment(self.kind, self.figure_tables(), config)
         folder = claim(out, self.kind, overwrite, files=tuple(self.table_files.values()))
         paths = [_write_csv(folder / self.table_files[name], frame) for name, frame in tables.items()]
         for name in figure_names(self.kind):

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..checkpoint import save_checkpoint
 from ..device import resolve_device
-from ..engine.probing import probe_layers
+from ..engine.probing import IdReuse, probe_statistics
+from ..engine.settings import AnalysisSettings
 from ..errors import ConfigError, ProbePointError, RunDirectoryError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build, check_spec, probe_points
@@ -487,10 +488,9 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
                           f"({points!r}), so give 1..{len(point_names)}")
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp_option is None else bool(amp_option and dev.type == "cuda")
-    probe_cfg = probe or ProbeConfig(seed=seed)
-    probe_args: dict[str, Any] = {
-        "points": points, "probe": probe_cfg, "device": dev, "max_train": max_train, "max_test": max_test,
-        "seed": seed, "progress": progress, "include_input": False, "resamples": 0, "id_ncc": False}
+    probing = AnalysisSettings(points=points, probe=probe or ProbeConfig(seed=seed), device=dev, max_samples=None,
+                               max_train=max_train, max_test=max_test, seed=seed, progress=progress,
+                               include_input=False, resamples=0)
     setup = _Setup(model, tasks, Path(out), epochs, finetune_epochs, recipe, finetune_recipe, recipe_args, batch_size,
                    seed, dev, amp, progress)
     _claim_out(setup.out, overwrite)
@@ -498,18 +498,18 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
     run1 = _train_m1(setup, overwrite)
     m1, m1_ckpt = run1.model, run1.final_checkpoint
     m2, m2_ckpt, history2 = _continue_on_task2(setup, m1, m1_ckpt, int(run1.history["step"].iloc[-1]))
-    m1_probes, m2_probes = probe_layers(m1, tasks[0], **probe_args), probe_layers(m2, tasks[0], **probe_args)
+    m1_probes, m2_probes = (probe_statistics(m, tasks[0], (), probing, reuse=IdReuse(id_ncc=False)) for m in (m1, m2))
     forgetting = _forgetting_table(m1_probes, m2_probes)
     split_layer, split_source, split_reason = _choose_split(split_at, m1_probes)
     split = partition(m1, point_names[split_layer - 1], next(tasks[0].test.batches(2, device=dev))[0])
     rows, finetune_history = _swap_rows(setup, m1, m2, split)
-    head2 = probe_layers(m2, tasks[1], **{**probe_args, "points": [split.split_point]})
+    head2 = probe_statistics(m2, tasks[1], (), probing.replace(points=[split.split_point]), reuse=IdReuse(id_ncc=False))
     rows[LINEAR_HEAD] = [float(forgetting["acc_M2"].iloc[split_layer - 1]), float(_probe_curve(head2)["acc"].iloc[0])]
     swaps = pd.DataFrame.from_dict(rows, orient="index", columns=list(SWAP_COLUMNS)).rename_axis("combination")
 
     chosen = (split_layer, split_source, split_reason, m1_probes.summary.get(TUNNEL_START))
     config = _config(setup, point_names, split, chosen, points) | {
-        "probe": dict(vars(probe_cfg)), "probe_samples": {"max_train": max_train, "max_test": max_test},
+        "probe": dict(vars(probing.probe)), "probe_samples": {"max_train": max_train, "max_test": max_test},
         "probe_unconverged": {"M1 task 1": _unconverged(m1_probes), "M2 task 1": _unconverged(m2_probes),
                               "M2 task 2": _unconverged(head2)},
         "checkpoints": {"M1": str(m1_ckpt), "M2": str(m2_ckpt)},

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..engine.cross_model import cross_model_cka
+from ..engine.settings import AnalysisSettings
 from ..errors import RunDirectoryError
 from ..io import jsonable
 from ..report.cross_cka import cross_cka_figure, matrix_of
@@ -90,9 +91,10 @@ def cross_cka(model_a: ModelLike, model_b: ModelLike, data: data_mod.Dataset | s
     """Minibatch CKA between every probe point of ``model_a`` and of ``model_b`` on the same
     batches (:func:`tunnelscope.engine.cross_model.cross_model_cka`, whose arguments these are),
     as a :class:`CrossCKAResult` whose config records the settings and both models."""
-    matrix = cross_model_cka(model_a, model_b, data, points=points, reduce=reduce, split=split,
-                             batch_size=batch_size, device=device, max_samples=max_samples, seed=seed,
-                             precision=precision, data_root=data_root, progress=progress)
+    settings = AnalysisSettings(points=points, reduce=reduce, batch_size=batch_size, device=device,
+                                max_samples=max_samples, seed=seed, precision=precision, data_root=data_root,
+                                progress=progress)
+    matrix = cross_model_cka(model_a, model_b, data, split=split, settings=settings)
     config = jsonable({**matrix.attrs, "model_a": _describe(model_a), "model_b": _describe(model_b),
                        "points": points if isinstance(points, str) else list(points), "seed": seed,
                        "name_a": matrix.index.name, "name_b": matrix.columns.name})

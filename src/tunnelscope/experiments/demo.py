@@ -82,8 +82,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str 
     analysis_reused = results is not None
     if results is None:
         say(f"demo: analysing {checkpoint} with OOD sets {', '.join(ood)}")
-        results = analyze(checkpoint, data_spec, ood=list(ood), metrics="default", points="blocks", reduce="pool2",
-                          device=device, data_root=data_root, progress=progress, untrained_reference=True)
+        results = analyze(checkpoint, data_spec, ood=list(ood), device=device, data_root=data_root, progress=progress,
+                          untrained_reference=True)  # the default metrics, blocks and reduction
         save_run(results, out, overwrite=True)
     return DemoRun(results, Path(checkpoint), accuracy, training_reused, analysis_reused)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import shutil
@@ -41,6 +40,7 @@ import pandas as pd
 from .. import data as data_mod
 from ..device import resolve_device
 from ..engine.analyze import analyze, parse_metrics
+from ..engine.settings import DEFAULTS, FIELDS, AnalysisSettings, metric_options, settings_from, with_metric_options
 from ..errors import ConfigError, RunDirectoryError
 from ..io import atomic_write, jsonable, write_json, write_text
 from ..probes import ProbeConfig
@@ -54,10 +54,10 @@ from .base import ExperimentResult, read_config
 DEFAULT_OUT = "dynamics"  # inside the run directory
 DYNAMICS_FILE, STEPS_FILE, STEP_RESULTS_DIR = "dynamics.parquet", "steps.csv", "steps"
 STEP_COLUMNS = ["step", "epoch"]
-# analyze's parameters that analyze_run sets itself
-OWN_PARAMETERS = frozenset({"model", "data", "ood", "metrics", "progress", "weights", "model_info"})
-NOT_NUMBERS = frozenset({"data_root"})  # analyze's parameters that change where files are read, not a number
-ANALYZE_PARAMETERS = inspect.signature(analyze).parameters
+# settings that change where files are read or what is shown, not a number
+NOT_NUMBERS = frozenset({"data_root", "progress"})
+# settings recorded only when they differ from their defaults (records of earlier versions lack them)
+RECORDED_IF_CHANGED = frozenset({"ridge", "precision"})
 
 
 @dataclass
@@ -241,14 +241,18 @@ def analyze_run(
     progress: bool | None = None,
     heatmaps: Sequence[str] | None = None,
     figures: bool = True,
+    settings: AnalysisSettings | None = None,
+    untrained_reference: bool = False,
     **analyze_options: Any,
 ) -> DynamicsResult:
     """Analyse the selected checkpoints of a training run; returns a :class:`DynamicsResult`.
 
-    ``data`` defaults to the run's training data (``run.json``); ``ood``, ``metrics`` and
-    ``analyze_options`` (``points``, ``reduce``, ``device``, ``probe``, ``max_samples``,
-    ``resamples``, ``seed``, ``data_root`` ...) go to :func:`tunnelscope.analyze` unchanged,
-    so each checkpoint's rows equal what ``analyze`` gives for it. ``steps``: see
+    ``data`` defaults to the run's training data (``run.json``); ``ood``, ``metrics``,
+    ``untrained_reference`` and the analysis settings (``settings``, an
+    :class:`~tunnelscope.engine.settings.AnalysisSettings`, or its fields as keywords:
+    ``points``, ``reduce``, ``device``, ``probe``, ``max_samples``, ``resamples``, ``seed``,
+    ``data_root`` ...) go to :func:`tunnelscope.analyze` unchanged, so each checkpoint's rows
+    equal what ``analyze`` gives for it. ``steps``: see
     :func:`select_steps`. Results go to ``out`` (default ``RUN_DIR/dynamics``) one checkpoint
     at a time; a checkpoint already analysed there with the same settings is skipped, so an
     interrupted call resumes. Finished checkpoints analysed with other settings, or whose
@@ -262,16 +266,17 @@ def analyze_run(
     run_dir = Path(run_dir)
     available = checkpoints(run_dir, required=True)
     run = read_run(run_dir)
-    options = _check_options(analyze_options)
+    names, metric_settings = metric_options(metrics)
+    chosen = with_metric_options(_chosen_settings(settings, analyze_options), metric_settings)
     out = run_dir / DEFAULT_OUT if out is None else Path(out)
     _check_out(out, run_dir)
     selected = select_steps(sorted(available), steps)
-    wanted = parse_metrics(metrics)  # refuses unknown metric names before any work
-    dataset = _dataset(data, run, available, options.get("data_root"))
-    settings = _settings(dataset.spec, ood, wanted, options)
+    wanted = parse_metrics(names)  # refuses unknown metric names before any work
+    dataset = _dataset(data, run, available, chosen.data_root)
+    record = _settings(dataset.spec, ood, wanted, chosen, untrained_reference)
     if overwrite:
         _clear(out)
-    done = _finished_steps(out, selected, available, settings)  # refuses before anything in out changes
+    done = _finished_steps(out, selected, available, record)  # refuses before anything in out changes
     claim(out, DynamicsResult.kind, overwrite=True)  # resumed: it reads as partial until the end
     steps_per_epoch = run.get("steps_per_epoch")
     tic = time.perf_counter()
@@ -281,23 +286,24 @@ def analyze_run(
             if step in done:
                 continue
             bars.update(task, info=f"step {step}")
-            results = analyze(available[step], dataset, ood=list(ood), metrics=metrics, progress=False, **options)
-            _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, settings)
+            results = analyze(available[step], dataset, ood=list(ood), metrics=names,
+                              untrained_reference=untrained_reference, settings=chosen.replace(progress=False))
+            _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, record)
             bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
     drawn = list(HEATMAP_METRICS if heatmaps is None else heatmaps)
-    result = _gather(out, selected, run_dir, run, settings, drawn, time.perf_counter() - tic)
+    result = _gather(out, selected, run_dir, run, record, drawn, time.perf_counter() - tic)
     paths = result.save(out, overwrite=True, figures=figures)  # out is this analysis's: checked above
     result.path, result.figures = out, [p for p in paths if p.suffix == ".png"]
     return result
 
 
-def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    accepted = set(ANALYZE_PARAMETERS) - OWN_PARAMETERS
-    unknown = sorted(set(options) - accepted)
+def _chosen_settings(settings: AnalysisSettings | None, options: Mapping[str, Any]) -> AnalysisSettings:
+    """``settings`` with the keyword settings given; a keyword that is no setting is refused."""
+    unknown = sorted(set(options) - FIELDS)
     if unknown:
-        raise ConfigError(f"analyze_run does not take {', '.join(unknown)}; it passes on only "
-                          f"{', '.join(sorted(accepted))}")
-    return dict(options)
+        raise ConfigError(f"analyze_run does not take {', '.join(unknown)}; it passes on only untrained_reference "
+                          f"and the analysis settings {', '.join(sorted(FIELDS))}")
+    return settings_from(settings, options)
 
 
 def _check_out(out: Path, run_dir: Path) -> None:
@@ -333,13 +339,15 @@ def _training_data(run: dict, available: dict[int, Path]) -> str:
     return str(spec)
 
 
-def _settings(data_spec: str, ood: Sequence[str], metrics: list[str], options: Mapping[str, Any]) -> dict:
-    """Everything that changes a checkpoint's numbers, as JSON reads it back: analyze's
-    defaults filled in, the device resolved and the default probe spelled out, so that the
+def _settings(data_spec: str, ood: Sequence[str], metrics: list[str], settings: AnalysisSettings,
+              untrained_reference: bool) -> dict:
+    """Everything that changes a checkpoint's numbers, as JSON reads it back: every setting
+    (defaults included), the device resolved and the default probe spelled out, so that the
     same analysis asked for in other words (omitted or explicit defaults) compares equal."""
-    defaults = {name: p.default for name, p in ANALYZE_PARAMETERS.items()
-                if name not in OWN_PARAMETERS | NOT_NUMBERS}
-    chosen = {**defaults, **{k: v for k, v in options.items() if k not in NOT_NUMBERS}}
+    chosen = {name: getattr(settings, name) for name in FIELDS - NOT_NUMBERS
+              if name not in RECORDED_IF_CHANGED or getattr(settings, name) != DEFAULTS[name]}
+    chosen["points"] = settings.points_request
+    chosen["untrained_reference"] = untrained_reference
     chosen["device"] = str(resolve_device(chosen["device"]))
     if chosen["probe"] is None:
         chosen["probe"] = ProbeConfig(seed=chosen["seed"])  # what the probes use when given none

@@ -210,7 +210,7 @@ def _full_cka_fits(dims) -> str | None:
 
 register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
-                min_batch=MIN_BATCH))
+                min_batch=MIN_BATCH, options=(("passes", "cka_passes"),)))
 register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
                 default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
                 readout_splits=("test",), min_batch=MIN_BATCH))

@@ -127,6 +127,6 @@ def _effective_depth_summary(values: dict[str, dict[str, float]], points: list[s
 register(Metric(
     "ncc", "nearest-class-centre accuracy on train and test (class means from train)", row="ncc_acc",
     readout=lambda train, opts: NCCAccuracy({n: s.moments.class_means() for n, s in train.items()}, opts.matmul_dtype),
-    readout_moments="means", summarise=_effective_depth_summary))
+    readout_moments="means", summarise=_effective_depth_summary, options=(("eps", "ncc_eps"),)))
 
 __all__ = ["NCCAccuracy", "cdnv", "effective_depth", "effective_depth_summary", "nc1", "trace_b", "trace_w"]

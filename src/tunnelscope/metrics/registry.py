@@ -96,6 +96,8 @@ class Metric:
     pairwise: bool = False  # the readout's compute() maps (point, point) pairs to values
     readout_splits: tuple[str, ...] = ("train", "test")  # the splits a readout is scored on
     summarise: Callable[[dict[str, dict[str, float]], list[str], Options], dict] | None = None
+    # (option, analysis setting) pairs: ``ncc[eps=0.05]`` sets the setting ``ncc_eps``
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def table_name(self) -> str:

@@ -59,4 +59,4 @@ def _ridge_readout(train: dict[str, PointStats], options: Options) -> RidgeAccur
 
 
 register(Metric("ridge", "closed-form ridge probe accuracy from the moments (a fast proxy, not a trained probe)",
-                row="ridge_acc", readout=_ridge_readout, readout_moments="scatter"))
+                row="ridge_acc", readout=_ridge_readout, readout_moments="scatter", options=(("alpha", "ridge"),)))

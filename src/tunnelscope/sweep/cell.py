@@ -8,12 +8,16 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..rundir import RESUME_FILE, checkpoints
 from ..threads import torch_threads
 from .spec import Cell
 from .store import Store
+
+if TYPE_CHECKING:
+    from ..engine.settings import AnalysisSettings
 
 
 def chosen_steps(available: list[int], which) -> list[int]:
@@ -52,8 +56,6 @@ def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | N
 def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
     """:func:`run_cell` on the thread count already set."""
     from ..engine.analyze import analyze
-    from ..probes import ProbeConfig
-
     store = Store(store_root)
     run_dir = store.run_dir(cell.train_key)
     store.write_record(cell, status="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
@@ -67,10 +69,7 @@ def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
             if step in done:
                 continue
             results = analyze(available[step], cell.train["data"], ood=a["ood"], metrics=a["metrics"],
-                              points=a["points"], reduce=a["reduce"], device=device,
-                              probe=ProbeConfig(protocol=a["protocol"], epochs=a["probe_epochs"],
-                                                seed=cell.train.get("seed", 0)),
-                              max_samples=a["max_samples"], seed=cell.train.get("seed", 0), progress=False)
+                              settings=cell_settings(cell, device))
             store.write_step(cell, step, results.table, results.summary)
         store.write_record(cell, status="finished", finished=time.time(), steps=store.done_steps(cell.key),
                            error=None, traceback=None)
@@ -78,6 +77,18 @@ def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
         store.write_record(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc(limit=8))
     return store.record(cell.key) or {}  # written above, so never None
+
+
+def cell_settings(cell: Cell, device: str) -> AnalysisSettings:
+    """The analysis settings of a cell: its ``analysis`` section's settings, its probe protocol
+    and epochs, the training seed, no progress bars."""
+    from ..engine.settings import FIELDS, AnalysisSettings
+    from ..probes import ProbeConfig
+
+    a, seed = cell.analysis, cell.train.get("seed", 0)
+    given = {key: value for key, value in a.items() if key in FIELDS}
+    probe = ProbeConfig(protocol=a["protocol"], epochs=a["probe_epochs"], seed=seed)
+    return AnalysisSettings.from_dict({**given, "device": device, "seed": seed, "probe": probe, "progress": False})
 
 
 def run_cells(cells: list[Cell], store_root: str, device: str = "auto", threads: int | None = None) -> list[dict]:
