@@ -275,7 +275,7 @@ def _analyze(model, data_spec: str, ood, metrics: str, settings, out: Path, over
 def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = None) -> None:
     """The per-layer table, the headline numbers and the verdict; or JSON (with ``extra``); or nothing."""
     from .report import summary_lines
-    from .results import column_dataset, column_name, lower, upper
+    from .results import column_dataset
     from .rundir import REPORT_FILE
 
     report = results.path / REPORT_FILE if results.path else None
@@ -288,11 +288,29 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
         return
     if quiet:
         return
+    table, ood = _layer_table(results)
+    print_table(table)
+    for i, c in enumerate(ood):
+        out_console.print(f"OOD{i + 1} = {column_dataset(c)}", markup=False)
+    for label, value in summary_lines(results.summary):
+        out_console.print(f"{label}: {value}", markup=False)
+    out_console.print(f"[bold]{escape(results.summary.get('verdict', ''))}[/]")
+    if report:
+        out_console.print(f"report: {report}", markup=False)
+
+
+def _layer_table(results) -> tuple[Table, list[str]]:
+    """The terminal's per-layer table: the ID probe with its interval, each OOD probe, then every
+    metric whose registered presentation asks for a terminal column; and the OOD columns."""
+    from .metrics import PRESENTATIONS, presentation
+    from .results import DATASET_SEP, column_dataset, column_name, lower, upper
+
     layers = results.layer_table(intervals=True)
     ood = [c for c in (column_name("probe_acc", d) for d in results.datasets if d != results.id_dataset)
            if c in layers.columns]
-    names = {"probe_acc": "ID", **{c: f"OOD{i + 1}" for i, c in enumerate(ood)}, "rank": "rank", "ncc_acc": "NCC"}
-    columns = [c for c in names if c in layers.columns]
+    shown = {row: p for row, p in PRESENTATIONS.items() if p.terminal and row in layers.columns}
+    names = {**{row: p.column for row, p in shown.items()}, **{c: f"OOD{i + 1}" for i, c in enumerate(ood)}}
+    columns = list(dict.fromkeys(c for c in ["probe_acc", *ood, *shown] if c in names))
     table = Table(title="per layer, test split (layer 0 = the input; * = probe not converged)", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     table.add_column("layer", justify="right")
@@ -306,7 +324,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
     unconverged = set(zip(bad.point, bad.dataset))
 
     def cells(row: dict, c: str) -> list[str]:
-        text = f"{row[c]:.3f}" if c != "rank" else f"{row[c]:.0f}"
+        text = f"{row[c]:.{presentation(c.split(DATASET_SEP)[0]).digits}f}"
         dataset = column_dataset(c) or results.id_dataset
         text += " *" if c.startswith("probe_acc") and (row["point"], dataset) in unconverged else ""
         if c == "probe_acc" and lower("probe_acc") in row:
@@ -315,14 +333,7 @@ def _print_results(results, quiet: bool, as_json: bool, extra: dict | None = Non
 
     for row in layers.to_dict("records"):
         table.add_row(str(row["layer"]), row["point"], *(x for c in columns for x in cells(row, c)))
-    print_table(table)
-    for i, c in enumerate(ood):
-        out_console.print(f"OOD{i + 1} = {column_dataset(c)}", markup=False)
-    for label, value in summary_lines(results.summary):
-        out_console.print(f"{label}: {value}", markup=False)
-    out_console.print(f"[bold]{escape(results.summary.get('verdict', ''))}[/]")
-    if report:
-        out_console.print(f"report: {report}", markup=False)
+    return table, ood
 
 
 def _metrics_help() -> str:

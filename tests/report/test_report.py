@@ -20,7 +20,7 @@ from tunnelscope.results import ResultsError
 
 DATA = "fashion-mnist[classes=0-4,per_class=300,test_per_class=100]"
 OOD = "digits[per_class=60]"
-FIGURES = ("probes", "probes_normalised", "rank", "collapse", "pc1", "cka")
+FIGURES = ("probes", "probes_normalised", "rank", "collapse", "pc1", "cka", "metrics")  # metrics: the ridge proxy
 
 
 @pytest.fixture(scope="module")

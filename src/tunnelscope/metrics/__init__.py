@@ -8,12 +8,25 @@ from __future__ import annotations
 
 # The import order is the registration order: that of ``metrics="all"`` and of the docs.
 # isort: off
-from . import spectrum, collapse, cka, ridge, distance  # noqa: F401
+from . import spectrum, collapse, cka, ridge, distance, probe  # noqa: F401
 # isort: on
-from .registry import LEVELS, REGISTRY, Metric, Options, PointStats, parse_metrics, point_metric, register
+from .registry import (
+    LEVELS,
+    PRESENTATIONS,
+    REGISTRY,
+    Metric,
+    Options,
+    PointStats,
+    Presentation,
+    parse_metrics,
+    point_metric,
+    present,
+    presentation,
+    register,
+)
 
 METRICS: dict[str, str] = {name: m.description for name, m in REGISTRY.items()}
 DEFAULT_METRICS: tuple[str, ...] = tuple(name for name, m in REGISTRY.items() if m.default)
 
-__all__ = ["DEFAULT_METRICS", "LEVELS", "METRICS", "REGISTRY", "Metric", "Options", "PointStats", "parse_metrics",
-           "point_metric", "register"]
+__all__ = ["DEFAULT_METRICS", "LEVELS", "METRICS", "PRESENTATIONS", "REGISTRY", "Metric", "Options", "PointStats",
+           "Presentation", "parse_metrics", "point_metric", "present", "presentation", "register"]

@@ -27,7 +27,7 @@ from ..errors import TunnelscopeError
 from ..features import joint_features
 from .base import Accumulator
 from .moments import Moments
-from .registry import Metric, Options, PointStats, register
+from .registry import Metric, Options, PointStats, Presentation, register
 
 MIN_BATCH = 4
 
@@ -210,9 +210,13 @@ def _full_cka_fits(dims) -> str | None:
 
 register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
-                min_batch=MIN_BATCH, options=(("passes", "cka_passes"),)))
+                min_batch=MIN_BATCH, options=(("passes", "cka_passes"),),
+                shown=Presentation("cka", "minibatch CKA", shape="matrix", bounds=(0, 1), figure="cka")))
 register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
                 default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
-                readout_splits=("test",), min_batch=MIN_BATCH))
+                readout_splits=("test",), min_batch=MIN_BATCH,
+                shown=Presentation("cka_nopc1", "CKA without each layer's PC1", shape="matrix", bounds=(0, 1),
+                                   figure="cka")))
 register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
-                stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM), fits=_full_cka_fits))
+                stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM), fits=_full_cka_fits,
+                shown=Presentation("cka_full", "full-data linear CKA", shape="matrix", bounds=(0, 1))))

@@ -9,7 +9,7 @@ from ..features import point_views
 from ..summary import EFFECTIVE_DEPTH
 from .base import PointAccuracy
 from .moments import PointMoments
-from .registry import Metric, Options, PointStats, point_metric, register
+from .registry import Metric, Options, PointStats, Presentation, point_metric, register
 
 PINV_RTOL = 1e-15 ** 0.5
 
@@ -86,18 +86,22 @@ def effective_depth(ncc_train_error: list[float], eps: float = 0.01) -> int | No
     return None
 
 
-@point_metric("nc1", "neural collapse NC1 = tr(Σ_W Σ_B⁺)/C", default=True)
+@point_metric("nc1", "neural collapse NC1 = tr(Σ_W Σ_B⁺)/C", default=True,
+              shown=Presentation("nc1", "NC1 = tr(Σ_W Σ_B⁺)/C", bounds=(0, None), direction="lower", log_scale=True,
+                                 figure="collapse"))
 def _nc1(stats: PointStats) -> float:
     return nc1(stats.moments)
 
 
-@point_metric("cdnv", "class-distance normalised variance", moments="means", default=True)
+@point_metric("cdnv", "class-distance normalised variance", moments="means", default=True,
+              shown=Presentation("cdnv", "CDNV", bounds=(0, None), direction="lower", log_scale=True,
+                                 figure="collapse"))
 def _cdnv(stats: PointStats) -> float:
     return cdnv(stats.moments)
 
 
 @point_metric("trace_w", "tr Σ_W, the within-class variance (mean squared distance to the class mean)",
-              moments="means")
+              moments="means", shown=Presentation("trace_w", "tr Σ_W (within-class variance)", bounds=(0, None)))
 def trace_w(stats: PointStats) -> float:
     """``tr Σ_W = (1/N) Σ_c n_c Var_c``, from class counts and norms only (no ``D x D`` state)."""
     m = stats.moments
@@ -105,7 +109,8 @@ def trace_w(stats: PointStats) -> float:
     return float((m.cn[keep] * m.class_variances()[keep]).sum() / m.n)
 
 
-@point_metric("trace_b", "tr Σ_B, the between-class variance (mean over classes of ‖μ_c - μ‖²)", moments="means")
+@point_metric("trace_b", "tr Σ_B, the between-class variance (mean over classes of ‖μ_c - μ‖²)", moments="means",
+              shown=Presentation("trace_b", "tr Σ_B (between-class variance)", bounds=(0, None)))
 def trace_b(stats: PointStats) -> float:
     """``tr Σ_B = (1/C) Σ_c ‖μ_c - μ‖²`` over the classes present (Σ_B as in :func:`nc1`)."""
     m = stats.moments
@@ -127,6 +132,8 @@ def _effective_depth_summary(values: dict[str, dict[str, float]], points: list[s
 register(Metric(
     "ncc", "nearest-class-centre accuracy on train and test (class means from train)", row="ncc_acc",
     readout=lambda train, opts: NCCAccuracy({n: s.moments.class_means() for n, s in train.items()}, opts.matmul_dtype),
-    readout_moments="means", summarise=_effective_depth_summary, options=(("eps", "ncc_eps"),)))
+    readout_moments="means", summarise=_effective_depth_summary, options=(("eps", "ncc_eps"),),
+    shown=Presentation("ncc_acc", "nearest-class-centre accuracy", bounds=(0, 1), direction="higher",
+                       figure="collapse", terminal=True, short="NCC")))
 
 __all__ = ["NCCAccuracy", "cdnv", "effective_depth", "effective_depth_summary", "nc1", "trace_b", "trace_w"]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .base import Accumulator
-from .registry import Metric, Options, register
+from .registry import Metric, Options, Presentation, register
 
 
 class ConsecutiveL1(Accumulator):
@@ -52,6 +52,7 @@ def _stream(names: list[str], options: Options) -> ConsecutiveL1:
 
 
 register(Metric("l1_step", "mean per-coordinate L1 distance from the previous point (equal widths), test split",
-                default=False, stream=_stream))
+                default=False, stream=_stream,
+                shown=Presentation("l1_step", "mean |Δ| from the previous point", bounds=(0, None))))
 
 __all__ = ["ConsecutiveL1"]

@@ -78,6 +78,49 @@ class PointStats:
 
 
 @dataclass(frozen=True)
+class Presentation:
+    """How a row of the results table is shown, wherever it is shown: the CLI's per-layer table
+    (``terminal``, under ``short``), the run figures (``figure``: the hand-drawn figure that
+    draws it, or ``""`` for the generic one, a panel per metric), the report and the dynamics
+    heatmaps (``title``). ``shape`` says whether the row is a value per point (``curve``) or per
+    pair of points (``matrix``); ``bounds`` and ``direction`` (which way is *more* of what it
+    measures) label axes; ``digits`` is how many decimals a table shows."""
+
+    row: str
+    title: str
+    shape: Literal["curve", "matrix"] = "curve"
+    bounds: tuple[float | None, float | None] = (None, None)
+    direction: Literal["higher", "lower", ""] = ""
+    log_scale: bool = False
+    figure: str = ""
+    terminal: bool = False
+    short: str = ""
+    digits: int = 3
+
+    @property
+    def column(self) -> str:
+        """The head of its column in the CLI table."""
+        return self.short or self.row
+
+
+PRESENTATIONS: dict[str, Presentation] = {}
+
+
+def present(shown: Presentation) -> Presentation:
+    """Register how the table rows named ``shown.row`` are shown (a row presented twice is a
+    programming error). Metrics registered with ``shown`` are presented by :func:`register`."""
+    if shown.row in PRESENTATIONS:
+        raise ValueError(f"rows {shown.row!r} are presented twice")
+    PRESENTATIONS[shown.row] = shown
+    return shown
+
+
+def presentation(row: str) -> Presentation:
+    """How rows named ``row`` are shown: their registered presentation, or a plain curve titled by name."""
+    return PRESENTATIONS.get(row) or Presentation(row, row.replace("_", " "))
+
+
+@dataclass(frozen=True)
 class Metric:
     """A registered per-layer metric (see the module docstring for the kinds)."""
 
@@ -98,6 +141,7 @@ class Metric:
     summarise: Callable[[dict[str, dict[str, float]], list[str], Options], dict] | None = None
     # (option, analysis setting) pairs: ``ncc[eps=0.05]`` sets the setting ``ncc_eps``
     options: tuple[tuple[str, str], ...] = ()
+    shown: Presentation | None = None  # how its rows are shown (its ``row`` is the table name)
 
     @property
     def table_name(self) -> str:
@@ -111,15 +155,21 @@ def register(metric: Metric) -> Metric:
     """Add ``metric`` to the registry (a name registered twice is a programming error)."""
     if metric.name in REGISTRY:
         raise ValueError(f"metric {metric.name!r} is registered twice")
+    if metric.shown is not None and metric.shown.row != metric.table_name:
+        raise ValueError(f"metric {metric.name!r} rows are named {metric.table_name!r}, not {metric.shown.row!r}")
     REGISTRY[metric.name] = metric
+    if metric.shown is not None:
+        present(metric.shown)
     return metric
 
 
-def point_metric(name: str, description: str, moments: Level = "scatter",
-                 default: bool = False) -> Callable[[Callable[[PointStats], float]], Callable[[PointStats], float]]:
-    """Decorator registering ``fn(stats: PointStats) -> float`` as a point metric."""
+def point_metric(name: str, description: str, moments: Level = "scatter", default: bool = False,
+                 shown: Presentation | None = None
+                 ) -> Callable[[Callable[[PointStats], float]], Callable[[PointStats], float]]:
+    """Decorator registering ``fn(stats: PointStats) -> float`` as a point metric (``shown``: how
+    its rows are shown; without it, a generic curve titled by its name)."""
     def wrap(fn: Callable[[PointStats], float]) -> Callable[[PointStats], float]:
-        register(Metric(name, description, default=default, moments=moments, value=fn))
+        register(Metric(name, description, default=default, moments=moments, value=fn, shown=shown))
         return fn
     return wrap
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..features import point_views
 from .base import PointAccuracy
 from .moments import PointMoments
-from .registry import Metric, Options, PointStats, register
+from .registry import Metric, Options, PointStats, Presentation, register
 
 DEFAULT_RIDGE = 1e-3
 
@@ -59,4 +59,6 @@ def _ridge_readout(train: dict[str, PointStats], options: Options) -> RidgeAccur
 
 
 register(Metric("ridge", "closed-form ridge probe accuracy from the moments (a fast proxy, not a trained probe)",
-                row="ridge_acc", readout=_ridge_readout, readout_moments="scatter", options=(("alpha", "ridge"),)))
+                row="ridge_acc", readout=_ridge_readout, readout_moments="scatter", options=(("alpha", "ridge"),),
+                shown=Presentation("ridge_acc", "ridge probe accuracy (closed-form proxy)", bounds=(0, 1),
+                                   direction="higher")))

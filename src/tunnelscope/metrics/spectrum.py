@@ -12,7 +12,7 @@ from .base import Accumulator
 from .linalg import eigen as eigen
 from .linalg import eigenvalues as eigenvalues
 from .linalg import top_eigenvector as top_eigenvector
-from .registry import Metric, Options, PointStats, point_metric, register
+from .registry import Metric, Options, PointStats, Presentation, point_metric, register
 
 RANK_TOL = 1e-3
 
@@ -98,21 +98,27 @@ def _pc1_directions(train: dict[str, PointStats], options: Options) -> PC1Simila
                           if int(stats.moments.nonfinite) == 0})
 
 
-@point_metric("rank", "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)", default=True)
+@point_metric("rank", "numerical rank of the centred covariance (eigenvalues > 1e-3 · s1)", default=True,
+              shown=Presentation("rank", "numerical rank (eigenvalues > 1e-3·s₁)", bounds=(1, None), direction="higher",
+                                 log_scale=True, figure="rank", terminal=True, digits=0))
 def _rank(stats: PointStats) -> float:
     return numerical_rank(stats.covariance_eigenvalues)
 
 
-@point_metric("erank", "effective rank (RankMe) of the uncentred features", default=True)
+@point_metric("erank", "effective rank (RankMe) of the uncentred features", default=True,
+              shown=Presentation("erank", "effective rank (RankMe)", bounds=(1, None), direction="higher",
+                                 log_scale=True, figure="rank", digits=1))
 def _erank(stats: PointStats) -> float:
     return effective_rank(stats.second_moment_eigenvalues, stats.moments.count)
 
 
-@point_metric("pc1", "share of variance on the first principal component", default=True)
+@point_metric("pc1", "share of variance on the first principal component", default=True,
+              shown=Presentation("pc1", "variance share of PC1", bounds=(0, 1), direction="higher", figure="pc1"))
 def _pc1(stats: PointStats) -> float:
     return pc1_ratio(stats.covariance_eigenvalues)
 
 
 register(Metric(
     "pc1_sim", "|cos| between the PC1 scores of every pair of points (Nguyen et al.), train and test",
-    readout=_pc1_directions, readout_moments="scatter", pairwise=True, default=True))
+    readout=_pc1_directions, readout_moments="scatter", pairwise=True, default=True,
+    shown=Presentation("pc1_sim", "|cos| of PC1 scores", shape="matrix", bounds=(0, 1), figure="pc1")))

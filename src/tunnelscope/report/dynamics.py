@@ -24,14 +24,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
+from ..metrics import presentation
 from ..results import ID_ALIAS, id_name_of, lower, upper
 from ..rundir import FIGURES_DIR
 from ..summary import MEAN_RETAINED, MODEL_ACCURACY, POINTS, TUNNEL_START
 from .experiments import Tables, experiment_figure
 
 HEATMAP_METRICS: tuple[str, ...] = ("probe_acc", "rank")
-METRIC_TITLES = {"probe_acc": "probe accuracy", "rank": "numerical rank", "erank": "effective rank",
-                 "ncc_acc": "NCC accuracy", "pc1": "PC1 share of variance", "nc1": "NC1", "cdnv": "CDNV"}
 START_COLOUR = "white"
 MAX_STEP_TICKS = 12
 LAYER_TABLE = "layers"  # the key of the dynamics table among the tables its figures are drawn from
@@ -112,7 +111,7 @@ def heatmap_panels(table: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS
         for dataset in datasets if metric == "probe_acc" else [id_name]:
             if not heatmap_grid(table, metric, dataset).empty:
                 where = "ID" if dataset == id_name else f"OOD {dataset}"
-                panels.append((metric, dataset, f"{where}: {METRIC_TITLES.get(metric, metric)}"))
+                panels.append((metric, dataset, f"{where}: {presentation(metric).title}"))
     return panels
 
 

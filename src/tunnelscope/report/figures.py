@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ..errors import ConfigError
 from ..io import atomic_write
+from ..metrics import PRESENTATIONS, presentation
 from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
 
 TUNNEL_COLOUR = "#f4d58d"
@@ -119,9 +120,8 @@ def rank_figure(results) -> Figure | None:
     if not metrics:
         return None
     fig, ax, n = _tunnel_axes(results, height=4)
-    names = {"rank": "numerical rank (eigenvalues > 1e-3·s₁)", "erank": "effective rank (RankMe)"}
     for i, m in enumerate(metrics):
-        _plot(ax, results, m, label=names[m], colour=f"C{i}")
+        _plot(ax, results, m, label=presentation(m).title, colour=f"C{i}")
     ax.set_ylabel("rank of the representation (test)")
     ax.set_yscale("log")
     _layer_axis(ax, _first_layer(results), n)
@@ -135,17 +135,56 @@ def collapse_figure(results) -> Figure | None:
     if not panels:
         return None
     fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-    n = len(results.points)
-    titles = {"nc1": "NC1 = tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "ncc_acc": "nearest-class-centre accuracy"}
     for ax, m in zip(axes[0], panels):
-        _shade_tunnel(ax, results, n)
-        for i, split in enumerate(("train", "test")):
-            _plot(ax, results, m, split=split, label=split, colour=f"C{i}", ms=3)
-        if m != "ncc_acc":
-            ax.set_yscale("log")
-        ax.set_title(titles[m], fontsize=10)
-        _layer_axis(ax, _first_layer(results), n, "layer")
-        ax.legend(fontsize=8)
+        _curve_panel(ax, results, m)
+    return fig
+
+
+def _curve_panel(ax, results, metric: str) -> None:
+    """One metric against layer on its train and test splits (those measured), as its
+    registered presentation says: title, log scale, tunnel shaded."""
+    shown, n = presentation(metric), len(results.points)
+    _shade_tunnel(ax, results, n)
+    for i, split in enumerate(("train", "test")):
+        _plot(ax, results, metric, split=split, label=split, colour=f"C{i}", ms=3)
+    if shown.log_scale:
+        ax.set_yscale("log")
+    ax.set_title(shown.title, fontsize=10)
+    _layer_axis(ax, _first_layer(results), n, "layer")
+    ax.legend(fontsize=8)
+
+
+def _generic(results, shape: str) -> list[str]:
+    """The registered rows of ``shape`` in the run that no hand-drawn figure shows, in registration order."""
+    return [row for row, shown in PRESENTATIONS.items()
+            if shown.shape == shape and not shown.figure and results.has(row)]
+
+
+def metrics_figure(results) -> Figure | None:
+    """Every registered per-point metric of the run that no other figure draws (a metric
+    registered without a figure of its own, e.g. the ridge proxy or tr Σ_W), a panel each."""
+    rows = _generic(results, "curve")
+    if not rows:
+        return None
+    columns = min(len(rows), 3)
+    fig, axes = subplots(-(-len(rows) // columns), columns, figsize=(4 * columns, 3.6 * -(-len(rows) // columns)),
+                         squeeze=False)
+    for ax, row in zip(axes.ravel(), rows):
+        _curve_panel(ax, results, row)
+    for ax in axes.ravel()[len(rows):]:
+        ax.set_axis_off()
+    return fig
+
+
+def matrices_figure(results) -> Figure | None:
+    """Every registered points x points metric of the run that no other figure draws (e.g.
+    full-data CKA), a heatmap each (test split)."""
+    rows = _generic(results, "matrix")
+    if not rows:
+        return None
+    fig, axes = subplots(1, len(rows), figsize=(5.4 * len(rows), 4.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        _heatmap(fig, ax, results.matrix(row), results, presentation(row).title, f"{presentation(row).title} (test)")
     return fig
 
 
@@ -163,7 +202,7 @@ def pc1_figure(results) -> Figure | None:
         _heatmap(fig, right, results.matrix("pc1_sim", split="train"), results, "|cos| of PC1 scores",
                  "PC1 similarity (train)")
     _plot(ax, results, "pc1", colour="C3")
-    ax.set_ylabel("variance share of PC1 (test)")
+    ax.set_ylabel(f"{presentation('pc1').title} (test)")
     ax.set_ylim(0, 1)
     _layer_axis(ax, _first_layer(results), n)
     return fig
@@ -198,7 +237,8 @@ def cka_figure(results) -> Figure | None:
 
 
 FIGURES = {"probes": probe_figure, "probes_normalised": normalised_probe_figure, "rank": rank_figure,
-           "collapse": collapse_figure, "pc1": pc1_figure, "cka": cka_figure}
+           "collapse": collapse_figure, "pc1": pc1_figure, "cka": cka_figure, "metrics": metrics_figure,
+           "matrices": matrices_figure}
 
 
 def run_figures(results) -> dict[str, Figure]:
