@@ -58,3 +58,18 @@ def test_measured_traits_keep_the_mode_and_leave_no_hooks():
     model = build("convnet-2x8", 3, (1, 16, 16)).train()
     measured_traits(model, (1, 16, 16))
     assert model.training and all(not m._forward_hooks for m in model.modules() if isinstance(m, nn.Module))
+
+
+def test_a_family_is_one_record_its_traits_and_recipe_included(monkeypatch):
+    """A new family needs its module (the builder) and one record: build, traits and the default
+    recipe follow from the record, with no edit of traits.py or train/recipes.py."""
+    from tunnelscope.models import registry
+    from tunnelscope.train.recipes import default_recipe
+
+    mlp = registry.FAMILIES[0]
+    toy = registry.Family("toy", r"toy-(?P<depth>\d+)x(?P<width>\d+)", "toy-3x8", "a toy family", False, mlp.build,
+                          mlp.validate, traits=lambda g: ("ViT", int(g["depth"]), float(g["width"])), recipe="adamw")
+    monkeypatch.setattr(registry, "FAMILIES", [*registry.FAMILIES, toy])
+    assert spec_traits("toy-3x8") == {"family": "toy", "kind": "ViT", "depth": 3, "width": 8.0}
+    assert default_recipe("toy-3x8") == "adamw" and default_recipe("no-such-model") == "sgd"
+    assert registry.build("toy-3x8", 4, (1, 8, 8)) is not None

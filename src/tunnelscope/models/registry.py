@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,6 +52,10 @@ class Family:
     build: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel]
     validate: Callable[[str, re.Match], None] | None = None  # checks depth, width, ... before building
     pretrained: Callable[[str, re.Match, int, tuple[int, ...]], ZooModel] | None = None  # weights="pretrained"
+    # (kind, depth, width) a spec of the family names: MLP/CNN/ViT, the depth in the spec, hidden units
+    # (MLP), first-stage channels (CNN) or embedding width (ViT); None where the spec does not say
+    traits: Callable[[dict[str, Any]], tuple[str | None, int | None, float | None]] = lambda groups: ("CNN", None, None)
+    recipe: str | None = None  # its default training recipe (None: adamw for a ViT, sgd otherwise)
 
 
 def _multiplier(text: str | None, spec: str) -> float:
@@ -154,37 +159,67 @@ def _tv(spec: str, m: re.Match, num_classes: int, shape: tuple[int, ...]) -> Zoo
 
 
 _W = r"(?:-w(?P<w>[0-9.]+))?"
+def _depth(groups: dict[str, Any]) -> int | None:
+    return int(groups["depth"]) if groups.get("depth") else None
+
+
+def _mlp_traits(groups: dict[str, Any]) -> tuple[str, int | None, float]:
+    return "MLP", _depth(groups), float(groups["width"])
+
+
+def _channels(first_stage: int) -> Callable[[dict[str, Any]], tuple[str, int | None, float]]:
+    """CNN traits whose width is ``first_stage`` channels times the spec's ``-wM`` multiplier."""
+    return lambda groups: ("CNN", _depth(groups), float(round(first_stage * float(groups.get("w") or 1.0))))
+
+
+def _hub_traits(family: str) -> Callable[[dict[str, Any]], tuple[str, int | None, float | None]]:
+    def traits(groups: dict[str, Any]) -> tuple[str, int | None, float | None]:
+        from .hub import spec_kind
+
+        return spec_kind(family, groups), _depth(groups), float(groups["width"]) if groups.get("width") else None
+    return traits
+
+
+_TV_VIT_NAMES = ("vit_", "swin_", "maxvit_")
+
+
 FAMILIES = [
     Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
-           "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp, _check_mlp),
+           "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp, _check_mlp,
+           traits=_mlp_traits),
     Family("linear-mlp", r"linear-mlp-(?P<depth>\d+)x(?P<width>\d+)", "linear-mlp-6x256",
            "Badger's linear MLP: depth Linear layers (classifier included), no nonlinearity, no BN",
-           False, _linear_mlp, _check_mlp),
+           False, _linear_mlp, _check_mlp, traits=_mlp_traits, recipe="adamw"),  # SGD at lr 0.1 diverges on it
     Family("vgg", rf"vgg(?P<depth>{'|'.join(map(str, CONFIGS))}){_W}", "vgg19-w0.5",
-           "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg, _check_multiplier),
+           "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg, _check_multiplier,
+           traits=_channels(64)),
     Family("vggm", rf"vggm(?P<depth>11|17)(?P<nopool>-nopool)?{_W}", "vggm17-nopool",
            "Harun et al.'s VGGm-11/17: VGG-13/19 convs, BN, adaptive avg pool, one FC", True, _vggm,
-           _check_multiplier),
+           _check_multiplier, traits=_channels(64)),
     Family("resnet", rf"resnet(?P<depth>{'|'.join(map(str, STAGES))})(?P<imagenet>-imagenet)?{_W}", "resnet18",
-           "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet, _check_multiplier),
+           "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet, _check_multiplier,
+           traits=_channels(64)),
     Family("cifar-resnet", r"cifar-resnet-(?P<depth>\d+)(?:x(?P<width>\d+))?", "cifar-resnet-38x2",
            "He et al.'s CIFAR ResNet of depth 6n+2, widths 16/32/64 times K (Nguyen et al.)", True,
-           _cifar_resnet, _check_cifar_resnet),
+           _cifar_resnet, _check_cifar_resnet,
+           traits=lambda g: ("CNN", _depth(g), float(16 * int(g.get("width") or 1)))),
     Family("vit", r"vit-t(?:-p(?P<patch>\d+))?(?:-d(?P<depth>\d+))?", "vit-t",
            "ViT-T (Harun et al.): width 192, 3 heads, 12 pre-norm blocks, patch 4 (-pP), depth -dL",
-           True, _vit, _check_vit),
+           True, _vit, _check_vit, traits=lambda g: ("ViT", _depth(g) or DEFAULT_DEPTH, 192.0), recipe="adamw"),
     Family("convnet", r"convnet-(?P<depth>\d+)x(?P<width>\d+)", "convnet-8x64",
            "Galanti et al.'s CONV-L-H: 2 stride-2 stem convs + L 3x3 convs of width H", True, _convnet,
-           _check_convnet),
+           _check_convnet, traits=lambda g: ("CNN", _depth(g), float(g["width"]))),
     Family("tv", r"tv:(?P<name>[A-Za-z0-9_]+)", "tv:resnet50",
-           "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv),
+           "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv,
+           traits=lambda g: ("ViT" if g["name"].startswith(_TV_VIT_NAMES) else "CNN", None, None)),
     Family("timm", TIMM_PATTERN, "timm:vit_tiny_patch16_224-d6",
            "any timm model sized to the data, random init (weights: a local file or 'pretrained'); "
-           "ViT options -pP patch, -dL blocks, -wW width", True, build_timm, check_timm, build_timm_pretrained),
+           "ViT options -pP patch, -dL blocks, -wW width", True, build_timm, check_timm, build_timm_pretrained,
+           traits=_hub_traits("timm")),
     Family("hf", HF_PATTERN, "hf:vit-p4-d6-w256",
            "a Hugging Face image classifier: a cached model id (hf:ORG/NAME) or the alias vit or convnext "
            "(-pP patch, -dL depth, -wW width), random init (weights: a local file or 'pretrained')", True, build_hf,
-           check_hf, build_hf_pretrained),
+           check_hf, build_hf_pretrained, traits=_hub_traits("hf")),
 ]
 
 
@@ -210,6 +245,27 @@ def _check_shape(input_shape: tuple[int, ...], image_only: bool, spec: str) -> t
             "use an mlp-DxW model for 1-D signals"
         )
     return shape
+
+
+def family_of(spec: str) -> tuple[Family, dict[str, Any]] | None:
+    """The family a model spec belongs to and its pattern's groups (depth, width, ...), or None."""
+    name = parse_spec(spec, "model spec").name
+    for family in FAMILIES:
+        match = re.fullmatch(family.pattern, name)
+        if match is not None:
+            return family, match.groupdict()
+    return None
+
+
+def default_recipe(spec: str) -> str:
+    """The recipe a model trains with when none is named: its family's (``adamw`` for the zoo's
+    ViT and linear MLPs, whose plain SGD at lr 0.1 diverges or trains poorly), else ``adamw`` for a
+    transformer (a timm, Hugging Face or torchvision ViT) and ``sgd`` for everything else."""
+    found = family_of(spec)
+    if found is None:
+        return "sgd"
+    family, groups = found
+    return family.recipe or ("adamw" if family.traits(groups)[0] == "ViT" else "sgd")
 
 
 def check_spec(spec: str) -> None:
@@ -340,4 +396,5 @@ def list_models() -> list[dict]:
     return rows
 
 
-__all__ = ["FAMILIES", "build", "check_spec", "count_parameters", "list_models", "load_weights"]
+__all__ = ["FAMILIES", "Family", "build", "check_spec", "count_parameters", "default_recipe", "family_of",
+           "list_models", "load_weights"]

@@ -18,61 +18,25 @@ kernel, spatial reduction, parameters). Definitions (also in docs/explain.md):
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..specs import parse_spec
 from .base import count_parameters
-
-_FIRST_STAGE_CHANNELS = {"vgg": 64, "vggm": 64, "resnet": 64}
-_CIFAR_RESNET_CHANNELS = 16
-_VIT_WIDTH = 192
-_VIT_NAMES = ("vit_", "swin_", "maxvit_")
 
 
 def spec_traits(spec: str) -> dict[str, Any]:
-    """``family``, ``kind``, ``depth`` and ``width`` named by a zoo spec (missing ones are None)."""
-    from .registry import FAMILIES
+    """``family``, ``kind``, ``depth`` and ``width`` named by a zoo spec (missing ones are None),
+    as its family's record declares them (:class:`tunnelscope.models.registry.Family`)."""
+    from .registry import family_of
 
-    name = parse_spec(spec, "model spec").name
-    for family in FAMILIES:
-        match = re.fullmatch(family.pattern, name)
-        if match is None:
-            continue
-        groups = match.groupdict()
-        multiplier = float(groups.get("w") or 1.0)
-        depth = int(groups["depth"]) if groups.get("depth") else None
-        width: float | None = None
-        kind = "CNN"
-        if family.name in ("mlp", "linear-mlp"):
-            kind, width = "MLP", float(groups["width"])
-        elif family.name == "convnet":
-            width = float(groups["width"])
-        elif family.name in _FIRST_STAGE_CHANNELS:
-            width = float(round(_FIRST_STAGE_CHANNELS[family.name] * multiplier))
-        elif family.name == "cifar-resnet":
-            width = float(_CIFAR_RESNET_CHANNELS * int(groups.get("width") or 1))
-        elif family.name == "vit":
-            kind, width = "ViT", float(_VIT_WIDTH)
-            depth = depth if depth is not None else _default_vit_depth()
-        elif family.name == "tv":
-            kind = "ViT" if groups["name"].startswith(_VIT_NAMES) else "CNN"
-        elif family.name in ("timm", "hf"):
-            from .hub import spec_kind
-
-            kind = spec_kind(family.name, groups)
-            width = float(groups["width"]) if groups.get("width") else None
-        return {"family": family.name, "kind": kind, "depth": depth, "width": width}
-    return {"family": None, "kind": None, "depth": None, "width": None}
-
-
-def _default_vit_depth() -> int:
-    from .vit import DEFAULT_DEPTH
-
-    return DEFAULT_DEPTH
+    found = family_of(spec)
+    if found is None:
+        return {"family": None, "kind": None, "depth": None, "width": None}
+    family, groups = found
+    kind, depth, width = family.traits(groups)
+    return {"family": family.name, "kind": kind, "depth": depth, "width": width}
 
 
 @torch.no_grad()

@@ -20,20 +20,15 @@ from torch import nn
 from ..errors import ConfigError
 
 RECIPES = ("sgd", "adamw")
-ADAMW_FAMILIES = ("vit-", "linear-mlp-")  # transformers (Harun et al. train ViTs with AdamW); deep linear nets
 
 
 def default_recipe(model_spec: str) -> str:
-    """The recipe a model trains with when none is named: ``adamw`` for the ViTs (zoo, timm,
-    Hugging Face and torchvision transformers) and the linear MLPs (plain SGD at lr 0.1 diverges
-    on a deep linear net and trains a ViT poorly), ``sgd`` for everything else."""
-    if model_spec.startswith(ADAMW_FAMILIES):
-        return "adamw"
-    if model_spec.startswith(("timm:", "hf:", "tv:")):  # a hub or torchvision transformer trains like vit-
-        from ..models.traits import spec_traits
+    """The recipe a model trains with when none is named: its family's record says
+    (:func:`tunnelscope.models.registry.default_recipe`: ``adamw`` for ViTs and linear MLPs,
+    ``sgd`` for everything else)."""
+    from ..models.registry import default_recipe as family_recipe
 
-        return "adamw" if spec_traits(model_spec)["kind"] == "ViT" else "sgd"
-    return "sgd"
+    return family_recipe(model_spec)
 
 
 SCHEDULES = {"sgd": ("cosine", "onecycle", "constant"), "adamw": ("cosine", "constant")}
