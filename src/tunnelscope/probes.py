@@ -251,7 +251,7 @@ def still_falling(losses: Sequence[float], rtol: float) -> bool:
     return before - last > rtol * abs(last)
 
 
-def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],  # noqa: PLR0913 (train and test features and labels, classes, config, device)
                  test_labels: Tensor, num_classes: int, config: ProbeConfig | None = None,
                  device: str | torch.device = "cpu", progress: bool | None = None,
                  resident: bool | None = None) -> ProbeResult:
@@ -274,7 +274,7 @@ def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     return _train_harun(train, train_labels, test, test_labels, num_classes, cfg, dev, progress, resident)
 
 
-def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
+def _train_harun(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],  # noqa: PLR0913 (train and test features and labels, classes, config, device)
                  test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device,
                  progress: bool | None, resident: bool | None) -> ProbeResult:
     """The joint AdamW trainer of the ``harun`` protocol (see the module docstring)."""

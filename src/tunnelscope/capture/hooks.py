@@ -147,6 +147,17 @@ def _seed_for(name: str, seed: int) -> int:
 
 
 
+def _reduce_map(out: Tensor, red: Reduction) -> tuple[Tensor, str]:
+    """A ``(B, C, H, W)`` map reduced by ``red`` (a projection starts from the flattened map)."""
+    if red.kind == "gap":
+        x = out.mean((2, 3))
+    elif red.kind == "pool" and (out.shape[2] > red.size or out.shape[3] > red.size):
+        x = F.adaptive_avg_pool2d(out, red.size).flatten(1)
+    else:
+        x = out.flatten(1)
+    return x, str(red) if red.kind != "project" else "flatten"
+
+
 def class_scores(output: Any) -> Tensor | None:
     """The class scores a model returned: a plain tensor, the ``logits`` of a Hugging Face
     output (or any object carrying them), or the first tensor of a tuple (``return_dict=False``,
@@ -217,35 +228,7 @@ class Capture:
         raw_shape = tuple(out.shape[1:])
         out = out.detach()
         red = self.reduction
-        channels_last = out.dim() == 4 and name in self.channels_last
-        if channels_last:
-            out = out.permute(0, 3, 1, 2)
-        if out.dim() == 4:
-            if red.kind == "gap":
-                x = out.mean((2, 3))
-            elif red.kind == "pool" and (out.shape[2] > red.size or out.shape[3] > red.size):
-                x = F.adaptive_avg_pool2d(out, red.size).flatten(1)
-            else:
-                x = out.flatten(1)
-            how = str(red) if red.kind != "project" else "flatten"
-            if channels_last:
-                how += " (channels-last map)"
-        elif out.dim() == 3 and self.tokens:
-            skip = self.prefix_tokens
-            tokens = out[:, skip:] if (skip and out.shape[1] > skip) else out
-            x, how = tokens.mean(1), "token mean" + (_excluded(skip) if tokens is not out else "")
-        elif out.dim() == 3:  # (B, C, L): a 1-D conv map
-            if red.kind == "gap":
-                x = out.mean(2)
-            elif red.kind == "pool" and out.shape[2] > red.size:
-                x = F.adaptive_avg_pool1d(out, red.size).flatten(1)
-            else:
-                x = out.flatten(1)
-            how = (str(red) if red.kind != "project" else "flatten") + " (1-D map)"
-        elif out.dim() == 2:
-            x, how = out, "none"
-        else:
-            x, how = out.flatten(1), "flatten"
+        x, how = self._reduce_shape(name, out)
         if red.kind == "project":
             x = x.float() @ self._projection(name, x.shape[1], x.device)
             how += f" + gaussian projection to {red.size}"
@@ -258,6 +241,27 @@ class Capture:
         if name not in self.layout:
             self.layout[name] = {"raw_shape": list(raw_shape), "dims": int(x.shape[1]), "reduction": how}
         return x
+
+    def _reduce_shape(self, name: str, out: Tensor) -> tuple[Tensor, str]:
+        """``out`` reduced by its layout to ``(B, D)`` (before any projection or subset), and how."""
+        red = self.reduction
+        if out.dim() == 4:
+            channels_last = name in self.channels_last
+            x, how = _reduce_map(out.permute(0, 3, 1, 2) if channels_last else out, red)
+            return x, how + (" (channels-last map)" if channels_last else "")
+        if out.dim() == 3 and self.tokens:
+            skip = self.prefix_tokens
+            tokens = out[:, skip:] if (skip and out.shape[1] > skip) else out
+            return tokens.mean(1), "token mean" + (_excluded(skip) if tokens is not out else "")
+        if out.dim() == 3:  # (B, C, L): a 1-D conv map
+            if red.kind == "gap":
+                x = out.mean(2)
+            elif red.kind == "pool" and out.shape[2] > red.size:
+                x = F.adaptive_avg_pool1d(out, red.size).flatten(1)
+            else:
+                x = out.flatten(1)
+            return x, (str(red) if red.kind != "project" else "flatten") + " (1-D map)"
+        return (out, "none") if out.dim() == 2 else (out.flatten(1), "flatten")
 
     def _projection(self, name: str, d_in: int, device: torch.device) -> Tensor:
         if name not in self._projections:

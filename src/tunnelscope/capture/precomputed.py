@@ -111,7 +111,7 @@ def _feature_split(features: object, labels: object, what: str) -> tuple[dict[st
     return out, y
 
 
-def feature_dataset(features: object, labels: object, *, name: str = "features", model_name: str = "precomputed",
+def feature_dataset(features: object, labels: object, *, name: str = "features", model_name: str = "precomputed",  # noqa: PLR0913 (a public facade: readable keywords)
                     test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0,
                     num_classes: int | None = None, class_names: Sequence[str] | None = None,
                     like: FeatureModel | None = None) -> tuple[FeatureModel, Dataset]:

@@ -428,7 +428,7 @@ def _make(parts: dict[str, _Part], name: str, norm: str, num_classes: int | None
     return Dataset(name, train, test, k, parts["train"].shape, _class_names(class_names, carried, k, name), info)
 
 
-def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = DEFAULT_TEST_FRACTION,
+def as_dataset(obj: object, name: str | None = None, *, test_fraction: float = DEFAULT_TEST_FRACTION,  # noqa: PLR0913 (a public facade: readable keywords)
                split_seed: int = 0, norm: str = "none", num_classes: int | None = None,
                class_names: Sequence[str] | None = None, root: Any = None, stream: bool | None = None) -> Dataset:
     """A :class:`Dataset` from a spec string, a Dataset, or data given as objects (see the

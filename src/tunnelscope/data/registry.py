@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,27 +101,32 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
                 f"unknown modifier {key!r} in {text!r}; valid modifiers for {spec.name}: "
                 f"{_modifier_help(extra)}"
             )
-        if key == "classes":
-            options[key] = parse_index_set(value, key, text)
-        elif key in ("per_class", "test_per_class", "size", "n"):
-            options[key] = parse_int(value, key, text, minimum=1)
-        elif key == "channels":
-            options[key] = parse_int(value, key, text)
-            if options[key] not in (1, 3):
-                raise SpecError(f"modifier channels={value} in {text!r} must be 1 or 3")
-        elif key == "aug":
-            if value not in ("0", "1"):
-                raise SpecError(f"modifier aug={value} in {text!r} must be 0 or 1")
-            options[key] = value == "1"
-        elif key == "noise":
-            options[key] = parse_fraction(value, key, text)
-        else:  # seeds
-            options[key] = parse_int(value, key, text, minimum=0)
+        options[key] = _option_value(key, value, text)
     if kind == "signal":
         for key in ("size", "channels", "aug"):
             if key in options:
                 raise SpecError(f"modifier {key!r} applies to images; {spec.name} holds 1-D signals")
     return options
+
+
+def _option_value(key: str, value: str, text: str) -> Any:
+    """One modifier's value, parsed and checked by its key."""
+    if key == "classes":
+        return parse_index_set(value, key, text)
+    if key in ("per_class", "test_per_class", "size", "n"):
+        return parse_int(value, key, text, minimum=1)
+    if key == "channels":
+        channels = parse_int(value, key, text)
+        if channels not in (1, 3):
+            raise SpecError(f"modifier channels={value} in {text!r} must be 1 or 3")
+        return channels
+    if key == "aug":
+        if value not in ("0", "1"):
+            raise SpecError(f"modifier aug={value} in {text!r} must be 0 or 1")
+        return value == "1"
+    if key == "noise":
+        return parse_fraction(value, key, text)
+    return parse_int(value, key, text, minimum=0)  # seeds
 
 
 def parse_fraction(value: str, key: str, spec: str) -> float:

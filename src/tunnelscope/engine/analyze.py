@@ -56,7 +56,7 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     return metric_names(metrics, [PROBE, *statistics], [PROBE, *defaults], ALIASES)
 
 
-def analyze(
+def analyze(  # noqa: PLR0913 (a public facade: readable keywords)
     model: nn.Module | str | Path,
     data: data_mod.Dataset | str | object,
     ood: object = (),
@@ -237,7 +237,7 @@ def _with_untrained_reference(net: nn.Module, dataset: data_mod.Dataset, ood: li
     return pd.concat([table, rows], ignore_index=True), summary, config
 
 
-def analyze_features(
+def analyze_features(  # noqa: PLR0913 (a public facade: readable keywords)
     features: object,
     labels: object,
     ood: object = (),

@@ -19,7 +19,7 @@ from ..progress import progress_bar
 from .settings import AnalysisSettings, settings_from
 
 
-def cross_model_cka(
+def cross_model_cka(  # noqa: PLR0913 (a public facade: readable keywords)
     model_a: nn.Module | str | Path,
     model_b: nn.Module | str | Path,
     data: data_mod.Dataset | str,

@@ -54,23 +54,6 @@ from ..versions import environment, package_versions
 from .settings import AnalysisSettings, settings_from
 
 
-def _features(capture: Capture, split, limit: int | None, seed: int, batch_size: int, device, budget: int,
-              cache_dtype: str, bars, description: str,
-              extra: Sequence = ()) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
-    """One model pass over ``split`` into a feature cache (``extra`` accumulators read the same
-    batches); the caller closes the cache."""
-    chosen, n = sample_split(split, limit, seed)
-    cache = FeatureCache(n, budget, cache_dtype)
-    for feats, y in capture.stream(chosen, batch_size, device, progress=bars, description=description):
-        cache.update(feats, y)
-        for acc in extra:
-            acc.update(feats, y)
-    if cache.spilled_to is not None:  # stacklevel 5: the caller of probe_layers, through _Probing
-        warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
-                      f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}", stacklevel=5)
-    return _read(cache)
-
-
 def _read(cache: FeatureCache, **info) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
     """The cache, its arrays (in-memory ones are stacked by the probe trainer, memory-mapped ones
     read a minibatch at a time), its labels, and its description (plus ``info``)."""
@@ -120,7 +103,7 @@ class _Fitted:
         return {n: (float(a), float(b)) for n, a, b in zip(names, lo, hi)}
 
 
-def probe_layers(
+def probe_layers(  # noqa: PLR0913 (a public facade: readable keywords)
     model: nn.Module | str | Path,
     data: data_mod.Dataset | str,
     ood: Sequence[str | data_mod.Dataset] = (),
@@ -282,18 +265,33 @@ class _Probing:
         """One model pass over each split of ``ds`` into a feature cache; the ID test pass also
         measures the model's own accuracy when it is not known yet."""
         label, s = ("ID" if key == "id" else key), self.settings
-        train = _features(self.capture, ds.train, s.train_samples, s.seed, s.batch_size, self.dev,
-                          self.cache_budget, self.cache_dtype, bars, f"{label} train")
+        train = self._features(sample_split(ds.train, s.train_samples, s.seed), bars, f"{label} train")
         own = ModelAccuracy()
         self.capture.model_output = key == "id" and self.reuse.model_accuracy is None
         try:
-            test = _features(self.capture, ds.test, s.test_samples, s.seed + 1, s.batch_size, self.dev,
-                             self.cache_budget, self.cache_dtype, bars, f"{label} test", [own])
+            test = self._features(sample_split(ds.test, s.test_samples, s.seed + 1), bars, f"{label} test", [own])
         finally:
             self.capture.model_output = False
         if key == "id" and self.reuse.model_accuracy is None:
             self.reuse.model_accuracy = own.compute()
         return train, test
+
+    def _features(self, sampled: tuple, bars, description: str,
+                  extra: Sequence = ()) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
+        """One model pass over a sampled split ``(split, n)`` into a feature cache (``extra``
+        accumulators read the same batches); the caller closes the cache."""
+        (chosen, n), budget = sampled, self.cache_budget
+        cache = FeatureCache(n, budget, self.cache_dtype)
+        for feats, y in self.capture.stream(chosen, self.settings.batch_size, self.dev, progress=bars,
+                                            description=description):
+            cache.update(feats, y)
+            for acc in extra:
+                acc.update(feats, y)
+        if cache.spilled_to is not None:  # stacklevel 5: the caller of probe_layers, through _Probing
+            warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
+                          f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}",
+                          stacklevel=5)
+        return _read(cache)
 
     def _record(self, key: str, ds: data_mod.Dataset, changes: list[str], results: list[ProbeResult],
                 ncc: dict | None, tr_info: dict, te_info: dict) -> None:

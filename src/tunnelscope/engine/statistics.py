@@ -322,7 +322,7 @@ def stream_rows(run: Run) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def analyze_layers(
+def analyze_layers(  # noqa: PLR0913 (a public facade: readable keywords)
     model: nn.Module | str | Path, data: data_mod.Dataset | str, metrics: str | Sequence[str] = "default",
     points: str | Sequence[str] = "blocks", reduce: str = "pool2", batch_size: int = 256,
     device: str | torch.device = "auto", max_samples: int | None = 10_000, seed: int = 0,

@@ -447,7 +447,7 @@ def _check_settings(models: Sequence[ModelLike], labels: Sequence[str] | None, g
         raise ConfigError(f"model labels must differ, got {list(labels)}")
 
 
-def compare_predictions(
+def compare_predictions(  # noqa: PLR0913 (a public facade: readable keywords)
     models: Sequence[ModelLike],
     data: str | data_mod.Dataset,
     labels: Sequence[str] | None = None,

@@ -196,7 +196,7 @@ def _train_epoch(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], optim
     return float(loss_sum), int(correct)
 
 
-def fit(net: nn.Module, dataset: data_mod.Dataset, epochs: int, recipe: Recipe, *, batch_size: int = 128,
+def fit(net: nn.Module, dataset: data_mod.Dataset, epochs: int, recipe: Recipe, *, batch_size: int = 128,  # noqa: PLR0913 (train()'s knobs, for one task)
         seed: int = 0, device: torch.device | None = None, amp: bool = False,
         frozen_modules: Sequence[nn.Module] = (), progress: bool | None = None, label: str = "") -> list[dict]:
     """Train ``net`` in place from its current weights, with ``train``'s steps: the recipe's
@@ -458,7 +458,7 @@ def _swap_rows(setup: _Setup, m1: nn.Module, m2: nn.Module, split: Partition) ->
     return rows, history
 
 
-def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: int | None = None,
+def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: int | None = None,  # noqa: PLR0913 (a public facade: readable keywords)
               finetune_epochs: int = 5, out: str | Path = "runs/continual", points: str | Sequence[str] = "blocks",
               seed: int = 0, device: str | torch.device = "auto", progress: bool | None = None, *,
               probe: ProbeConfig | None = None, max_train: int | None = 10_000, max_test: int | None = 10_000,

@@ -83,7 +83,7 @@ def _describe(model: ModelLike) -> str:
     return str(model) if isinstance(model, (str, Path)) else type(model).__name__
 
 
-def cross_cka(model_a: ModelLike, model_b: ModelLike, data: data_mod.Dataset | str,
+def cross_cka(model_a: ModelLike, model_b: ModelLike, data: data_mod.Dataset | str,  # noqa: PLR0913 (a public facade: readable keywords)
               points: str | Sequence[str] = "blocks", reduce: str = "pool2", split: str = "test",
               batch_size: int = 256, device: str | torch.device = "auto", max_samples: int | None = 10_000,
               seed: int = 0, precision: str = "float32", data_root: str | Path | None = None,

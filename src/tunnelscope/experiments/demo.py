@@ -52,7 +52,7 @@ class DemoRun:
                 "analysis_reused": self.analysis_reused, "checkpoint": str(self.checkpoint)}
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str = "auto",
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str = "auto",  # noqa: PLR0913 (a public facade: readable keywords)
              data_root: str | Path | None = None, download: bool = False, overwrite: bool = False,
              progress: bool | None = None, log: Callable[[str], None] | None = None,
              on_epoch: Callable[[dict], None] | None = None) -> DemoRun:

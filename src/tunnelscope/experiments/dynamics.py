@@ -230,7 +230,7 @@ def _short(steps: list[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def analyze_run(
+def analyze_run(  # noqa: PLR0913 (a public facade: readable keywords)
     run_dir: str | Path,
     data: str | data_mod.Dataset | None = None,
     ood: Sequence[str] = (),

@@ -392,7 +392,7 @@ def default_variables(table: pd.DataFrame, target: str) -> list[str]:
             if c != target and 2 <= table[c].nunique(dropna=True) <= MAX_DEFAULT_LEVELS]
 
 
-def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = None,
+def explain(table: pd.DataFrame, target: str, variables: Sequence[str] | None = None,  # noqa: PLR0913 (a public facade: readable keywords)
             categorical: Sequence[str] = (), pair: str | None = None, pair_on: Sequence[str] | None = None,
             l1_normalise: bool = False, random_state: int = 0, cluster: str | None = None) -> ExplainResult:
     """Group means, SHAP slopes and (when ``pair`` is given) a paired comparison of ``pair``'s

@@ -308,7 +308,7 @@ def reset_model(model: nn.Module, init_state: Mapping[str, Tensor], names: Itera
     return fresh
 
 
-def reset_layers(source: str | Path, data: str | data_mod.Dataset | None = None,
+def reset_layers(source: str | Path, data: str | data_mod.Dataset | None = None,  # noqa: PLR0913 (a public facade: readable keywords)
                  from_layers: Sequence[int] | None = None, checkpoint: int | str | Path | None = None, *,
                  direction: str = "k..L", include_head: bool = True, include_buffers: bool = True,
                  points: Points = "blocks", init: str | Path | None = None, max_samples: int | None = None,
@@ -442,7 +442,7 @@ def without_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     return fresh
 
 
-def delete_blocks(checkpoint: str | Path, data: str | data_mod.Dataset | None = None,
+def delete_blocks(checkpoint: str | Path, data: str | data_mod.Dataset | None = None,  # noqa: PLR0913 (a public facade: readable keywords)
                   blocks: Sequence[str | int] | None = None, *,
                   ranges: Sequence[tuple[str | int, str | int] | str] | None = None, projection: str = "skip",
                   max_samples: int | None = None, seed: int = 0, batch_size: int = 512,

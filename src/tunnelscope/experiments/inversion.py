@@ -319,7 +319,7 @@ def save_inversions(inversions: list[Inversion], out: str | Path, extra_config: 
     return [p for p in paths if p.suffix == ".png"]
 
 
-def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Path, *, images: int = 8,
+def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Path, *, images: int = 8,  # noqa: PLR0913 (a public facade: readable keywords)
                       points: str | list[str] = "blocks", config: InvertConfig | None = None, untrained: bool = True,
                       device: str | torch.device = "auto", overwrite: bool = False,
                       data_root: str | Path | None = None, progress: bool | None = None) -> list[Inversion]:

@@ -109,7 +109,7 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torc
     return loss.detach(), logits.detach()
 
 
-def train(
+def train(  # noqa: PLR0913 (a public facade: readable keywords)
     model: str,
     data: str | data_mod.Dataset,
     epochs: int = 10,
