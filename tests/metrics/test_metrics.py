@@ -272,3 +272,16 @@ def test_ridge_probe_on_constant_features_predicts_the_majority_class():
     assert torch.count_nonzero(w) == 0
     acc = stream(RidgeAccuracy({"a": ridge_weights(m)}), x, y).compute()["a"]
     assert acc == pytest.approx(0.5)  # the majority class, 50 of 100
+
+
+def test_a_metric_record_is_tagged_by_where_its_value_comes_from():
+    from tunnelscope.metrics import REGISTRY, Metric
+
+    assert {m.kind for m in REGISTRY.values()} == {"point", "stream", "readout"}
+    assert REGISTRY["rank"].kind == "point" and REGISTRY["cka"].kind == "stream" and REGISTRY["ncc"].kind == "readout"
+    with pytest.raises(ValueError, match="exactly one of value, stream or readout"):
+        Metric("two", "both", value=lambda s: 0.0, stream=lambda n, o: None, moments="means")
+    with pytest.raises(ValueError, match="which moments"):
+        Metric("bare", "no moments", value=lambda s: 0.0)
+    with pytest.raises(TypeError, match="'cka' is a stream metric, not a point one"):
+        REGISTRY["cka"].point_value(None)

@@ -68,14 +68,14 @@ class Plan:
 
     @property
     def streams(self) -> list[Metric]:
-        return [m for m in self.metrics if m.stream is not None]
+        return [m for m in self.metrics if m.kind == "stream"]
 
     @property
     def readouts(self) -> list[Metric]:
-        return [m for m in self.metrics if m.readout is not None]
+        return [m for m in self.metrics if m.kind == "readout"]
 
     def points_metrics(self) -> list[Metric]:
-        return [m for m in self.metrics if m.value is not None]
+        return [m for m in self.metrics if m.kind == "point"]
 
 
 def _higher(a: str | None, b: str | None) -> str | None:
@@ -96,7 +96,7 @@ def make_plan(metrics: list[Metric], explicit: bool, widths: Sequence[int], keep
         plan.metrics.append(metric)
         for split in SPLITS:
             plan.moments[split] = _higher(plan.moments[split], metric.moments)
-        if metric.readout is not None:
+        if metric.kind == "readout":
             plan.moments["train"] = _higher(plan.moments["train"], metric.readout_moments)
             plan.train_cache = plan.train_cache or "train" in metric.readout_splits
     return plan
@@ -200,9 +200,7 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
         return
     stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
     for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
-        readout = metric.readout
-        assert readout is not None  # Plan.readouts holds only metrics with one
-        run.readouts[metric.name] = {s: readout(stats, run.options) for s in metric.readout_splits}
+        run.readouts[metric.name] = {s: metric.new_readout(stats, run.options) for s in metric.readout_splits}
     point_rows(run, "train", moments, stats)
 
 
@@ -215,8 +213,7 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     names = run.capture.names
     run.streams = {}
     for m in run.plan.streams:
-        assert m.stream is not None  # Plan.streams holds only metrics with one
-        run.streams[m.name] = m.stream(names, run.options)
+        run.streams[m.name] = m.new_stream(names, run.options)
     accs: list = [a for a in (moments, model_accuracy) if a is not None] + list(run.streams.values())
     accs += [r["test"] for r in run.readouts.values() if "test" in r] + list(extra)
     run.capture.model_output = model_accuracy is not None
@@ -256,8 +253,7 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
         one = shared.pop(name, None) or PointStats(point)
         del point
         for metric in metrics:
-            assert metric.value is not None  # points_metrics() holds only metrics with one
-            value = float("nan") if name in run.invalid[split] else metric.value(one)
+            value = float("nan") if name in run.invalid[split] else metric.point_value(one)
             run.add(split, name, metric.table_name, value)
         moments.release(name)
         del one

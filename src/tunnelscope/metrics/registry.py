@@ -143,9 +143,41 @@ class Metric:
     options: tuple[tuple[str, str], ...] = ()
     shown: Presentation | None = None  # how its rows are shown (its ``row`` is the table name)
 
+    def __post_init__(self) -> None:
+        given = [k for k, fn in (("point", self.value), ("stream", self.stream), ("readout", self.readout)) if fn]
+        if len(given) != 1:
+            raise ValueError(f"metric {self.name!r} must give exactly one of value, stream or readout, not "
+                             f"{given or 'none'}")
+        if self.value is not None and self.moments is None:
+            raise ValueError(f"point metric {self.name!r} must say which moments it reads")
+        if self.readout is not None and self.readout_moments is None:
+            raise ValueError(f"readout metric {self.name!r} must say which training moments it is fitted on")
+
+    @property
+    def kind(self) -> Literal["point", "stream", "readout"]:
+        """Where its value comes from (the tag checked at registration): ``point``, ``stream`` or ``readout``."""
+        return "point" if self.value is not None else "stream" if self.stream is not None else "readout"
+
     @property
     def table_name(self) -> str:
         return self.row or self.name
+
+    def point_value(self, stats: PointStats) -> float:
+        """A point metric's value on one point's statistics."""
+        return self._needs(self.value, "point")(stats)
+
+    def new_stream(self, names: list[str], options: Options) -> Any:
+        """A stream metric's accumulator over the points ``names``."""
+        return self._needs(self.stream, "stream")(names, options)
+
+    def new_readout(self, train: dict[str, PointStats], options: Options) -> Any:
+        """A readout metric's scorer, fitted on the training split's statistics."""
+        return self._needs(self.readout, "readout")(train, options)
+
+    def _needs(self, function: Callable[..., Any] | None, kind: str) -> Callable[..., Any]:
+        if function is None:
+            raise TypeError(f"metric {self.name!r} is a {self.kind} metric, not a {kind} one")
+        return function
 
 
 REGISTRY: dict[str, Metric] = {}
