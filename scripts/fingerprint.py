@@ -1,34 +1,27 @@
-"""Fingerprint harness: run a fixed set of small tunnelscope scenarios and hash every output file.
+"""Fingerprint harness: run small tunnelscope scenarios and hash every output file, to show a refactor changes none.
 
-A refactor that must not change results is checked by running this harness before and after it
-and diffing the two fingerprint files:
-
-    python scripts/fingerprint.py --work /tmp/fp-a --out before.json
-    python scripts/fingerprint.py --work /tmp/fp-b --out after.json
+    python scripts/fingerprint.py --work /tmp/fp-a --out before.json [--only NAME ...]   # or --list
     python scripts/fingerprint.py --diff before.json after.json   # exit 1 when anything differs
 
-Every scenario is driven through the command line (``python -c "from tunnelscope.cli import
-main; main()"``, so that ``PYTHONPATH`` picks the tree under test), plus one call of the stable
-Python API (``tunnelscope.analyze``, ``tunnelscope.Results.load``). Runs are small (subsets of
-Fashion-MNIST and digits, 1-2 epochs) and single-threaded, so that they are bit-for-bit
-repeatable on the CPU; fields that still differ between two identical runs (wall-clock times,
-package versions, process ids, absolute paths, matplotlib's random SVG ids) are normalised before
-hashing, see ``VOLATILE_KEYS`` and ``normalise_text``.
-
-Fingerprints: tables (.parquet, .csv) are hashed as CSV text with floats at 9 significant digits,
-keeping shape and columns; JSON (and checkpoint metadata) is hashed canonically without volatile
-keys, keeping a hash per top-level key; checkpoints (.pt) hash their tensors, not their bytes;
-figures (.png, .svg, .html) form a separate group so that their differences are shown apart.
+Scenarios run through the command line (``python -c "...; sys.exit(tunnelscope.cli.main())"``, so that
+``PYTHONPATH`` picks the tree under test) plus one call of the stable API (``tunnelscope.analyze``,
+``Results.load``); they are small and single-threaded, so bit-for-bit repeatable on the CPU. Tables are hashed
+as CSV text with floats at 9 significant digits (shape, columns and a hash per column kept); JSON and
+checkpoint metadata canonically, without ``VOLATILE_KEYS`` (a hash per top-level key kept); checkpoints by
+their tensors; figures (.png, .svg, .html) form a group of their own (SVG ids and dates normalised, the
+config embedded in report.html normalised like config.json). The work dir's absolute path reads ``<WORK>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,16 +34,19 @@ from typing import Any
 ID = "fashion-mnist[classes=0-4,per_class=200,test_per_class=100]"
 OOD_F = "fashion-mnist[classes=5-9,per_class=200,test_per_class=100]"
 OOD_D = "digits[size=28]"
-ANALYZE_DEFAULTS = {"--max-samples": "300", "--resamples": "100"}
-CLI = "from tunnelscope.cli import main; main()"
+CLI = "import sys; from tunnelscope.cli import main; sys.exit(main())"  # main() returns the exit status
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
        "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": "", "TZ": "UTC"}
 FIGURE_SUFFIXES = {".png", ".svg", ".html"}
+# ``{mlp}`` etc. in a command: the last checkpoint of that training scenario, found when the command runs.
+PLACEHOLDERS = {"mlp": "train-mlp", "mlp1": "train-mlp-seed1", "conv": "train-convnet", "res": "train-resnet",
+                "m1d": "train-mnist1d"}
 
-# Keys whose values differ between two identical runs (found by running the harness twice):
-# wall-clock measurements, package versions and platform, process ids and timestamps.
-VOLATILE_KEYS = re.compile(r"^(seconds|.*_seconds|elapsed|duration|timings?|versions|pid|worker_pid|started|finished"
-                           r"|updated|created|timestamp|date|heartbeat|host|hostname)$")
+# Keys dropped from JSON, checkpoint metadata and table columns. Found by running the harness twice on one
+# tree: ``seconds`` (config.json's statistics/probes/top level, dynamics step files, history.csv, resume.pt's
+# history, continual's fine-tuning history), ``started``/``finished`` (run.json, sweep cell records) and ``pid``
+# (sweep cell records). ``versions`` (packages and platform) is stable run to run but is environment, not output.
+VOLATILE_KEYS = re.compile(r"^(seconds|started|finished|pid|versions)$")
 # matplotlib draws SVG ids from a random salt; they are renumbered in order of appearance.
 SVG_ID = re.compile(r'(?<=id=")[^"]+|(?<=url\(#)[^)]+|(?<=href="#)[^"]+')
 
@@ -61,51 +57,46 @@ out = sys.argv[1]
 r = ts.analyze(sys.argv[2], "{ID}", ood=["{OOD_D}"], metrics="probe,rank,nc", max_samples=300, resamples=100,
                progress=False)
 r.table.to_parquet(out + "/analyze_table.parquet")
-with open(out + "/analyze_summary.json", "w") as f:
-    json.dump(r.summary, f, default=str)
+open(out + "/analyze_summary.json", "w").write(json.dumps(r.summary, default=str))
 ts.Results.load("analyze-default").layer_table(intervals=True).to_parquet(out + "/layer_table.parquet")
 """
 
 
 @dataclass
 class Scenario:
-    """One scenario: commands run in order in the work dir; the files under ``out`` are fingerprinted."""
+    """Commands run in order in the work dir; every file under the folder ``name`` is fingerprinted."""
 
     name: str
-    commands: list[tuple[str, ...]]
+    commands: list[list[str]]
     prepare: Callable[[Path], None] | None = None
     python: bool = False  # the commands are ``python -c API_SNIPPET ARGS``, not CLI arguments
     needs: tuple[str, ...] = ()  # scenarios whose outputs it reads, besides those its arguments name
 
-    @property
-    def out(self) -> str:
-        return self.name
+
+def cli(name: str, *commands: str, **options: Any) -> Scenario:
+    """A scenario of CLI commands written as shell words (``{ID}``, ``{OOD_F}``, ``{OOD_D}`` are the data specs)."""
+    specs = {"ID": ID, "OOD_F": OOD_F, "OOD_D": OOD_D}
+    words = [[w.format(**specs, **{k: "{" + k + "}" for k in PLACEHOLDERS}) for w in shlex.split(c)] for c in commands]
+    return Scenario(name, words, **options)
 
 
-def with_defaults(defaults: dict[str, str], options: tuple[str, ...]) -> tuple[str, ...]:
-    """``options`` preceded by the ``defaults`` they do not set themselves."""
-    return (*(x for k, v in defaults.items() if k not in options for x in (k, v)), *options)
+def analyze(name: str, checkpoint: str, options: str = "", data: str = "{ID}") -> Scenario:
+    """An ``analyze`` scenario, 300 samples and 100 resamples unless ``options`` set them."""
+    defaults = "".join(f" --{k} {v}" for k, v in (("max-samples", 300), ("resamples", 100)) if f"--{k}" not in options)
+    return cli(name, f"analyze --checkpoint {checkpoint} --data {data}{defaults} {options} -q --out {name}")
 
 
-def analyze(name: str, checkpoint: str, *options: str, data: str = ID) -> Scenario:
-    """An ``analyze`` scenario on ``checkpoint`` (may hold a ``{placeholder}``), small unless ``options`` say."""
-    return Scenario(name, [("analyze", "--checkpoint", checkpoint, "--data", data,
-                            *with_defaults(ANALYZE_DEFAULTS, options), "-q", "--out", name)])
-
-
-def train(name: str, model: str, *options: str, data: str = ID) -> Scenario:
+def train(name: str, model: str, options: str = "", data: str = "{ID}") -> Scenario:
     """A seeded, single-threaded training run, 2 epochs unless ``options`` say otherwise."""
-    return Scenario(name, [("train", "--model", model, "--data", data, "--threads", "1", "--device", "cpu",
-                            *with_defaults({"--epochs": "2"}, options), "-q", "--out", name)])
+    epochs = "" if "--epochs" in options else " --epochs 2"
+    return cli(name, f"train --model {model} --data {data} --threads 1 --device cpu{epochs} {options} -q --out {name}")
 
 
-def copy_results(source: str) -> Callable[[Path], None]:
-    """Copy a saved analysis (data files only) into the scenario folder, for ``report`` to rebuild."""
-    def prepare(target: Path) -> None:
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("results.parquet", "config.json", "summary.json"):
-            shutil.copy2(target.parent / source / name, target / name)
-    return prepare
+def copy_analysis(target: Path) -> None:
+    """Copy analyze-default's data files (no figures, no report) into ``target``, for ``report`` to rebuild."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("results.parquet", "config.json", "summary.json"):
+        shutil.copy2(target.parent / "analyze-default" / name, target / name)
 
 
 def write_sweep(target: Path) -> None:
@@ -135,75 +126,65 @@ def write_design_table(target: Path) -> None:
 
 
 def scenarios() -> list[Scenario]:
-    """Every scenario, trainings first; ``{mlp}`` etc. name the last checkpoint of a training scenario."""
+    """Every scenario in running order, trainings first. Those that analyse a re-initialised copy of a model (whose
+    seeding may change on purpose) say ``untrained`` in their name."""
+    small = "--max-samples 300 -q"
     return [
         train("train-mlp", "mlp-4x64"),
-        train("train-mlp-seed1", "mlp-4x64", "--seed", "1", "--dense-steps", "3"),
-        train("train-convnet", "convnet-2x16", "--recipe", "adamw", "--batch-size", "64"),
-        train("train-resnet", "cifar-resnet-8", "--schedule", "onecycle", "--no-early-checkpoints"),
-        train("train-mnist1d", "mlp-3x32", "--epochs", "1", data="mnist1d[n=1000]"),
-        analyze("analyze-default", "{mlp}", "--ood", OOD_F, "--ood", OOD_D),
-        analyze("analyze-seed1", "{mlp1}", "--ood", OOD_F, "--ood", OOD_D),
-        analyze("analyze-all-metrics", "{mlp}", "--metrics", "all", "--ood", OOD_D, "--batch-size", "100"),
-        analyze("analyze-harun", "{mlp}", "--protocol", "harun", "--probe-epochs", "5", "--select", "val",
-                "--probe-seeds", "2", "--metrics", "probe", "--ood", OOD_D),
-        analyze("analyze-untrained-reference", "{mlp}", "--untrained-reference", "--metrics", "probe,rank,nc",
-                "--ood", OOD_D),
-        analyze("analyze-ridge-proxy", "{mlp1}", "--protocol", "ridge", "--max-train", "200", "--no-input",
-                "--metrics", "probe,ridge,trace_w,trace_b,l1_step,cka_nopc1"),
-        analyze("analyze-conv-points-gap", "{conv}", "--points", "conv", "--reduce", "gap",
-                "--metrics", "probe,rank,cka", "--cka-passes", "3", "--ood", OOD_D),
-        analyze("analyze-conv-flatten", "{conv}", "--reduce", "flatten", "--max-dim", "500",
-                "--metrics", "probe,ncc,cdnv", "--ncc-eps", "0.2"),
-        analyze("analyze-conv-project", "{conv}", "--reduce", "project:32", "--seed", "3",
-                "--metrics", "probe,rank,erank,pc1,pc1_sim,cka_full"),
-        analyze("analyze-glob-points", "{mlp}", "--points", "blocks.?.1", "--metrics", "probe,rank,cka",
-                "--batch-size", "64", "--protocol", "harun", "--probe-epochs", "3", "--select", "test"),
-        analyze("analyze-resnet", "{res}", "--ood", OOD_D, "--resamples", "0"),
-        analyze("analyze-step0-checkpoint", "train-mlp/checkpoints/step-0000000.pt", "--max-samples", "0",
-                "--metrics", "probe,ncc"),
+        train("train-mlp-seed1", "mlp-4x64", "--seed 1 --dense-steps 3"),
+        train("train-convnet", "convnet-2x16", "--recipe adamw --batch-size 64"),
+        train("train-resnet", "cifar-resnet-8", "--schedule onecycle --no-early-checkpoints"),
+        train("train-mnist1d", "mlp-3x32", "--epochs 1", data="mnist1d[n=1000]"),
+        analyze("analyze-default", "{mlp}", "--ood {OOD_F} --ood {OOD_D}"),
+        analyze("analyze-seed1", "{mlp1}", "--ood {OOD_F} --ood {OOD_D}"),
+        analyze("analyze-all-metrics", "{mlp}", "--metrics all --ood {OOD_D} --batch-size 100"),
+        analyze("analyze-harun", "{mlp}", "--protocol harun --probe-epochs 5 --select val --probe-seeds 2 "
+                "--metrics probe --ood {OOD_D}"),
+        analyze("analyze-untrained-reference", "{mlp}", "--untrained-reference --metrics probe,rank,nc --ood {OOD_D}"),
+        analyze("analyze-ridge-proxy", "{mlp1}", "--protocol ridge --max-train 200 --no-input "
+                "--metrics probe,ridge,trace_w,trace_b,l1_step,cka_nopc1"),
+        analyze("analyze-conv-points-gap", "{conv}", "--points conv --reduce gap --metrics probe,rank,cka "
+                "--cka-passes 3 --ood {OOD_D}"),
+        analyze("analyze-conv-flatten", "{conv}", "--reduce flatten --max-dim 500 --metrics probe,ncc,cdnv "
+                "--ncc-eps 0.2"),
+        analyze("analyze-conv-project", "{conv}", "--reduce project:32 --seed 3 "
+                "--metrics probe,rank,erank,pc1,pc1_sim,cka_full"),
+        analyze("analyze-glob-points", "{mlp}", "--points blocks.?.1 --metrics probe,rank,cka --batch-size 64 "
+                "--protocol harun --probe-epochs 3 --select test"),
+        analyze("analyze-resnet", "{res}", "--ood {OOD_D} --resamples 0"),
+        analyze("analyze-step0-checkpoint", "train-mlp/checkpoints/step-0000000.pt",
+                "--max-samples 0 --metrics probe,ncc"),
         analyze("analyze-mnist1d", "{m1d}", data="mnist1d[n=1000]"),
-        Scenario("api", [("api", "{mlp}")], python=True, needs=("analyze-default",)),
-        Scenario("compare", [("compare", "analyze-default", "analyze-seed1", "analyze-conv-points-gap",
-                              "-q", "--out", "compare")]),
-        Scenario("report-rebuild", [("report", "report-rebuild", "-q")], prepare=copy_results("analyze-default"),
-                 needs=("analyze-default",)),
-        Scenario("dynamics", [("dynamics", "train-mlp", "--ood", OOD_D, "--steps", "log:4", "--max-samples", "200",
-                               "--resamples", "50", "-q", "--out", "dynamics")]),
-        Scenario("dynamics-stats", [("dynamics", "train-mlp-seed1", "--metrics", "rank,nc", "--steps", "0,2,3,14",
-                                     "--heatmap", "rank", "--heatmap", "ncc_acc", "--max-samples", "200",
-                                     "--resamples", "0", "-q", "--out", "dynamics-stats")]),
-        Scenario("continual", [("continual", "--model", "mlp-3x32", "--task1", ID, "--task2", OOD_F,
-                                "--epochs", "1", "--finetune-epochs", "1", "--device", "cpu", "-q",
-                                "--out", "continual")]),
-        Scenario("intervene-movement", [("intervene", "movement", "train-mlp", "-q", "--out", "intervene-movement")]),
-        Scenario("intervene-reset", [("intervene", "reset", "train-mlp", "--direction", "both",
-                                      "--max-samples", "300", "-q", "--out", "intervene-reset")]),
-        Scenario("intervene-delete-blocks", [("intervene", "delete-blocks", "train-resnet", "--range", "2-3",
-                                              "--max-samples", "300", "-q", "--out", "intervene-delete-blocks")]),
-        Scenario("invert", [("invert", "--checkpoint", "{conv}", "--data", ID, "--images", "2", "--steps", "20",
-                             "--device", "cpu", "-q", "--out", "invert")]),
-        Scenario("cross-cka", [("cross-cka", "{mlp}", "{conv}", "--data", ID, "--max-samples", "300",
-                                "--batch-size", "50", "-q", "--out", "cross-cka")]),
-        Scenario("agreement", [("agreement", "{mlp}", "{mlp1}", "{conv}", "--group", "mlp", "--group", "mlp",
-                                "--group", "conv", "--data", ID, "--max-samples", "300", "-q", "--out", "agreement")]),
-        Scenario("sweep", [("sweep", "sweep/sweep.yaml", "--max-concurrent", "2", "--device", "cpu", "-q"),
-                           ("sweep", "collect", "sweep/sweep.yaml", "-q", "--out", "sweep/collected.parquet"),
-                           ("sweep", "collect", "sweep/sweep.yaml", "--level", "ood", "-q",
-                            "--out", "sweep/collected-ood.parquet")], prepare=write_sweep),
-        Scenario("explain-sweep", [("explain", "sweep/collected-ood.parquet", "--target", "retained",
-                                    "--vars", "depth", "--vars", "ood", "--categorical", "ood", "--cluster", "cell",
-                                    "--out", "explain-sweep")]),
-        Scenario("explain-design", [("explain", "explain-design/design.csv", "--target", "pct_retained",
-                                     "--vars", "augment", "--vars", "resolution", "--vars", "arch",
-                                     "--categorical", "arch", "--pair", "augment", "--l1-normalise",
-                                     "--out", "explain-design/out")], prepare=write_design_table),
-        Scenario("demo-quick", [("demo", "--quick", "--device", "cpu", "-q", "--out", "demo-quick")]),
+        Scenario("api", [["api", "{mlp}"]], python=True, needs=("analyze-default",)),
+        cli("compare", "compare analyze-default analyze-seed1 analyze-conv-points-gap -q --out compare"),
+        cli("report-rebuild", "report report-rebuild -q", prepare=copy_analysis, needs=("analyze-default",)),
+        cli("dynamics", "dynamics train-mlp --ood {OOD_D} --steps log:4 --max-samples 200 --resamples 50 -q "
+            "--out dynamics"),
+        cli("dynamics-stats", "dynamics train-mlp-seed1 --metrics rank,nc --steps 0,2,3,14 --heatmap rank --heatmap "
+            "ncc_acc --max-samples 200 --resamples 0 -q --out dynamics-stats"),
+        cli("continual", "continual --model mlp-3x32 --task1 {ID} --task2 {OOD_F} --epochs 1 --finetune-epochs 1 "
+            "--device cpu -q --out continual"),
+        cli("intervene-movement", "intervene movement train-mlp -q --out intervene-movement"),
+        cli("intervene-reset", f"intervene reset train-mlp --direction both {small} --out intervene-reset"),
+        cli("intervene-delete-blocks", f"intervene delete-blocks train-resnet --range 2-3 {small} "
+            "--out intervene-delete-blocks"),
+        cli("invert", "invert --checkpoint {conv} --data {ID} --images 2 --steps 20 --no-untrained --device cpu -q "
+            "--out invert"),
+        cli("invert-untrained-copy", "invert --checkpoint {conv} --data {ID} --images 2 --steps 20 --device cpu -q "
+            "--out invert-untrained-copy"),
+        cli("cross-cka", "cross-cka {mlp} {conv} --data {ID} --max-samples 300 --batch-size 50 -q --out cross-cka"),
+        cli("agreement", "agreement {mlp} {mlp1} {conv} --group mlp --group mlp --group conv --data {ID} "
+            f"{small} --out agreement"),
+        cli("sweep", "sweep sweep/sweep.yaml --max-concurrent 2 --device cpu -q",
+            "sweep collect sweep/sweep.yaml -q --out sweep/collected.parquet",
+            "sweep collect sweep/sweep.yaml --level ood -q --out sweep/collected-ood.parquet", prepare=write_sweep),
+        cli("explain-sweep", "explain sweep/collected-ood.parquet --target retained --vars depth --vars ood "
+            "--categorical ood --cluster cell --out explain-sweep"),
+        cli("explain-design", "explain explain-design/design.csv --target pct_retained --vars augment --vars "
+            "resolution --vars arch --categorical arch --pair augment --pair-on resolution --pair-on arch "
+            "--pair-on seed --l1-normalise --out explain-design/out", prepare=write_design_table),
+        cli("demo-quick-untrained", "demo --quick --device cpu -q --out demo-quick-untrained"),  # with its reference
     ]
-
-
-PLACEHOLDERS = {"mlp": "train-mlp", "mlp1": "train-mlp-seed1", "conv": "train-convnet", "res": "train-resnet",
-                "m1d": "train-mnist1d"}
 
 
 def last_checkpoint(work: Path, run: str) -> str:
@@ -229,15 +210,15 @@ def with_inputs(chosen: list[str], every: list[Scenario]) -> list[Scenario]:
 def run_scenario(scenario: Scenario, work: Path) -> list[int]:
     """Run a scenario's commands in ``work``; return their exit codes (the log goes to ``work/logs``)."""
     if scenario.prepare:
-        scenario.prepare(work / scenario.out)
+        scenario.prepare(work / scenario.name)
     env = {**os.environ, **ENV}
     codes = []
     with open(work / "logs" / f"{scenario.name}.log", "w") as log:
         for command in scenario.commands:
             args = [a.format(**{k: last_checkpoint(work, v) for k, v in PLACEHOLDERS.items()}) for a in command]
             if scenario.python:
-                (work / scenario.out).mkdir(exist_ok=True)
-                argv = [sys.executable, "-c", API_SNIPPET, scenario.out, *args[1:]]
+                (work / scenario.name).mkdir(exist_ok=True)
+                argv = [sys.executable, "-c", API_SNIPPET, scenario.name, *args[1:]]
             else:
                 argv = [sys.executable, "-c", CLI, *args]
             log.write("$ " + " ".join(argv[:2] + argv[3:]) + "\n")
@@ -274,20 +255,32 @@ def normalise(value: Any, work: Path) -> Any:
     return value
 
 
+def canonical(value: Any) -> str:
+    """Canonical JSON text: sorted keys, anything not JSON as its ``str``."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def json_fingerprint(data: Any, work: Path) -> dict[str, Any]:
     """Hash of canonical JSON without volatile keys, with a hash per top-level key."""
     data = normalise(data, work)
-    canon = json.dumps(data, sort_keys=True, default=str)
-    parts = {k: sha(json.dumps(v, sort_keys=True, default=str)) for k, v in data.items()} if isinstance(
-        data, dict) else {}
-    return {"kind": "json", "sha": sha(canon), "parts": parts}
+    parts = {k: sha(canonical(v)) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {"kind": "json", "sha": sha(canonical(data)), "parts": parts}
+
+
+def embedded_json(escaped: str, work: Path) -> str:
+    """A report's ``<pre>`` block: normalised like a JSON file when it holds JSON, else left as it is."""
+    try:
+        data = json.loads(html.unescape(escaped))
+    except ValueError:
+        return escaped
+    return "<pre>" + canonical(normalise(data, work)) + "</pre>"
 
 
 def cell(value: Any, work: Path) -> Any:
     """One table cell, normalised like JSON (floats at 9 significant digits, arrays as lists)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
-    return json.dumps(normalise(value, work), default=str) if isinstance(value, list | dict) else normalise(value, work)
+    return canonical(normalise(value, work)) if isinstance(value, list | dict) else normalise(value, work)
 
 
 def table_fingerprint(path: Path, work: Path) -> dict[str, Any]:
@@ -300,8 +293,8 @@ def table_fingerprint(path: Path, work: Path) -> dict[str, Any]:
     df = df[[c for c in df.columns if not VOLATILE_KEYS.match(str(c))]]  # e.g. history.csv's ``seconds``
     columns = []
     for name in df.columns:
-        text = df[name].map(lambda v: f"{v:.9g}" if isinstance(v, float) else cell(v, work)).astype(str)
-        columns.append([str(name), str(df[name].dtype), sha("\n".join(text))])
+        text = "\n".join(f"{v:.9g}" if isinstance(v, float) else str(cell(v, work)) for v in df[name])
+        columns.append([str(name), str(df[name].dtype), sha(text)])
     return {"kind": "table", "sha": sha(json.dumps(columns)), "shape": list(df.shape), "columns": columns}
 
 
@@ -312,8 +305,8 @@ def checkpoint_fingerprint(path: Path, work: Path) -> dict[str, Any]:
     def walk(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
-            raw = t.view(torch.uint8) if t.dtype != torch.bool and t.numel() else t.to(torch.uint8)
-            return f"tensor {t.dtype} {list(t.shape)} {sha(raw.numpy().tobytes())}"
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+            return f"tensor {t.dtype} {list(t.shape)} {sha(raw)}"
         if isinstance(value, dict):
             return {str(k): walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -339,20 +332,20 @@ def file_fingerprint(path: Path, work: Path) -> dict[str, Any]:
         else:
             text = path.read_bytes().decode("utf-8", errors="replace")
             text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # SVG: date, matplotlib version
+            text = re.sub(r"<pre>(.*?)</pre>", lambda m: embedded_json(m.group(1), work), text, flags=re.S)
             fp = {"kind": "text", "sha": sha(normalise_text(text, work))}
     except Exception as error:  # an unreadable file is a fingerprint too
-        fp = {"kind": "unreadable", "sha": sha(f"{type(error).__name__}: {error}")}
+        message = normalise_text(f"{type(error).__name__}: {error}", work)[:300]
+        fp = {"kind": "unreadable", "sha": sha(message), "error": message}
     return {"group": "figures" if suffix in FIGURE_SUFFIXES else "data", **fp}
 
 
 def fingerprint_scenario(scenario: Scenario, codes: list[int], work: Path) -> dict[str, Any]:
     """Every file under the scenario's folder, by relative path, plus the commands' exit codes."""
-    root = work / scenario.out
+    root = work / scenario.name
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) if root.exists() else []
-    result: dict[str, Any] = {"<exit codes>": {"group": "data", "kind": "exit", "sha": sha(str(codes)),
-                                               "codes": codes}}
-    result.update({str(p.relative_to(root)): file_fingerprint(p, work) for p in files})
-    return result
+    exits = {"group": "data", "kind": "exit", "sha": sha(str(codes)), "codes": codes}
+    return {"<exit codes>": exits, **{str(p.relative_to(root)): file_fingerprint(p, work) for p in files}}
 
 
 def run_all(work: Path, out: Path, only: list[str] | None) -> None:
@@ -362,11 +355,15 @@ def run_all(work: Path, out: Path, only: list[str] | None) -> None:
     if unknown:
         sys.exit(f"unknown scenario(s) {sorted(unknown)}; known: {[s.name for s in every]}")
     chosen = with_inputs(only, every) if only else every
-    if work.exists():
-        shutil.rmtree(work)
+    if work.exists() and any(work.iterdir()) and not (work / "logs").is_dir():
+        sys.exit(f"{work} is not empty and holds no earlier harness run (no logs/); choose another --work")
+    shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
     fingerprints: dict[str, Any] = {}
     start = time.monotonic()
+    where = subprocess.run([sys.executable, "-c", "import tunnelscope; print(tunnelscope.__file__)"],
+                           capture_output=True, text=True, env={**os.environ, **ENV}).stdout.strip()
+    print(f"tunnelscope under test: {where or 'not importable'}", flush=True)
     for scenario in chosen:
         began = time.monotonic()
         codes = run_scenario(scenario, work)
@@ -379,25 +376,16 @@ def run_all(work: Path, out: Path, only: list[str] | None) -> None:
 
 
 def describe(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """What differs between two fingerprints of one file."""
+    """What differs between two fingerprints of one file: shape, columns, top-level keys, exit codes."""
     if a.get("kind") != b.get("kind"):
         return f"kind {a.get('kind')} -> {b.get('kind')}"
-    notes = []
-    if a.get("shape") != b.get("shape"):
-        notes.append(f"shape {a.get('shape')} -> {b.get('shape')}")
-    if "columns" in a:
-        ca, cb = {c[0]: c[1:] for c in a["columns"]}, {c[0]: c[1:] for c in b["columns"]}
-        notes += [f"-column {c}" for c in ca if c not in cb] + [f"+column {c}" for c in cb if c not in ca]
-        notes += [f"column {c}" + (f" dtype {ca[c][0]} -> {cb[c][0]}" if ca[c][0] != cb[c][0] else "")
-                  for c in ca if c in cb and ca[c] != cb[c]]
-        if not notes and [c[0] for c in a["columns"]] != [c[0] for c in b["columns"]]:
-            notes.append("column order")
-    if "parts" in a:
-        pa, pb = a["parts"], b["parts"]
-        notes += [f"-key {k}" for k in pa if k not in pb] + [f"+key {k}" for k in pb if k not in pa]
-        notes += [f"key {k}" for k in pa if k in pb and pa[k] != pb[k]]
-    if "codes" in a:
-        notes.append(f"exit codes {a['codes']} -> {b['codes']}")
+    notes = [f"shape {a.get('shape')} -> {b.get('shape')}"] if a.get("shape") != b.get("shape") else []
+    columns = [{c[0]: c[1:] for c in fp.get("columns", [])} for fp in (a, b)]
+    for label, pa, pb in (("column", *columns), ("key", a.get("parts", {}), b.get("parts", {}))):
+        notes += [f"-{label} {k}" for k in pa if k not in pb] + [f"+{label} {k}" for k in pb if k not in pa]
+        notes += [f"{label} {k}" for k in pa if k in pb and pa[k] != pb[k]]
+    if a.get("codes") != b.get("codes"):
+        notes.append(f"exit codes {a.get('codes')} -> {b.get('codes')}")
     return "; ".join(notes) or "content"
 
 

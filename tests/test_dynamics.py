@@ -18,6 +18,7 @@ from tunnelscope.checkpoint import read_checkpoint
 from tunnelscope.errors import ConfigError, RunDirectoryError
 from tunnelscope.experiments import dynamics
 from tunnelscope.experiments.dynamics import DynamicsResult, analyze_run, select_steps
+from tunnelscope.metrics import presentation
 from tunnelscope.report.dynamics import heatmap_figure, step_edges, step_ticks, tunnel_figure
 from tunnelscope.report.experiments import draw_experiment
 from tunnelscope.results import COLUMNS
@@ -262,8 +263,8 @@ def test_bad_calls_are_refused_before_any_work(run_dir, tmp_path, monkeypatch):
 def test_heatmaps_have_one_column_per_step_and_the_tunnel_start_overlaid(analysed):
     fig = heatmap_figure(analysed.table, analysed.steps)
     panels = [ax for ax in fig.axes if ax.get_ylabel().startswith("layer")]  # not the colour bars
-    assert [ax.get_title() for ax in panels] == ["ID: probe accuracy", f"OOD {OOD_DATA}: probe accuracy",
-                                                 "ID: numerical rank"]
+    probe, rank = presentation("probe_acc").title, presentation("rank").title  # titles from the registry
+    assert [ax.get_title() for ax in panels] == [f"ID: {probe}", f"OOD {OOD_DATA}: {probe}", f"ID: {rank}"]
     layers = analysed.table.layer.nunique()
     for ax in panels:
         mesh = ax.collections[0]
@@ -296,7 +297,8 @@ def test_figures_drawn_from_the_saved_tables_show_the_computed_numbers(analysed,
         np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), analysed.steps[key].astype(float))
     # the heatmap metrics are the config's: without the layer table there is no heatmap
     only_rank = draw_experiment("dynamics", loaded.figure_tables(), {**loaded.saved_config(), "heatmaps": ["rank"]})
-    assert [ax.get_title() for ax in only_rank["figures/heatmaps"].axes if ax.get_ylabel()] == ["ID: numerical rank"]
+    titles = [ax.get_title() for ax in only_rank["figures/heatmaps"].axes if ax.get_ylabel()]
+    assert titles == [f"ID: {presentation('rank').title}"]
     assert set(draw_experiment("dynamics", loaded.tables(), loaded.saved_config())) == {"figures/tunnel"}
 
 
