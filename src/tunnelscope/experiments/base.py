@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -66,13 +66,7 @@ class ExperimentResult(ABC):
         figures = draw_experiment(self.kind, self.figure_tables(), config)
         folder = claim(out, self.kind, overwrite, files=tuple(self.table_files.values()))
         paths = [_write_csv(folder / self.table_files[name], frame) for name, frame in tables.items()]
-        for name in figure_names(self.kind):
-            for fmt in ("png", "svg"):
-                (folder / f"{name}.{fmt}").unlink(missing_ok=True)  # none of an earlier run's outlives it
-        for png in save_figures(figures, folder):
-            paths += [png, png.with_suffix(".svg")]
-        paths.append(write_json(folder / CONFIG_FILE, config))
-        return paths
+        return paths + finish(folder, figures, figure_names(self.kind), folder / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, out: str | Path) -> Self:
@@ -84,6 +78,17 @@ class ExperimentResult(ABC):
                   if (folder / file).is_file()}
         config.pop(KIND_KEY, None)
         return cls.from_tables(tables, config)
+
+
+def finish(folder: Path, figures: Mapping[str, Any], stale: Sequence[str], config_path: Path,
+           config: dict[str, Any]) -> list[Path]:
+    """The end of every experiment's save: the figures (PNG and SVG) written after the ``stale``
+    ones of an earlier run are removed, then the config, which marks the directory complete;
+    returns the written paths."""
+    paths: list[Path] = []
+    for png in save_figures(dict(figures), folder, replace=stale):
+        paths += [png, png.with_suffix(".svg")]
+    return [*paths, write_json(config_path, config)]
 
 
 def read_config(folder: Path, kind: str) -> dict[str, Any]:
@@ -108,4 +113,4 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
 
 
-__all__ = ["ExperimentResult", "read_config"]
+__all__ = ["ExperimentResult", "finish", "read_config"]

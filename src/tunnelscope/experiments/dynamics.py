@@ -49,7 +49,7 @@ from ..results import COLUMNS, Results, column_name, lower, upper
 from ..rundir import CONFIG_FILE, FIGURES_DIR, KIND_KEY, checkpoints, claim, kind_of, step_name, steps_in
 from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
 from ..train.loop import read_run
-from .base import ExperimentResult, read_config
+from .base import ExperimentResult, finish, read_config
 
 DEFAULT_OUT = "dynamics"  # inside the run directory
 DYNAMICS_FILE, STEPS_FILE, STEP_RESULTS_DIR = "dynamics.parquet", "steps.csv", "steps"
@@ -128,7 +128,6 @@ class DynamicsResult(ExperimentResult):
         outlives it) and, last, ``config.json`` naming the kind; return the written paths."""
         from ..report.dynamics import DYNAMICS_FIGURES
         from ..report.experiments import draw_experiment
-        from ..report.figures import save_figures
 
         config = self.saved_config()
         drawn = draw_experiment(self.kind, self.figure_tables(), config) if figures else {}
@@ -137,10 +136,7 @@ class DynamicsResult(ExperimentResult):
         paths = [atomic_write(folder / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False)),
                  write_text(folder / STEPS_FILE, self.steps.to_csv(index=False))]
         stale = [f"{FIGURES_DIR}/{name}" for name in DYNAMICS_FIGURES]
-        for png in save_figures(drawn, folder, replace=stale):
-            paths += [png, png.with_suffix(".svg")]
-        paths.append(write_json(folder / CONFIG_FILE, config))
-        return paths
+        return paths + finish(folder, drawn, stale, folder / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, directory: str | Path) -> DynamicsResult:

@@ -37,7 +37,7 @@ from ..models.init import untrained_copy
 from ..models.probe_points import order_by_execution, probe_points
 from ..progress import progress_bar
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG, INVERSION_FILE, KIND_KEY
-from .base import ExperimentResult
+from .base import ExperimentResult, finish
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -258,19 +258,16 @@ class InversionResult(ExperimentResult):
         """Write ``inversion.parquet``, the kind's figures and ``figures`` (more figures by name, such
         as the reconstruction grids) under ``out/figures``, and last ``inversion.json``; return the
         written paths. A directory already holding an inversion is refused unless ``overwrite``."""
-        from ..io import atomic_write, write_json
+        from ..io import atomic_write
         from ..report.experiments import draw_experiment
-        from ..report.figures import save_figures
 
         config = self.saved_config()
         drawn = {**draw_experiment(self.kind, self.tables(), config), **(figures or {})}
         folder = claim_inversion(out, overwrite)
         scores = self.scores
         paths = [atomic_write(folder / INVERSION_FILE, lambda h: scores.to_parquet(h, index=False))]
-        for png in save_figures(drawn, folder, replace=[f"{FIGURES_DIR}/{name}" for name in INVERSION_FIGURES]):
-            paths += [png, png.with_suffix(".svg")]
-        paths.append(write_json(folder / INVERSION_CONFIG, config))
-        return paths
+        stale = [f"{FIGURES_DIR}/{name}" for name in INVERSION_FIGURES]
+        return paths + finish(folder, drawn, stale, folder / INVERSION_CONFIG, config)
 
     @classmethod
     def load(cls, out: str | Path) -> InversionResult:

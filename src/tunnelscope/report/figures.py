@@ -406,22 +406,4 @@ def _displayable(x) -> np.ndarray:
     return x.reshape(x.shape[-2], x.shape[-1]).numpy() if x.dim() >= 2 else x.reshape(1, -1).numpy()
 
 
-def inversion_curves(inversions: Sequence) -> Figure:
-    """m_g, m_i and m_r against layer, one line style per model state (trained / untrained)."""
-    fig, axes = subplots(1, 3, figsize=(13, 3.8))
-    titles = {"m_g": "embedding distance m_g = ‖O(a) − O(a_g)‖", "m_i": "input distance m_i = ‖a_g − a‖",
-              "m_r": "reference m_r = ‖O(a) − O(a′)‖"}
-    for inv, style in zip(inversions, ("-", "--", ":")):
-        for ax, metric in zip(axes, titles):
-            s = inv.score(metric)
-            ax.plot(s.layer, s.value, style, marker="o", ms=3, label=inv.config.get("state"))
-    for ax, metric in zip(axes, titles):
-        ax.set_title(titles[metric], fontsize=9)
-        ax.set_xlabel("layer")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig
-
-
-__all__ = ["FIGURES", "compare_figure", "inversion_curves", "inversion_grid", "run_figures", "save_figures"]
+__all__ = ["FIGURES", "compare_figure", "inversion_grid", "run_figures", "save_figures"]
