@@ -22,12 +22,12 @@ from rich.table import Table
 
 from .cli_experiments import EXPERIMENT_COMMANDS
 from .cli_support import (
-    POINTS_HELP,
     data_root_option,
     device_option,
     download_option,
     err_console,
     out_console,
+    points_option,
     print_frame,
     print_table,
 )
@@ -349,7 +349,7 @@ def _metrics_help() -> str:
 @click.option("--data", "data_spec", required=True, help="ID dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
 @click.option("--ood", multiple=True, help="An OOD dataset spec (repeat for several); adapted to the input shape.")
 @click.option("--metrics", default="default", show_default=True, help=_metrics_help())
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
               help="Linear probe protocol: lbfgs (standardised logistic regression run to convergence), harun "
@@ -472,7 +472,7 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="A checkpoint written by train.")
 @click.option("--data", "data_spec", required=True, help="Dataset spec; images are drawn from its test split.")
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="How many test images.")
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
@@ -504,7 +504,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
 
     out_path = Path(out)
     cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed)
-    pts = points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
+    pts = points
     runs = invert_checkpoint(checkpoint, data_spec, out_path, images=images, points=pts, config=cfg,
                              untrained=untrained, device=device, overwrite=overwrite, data_root=data_root,
                              progress=False if (quiet or as_json) else None)

@@ -13,11 +13,11 @@ import click
 from rich.markup import escape
 
 from .cli_support import (
-    POINTS_HELP,
     data_root_option,
     device_option,
     out_console,
     overwrite_option,
+    points_option,
     print_frame,
     print_table,
 )
@@ -106,10 +106,6 @@ def intervene() -> None:
     """
 
 
-def _points(points: str):
-    return points if points in ("blocks", "conv") else [p.strip() for p in points.split(",")]
-
-
 def _show_intervention(result, shown, title: str, paths, quiet: bool, as_json: bool) -> None:
     """Print an InterventionResult: its whole table as JSON, or the ``shown`` columns and the written files."""
     if as_json:
@@ -133,7 +129,7 @@ def _evaluation_options(f):
 
 @intervene.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--head/--no-head", default=True, show_default=True,
               help="Also report the head (everything after the last probe point).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -151,7 +147,7 @@ def movement(run_dir: str, points: str, head: bool, out: str, overwrite: bool, q
     """
     from .experiments.interventions import InterventionResult, weight_movement
 
-    result = InterventionResult.of(weight_movement(run_dir, _points(points), include_head=head))
+    result = InterventionResult.of(weight_movement(run_dir, points, include_head=head))
     paths = result.save(out, overwrite=overwrite)
     table = result.table
     last = table[table.step == table.step.max()]
@@ -171,7 +167,7 @@ def movement(run_dir: str, points: str, head: bool, out: str, overwrite: bool, q
               help="Reset layers k..L (from the top), 1..k (from the bottom), or each in turn.")
 @click.option("--head/--no-head", default=True, show_default=True, help="With k..L, reset the head too.")
 @click.option("--keep-buffers", is_flag=True, help="Keep the trained BatchNorm running statistics of reset layers.")
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Initialisation checkpoint (default: step 0 of the same run).")
 @_evaluation_options
@@ -196,7 +192,7 @@ def reset(source, checkpoint, data_spec, from_layers, direction, head, keep_buff
     step = int(checkpoint) if checkpoint is not None and checkpoint.isdigit() else checkpoint
     result = InterventionResult.of(reset_layers(
         source, data_spec, list(from_layers) or None, step, direction=direction, include_head=head,
-        include_buffers=not keep_buffers, points=_points(points), init=init, max_samples=max_samples, seed=seed,
+        include_buffers=not keep_buffers, points=points, init=init, max_samples=max_samples, seed=seed,
         batch_size=batch_size, device=device, data_root=data_root))
     paths = result.save(out, overwrite=overwrite)
     table = result.table
@@ -261,7 +257,7 @@ def delete_blocks(checkpoint, data_spec, blocks, ranges, no_singles, projection,
 @click.option("--steps", default="all", show_default=True,
               help="Checkpoints to analyse: all, final, every:K (every K-th), log:N (about N spread evenly on "
                    "log(1 + step)) or a comma list of steps such as 0,1,2,16.")
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--protocol", type=click.Choice(["lbfgs", "harun", "ridge"]), default="lbfgs", show_default=True,
               help="Linear probe protocol (see 'tunnelscope analyze --help').")
@@ -348,7 +344,7 @@ def _print_steps(steps) -> None:
 @click.argument("model_a")
 @click.argument("model_b")
 @click.option("--data", "data_spec", required=True, help="Dataset spec both models take as input.")
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--reduce", default="pool2", show_default=True, help="pool2, poolK, gap, flatten or project:D.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
@@ -375,7 +371,7 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
     from .experiments.cross_cka import cross_cka as run_cross_cka
 
-    result = run_cross_cka(model_a, model_b, data_spec, points=_points(points), reduce=reduce, split=split,
+    result = run_cross_cka(model_a, model_b, data_spec, points=points, reduce=reduce, split=split,
                            batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
                            data_root=data_root, progress=False if (quiet or as_json) else None)
     paths = result.save(out, overwrite=overwrite)
@@ -457,7 +453,7 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
               help="Probe point (1 = the first) where the extractor ends (default: M1's tunnel start on task 1).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs of training E2+T1's tunnel on task 1 with E2 frozen (0: skip).")
-@click.option("--points", default="blocks", show_default=True, help=POINTS_HELP)
+@points_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
@@ -487,7 +483,7 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     from .experiments.continual import continual as run_continual
     from .io import jsonable
 
-    pts = _points(points)
+    pts = points
     result = run_continual(model_spec, task1, task2, epochs=epochs, split_at=split_at,
                            finetune_epochs=finetune_epochs, out=out, points=pts, seed=seed, device=device,
                            progress=False if (quiet or as_json) else None, data_root=data_root, overwrite=overwrite,

@@ -20,6 +20,25 @@ device_option = click.option("--device", default="auto", show_default=True, help
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="Replace an earlier run of this command in --out (another kind's run is never "
                                      "replaced).")
+POINT_SETS = ("blocks", "conv")
+
+
+def _points_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> str | list[str]:
+    """``--points`` given once or more, each a set name or a comma list of module-name globs: the
+    set name, or every glob in the order given."""
+    items = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not items:
+        raise click.BadParameter("give blocks, conv or module-name globs", param_hint="--points")
+    if len(items) == 1 and items[0] in POINT_SETS:
+        return items[0]
+    if any(item in POINT_SETS for item in items):
+        raise click.BadParameter(f"{', '.join(POINT_SETS)} are whole sets: give one alone, or module-name globs",
+                                 param_hint="--points")
+    return items
+
+
+points_option = click.option("--points", multiple=True, default=("blocks",), show_default=True,
+                             callback=_points_value, help=POINTS_HELP + " Repeat --points to give more globs.")
 download_option = click.option("--download", is_flag=True,
                                help="Let torchvision download missing datasets (needs network access).")
 
@@ -50,4 +69,4 @@ def print_table(table: Table) -> None:
 
 
 __all__ = ["POINTS_HELP", "data_root_option", "device_option", "download_option", "err_console", "out_console",
-           "overwrite_option", "print_frame", "print_table"]
+           "overwrite_option", "points_option", "print_frame", "print_table"]
