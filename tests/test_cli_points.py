@@ -12,7 +12,8 @@ ANALYZE = ["analyze", "--model", "mlp-4x16", "--data", "digits[per_class=20,test
            "--no-input", "--max-samples", 100]
 
 
-@pytest.mark.parametrize("points", [["--points", "blocks.0,blocks.2"], ["--points", "blocks.0", "--points", "blocks.2"]])
+@pytest.mark.parametrize("points", [["--points", "blocks.0,blocks.2"],
+                                    ["--points", "blocks.0", "--points", "blocks.2"]])
 def test_comma_lists_and_repeats_give_every_glob(points, tmp_path, capsys):
     code, _, err = run_cli([*ANALYZE, *points, "--out", tmp_path / "a", "--quiet"], capsys)
     assert code == 0, err
