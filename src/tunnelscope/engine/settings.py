@@ -250,7 +250,8 @@ def metric_options(metrics: str | Sequence[str]) -> tuple[str | list[str], dict[
 
 def _typed(text: str, field: str, item: str) -> Any:
     """An option's text as its field's type (int or float)."""
-    kind = CONSTRAINTS[field].kind if isinstance(CONSTRAINTS[field], Interval) else str  # type: ignore[union-attr]
+    constraint = CONSTRAINTS[field]
+    kind = constraint.kind if isinstance(constraint, Interval) else str
     try:
         return int(text) if kind is int else float(text) if kind is float else text
     except ValueError:

@@ -323,9 +323,7 @@ class AgreementResult(ExperimentResult):
         difference with its seed band (drawn by :mod:`tunnelscope.report.agreement`)."""
         from ..report.agreement import agreement_figure
 
-        fig = agreement_figure(self.tables(), self._figure_config(groups))
-        assert fig is not None  # the agreement figure is always drawn
-        return fig
+        return agreement_figure(self.tables(), self._figure_config(groups))
 
     def _figure_config(self, groups: tuple[str, str] | None) -> dict[str, Any]:
         """``config`` with the labels, groups, classes and the figure's pair of groups (checked)."""

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 import pandas as pd
 
 from ..errors import RunDirectoryError
-from ..io import atomic_write, write_json
+from ..io import write_json, write_text
 from ..report.experiments import draw_experiment, figure_names
 from ..report.figures import save_figures
 from ..rundir import CONFIG_FILE, KIND_KEY, claim
@@ -110,7 +110,7 @@ def read_config(folder: Path, kind: str) -> dict[str, Any]:
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda h: h.write(frame.to_csv(index=False).encode()))
+    return write_text(path, frame.to_csv(index=False))
 
 
 __all__ = ["ExperimentResult", "finish", "read_config"]

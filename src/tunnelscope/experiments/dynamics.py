@@ -126,8 +126,7 @@ class DynamicsResult(ExperimentResult):
         """Claim ``out`` (see :func:`tunnelscope.rundir.claim`), write ``dynamics.parquet``,
         ``steps.csv``, the figures (``figures/``, with ``figures``; none of an earlier run's
         outlives it) and, last, ``config.json`` naming the kind; return the written paths."""
-        from ..report.dynamics import DYNAMICS_FIGURES
-        from ..report.experiments import draw_experiment
+        from ..report.experiments import draw_experiment, figure_names
 
         config = self.saved_config()
         drawn = draw_experiment(self.kind, self.figure_tables(), config) if figures else {}
@@ -135,8 +134,7 @@ class DynamicsResult(ExperimentResult):
         table = self.table
         paths = [atomic_write(folder / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False)),
                  write_text(folder / STEPS_FILE, self.steps.to_csv(index=False))]
-        stale = [f"{FIGURES_DIR}/{name}" for name in DYNAMICS_FIGURES]
-        return paths + finish(folder, drawn, stale, folder / CONFIG_FILE, config)
+        return paths + finish(folder, drawn, figure_names(self.kind), folder / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, directory: str | Path) -> DynamicsResult:
@@ -380,11 +378,11 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / STEP_RESULTS_DIR, ignore_errors=True)
     for name in (DYNAMICS_FILE, STEPS_FILE):
         (out / name).unlink(missing_ok=True)
-    from ..report.dynamics import DYNAMICS_FIGURES
+    from ..report.experiments import figure_names
 
-    for name in DYNAMICS_FIGURES:
+    for name in figure_names(DynamicsResult.kind):
         for fmt in ("png", "svg"):
-            (out / FIGURES_DIR / f"{name}.{fmt}").unlink(missing_ok=True)
+            (out / f"{name}.{fmt}").unlink(missing_ok=True)
 
 
 def _finished_steps(out: Path, selected: list[int], available: dict[int, Path], settings: dict) -> set[int]:

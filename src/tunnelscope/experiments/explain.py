@@ -348,9 +348,7 @@ class ExplainResult(ExperimentResult):
         :mod:`tunnelscope.report.explain` from :meth:`tables` and ``config``)."""
         from ..report.explain import explain_figure
 
-        fig = explain_figure(self.tables(), {**self.config, "target": self.target})
-        assert fig is not None  # the explain figure is always drawn
-        return fig
+        return explain_figure(self.tables(), {**self.config, "target": self.target})
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """``group_means``, ``slopes`` and, when a pair was compared, ``paired``."""

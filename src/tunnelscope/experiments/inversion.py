@@ -36,6 +36,7 @@ from ..errors import CheckpointError, ConfigError, RunDirectoryError, ShapeError
 from ..models.init import untrained_copy
 from ..models.probe_points import order_by_execution, probe_points
 from ..progress import progress_bar
+from ..report.inversion import mean_scores
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG, INVERSION_FILE, KIND_KEY
 from .base import ExperimentResult, finish
 
@@ -80,10 +81,7 @@ class Inversion:
 
     def score(self, metric: str, state: str | None = None) -> pd.DataFrame:
         """``metric`` averaged over images and restarts: one row per point (and model state)."""
-        t = self.table[self.table.metric == metric]
-        if state is not None:
-            t = t[t.state == state]
-        return t.groupby(["state", "layer", "point"], as_index=False)[["value"]].mean()
+        return mean_scores(self.table, metric, state)
 
 
 def _tv(x: Tensor) -> Tensor:

@@ -18,17 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.registry import default_recipe as default_recipe  # the family record says (re-exported)
 
 RECIPES = ("sgd", "adamw")
-
-
-def default_recipe(model_spec: str) -> str:
-    """The recipe a model trains with when none is named: its family's record says
-    (:func:`tunnelscope.models.registry.default_recipe`: ``adamw`` for ViTs and linear MLPs,
-    ``sgd`` for everything else)."""
-    from ..models.registry import default_recipe as family_recipe
-
-    return family_recipe(model_spec)
 
 
 SCHEDULES = {"sgd": ("cosine", "onecycle", "constant"), "adamw": ("cosine", "constant")}
