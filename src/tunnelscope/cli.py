@@ -303,7 +303,7 @@ def _layer_table(results) -> tuple[Table, list[str]]:
     """The terminal's per-layer table: the ID probe with its interval, each OOD probe, then every
     metric whose registered presentation asks for a terminal column; and the OOD columns."""
     from .metrics import PRESENTATIONS, presentation
-    from .results import DATASET_SEP, column_dataset, column_name, lower, upper
+    from .results import column_dataset, column_metric, column_name, lower, upper
 
     layers = results.layer_table(intervals=True)
     ood = [c for c in (column_name("probe_acc", d) for d in results.datasets if d != results.id_dataset)
@@ -324,7 +324,7 @@ def _layer_table(results) -> tuple[Table, list[str]]:
     unconverged = set(zip(bad.point, bad.dataset))
 
     def cells(row: dict, c: str) -> list[str]:
-        text = f"{row[c]:.{presentation(c.split(DATASET_SEP)[0]).digits}f}"
+        text = f"{row[c]:.{presentation(column_metric(c)).digits}f}"
         dataset = column_dataset(c) or results.id_dataset
         text += " *" if c.startswith("probe_acc") and (row["point"], dataset) in unconverged else ""
         if c == "probe_acc" and lower("probe_acc") in row:

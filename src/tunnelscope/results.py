@@ -53,6 +53,11 @@ def column_dataset(column: str) -> str | None:
     return column.split(DATASET_SEP, 1)[1] if DATASET_SEP in column else None
 
 
+def column_metric(column: str) -> str:
+    """The metric a wide-table column holds (``probe_acc@digits`` → ``probe_acc``)."""
+    return column.split(DATASET_SEP, 1)[0]
+
+
 def lower(column: str) -> str:
     """The column of ``column``'s lower 95% interval bound (``column_lo``)."""
     return f"{column}_lo"
@@ -288,4 +293,4 @@ def _interval(bounds: object, fmt: str = "g") -> str:
 
 
 __all__ = ["COLUMNS", "DATASET_SEP", "ID_ALIAS", "Results", "ResultsError", "check_free", "column_dataset",
-           "column_name", "id_name_of", "lower", "upper"]
+           "column_metric", "column_name", "id_name_of", "lower", "upper"]
