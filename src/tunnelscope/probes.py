@@ -3,10 +3,13 @@
 Three protocols:
 
 - ``lbfgs`` (default): multinomial logistic regression on standardised features with an L2
-  penalty (scikit-learn's objective, ``C = 1``), solved by L-BFGS in float64 until the
-  largest absolute gradient of the mean objective is at most ``tol`` (1e-4, scikit-learn's
-  default). Deterministic, and it reaches the optimum on every dataset size; a probe that
-  stops at ``max_iter`` first is reported as not converged.
+  penalty (scikit-learn's objective, ``C = 1``), solved by :mod:`tunnelscope.logistic`
+  (L-BFGS with float32 passes over the features and a feature-covariance preconditioner)
+  until the largest absolute gradient of the mean objective is at most ``tol`` (1e-4,
+  scikit-learn's default) times ``min(1, N/P)`` for ``P`` parameters: scikit-learn's
+  stopping rule where the samples outnumber the parameters, tighter where they do not, so
+  that the accuracy is the optimum's. Deterministic; a probe that stops at ``max_iter``
+  first is reported as not converged.
 - ``harun``: the papers' protocol (Harun et al. 2024, App. A.2): weights N(0, 0.01²), bias 0;
   AdamW lr 1e-3, weight decay 0; batch 128; 30 epochs; cross-entropy with label smoothing
   0.1; no feature standardisation. A fixed budget: a probe whose epoch-mean training loss
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -44,10 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
+from .logistic import fit_logistic, standardise, stopping_tolerance
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
 PROTOCOLS = ("lbfgs", "harun", "ridge")
+OBJECTIVE = "mean cross-entropy + ‖W‖²/(2·C·N) on standardised features"
+STOPPING = "max |gradient| <= tol · min(1, N/P), P = (D+1)·C parameters"
 PROTOCOL_NOTES = {
     "lbfgs": "L2-regularised logistic regression on standardised features, L-BFGS to convergence (default)",
     "harun": "the papers' protocol (Harun et al. 2024): AdamW, 30 epochs, fixed budget",
@@ -429,57 +435,33 @@ def _harun_result(groups: list[_Group], data: _HarunData, track: _Tracking, name
 
 def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
                  test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
-    """Multinomial logistic regression per point on standardised features, L2 penalty, L-BFGS in float64.
-
-    Minimises ``CE + ‖W‖² / (2·C·N)`` (the mean cross-entropy plus the penalty: scikit-learn's
-    objective divided by ``C·N``; intercept unpenalised) until ``max |∇| <= tol``. Each point is
-    solved on its own (L-BFGS's line search is not elementwise).
-    """
+    """Multinomial logistic regression per point on standardised features, L2 penalty, by
+    :func:`tunnelscope.logistic.fit_logistic`: ``CE + ‖W‖² / (2·C·N)`` (scikit-learn's objective
+    divided by ``C·N``; intercept unpenalised) until ``max |∇| <= tol · min(1, N / P)``."""
     y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
-    out = ProbeResult({}, {}, {}, [], {}, {**asdict(cfg), "objective": "mean cross-entropy + ‖W‖²/(2·C·N)"})
+    out = ProbeResult({}, {}, {}, [], {}, {**asdict(cfg), "objective": OBJECTIVE, "stopping": STOPPING})
     for name in train:
-        x = _tensor(train[name]).to(dev, torch.float64)
-        mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-12)  # population std, as scikit-learn
-        xs, xt = (x - mean) / std, (_tensor(test[name]).to(dev, torch.float64) - mean) / std
-        del x
-        w = torch.zeros(xs.shape[1], num_classes, dtype=torch.float64, device=dev, requires_grad=True)
-        b = torch.zeros(num_classes, dtype=torch.float64, device=dev, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, tolerance_grad=cfg.tol, tolerance_change=0.0,
-                                history_size=20, line_search_fn="strong_wolfe")
-        closure = _lbfgs_closure(opt, xs, y, w, b, scale=1.0 / (cfg.C * len(y)))
-        opt.step(closure)
-        loss = float(closure().detach())  # also leaves the final gradient in .grad
-        assert w.grad is not None and b.grad is not None
-        grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
-        out.iterations[name] = int(opt.state[w].get("n_iter", 0))
-        with torch.no_grad():
-            finite = bool(torch.isfinite(w).all() and torch.isfinite(b).all()) and math.isfinite(loss)
-            if not finite:
-                out.diverged.append(name)
-                out.accuracy[name] = out.train_accuracy[name] = math.nan
-                out.correct[name] = np.zeros(len(yt), bool)
-            else:
-                out.correct[name] = ((xt @ w + b).argmax(1) == yt).cpu().numpy()
-                out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan
-                out.train_accuracy[name] = float(((xs @ w + b).argmax(1) == y).double().mean())
-        out.train_loss[name] = loss
-        out.converged[name] = finite and grad <= cfg.tol
+        xs, mean, std = standardise(_tensor(train[name]).to(dev))
+        tol = stopping_tolerance(cfg.tol, len(y), xs.shape[1], num_classes)
+        fit = fit_logistic(xs, y, num_classes, 1.0 / (cfg.C * len(y)), tol=tol, max_iter=cfg.max_iter)
+        w, b = fit.weight, fit.bias
+        out.iterations[name] = fit.iterations
+        if not fit.finite:
+            out.diverged.append(name)
+            out.accuracy[name] = out.train_accuracy[name] = math.nan
+            out.correct[name] = np.zeros(len(yt), bool)
+        else:
+            w32, b32 = w.float(), b.float()
+            out.train_accuracy[name] = float((torch.addmm(b32, xs, w32).argmax(1) == y).double().mean())
+            del xs
+            xt = (_tensor(test[name]).to(dev) - mean.float()).div_(std.float())
+            out.correct[name] = (torch.addmm(b32, xt, w32).argmax(1) == yt).cpu().numpy()
+            out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan
+        out.train_loss[name] = fit.loss
+        out.converged[name] = fit.converged and fit.finite
         out.epoch[name] = 0
-        out.weights[name] = (w.detach().cpu() / std.cpu()[:, None], (b - (mean / std) @ w).detach().cpu())
+        out.weights[name] = ((w / std[:, None]).cpu(), (b - (mean / std) @ w).cpu())
     return out
-
-
-def _lbfgs_closure(opt: torch.optim.Optimizer, xs: Tensor, y: Tensor, w: Tensor, b: Tensor,
-                   scale: float) -> Callable[[], Tensor]:
-    """The closure L-BFGS re-evaluates: the penalised mean cross-entropy, its gradient left in ``.grad``."""
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, y) + 0.5 * scale * (w * w).sum()
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
