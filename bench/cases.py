@@ -833,6 +833,90 @@ def case_probe_widths(device: torch.device, repeats: int, epochs: int = 2, point
             "rows": rows}
 
 
+def layer_like_features(d: int, c: int, n: int, m: int, points: int, seed: int = 0) -> tuple[dict, torch.Tensor,
+                                                                                             dict, torch.Tensor]:
+    """``points`` synthetic layers shaped like a network's: class clusters in a 64-dimensional latent
+    code (noise growing with depth, so accuracy falls from point to point), mixed into ``d``
+    post-ReLU units, plus a little unit noise; correlated and of low effective rank, as real
+    layers are. ``n`` train and ``m`` test rows per point."""
+    g = torch.Generator().manual_seed(seed + d + c)
+    rank = 64
+    centres, mix = torch.randn(c, rank, generator=g), torch.randn(rank, d, generator=g) / rank**0.5
+    y, yt = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
+
+    def layer(labels: torch.Tensor, noise: float) -> torch.Tensor:
+        latent = centres[labels] + noise * torch.randn(len(labels), rank, generator=g)
+        return torch.relu(latent @ mix + 0.1 * torch.randn(len(labels), d, generator=g))
+
+    train = {f"p{i}": layer(y, 1 + 0.25 * i) for i in range(points)}
+    test = {f"p{i}": layer(yt, 1 + 0.25 * i) for i in range(points)}
+    return train, y, test, yt
+
+
+def pass_floor_s(n: int, d: int, c: int, repeats: int = 5) -> float:
+    """One evaluation's unavoidable work: the two float32 passes over ``(n, d)`` features (logits,
+    then the gradient) in the layout the solver uses; median of ``repeats``."""
+    x, w, r = torch.randn(n, d), torch.randn(c, d), torch.randn(c, n)
+    xt = x.t().contiguous()
+    return timed(lambda: (w @ xt, r @ x), repeats)
+
+
+def sklearn_probe(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, tol: float = 1e-4) -> tuple[float, int]:
+    """The plain per-layer probe a user writes: StandardScaler, then LogisticRegression (lbfgs, C = 1);
+    its test accuracy and iterations."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(max_iter=20_000, tol=tol).fit(scaler.transform(x), y)
+    return float(clf.score(scaler.transform(xt), yt)), int(clf.n_iter_[0])
+
+
+def probe_solver_row(d: int, c: int, n: int, m: int, points: int, repeats: int) -> dict:
+    """The default probe (``lbfgs``) on ``points`` layer-like feature sets against a per-layer
+    scikit-learn loop at its defaults (timed), and against scikit-learn run to the optimum
+    (``tol = 1e-7``, timed once): seconds, accuracy differences, iterations, and the floor."""
+    from tunnelscope.probes import ProbeConfig, train_probes
+
+    train, y, test, yt = layer_like_features(d, c, n, m, points)
+    np_train = {k: v.double().numpy() for k, v in train.items()}
+    np_test = {k: v.double().numpy() for k, v in test.items()}
+    yn, ytn = y.numpy(), yt.numpy()
+    ours = measure(lambda: train_probes(train, y, test, yt, c, ProbeConfig(), progress=False), repeats)
+    default = measure(lambda: {k: sklearn_probe(np_train[k], yn, np_test[k], ytn) for k in train}, repeats)
+    optimum = measure(lambda: {k: sklearn_probe(np_train[k], yn, np_test[k], ytn, tol=1e-7) for k in train}, 1,
+                      warmup=False)
+    res = ours.result
+    evaluations = sum(res.iterations.values())  # iterations; the line search adds a few evaluations
+    floor = evaluations * pass_floor_s(n, d, c)
+    diff = lambda ref: max(100 * abs(res.accuracy[k] - ref.result[k][0]) for k in train)  # noqa: E731
+    return {"dims": d, "classes": c, "ours_s": ours.seconds, "sklearn_s": default.seconds,
+            "sklearn_optimum_s": optimum.seconds, "speedup": default.seconds / ours.seconds,
+            "speedup_optimum": optimum.seconds / ours.seconds, "floor_s": floor, "over_floor": ours.seconds / floor,
+            "max_diff_default_pp": diff(default), "max_diff_optimum_pp": diff(optimum),
+            "sklearn_default_off_optimum_pp": max(100 * abs(default.result[k][0] - optimum.result[k][0])
+                                                  for k in train),
+            "converged": points - len(res.unconverged), "iterations": [res.iterations[k] for k in train],
+            "sklearn_iterations": [default.result[k][1] for k in train],
+            "acc": [res.accuracy[k] for k in train], "acc_optimum": [optimum.result[k][0] for k in train]}
+
+
+def case_probe_solver(device: torch.device, repeats: int, points: int = 8) -> dict:
+    """The default probe against scikit-learn at D x C in {256, 2048} x {10, 100}, N = 10,000, on one
+    thread (torch and the BLAS under scikit-learn), as the per-layer loop a user would write."""
+    from threadpoolctl import threadpool_limits
+
+    n, m = sample_cap(10_000), sample_cap(2000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            rows = [probe_solver_row(d, c, n, m, points, repeats) for d in (256, 2048) for c in (10, 100)]
+    finally:
+        torch.set_num_threads(threads)
+    return {"device": "cpu", "threads": 1, "points": points, "train": n, "test": m, "repeats": repeats, "rows": rows}
+
+
 # ---------------------------------------------------------------------------------- input reconstruction
 
 
@@ -880,6 +964,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "cka-vgg": lambda dev, r: case_cka_peer(vgg, VGG_DATA, "flatten", dev, max(1, r // 2), limit=512),
     "probes-mlp12": lambda dev, r: case_probes(dev, r, epochs=10),
     "probes-widths": lambda dev, r: case_probe_widths(dev, max(3, r)),
+    "probes-solver": lambda dev, r: case_probe_solver(dev, r),
     "invert-mlp12": lambda dev, r: case_invert(dev, steps=20 if quick() else 100),
 }
 

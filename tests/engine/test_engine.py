@@ -140,3 +140,18 @@ def test_readouts_too_large_to_cache_read_the_training_split_again_with_the_same
     assert "train (read-out scoring)" not in cached.config["passes"]
     pd_testing = __import__("pandas").testing
     pd_testing.assert_frame_equal(cached.table, reread.table)
+
+
+def test_a_readout_is_fitted_once_and_scored_on_both_splits(digits, monkeypatch):
+    """The ridge probe's D x D solve runs once per point, not once per split it is scored on."""
+    from tunnelscope.metrics import ridge
+
+    calls = []
+    original = ridge.ridge_weights
+    monkeypatch.setattr(ridge, "ridge_weights", lambda m, r=ridge.DEFAULT_RIDGE: calls.append(1) or original(m, r))
+    model = models.build("mlp-3x32", 5, digits.input_shape)
+    stats = run(model, digits, "ridge")
+    points = stats.config["points"]
+    assert len(calls) == len(points) + 1  # the input point too
+    acc = stats.table[stats.table.metric == "ridge_acc"]
+    assert set(acc.split) == {"train", "test"} and acc.value.between(0, 1).all()

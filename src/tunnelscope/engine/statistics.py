@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -199,8 +200,10 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     if moments is None:
         return
     stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
-    for metric in run.plan.readouts:  # fitted before point_rows releases the scatter
-        run.readouts[metric.name] = {s: metric.new_readout(stats, run.options) for s in metric.readout_splits}
+    for metric in run.plan.readouts:  # fitted once, before point_rows releases the scatter; a copy per split
+        fitted = metric.new_readout(stats, run.options)
+        run.readouts[metric.name] = {s: fitted if i == 0 else copy.deepcopy(fitted)
+                                     for i, s in enumerate(metric.readout_splits)}
     point_rows(run, "train", moments, stats)
 
 
