@@ -117,19 +117,23 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def planned_bytes(plan: Plan, widths: Sequence[int], num_classes: int) -> int:
-    """Peak bytes of the plan's state: one split's moments at a time, plus the joint
-    covariance of full-data CKA, plus eigen-solver workspace for the widest point."""
-    moments = max((Moments.planned_bytes(num_classes, list(widths), plan.moments[s] == "scatter")
+def planned_bytes(plan: Plan, widths: Sequence[int], num_classes: int, samples: dict[str, int] | None = None) -> int:
+    """Peak bytes of the plan's state: one split's moments at a time (``samples`` per split: a
+    point wider than its split keeps rows, not a ``D x D`` scatter), plus the joint covariance
+    of full-data CKA, plus eigen-solver workspace for the widest point (or its Gram)."""
+    counts = samples or {}
+    moments = max((Moments.planned_bytes(num_classes, list(widths), plan.moments[s] == "scatter", counts.get(s))
                    for s in SPLITS if plan.moments[s] is not None), default=0)
     joint = 3 * 8 * sum(widths) ** 2 if any(m.name == "cka_full" for m in plan.metrics) else 0
-    workspace = 4 * 8 * max(widths, default=0) ** 2 if plan.moments["test"] == "scatter" else 0
+    side = min([max(widths, default=0), *[n for n in counts.values() if n]])
+    workspace = 4 * 8 * side**2 if plan.moments["test"] == "scatter" else 0
     return moments + joint + workspace
 
 
-def check_memory(plan: Plan, widths: Sequence[int], num_classes: int, budget: int | None) -> int:
+def check_memory(plan: Plan, widths: Sequence[int], num_classes: int, budget: int | None,
+                 samples: dict[str, int] | None = None) -> int:
     """Refuse, in one line, a plan whose state exceeds ``budget`` bytes; returns its planned bytes."""
-    need = planned_bytes(plan, widths, num_classes)
+    need = planned_bytes(plan, widths, num_classes, samples)
     if budget is not None and need > budget:
         raise MemoryBudgetError(
             f"the statistics need about {need / 2**30:.1f} GiB ({len(widths)} points up to {max(widths)} dims) "
@@ -172,6 +176,12 @@ class Run:
     streams: dict[str, Accumulator] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)  # each point's reduced width
+    gram_side: dict[str, list[str]] = field(default_factory=dict)  # split → points wider than its samples
+
+    def note_gram_side(self, split: str, moments: Moments) -> None:
+        """Record which points of ``split`` kept rows (statistics from the N x N side)."""
+        if moments.rows:
+            self.gram_side[split] = [moments.names[i] for i in sorted(moments.rows)]
 
     def add(self, split: str, point: str, metric: str, value: float, other: str | None = None,
             uses_train: bool = False) -> None:
@@ -193,12 +203,14 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     level = run.plan.moments["train"]
     if not run.plan.train_pass:
         return
-    moments = Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter") if level else None
+    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split))
+               if level else None)
     accs = ([moments] if moments else []) + ([cache] if run.plan.train_cache else [])
     run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "train pass")
     run.passes.append("train")
     if moments is None:
         return
+    run.note_gram_side("train", moments)
     stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
     for metric in run.plan.readouts:  # fitted once, before point_rows releases the scatter; a copy per split
         fitted = metric.new_readout(stats, run.options)
@@ -212,7 +224,8 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     """Read the test split once for its moments, the streams, the read-outs and the model's
     own accuracy; then the extra shuffled passes of repeatable streams (CKA)."""
     level = run.plan.moments["test"]
-    moments = Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter") if level else None
+    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split))
+               if level else None)
     names = run.capture.names
     run.streams = {}
     for m in run.plan.streams:
@@ -225,6 +238,8 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     finally:
         run.capture.model_output = False
     run.passes.append("test")
+    if moments is not None:
+        run.note_gram_side("test", moments)
     repeat = [run.streams[m.name] for m in run.plan.streams if m.repeatable]
     for extra_pass in range(1, cka_passes if repeat else 1):
         run_pass(run.capture, split, repeat, run.batch_size, run.device, run.bars,
@@ -377,8 +392,8 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     train_cache, test_cache = caches
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget
-    need = check_memory(plan, widths, dataset.num_classes, budget)
     splits = _sample(dataset, s.max_samples, s.seed, plan, train_cache, test_cache)
+    need = check_memory(plan, widths, dataset.num_classes, budget, {k: n for k, (_, n) in splits.items()})
     options = Options(eps=s.ncc_eps, ridge=s.ridge,
                       matmul_dtype=torch.float64 if s.precision == "float64" else torch.float32)
     tic = time.perf_counter()
@@ -391,7 +406,8 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
                 "seed": s.seed, "points": s.points_request, "max_dim": s.max_dim, "batch_size": s.batch_size,
                 "cka_passes": s.cka_passes, "eps": s.ncc_eps, "ridge": s.ridge, "precision": s.precision,
                 "device": dev, "class_names": dataset.class_names, "data_info": dataset.info,
-                "samples": {k: (n if k == "test" or plan.train_pass else 0) for k, (_, n) in splits.items()}}
+                "samples": {k: (n if k == "test" or plan.train_pass else 0) for k, (_, n) in splits.items()},
+                "gram_side": run.gram_side}
     config = _config(recorded, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
@@ -466,6 +482,7 @@ def _config(s: dict, capture: Capture, plan: Plan, passes: list[str], warned: li
         "cka_passes": s["cka_passes"], "cka_batches": record.get("cka_batches"), "samples": s["samples"],
         "sampling": sampling, "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": s["eps"],
         "ridge_lambda": f"{s['ridge']} * tr(Σ)/D", "precision": s["precision"], "device": str(dev),
-        "planned_bytes": need, "environment": environment(dev), "class_names": s["class_names"],
+        "planned_bytes": need, "gram_side": s["gram_side"], "environment": environment(dev),
+        "class_names": s["class_names"],
         "data_info": s["data_info"], "versions": package_versions(), "warnings": warned,
     }

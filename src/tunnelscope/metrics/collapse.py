@@ -25,14 +25,13 @@ def nc1(m: PointMoments) -> float:
     c = int(keep.sum())
     if c < 2:
         return float("nan")
-    sigma_w = m.within_scatter() / m.n
     dev = (m.class_means()[keep] - m.mean()).T  # D x C
     # M always has a null direction (Σ n_c (μ_c - μ) = 0) that rounding makes ~eps·|μ| instead of 0.
     # Singular values of M below sqrt(1e-15)·s_max are dropped: the same cut as numpy's default
     # pinv(Σ_B) (eigenvalues below 1e-15·λ_max), since Σ_B's eigenvalues are M's squared / C.
     pinv = torch.linalg.pinv(dev, rtol=PINV_RTOL)  # C x D
-    # tr(Σ_W Σ_B⁺) / C = tr(Σ_W · C (M⁺)ᵀ M⁺) / C = tr(M⁺ Σ_W (M⁺)ᵀ)
-    return float(torch.trace(pinv @ sigma_w @ pinv.T))
+    # tr(Σ_W Σ_B⁺) / C = tr(Σ_W · C (M⁺)ᵀ M⁺) / C = tr(M⁺ Σ_W (M⁺)ᵀ), Σ_W = S_W / N
+    return float(torch.trace(m.within_projected(pinv)) / m.n)
 
 
 def cdnv(m: PointMoments) -> float:

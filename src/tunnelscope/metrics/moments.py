@@ -14,6 +14,12 @@ against each class's small offset from its shift), the between-class scatter
 scatter is their sum: no subtraction of large numbers anywhere, so collapsed layers
 (``S_W ≪ S_B``) and ReLU features with large means keep their precision.
 
+A point wider than the number of samples the accumulator is told to expect (``samples``)
+keeps its class-shifted rows ``x_i - a_c`` instead of ``w2``: ``N x D`` is then smaller than
+``D x D``, and every derived quantity comes from the ``N x N`` Gram side (the nonzero
+eigenvalues of ``XᵀX`` are those of ``XXᵀ``; the first principal direction is ``Xᵀu``
+normalised; projections of the within-class scatter are products with the rows).
+
 All points share one batch of samples, so :class:`Moments` keeps the vectors of all
 points concatenated (``Σ D_l`` wide) and does the elementwise and per-class work of a
 batch in a handful of operations; only ``w2`` is per point. Merging re-expresses a
@@ -29,20 +35,24 @@ from torch import Tensor
 
 from ..features import joint_features
 from .base import Accumulator
+from .linalg import eigenvalues, top_eigenvector
 
 f64 = torch.float64
 
 
 @dataclass
 class PointMoments:
-    """Class-shifted sums for one probe point (see the module docstring)."""
+    """Class-shifted sums for one probe point (see the module docstring): ``w2`` ``(D, D)``, or,
+    for a point wider than the samples, its class-shifted ``rows`` ``(N, D)`` and their labels."""
 
     shift: Tensor  # (C, D) per-class shifts (zero for classes never seen)
     cn: Tensor  # (C,)
     cs1: Tensor  # (C, D)
     cq: Tensor  # (C,)
-    w2: Tensor | None  # (D, D); None when the moments were kept without scatter
+    w2: Tensor | None  # (D, D); None when the moments were kept without scatter, or as rows
     nonfinite: Tensor  # ()
+    rows: Tensor | None = None  # (N, D) x_i - a_{c(i)}, kept instead of w2 for a point wider than N
+    row_labels: Tensor | None = None  # (N,)
 
     @property
     def n(self) -> Tensor:
@@ -51,6 +61,10 @@ class PointMoments:
     @property
     def count(self) -> int:
         return int(self.n)
+
+    @property
+    def dims(self) -> int:
+        return self.shift.shape[1]
 
     def present(self) -> Tensor:
         """Boolean mask of classes with at least one sample."""
@@ -69,13 +83,33 @@ class PointMoments:
         offset = self.cs1 / self.cn[:, None]
         return self.cq / self.cn - (offset * offset).sum(1)
 
+    def _rows_about(self, centre: Tensor) -> Tensor:
+        """The kept rows re-expressed about per-class centres ``centre`` ``(C, D)``, float64."""
+        assert self.rows is not None and self.row_labels is not None
+        return self.rows.double() + torch.nan_to_num(self.shift - centre)[self.row_labels]
+
+    def centred_rows(self) -> Tensor:
+        """``(N, D)`` rows ``x_i - μ`` (float64; only for a point kept as rows)."""
+        return self._rows_about(self.mean().expand_as(self.shift))
+
     def within_scatter(self) -> Tensor:
         """``Σ_c Σ_{i∈c} (x_i - μ_c)(x_i - μ_c)ᵀ``."""
+        if self.rows is not None:
+            rows = self._rows_about(self.class_means())
+            return rows.T @ rows
         if self.w2 is None:
             raise RuntimeError("no D x D scatter for this point: its moments were kept without scatter or released")
         keep = self.present()
         offset = self.cs1[keep]
         return self.w2 - (offset.T / self.cn[keep]) @ offset
+
+    def within_projected(self, p: Tensor) -> Tensor:
+        """``P S_W Pᵀ`` for ``P`` ``(k, D)``: the within-class scatter seen through ``k`` directions,
+        without a ``D x D`` matrix for a point kept as rows."""
+        if self.rows is not None:
+            q = self._rows_about(self.class_means()) @ p.T
+            return q.T @ q
+        return p @ self.within_scatter() @ p.T
 
     def between_scatter(self) -> Tensor:
         """``Σ_c n_c (μ_c - μ)(μ_c - μ)ᵀ``."""
@@ -85,6 +119,9 @@ class PointMoments:
 
     def scatter(self) -> Tensor:
         """``Σ_i (x_i - μ)(x_i - μ)ᵀ`` over all samples: within plus between."""
+        if self.rows is not None:
+            rows = self.centred_rows()
+            return rows.T @ rows
         return self.within_scatter() + self.between_scatter()
 
     def covariance(self, scatter: Tensor | None = None) -> Tensor:
@@ -96,6 +133,36 @@ class PointMoments:
         mu = self.mean()
         return (self.scatter() if scatter is None else scatter) + self.n * torch.outer(mu, mu)
 
+    def _padded(self, gram: Tensor) -> Tensor:
+        """The ``D`` eigenvalues (descending) of ``XᵀX`` from those of the Gram ``XXᵀ``: the same
+        nonzero ones, and zeros for the ``D - N`` directions no sample reaches."""
+        vals = eigenvalues(gram)
+        return torch.cat([vals, vals.new_zeros(max(0, self.dims - len(vals)))])[: self.dims]
+
+    def covariance_eigenvalues(self) -> Tensor:
+        """Eigenvalues of the centred covariance, descending (from the Gram side for rows)."""
+        if self.rows is not None:
+            rows = self.centred_rows()
+            return self._padded(rows @ rows.T) / (self.n - 1)
+        return eigenvalues(self.covariance())
+
+    def second_moment_eigenvalues(self) -> Tensor:
+        """Eigenvalues of the uncentred ``Hᵀ H``, descending (from the Gram side for rows)."""
+        if self.rows is not None:
+            rows = self._rows_about(torch.zeros_like(self.shift))
+            return self._padded(rows @ rows.T)
+        return eigenvalues(self.second_moment())
+
+    def principal_direction(self, top: float | Tensor) -> Tensor:
+        """The unit eigenvector of the covariance's largest eigenvalue ``top`` (for rows: ``Xᵀu``
+        normalised, ``u`` the Gram's top eigenvector)."""
+        if self.rows is not None:
+            rows = self.centred_rows()
+            u = top_eigenvector(rows @ rows.T, float(top) * float(self.n - 1))
+            v = rows.T @ u
+            return v / torch.linalg.vector_norm(v)
+        return top_eigenvector(self.covariance(), top)
+
 
 class Moments(Accumulator):
     """Streaming moments of every probe point (see the module docstring).
@@ -103,19 +170,26 @@ class Moments(Accumulator):
     ``matmul_dtype`` is the precision of the per-batch product of centred features
     (float32 by default: the features are centred first, so its rounding is relative to
     their within-class spread, not their mean); with float64 the whole update is float64.
-    Running sums are always float64. ``merge`` and ``all_reduce`` override the base
-    class's plain sums: shards are first re-expressed around common shifts.
+    Running sums are always float64. ``samples`` (the number of samples that will be added,
+    when known): a point wider than it keeps its rows instead of a ``D x D`` scatter (see the
+    module docstring). ``merge`` and ``all_reduce`` override the base class's plain sums:
+    shards are first re-expressed around common shifts.
     """
 
-    def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32, scatter: bool = True) -> None:
+    def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32, scatter: bool = True,
+                 samples: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matmul_dtype = matmul_dtype
         self.scatter = scatter  # False: class counts, means and norms only, no D x D products
+        self.samples = samples
         self.names: list[str] = []
         self.dims: list[int] = []
         self.state: dict[str, Tensor] = {}
-        self.w2: list[Tensor | None] = []
+        self.w2: list[Tensor | None] = []  # None for a point kept as rows
+        self.rows: dict[int, list[Tensor]] = {}  # point index -> its class-shifted rows, a chunk per batch
+        self.row_labels: list[Tensor] = []  # the labels of those rows, chunked alike
+        self._released: set[int] = set()
         self._unseen: set[int] = set(range(num_classes))
 
     # ------------------------------------------------------------------ layout
@@ -134,7 +208,9 @@ class Moments(Accumulator):
         z = lambda *s: torch.zeros(*s, dtype=f64, device=device)  # noqa: E731
         C, L = self.num_classes, len(self.dims)
         self.state = {"shift": z(C, total), "cn": z(C), "cs1": z(C, total), "cq": z(C, L), "nonfinite": z(L)}
-        self.w2 = [z(d, d) for d in self.dims] if self.scatter else []
+        as_rows = [self.scatter and self.samples is not None and d > self.samples for d in self.dims]
+        self.w2 = [None if r else z(d, d) for d, r in zip(self.dims, as_rows)] if self.scatter else []
+        self.rows = {i: [] for i, r in enumerate(as_rows) if r}
 
     def _set_new_shifts(self, joint: Tensor, labels: Tensor) -> None:
         """Give classes seen for the first time their batch mean as shift."""
@@ -172,35 +248,56 @@ class Moments(Accumulator):
         st["cq"].index_add_(0, labels, rowsq)
         st["nonfinite"] += (~torch.isfinite(rowsq)).sum(0)  # NaN and Inf survive the row sums
         mm = centred.to(self.matmul_dtype)
-        for w2, (lo, hi) in zip(self._all_w2(), self.bounds):  # no w2 kept: no products
-            part = mm[:, lo:hi]
-            w2 += part.T @ part
+        self._check_updatable()
+        for i, (w2, (lo, hi)) in enumerate(zip(self.w2, self.bounds)):  # no w2 kept: no products
+            if i in self.rows:
+                self.rows[i].append(mm[:, lo:hi].clone())
+            elif w2 is not None:
+                part = mm[:, lo:hi]
+                w2 += part.T @ part
+        if self.rows:
+            self.row_labels.append(labels.clone())
 
     def reset(self) -> None:
         """Forget every sample (and the points and shifts)."""
-        self.__init__(self.num_classes, self.matmul_dtype, self.scatter)  # type: ignore[misc]
+        self.__init__(self.num_classes, self.matmul_dtype, self.scatter, self.samples)  # type: ignore[misc]
 
     def release(self, name: str) -> None:
         """Free the ``D x D`` scatter of one point once its metrics are computed; its class
         counts, means and norms stay (NCC and CDNV still work)."""
         i = self.names.index(name)
-        if self.w2 and self.w2[i] is not None:
+        if self.w2:
             self.w2[i] = None
+            self.rows.pop(i, None)
+            self._released.add(i)
 
-    def _all_w2(self) -> list[Tensor]:
-        """Every point's ``w2``, for the operations that update them all (refused once one is released)."""
-        kept = [w2 for w2 in self.w2 if w2 is not None]
-        if len(kept) != len(self.w2):
+    def _check_updatable(self) -> None:
+        """Refuse updating, merging or reducing once a point's scatter was released."""
+        if self._released:
             raise RuntimeError("a point's scatter was released: these moments can no longer be updated, merged "
                                "or reduced")
-        return kept
+
+    def _all_w2(self) -> list[Tensor]:
+        """Every ``D x D`` ``w2`` kept, for the operations that update them all."""
+        self._check_updatable()
+        return [w2 for w2 in self.w2 if w2 is not None]
+
+    def _joined_rows(self, i: int) -> tuple[Tensor, Tensor]:
+        """Point ``i``'s rows and their labels, each chunk list joined into one tensor (kept so)."""
+        rows = torch.cat(self.rows[i]) if len(self.rows[i]) > 1 else self.rows[i][0]
+        self.rows[i] = [rows]
+        if len(self.row_labels) > 1:
+            self.row_labels = [torch.cat(self.row_labels)]
+        return rows, self.row_labels[0]
 
     @staticmethod
-    def planned_bytes(num_classes: int, dims: list[int], scatter: bool = True) -> int:
-        """Bytes :class:`Moments` will allocate for points of widths ``dims``."""
+    def planned_bytes(num_classes: int, dims: list[int], scatter: bool = True, samples: int | None = None) -> int:
+        """Bytes :class:`Moments` will allocate for points of widths ``dims`` (``samples``: as in
+        the constructor; a point kept as rows holds them in float32, and its Gram in float64)."""
         total = sum(dims)
-        return 8 * (2 * num_classes * total + num_classes * (1 + len(dims)) + len(dims)
-                    + (sum(d * d for d in dims) if scatter else 0))
+        second = sum(8 * d * d if samples is None or d <= samples else (4 * d + 8 * samples) * samples
+                     for d in dims)
+        return 8 * (2 * num_classes * total + num_classes * (1 + len(dims)) + len(dims)) + (second if scatter else 0)
 
     # ------------------------------------------------------------------ shards
     def reshift(self, new: Tensor) -> None:
@@ -208,18 +305,26 @@ class Moments(Accumulator):
         st = self.state
         d = st["shift"] - new  # (C, Σ D): x - new_c = (x - old_c) + d_c
         cn, cs1 = st["cn"], st["cs1"]
-        for w2, (lo, hi) in zip(self._all_w2(), self.bounds):
+        self._check_updatable()
+        for i, (w2, (lo, hi)) in enumerate(zip(self.w2, self.bounds)):
             s, di = cs1[:, lo:hi], d[:, lo:hi]
-            w2 += s.T @ di + di.T @ s + (di.T * cn) @ di
+            if i in self.rows and self.rows[i]:
+                rows, labels = self._joined_rows(i)
+                rows += di.to(rows.dtype)[labels]
+            elif w2 is not None:
+                w2 += s.T @ di + di.T @ s + (di.T * cn) @ di
         st["cq"] += 2 * self._segment_sums(cs1 * d) + cn[:, None] * self._segment_sums(d * d)
         st["cs1"] += cn[:, None] * d
         st["shift"] = new.clone()
 
     def _copy(self) -> Moments:
-        other = Moments(self.num_classes, self.matmul_dtype, self.scatter)
+        self._check_updatable()
+        other = Moments(self.num_classes, self.matmul_dtype, self.scatter, self.samples)
         other.names, other.dims = list(self.names), list(self.dims)
         other.state = {k: v.clone() for k, v in self.state.items()}
-        other.w2 = [s.clone() for s in self._all_w2()]
+        other.w2 = [None if s is None else s.clone() for s in self.w2]
+        other.rows = {i: [r.clone() for r in chunks] for i, chunks in self.rows.items()}
+        other.row_labels = [y.clone() for y in self.row_labels]
         other._unseen = set(self._unseen)
         return other
 
@@ -233,6 +338,10 @@ class Moments(Accumulator):
             return self
         if other.names != self.names or other.dims != self.dims:
             raise ValueError("cannot merge moments over different points")
+        if set(self.rows) != set(other.rows):  # kept differently (other sample counts): meet as D x D scatters
+            self._rows_to_scatter()
+            other = other._copy()
+            other._rows_to_scatter()
         mine_seen = (self.state["cn"] > 0)[:, None]
         target = torch.where(mine_seen, self.state["shift"], other.state["shift"])
         theirs = other._copy()
@@ -242,6 +351,9 @@ class Moments(Accumulator):
             self.state[k] += theirs.state[k]
         for mine, t in zip(self._all_w2(), theirs._all_w2()):
             mine += t
+        for i in self.rows:
+            self.rows[i] += theirs.rows[i]
+        self.row_labels += theirs.row_labels
         self._unseen &= other._unseen
         return self
 
@@ -252,6 +364,7 @@ class Moments(Accumulator):
         """
         import torch.distributed as dist
 
+        self._rows_to_scatter()  # rows of different lengths per process: summed as D x D scatters instead
         st = self.state
         seen = (st["cn"] > 0).to(f64)
         total_shift = st["shift"] * seen[:, None]
@@ -265,11 +378,24 @@ class Moments(Accumulator):
             dist.all_reduce(s, group=group)
         self._unseen = {c for c in range(self.num_classes) if st["cn"][c] == 0}
 
+    def _rows_to_scatter(self) -> None:
+        """Turn every point kept as rows into a ``D x D`` ``w2`` (``Σ rowsᵀ rows``)."""
+        for i in list(self.rows):
+            w2 = torch.zeros(self.dims[i], self.dims[i], dtype=f64, device=self.state["cn"].device)
+            if self.rows[i]:
+                rows = self._joined_rows(i)[0].double()
+                w2 += rows.T @ rows
+            self.w2[i] = w2
+        self.rows, self.row_labels = {}, []
+
     # ------------------------------------------------------------------ results
     @property
     def points(self) -> dict[str, PointMoments]:
         """Per-point views of the state."""
         st = self.state
-        return {name: PointMoments(st["shift"][:, lo:hi], st["cn"], st["cs1"][:, lo:hi], st["cq"][:, i],
-                                   self.w2[i] if self.scatter else None, st["nonfinite"][i])
-                for i, (name, (lo, hi)) in enumerate(zip(self.names, self.bounds))}
+        out = {}
+        for i, (name, (lo, hi)) in enumerate(zip(self.names, self.bounds)):
+            rows, labels = self._joined_rows(i) if self.rows.get(i) else (None, None)
+            out[name] = PointMoments(st["shift"][:, lo:hi], st["cn"], st["cs1"][:, lo:hi], st["cq"][:, i],
+                                     self.w2[i] if self.scatter else None, st["nonfinite"][i], rows, labels)
+        return out

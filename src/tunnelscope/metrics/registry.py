@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .linalg import eigenvalues, top_eigenvector
 from .moments import PointMoments
 
 Level = Literal["means", "scatter"]
@@ -52,7 +51,9 @@ class PointStats:
     """One point's moments on one split, with derived quantities computed once and shared
     by every metric that asks (eigenvalues, PC1). Only vectors are kept: the ``D x D``
     scatter is rebuilt from the moments when needed (``O(C D²)``, against ``O(D³)`` for an
-    eigen-decomposition), so that holding every point's stats costs no ``D x D`` memory."""
+    eigen-decomposition), so that holding every point's stats costs no ``D x D`` memory; a
+    point wider than its samples answers from the ``N x N`` Gram side instead
+    (:class:`~tunnelscope.metrics.moments.PointMoments`)."""
 
     def __init__(self, moments: PointMoments) -> None:
         self.moments = moments
@@ -64,17 +65,17 @@ class PointStats:
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending."""
-        return eigenvalues(self.covariance())
+        return self.moments.covariance_eigenvalues()
 
     @cached_property
     def second_moment_eigenvalues(self) -> Tensor:
         """Eigenvalues of the uncentred ``Hᵀ H``, descending."""
-        return eigenvalues(self.moments.second_moment(self.moments.scatter()))
+        return self.moments.second_moment_eigenvalues()
 
     @cached_property
     def pc1(self) -> Tensor:
         """The first principal direction (unit vector)."""
-        return top_eigenvector(self.covariance(), self.covariance_eigenvalues[0])
+        return self.moments.principal_direction(self.covariance_eigenvalues[0])
 
 
 @dataclass(frozen=True)

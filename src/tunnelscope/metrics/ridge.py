@@ -22,13 +22,21 @@ DEFAULT_RIDGE = 1e-3
 def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor, Tensor, Tensor]:
     """``(W, μ, p)`` of the ridge probe fitted to a point's training moments. A point whose
     features do not vary (``tr Σ = 0``) gets ``W = 0``: its scores are the class priors."""
-    n = m.n
-    cov = m.scatter() / n
-    d = cov.shape[0]
-    lam = ridge * torch.trace(cov) / d
+    n, d = m.n, m.dims
     prior = m.cn / n
     means = torch.nan_to_num(m.class_means() - m.mean())  # μ_c - μ (zero for absent classes)
     cross = (means * prior[:, None]).T  # D x C
+    if m.rows is not None:  # wider than the samples: Σ = XᵀX with X = rows/√n, solved on the N x N side
+        x = m.centred_rows() / n.sqrt()
+        lam = ridge * x.square().sum() / d
+        if not lam > 0:
+            return torch.zeros_like(cross), m.mean(), prior
+        gram = x @ x.T
+        gram.diagonal().add_(lam)
+        # (XᵀX + λI)⁻¹ B = (B - Xᵀ (XXᵀ + λI)⁻¹ X B) / λ  (Woodbury)
+        return (cross - x.T @ torch.linalg.solve(gram, x @ cross)) / lam, m.mean(), prior
+    cov = m.scatter() / n
+    lam = ridge * torch.trace(cov) / d
     if not lam > 0:  # constant features (a dead layer): nothing to fit, the probe predicts the prior
         return torch.zeros_like(cross), m.mean(), prior
     w = torch.linalg.solve(cov + lam * torch.eye(d, dtype=cov.dtype, device=cov.device), cross)
