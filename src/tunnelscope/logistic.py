@@ -104,9 +104,14 @@ class _Objective:
 
     def covariance_inverse(self) -> Tensor:
         """``(S + δI)⁻¹`` for ``S = XᵀX / N`` of the standardised features (float64, ``(D, D)``)."""
-        s = (self.xs.t() @ self.xs).double().div_(self.n)
+        s = (self.xs_t @ self.xs).double().div_(self.n)
         s.diagonal().add_(DAMPING)
-        return torch.cholesky_inverse(torch.linalg.cholesky(s))
+        return torch.cholesky_inverse(torch.linalg.cholesky(s)).float()  # applied in float32: it only steers
+
+    def covariance_cost(self, num_classes: int) -> int:
+        """What building :meth:`covariance_inverse` costs, in evaluations (by arithmetic: ``N·D²``
+        for ``S`` and ``D³`` to invert it, against ``2·N·D·C`` for an evaluation)."""
+        return math.ceil((self.dims + self.dims**2 / self.n) / (2 * num_classes))
 
 
 class _History:
@@ -127,7 +132,7 @@ class _History:
             return q.clone()
         out = q.clone()
         dims = self.preconditioner.shape[0]
-        out[:, :dims] = q[:, :dims] @ self.preconditioner
+        out[:, :dims] = (q[:, :dims].float() @ self.preconditioner).double()
         return out
 
     def direction(self, grad: Tensor) -> Tensor:
@@ -172,7 +177,7 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     """
     objective = _Objective(xs, y.long(), num_classes, penalty)
     history = _History()
-    switch_at = max(MIN_SWITCH, math.ceil(objective.dims / (4 * num_classes)))  # cost of S in evaluations
+    switch_at = max(MIN_SWITCH, objective.covariance_cost(num_classes))  # never more than twice the best choice
     if precondition:
         history.preconditioner = objective.covariance_inverse()
     theta = torch.zeros(num_classes, objective.dims + 1, dtype=torch.float64, device=xs.device)
