@@ -285,3 +285,31 @@ def test_a_metric_record_is_tagged_by_where_its_value_comes_from():
         Metric("bare", "no moments", value=lambda s: 0.0)
     with pytest.raises(TypeError, match="'cka' is a stream metric, not a point one"):
         REGISTRY["cka"].point_value(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_triangular_gram_update_equals_a_full_product_once_symmetrised(dtype):
+    from tunnelscope.metrics.moments import add_gram, symmetrise
+
+    x = torch.as_tensor(RNG.normal(size=(300, 70))).to(dtype)
+    total = torch.zeros(70, 70, dtype=torch.float64)
+    for lo in range(0, 300, 64):  # a strided column slice, as the update passes it
+        wide = torch.cat([x[lo:lo + 64], x[lo:lo + 64]], 1)
+        assert add_gram(total, wide[:, 70:])
+    assert not torch.equal(total, total.T)  # only the upper triangle was added
+    symmetrise(total)
+    ref = x.double().numpy().T @ x.double().numpy()
+    np.testing.assert_allclose(total.numpy(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-3)
+
+
+def test_merged_and_reshifted_triangular_moments_give_the_numpy_scatter():
+    x, y = clusters(spread=1.0, offset=40.0, seed=7)
+    half = len(x) // 2
+    a = stream(Moments(4, torch.float32), x[:half].astype(np.float32), y[:half])
+    b = stream(Moments(4, torch.float32), x[half:].astype(np.float32), y[half:])
+    m = a.merge(b).points["a"]
+    xc = x.astype(np.float32).astype(np.float64)
+    ref = (xc - xc.mean(0)).T @ (xc - xc.mean(0))
+    got = m.scatter().numpy()
+    np.testing.assert_allclose(got, got.T, rtol=1e-13, atol=1e-12 * np.abs(got).max())
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -40,6 +40,28 @@ from .linalg import eigenvalues, top_eigenvector
 f64 = torch.float64
 
 
+def add_gram(total: Tensor, part: Tensor) -> bool:
+    """``total += partᵀ part``. On the CPU only the upper triangle is computed and added (BLAS
+    ``syrk``: half the multiplications of a matrix product, and a faster kernel at large ``D``);
+    returns whether ``total``'s lower triangle is now stale (see :func:`symmetrise`)."""
+    if part.device.type != "cpu" or part.dtype not in (torch.float32, f64) or part.shape[1] < 2:
+        total += part.T @ part
+        return False
+    from scipy.linalg import blas
+
+    syrk = blas.ssyrk if part.dtype == torch.float32 else blas.dsyrk
+    lower = syrk(1.0, part.T.numpy(), trans=0, lower=1)  # (D, D) Fortran order: its transpose is upper, C order
+    total += torch.from_numpy(lower).T
+    return True
+
+
+def symmetrise(total: Tensor) -> None:
+    """Copy the upper triangle of ``total`` onto its lower one, in place (in inference mode when
+    ``total`` was made in it, as the statistics passes make it)."""
+    with torch.inference_mode(total.is_inference()):
+        total.copy_(torch.triu(total) + torch.triu(total, 1).T)
+
+
 @dataclass
 class PointMoments:
     """Class-shifted sums for one probe point (see the module docstring): ``w2`` ``(D, D)``, or,
@@ -190,6 +212,7 @@ class Moments(Accumulator):
         self.rows: dict[int, list[Tensor]] = {}  # point index -> its class-shifted rows, a chunk per batch
         self.row_labels: list[Tensor] = []  # the labels of those rows, chunked alike
         self._released: set[int] = set()
+        self._stale: set[int] = set()  # points whose w2 holds only its upper triangle (see add_gram)
         self._unseen: set[int] = set(range(num_classes))
 
     # ------------------------------------------------------------------ layout
@@ -252,9 +275,8 @@ class Moments(Accumulator):
         for i, (w2, (lo, hi)) in enumerate(zip(self.w2, self.bounds)):  # no w2 kept: no products
             if i in self.rows:
                 self.rows[i].append(mm[:, lo:hi].clone())
-            elif w2 is not None:
-                part = mm[:, lo:hi]
-                w2 += part.T @ part
+            elif w2 is not None and add_gram(w2, mm[:, lo:hi]):
+                self._stale.add(i)
         if self.rows:
             self.row_labels.append(labels.clone())
 
@@ -325,6 +347,7 @@ class Moments(Accumulator):
         other.w2 = [None if s is None else s.clone() for s in self.w2]
         other.rows = {i: [r.clone() for r in chunks] for i, chunks in self.rows.items()}
         other.row_labels = [y.clone() for y in self.row_labels]
+        other._stale = set(self._stale)
         other._unseen = set(self._unseen)
         return other
 
@@ -354,6 +377,7 @@ class Moments(Accumulator):
         for i in self.rows:
             self.rows[i] += theirs.rows[i]
         self.row_labels += theirs.row_labels
+        self._stale = set(range(len(self.w2)))  # either side may hold upper triangles only; symmetrising is idempotent
         self._unseen &= other._unseen
         return self
 
@@ -376,6 +400,7 @@ class Moments(Accumulator):
             dist.all_reduce(st[k], group=group)
         for s in self._all_w2():
             dist.all_reduce(s, group=group)
+        self._stale = set(range(len(self.w2)))  # another process may have added upper triangles only
         self._unseen = {c for c in range(self.num_classes) if st["cn"][c] == 0}
 
     def _rows_to_scatter(self) -> None:
@@ -393,6 +418,11 @@ class Moments(Accumulator):
     def points(self) -> dict[str, PointMoments]:
         """Per-point views of the state."""
         st = self.state
+        for i in self._stale:
+            w2 = self.w2[i]
+            if w2 is not None:
+                symmetrise(w2)
+        self._stale = set()
         out = {}
         for i, (name, (lo, hi)) in enumerate(zip(self.names, self.bounds)):
             rows, labels = self._joined_rows(i) if self.rows.get(i) else (None, None)
