@@ -358,6 +358,51 @@ def case_width(width: int, device: torch.device, repeats: int) -> dict:
     return {"model": label, "width": width, **floor_and_statistics(model, ds, ("default",), device, repeats)}
 
 
+def scatter_floor(model: torch.nn.Module, splits: list, device: torch.device) -> Callable[[], None]:
+    """The statistics' floor: the forward pass with the default points captured and reduced, and one
+    centred float32 ``XᵀX`` per point per batch (a full matrix product), over ``splits``."""
+    from tunnelscope.capture import capture_for
+
+    example = next(splits[0].batches(2, device=device))[0]
+    capture = capture_for(model, "blocks", example=example, include_input=True)
+
+    @torch.inference_mode()
+    def floor() -> None:
+        for split in splits:
+            for x, _ in split.batches(BATCH, device=device):
+                for f in capture(x).values():
+                    f = f.float()
+                    centred = f - f.mean(0)
+                    centred.T @ centred
+        sync(device)
+    return floor
+
+
+def case_width_samples(width: int, samples: int, device: torch.device, repeats: int) -> dict:
+    """The default statistics of an untrained mlp-12xWIDTH on ``samples`` samples per split, over
+    the forward floor and over the statistics' floor (:func:`scatter_floor`), with peak memory."""
+    from tunnelscope.engine import analyze_layers
+
+    ds = ts.data.load(MLP_DATA)
+    model, label = wide_mlp(width)(device)
+    splits = [first_samples(ds.train, samples), first_samples(ds.test, samples)]
+    forward = timed(forward_pass(model, splits, device), repeats)
+    floor = timed(scatter_floor(model, splits, device), repeats)
+    memory = PeakMemory(device)
+    memory.reset()
+    cpu = time.process_time()
+    with warnings.catch_warnings(), no_leftover_hooks(model):
+        warnings.simplefilter("ignore")
+        run = measure(lambda: analyze_layers(model, ds, metrics="default", max_samples=samples, device=device,
+                                             progress=False, memory_budget=None), repeats, long_s=LONG_RUN_S)
+    cpu = (time.process_time() - cpu) / (run.runs + 1)
+    return {"model": label, "width": width, "samples": samples, "device": str(device), "forward_s": forward,
+            "floor_s": floor, "statistics_s": run.seconds, "statistics_cpu_s": cpu, "runs": run.runs,
+            "over_forward": run.seconds / forward, "over_floor": run.seconds / floor, "peak_mib": memory.peak(),
+            "gram_side": bool(run.result.config.get("gram_side")), "planned_mib": run.result.config["planned_bytes"]
+            / 2**20}
+
+
 # ---------------------------------------------------------------------------------- 3. --help
 
 
@@ -956,6 +1001,8 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "stats-mlp12": lambda dev, r: case_stats(mlp12, MLP_DATA, dev, r),
     "stats-vgg": lambda dev, r: case_stats(vgg, VGG_DATA, dev, r),
     **{f"width-{w}": functools.partial(case_width, w) for w in WIDTHS},
+    **{f"width-{w}-n{n}": functools.partial(case_width_samples, w, n) for w in (256, 1024, 4096, 8192)
+       for n in (1000, 10_000)},
     "help-time": lambda dev, r: case_help(),
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),

@@ -36,7 +36,8 @@ from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
          "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
-         "probes-solver", "invert-mlp12"]
+         "probes-solver", "invert-mlp12", *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
+                                             if not (n == 10_000 and w > 1024)]]
 CPU_ONLY = {"help-time", "probes-solver"}  # nothing in it runs on a device: measured once
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
@@ -213,7 +214,8 @@ def statistics_section(results: list[dict]) -> list[str]:
 
 def width_section(results: list[dict]) -> list[str]:
     """mlp-12 at widths 256/1024/4096: time ratio, growth exponent and peak memory."""
-    rows = sorted(of_case(results, "width-"), key=lambda r: (r["device"], r["width"]))
+    rows = sorted((r for r in of_case(results, "width-") if "samples" not in r or isinstance(r["samples"], dict)),
+                  key=lambda r: (r["device"], r["width"]))
     lines = [
         "## 2. Width: mlp-12 at 256, 1024 and 4096 units",
         "",
@@ -239,6 +241,30 @@ def width_section(results: list[dict]) -> list[str]:
                       s["runs"], fmt(grows, 1), fmt(r["peak_mib_forward"], 0), fmt(s["peak_mib"], 0)])
     lines += md_table(["device", "model", "samples train + test", "forward (s)", "statistics (s)",
                        "statistics / forward", "runs", "time ∝ W^p", "peak MiB forward", "peak MiB statistics"], table)
+    return lines + [""] + width_samples_lines(results)
+
+
+def width_samples_lines(results: list[dict]) -> list[str]:
+    """mlp-12 at four widths and fixed sample counts: statistics over the forward pass and over
+    the statistics' own floor, with peak memory."""
+    rows = sorted((r for r in of_case(results, "width-") if isinstance(r.get("samples"), int)),
+                  key=lambda r: (r["device"], r["samples"], r["width"]))
+    if not rows:
+        return []
+    lines = [
+        "At fixed sample counts per split (the first N of each split; the test split of the data has 5,000),",
+        "the default statistics against two floors timed in the same process: the forward pass, and the",
+        "statistics' floor (the same pass with the default points captured and one centred float32 `XᵀX`",
+        "per point per batch). `gram side`: the points were wider than the samples and were computed from",
+        "the N x N side. Peak memory is above the process's memory once data and model were loaded.",
+        "",
+    ]
+    lines += md_table(
+        ["device", "model", "samples per split", "forward (s)", "floor (s)", "statistics (s)", "statistics / forward",
+         "statistics / floor", "gram side", "peak MiB", "runs"],
+        [[r["device"], f"`mlp-12x{r['width']}`", r["samples"], fmt(r["forward_s"], 3), fmt(r["floor_s"], 3),
+          fmt(r["statistics_s"], 2), f"**{fmt(r['over_forward'])}**", f"**{fmt(r['over_floor'])}**",
+          "yes" if r["gram_side"] else "no", fmt(r["peak_mib"], 0), r["runs"]] for r in rows])
     return lines + [""]
 
 

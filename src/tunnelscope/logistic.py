@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .metrics.moments import add_gram, symmetrise
+
 HISTORY = 10  # curvature pairs kept (scikit-learn's L-BFGS keeps 10)
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MIN_STEP = 1e-10  # a line search that needs a smaller step has failed
@@ -104,8 +106,10 @@ class _Objective:
 
     def covariance_inverse(self) -> Tensor:
         """``(S + δI)⁻¹`` for ``S = XᵀX / N`` of the standardised features (float64, ``(D, D)``)."""
-        s = (self.xs_t @ self.xs).double().div_(self.n)
-        s.diagonal().add_(DAMPING)
+        s = torch.zeros(self.dims, self.dims, dtype=torch.float64, device=self.xs.device)
+        if add_gram(s, self.xs):  # the upper triangle by syrk on the CPU
+            symmetrise(s)
+        s.div_(self.n).diagonal().add_(DAMPING)
         return torch.cholesky_inverse(torch.linalg.cholesky(s)).float()  # applied in float32: it only steers
 
     def covariance_cost(self, num_classes: int) -> int:
