@@ -109,6 +109,16 @@ def test_help_imports_nothing_heavy():
     assert proc.stderr.strip().splitlines()[-1] == "[0, 0, 0, 0] []"
 
 
+def test_the_analysis_engine_does_not_import_torchvision_models():
+    """Importing ``torchvision.models`` pulls in torch._dynamo (seconds of CPU per process): the
+    zoo's ResNets import torchvision's BasicBlock only when one is built."""
+    code = ("import sys, tunnelscope, tunnelscope.engine, tunnelscope.models; "
+            "tunnelscope.models.build('mlp-2x8', 3, (1, 4, 4)); print('torchvision.models' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
 def test_metrics_help_names_real_metrics_and_a_wrong_one_lists_them(tmp_path, capsys):
     from tunnelscope.cli import METRIC_EXAMPLES
     from tunnelscope.engine.analyze import ANALYZE_METRICS

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from .base import ZooModel
 
@@ -52,6 +51,7 @@ class CifarResNet(ZooModel):
     def __init__(self, spec: str, depth: int, num_classes: int, input_shape: tuple[int, ...],
                  width: int = 1) -> None:
         super().__init__()
+        from torchvision.models.resnet import BasicBlock  # here: importing torchvision.models costs seconds
         per_stage = blocks_per_stage(depth)
         if per_stage is None:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from .base import ZooModel, scaled
 
@@ -32,6 +31,7 @@ class ResNet(ZooModel):
     def __init__(self, spec: str, depth: int, num_classes: int, input_shape: tuple[int, ...],
                  width: float = 1.0, imagenet_stem: bool = False) -> None:
         super().__init__()
+        from torchvision.models.resnet import BasicBlock  # here: importing torchvision.models costs seconds
         self.spec, self.num_classes, self.input_shape = spec, num_classes, tuple(input_shape)
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         if imagenet_stem:
