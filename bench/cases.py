@@ -962,6 +962,61 @@ def case_probe_solver(device: torch.device, repeats: int, points: int = 8) -> di
     return {"device": "cpu", "threads": 1, "points": points, "train": n, "test": m, "repeats": repeats, "rows": rows}
 
 
+def split_features(capture, split, n: int, seed: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+    """Every point's features of a seeded sample of at most ``n`` rows of ``split`` (as ``analyze`` samples)."""
+    from tunnelscope.data import sample_split
+
+    chosen = sample_split(split, n, seed)[0]
+    out: dict[str, list] = {k: [] for k in capture.names}
+    labels = []
+    with torch.inference_mode():
+        for x, y in chosen.batches(BATCH, device=device):
+            feats = capture(x)
+            for k in capture.names:
+                out[k].append(feats[k].float().cpu())
+            labels.append(y.cpu())
+    return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
+
+
+def case_probes_demo(device: torch.device) -> dict:
+    """The default probe against scikit-learn (default tolerance and tol 1e-7) on the demo's own
+    features: the demo model trained as ``tunnelscope demo`` trains it, its ID and OOD sets
+    sampled as ``analyze`` samples them, every point; accuracy differences per probe."""
+    from tunnelscope.capture import capture_for
+    from tunnelscope.data.objects import ood_dataset
+    from tunnelscope.experiments.demo import DEMO_DATA, DEMO_EPOCHS, DEMO_MODEL, DEMO_OOD
+    from tunnelscope.probes import ProbeConfig, train_probes
+
+    model, _ = ts.load_model(trained_checkpoint(DEMO_MODEL, DEMO_DATA, DEMO_EPOCHS, "bench-demo"), device)
+    model.eval()
+    ds = ts.data.load(DEMO_DATA)
+    example = next(ds.test.batches(2, device=device))[0]
+    capture = capture_for(model, "blocks", example=example, include_input=True)
+    rows = []
+    sets = {"id": ds, **{spec: ood_dataset(spec, ds.input_shape, None)[1] for spec in DEMO_OOD}}
+    for key, data in sets.items():
+        train, y = split_features(capture, data.train, FULL_SAMPLES, 0, device)
+        test, yt = split_features(capture, data.test, FULL_SAMPLES, 1, device)
+        tic = time.perf_counter()
+        ours = train_probes(train, y, test, yt, data.num_classes, ProbeConfig(), progress=False)
+        ours_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        default = {k: sklearn_probe(train[k].double().numpy(), y.numpy(), test[k].double().numpy(), yt.numpy())
+                   for k in train}
+        sklearn_s = time.perf_counter() - tic
+        for k in train:
+            optimum = sklearn_probe(train[k].double().numpy(), y.numpy(), test[k].double().numpy(), yt.numpy(), 1e-7)
+            rows.append({"dataset": key, "point": k, "dims": train[k].shape[1], "ours": ours.accuracy[k],
+                         "sklearn": default[k][0], "optimum": optimum[0], "iterations": ours.iterations[k],
+                         "sklearn_iterations": default[k][1], "converged": ours.converged[k]})
+        rows[-1].update({"ours_s": ours_s, "sklearn_s": sklearn_s})
+    diffs = [100 * abs(r["ours"] - r["sklearn"]) for r in rows]
+    return {"model": DEMO_MODEL, "data": DEMO_DATA, "ood": list(DEMO_OOD), "device": str(device), "rows": rows,
+            "max_diff_sklearn_pp": max(diffs), "max_diff_optimum_pp": max(100 * abs(r["ours"] - r["optimum"])
+                                                                          for r in rows),
+            "converged": sum(r["converged"] for r in rows), "probes": len(rows)}
+
+
 # ---------------------------------------------------------------------------------- input reconstruction
 
 
@@ -1012,6 +1067,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "probes-mlp12": lambda dev, r: case_probes(dev, r, epochs=10),
     "probes-widths": lambda dev, r: case_probe_widths(dev, max(3, r)),
     "probes-solver": lambda dev, r: case_probe_solver(dev, r),
+    "probes-demo": lambda dev, r: case_probes_demo(dev),
     "invert-mlp12": lambda dev, r: case_invert(dev, steps=20 if quick() else 100),
 }
 

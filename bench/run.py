@@ -36,8 +36,9 @@ from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
          "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
-         "probes-solver", "invert-mlp12", *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
-                                             if not (n == 10_000 and w > 1024)]]
+         "probes-solver", "probes-demo", "invert-mlp12",
+         *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
+           if not (n == 10_000 and w > 1024)]]
 CPU_ONLY = {"help-time", "probes-solver"}  # nothing in it runs on a device: measured once
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
@@ -468,6 +469,17 @@ def solver_lines(results: list[dict]) -> list[str]:
               fmt(w["sklearn_optimum_s"]), f"{fmt(w['speedup_optimum'], 1)}×", fmt(w["max_diff_optimum_pp"]),
               fmt(w["max_diff_default_pp"]), fmt(w["sklearn_default_off_optimum_pp"]),
               f"{w['converged']}/{r['points']}", f"{fmt(w['over_floor'], 2)}×"] for w in r["rows"]])
+        lines.append("")
+    for r in of_case(results, "probes-demo"):
+        lines += [
+            f"On the demo's own features ({r['model']} trained as `tunnelscope demo` trains it, {r['data']} and the",
+            f"OOD sets {', '.join(r['ood'])}, every point, sampled as `analyze` samples): the default probe against",
+            "scikit-learn at its defaults and at tol 1e-7, per probe.",
+            "",
+        ]
+        lines += md_table(["probes", "converged", "max diff. vs scikit-learn default (pp)",
+                           "max diff. vs optimum (pp)"],
+                          [[r["probes"], r["converged"], fmt(r["max_diff_sklearn_pp"]), fmt(r["max_diff_optimum_pp"])]])
         lines.append("")
     return lines
 
