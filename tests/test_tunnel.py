@@ -63,4 +63,17 @@ def test_bad_curves(bad):
         alignment(95.0, 5, 0.5, 5)
     with pytest.raises(ConfigError, match="zero at every point"):
         ood_retained([0.0, 0.0])
-    assert np.isfinite(pearson([0.1, 0.5], [0.2, 0.4]))
+    assert math.isnan(pearson([0.1, 0.5], [0.2, 0.4]))  # two points: ±1 by construction, not reported
+
+
+def test_pearson_is_not_reported_for_a_two_point_curve():
+    """Through two points ρ is ±1 whatever the curves: NaN, for the point estimate and its interval."""
+    from tunnelscope.uncertainty import pearson_rows, tunnel_intervals
+
+    assert math.isnan(pearson([0.6, 0.9], [0.5, 0.3]))
+    rows = pearson_rows(np.array([[0.6, 0.9], [0.7, 0.8]]), np.array([[0.5, 0.3], [0.2, 0.4]]))
+    assert np.isnan(rows).all()
+    cis = tunnel_intervals(np.array([[0.6, 0.9], [0.61, 0.88]]), 5, {"ood": (np.array([[0.5, 0.3], [0.5, 0.32]]), 5)})
+    assert all(math.isnan(v) for v in cis["ood"]["ood"]["pearson"])
+    three = pearson_rows(np.array([[0.6, 0.9, 0.95]]), np.array([[0.5, 0.3, 0.2]]))
+    assert three[0] == pytest.approx(pearsonr([0.6, 0.9, 0.95], [0.5, 0.3, 0.2]).statistic)

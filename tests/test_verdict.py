@@ -131,3 +131,9 @@ def test_an_unreadable_model_output_is_flagged_but_precomputed_features_are_not(
     assert not model_flags({"precomputed_features": True}, float("nan"), 10)
     assert not model_flags({}, None, 10)  # not measured at all: nothing to say
     assert [f.code for f in model_flags({}, 0.11, 10)] == ["near_chance"]
+
+
+def test_a_curve_too_short_for_pearson_is_flagged():
+    flags = curve_flags([0.5, 0.9], input_accuracy=None)
+    assert [f.code for f in flags] == ["short_curve"] and not flags[0].blocking
+    assert "short_curve" not in [f.code for f in curve_flags([0.5, 0.9, 0.92], input_accuracy=None)]

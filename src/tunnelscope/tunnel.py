@@ -55,12 +55,16 @@ def ood_retained(acc_ood: Curve) -> tuple[float, int]:
     return float(100.0 * values[-1] / values[best]), best + 1
 
 
+PEARSON_MIN_POINTS = 3  # through two points every line fits: ρ = ±1 by construction
+
+
 def pearson(acc_id: Curve, acc_ood: Curve) -> float:
-    """Pearson correlation of the ID and OOD curves; NaN when either is constant or has < 2 points."""
+    """Pearson correlation of the ID and OOD curves; NaN when either is constant or has fewer than
+    :data:`PEARSON_MIN_POINTS` points (two points give ±1 whatever the curves)."""
     a, b = _curve(acc_id, "acc_id"), _curve(acc_ood, "acc_ood")
     if len(a) != len(b):
         raise ConfigError(f"ID and OOD curves differ in length ({len(a)} vs {len(b)})")
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if len(a) < PEARSON_MIN_POINTS or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(pearsonr(a, b).statistic)
 

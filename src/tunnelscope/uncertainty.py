@@ -71,7 +71,12 @@ def retained(curves: np.ndarray) -> np.ndarray:
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of matching rows; NaN where either row is constant."""
+    """Pearson correlation of matching rows; NaN where either row is constant, and everywhere for
+    rows shorter than :data:`~tunnelscope.tunnel.PEARSON_MIN_POINTS`."""
+    from .tunnel import PEARSON_MIN_POINTS
+
+    if a.shape[1] < PEARSON_MIN_POINTS:
+        return np.full(len(a), np.nan)
     da, db = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     norm = np.sqrt((da * da).sum(1) * (db * db).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -13,7 +13,9 @@ flag makes ``summary["verdict_valid"]`` false and is named in the verdict):
 - ``few_samples``: fewer than :data:`FEW_PER_CLASS` samples in some class of a split;
 - ``first_layer``: ID accuracy is within τ of its final value from the first layer (or the
   input), so the task is linearly solvable early; that is not evidence of a long tunnel;
-- ``non_monotone``: the ID curve falls by more than :data:`DROP_PP` points somewhere.
+- ``non_monotone``: the ID curve falls by more than :data:`DROP_PP` points somewhere;
+- ``short_curve``: fewer than three points between the input and the output, so Pearson ρ
+  (±1 through any two points) is not reported.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from .errors import InsufficientDataError
 from .summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, OOD_SKIPPED, POINTS, TUNNEL_START, ci_key
+from .tunnel import PEARSON_MIN_POINTS
 
 MIN_PER_CLASS = 5
 FEW_PER_CLASS = 20
@@ -109,9 +112,13 @@ def model_flags(model_info: dict, model_accuracy: float | None, num_classes: int
 
 
 def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: float = 0.95) -> list[Flag]:
-    """``first_layer`` and ``non_monotone`` from the ID probe curve (points 1 … penultimate)."""
+    """``first_layer``, ``non_monotone`` and ``short_curve`` from the ID probe curve (points 1 … penultimate)."""
     curve = np.asarray(id_curve, dtype=float)
     flags = []
+    if 0 < len(curve) < PEARSON_MIN_POINTS:
+        flags.append(Flag("short_curve", f"the tunnel's curves have {len(curve)} point(s): Pearson ρ needs at least "
+                                         f"{PEARSON_MIN_POINTS} (through two points it is ±1 whatever the curves) and "
+                                         "is not reported; probe more points", False))
     if len(curve) and np.isfinite(curve).all():
         target = tau * curve[-1]
         if input_accuracy is not None and np.isfinite(input_accuracy) and input_accuracy >= target:
