@@ -44,7 +44,7 @@ def test_train_json_summary(tmp_path, capsys):
     (["--model", "mlp-3x0", "--data", "digits"], "impossible width"),
     (["--model", "vgg11", "--data", "mnist1d"], "takes images"),
     (["--model", "tv:resnet18", "--data", "digits[size=32]"], "channels"),
-    (["--model", "mlp-3x32", "--data", "cifar10"], "--download"),
+    (["--model", "mlp-3x32", "--data", "cifar10"], "`tunnelscope fetch cifar10`"),
     (["--model", "mlp-3x32", "--data", "digits", "--device", "cuda:0"], "CUDA is not available"),
     (["--model", "mlp-3x32", "--data", "digits", "--resume"], "nothing to resume"),
 ])
@@ -56,7 +56,20 @@ def test_train_bad_inputs_give_one_line(args, message, tmp_path, capsys, no_data
 
 def test_missing_fashion_offline(tmp_path, capsys, no_data):
     code, _, err = run_cli(["train", "--model", "mlp-3x32", "--data", "fashion-mnist", "--out", str(tmp_path)], capsys)
-    assert code == 1 and "apt-get install dataset-fashion-mnist" in err and "--download" in err
+    assert code == 1 and "apt-get install dataset-fashion-mnist" in err and "`tunnelscope fetch fashion-mnist`" in err
+
+
+def test_a_missing_dataset_suggests_a_command_that_exists(tmp_path, capsys, no_data):
+    """analyze has no --download: its error names `tunnelscope fetch`, which is a command, and
+    which fetches (here an offline dataset, so no network is needed)."""
+    from tunnelscope.cli import cli
+
+    code, _, err = run_cli(["analyze", "--model", "mlp-3x32", "--data", "cifar10", "--out", str(tmp_path / "a")],
+                           capsys)
+    assert code == 1 and "`tunnelscope fetch cifar10`" in err and "--download" not in err
+    assert "fetch" in cli.commands
+    code, out, _ = run_cli(["fetch", "digits"], capsys)
+    assert code == 0 and "digits: ready" in out
 
 
 def test_corrupt_resume_state(tmp_path, capsys):

@@ -225,6 +225,25 @@ def _print_history(history) -> None:
 
 
 @cli.command()
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@data_root_option
+def fetch(specs: tuple[str, ...], data_root: str | None) -> None:
+    """Download datasets that torchvision can fetch (needs network access), so that every other
+    command finds them offline.
+
+    \b
+    Examples:
+      tunnelscope fetch cifar10 cifar100
+      tunnelscope fetch svhn --data-root ~/data
+    """
+    from .data import load
+
+    for spec in specs:
+        ds = load(spec, root=data_root, download=True)
+        out_console.print(f"{spec}: ready ({len(ds.train)} training and {len(ds.test)} test samples)")
+
+
+@cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--quick", is_flag=True, help="A 2-epoch run on 1000 images per class (OOD sets capped too), for tests.")
 @device_option

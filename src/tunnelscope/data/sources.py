@@ -144,7 +144,8 @@ def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
         looked = ", ".join(str(d) for d in fashion_search_dirs(ctx))
         raise DataNotFoundError(
             f"fashion-mnist not found (looked in: {looked}); install Debian's package "
-            "(apt-get install dataset-fashion-mnist) or run again with --download"
+            "(apt-get install dataset-fashion-mnist) or download it once with `tunnelscope fetch fashion-mnist` "
+            "(needs network access)"
         )
     arrays = {k: _read_idx_cached(str(p), p.stat().st_mtime) for k, p in files.items()}
     return RawData(
@@ -162,7 +163,7 @@ def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
 def _fashion_availability(ctx: LoadContext) -> tuple[bool, str]:
     files = find_fashion(ctx)
     if files is None:
-        return False, "missing: apt-get install dataset-fashion-mnist, or --download"
+        return False, "missing: apt-get install dataset-fashion-mnist, or `tunnelscope fetch fashion-mnist`"
     return True, f"offline, {files['train_x'].parent}"
 
 
@@ -234,7 +235,7 @@ def _torchvision_source(name: str, cls_name: str, description: str, marker: str)
         if not (root / marker).exists() and not ctx.download:
             looked = ", ".join(str(r) for r in ctx.user_roots())
             raise DataNotFoundError(
-                f"{name} not found (looked in: {looked}); run again with --download "
+                f"{name} not found (looked in: {looked}); download it once with `tunnelscope fetch {name}` "
                 "(needs network access), or point --data-root at a folder holding "
                 f"torchvision's '{marker}'"
             )
@@ -256,7 +257,7 @@ def _torchvision_source(name: str, cls_name: str, description: str, marker: str)
 
     def availability(ctx: LoadContext) -> tuple[bool, str]:
         root = find(ctx)
-        return (True, f"offline, {root / marker}") if root else (False, "needs a download (--download)")
+        return (True, f"offline, {root / marker}") if root else (False, f"needs `tunnelscope fetch {name}`")
 
     return Source(name, description, "image", load, availability)
 
