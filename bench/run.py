@@ -419,7 +419,8 @@ def probes_section(results: list[dict]) -> list[str]:
          for r in probe_rows])
     lines += [
         "",
-        "The default protocol, `lbfgs` (standardised L2 logistic regression run to max |gradient| <= 1e-4),",
+        "The default protocol, `lbfgs` (standardised L2 logistic regression run to max |gradient| <= 1e-4 ·",
+        "min(1, N/P)),",
         "on the same features, against scikit-learn's LogisticRegression (the same objective):",
         "",
     ]
