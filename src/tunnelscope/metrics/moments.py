@@ -28,7 +28,7 @@ shard's sums around this shard's shifts (exact identities) and adds them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -75,6 +75,7 @@ class PointMoments:
     nonfinite: Tensor  # ()
     rows: Tensor | None = None  # (N, D) x_i - a_{c(i)}, kept instead of w2 for a point wider than N
     row_labels: Tensor | None = None  # (N,)
+    _grams: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> Tensor:
@@ -113,6 +114,15 @@ class PointMoments:
     def centred_rows(self) -> Tensor:
         """``(N, D)`` rows ``x_i - μ`` (float64; only for a point kept as rows)."""
         return self._rows_about(self.mean().expand_as(self.shift))
+
+    def gram(self) -> Tensor:
+        """The centred Gram ``X̃X̃ᵀ`` ``(N, N)`` of a point kept as rows: its product in the rows'
+        precision (the statistics' product precision), returned in float64; computed once."""
+        if "centred" not in self._grams:
+            assert self.rows is not None
+            rows = self.centred_rows().to(self.rows.dtype)
+            self._grams["centred"] = (rows @ rows.T).double()
+        return self._grams["centred"]
 
     def within_scatter(self) -> Tensor:
         """``Σ_c Σ_{i∈c} (x_i - μ_c)(x_i - μ_c)ᵀ``."""
@@ -164,24 +174,23 @@ class PointMoments:
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending (from the Gram side for rows)."""
         if self.rows is not None:
-            rows = self.centred_rows()
-            return self._padded(rows @ rows.T) / (self.n - 1)
+            return self._padded(self.gram()) / (self.n - 1)
         return eigenvalues(self.covariance())
 
     def second_moment_eigenvalues(self) -> Tensor:
         """Eigenvalues of the uncentred ``Hᵀ H``, descending (from the Gram side for rows)."""
-        if self.rows is not None:
-            rows = self._rows_about(torch.zeros_like(self.shift))
-            return self._padded(rows @ rows.T)
+        if self.rows is not None:  # XXᵀ = (X̃ + 1μᵀ)(X̃ + 1μᵀ)ᵀ = X̃X̃ᵀ + a1ᵀ + 1aᵀ + ‖μ‖² 11ᵀ, a = X̃μ
+            mu = self.mean()
+            a = self.centred_rows() @ mu
+            return self._padded(self.gram() + a[:, None] + a[None, :] + mu @ mu)
         return eigenvalues(self.second_moment())
 
     def principal_direction(self, top: float | Tensor) -> Tensor:
         """The unit eigenvector of the covariance's largest eigenvalue ``top`` (for rows: ``Xᵀu``
         normalised, ``u`` the Gram's top eigenvector)."""
         if self.rows is not None:
-            rows = self.centred_rows()
-            u = top_eigenvector(rows @ rows.T, float(top) * float(self.n - 1))
-            v = rows.T @ u
+            u = top_eigenvector(self.gram(), float(top) * float(self.n - 1))
+            v = self.centred_rows().T @ u
             return v / torch.linalg.vector_norm(v)
         return top_eigenvector(self.covariance(), top)
 

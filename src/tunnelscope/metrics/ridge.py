@@ -27,11 +27,11 @@ def ridge_weights(m: PointMoments, ridge: float = DEFAULT_RIDGE) -> tuple[Tensor
     means = torch.nan_to_num(m.class_means() - m.mean())  # μ_c - μ (zero for absent classes)
     cross = (means * prior[:, None]).T  # D x C
     if m.rows is not None:  # wider than the samples: Σ = XᵀX with X = rows/√n, solved on the N x N side
-        x = m.centred_rows() / n.sqrt()
-        lam = ridge * x.square().sum() / d
+        gram = m.gram() / n  # XXᵀ (a new tensor: the cached Gram stays as it is)
+        lam = ridge * torch.trace(gram) / d
         if not lam > 0:
             return torch.zeros_like(cross), m.mean(), prior
-        gram = x @ x.T
+        x = m.centred_rows() / n.sqrt()
         gram.diagonal().add_(lam)
         # (XᵀX + λI)⁻¹ B = (B - Xᵀ (XXᵀ + λI)⁻¹ X B) / λ  (Woodbury)
         return (cross - x.T @ torch.linalg.solve(gram, x @ cross)) / lam, m.mean(), prior
