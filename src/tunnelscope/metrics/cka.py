@@ -110,14 +110,18 @@ class FullCKA(Accumulator):
     """Full-data linear CKA for all pairs of points, from streamed joint moments.
 
     Keeps the covariance of the concatenated features, so its state is ``(Σ D_l)²``:
-    only for points whose total width is at most ``max_total_dim``.
+    only for points whose total width is at most ``max_total_dim``. ``matmul_dtype`` is the
+    precision of the per-batch products of the centred features (sums are float64), as for
+    every other moment; the analyses pass their ``precision`` setting.
     """
 
-    def __init__(self, names: Sequence[str], max_total_dim: int = 4096) -> None:
+    def __init__(self, names: Sequence[str], max_total_dim: int = 4096,
+                 matmul_dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.names = list(names)
         self.max_total_dim = max_total_dim
-        self.moments = Moments(num_classes=1, matmul_dtype=torch.float64)
+        self.matmul_dtype = matmul_dtype
+        self.moments = Moments(num_classes=1, matmul_dtype=matmul_dtype)
         self.dims: list[int] = []
 
     def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
@@ -127,7 +131,7 @@ class FullCKA(Accumulator):
                 raise TunnelscopeError(
                     f"full-data CKA over {sum(self.dims)} dims exceeds max_total_dim={self.max_total_dim}; "
                     "use minibatch CKA, fewer points, or a smaller reduction (gap, project:D)")
-        joint, _ = joint_features(features, self.names, torch.float64)
+        joint, _ = joint_features(features, self.names, self.matmul_dtype)
         self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
 
     def merge(self, other: Accumulator) -> FullCKA:
@@ -218,5 +222,5 @@ register(Metric("cka_nopc1", "minibatch CKA after removing each point's first pr
                 shown=Presentation("cka_nopc1", "CKA without each layer's PC1", shape="matrix", bounds=(0, 1),
                                    figure="cka")))
 register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
-                stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM), fits=_full_cka_fits,
+                stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM, opts.matmul_dtype), fits=_full_cka_fits,
                 shown=Presentation("cka_full", "full-data linear CKA", shape="matrix", bounds=(0, 1))))
