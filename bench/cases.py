@@ -390,14 +390,12 @@ def case_width_samples(width: int, samples: int, device: torch.device, repeats: 
     floor = timed(scatter_floor(model, splits, device), repeats)
     memory = PeakMemory(device)
     memory.reset()
-    cpu = time.process_time()
     with warnings.catch_warnings(), no_leftover_hooks(model):
         warnings.simplefilter("ignore")
         run = measure(lambda: analyze_layers(model, ds, metrics="default", max_samples=samples, device=device,
                                              progress=False, memory_budget=None), repeats, long_s=LONG_RUN_S)
-    cpu = (time.process_time() - cpu) / (run.runs + 1)
     return {"model": label, "width": width, "samples": samples, "device": str(device), "forward_s": forward,
-            "floor_s": floor, "statistics_s": run.seconds, "statistics_cpu_s": cpu, "runs": run.runs,
+            "floor_s": floor, "statistics_s": run.seconds, "runs": run.runs,
             "over_forward": run.seconds / forward, "over_floor": run.seconds / floor, "peak_mib": memory.peak(),
             "gram_side": bool(run.result.config.get("gram_side")), "planned_mib": run.result.config["planned_bytes"]
             / 2**20}
