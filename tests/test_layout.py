@@ -124,7 +124,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data and models", {"data", "models"}),
     ("capture", {"capture"}),
     ("metrics", {"metrics"}),
-    ("probes and the tunnel", {"probes", "tunnel", "uncertainty", "verdict"}),
+    ("probes and the tunnel", {"logistic", "probes", "tunnel", "uncertainty", "verdict"}),
     ("results", {"results"}),
     ("engine", {"engine"}),
     ("training and sweeps", {"train", "sweep"}),

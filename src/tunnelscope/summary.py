@@ -49,16 +49,17 @@ REFERENCE: Final = "reference"
 
 
 class OODRow(TypedDict, total=False):
-    """One OOD dataset's tunnel metrics (``summary["ood"]`` holds one per dataset)."""
+    """One OOD dataset's tunnel metrics (``summary["ood"]`` holds one per dataset); a value that is
+    not defined (Pearson ρ of a constant or too short curve) is None, as the saved JSON has it."""
 
     name: str
     retained: float
     best_point: int
-    pearson: float
+    pearson: float | None
     alignment: float
-    retained_ci: list[float]
-    pearson_ci: list[float]
-    alignment_ci: list[float]
+    retained_ci: list[float | None]
+    pearson_ci: list[float | None]
+    alignment_ci: list[float | None]
 
 
 Summary = TypedDict("Summary", {

@@ -135,11 +135,11 @@ def test_missing_fashion_says_where_it_looked_and_how_to_get_it(no_data):
         data.load("fashion-mnist")
     text = str(info.value)
     assert str(no_data / "root") in text and str(no_data / "system") in text
-    assert "apt-get install dataset-fashion-mnist" in text and "--download" in text
+    assert "apt-get install dataset-fashion-mnist" in text and "`tunnelscope fetch fashion-mnist`" in text
 
 
 def test_torchvision_datasets_need_a_download(no_data):
-    with pytest.raises(DataNotFoundError, match="--download"):
+    with pytest.raises(DataNotFoundError, match="`tunnelscope fetch cifar10`"):
         data.load("cifar10")
     rows = {r["name"]: r for r in data.list_datasets()}
     assert rows["cifar10"]["available"] is False and rows["digits"]["available"] is True
