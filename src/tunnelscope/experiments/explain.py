@@ -140,7 +140,8 @@ def paired_comparison(table: pd.DataFrame, target: str, variable: str, pair_on: 
                       levels: Sequence[Any] | None = None, cluster: str | None = None) -> pd.DataFrame:
     """Compare the levels of ``variable`` on rows paired by equal values in ``pair_on``.
 
-    One row per pair of levels (a, b), a before b in ``levels`` (default: sorted levels):
+    One row per pair of levels (a, b), a before b in ``levels`` (default: sorted levels, a
+    baseline such as ``"none"`` first, so that ``b − a`` reads "with − without"):
     ``n_pairs``, ``mean_a``, ``mean_b``, ``mean_difference`` (b − a), Wilcoxon signed-rank
     ``wilcoxon_statistic`` and ``p_wilcoxon`` (NaN when every difference is 0), and
     ``cliffs_delta`` (positive: b higher) with ``magnitude`` over the paired rows' values.
@@ -171,8 +172,18 @@ def paired_comparison(table: pd.DataFrame, target: str, variable: str, pair_on: 
     return pd.DataFrame(records)
 
 
+BASELINE_LEVELS = ("none", "no", "off", "false", "without")  # compared first: "b − a" then reads "with − without"
+
+
+def _ordered(levels: list[Any]) -> list[Any]:
+    """``levels`` sorted, with a baseline level (:data:`BASELINE_LEVELS`) moved to the front."""
+    ordered = sorted(levels)
+    base = [level for level in ordered if str(level).lower() in BASELINE_LEVELS]
+    return base + [level for level in ordered if level not in base]
+
+
 def _levels(rows: pd.DataFrame, variable: str, levels: Sequence[Any] | None) -> list[Any]:
-    present = sorted(rows[variable].dropna().unique().tolist())
+    present = _ordered(rows[variable].dropna().unique().tolist())
     if levels is None:
         chosen = present
     else:
@@ -224,7 +235,7 @@ def _encode(rows: pd.DataFrame, variables: Sequence[str], categorical: Sequence[
         column = rows[variable]
         if column.isna().any():
             raise ConfigError(f"variable {variable!r} has missing values; fill or drop those rows first")
-        levels = sorted(column.unique().tolist())
+        levels = _ordered(column.unique().tolist())
         if len(levels) < 2:
             raise ConfigError(f"variable {variable!r} takes one value only ({levels[0]!r}); leave it out")
         if variable in categorical or not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
@@ -266,9 +277,10 @@ def shap_slopes(table: pd.DataFrame, target: str, variables: Sequence[str], cate
     """SHAP-slope analysis of ``target`` on ``variables`` (Harun et al. 2024).
 
     Fits ``GradientBoostingRegressor(random_state, loss='huber')`` on the variables
-    (``categorical`` ones one-hot, non-numeric others as sorted levels 0..k−1, numbers as they
-    are), takes ``shap.TreeExplainer`` values, sums one-hot columns back per variable, and fits
-    per variable a line of its SHAP values on its value divided by its maximum |value|.
+    (``categorical`` ones one-hot, non-numeric others as sorted levels 0..k−1 with a baseline such
+    as ``"none"`` at 0, numbers as they are), takes ``shap.TreeExplainer`` values, sums one-hot
+    columns back per variable, and fits per variable a line of its SHAP values on its value
+    divided by its maximum |value|.
     Returns a table (``variable``, ``kind``, ``slope_raw``, ``slope`` — L1-normalised across
     variables when ``l1_normalise`` — and ``mean_abs_shap``) and a dict with the in-sample
     R², the held-out R² (folds keep each ``cluster`` whole when one is named, so that rows of one

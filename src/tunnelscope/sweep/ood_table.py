@@ -94,7 +94,7 @@ def design_variables(cell: Cell, store: Store) -> dict[str, Any]:
         parameters=parameters, train_samples=samples,
         overparam=parameters / samples if parameters and samples else math.nan,
         resolution=shape[-1] if shape else math.nan,
-        augmentation=data_info.get("augmentation") or "none",
+        augmentation=augmentation_label(data_info.get("augmentation")),
         stem=measured.get("stem", math.nan), spatial_reduction=measured.get("spatial_reduction", math.nan),
         id_classes=classes)
     return values
@@ -104,12 +104,35 @@ EXPLAIN_COLUMNS = ("family", "kind", "depth", "width", "overparam", "resolution"
                    "spatial_reduction", "id_classes")  # Harun et al.'s eight, plus family and width
 
 
+def augmentation_label(text: str | None) -> str:
+    """A short level for a data pipeline's augmentation: ``"none"``, or its transforms' names
+    without ``Random`` and without arguments (``"ResizedCrop+HorizontalFlip"``), so that figure
+    axes stay readable; the full text stays in each run's data record."""
+    if not text:
+        return "none"
+    names = [part.strip().split("(")[0].removeprefix("Random") for part in text.split("+")]
+    return "+".join(n for n in names if n) or "yes"
+
+
+COLLINEAR = 0.99  # |Spearman ρ| at or above which a later numeric column repeats an earlier one
+
+
 def suggested_variables(table: pd.DataFrame) -> list[str]:
     """The explanatory columns that vary in ``table`` and have no missing value (what ``explain``
     can separate). ``parameters`` and ``train_samples`` are left out: γ = their ratio stands for
-    both, as in Harun et al., and would be collinear with them."""
-    return [c for c in EXPLAIN_COLUMNS
-            if c in table and table[c].notna().all() and table[c].nunique(dropna=True) > 1]
+    both, as in Harun et al., and would be collinear with them. A numeric column whose rank
+    correlation with an earlier chosen one is at least :data:`COLLINEAR` (γ in a sweep over depth
+    alone, say) is left out too: ``explain`` cannot tell the two apart."""
+    chosen: list[str] = []
+    for c in EXPLAIN_COLUMNS:
+        if c not in table or not table[c].notna().all() or table[c].nunique(dropna=True) < 2:
+            continue
+        if pd.api.types.is_numeric_dtype(table[c]) and any(
+                pd.api.types.is_numeric_dtype(table[k]) and abs(table[c].corr(table[k], method="spearman")) >= COLLINEAR
+                for k in chosen):
+            continue
+        chosen.append(c)
+    return chosen
 
 
 def explain_arguments(table: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -130,5 +153,5 @@ def collect(spec: SweepSpec, level: str = "layer", store: Store | None = None) -
     return store.collect(spec)
 
 
-__all__ = ["CATEGORICAL_COLUMNS", "EXPLAIN_COLUMNS", "METRIC_COLUMNS", "collect", "design_variables",
-           "explain_arguments", "ood_table", "suggested_variables"]
+__all__ = ["CATEGORICAL_COLUMNS", "COLLINEAR", "EXPLAIN_COLUMNS", "METRIC_COLUMNS", "augmentation_label", "collect",
+           "design_variables", "explain_arguments", "ood_table", "suggested_variables"]
