@@ -225,6 +225,18 @@ def test_class_names_come_from_the_object_or_the_caller():
     assert as_dataset((x, y), num_classes=3).num_classes == 3
 
 
+def test_labels_that_do_not_start_at_zero_are_refused_with_the_remapping():
+    """Labels 1..3 used to become four classes with an empty class 0, refused later with a
+    message about class 0 having too few samples (Issue 25, item 9)."""
+    x, y = torch.randn(60, 3), torch.arange(60) % 3 + 1
+    with pytest.raises(ConfigError, match=r"no sample has label 0 .*labels seen: 1\.\.3.*return_inverse") as err:
+        as_dataset((x, y))
+    assert "\n" not in str(err.value)
+    remapped = np.unique(y.numpy(), return_inverse=True)[1]
+    assert as_dataset((x, remapped)).num_classes == 3
+    assert as_dataset((x, y), num_classes=4).num_classes == 4  # said explicitly: class 0 exists elsewhere
+
+
 class DictItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 4

@@ -380,6 +380,13 @@ def _check_name(name: object) -> str:
 def _num_classes(parts: dict[str, _Part], num_classes: int | None, name: str) -> int:
     top = max(int(part.y.max()) for part in parts.values()) + 1
     if num_classes is None:
+        seen = torch.unique(torch.cat([part.y for part in parts.values()]))
+        if len(seen) < top:  # e.g. labels 1..3: class 0 would be a class with no sample
+            missing = sorted(set(range(top)) - set(seen.tolist()))
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise ConfigError(f"{name}: labels must be the class indices 0..C-1, but no sample has label {shown} "
+                              f"(labels seen: {int(seen.min())}..{top - 1}); remap them, e.g. "
+                              "y = np.unique(y, return_inverse=True)[1], or give num_classes if those classes exist")
         return top
     if num_classes < top:
         raise ConfigError(f"{name}: num_classes={num_classes} but the labels go up to {top - 1}")
