@@ -49,6 +49,24 @@ def test_a_pixel_average_is_not_unique():
     assert (wide.nonunique == 1).all()
 
 
+def test_the_default_protocol_flags_a_map_that_loses_information_and_not_one_that_keeps_it():
+    """Badger's protocol as is (blur, 500 steps): a linear 784 -> 256 map is provably not injective,
+    a random 784 -> 2048 map is; the flag must tell them apart (Issue 27, bug 4: it never fired)."""
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    narrow, wide = nn.Linear(784, 256), nn.Linear(784, 2048)
+    for layer in (narrow, wide):
+        nn.init.normal_(layer.weight, std=layer.in_features ** -0.5, generator=g)
+    lossy = invert(nn.Sequential(nn.Flatten(), narrow), images, ["1"], progress=False)
+    table = lossy.table.pivot_table(index="image", columns="metric", values="value")
+    assert (table.m_g > table.m_r).all()  # the protocol's own reconstruction stalls above m_r ...
+    assert (table.m_g_refined < table.m_r).all() and (table.nonunique == 1).all()  # ... the refined one does not
+    kept = invert(nn.Sequential(nn.Flatten(), wide), images, ["1"], progress=False)
+    assert (kept.score("nonunique").value == 0).all()
+    paper = invert(nn.Sequential(nn.Flatten(), narrow), images, ["1"], InvertConfig(refine_steps=0), progress=False)
+    assert (paper.score("nonunique").value == 0).all()  # judged on a_g, as the paper does: the flag cannot fire
+
+
 def test_scores_equal_direct_numpy_computations():
     images = _images(2, seed=3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))

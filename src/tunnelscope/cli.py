@@ -498,6 +498,9 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
+@click.option("--refine-steps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Adam steps on the embedding distance before non-uniqueness is judged (0: judge the "
+                   "protocol's reconstruction, as the paper does).")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -507,8 +510,8 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @data_root_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer summary as JSON.")
-def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, untrained, seed, device, out,
-           overwrite, data_root, quiet, as_json) -> None:
+def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, refine_steps, untrained, seed,
+           device, out, overwrite, data_root, quiet, as_json) -> None:
     """Reconstruct test images from each layer's full activations (Badger 2022), for the
     trained model and a re-initialised copy; write scores, figures and report.html.
 
@@ -522,7 +525,8 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
     from .rundir import REPORT_FILE
 
     out_path = Path(out)
-    cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed)
+    cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed,
+                       refine_steps=refine_steps)
     pts = points
     runs = invert_checkpoint(checkpoint, data_spec, out_path, images=images, points=pts, config=cfg,
                              untrained=untrained, device=device, overwrite=overwrite, data_root=data_root,
