@@ -98,14 +98,19 @@ def _tv(x: Tensor) -> Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
 
 
+def _row_groups(rows: list[tuple[int, int, int]], device: torch.device) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Per point index of a chunk: the chunk rows reconstructed from that point, and their images."""
+    index = {p: torch.tensor([i for i, r in enumerate(rows) if r[0] == p], device=device)
+             for p in sorted({r[0] for r in rows})}
+    return index, {p: torch.tensor([rows[i][2] for i in ix.tolist()], device=device) for p, ix in index.items()}
+
+
 def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]], start: Tensor,
              targets: dict[str, Tensor], cfg: InvertConfig, bar, task) -> Tensor:
     """Gradient descent for one chunk of rows ``(point index, restart, image)``."""
-    deepest = max(p for p, _, _ in rows)
-    needed = names[: deepest + 1]
-    by_point = {p: [i for i, r in enumerate(rows) if r[0] == p] for p in sorted({r[0] for r in rows})}
-    index = {p: torch.tensor(ix, device=start.device) for p, ix in by_point.items()}
-    images = {p: torch.tensor([rows[i][2] for i in ix], device=start.device) for p, ix in by_point.items()}
+    needed = names[: max(p for p, _, _ in rows) + 1]
+    index, images = _row_groups(rows, start.device)
+    by_point = list(index)
     image_like = start.dim() == 4
     x = start.clone()
     for step in range(cfg.steps):
@@ -131,11 +136,8 @@ def _refine(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]]
     """``cfg.refine_steps`` Adam steps from ``start`` on each row's squared embedding distance
     relative to its target's squared norm (rows are independent: Adam acts elementwise), no blur,
     the step size falling linearly to 0."""
-    deepest = max(p for p, _, _ in rows)
-    needed = names[: deepest + 1]
-    by_point = {p: torch.tensor([i for i, r in enumerate(rows) if r[0] == p], device=start.device)
-                for p in sorted({r[0] for r in rows})}
-    images = {p: torch.tensor([rows[i][2] for i in ix.tolist()], device=start.device) for p, ix in by_point.items()}
+    needed = names[: max(p for p, _, _ in rows) + 1]
+    by_point, images = _row_groups(rows, start.device)
     scale = {p: targets[names[p]][images[p]].flatten(1).square().sum(1).clamp_min(1e-12) for p in by_point}
     x = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.refine_lr)
