@@ -122,6 +122,18 @@ def test_help_imports_nothing_heavy():
     assert proc.stderr.strip().splitlines()[-1] == "[0, 0, 0, 0] []"
 
 
+@pytest.mark.parametrize("command", [["analyze", "--data", "digits", "--out", "o"], ["invert", "--data", "digits",
+                                                                                    "--out", "o"]])
+def test_a_missing_checkpoint_is_refused_before_torch_is_imported(command):
+    """The error is one line and costs no torch import (it took seconds of CPU; Issue 25, item 7)."""
+    code = ("import sys; from tunnelscope.cli import main; "
+            f"rc = main({[command[0], '--checkpoint', '/no/such/file.pt', *command[1:]]!r}); "
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "1 False", proc.stderr
+    assert "does not exist" in lines[-2] and "Traceback" not in proc.stderr
+
 def test_the_analysis_engine_does_not_import_torchvision_models():
     """Importing ``torchvision.models`` pulls in torch._dynamo (seconds of CPU per process): the
     zoo's ResNets import torchvision's BasicBlock only when one is built."""

@@ -418,15 +418,15 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
       tunnelscope analyze --model vggm11 --data "fashion-mnist[size=32,channels=3]" --metrics rank,nc,cka --out runs/init
       tunnelscope analyze --checkpoint ck.pt --data cifar10 --metrics probe --protocol harun --probe-seeds 3 --json --out runs/b
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    from .engine.settings import AnalysisSettings
-    from .probes import ProbeConfig
-
     if (checkpoint is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --checkpoint PATH or --model SPEC")
     if weights is not None and model_spec is None:
         raise click.UsageError("--weights goes with --model")
-    if checkpoint is not None and not Path(checkpoint).is_file():
+    if checkpoint is not None and not Path(checkpoint).is_file():  # before importing torch: seconds saved
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
+    from .engine.settings import AnalysisSettings
+    from .probes import ProbeConfig
+
     settings = AnalysisSettings.from_dict({
         "points": points, "reduce": reduce, "device": device, "data_root": data_root,
         "max_samples": max_samples or None, "max_train": max_train, "batch_size": batch_size, "seed": seed,
@@ -521,6 +521,8 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
           --images 8 --out runs/demo
       tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
     """
+    if not Path(checkpoint).is_file():  # before importing torch: seconds saved
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
     from .experiments.inversion import InvertConfig, invert_checkpoint, summarize_inversions
     from .rundir import REPORT_FILE
 
