@@ -155,3 +155,25 @@ def test_the_default_recipe_follows_the_model_family(tmp_path):
                    batch_size=16, early_checkpoints=False, progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["recipe"]["name"] == "adamw"
     assert run.final_checkpoint.is_file()
+
+
+def test_the_interrupt_message_keeps_the_resume_options_on_one_line(tmp_path, monkeypatch):
+    """On a 40-column terminal the resume hint used to wrap in the middle of its path (Issue 25, item 8)."""
+    import io
+
+    from rich.console import Console
+
+    from tunnelscope.train import loop
+
+    sink = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=sink, width=40))
+    out = tmp_path / "a-run-directory-with-a-rather-long-name"
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ts.train("mlp-3x32", SMALL, out=out, epochs=1, batch_size=64, on_step=interrupt, progress=None)
+    lines = sink.getvalue().splitlines()
+    assert f"continue with the same command plus: --resume --out {out}" in lines, lines

@@ -371,8 +371,10 @@ def _record_interrupt(run: _Run, progress: bool | None) -> None:
     write_json(run.out / RUN_FILE, {**run.run_info, "status": "interrupted", "interrupted_at_step": run.step,
                                     "checkpoints": run.relative_checkpoints()})
     if should_show(progress) or progress is None:
-        console.print(f"interrupted at step {run.step}; last complete checkpoint: {last}; "
-                      f"continue with --resume --out {run.out}", markup=False)
+        # never wrapped: the path and the options must survive being copied from a narrow terminal
+        console.print(f"interrupted at step {run.step}; last complete checkpoint: {last}", markup=False,
+                      soft_wrap=True)
+        console.print(f"continue with the same command plus: --resume --out {run.out}", markup=False, soft_wrap=True)
 
 
 def _finish(run: _Run) -> TrainResult:
