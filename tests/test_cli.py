@@ -298,3 +298,26 @@ def test_explain_command_finds_the_planted_variable(tmp_path, capsys):
     code, out, err = run_cli([*args, "--overwrite"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "e" / "config.json").read_text())["kind"] == "explain"
+
+
+def test_a_frame_too_wide_for_the_terminal_is_shown_transposed_with_every_value_whole(monkeypatch):
+    """compare's run table was unreadable at 120 columns (Issue 25, item 8): with fewer rows than
+    columns it is turned so that each run is a column and no value is split."""
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from tunnelscope import cli_support
+
+    sink = io.StringIO()
+    monkeypatch.setattr(cli_support, "out_console", Console(file=sink, width=120, force_terminal=True,
+                                                            color_system=None, soft_wrap=True))
+    columns = {"run": ["vgg11-w0.125 (demo)", "mlp-12x256 (mlp12-analysis)"]}
+    columns.update({f"metric_number_{i}_with_a_long_name": [0.123456 + i, 9.87654 + i] for i in range(12)})
+    cli_support.print_frame(pd.DataFrame(columns), "runs")
+    text = sink.getvalue()
+    assert "one column per row" in text
+    assert max(len(line) for line in text.splitlines()) <= 120
+    for value in ("vgg11-w0.125 (demo)", "mlp-12x256 (mlp12-analysis)", "metric_number_11_with_a_long_name", "20.88"):
+        assert value in text

@@ -24,3 +24,4 @@ def test_comma_lists_and_repeats_give_every_glob(points, tmp_path, capsys):
 def test_a_set_name_mixed_with_globs_is_refused_in_one_line(tmp_path, capsys):
     code, _, err = run_cli([*ANALYZE, "--points", "blocks,blocks.0", "--out", tmp_path / "b"], capsys)
     assert code == 2 and "whole sets" in err and "Traceback" not in err
+

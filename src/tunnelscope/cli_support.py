@@ -43,13 +43,27 @@ download_option = click.option("--download", is_flag=True,
                                help="Let torchvision download missing datasets (needs network access).")
 
 
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def print_frame(frame, title: str) -> None:
-    """A pandas frame as a rich table on standard output (floats to 4 significant digits)."""
+    """A pandas frame as a rich table on standard output (floats to 4 significant digits). On a
+    terminal too narrow for it, a frame with fewer rows than columns is shown transposed (one
+    row per column, one column per row: the runs of ``compare``) rather than squeezed."""
     table = Table(title=title)
     for col in frame.columns:
         table.add_column(str(col))
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
+    natural = out_console.measure(table, options=out_console.options.update(max_width=PIPED_MAX_WIDTH)).maximum
+    if out_console.is_terminal and natural > out_console.width and len(frame) < len(frame.columns):
+        table = Table(title=f"{title} (one column per row)")
+        table.add_column("")
+        for i in range(len(frame)):
+            table.add_column(_cell(frame.iloc[i, 0]))
+        for col in frame.columns[1:]:
+            table.add_row(str(col), *(_cell(v) for v in frame[col].tolist()))
     print_table(table)
 
 
