@@ -119,3 +119,15 @@ def test_any_module_with_glob_patterns():
 def test_bad_model_specs(spec, shape, error, message):
     with pytest.raises(error, match=message):
         models.build(spec, 10, shape)
+
+
+@pytest.mark.parametrize("family", [f for f in models.FAMILIES if f.name != "tv"], ids=lambda f: f.name)
+def test_each_familys_declared_example_point_counts_equal_a_build(family):
+    """`tunnelscope models` lists the declared counts without building anything; they must be true."""
+    from optional import require
+
+    if family.name in ("timm", "hf"):
+        require({"timm": "timm", "hf": "transformers"}[family.name])
+    model = models.build(family.example, 10, (3, 32, 32))
+    counts = {k: len(v) for k, v in model.probe_sets.items()}
+    assert family.example_points == (counts.get("blocks"), counts.get("conv"))

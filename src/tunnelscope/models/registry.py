@@ -56,6 +56,9 @@ class Family:
     # (MLP), first-stage channels (CNN) or embedding width (ViT); None where the spec does not say
     traits: Callable[[dict[str, Any]], tuple[str | None, int | None, float | None]] = lambda groups: ("CNN", None, None)
     recipe: str | None = None  # its default training recipe (None: adamw for a ViT, sgd otherwise)
+    # the example's ("blocks", "conv") probe-point counts for 10 classes and 3x32x32 inputs, declared so that
+    # `tunnelscope models` lists them without building (and importing timm, transformers); a test builds each
+    example_points: tuple[int | None, int | None] = (None, None)
 
 
 def _multiplier(text: str | None, spec: str) -> float:
@@ -186,40 +189,42 @@ _TV_VIT_NAMES = ("vit_", "swin_", "maxvit_")
 FAMILIES = [
     Family("mlp", r"mlp-(?P<depth>\d+)x(?P<width>\d+)", "mlp-12x256",
            "MLP, depth Linear layers (classifier included), hidden blocks Linear-BN-ReLU", False, _mlp, _check_mlp,
-           traits=_mlp_traits),
+           traits=_mlp_traits, example_points=(11, 11)),
     Family("linear-mlp", r"linear-mlp-(?P<depth>\d+)x(?P<width>\d+)", "linear-mlp-6x256",
            "Badger's linear MLP: depth Linear layers (classifier included), no nonlinearity, no BN",
-           False, _linear_mlp, _check_mlp, traits=_mlp_traits, recipe="adamw"),  # SGD at lr 0.1 diverges on it
+           False, _linear_mlp, _check_mlp, traits=_mlp_traits, recipe="adamw",  # SGD at lr 0.1 diverges on it
+           example_points=(6, 5)),
     Family("vgg", rf"vgg(?P<depth>{'|'.join(map(str, CONFIGS))}){_W}", "vgg19-w0.5",
            "VGG-11/13/16/19 with BN for 28/32 px, width multiplier -wM", True, _vgg, _check_multiplier,
-           traits=_channels(64)),
+           traits=_channels(64), example_points=(16, 16)),
     Family("vggm", rf"vggm(?P<depth>11|17)(?P<nopool>-nopool)?{_W}", "vggm17-nopool",
            "Harun et al.'s VGGm-11/17: VGG-13/19 convs, BN, adaptive avg pool, one FC", True, _vggm,
-           _check_multiplier, traits=_channels(64)),
+           _check_multiplier, traits=_channels(64), example_points=(16, 16)),
     Family("resnet", rf"resnet(?P<depth>{'|'.join(map(str, STAGES))})(?P<imagenet>-imagenet)?{_W}", "resnet18",
            "ResNet-18/34, CIFAR stem (or -imagenet stem), width multiplier -wM", True, _resnet, _check_multiplier,
-           traits=_channels(64)),
+           traits=_channels(64), example_points=(9, 17)),
     Family("cifar-resnet", r"cifar-resnet-(?P<depth>\d+)(?:x(?P<width>\d+))?", "cifar-resnet-38x2",
            "He et al.'s CIFAR ResNet of depth 6n+2, widths 16/32/64 times K (Nguyen et al.)", True,
            _cifar_resnet, _check_cifar_resnet,
-           traits=lambda g: ("CNN", _depth(g), float(16 * int(g.get("width") or 1)))),
+           traits=lambda g: ("CNN", _depth(g), float(16 * int(g.get("width") or 1))), example_points=(19, 37)),
     Family("vit", r"vit-t(?:-p(?P<patch>\d+))?(?:-d(?P<depth>\d+))?", "vit-t",
            "ViT-T (Harun et al.): width 192, 3 heads, 12 pre-norm blocks, patch 4 (-pP), depth -dL",
-           True, _vit, _check_vit, traits=lambda g: ("ViT", _depth(g) or DEFAULT_DEPTH, 192.0), recipe="adamw"),
+           True, _vit, _check_vit, traits=lambda g: ("ViT", _depth(g) or DEFAULT_DEPTH, 192.0), recipe="adamw",
+           example_points=(12, 0)),
     Family("convnet", r"convnet-(?P<depth>\d+)x(?P<width>\d+)", "convnet-8x64",
            "Galanti et al.'s CONV-L-H: 2 stride-2 stem convs + L 3x3 convs of width H", True, _convnet,
-           _check_convnet, traits=lambda g: ("CNN", _depth(g), float(g["width"]))),
+           _check_convnet, traits=lambda g: ("CNN", _depth(g), float(g["width"])), example_points=(10, 10)),
     Family("tv", r"tv:(?P<name>[A-Za-z0-9_]+)", "tv:resnet50",
            "any torchvision classification model, random init (weights from a local file)", True, _tv, _check_tv,
            traits=lambda g: ("ViT" if g["name"].startswith(_TV_VIT_NAMES) else "CNN", None, None)),
     Family("timm", TIMM_PATTERN, "timm:vit_tiny_patch16_224-d6",
            "any timm model sized to the data, random init (weights: a local file or 'pretrained'); "
            "ViT options -pP patch, -dL blocks, -wW width", True, build_timm, check_timm, build_timm_pretrained,
-           traits=_hub_traits("timm")),
+           traits=_hub_traits("timm"), example_points=(6, None)),
     Family("hf", HF_PATTERN, "hf:vit-p4-d6-w256",
            "a Hugging Face image classifier: a cached model id (hf:ORG/NAME) or the alias vit or convnext "
            "(-pP patch, -dL depth, -wW width), random init (weights: a local file or 'pretrained')", True, build_hf,
-           check_hf, build_hf_pretrained, traits=_hub_traits("hf")),
+           check_hf, build_hf_pretrained, traits=_hub_traits("hf"), example_points=(6, None)),
 ]
 
 
