@@ -56,8 +56,7 @@ def print_frame(frame, title: str) -> None:
         table.add_column(str(col))
     for row in frame.itertuples(index=False):
         table.add_row(*(_cell(v) for v in row))
-    natural = out_console.measure(table, options=out_console.options.update(max_width=PIPED_MAX_WIDTH)).maximum
-    if out_console.is_terminal and natural > out_console.width and len(frame) < len(frame.columns):
+    if out_console.is_terminal and _natural_width(table) > out_console.width and len(frame) < len(frame.columns):
         table = Table(title=f"{title} (one column per row)")
         table.add_column("")
         for i in range(len(frame)):
@@ -67,15 +66,19 @@ def print_frame(frame, title: str) -> None:
     print_table(table)
 
 
+def _natural_width(table: Table) -> int:
+    """Columns ``table`` takes when nothing is cut or wrapped."""
+    return out_console.measure(table, options=out_console.options.update(max_width=PIPED_MAX_WIDTH)).maximum
+
+
 def print_table(table: Table) -> None:
     """A rich table on standard output: fitted to a terminal; at its natural width when piped."""
     if out_console.is_terminal:  # the table fits the window
         out_console.print(table)
         return
     # piped or redirected: the table keeps its natural width, so no value is cut or split over lines
-    natural = out_console.measure(table, options=out_console.options.update(max_width=PIPED_MAX_WIDTH)).maximum
     width = out_console.width
-    out_console.width = max(width, natural)
+    out_console.width = max(width, _natural_width(table))
     try:
         out_console.print(table)
     finally:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .summary import MEAN_RETAINED, start_key
+from .tunnel import PEARSON_MIN_POINTS
 
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
@@ -73,8 +74,6 @@ def retained(curves: np.ndarray) -> np.ndarray:
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of matching rows; NaN where either row is constant, and everywhere for
     rows shorter than :data:`~tunnelscope.tunnel.PEARSON_MIN_POINTS`."""
-    from .tunnel import PEARSON_MIN_POINTS
-
     if a.shape[1] < PEARSON_MIN_POINTS:
         return np.full(len(a), np.nan)
     da, db = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)

@@ -28,6 +28,7 @@ from ..data import sample_split
 from ..data.objects import as_dataset, ood_dataset
 from ..device import resolve_device
 from ..errors import InsufficientDataError
+from ..io import jsonable
 from ..metrics.base import ModelAccuracy
 from ..metrics.collapse import NCCAccuracy, effective_depth_summary
 from ..metrics.moments import Moments
@@ -393,18 +394,8 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
         for row in summary["ood"]:
             for metric, value in cis["ood"][row.name].items():
                 setattr(row, ci_key(metric), value)
-    summary["ood"] = [{k: _defined(v) for k, v in vars(r).items()} for r in summary["ood"]]
+    summary["ood"] = [jsonable(vars(r)) for r in summary["ood"]]  # undefined values as None, as they are saved
     return summary
-
-
-def _defined(value):
-    """``value`` with every non-finite float as None (what strict JSON saves, so that a loaded
-    summary equals the one computed)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_defined(v) for v in value]
-    return value
 
 
 __all__ = ["IdReuse", "probe_layers", "probe_statistics"]

@@ -191,7 +191,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
                 chunk = rows[lo : lo + cfg.max_rows]
                 start = torch.stack([starts[r, i] for _, r, i in chunk])
                 result = _descend(model, names, chunk, start, targets, cfg, bars, task)
-                polished = _refine(model, names, chunk, result, targets, cfg, bars, task)
+                polished = _refine(model, names, chunk, result, targets, cfg, bars, task)  # no steps: a copy
                 for (point, r, i), x, y in zip(chunk, result, polished):
                     out[point, r, i], refined[point, r, i] = x, y
         table = _scores(model, names, images, perturbed, (out, refined), targets, cfg, state)
@@ -221,10 +221,11 @@ def _scores(model, names, images, perturbed, reconstructions: tuple[Tensor, Tens
                 emb = activations(model, names[: p + 1], out[p, r])[name]
                 m_g = _norms(emb - targets[name])
                 m_i = _norms(out[p, r] - images)
-                m_g_ref = _norms(activations(model, names[: p + 1], refined[p, r])[name] - targets[name])
-                m_i_ref = _norms(refined[p, r] - images)
-                judged_g, judged_i = (m_g_ref, m_i_ref) if cfg.refine_steps else (m_g, m_i)
-                nonunique = (judged_g < m_r) & (judged_i > cfg.nonunique_ratio * input_perturb)
+                m_g_ref, m_i_ref = m_g, m_i  # without refinement the refined reconstruction is a_g itself
+                if cfg.refine_steps:
+                    m_g_ref = _norms(activations(model, names[: p + 1], refined[p, r])[name] - targets[name])
+                    m_i_ref = _norms(refined[p, r] - images)
+                nonunique = (m_g_ref < m_r) & (m_i_ref > cfg.nonunique_ratio * input_perturb)
                 for i in range(len(images)):
                     for metric, value in (("m_g", m_g[i]), ("m_i", m_i[i]), ("m_r", m_r[i]),
                                           ("m_g_refined", m_g_ref[i]), ("m_i_refined", m_i_ref[i]),

@@ -58,10 +58,6 @@ class PointStats:
     def __init__(self, moments: PointMoments) -> None:
         self.moments = moments
 
-    def covariance(self) -> Tensor:
-        """The centred covariance ``(D, D)``, built afresh (not kept)."""
-        return self.moments.covariance(self.moments.scatter())
-
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending."""
