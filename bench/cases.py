@@ -608,6 +608,39 @@ def case_analyze_demo(device: torch.device) -> dict:
             "analysis_share": phases["analysis_s"] / total_s}
 
 
+def ranks_run(processes: int, model: str, s: dict) -> dict:
+    """:file:`bench/ranks_worker.py` in one process or under ``torchrun`` with ``processes``,
+    one thread each; its JSON report."""
+    worker = [str(ROOT / "bench" / "ranks_worker.py"), model, s["data"], json.dumps(s["ood"]), str(sample_cap())]
+    launch = ([sys.executable] if processes == 1 else
+              [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([*launch, *worker], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def case_analyze_ranks(device: torch.device, repeats: int) -> dict:
+    """The demo's ``analyze`` (its trained model and OOD sets, no untrained reference) in one
+    process and shared by two under ``torchrun`` (gloo, one thread each): the speed-up of the
+    slower process over one, and each process's peak RSS. Median over ``repeats`` runs each."""
+    if device.type != "cpu":
+        raise ValueError("analyze-ranks measures CPU processes (gloo); run it with device cpu")
+    s = demo_settings()
+    model = (s["model"] if quick() else
+             str(trained_checkpoint(s["model"], s["data"], s["epochs"], "bench-demo")))
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(max(1, repeats)):
+        for processes in (1, 2):
+            runs[processes].append(ranks_run(processes, model, s))
+    one = float(np.median([r["per_process"][0]["seconds"] for r in runs[1]]))
+    two = float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs[2]]))
+    return {"model": model, "data": s["data"], "ood": s["ood"], "device": "cpu", "max_samples": sample_cap(),
+            "runs": len(runs[1]), "one_process_s": one, "two_processes_s": two, "speedup": one / two,
+            "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
+            "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)],
+            "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}
+
+
 # ---------------------------------------------------------------------------------- 5. CKA against peers
 
 
@@ -1058,6 +1091,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
        for n in (1000, 10_000)},
     "help-time": lambda dev, r: case_help(),
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
+    "analyze-ranks": lambda dev, r: case_analyze_ranks(dev, r),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),
     "cka-mlp12-offset": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000, offset=20.0),
     "cka-mlp12x4096": lambda dev, r: case_cka_peer(wide_mlp(4096), MLP_DATA, "pool2", dev, r, limit=2048),

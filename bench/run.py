@@ -35,11 +35,11 @@ from cases import CASES as KNOWN_CASES  # noqa: E402
 from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
-         "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
+         "analyze-ranks", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
          "probes-solver", "probes-demo", "invert-mlp12",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
-CPU_ONLY = {"help-time", "probes-solver"}  # nothing in it runs on a device: measured once
+CPU_ONLY = {"help-time", "probes-solver", "analyze-ranks"}  # nothing in it runs on a device: measured once
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
 
@@ -338,6 +338,24 @@ def analyze_section(results: list[dict]) -> list[str]:
                  + [c for r in rows for c in (fmt(r["analysis_s"]), f"**{pct(r['analysis_share'])}**")])
     table.append(["analysis share of the `analyze()` call alone"]
                  + [c for r in rows for c in ("", pct(r["analysis_share_of_analyze"]))])
+    return lines + md_table(header, table) + [""] + ranks_lines(results)
+
+
+def ranks_lines(results: list[dict]) -> list[str]:
+    """The demo's analyze in one process and shared by two under torchrun (gloo, CPU)."""
+    lines = ["### The demo's analysis shared by two processes", "",
+             "`tunnelscope.analyze` on the demo's model and OOD sets (no untrained reference) in one process,",
+             "then under `torchrun --nproc-per-node 2` (gloo, one thread each); the time is the slower",
+             "process's, median of repeats. Goal: 1.7x.", ""]
+    rows = of_case(results, "analyze-ranks")
+    if not rows:
+        return lines + ["Not run.", ""]
+    table = [[f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]), fmt(r["two_processes_s"]),
+              f"**{fmt(r['speedup'])}x**", fmt(r["peak_rss_mib_one"], 0),
+              " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"]), "yes" if r["same_probe_mean"] else "**no**"]
+             for r in rows]
+    header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
+              "peak RSS per process, 2 (MiB)", "same probe accuracies"]
     return lines + md_table(header, table) + [""]
 
 

@@ -275,13 +275,20 @@ def demo(out: str, quick: bool, device: str, data_root: str | None, download: bo
 
 def _analyze(model, data_spec: str, ood, metrics: str, settings, out: Path, overwrite: bool, **options):
     """Run :func:`tunnelscope.analyze` with ``settings`` and save the run directory (refusing a
-    taken one first); ``options``: ``weights``, ``untrained_reference``."""
+    taken one first); ``options``: ``weights``, ``untrained_reference``. Under ``torchrun`` the
+    processes share the passes and rank 0 alone writes; the others return None."""
     from .engine.analyze import analyze
+    from .engine.distributed import join_launched_group
     from .report import save_run
     from .rundir import check_free
 
-    check_free(out, overwrite)  # before the model runs, not after
+    check_free(out, overwrite)  # before the model runs, not after (every process: the same answer)
+    world = join_launched_group(settings.device)
+    if not world.leader:
+        settings = settings.replace(progress=False)
     results = analyze(model, data_spec, ood=list(ood), metrics=metrics, settings=settings, **options)
+    if not world.leader:
+        return None
     save_run(results, out, overwrite=overwrite)
     return results
 
@@ -431,7 +438,8 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
         "probe": ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed, seeds=probe_seeds)})
     results = _analyze(checkpoint or model_spec, data_spec, ood, metrics, settings, Path(out), overwrite,
                        weights=weights, untrained_reference=untrained_reference)
-    _print_results(results, quiet, as_json)
+    if results is not None:  # None on the other processes of a torchrun launch
+        _print_results(results, quiet, as_json)
 
 
 @cli.command()

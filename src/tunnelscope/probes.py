@@ -491,6 +491,21 @@ def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     return out
 
 
+def merge_probe_results(parts: Sequence[ProbeResult], names: Sequence[str]) -> ProbeResult:
+    """One result from results over disjoint sets of points, with the points in ``names`` order."""
+    owner = {n: part for part in parts for n in part.accuracy}
+    missing = [n for n in names if n not in owner]
+    if missing:
+        raise ValueError(f"no probe result for points {missing}")
+    merged = ProbeResult({}, {}, {}, [], {}, dict(parts[0].config))
+    per_point = ("accuracy", "train_accuracy", "epoch", "weights", "train_loss", "converged", "iterations", "correct")
+    for field_name in per_point:
+        setattr(merged, field_name, {n: getattr(owner[n], field_name)[n] for n in names
+                                     if n in getattr(owner[n], field_name)})
+    merged.diverged = [n for n in names if n in owner[n].diverged]
+    return merged
+
+
 def train_probe_seeds(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
                       test_labels: Tensor, num_classes: int, config: ProbeConfig | None = None,
                       device: str | torch.device = "cpu", progress: bool | None = None) -> list[ProbeResult]:

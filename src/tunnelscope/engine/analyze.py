@@ -39,6 +39,7 @@ from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS, as_summar
 from ..uncertainty import DEFAULT_RESAMPLES
 from ..verdict import model_flags, verdict
 from ..versions import environment, package_versions
+from .distributed import current_world
 from .probing import IdReuse, probe_statistics
 from .settings import AnalysisSettings, metric_options, settings_from, with_metric_options
 from .statistics import layer_statistics
@@ -126,7 +127,7 @@ def run_analysis(model: nn.Module | str | Path, dataset: data_mod.Dataset, ood: 
     if ood and PROBE not in wanted:
         raise ConfigError("OOD datasets are read by the probes; add 'probe' to --metrics or drop --ood")
     dev = resolve_device(settings.device)
-    settings = settings.replace(device=dev)
+    settings = settings.replace(device=dev, **({} if current_world().leader else {"progress": False}))
     net, model_name, resolved = resolve_model(model, dev, dataset, weights, seed=settings.seed)
     net.eval()
     model_info = {"model": model_name, **resolved, **(model_info or {})}

@@ -33,7 +33,7 @@ from ..metrics.base import ModelAccuracy
 from ..metrics.collapse import NCCAccuracy, effective_depth_summary
 from ..metrics.moments import Moments
 from ..models import resolve_model
-from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, train_probe_seeds
+from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, merge_probe_results, train_probe_seeds
 from ..progress import progress_bar
 from ..results import COLUMNS, Results
 from ..summary import (
@@ -52,6 +52,7 @@ from ..tunnel import summarize
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
 from ..verdict import Flag, check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from ..versions import environment, package_versions
+from .distributed import World, current_world
 from .settings import AnalysisSettings, settings_from
 
 
@@ -234,6 +235,7 @@ class _Probing:
     fitted: dict[str, _Fitted] = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
     ncc_id_train: dict[str, float] | None = None
+    world: World = field(default_factory=current_world)  # the processes sharing the passes
 
     def probe_dataset(self, key: str, ds: data_mod.Dataset, changes: list[str], bars) -> None:
         """Read one dataset's splits, train its probes and NCC, and keep their rows and record."""
@@ -243,8 +245,7 @@ class _Probing:
         try:
             self.flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
                                               ds.class_names)
-            results = train_probe_seeds(tr, ytr, te, yte, ds.num_classes, self.cfg, device=self.dev,
-                                        progress=self.settings.progress)
+            results = self._train(tr, ytr, te, yte, ds.num_classes)
             ncc = _ncc(tr_cache, te_cache, ds.num_classes, self.dev) if key != "id" or self.reuse.id_ncc else None
             if key == "id" and ncc:
                 self.ncc_id_train = ncc["train"]
@@ -254,6 +255,20 @@ class _Probing:
                 tr_cache.close()
                 te_cache.close()
         self._record(key, ds, changes, results, ncc, tr_info, te_info)
+
+    def _train(self, tr: dict, ytr: torch.Tensor, te: dict, yte: torch.Tensor, num_classes: int) -> list[ProbeResult]:
+        """The probes of every point; with several processes, per-point protocols (``lbfgs``,
+        ``ridge``) split the points between them by width and share the results (``harun``
+        trains all points jointly, from one draw: every process trains it whole)."""
+        names = list(tr)
+        if not self.world.parallel or self.cfg.protocol == "harun":
+            return train_probe_seeds(tr, ytr, te, yte, num_classes, self.cfg, device=self.dev,
+                                     progress=self.settings.progress)
+        mine = [names[i] for i in self.world.assign([float(np.shape(tr[n])[1]) for n in names])]
+        local = (train_probe_seeds({n: tr[n] for n in mine}, ytr, {n: te[n] for n in mine}, yte, num_classes,
+                                   self.cfg, device=self.dev, progress=False) if mine else None)
+        parts = [p for p in self.world.collect(local) if p is not None]
+        return [merge_probe_results([part[k] for part in parts], names) for k in range(len(parts[0]))]
 
     def _shared_splits(self, shared: tuple[FeatureCache, FeatureCache]) -> tuple[tuple, tuple]:
         """The ID train and test caches the statistics pass filled, checked to hold the same points."""
@@ -281,13 +296,16 @@ class _Probing:
                   extra: Sequence = ()) -> tuple[FeatureCache, dict, torch.Tensor, dict]:
         """One model pass over a sampled split ``(split, n)`` into a feature cache (``extra``
         accumulators read the same batches); the caller closes the cache."""
-        (chosen, n), budget = sampled, self.cache_budget
+        (chosen, n), budget, batch = sampled, self.cache_budget, self.settings.batch_size
+        self.world.check_batches(n, batch, description)
         cache = FeatureCache(n, budget, self.cache_dtype)
-        for feats, y in self.capture.stream(chosen, self.settings.batch_size, self.dev, progress=bars,
+        for feats, y in self.capture.stream(self.world.local(chosen, batch), batch, self.dev, progress=bars,
                                             description=description):
             cache.update(feats, y)
             for acc in extra:
                 acc.update(feats, y)
+        self.world.gather(cache, batch)  # every process holds every row, in the split's order
+        self.world.reduce(extra)
         if cache.spilled_to is not None:  # stacklevel 5: the caller of probe_layers, through _Probing
             warnings.warn(f"{description}: features ({cache.nbytes / 2**20:.0f} MiB) exceed the cache budget "
                           f"({budget / 2**20:.0f} MiB); spilled to memory-mapped files in {cache.spilled_to}",

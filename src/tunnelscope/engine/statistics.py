@@ -46,6 +46,7 @@ from ..results import COLUMNS, Results
 from ..summary import MODEL_ACCURACY, as_summary
 from ..verdict import check_statistics_samples
 from ..versions import environment, package_versions
+from .distributed import World, current_world
 from .settings import AnalysisSettings, metric_options, settings_from, with_metric_options
 
 TABLE_COLUMNS = ["model", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
@@ -158,6 +159,15 @@ def run_pass(capture: Capture, split, accumulators: Sequence, batch_size: int, d
     return seen
 
 
+def _pass(run: Run, split, accumulators: Sequence, description: str, generator: torch.Generator | None = None) -> int:
+    """:func:`run_pass` over this process's batches of ``split`` (all of them in one process);
+    the caller sums the accumulators over processes."""
+    world = run.world
+    local = world.local(split, run.batch_size, generator)  # a shuffle is dealt out already shuffled
+    return run_pass(run.capture, local, accumulators, run.batch_size, run.device, run.bars, description,
+                    generator=None if world.parallel else generator)
+
+
 @dataclass
 class Run:
     """The state of one statistics computation, shared by the passes and the table."""
@@ -177,6 +187,7 @@ class Run:
     passes: list[str] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)  # each point's reduced width
     gram_side: dict[str, list[str]] = field(default_factory=dict)  # split → points wider than its samples
+    world: World = field(default_factory=World)  # the processes sharing the passes (one by default)
 
     def note_gram_side(self, split: str, moments: Moments) -> None:
         """Record which points of ``split`` kept rows (statistics from the N x N side)."""
@@ -206,7 +217,10 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split))
                if level else None)
     accs = ([moments] if moments else []) + ([cache] if run.plan.train_cache else [])
-    run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "train pass")
+    _pass(run, split, accs, "train pass")
+    run.world.reduce([moments] if moments else [])
+    if run.plan.train_cache:
+        run.world.gather(cache, run.batch_size)
     run.passes.append("train")
     if moments is None:
         return
@@ -234,7 +248,7 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     accs += [r["test"] for r in run.readouts.values() if "test" in r] + list(extra)
     run.capture.model_output = model_accuracy is not None
     try:
-        run_pass(run.capture, split, accs, run.batch_size, run.device, run.bars, "test pass")
+        _pass(run, split, accs, "test pass")
     finally:
         run.capture.model_output = False
     run.passes.append("test")
@@ -242,10 +256,12 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
         run.note_gram_side("test", moments)
     repeat = [run.streams[m.name] for m in run.plan.streams if m.repeatable]
     for extra_pass in range(1, cka_passes if repeat else 1):
-        run_pass(run.capture, split, repeat, run.batch_size, run.device, run.bars,
-                 f"CKA pass {extra_pass + 1}/{cka_passes}",
-                 generator=torch.Generator().manual_seed(seed + 1000 + extra_pass))
+        _pass(run, split, repeat, f"CKA pass {extra_pass + 1}/{cka_passes}",
+              generator=torch.Generator().manual_seed(seed + 1000 + extra_pass))
         run.passes.append(f"test (shuffled, {extra_pass + 1}/{cka_passes})")
+    run.world.reduce([a for a in accs if not isinstance(a, FeatureCache)])  # after every pass: streams once
+    for cache in extra:
+        run.world.gather(cache, run.batch_size)
     return moments
 
 
@@ -286,8 +302,8 @@ def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_
             for acc in train_accs:
                 acc.update(feats, y)
     elif train_accs:
-        run_pass(run.capture, train_split, train_accs, run.batch_size, run.device, run.bars,
-                 "train pass (read-out scoring)")
+        _pass(run, train_split, train_accs, "train pass (read-out scoring)")
+        run.world.reduce(train_accs)
         run.passes.append("train (read-out scoring)")
     summary: dict = {}
     for metric in run.plan.readouts:
@@ -393,11 +409,15 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     plan = make_plan(wanted, explicit, widths, train_cache is not None)
     budget = available_memory(dev) if memory_budget == "auto" else memory_budget
     splits = _sample(dataset, s.max_samples, s.seed, plan, train_cache, test_cache)
+    world = current_world()
+    for split, (_, n) in splits.items():
+        if split == "test" or plan.train_pass:
+            world.check_batches(n, s.batch_size, f"the {split} split of {dataset.spec}")
     need = check_memory(plan, widths, dataset.num_classes, budget, {k: n for k, (_, n) in splits.items()})
     options = Options(eps=s.ncc_eps, ridge=s.ridge,
                       matmul_dtype=torch.float64 if s.precision == "float64" else torch.float32)
     tic = time.perf_counter()
-    run = Run(capture, plan, options, dataset.num_classes, s.batch_size, dev, None, widths=widths)
+    run = Run(capture, plan, options, dataset.num_classes, s.batch_size, dev, None, widths=widths, world=world)
     run, summary = _passes(run, splits, s, cache_budget, (train_cache, test_cache), model_accuracy)
     record = stream_rows(run)
     for w in run.warnings:
@@ -407,7 +427,7 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
                 "cka_passes": s.cka_passes, "eps": s.ncc_eps, "ridge": s.ridge, "precision": s.precision,
                 "device": dev, "class_names": dataset.class_names, "data_info": dataset.info,
                 "samples": {k: (n if k == "test" or plan.train_pass else 0) for k, (_, n) in splits.items()},
-                "gram_side": run.gram_side}
+                "gram_side": run.gram_side, "processes": world.size}
     config = _config(recorded, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
@@ -482,7 +502,8 @@ def _config(s: dict, capture: Capture, plan: Plan, passes: list[str], warned: li
         "cka_passes": s["cka_passes"], "cka_batches": record.get("cka_batches"), "samples": s["samples"],
         "sampling": sampling, "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": s["eps"],
         "ridge_lambda": f"{s['ridge']} * tr(Σ)/D", "precision": s["precision"], "device": str(dev),
-        "planned_bytes": need, "gram_side": s["gram_side"], "environment": environment(dev),
+        "planned_bytes": need, "gram_side": s["gram_side"], "processes": s["processes"],
+        "environment": environment(dev),
         "class_names": s["class_names"],
         "data_info": s["data_info"], "versions": package_versions(), "warnings": warned,
     }

@@ -1,0 +1,37 @@
+"""One process of the ``analyze-ranks`` case: ``tunnelscope.analyze`` on the demo's model and
+data, timed; under ``torchrun`` every process reports to rank 0, which prints one JSON line
+(seconds and peak RSS per process). Run by ``bench/cases.py``, not by hand."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import warnings
+
+import torch
+
+import tunnelscope as ts
+from tunnelscope.engine.distributed import join_launched_group
+
+
+def main() -> None:
+    model, data, ood, samples = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+    world = join_launched_group("cpu")
+    ds = ts.data.load(data)
+    warnings.simplefilter("ignore")
+    if world.parallel:
+        torch.distributed.barrier()
+    tic = time.perf_counter()
+    results = ts.analyze(model, ds, ood=ood, max_samples=samples, device="cpu", progress=False)
+    seconds = time.perf_counter() - tic
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reports = world.collect({"seconds": seconds, "peak_rss_mib": rss_mib})
+    if world.leader:
+        print(json.dumps({"processes": world.size, "per_process": reports,
+                          "probe_acc_mean": float(results.table.query("metric == 'probe_acc'").value.mean())}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Data-parallel analysis: ``tunnelscope analyze`` under ``torchrun`` (2 processes, gloo, CPU)
+gives the one-process rows; and the sharding, work split and merge it rests on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tunnelscope.engine.distributed import World
+from tunnelscope.errors import ConfigError
+from tunnelscope.probes import ProbeResult, merge_probe_results
+
+KEYS = ["split", "point", "metric", "other_point", "dataset", "reference"]
+INTEGER_METRICS = {"rank", "probe_converged"}
+ACCURACIES = {"probe_acc", "ncc_acc", "ridge_acc"}
+
+
+def _analyze(launcher: list[str], checkpoint: Path, out: Path) -> subprocess.CompletedProcess:
+    args = ["analyze", "--checkpoint", str(checkpoint), "--data", "fashion-mnist[classes=0-4,per_class=300,"
+            "test_per_class=100]", "--ood", "fashion-mnist[classes=5-9,per_class=100,test_per_class=60]",
+            "--batch-size", "128", "--cka-passes", "2", "--resamples", "200", "--device", "cpu", "--quiet",
+            "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_processes_give_the_one_process_rows(trained_mlp, tmp_path):
+    result, _ = trained_mlp
+    one = _analyze([sys.executable, "-m", "tunnelscope.cli"], result.final_checkpoint, tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "tunnelscope.cli"]
+    two = _analyze(torchrun, result.final_checkpoint, tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = pd.read_parquet(tmp_path / "one" / "results.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "results.parquet")
+    assert len(a) == len(b) > 100
+    both = a.merge(b, on=KEYS, suffixes=("_1", "_2"), how="outer", indicator=True)
+    assert (both["_merge"] == "both").all()
+    assert set(both.metric) >= {"rank", "erank", "nc1", "cka", "pc1_sim", "probe_acc", "ncc_acc", "ridge_acc"}
+    exact = both[both.metric.isin(INTEGER_METRICS | ACCURACIES)]
+    np.testing.assert_array_equal(exact.value_1.to_numpy(), exact.value_2.to_numpy())  # NaN == NaN here
+    rest = both[~both.metric.isin(INTEGER_METRICS | ACCURACIES)]
+    # float32 per-batch products around each process's own class shifts: rounding of that size
+    np.testing.assert_allclose(rest.value_2.to_numpy(), rest.value_1.to_numpy(), rtol=1e-5, atol=1e-9)
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1 == s2  # verdict, tunnel start, % retained and every bootstrap interval
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["statistics"]["processes"] == 2
+
+
+def test_batches_are_dealt_whole_and_in_turn():
+    n, batch = 10, 3  # batches [0,1,2] [3,4,5] [6,7,8] [9]
+    ranks = [World(r, 2).batch_positions(n, batch).tolist() for r in range(2)]
+    assert ranks == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9]]
+    g = [torch.Generator().manual_seed(5) for _ in range(2)]
+    shuffled = [World(r, 2).batch_positions(n, batch, generator=g[r]) for r in range(2)]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(5))
+    assert shuffled[0].tolist() == order[[0, 1, 2, 6, 7, 8]].tolist()
+    assert sorted(torch.cat(shuffled).tolist()) == list(range(n))
+
+
+def test_a_split_with_fewer_batches_than_processes_is_refused():
+    World(0, 2).check_batches(257, 256, "the test split")  # two batches: fine
+    with pytest.raises(ConfigError, match="each process needs a batch"):
+        World(0, 3).check_batches(257, 256, "the test split")
+
+
+def test_work_is_split_by_cost_and_covers_every_job_once():
+    costs = [784.0, 64.0, 64.0, 64.0, 32.0, 512.0]
+    shares = [World(r, 2).assign(costs) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(len(costs)))
+    loads = [sum(costs[i] for i in s) for s in shares]
+    assert max(loads) - min(loads) <= max(costs)
+    assert World().assign(costs) == list(range(len(costs)))
+
+
+def _result(names: list[str], acc: float) -> ProbeResult:
+    r = ProbeResult({n: acc for n in names}, {n: acc for n in names}, {n: 0 for n in names}, names[:1],
+                    {n: (torch.zeros(2, 2), torch.zeros(2)) for n in names}, {"protocol": "lbfgs"})
+    r.converged = {n: True for n in names}
+    r.correct = {n: np.ones(3, bool) for n in names}
+    return r
+
+
+def test_probe_results_merge_in_point_order():
+    merged = merge_probe_results([_result(["c", "a"], 0.5), _result(["b"], 0.7)], ["a", "b", "c"])
+    assert list(merged.accuracy) == ["a", "b", "c"]
+    assert merged.accuracy == {"a": 0.5, "b": 0.7, "c": 0.5}
+    assert merged.diverged == ["b", "c"]
+    with pytest.raises(ValueError, match="no probe result"):
+        merge_probe_results([_result(["a"], 0.5)], ["a", "b"])
