@@ -218,7 +218,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, cells", [("mlp-depth-width.yaml", 12), ("harun-vgg-resnet-cifar.yaml", 24),
-                                         ("mlp-dynamics.yaml", 2)])
+                                         ("mlp-dynamics.yaml", 2), ("analyse-models.yaml", 5)])
 def test_the_examples_parse(name, cells):
     from pathlib import Path
 

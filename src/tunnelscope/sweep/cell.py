@@ -61,6 +61,11 @@ def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
     store.write_record(cell, status="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
                        error=None)
     try:
+        if not cell.trains:
+            _analyse_as_is(cell, store, device)
+            store.write_record(cell, status="finished", finished=time.time(), steps=store.done_steps(cell.key),
+                               error=None, traceback=None)
+            return store.record(cell.key) or {}
         _train(cell, run_dir, device)
         available = checkpoints(run_dir)
         a = cell.analysis
@@ -77,6 +82,40 @@ def _run_cell(cell: Cell, store_root: str, device: str) -> dict:
         store.write_record(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc(limit=8))
     return store.record(cell.key) or {}  # written above, so never None
+
+
+def _analyse_as_is(cell: Cell, store: Store, device: str) -> None:
+    """Analyse a cell's model as it is (a checkpoint, or a spec at its seeded initialisation or
+    hub weights), once: its table and summary as step 0 (or the checkpoint's step), and what
+    ``explain`` needs to know of the model and data in ``model.json`` beside the cell's runs."""
+    import torch
+
+    from ..data.objects import as_dataset
+    from ..device import resolve_device
+    from ..engine.analyze import analyze
+    from ..io import write_json
+    from ..models import resolve_model
+
+    if store.done_steps(cell.key):
+        return
+    settings = cell_settings(cell, device)
+    data = as_dataset(cell.train["data"])
+    net, spec, info = resolve_model(cell.train["model"], resolve_device(settings.device), data,
+                                    seed=cell.train.get("seed", 0))
+    results = analyze(net, data, ood=cell.analysis["ood"], metrics=cell.analysis["metrics"], settings=settings,
+                      model_info={"model": spec, **info})
+    described = {"model": {"spec": spec, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                           "parameters": sum(p.numel() for p in net.parameters()), **info},
+                 "data": {"train_samples": len(data.train), "augmentation": data.info.get("augmentation")}}
+    write_json(store.run_dir(cell.train_key) / MODEL_FILE, described)
+    step = info.get("step") or 0
+    store.write_step(cell, int(step), results.table, results.summary)
+    del net
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+MODEL_FILE = "model.json"  # an analysed-as-is cell's model and data, for the design variables
 
 
 def cell_settings(cell: Cell, device: str) -> AnalysisSettings:
@@ -96,4 +135,4 @@ def run_cells(cells: list[Cell], store_root: str, device: str = "auto", threads:
     return [run_cell(cell, store_root, device, threads) for cell in cells]
 
 
-__all__ = ["chosen_steps", "run_cell", "run_cells"]
+__all__ = ["MODEL_FILE", "chosen_steps", "run_cell", "run_cells"]

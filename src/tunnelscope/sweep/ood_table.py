@@ -10,6 +10,7 @@ number of ID classes. The grid's own variables stay as ``var_*`` columns.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -81,9 +82,9 @@ def design_variables(cell: Cell, store: Store) -> dict[str, Any]:
     from ..models.traits import measured_traits, spec_traits
     from ..train.loop import read_run
 
-    run = read_run(store.run_dir(cell.train_key))
+    run = read_run(store.run_dir(cell.train_key)) if cell.trains else _described(store, cell)
     model_info, data_info = run.get("model", {}), run.get("data", {})
-    spec = cell.train["model"]
+    spec = model_info.get("spec") or cell.train["model"]
     values: dict[str, Any] = dict(spec_traits(spec))
     shape = tuple(model_info.get("input_shape") or ())
     classes = model_info.get("num_classes")
@@ -98,6 +99,17 @@ def design_variables(cell: Cell, store: Store) -> dict[str, Any]:
         stem=measured.get("stem", math.nan), spatial_reduction=measured.get("spatial_reduction", math.nan),
         id_classes=classes)
     return values
+
+
+def _described(store: Store, cell: Cell) -> dict[str, Any]:
+    """What an analysed-as-is cell recorded of its model and data (``{}`` when not yet analysed)."""
+    from .cell import MODEL_FILE
+
+    try:
+        described = json.loads((store.run_dir(cell.train_key) / MODEL_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return described if isinstance(described, dict) else {}
 
 
 EXPLAIN_COLUMNS = ("family", "kind", "depth", "width", "overparam", "resolution", "augmentation", "stem",

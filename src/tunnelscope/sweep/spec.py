@@ -39,7 +39,8 @@ from ..errors import ConfigError, SpecError, SweepConfigError
 
 TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
 CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
-             "label_smoothing", "checkpoint_every", "early_checkpoints", "dense_steps"}
+             "label_smoothing", "checkpoint_every", "early_checkpoints", "dense_steps", "train"}
+ANALYSE_ONLY_KEYS = {"model", "data", "seed", "train"}  # a cell with train: false keeps only these
 ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_samples", "probe_epochs", "protocol"}
 RESOURCE_KEYS = {"cpus", "gpus", "retries"}
 ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "points": "blocks", "reduce": "pool2",
@@ -133,7 +134,12 @@ def _validate(cell: Cell) -> None:
     try:
         if not isinstance(t["model"], str) or not isinstance(t["data"], str):
             raise SweepConfigError("'model' and 'data' must be strings")
-        _check_spec("model", t["model"])
+        if not cell.trains and is_checkpoint_path(t["model"]):
+            if not Path(t["model"]).is_file():
+                raise SweepConfigError(f"checkpoint {t['model']} does not exist (a path is relative to the sweep "
+                                       "file)")
+        else:
+            _check_spec("model", t["model"])
         _check_spec("data", t["data"])
         for ood in a["ood"] if isinstance(a["ood"], list) else [a["ood"]]:
             _check_spec("data", str(ood))
@@ -142,8 +148,9 @@ def _validate(cell: Cell) -> None:
             section = t if key in t else a
             if key in section and section[key] is not None and section[key] < low:
                 raise SweepConfigError(f"'{key}' must be >= {low}, not {section[key]}")
-        Recipe.resolve(str(t.get("recipe", "sgd")), int(t["epochs"]), t.get("lr"), t.get("weight_decay"),
-                       t.get("schedule"), None, t.get("label_smoothing"))
+        if cell.trains:
+            Recipe.resolve(str(t.get("recipe", "sgd")), int(t["epochs"]), t.get("lr"), t.get("weight_decay"),
+                           t.get("schedule"), None, t.get("label_smoothing"))
         parse_metrics(a["metrics"])
         Reduction.parse(str(a["reduce"]))
         if a["protocol"] not in PROTOCOLS:
@@ -215,8 +222,9 @@ def _checked_grid(raw: dict[str, Any], where: str) -> dict[str, list]:
 def _checked_sections(raw: dict[str, Any], grid: dict[str, list],
                       where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``cell``, ``analysis`` and ``resources`` over their defaults, checked, using only grid variables."""
-    cell = {**CELL_DEFAULTS, **(raw.get("cell") or {})}
-    _check_keys(cell, CELL_KEYS, "'cell'")
+    given = raw.get("cell") or {}
+    _check_keys({**CELL_DEFAULTS, **given}, CELL_KEYS, "'cell'")
+    cell = _cell_section(given, where)
     for required in ("model", "data"):
         if required not in cell:
             raise SweepConfigError(f"'cell' in {where} lacks the key {required!r}")
@@ -230,6 +238,29 @@ def _checked_sections(raw: dict[str, Any], grid: dict[str, list],
         raise SweepConfigError(f"placeholders {', '.join('{' + u + '}' for u in undefined)} are not grid "
                                f"variables; grid variables: {', '.join(grid) or '(none)'}")
     return cell, analysis, resources
+
+
+def _cell_section(given: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``cell`` section over its defaults; with ``train: false`` (analyse the model as it is:
+    a checkpoint file or a model spec at its initialisation) only the keys that apply, and a
+    training key given anyway is refused."""
+    train = given.get("train", True)
+    if not isinstance(train, bool):
+        raise SweepConfigError(f"'cell.train' in {where} must be true or false, not {train!r}")
+    if train:
+        return {**CELL_DEFAULTS, **given}
+    training = sorted(set(given) - ANALYSE_ONLY_KEYS)
+    if training:
+        raise SweepConfigError(f"'cell' in {where} has train: false but training keys {', '.join(training)}; "
+                               "drop them, or set train: true")
+    return {"seed": CELL_DEFAULTS["seed"], **given}
+
+
+def is_checkpoint_path(model: str) -> bool:
+    """True when a cell's ``model`` names a checkpoint file rather than a model spec."""
+    if model.startswith(("tv:", "timm:", "hf:")):
+        return False
+    return model.endswith((".pt", ".pth")) or "/" in model
 
 
 def _store_path(raw: dict[str, Any], name: str, source: Path | None) -> Path:
@@ -257,6 +288,11 @@ class Cell:
         """A content hash of the training config alone: cells that differ only in their
         analysis share one training run."""
         return _hash({"train": self.train})
+
+    @property
+    def trains(self) -> bool:
+        """False for a cell that analyses a model as it is (``train: false``), without training."""
+        return self.train.get("train", True) is not False
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.variables.items()) or self.key
@@ -306,8 +342,11 @@ class SweepSpec:
         cells = []
         for values in itertools.product(*(self.grid[n] for n in names)):
             variables = dict(zip(names, values))
-            cell = Cell(variables, _typed(_fill(self.cell, variables), "cell"),
-                        _typed(_fill(self.analysis, variables), "analysis"))
+            train = _typed(_fill(self.cell, variables), "cell")
+            if train.get("train") is False and isinstance(train["model"], str) and is_checkpoint_path(train["model"]):
+                base = self.source.parent if self.source else Path.cwd()
+                train["model"] = str((base / train["model"]).resolve())  # the same file from any working folder
+            cell = Cell(variables, train, _typed(_fill(self.analysis, variables), "analysis"))
             _validate(cell)
             cells.append(cell)
         keys = [c.key for c in cells]
@@ -317,4 +356,4 @@ class SweepSpec:
         return cells
 
 
-__all__ = ["Cell", "SweepSpec"]
+__all__ = ["Cell", "SweepSpec", "is_checkpoint_path"]
