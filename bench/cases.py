@@ -608,10 +608,11 @@ def case_analyze_demo(device: torch.device) -> dict:
             "analysis_share": phases["analysis_s"] / total_s}
 
 
-def ranks_run(processes: int, model: str, s: dict) -> dict:
-    """:file:`bench/ranks_worker.py` in one process or under ``torchrun`` with ``processes``,
-    one thread each; its JSON report."""
-    worker = [str(ROOT / "bench" / "ranks_worker.py"), model, s["data"], json.dumps(s["ood"]), str(sample_cap())]
+def ranks_run(processes: int, model: str, s: dict, kind: str = "analyze", samples: int | None = None) -> dict:
+    """:file:`bench/ranks_worker.py` (``kind``: analyze or statistics) in one process or under
+    ``torchrun`` with ``processes``, one thread each; its JSON report."""
+    cap = sample_cap() if samples is None else samples
+    worker = [str(ROOT / "bench" / "ranks_worker.py"), kind, model, s["data"], json.dumps(s["ood"]), str(cap)]
     launch = ([sys.executable] if processes == 1 else
               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -639,6 +640,23 @@ def case_analyze_ranks(device: torch.device, repeats: int) -> dict:
             "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
             "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)],
             "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}
+
+
+STREAM_DATA = "synthetic[train=1000000,test=200000,size=8]"
+
+
+def case_stream(repeats: int) -> dict:
+    """The default statistics (``analyze_layers``: rank, spectra, collapse, NCC, ridge, CKA) of an
+    untrained ``mlp-4x64`` on every sample of a generated dataset of 10^6 training and 2·10^5 test
+    images (3 x 8 x 8), shared by two processes under ``torchrun``: seconds and each process's
+    peak RSS (goal: under 2 GB). A quick run uses a tenth of the samples."""
+    data = "synthetic[train=100000,test=20000,size=8]" if quick() else STREAM_DATA
+    runs = [ranks_run(2, "mlp-4x64", {"data": data, "ood": []}, kind="statistics", samples=0)
+            for _ in range(max(1, min(repeats, 2)))]
+    return {"model": "mlp-4x64 (untrained)", "data": data, "device": "cpu", "processes": 2,
+            "seconds": float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs])),
+            "peak_rss_mib": [max(r["per_process"][k]["peak_rss_mib"] for r in runs) for k in range(2)],
+            "runs": len(runs)}
 
 
 # ---------------------------------------------------------------------------------- 5. CKA against peers
@@ -1092,6 +1110,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "help-time": lambda dev, r: case_help(),
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
     "analyze-ranks": lambda dev, r: case_analyze_ranks(dev, r),
+    "stream-1m": lambda dev, r: case_stream(r),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),
     "cka-mlp12-offset": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000, offset=20.0),
     "cka-mlp12x4096": lambda dev, r: case_cka_peer(wide_mlp(4096), MLP_DATA, "pool2", dev, r, limit=2048),

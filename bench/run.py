@@ -35,11 +35,12 @@ from cases import CASES as KNOWN_CASES  # noqa: E402
 from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
-         "analyze-ranks", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12", "probes-widths",
+         "analyze-ranks", "stream-1m", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12",
+         "probes-widths",
          "probes-solver", "probes-demo", "invert-mlp12",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
-CPU_ONLY = {"help-time", "probes-solver", "analyze-ranks"}  # nothing in it runs on a device: measured once
+CPU_ONLY = {"help-time", "probes-solver", "analyze-ranks", "stream-1m"}  # nothing in it runs on a device: measured once
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
 
@@ -356,7 +357,20 @@ def ranks_lines(results: list[dict]) -> list[str]:
              for r in rows]
     header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
               "peak RSS per process, 2 (MiB)", "same probe accuracies"]
-    return lines + md_table(header, table) + [""]
+    return lines + md_table(header, table) + [""] + stream_lines(results)
+
+
+def stream_lines(results: list[dict]) -> list[str]:
+    """Every sample of a generated dataset of 10^6 images, statistics shared by two processes."""
+    lines = ["### 10^6 samples streamed by two processes", "",
+             "`analyze_layers` (default statistics) of an untrained `mlp-4x64` on every sample of a generated",
+             "dataset, under `torchrun --nproc-per-node 2`: the slower process's time and each process's peak",
+             "RSS. Goal: under 2 GB per process.", ""]
+    rows = of_case(results, "stream-1m")
+    if not rows:
+        return lines + ["Not run.", ""]
+    table = [[f"`{r['data']}`", fmt(r["seconds"]), " / ".join(fmt(m, 0) for m in r["peak_rss_mib"])] for r in rows]
+    return lines + md_table(["data", "seconds", "peak RSS per process (MiB)"], table) + [""]
 
 
 def cka_section(results: list[dict]) -> list[str]:

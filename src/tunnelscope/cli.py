@@ -81,7 +81,8 @@ def datasets(data_root: str | None, as_json: bool) -> None:
         table.add_row(row["name"], status, row["where"], row["description"])
     print_table(table)
     out_console.print("modifiers: classes=0-4, per_class=N, test_per_class=N, noise=F, size=S, channels=1|3, "
-                      "aug=1, seed=K; mnist1d also n=N, data_seed=K")
+                      "aug=1, seed=K; mnist1d also n=N, data_seed=K; synthetic: train=N, test=N, n_classes=K, "
+                      "size=S, channels=C, spread=F, seed=K")
 
 
 @cli.command()

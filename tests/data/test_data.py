@@ -203,3 +203,37 @@ def test_fashion_normalisation_from_the_cache_equals_the_pass(tmp_path, monkeypa
     assert len(list((tmp_path / "cache" / "normalisation").glob("*.json"))) == 1
     registry._STATS.clear()
     assert data.load(spec).info["normalisation"] == first
+
+
+def test_synthetic_data_is_the_same_in_any_batch_order_or_subset():
+    ds = data.load("synthetic[train=1000,test=300,n_classes=7,size=6,channels=2,seed=3]")
+    assert (ds.num_classes, ds.input_shape, len(ds.train), len(ds.test)) == (7, (2, 6, 6), 1000, 300)
+    whole = torch.cat([x for x, _ in ds.train.batches(128)])
+    labels = torch.cat([y for _, y in ds.train.batches(128)])
+    assert torch.equal(labels, torch.arange(1000) % 7) and torch.equal(ds.train.labels, labels)
+    picked = torch.tensor([999, 3, 500, 3])
+    sub = ds.train.subset(picked)
+    x_sub, y_sub = next(sub.batches(10))
+    assert torch.equal(x_sub, whole[picked]) and torch.equal(y_sub, labels[picked])
+    g = torch.Generator().manual_seed(1)
+    shuffled = torch.cat([x for x, _ in ds.train.batches(64, shuffle=True, generator=g)])
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(shuffled, whole[order])
+    test = torch.cat([x for x, _ in ds.test.batches(300)])
+    assert not torch.equal(test[:10], whole[:10])  # the splits draw different noise
+    # the noise is standard normal around each class's pattern (moments over 36 000 draws)
+    noise = whole - torch.stack([whole[labels == k].mean(0) for k in range(7)])[labels]
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1.0) < 0.03
+    again = data.load("synthetic[train=1000,test=300,n_classes=7,size=6,channels=2,seed=3]")
+    assert torch.equal(torch.cat([x for x, _ in again.train.batches(500)]), whole)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("synthetic[classes=0-4]", "unknown modifier 'classes'"),
+    ("synthetic[train=1]", "train=1 in"),
+    ("synthetic[train=1000000000]", "between 2 and 100000000"),
+    ("synthetic[size=big]", "must be a number"),
+])
+def test_bad_synthetic_specs_are_one_line(spec, message):
+    with pytest.raises(SpecError, match=message):
+        data.check_spec(spec)

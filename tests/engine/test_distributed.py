@@ -99,3 +99,14 @@ def test_probe_results_merge_in_point_order():
     assert merged.diverged == ["b", "c"]
     with pytest.raises(ValueError, match="no probe result"):
         merge_probe_results([_result(["a"], 0.5)], ["a", "b"])
+
+
+def test_each_process_streams_exactly_its_batches_of_a_generated_split():
+    from tunnelscope import data
+
+    split = data.load("synthetic[train=1000,test=100,size=4]").train
+    batches = [x for x, _ in split.batches(96)]
+    for rank in range(3):
+        local = [x for x, _ in World(rank, 3).local(split, 96).batches(96)]
+        assert len(local) == len(batches[rank::3])
+        assert all(torch.equal(a, b) for a, b in zip(local, batches[rank::3]))

@@ -85,7 +85,7 @@ class Dataset:
 
 def valid_names() -> list[str]:
     """All base dataset names, plus the ``imagefolder:PATH`` form."""
-    return sorted(SOURCES) + ["imagefolder:PATH"]
+    return sorted([*SOURCES, "synthetic"]) + ["imagefolder:PATH"]
 
 
 def _modifier_help(extra: dict[str, str]) -> str:
@@ -147,6 +147,11 @@ def check_spec(spec: str) -> None:
     if parsed.name.startswith("imagefolder:"):
         _imagefolder_options(parsed, spec)
         return
+    if parsed.name == "synthetic":
+        from .synthetic import synthetic_options
+
+        synthetic_options(parsed, spec)
+        return
     source = SOURCES.get(parsed.name)
     if source is None:
         raise SpecError(f"unknown dataset {parsed.name!r}; valid names: {', '.join(valid_names())}")
@@ -165,6 +170,10 @@ def load(spec: str, root: str | os.PathLike | None = None, download: bool = Fals
     ctx = LoadContext.make(root, download)
     if parsed.name.startswith("imagefolder:"):
         return _load_imagefolder(parsed, spec, _imagefolder_options(parsed, spec))
+    if parsed.name == "synthetic":
+        from .synthetic import load_synthetic
+
+        return load_synthetic(parsed, spec)
     source = SOURCES.get(parsed.name)
     if source is None:
         raise SpecError(
@@ -596,4 +605,9 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/train/<class>/*, PATH/test/<class>/*",
                  "available": True, "where": "read from PATH",
                  "modifiers": sorted({**COMMON_MODIFIERS, **IMAGEFOLDER_MODIFIERS})})
+    from .synthetic import SYNTHETIC_MODIFIERS
+
+    rows.append({"name": "synthetic", "description": "generated class patterns + noise, any size, nothing stored "
+                 "(stand-in for a real dataset of the same shape; the scale benchmarks)", "available": True,
+                 "where": "generated", "modifiers": sorted(SYNTHETIC_MODIFIERS)})
     return rows
