@@ -237,3 +237,15 @@ def test_synthetic_data_is_the_same_in_any_batch_order_or_subset():
 def test_bad_synthetic_specs_are_one_line(spec, message):
     with pytest.raises(SpecError, match=message):
         data.check_spec(spec)
+
+
+def test_synthetic_label_noise_changes_labels_not_inputs():
+    clean = data.load("synthetic[train=2000,test=100,n_classes=5,size=4]")
+    noisy = data.load("synthetic[train=2000,test=100,n_classes=5,size=4,noise=0.5]")
+    assert noisy.info["label_noise"]["chosen"] == 1000
+    changed = (noisy.train.labels != clean.train.labels).float().mean().item()
+    assert 0.35 < changed < 0.45  # half replaced, a fifth of those by the true class again
+    x_clean, _ = next(clean.train.batches(2000))
+    x_noisy, y_noisy = next(noisy.train.batches(2000))
+    assert torch.equal(x_clean, x_noisy) and torch.equal(y_noisy, noisy.train.labels)
+    assert torch.equal(noisy.test.labels, clean.test.labels)  # the test split is never changed

@@ -30,3 +30,35 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
         read_idx(tmp_path / "short")
     with pytest.raises(DataNotFoundError, match="not an IDX"):
         read_idx(tmp_path / "text")
+
+
+def _fashion_root(root, train_labels=None, images=6):
+    root.mkdir(parents=True, exist_ok=True)
+    x = np.zeros((images, 28, 28), dtype=np.uint8)
+    y = np.arange(images) % 10 if train_labels is None else np.asarray(train_labels)
+    for stem, array in (("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
+                        ("t10k-images-idx3-ubyte", x), ("t10k-labels-idx1-ubyte", np.arange(images) % 10)):
+        (root / stem).write_bytes(_idx_bytes(array))
+    return root
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.arange(5) % 10, "holds 6 images but .* 5 labels"),
+    ([0, 1, 2, 200, 4, 5], "holds label 200"),
+])
+def test_fashion_files_that_do_not_fit_together_are_refused(no_data, labels, message):
+    from tunnelscope import data
+
+    root = _fashion_root(no_data / "root", labels)
+    with pytest.raises(DataNotFoundError, match=message):
+        data.load("fashion-mnist", root=root)
+
+
+def test_a_gzip_bomb_stops_at_the_cap(tmp_path, monkeypatch):
+    import tunnelscope.data.idx as idx
+
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1 << 20)
+    header = bytes([0, 0, 0x08, 1]) + (1 << 24).to_bytes(4, "big")
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(header + bytes(1 << 24)))  # 16 MiB of zeros, 16 KiB on disk
+    with pytest.raises(DataNotFoundError, match="more than 1 MiB"):
+        read_idx(tmp_path / "bomb.gz")

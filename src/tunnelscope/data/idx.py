@@ -15,15 +15,21 @@ _DTYPES: dict[int, np.dtype] = {
 }
 
 
+MAX_IDX_BYTES = 1 << 30  # Fashion-MNIST's largest file is 47 MB
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (``.gz`` or raw) into a numpy array of its declared shape."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(MAX_IDX_BYTES + 1)  # a gzip bomb stops here, not at the memory's end
     except (OSError, EOFError) as exc:
         raise DataNotFoundError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise DataNotFoundError(f"{path} holds more than {MAX_IDX_BYTES >> 20} MiB of data (decompressed); "
+                                "it is not a dataset file tunnelscope reads")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataNotFoundError(f"{path} is not an IDX file (bad magic number)")
     dtype = _DTYPES[raw[2]]

@@ -148,6 +148,7 @@ def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
             "(needs network access)"
         )
     arrays = {k: _read_idx_cached(str(p), p.stat().st_mtime) for k, p in files.items()}
+    _check_fashion(arrays, files)
     return RawData(
         train_x=torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
         train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
@@ -158,6 +159,23 @@ def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
         source=str(files["train_x"].parent),
         files=tuple(files.values()),
     )
+
+
+def _check_fashion(arrays: dict[str, np.ndarray], files: dict[str, Path]) -> None:
+    """Refuse Fashion-MNIST files that do not fit together: images of 28 x 28, as many labels as
+    images in each split, labels in 0..9."""
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1:
+            raise DataNotFoundError(f"{files[f'{split}_x']} holds arrays of shape {x.shape} and "
+                                    f"{files[f'{split}_y']} {y.shape}; Fashion-MNIST has 28 x 28 images and one "
+                                    "label each")
+        if len(x) != len(y):
+            raise DataNotFoundError(f"{files[f'{split}_x']} holds {len(x)} images but {files[f'{split}_y']} "
+                                    f"{len(y)} labels; the files do not belong together")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(FASHION_CLASSES)):
+            raise DataNotFoundError(f"{files[f'{split}_y']} holds label {int(y.max())}; Fashion-MNIST's labels "
+                                    f"are 0..{len(FASHION_CLASSES) - 1}")
 
 
 def _fashion_availability(ctx: LoadContext) -> tuple[bool, str]:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import SpecError
 from ..specs import Spec
+from .common import Dataset, add_label_noise
 
 SYNTHETIC_MODIFIERS: dict[str, str] = {
     "train": "training samples (default 10000)",
@@ -28,6 +29,8 @@ SYNTHETIC_MODIFIERS: dict[str, str] = {
     "channels": "channels C (default 3)",
     "spread": "noise standard deviation around each class's pattern (default 1.0)",
     "seed": "seed of the patterns and the noise (default 0)",
+    "noise": "fraction F in [0, 1] of training labels replaced by uniformly random classes (seeded, as for every "
+             "dataset); the inputs keep their true class's pattern",
 }
 DEFAULTS = {"train": 10_000, "test": 2_000, "n_classes": 10, "size": 32, "channels": 3, "spread": 1.0, "seed": 0}
 MAX_SAMPLES = 100_000_000  # labels are materialised per split: 8 bytes each
@@ -44,7 +47,7 @@ def synthetic_options(parsed: Spec, text: str) -> dict:
     options = dict(DEFAULTS)
     for key, value in parsed.modifiers.items():
         try:
-            options[key] = float(value) if key == "spread" else int(value)
+            options[key] = float(value) if key in ("spread", "noise") else int(value)
         except ValueError:
             raise SpecError(f"modifier {key}={value!r} in {text!r} must be a number") from None
     limits = {"train": (2, MAX_SAMPLES), "test": (2, MAX_SAMPLES), "n_classes": (2, 100_000), "size": (1, 1024),
@@ -54,6 +57,8 @@ def synthetic_options(parsed: Spec, text: str) -> dict:
             raise SpecError(f"{key}={options[key]} in {text!r} must be between {low} and {high}")
     if not 0 <= options["spread"] <= 1e6:
         raise SpecError(f"spread={options['spread']} in {text!r} must be between 0 and 1e6")
+    if not 0 <= options.get("noise", 0.0) <= 1:
+        raise SpecError(f"noise={options['noise']} in {text!r} must be a fraction between 0 and 1")
     return options
 
 
@@ -87,9 +92,10 @@ class SyntheticSplit:
     """One split of a synthetic dataset: the samples at ``indices`` (default all ``n``)."""
 
     def __init__(self, n: int, patterns: Tensor, spread: float, seed: int, salt: int,
-                 indices: Tensor | None = None) -> None:
+                 indices: Tensor | None = None, noisy_labels: Tensor | None = None) -> None:
         self.n, self.patterns, self.spread, self.seed, self.salt = n, patterns, spread, seed, salt
         self.indices = indices
+        self.noisy_labels = noisy_labels  # the whole split's labels after label noise, or None
 
     def __len__(self) -> int:
         return self.n if self.indices is None else len(self.indices)
@@ -98,10 +104,12 @@ class SyntheticSplit:
         positions = torch.arange(lo, hi) if order is None else order[lo:hi]
         return positions if self.indices is None else self.indices[positions]
 
+    def _labels_of(self, rows: Tensor) -> Tensor:
+        return rows % len(self.patterns) if self.noisy_labels is None else self.noisy_labels[rows]
+
     @property
     def labels(self) -> Tensor:
-        rows = torch.arange(self.n) if self.indices is None else self.indices
-        return rows % len(self.patterns)
+        return self._labels_of(torch.arange(self.n) if self.indices is None else self.indices)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
@@ -110,14 +118,14 @@ class SyntheticSplit:
     def subset(self, indices: Tensor) -> SyntheticSplit:
         """The samples at ``indices`` of this split, in that order."""
         rows = indices if self.indices is None else self.indices[indices]
-        return SyntheticSplit(self.n, self.patterns, self.spread, self.seed, self.salt, rows.long())
+        return SyntheticSplit(self.n, self.patterns, self.spread, self.seed, self.salt, rows.long(), self.noisy_labels)
 
     def generate(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """The inputs and labels of samples ``rows`` (indices into the full split)."""
-        labels = rows % len(self.patterns)
+        true = rows % len(self.patterns)
         shape = self.patterns.shape[1:]
         noise = _normal(self.seed, self.salt, rows, int(torch.tensor(shape).prod()))
-        return self.patterns[labels] + self.spread * noise.view(len(rows), *shape), labels
+        return self.patterns[true] + self.spread * noise.view(len(rows), *shape), self._labels_of(rows)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 device: str | torch.device = "cpu", drop_last: bool = False,
@@ -132,17 +140,19 @@ class SyntheticSplit:
 
 def load_synthetic(parsed: Spec, text: str):
     """The :class:`~tunnelscope.data.registry.Dataset` a ``synthetic[...]`` spec names."""
-    from .registry import Dataset
 
     o = synthetic_options(parsed, text)
     patterns = class_patterns(o["n_classes"], o["channels"], o["size"], o["seed"])
     train, test = (SyntheticSplit(o[name], patterns, o["spread"], o["seed"], _SPLIT_SALT[name])
                    for name in ("train", "test"))
+    label_noise = None
+    if "noise" in o:
+        train.noisy_labels, label_noise = add_label_noise(train.labels, o["noise"], o["n_classes"], o["seed"])
     info = {"spec": text, "base": "synthetic", "modifiers": dict(parsed.modifiers), "source": "generated",
             "kind": "image", "generator": "class pattern (seeded C x 4 x 4, upsampled, unit variance) + spread x "
                                           "hashed standard normal noise; label = index mod n_classes",
             "options": o, "normalisation": None, "train_samples": len(train), "test_samples": len(test),
-            "augmentation": None, "original_classes": list(range(o["n_classes"])), "label_noise": None}
+            "augmentation": None, "original_classes": list(range(o["n_classes"])), "label_noise": label_noise}
     return Dataset(text, train, test, o["n_classes"], (o["channels"], o["size"], o["size"]),
                    [f"class {k}" for k in range(o["n_classes"])], info)
 
