@@ -249,3 +249,12 @@ def test_synthetic_label_noise_changes_labels_not_inputs():
     x_noisy, y_noisy = next(noisy.train.batches(2000))
     assert torch.equal(x_clean, x_noisy) and torch.equal(y_noisy, noisy.train.labels)
     assert torch.equal(noisy.test.labels, clean.test.labels)  # the test split is never changed
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("digits[size=100000]", "size=100000 .* above 4,096"),
+    ("mnist1d[n=100000000]", "n=100000000 .* above 10,000,000"),
+])
+def test_sizes_a_spec_asks_for_are_capped_before_anything_is_built(spec, message):
+    with pytest.raises(SpecError, match=message):
+        data.check_spec(spec)

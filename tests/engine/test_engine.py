@@ -155,3 +155,32 @@ def test_a_readout_is_fitted_once_and_scored_on_both_splits(digits, monkeypatch)
     assert len(calls) == len(points) + 1  # the input point too
     acc = stats.table[stats.table.metric == "ridge_acc"]
     assert set(acc.split) == {"train", "test"} and acc.value.between(0, 1).all()
+
+
+def test_the_memory_budget_reads_a_container_limit(tmp_path, monkeypatch):
+    """cgroup v2 and v1 limits (fake files) bound the budget below the host's free memory."""
+    import tunnelscope.engine.statistics as statistics
+
+    (tmp_path / "memory.max").write_text("3221225472\n")  # a 3 GiB container
+    (tmp_path / "memory.current").write_text("1073741824\n")
+    assert statistics.cgroup_headroom(tmp_path) == 2 << 30
+    monkeypatch.setattr(statistics, "CGROUP_ROOT", tmp_path)
+    assert statistics.available_memory(torch.device("cpu")) <= 2 << 30
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(512 << 20))
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(str(100 << 20))
+    assert statistics.cgroup_headroom(v1) == 412 << 20
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the host's memory alone
+    assert statistics.cgroup_headroom(tmp_path) is None
+
+
+def test_a_plan_beyond_a_container_limit_is_refused_up_front(tmp_path, monkeypatch):
+    import tunnelscope.engine.statistics as statistics
+    from tunnelscope.errors import MemoryBudgetError
+
+    (tmp_path / "memory.max").write_text(str(40 << 20))
+    (tmp_path / "memory.current").write_text(str(32 << 20))  # 8 MiB left in the container
+    monkeypatch.setattr(statistics, "CGROUP_ROOT", tmp_path)
+    with pytest.raises(MemoryBudgetError, match="budget is 0.0 GiB"):
+        statistics.analyze_layers("mlp-3x1024", "digits", metrics="rank", progress=False, device="cpu")

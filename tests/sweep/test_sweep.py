@@ -300,3 +300,15 @@ def test_cells_run_as_tasks_on_a_ray_cluster(tmp_path):
         ray.shutdown()
     assert len(outcome.ran) == 4 and outcome.failed == {}
     assert (Store(spec.store).status(spec).status == "finished").all()
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+              f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+              for i in range(8)]  # 10^9 values when expanded
+    lines += ["name: bomb", "cell: {model: mlp-2x8, data: digits}", "grid: {depth: *i}"]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SweepConfigError, match="expands to more than 100,000 values"):  # not minutes expanding
+        SweepSpec.load(path)

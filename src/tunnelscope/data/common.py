@@ -87,12 +87,21 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
     return options
 
 
+MODIFIER_CAPS = {"size": 4096, "n": 10_000_000}  # sizes a spec may ask for; beyond them memory runs out first
+MODIFIER_WHY = {"size": "an image side: 1,797 digits at 4096 x 4096 already take 30 GB",
+                "n": "mnist1d samples are generated in memory, 40 floats each; use synthetic[...] for more"}
+
+
 def _option_value(key: str, value: str, text: str) -> Any:
     """One modifier's value, parsed and checked by its key."""
     if key == "classes":
         return parse_index_set(value, key, text)
     if key in ("per_class", "test_per_class", "size", "n"):
-        return parse_int(value, key, text, minimum=1)
+        number = parse_int(value, key, text, minimum=1)
+        if key in MODIFIER_CAPS and number > MODIFIER_CAPS[key]:
+            raise SpecError(f"modifier {key}={number} in {text!r} is above {MODIFIER_CAPS[key]:,}, "
+                            f"the most tunnelscope builds ({MODIFIER_WHY[key]})")
+        return number
     if key == "channels":
         channels = parse_int(value, key, text)
         if channels not in (1, 3):

@@ -104,18 +104,60 @@ def make_plan(metrics: list[Metric], explicit: bool, widths: Sequence[int], keep
     return plan
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where this process's memory limit is read (a test points it elsewhere)
+
+
+def _read_int(path: Path) -> int | None:
+    """The integer in a one-line file, or None (missing, unreadable, ``max``, not a number)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().split()[0])
+    return None
+
+
+def _own_cgroup_dirs(root: Path) -> list[Path]:
+    """The memory cgroup folders that limit this process: its own (from /proc/self/cgroup) and
+    the root of the mount (a container sees its own cgroup there)."""
+    dirs = [root, root / "memory"]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers in ("", "memory") or "memory" in controllers.split(","):
+                rel = path.lstrip("/")
+                dirs += [root / rel, root / "memory" / rel] if rel else []
+    return dirs
+
+
+def cgroup_headroom(root: Path | None = None) -> int | None:
+    """Bytes this process's memory cgroup still allows (limit minus usage; cgroup v2
+    ``memory.max``/``memory.current`` or v1 ``memory.limit_in_bytes``/``memory.usage_in_bytes``),
+    the smallest over the cgroups found; None without a limit."""
+    base = root or CGROUP_ROOT
+    room = []
+    for folder in _own_cgroup_dirs(base):
+        for limit_file, usage_file in (("memory.max", "memory.current"),
+                                       ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+            if limit is not None and limit < 1 << 60 and usage is not None:  # v1 says "no limit" with ~2^63
+                room.append(max(0, limit - usage))
+    return min(room) if room else None
+
+
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new state on ``device`` (MemAvailable on Linux CPUs), or None when unknown."""
+    """Bytes free for new state on ``device``: on a Linux CPU, MemAvailable or what the memory
+    cgroup (a container's limit) still allows, whichever is less; None when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    host = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
+                    host = int(line.split()[1]) * 1024
+    if host is None:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limits = [m for m in (host, cgroup_headroom()) if m is not None]
+    return min(limits) if limits else None
 
 
 def planned_bytes(plan: Plan, widths: Sequence[int], num_classes: int, samples: dict[str, int] | None = None) -> int:

@@ -289,6 +289,10 @@ def check_spec(spec: str) -> None:
     raise _unknown(parsed.name)
 
 
+MAX_CLASSES = 1_000_000  # a checkpoint that claims more is refused before a head is allocated
+MAX_INPUT_SIDE = 1 << 16
+
+
 def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: str | Path | None = None,
           seed: int | None = None) -> ZooModel:
     """Build the model a spec names, for ``num_classes`` outputs and inputs of ``input_shape``.
@@ -308,6 +312,12 @@ def build(spec: str, num_classes: int, input_shape: tuple[int, ...], weights: st
         raise SpecError(f"model spec {spec!r} takes no [modifiers]; they belong to dataset specs")
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if int(num_classes) > MAX_CLASSES:
+        raise ConfigError(f"num_classes {num_classes:,} is above {MAX_CLASSES:,}, the most tunnelscope builds a "
+                          "classifier for (its head and every per-class statistic grow with it)")
+    if len(input_shape) == 0 or any(int(d) < 1 or int(d) > MAX_INPUT_SIDE for d in input_shape):
+        raise ConfigError(f"input shape {tuple(input_shape)} is not one tunnelscope builds a model for: each "
+                          f"dimension must be between 1 and {MAX_INPUT_SIDE:,}")
     pretrained = isinstance(weights, str) and weights == PRETRAINED
     for family in FAMILIES:
         match = re.fullmatch(family.pattern, parsed.name)

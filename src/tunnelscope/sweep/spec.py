@@ -53,6 +53,27 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_CELLS = 10_000
 
 
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # values in the parsed file, aliases counted each time they are used
+
+
+def _check_expanded_size(raw: Any, where: str) -> None:
+    """Refuse a file whose values, with YAML aliases expanded, exceed :data:`MAX_NODES` (an alias
+    bomb: a few lines that expand to billions of values), counting without expanding."""
+    seen = 0
+    stack = [raw]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise SweepConfigError(f"{where} expands to more than {MAX_NODES:,} values (YAML aliases used over and "
+                                   "over?); write the grid out")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def _check_keys(given: dict, valid: set[str], where: str) -> None:
     unknown = sorted(set(given) - valid)
     if unknown:
@@ -317,8 +338,12 @@ class SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise SweepConfigError(f"sweep file {path} does not exist")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SweepConfigError(f"{path} is {path.stat().st_size:,} bytes; a sweep file is at most "
+                                   f"{MAX_FILE_BYTES:,}")
         try:
             raw = yaml.safe_load(path.read_text())
+            _check_expanded_size(raw, str(path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
