@@ -40,6 +40,10 @@ class MemoryBudgetError(TunnelscopeError, MemoryError):
     """A computation whose planned state does not fit in the memory available."""
 
 
+class CacheSpaceError(TunnelscopeError, OSError):
+    """The feature cache could not reserve the disk space it needs to spill to."""
+
+
 class ConfigError(TunnelscopeError, ValueError):
     """A setting (an argument or option, not a spec string) that is out of range or
     inconsistent with the others: a batch size, a probe protocol, a metric name, a device, a

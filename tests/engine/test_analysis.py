@@ -1,4 +1,6 @@
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -276,3 +278,36 @@ def test_cka_without_pc1_and_consecutive_l1_equal_numpy():
     step = stats.curve("l1_step")
     assert step["4"] == pytest.approx(np.abs(te["4"] - te["2"]).mean(), rel=1e-10)
     assert np.isnan(step["2"]) and np.isnan(step["5"])  # the first point; 16 -> 10 wide
+
+
+def test_a_full_disk_is_a_clear_error_when_the_cache_spills(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from tunnelscope.errors import CacheSpaceError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    cache = FeatureCache(1000, budget_bytes=100, spill_dir=tmp_path)
+    with pytest.raises(CacheSpaceError, match="needs 0 MiB on disk in .* but no space left on device; free space"):
+        cache.update({"a": torch.randn(10, 3)}, torch.arange(10))
+    assert list(tmp_path.iterdir()) == []  # nothing half-made left behind
+
+
+def test_spills_of_killed_processes_are_removed_by_the_next_spill(tmp_path):
+    import subprocess
+    import sys
+
+    from tunnelscope.capture.cache import SPILL_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{SPILL_PREFIX}{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "0.npy").write_bytes(b"x" * 1000)
+    mine = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-live"
+    mine.mkdir()
+    with FeatureCache(20, budget_bytes=10, spill_dir=tmp_path) as cache:
+        cache.update({"a": torch.randn(10, 3)}, torch.arange(10))
+        assert not stale.exists() and mine.exists()  # a live process's spill stays

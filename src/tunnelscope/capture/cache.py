@@ -7,6 +7,7 @@ in a temporary folder beyond it (the only O(N·D) state in tunnelscope, by desig
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +17,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import CacheSpaceError
+
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
+
+
+SPILL_PREFIX = "tunnelscope-cache-"
+
+
+def remove_stale_spills(root: str | Path | None = None) -> list[Path]:
+    """Delete spill folders (``tunnelscope-cache-PID-*``) whose process is gone (killed before
+    it could clean up); returns what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*"):
+        pid = folder.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)) or not folder.is_dir() or folder.is_symlink():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class FeatureCache:
@@ -42,14 +72,30 @@ class FeatureCache:
     def _allocate(self, features: dict[str, Tensor]) -> None:
         need = self.capacity * sum(x.shape[1] for x in features.values()) * self.dtype.itemsize
         if need > self.budget_bytes:
-            self.spilled_to = Path(tempfile.mkdtemp(prefix="tunnelscope-cache-", dir=self.spill_root))
+            remove_stale_spills(self.spill_root)
+            self.spilled_to = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=self.spill_root))
         for i, (name, x) in enumerate(features.items()):
             shape = (self.capacity, x.shape[1])
             if self.spilled_to is None:
                 self.arrays[name] = np.empty(shape, dtype=self.dtype)
             else:
-                self.arrays[name] = np.lib.format.open_memmap(self.spilled_to / f"{i}.npy", mode="w+",
-                                                              dtype=self.dtype, shape=shape)
+                self.arrays[name] = self._spill_array(self.spilled_to / f"{i}.npy", shape, need)
+
+    def _spill_array(self, path: Path, shape: tuple[int, int], need: int) -> np.ndarray:
+        """A memory-mapped array whose blocks are reserved on disk first: a full disk is an error
+        here, not a SIGBUS when a page is first written."""
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)
+        try:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+        except OSError as exc:
+            del array
+            self.close()
+            where = self.spill_root or tempfile.gettempdir()
+            raise CacheSpaceError(f"the feature cache needs {need / 2**20:,.0f} MiB on disk in {where} but "
+                                  f"{exc.strerror.lower() if exc.strerror else exc}; free space there, point "
+                                  "TMPDIR at a larger disk, or lower --max-samples") from None
+        return array
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         """Append one batch."""
