@@ -391,3 +391,16 @@ def test_imagefolder_norm_modifier_is_validated(tmp_path):
         data.check_spec(f"imagefolder:{tmp_path}[normal=1]")
     row = [r for r in data.list_datasets() if r["name"] == "imagefolder:PATH"][0]
     assert "norm" in row["modifiers"]
+
+
+def test_an_endless_iterable_dataset_is_refused_not_read_until_memory_runs_out(monkeypatch):
+    import tunnelscope.data.objects as objects
+
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                yield torch.zeros(1, 8, 8), 0
+
+    monkeypatch.setattr(objects, "MAX_READ_BYTES", 1 << 20)
+    with pytest.raises(ConfigError, match="more than 0 GiB in .* batches and has not ended"):
+        as_dataset(DataLoader(Endless(), batch_size=64))

@@ -156,9 +156,14 @@ def _check_item(dataset: torch.utils.data.Dataset, what: str) -> Any:
     return item
 
 
+MAX_READ_BYTES = 8 << 30  # what an iterable source may fill memory with before it is called endless
+
+
 def _read_loader(loader: Iterable, what: str) -> tuple[Tensor, Tensor]:
-    """Every batch of ``loader`` as one ``(x, y)``."""
+    """Every batch of ``loader`` as one ``(x, y)``; refused past :data:`MAX_READ_BYTES` (an
+    endless or too large iterable would otherwise be read until memory runs out)."""
     xs, ys = [], []
+    held = 0
     try:
         for i, batch in enumerate(loader):
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -166,6 +171,11 @@ def _read_loader(loader: Iterable, what: str) -> tuple[Tensor, Tensor]:
                                   + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
             xs.append(_as_inputs(batch[0], f"{what} batch {i}"))
             ys.append(_as_labels(batch[1], f"{what} batch {i}"))
+            held += xs[-1].nelement() * xs[-1].element_size() + ys[-1].nelement() * ys[-1].element_size()
+            if held > MAX_READ_BYTES:
+                raise ConfigError(f"{what} yielded more than {MAX_READ_BYTES / 2**30:.0f} GiB in {i + 1} batches "
+                                  "and has not ended (an endless IterableDataset?); iterable data is held in "
+                                  "memory: give a finite one, or a map-style Dataset, which is streamed")
     except TypeError as exc:
         if "collate" not in str(exc):
             raise
