@@ -60,6 +60,7 @@ class OODRow(TypedDict, total=False):
     retained_ci: list[float | None]
     pearson_ci: list[float | None]
     alignment_ci: list[float | None]
+    retained_in_sample: float | None
 
 
 Summary = TypedDict("Summary", {

@@ -96,6 +96,7 @@ class OODSummary:
     best_point: int
     pearson: float
     alignment: float
+    retained_in_sample: float = math.nan  # the plug-in, when ``retained`` is the cross-fitted estimate
 
 
 def summarize(acc_id: Curve, classes_id: int, ood: Mapping[str, tuple[Curve, int]],

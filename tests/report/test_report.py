@@ -66,7 +66,8 @@ def test_summary_follows_from_the_table_by_the_definitions(runs):
         assert results.summary[f"tunnel_start@{tau}"] == 1 + int(np.argmax(acc >= tau * acc[-1]))
     ood = results.curve("probe_acc", OOD, with_input=False).to_numpy()
     (entry,) = results.summary["ood"]
-    assert entry["retained"] == pytest.approx(100 * ood[-1] / ood.max())
+    assert entry["retained_in_sample"] == pytest.approx(100 * ood[-1] / ood.max())
+    assert entry["retained_ci"][0] <= entry["retained"] <= entry["retained_ci"][1]  # cross-fitted, in its interval
     assert entry["pearson"] == pytest.approx(np.corrcoef(acc, ood)[0, 1])
     errors = 1 - results.curve("ncc_acc", split="train", with_input=False).to_numpy()
     reached = np.flatnonzero(errors <= 0.01)

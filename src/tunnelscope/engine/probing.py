@@ -39,17 +39,28 @@ from ..results import COLUMNS, Results
 from ..summary import (
     BEST_TRANSFER_LAYER,
     FLAGS,
+    MEAN_RETAINED,
     MODEL_ACCURACY,
     OOD,
     OOD_SKIPPED,
     POINTS,
+    STRENGTH,
     TUNNEL_START,
     VERDICT_VALID,
     as_summary,
     ci_key,
 )
-from ..tunnel import summarize
-from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, curve_samples, interval, tunnel_intervals
+from ..tunnel import strength, summarize
+from ..uncertainty import (
+    DEFAULT_RESAMPLES,
+    LEVEL,
+    accuracy_interval,
+    crossfit_folds,
+    crossfit_retained,
+    interval,
+    resampled_curves,
+    tunnel_intervals,
+)
 from ..verdict import Flag, check_probe_samples, curve_flags, model_flags, probe_flags, verdict
 from ..versions import environment, package_versions
 from .distributed import World, current_world
@@ -89,18 +100,38 @@ class _Fitted:
     test: dict[str, float]
     train: dict[str, float]
     samples: np.ndarray  # (resamples, points) bootstrap accuracy curves, in point order
+    retained: float = math.nan  # cross-fitted % retained over the tunnel's points (an OOD dataset's)
+    retained_samples: np.ndarray | None = None  # its value on each resample of ``samples``
 
     @classmethod
-    def of(cls, results: list[ProbeResult], names: list[str], resamples: int, seed: int) -> _Fitted:
+    def of(cls, results: list[ProbeResult], names: list[str], resamples: int, seed: int,
+           tunnel_cols: list[int] | None = None) -> _Fitted:
+        """The probes' accuracies and bootstrap curves; with ``tunnel_cols`` (the columns of
+        points 1 … penultimate) also the cross-fitted % retained, on the same resamples."""
         mean = lambda attr: {n: float(np.mean([getattr(r, attr)[n] for r in results])) for n in names}  # noqa: E731
         correct = [np.stack([r.correct[n] for n in names], axis=1) for r in results]
-        samples = (curve_samples(correct, resamples, np.random.default_rng(seed)) if resamples
-                   else np.full((0, len(names)), np.nan))
-        return cls(results, mean("accuracy"), mean("train_accuracy"), samples)
+        draw = None
+        if resamples:
+            samples, draw = resampled_curves(correct, resamples, np.random.default_rng(seed))
+        else:
+            samples = np.full((0, len(names)), np.nan)
+        fit = cls(results, mean("accuracy"), mean("train_accuracy"), samples)
+        if tunnel_cols and len(correct[0]) >= 2:
+            part = [c[:, tunnel_cols] for c in correct]
+            folds = crossfit_folds(len(part[0]), seed)
+            fit.retained = float(crossfit_retained(part, folds)[0])
+            fit.retained_samples = crossfit_retained(part, folds, draw) if draw is not None else None
+        return fit
 
     def interval(self, names: list[str]) -> dict[str, tuple[float, float]]:
+        """Each point's test-accuracy interval: Clopper-Pearson over the test samples for one probe
+        seed (exact coverage near 0 and 1 too); the two-level bootstrap over samples and seeds for
+        several."""
         if not len(self.samples):
             return {n: (math.nan, math.nan) for n in names}
+        if len(self.results) == 1:
+            correct = self.results[0].correct
+            return {n: accuracy_interval(int(correct[n].sum()), len(correct[n])) for n in names}
         lo, hi = interval(self.samples)
         return {n: (float(a), float(b)) for n, a, b in zip(names, lo, hi)}
 
@@ -316,8 +347,9 @@ class _Probing:
                 ncc: dict | None, tr_info: dict, te_info: dict) -> None:
         """Keep one dataset's fitted probes, its table rows and its record for the config."""
         names = self.capture.names
+        tunnel_cols = None if key == "id" else [names.index(n) for n in self.capture.points]
         fit = self.fitted[key] = _Fitted.of(results, names, self.settings.resamples,
-                                            self.settings.seed + 17 * len(self.fitted))
+                                            self.settings.seed + 17 * len(self.fitted), tunnel_cols)
         name = ds.spec if key == "id" else key  # rows name the ID data by its spec
         self.rows += _rows(self.model_name, name, names, self.capture, results, fit, ncc)
         self.info[key] = {"spec": ds.spec, "classes": ds.num_classes, "adapted": changes, "train": tr_info,
@@ -355,7 +387,9 @@ class _Probing:
                 "batch_size": self.settings.batch_size, "intervals": {
                     "level": LEVEL, "resamples": self.settings.resamples, "method": (
                     "percentile bootstrap over test samples"
-                    + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "") + f" (seed {seed})")},
+                    + (f" and {cfg.seeds} probe seeds" if cfg.seeds > 1 else "") + f" (seed {seed})"),
+                    "per_point_accuracy": ("Clopper-Pearson over test samples" if cfg.seeds == 1 else
+                                           "the bootstrap above")},
                 "device": str(dev), "environment": environment(dev), "versions": package_versions(),
                 "seconds": time.perf_counter() - tic, "id_dataset": id_spec}
 
@@ -400,12 +434,15 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
         return {POINTS: len(modules), OOD_SKIPPED: [k for k in curves if k != "id"], OOD: []}
     summary = summarize(curves["id"][0], curves["id"][1], ood_curves, taus)
     summary[OOD_SKIPPED] = [k for k, ok in finite.items() if k != "id" and not ok]  # a probe diverged there
+    _crossfitted(summary, fitted)
     if ood_curves:
         mean = np.mean([curve for curve, _ in ood_curves.values()], axis=0)
         summary[BEST_TRANSFER_LAYER] = int(np.argmax(mean)) + 1
     if len(fitted["id"].samples):
+        crossfit = {k: r for k in ood_curves if (r := fitted[k].retained_samples) is not None}
         cis = tunnel_intervals(fitted["id"].samples[:, cols], curves["id"][1],
-                               {k: (fitted[k].samples[:, cols], c) for k, (_, c) in ood_curves.items()}, taus)
+                               {k: (fitted[k].samples[:, cols], c) for k, (_, c) in ood_curves.items()}, taus,
+                               retained_samples=crossfit)
         for key, value in cis.items():
             if key != "ood":
                 summary[ci_key(key)] = value
@@ -414,6 +451,19 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
                 setattr(row, ci_key(metric), value)
     summary["ood"] = [jsonable(vars(r)) for r in summary["ood"]]  # undefined values as None, as they are saved
     return summary
+
+
+def _crossfitted(summary: dict, fitted: dict[str, _Fitted]) -> None:
+    """Each OOD row's % retained as the cross-fitted estimate (the plug-in kept as
+    ``retained_in_sample``), and the mean and strength from them."""
+    rows = summary.get("ood") or []
+    for row in rows:
+        row.retained_in_sample = row.retained
+        if math.isfinite(fitted[row.name].retained):
+            row.retained = fitted[row.name].retained
+    if rows:
+        summary[MEAN_RETAINED] = float(np.mean([r.retained for r in rows]))
+        summary[STRENGTH] = strength(summary[MEAN_RETAINED])
 
 
 __all__ = ["IdReuse", "probe_layers", "probe_statistics"]
