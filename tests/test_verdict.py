@@ -137,3 +137,74 @@ def test_a_curve_too_short_for_pearson_is_flagged():
     flags = curve_flags([0.5, 0.9], input_accuracy=None)
     assert [f.code for f in flags] == ["short_curve"] and not flags[0].blocking
     assert "short_curve" not in [f.code for f in curve_flags([0.5, 0.9, 0.92], input_accuracy=None)]
+
+
+def _signed(**extra) -> dict:
+    """A summary whose signatures agree: plateau from layer 3 of 8 with 1 pp to come, the rank
+    collapsing from layer 4, OOD peaking at layer 3."""
+    base = {"tunnel_start@0.95": 3, "tunnel_start@0.95_ci": [3, 3], "points": 8, "id_gain_after_start": 0.01,
+            "id_gain_after_start_ci": [0.004, 0.016], "id_gain_share": 0.1, "rank_collapse_layer": 4,
+            "best_transfer_layer": 3, "best_transfer_layer_ci": [2, 3], "mean_retained": 80.0,
+            "mean_retained_ci": [78.0, 82.0], "strength": "medium", "flags": []}
+    return {**base, **extra}
+
+
+NAMES = [f"block{i}" for i in range(1, 9)]
+
+
+def test_a_tunnel_is_claimed_when_the_signatures_agree_and_named_with_intervals():
+    from tunnelscope.verdict import tunnel_claim, verdict
+
+    summary = _signed()
+    assert tunnel_claim(summary) == (True, "")
+    text = verdict(summary, NAMES)
+    assert text.startswith("the tunnel starts at layer 3 [3, 3] of 8 (ID accuracy within 5% of its final value "
+                           "from layer 3 [3, 3], +1.0 pp [0.4, 1.6] after it, rank collapsing from layer 4, OOD "
+                           "accuracy peaking at layer 3 [2, 3])")
+    assert summary["tunnel_claimed"] is True
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"id_gain_share": 0.35}, "still closes 35% of the error left at layer 3"),
+    ({"rank_collapse_layer": 7}, "the rank collapses from layer 7, not near layer 3"),
+    ({"rank_collapse_layer": None}, "the rank does not collapse"),
+    ({"best_transfer_layer": 6, "rank_collapse_layer": 4}, "OOD accuracy peaks at layer 6, after the collapse"),
+])
+def test_signatures_that_disagree_say_what_is_seen(change, reason):
+    from tunnelscope.verdict import tunnel_claim, verdict
+
+    summary = _signed(**change)
+    claimed, why = tunnel_claim(summary)
+    assert not claimed and reason in why
+    text = verdict(summary, NAMES)
+    assert text.startswith("no clear tunnel: ID accuracy within 5%") and reason in text
+
+
+def test_without_rank_no_tunnel_is_claimed_and_the_verdict_says_to_measure_it():
+    from tunnelscope.verdict import verdict
+
+    summary = _signed()
+    del summary["rank_collapse_layer"]
+    assert "rank was not measured (add rank to the metrics)" in verdict(summary, NAMES)
+
+
+def test_rank_collapse_is_where_the_rank_stays_at_or_below_half_its_maximum():
+    from tunnelscope.tunnel import rank_collapse_layer
+
+    assert rank_collapse_layer([10, 60, 64, 60, 30, 8, 8, 8]) == 5
+    assert rank_collapse_layer([64, 20, 60, 10]) == 4  # a rebound above half resets it
+    assert rank_collapse_layer([64, 64, 50, 40]) is None  # never at or below half
+    assert rank_collapse_layer([64, 32, 32]) == 2  # half exactly counts
+
+
+def test_a_dip_below_tau_after_the_start_blocks_the_verdict():
+    """The issue's non-monotone curve: 'starts at layer 2' was given as valid."""
+    from tunnelscope.verdict import curve_flags
+
+    curve = [0.613, 0.880, 0.563, 0.855, 0.870]
+    upper = [0.64, 0.90, 0.59, 0.88, 0.89]
+    flags = {f.code: f for f in curve_flags(curve, None, upper=upper)}
+    assert flags["dip_after_start"].blocking and "layer(s) 3 after reaching it at layer 2" in flags[
+        "dip_after_start"].message
+    wide = [0.64, 0.90, 0.83, 0.88, 0.89]  # the dip's interval reaches τ·final: not beyond its interval
+    assert "dip_after_start" not in {f.code for f in curve_flags(curve, None, upper=wide)}

@@ -37,6 +37,10 @@ MEAN_RETAINED: Final = "mean_retained"
 MEAN_RETAINED_CI: Final = "mean_retained_ci"
 STRENGTH: Final = "strength"
 BEST_TRANSFER_LAYER: Final = "best_transfer_layer"
+ID_GAIN: Final = "id_gain_after_start"  # final ID accuracy minus the tunnel start's (a fraction)
+ID_GAIN_SHARE: Final = "id_gain_share"  # that gain over the error left at the start
+RANK_COLLAPSE: Final = "rank_collapse_layer"  # first layer from which the rank stays at or below half its maximum
+TUNNEL_CLAIMED: Final = "tunnel_claimed"  # whether the signatures agree on a tunnel
 MODEL_ACCURACY: Final = "model_accuracy"
 EFFECTIVE_DEPTH: Final = "effective_depth"
 POINTS: Final = "points"
@@ -70,7 +74,9 @@ Summary = TypedDict("Summary", {
     "tunnel_start@0.95_ci": list[float], "tunnel_length@0.95_ci": list[float],
     "tunnel_start@0.98_ci": list[float], "tunnel_length@0.98_ci": list[float],
     "mean_retained": float, "mean_retained_ci": list[float], "strength": str,
-    "best_transfer_layer": int, "ood": list[OODRow], "ood_skipped": list[str],
+    "best_transfer_layer": int, "best_transfer_layer_ci": list[float], "id_gain_after_start": float,
+    "id_gain_after_start_ci": list[float], "id_gain_share": float, "rank_collapse_layer": "int | None",
+    "tunnel_claimed": bool, "ood": list[OODRow], "ood_skipped": list[str],
     "effective_depth": "int | None", "effective_depth_point": "str | None", "ncc_eps": float,
     "model_accuracy": "float | None", "flags": list[dict[str, Any]], "verdict_valid": bool, "verdict": str,
     "reference": dict[str, dict[str, Any]],
@@ -91,7 +97,8 @@ def as_summary(values: Mapping[str, Any]) -> Summary:
 REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
                          EFFECTIVE_DEPTH)
 
-__all__ = ["BEST_TRANSFER_LAYER", "DEFAULT_TAU", "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
+__all__ = ["BEST_TRANSFER_LAYER", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE", "RANK_COLLAPSE", "TUNNEL_CLAIMED",
+           "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",
            "as_summary", "ci_key", "length_key", "start_key"]

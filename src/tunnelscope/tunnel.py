@@ -69,6 +69,21 @@ def pearson(acc_id: Curve, acc_ood: Curve) -> float:
     return float(pearsonr(a, b).statistic)
 
 
+RANK_COLLAPSE_SHARE = 0.5  # the rank has collapsed once it stays at or below this share of its maximum
+
+
+def rank_collapse_layer(rank: Curve, share: float = RANK_COLLAPSE_SHARE) -> int | None:
+    """The first layer (1-based) from which the numerical rank stays at or below ``share`` of its
+    maximum over the curve, after that maximum; None when the last layer's rank is above it."""
+    values = _curve(rank, "rank")
+    peak = int(np.argmax(values))
+    below = values <= share * values[peak]
+    if not below[-1]:
+        return None
+    above_after_peak = [i for i in range(peak, len(values)) if not below[i]]
+    return (above_after_peak[-1] + 1 if above_after_peak else peak) + 1
+
+
 def alignment(acc_id_penultimate: float, classes_id: int, acc_ood_penultimate: float, classes_ood: int) -> float:
     """``A = (α_ID - 1/C_ID)(α_OOD - 1/C_OOD)``, accuracies as fractions in [0, 1]."""
     for value in (acc_id_penultimate, acc_ood_penultimate):

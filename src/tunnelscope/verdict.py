@@ -27,7 +27,18 @@ import numpy as np
 import torch
 
 from .errors import InsufficientDataError
-from .summary import BEST_TRANSFER_LAYER, EFFECTIVE_DEPTH, OOD_SKIPPED, POINTS, TUNNEL_START, ci_key
+from .summary import (
+    BEST_TRANSFER_LAYER,
+    EFFECTIVE_DEPTH,
+    ID_GAIN,
+    ID_GAIN_SHARE,
+    OOD_SKIPPED,
+    POINTS,
+    RANK_COLLAPSE,
+    TUNNEL_CLAIMED,
+    TUNNEL_START,
+    ci_key,
+)
 from .tunnel import PEARSON_MIN_POINTS
 
 MIN_PER_CLASS = 5
@@ -111,10 +122,12 @@ def model_flags(model_info: dict, model_accuracy: float | None, num_classes: int
     return flags
 
 
-def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: float = 0.95) -> list[Flag]:
-    """``first_layer``, ``non_monotone`` and ``short_curve`` from the ID probe curve (points 1 … penultimate)."""
+def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: float = 0.95,
+                upper: Sequence[float] | None = None) -> list[Flag]:
+    """``first_layer``, ``non_monotone``, ``dip_after_start`` and ``short_curve`` from the ID probe
+    curve (points 1 … penultimate); ``upper`` are the upper bounds of its points' intervals."""
     curve = np.asarray(id_curve, dtype=float)
-    flags = []
+    flags = _dip_flags(curve, upper, tau)
     if 0 < len(curve) < PEARSON_MIN_POINTS:
         flags.append(Flag("short_curve", f"the tunnel's curves have {len(curve)} point(s): Pearson ρ needs at least "
                                          f"{PEARSON_MIN_POINTS} (through two points it is ±1 whatever the curves) and "
@@ -139,6 +152,23 @@ def curve_flags(id_curve: Sequence[float], input_accuracy: float | None, tau: fl
     return flags
 
 
+def _dip_flags(curve: np.ndarray, upper: Sequence[float] | None, tau: float) -> list[Flag]:
+    """``dip_after_start`` (blocking): a layer after the tunnel start whose accuracy interval lies
+    wholly below τ times the final accuracy, so that "within τ of the final value from layer l*"
+    does not hold after l*."""
+    if upper is None or not len(curve) or not np.isfinite(curve).all():
+        return []
+    target = tau * curve[-1]
+    start = int(np.argmax(curve >= target))
+    dips = [i + 1 for i in range(start + 1, len(curve)) if np.isfinite(upper[i]) and upper[i] < target]
+    if not dips:
+        return []
+    return [Flag("dip_after_start", f"ID probe accuracy falls below {tau:g} x its final value at layer(s) "
+                                    f"{', '.join(map(str, dips))} after reaching it at layer {start + 1} (beyond "
+                                    "their intervals): the curve does not plateau, so no tunnel start is read from it",
+                 True)]
+
+
 def probe_flags(unconverged: dict[str, list[str]], diverged: dict[str, list[str]]) -> list[Flag]:
     """``unconverged`` and ``diverged`` per dataset (``{dataset: [points]}``)."""
     flags = []
@@ -160,6 +190,56 @@ def _ci(summary: dict, key: str, digits: int = 1) -> str:
     return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if digits else f" [{int(ci[0])}, {int(ci[1])}]"
 
 
+MAX_GAIN_SHARE = 0.25  # the ID gain after the start may close at most this share of the error left there
+RANK_AGREEMENT = 1  # layers between the start and the rank's collapse that still count as agreeing
+
+
+def tunnel_claim(summary: dict) -> tuple[bool, str]:
+    """Whether the tunnel's signatures agree, and if not, why: ID accuracy within τ of its
+    final value from layer l* with little still to gain after it (at most
+    :data:`MAX_GAIN_SHARE` of the error left at l*), the numerical rank collapsing (staying at
+    or below half its maximum) within :data:`RANK_AGREEMENT` layer of l*, and OOD accuracy
+    peaking no later than that collapse."""
+    start, L = summary.get(TUNNEL_START), summary.get(POINTS)
+    if start is None or L is None or start >= L:
+        return False, "no layer after the start"
+    reasons = []
+    share = summary.get(ID_GAIN_SHARE)
+    if share is not None and share > MAX_GAIN_SHARE:
+        reasons.append(f"ID accuracy still closes {share:.0%} of the error left at layer {start} after it")
+    if RANK_COLLAPSE not in summary:
+        reasons.append("rank was not measured (add rank to the metrics)")
+    elif summary[RANK_COLLAPSE] is None:
+        reasons.append("the rank does not collapse")
+    else:
+        collapse = summary[RANK_COLLAPSE]
+        if abs(collapse - start) > RANK_AGREEMENT:
+            reasons.append(f"the rank collapses from layer {collapse}, not near layer {start}")
+        peak = summary.get(BEST_TRANSFER_LAYER)
+        if peak is not None and peak > max(collapse, start):
+            reasons.append(f"OOD accuracy peaks at layer {peak}, after the collapse")
+    return not reasons, "; ".join(reasons)
+
+
+def _signature_text(summary: dict) -> str:
+    """The signatures, each with its interval where it has one."""
+    start = summary[TUNNEL_START]
+    parts = [f"ID accuracy within 5% of its final value from layer {start}{_ci(summary, TUNNEL_START, 0)}"]
+    if ID_GAIN in summary:
+        gain = 100 * summary[ID_GAIN]
+        ci = summary.get(ci_key(ID_GAIN))
+        bounds = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci and all(np.isfinite(ci)) else ""
+        parts.append(f"+{gain:.1f} pp{bounds} after it")
+    if summary.get(RANK_COLLAPSE) is not None:
+        parts.append(f"rank collapsing from layer {summary[RANK_COLLAPSE]}")
+    elif RANK_COLLAPSE in summary:
+        parts.append("no rank collapse")
+    if summary.get(BEST_TRANSFER_LAYER):
+        parts.append(f"OOD accuracy peaking at layer {summary[BEST_TRANSFER_LAYER]}"
+                     f"{_ci(summary, BEST_TRANSFER_LAYER, 0)}")
+    return ", ".join(parts)
+
+
 def verdict(summary: dict, names: list[str]) -> str:
     """One line from a summary: where the tunnel starts (with its interval), which layer
     transfers best (highest mean OOD probe accuracy), how much OOD accuracy the last layer
@@ -169,18 +249,22 @@ def verdict(summary: dict, names: list[str]) -> str:
     start, L = summary[TUNNEL_START], summary[POINTS]
     flags = summary.get("flags", [])
     codes = {f["code"] for f in flags}
+    claimed, why_not = tunnel_claim(summary)
+    summary[TUNNEL_CLAIMED] = claimed
     if "first_layer" in codes:
         text = (f"no tunnel evidence: ID probe accuracy is reached from the first layer (of {L}), "
                 "the task is linearly solvable early")
     elif start < L:
-        text = f"the tunnel starts at layer {start}{_ci(summary, TUNNEL_START, 0)} of {L}"
+        seen = _signature_text(summary)
+        text = (f"the tunnel starts at layer {start}{_ci(summary, TUNNEL_START, 0)} of {L} ({seen})" if claimed else
+                f"no clear tunnel: {seen}; they do not agree ({why_not})")
     else:
         text = f"no tunnel: ID probe accuracy still rises at the last layer ({L})"
     if summary.get(BEST_TRANSFER_LAYER):
         j = summary[BEST_TRANSFER_LAYER]
-        text += (f"; the best layer to transfer from is {j} ({names[j - 1]}); mean OOD accuracy retained "
-                 f"at the last layer: {summary['mean_retained']:.1f}%{_ci(summary, 'mean_retained')} "
-                 f"({summary['strength']})")
+        text += (f"; the best layer to transfer from is {j}{_ci(summary, BEST_TRANSFER_LAYER, 0)} ({names[j - 1]}); "
+                 f"mean OOD accuracy retained at the last layer: {summary['mean_retained']:.1f}%"
+                 f"{_ci(summary, 'mean_retained')} ({summary['strength']})")
     if summary.get(OOD_SKIPPED):
         text += f"; OOD probes diverged on {', '.join(summary['ood_skipped'])}"
     if summary.get(EFFECTIVE_DEPTH):
@@ -194,5 +278,6 @@ def verdict(summary: dict, names: list[str]) -> str:
     return text
 
 
-__all__ = ["DROP_PP", "FEW_PER_CLASS", "Flag", "MIN_PER_CLASS", "check_probe_samples", "check_statistics_samples",
+__all__ = ["DROP_PP", "FEW_PER_CLASS", "Flag", "MAX_GAIN_SHARE", "RANK_AGREEMENT", "tunnel_claim",
+           "MIN_PER_CLASS", "check_probe_samples", "check_statistics_samples",
            "curve_flags", "model_flags", "probe_flags", "verdict"]

@@ -9,6 +9,7 @@ of every OOD set once each into a feature cache and train all points' probes joi
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ from ..metrics.registry import metric_names
 from ..models import resolve_model, untrained_copy
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
-from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, REFERENCE_KEYS, as_summary
+from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, RANK_COLLAPSE, REFERENCE_KEYS, as_summary
+from ..tunnel import rank_collapse_layer
 from ..uncertainty import DEFAULT_RESAMPLES
 from ..verdict import model_flags, verdict
 from ..versions import environment, package_versions
@@ -206,10 +208,23 @@ class _Merged:
                                    if k in self.summary}
         self.summary.update(transfer.summary)
         self.summary.update(kept)  # the statistics' NCC (when measured) is the one in the table: keep it
+        rank = self._rank_curve(transfer.config["points"])
+        if rank is not None:
+            self.summary[RANK_COLLAPSE] = rank_collapse_layer(rank)
         self.summary["verdict"] = verdict(self.summary, transfer.config["points"])
         self.config["probes"] = transfer.config
         self.config["points"] = transfer.config["points"]
         self.config["input_point"] = transfer.config["input_point"]
+
+    def _rank_curve(self, points: list[str]) -> list[float] | None:
+        """The statistics' numerical rank on the test split at ``points`` (None when not measured
+        or not finite everywhere)."""
+        stats = self.frames[0] if self.frames else None
+        if stats is None or "rank" not in set(stats.metric):
+            return None
+        rows = stats[(stats.metric == "rank") & (stats.split == "test")].set_index("point").value
+        values = [float(rows.get(p, float("nan"))) for p in points]
+        return values if values and all(math.isfinite(v) for v in values) else None
 
     def without_probes(self, model_info: dict, model_accuracy: float | None, num_classes: int) -> None:
         """Flag the model and say that no verdict is given without probes."""

@@ -39,6 +39,8 @@ from ..results import COLUMNS, Results
 from ..summary import (
     BEST_TRANSFER_LAYER,
     FLAGS,
+    ID_GAIN,
+    ID_GAIN_SHARE,
     MEAN_RETAINED,
     MODEL_ACCURACY,
     OOD,
@@ -368,8 +370,10 @@ class _Probing:
                                    if k == "id" or k not in summary[OOD_SKIPPED]},
                                   {k: v["diverged"] for k, v in self.info.items()})
         if TUNNEL_START in summary:
+            upper = fitted["id"].interval(modules)
             self.flags += curve_flags([fitted["id"].test[n] for n in modules],
-                                      fitted["id"].test.get(input_point) if input_point else None)
+                                      fitted["id"].test.get(input_point) if input_point else None,
+                                      upper=[upper[n][1] for n in modules])
         summary.update(effective_depth_summary(self.ncc_id_train or {}, modules, ncc_eps))
         summary.update({MODEL_ACCURACY: self.reuse.model_accuracy, FLAGS: [f.as_dict() for f in self.flags],
                         VERDICT_VALID: not any(f.blocking for f in self.flags)})
@@ -449,8 +453,28 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
         for row in summary["ood"]:
             for metric, value in cis["ood"][row.name].items():
                 setattr(row, ci_key(metric), value)
+    _signatures(summary, curves["id"][0], fitted, cols, list(ood_curves))
     summary["ood"] = [jsonable(vars(r)) for r in summary["ood"]]  # undefined values as None, as they are saved
     return summary
+
+
+def _signatures(summary: dict, id_curve: list[float], fitted: dict[str, _Fitted], cols: list[int],
+                ood: list[str]) -> None:
+    """The ID gain still to come after the tunnel start (and its share of the error left there),
+    and intervals for it and for the best transfer layer, from the same resamples."""
+    start = summary[TUNNEL_START]
+    at_start, final = id_curve[start - 1], id_curve[-1]
+    summary[ID_GAIN] = float(final - at_start)
+    summary[ID_GAIN_SHARE] = float((final - at_start) / (1 - at_start)) if at_start < 1 else 0.0
+    samples = fitted["id"].samples
+    if not len(samples):
+        return
+    lo, hi = interval((samples[:, cols][:, -1] - samples[:, cols][:, start - 1])[:, None])
+    summary[ci_key(ID_GAIN)] = [float(lo[0]), float(hi[0])]
+    if ood and BEST_TRANSFER_LAYER in summary:
+        peaks = np.argmax(np.mean([fitted[k].samples[:, cols] for k in ood], axis=0), axis=1) + 1.0
+        lo, hi = interval(peaks[:, None])
+        summary[ci_key(BEST_TRANSFER_LAYER)] = [float(lo[0]), float(hi[0])]
 
 
 def _crossfitted(summary: dict, fitted: dict[str, _Fitted]) -> None:
