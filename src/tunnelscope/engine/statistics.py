@@ -542,6 +542,7 @@ def _config(s: dict, capture: Capture, plan: Plan, passes: list[str], warned: li
         "max_dim": s["max_dim"], "metrics": [m.name for m in plan.metrics], "skipped_metrics": plan.skipped,
         "passes": passes, "moments": plan.moments, "batch_size": s["batch_size"], "cka_minibatch": s["batch_size"],
         "cka_passes": s["cka_passes"], "cka_batches": record.get("cka_batches"), "samples": s["samples"],
+        **{k: record[k] for k in ("cka_blocks", "cka_null") if k in record},
         "sampling": sampling, "seed": seed, "rank_tol": RANK_TOL, "ncc_eps": s["eps"],
         "ridge_lambda": f"{s['ridge']} * tr(Σ)/D", "precision": s["precision"], "device": str(dev),
         "planned_bytes": need, "gram_side": s["gram_side"], "processes": s["processes"],

@@ -99,6 +99,123 @@ class MinibatchCKA(Accumulator):
         return torch.where(norm > 0, self.hsic / norm, torch.full_like(norm, float("nan")))
 
 
+NULL_PERMUTATIONS = 20
+NULL_SEED = 0x636B61  # the permutations' stream
+NULL_LEVEL = 0.05  # one-sided level of "above the null"
+BLOCK_LEVEL = 0.5  # a block's layers have mutual CKA of at least this (and above the null)
+
+
+def _hsic_terms(features: dict[str, Tensor], names: list[str], work: torch.dtype
+                ) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Per point: the minibatch's centred Gram with a zero diagonal ``(L, n, n)``, its row sums
+    ``r`` ``(L, n)`` (float64) and totals ``s`` ``(L,)``; and ``n``."""
+    joint, bounds = joint_features(features, names, work)
+    joint = joint - joint.mean(0)
+    n = len(joint)
+    grams = joint.new_empty(len(names), n, n)
+    for i, (lo, hi) in enumerate(bounds):
+        torch.matmul(joint[:, lo:hi], joint[:, lo:hi].T, out=grams[i])
+    grams.diagonal(dim1=1, dim2=2).zero_()
+    r = grams.sum(2, dtype=torch.float64)
+    return grams, r, r.sum(1), n
+
+
+def _hsic(traces: Tensor, r_a: Tensor, r_b: Tensor, s: Tensor, n: int) -> Tensor:
+    """HSIC₁ of every pair from ``tr(K̃_a K̃_b)``, the row sums of both sides and the totals."""
+    return (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r_a @ r_b.T)) / (n * (n - 3))
+
+
+class CKANull(Accumulator):
+    """Minibatch CKA under a permutation null: with the examples of one side of every pair
+    shuffled within each minibatch (a fresh seeded permutation per batch and draw), the
+    pairing between layers is broken while each layer's own statistics are kept. Over
+    ``permutations`` draws the null CKA of each pair has a mean and a spread; the observed CKA's
+    one-sided p-value is from the normal approximation (a sum over many minibatches), and a
+    cell is *above the null* at ``p < level``. Blocks (Nguyen et al. 2021) are maximal runs of
+    consecutive points whose every pair is above the null and at least :data:`BLOCK_LEVEL`.
+    """
+
+    def __init__(self, names: Sequence[str], permutations: int = NULL_PERMUTATIONS,
+                 gram_dtype: torch.dtype = torch.float32, level: float = NULL_LEVEL) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.permutations = permutations
+        self.gram_dtype = gram_dtype
+        self.level = level
+        self.hsic: Tensor | None = None  # (L, L) observed
+        self.null: Tensor | None = None  # (P, L, L) under permutation
+        self.batches = 0
+        self.add_state("hsic", None)
+        self.add_state("null", None)
+        self.add_state("batches", 0)
+
+    def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
+        """Add one minibatch: the observed HSIC₁ of every pair and its value under each permutation."""
+        n = len(next(iter(features.values())))
+        if n < MIN_BATCH:
+            return
+        work = torch.float64 if self.gram_dtype == torch.float64 else torch.float32
+        grams, r, s, n = _hsic_terms(features, self.names, work)
+        flat = grams.reshape(len(self.names), n * n)
+        observed = _hsic((flat @ flat.T).to(torch.float64), r, r, s, n)
+        generator = torch.Generator().manual_seed(NULL_SEED + self.batches)
+        null = []
+        for _ in range(self.permutations):
+            p = torch.randperm(n, generator=generator).to(grams.device)
+            shuffled = grams[:, p][:, :, p].reshape(len(self.names), n * n)
+            null.append(_hsic((flat @ shuffled.T).to(torch.float64), r, r[:, p], s, n))
+        stacked = torch.stack(null)
+        self.hsic = observed if self.hsic is None else self.hsic + observed
+        self.null = stacked if self.null is None else self.null + stacked
+        self.batches += 1
+
+    def _cka(self, hsic: Tensor) -> Tensor:
+        assert self.hsic is not None
+        diag = self.hsic.diagonal()
+        norm = torch.sqrt(torch.outer(diag, diag))
+        return torch.where(norm > 0, hsic / norm, torch.full_like(norm, float("nan")))
+
+    def compute(self) -> Tensor:
+        """The one-sided p-value of each pair's CKA against its permutation null (``L x L``; NaN on
+        the diagonal and where a point's self-HSIC is not positive)."""
+        if self.hsic is None or self.null is None:
+            raise TunnelscopeError(f"the CKA null needs at least one batch of >= {MIN_BATCH} examples")
+        from scipy.stats import norm as normal
+
+        observed, null = self._cka(self.hsic), self._cka(self.null)
+        spread = null.std(0).clamp_min(1e-12)
+        z = (observed - null.mean(0)) / spread
+        p = torch.from_numpy(normal.sf(z.numpy()))
+        p.fill_diagonal_(float("nan"))
+        return torch.where(torch.isfinite(observed), p, torch.full_like(p, float("nan")))
+
+    def blocks(self) -> list[dict]:
+        """Maximal runs of consecutive points (at least two) whose every pair is above the null
+        and has CKA of at least :data:`BLOCK_LEVEL`."""
+        if self.hsic is None:
+            return []
+        observed, p = self._cka(self.hsic), self.compute()
+        ok = (p < self.level) & (observed >= BLOCK_LEVEL)
+        found, i, count = [], 0, len(self.names)
+        while i < count:
+            j = i
+            while j + 1 < count and all(bool(ok[k, j + 1]) for k in range(i, j + 1)):
+                j += 1
+            if j > i:
+                sub = observed[i:j + 1, i:j + 1]
+                found.append({"first": self.names[i], "last": self.names[j], "points": j - i + 1,
+                              "min_cka": float(sub.min())})
+            i = j + 1
+        return found
+
+    def record(self) -> dict:
+        """What the results record: the blocks and how the null was drawn."""
+        return {"cka_blocks": self.blocks(), "cka_null": {
+            "permutations": self.permutations, "level": self.level, "block_level": BLOCK_LEVEL,
+            "method": "examples of one side shuffled within each minibatch; one-sided normal p-value over the "
+                      "permutations' CKA"}}
+
+
 def linear_cka(x: Tensor, y: Tensor) -> float:
     """Full-data linear CKA in the feature-space form, ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)``, float64."""
     x = x.double() - x.double().mean(0)
@@ -216,6 +333,12 @@ register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on 
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
                 min_batch=MIN_BATCH, options=(("passes", "cka_passes"),),
                 shown=Presentation("cka", "minibatch CKA", shape="matrix", bounds=(0, 1), figure="cka")))
+register(Metric("cka_null", "p-value of each minibatch CKA against a permutation null (examples of one layer "
+                "shuffled within each minibatch), test split; blocks of layers above the null in the config",
+                default=False, stream=lambda names, opts: CKANull(names, gram_dtype=opts.matmul_dtype),
+                min_batch=MIN_BATCH,
+                shown=Presentation("cka_null", "CKA p-value against a permutation null", shape="matrix",
+                                   bounds=(0, 1))))
 register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
                 default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
                 readout_splits=("test",), min_batch=MIN_BATCH,
