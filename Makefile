@@ -10,10 +10,10 @@ setup: $(STAMP)
 	@scripts/ensure-fashion-mnist.sh $(BIN)/python
 	@scripts/ensure-chromium.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	scripts/pip-install.sh $(BIN)/python --upgrade pip
-	scripts/pip-install.sh $(BIN)/python -e ".[test]"
+	scripts/pip-install.sh $(BIN)/python -e ".[test]" -c constraints.txt
 	@touch $(STAMP)
 
 demo: setup
@@ -25,7 +25,7 @@ test: setup
 	TUNNELSCOPE_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
 
 bench: setup
-	scripts/pip-install.sh $(BIN)/python -e ".[test,bench]"
+	scripts/pip-install.sh $(BIN)/python -e ".[test,bench]" -c constraints.txt
 	$(BIN)/python bench/run.py
 
 clean:

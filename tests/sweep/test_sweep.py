@@ -312,3 +312,12 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SweepConfigError, match="expands to more than 100,000 values"):  # not minutes expanding
         SweepSpec.load(path)
+
+
+def test_without_ray_an_address_is_refused_in_one_line(monkeypatch):
+    from tunnelscope.errors import RayError
+    from tunnelscope.sweep.run import init_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
+    with pytest.raises(RayError, match=r"pip install 'tunnelscope\[ray\]'"):
+        init_ray("127.0.0.1:6379")

@@ -133,6 +133,9 @@ class CKANull(Accumulator):
     one-sided p-value is from the normal approximation (a sum over many minibatches), and a
     cell is *above the null* at ``p < level``. Blocks (Nguyen et al. 2021) are maximal runs of
     consecutive points whose every pair is above the null and at least :data:`BLOCK_LEVEL`.
+    The permutations are seeded by the batch's position in this accumulator's stream, so a run
+    shared by several processes draws other permutations than one process (the same null, other
+    draws): its p-values are not identical across process counts.
     """
 
     def __init__(self, names: Sequence[str], permutations: int = NULL_PERMUTATIONS,
@@ -333,17 +336,17 @@ register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on 
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
                 min_batch=MIN_BATCH, options=(("passes", "cka_passes"),),
                 shown=Presentation("cka", "minibatch CKA", shape="matrix", bounds=(0, 1), figure="cka")))
+register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
+                default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
+                readout_splits=("test",), min_batch=MIN_BATCH,
+                shown=Presentation("cka_nopc1", "CKA without each layer's PC1", shape="matrix", bounds=(0, 1),
+                                   figure="cka")))
 register(Metric("cka_null", "p-value of each minibatch CKA against a permutation null (examples of one layer "
                 "shuffled within each minibatch), test split; blocks of layers above the null in the config",
                 default=False, stream=lambda names, opts: CKANull(names, gram_dtype=opts.matmul_dtype),
                 min_batch=MIN_BATCH,
                 shown=Presentation("cka_null", "CKA p-value against a permutation null", shape="matrix",
                                    bounds=(0, 1))))
-register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
-                default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
-                readout_splits=("test",), min_batch=MIN_BATCH,
-                shown=Presentation("cka_nopc1", "CKA without each layer's PC1", shape="matrix", bounds=(0, 1),
-                                   figure="cka")))
 register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
                 stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM, opts.matmul_dtype), fits=_full_cka_fits,
                 shown=Presentation("cka_full", "full-data linear CKA", shape="matrix", bounds=(0, 1))))

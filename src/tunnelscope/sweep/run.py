@@ -42,7 +42,11 @@ def init_ray(address: str):
     """Connect to the Ray cluster at ``address`` (``host:port``, ``ray://host:port`` or ``auto``,
     a cluster started on this machine with ``ray start --head``). tunnelscope never starts a Ray
     instance itself: local sweeps run in worker processes without any network service."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise RayError("--address runs cells on a Ray cluster, and Ray is not installed here: pip install "
+                       "'tunnelscope[ray]' (or drop --address to run locally, without Ray)") from None
 
     if ray.is_initialized():
         return ray
