@@ -111,7 +111,9 @@ def analyze(  # noqa: PLR0913 (a public facade: readable keywords)
     point's reduced features (a seeded subset beyond it; ``None``: no cap, e.g. NCC and CDNV on
     whole flattened maps, which keep no ``D x D`` state). Returns a :class:`Results`;
     ``results.summary["verdict"]`` says in one line where the tunnel starts and which layer
-    transfers best, and ``results.summary["flags"]`` why it may not be valid.
+    transfers best, and ``results.summary["flags"]`` why it may not be valid. Inside an
+    initialised ``torch.distributed`` group (``torchrun``) the processes share the passes and
+    the probes and each returns the same results (docs/analysis.md, *Data-parallel analysis*).
     """
     names, options = metric_options(metrics)
     chosen = with_metric_options(settings_from(settings, locals()), options)

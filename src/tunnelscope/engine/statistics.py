@@ -421,7 +421,9 @@ def analyze_layers(  # noqa: PLR0913 (a public facade: readable keywords)
     ``model_accuracy`` records the model's own test accuracy in ``summary["model_accuracy"]``.
     ``memory_budget`` (bytes; ``"auto"``: the memory available now; None: no check) refuses
     a plan that would not fit before anything is allocated. A split sample of fewer than 2
-    samples is refused. Returns a :class:`~tunnelscope.results.Results` (``dataset``: the ID data's name).
+    samples is refused. Inside an initialised ``torch.distributed`` group the processes share
+    every pass, by whole batches (:mod:`tunnelscope.engine.distributed`). Returns a
+    :class:`~tunnelscope.results.Results` (``dataset``: the ID data's name).
     """
     names, options = metric_options(metrics)
     chosen = with_metric_options(settings_from(settings, locals()), options)
