@@ -620,7 +620,12 @@ def sweep(first: str, spec_file: str | None, address, max_concurrent, device, ou
         for key, error in outcome.failed.items():
             out_console.print(f"  failed {key}: {error}", markup=False)
         out_console.print(f"report: {report}", markup=False)
-    if outcome.failed:
+    if outcome.failed:  # the one error line, whatever was printed above (even with --quiet or --json)
+        key, error = next(iter(outcome.failed.items()))
+        more = f" (and {len(outcome.failed) - 1} more)" if len(outcome.failed) > 1 else ""
+        click.echo(f"tunnelscope: error: {len(outcome.failed)} of {len(spec.cells)} cells failed; cell {key}: "
+                   f"{_one_line(error)}{more}; 'tunnelscope sweep status {spec.source or spec.name}' lists them",
+                   err=True)
         raise click.exceptions.Exit(1)
 
 

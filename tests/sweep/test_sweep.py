@@ -206,9 +206,13 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
                  "epochs": 1},
         "analysis": {"metrics": "rank", "checkpoints": "final"},
     }))
-    code, out, _ = run_cli(["sweep", path], capsys)
+    code, out, err = run_cli(["sweep", path], capsys)
     assert code == 1 and "1 cells run" not in out and "2 cells run, 0 already finished, 1 failed" in out
     assert "failed" in out and "0-42" not in out.split("failed", 1)[0]
+    (line,) = err.strip().splitlines()  # one error line on stderr, even with -q
+    assert line.startswith("tunnelscope: error: 1 of 2 cells failed; cell ") and "sweep status" in line
+    code, out, err = run_cli(["sweep", path, "-q"], capsys)  # the failed cell is tried again, and fails again
+    assert code == 1 and out == "" and err.startswith("tunnelscope: error: 1 of 2 cells failed")
     spec = SweepSpec.load(path)
     status = Store(spec.store).status(spec).set_index("classes")
     assert status.loc["0-2", "status"] == "finished" and status.loc["0-42", "status"] == "failed"
