@@ -109,9 +109,26 @@ def claim(directory: str | Path, kind: str, overwrite: bool = False, files: tupl
         what = f"a partial ({partial[0]})" if held is None else "a finished"
         raise RunDirectoryError(f"{out} already holds {what} {kind} experiment; pass --overwrite (overwrite=True) "
                                 "to replace it or choose another --out")
+    if overwrite:
+        remove_stale_temps(out)
     (out / CONFIG_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write leaves (``.NAME.*.tmp``, in ``out``
+    and its sub-folders one level down; links are not followed); returns what was removed."""
+    if not out.is_dir() or out.is_symlink():
+        return []
+    folders = [out] + [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]
+    removed = []
+    for folder in folders:
+        for temp in folder.glob(".*.tmp"):
+            if temp.is_file() and not temp.is_symlink():
+                temp.unlink(missing_ok=True)
+                removed.append(temp)
+    return removed
 
 
 def _article(word: str) -> str:
@@ -129,10 +146,12 @@ def check_free(directory: str | Path, overwrite: bool) -> bool:
     if taken and not overwrite:
         raise RunDirectoryError(f"{out} already holds analysis results; pass --overwrite (overwrite=True) "
                                 "to replace them or choose another --out")
+    if overwrite:
+        remove_stale_temps(out)  # what a killed earlier run left half-written
     return taken
 
 
 __all__ = ["CKPT_DIR", "COLLECTED_FILE", "COMPARE_FILE", "CONFIG_FILE", "FIGURES_DIR", "HISTORY_FILE",
            "INVERSION_CONFIG", "INVERSION_FILE", "KIND_KEY", "REPORT_FILE", "RESULTS_FILE", "RESUME_FILE", "RUNS_FILE",
            "RUN_FILE", "SEEDS_FILE", "SUMMARY_FILE", "check_free", "checkpoint_name", "checkpoints", "claim",
-           "kind_of", "step_name", "step_of", "steps_in"]
+           "kind_of", "remove_stale_temps", "step_name", "step_of", "steps_in"]
