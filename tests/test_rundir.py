@@ -26,7 +26,7 @@ def test_overwriting_removes_half_written_temporary_files_and_nothing_else(tmp_p
 def test_claiming_with_overwrite_removes_them_too(tmp_path):
     out = tmp_path / "exp"
     out.mkdir()
-    (out / "config.json").write_text('{"experiment": "dynamics"}')
+    (out / "config.json").write_text('{"kind": "dynamics"}')
     (out / ".step-0000001.parquet.zz.tmp").write_text("half")
     claim(out, "dynamics", overwrite=True)
     assert not any(out.glob(".*.tmp"))
