@@ -443,6 +443,12 @@ def _check_settings(models: Sequence[ModelLike], labels: Sequence[str] | None, g
             raise ConfigError(f"got {len(given)} {what} for {len(models)} models; give one per model or none")
     if labels is not None and len(set(labels)) != len(labels):
         raise ConfigError(f"model labels must differ, got {list(labels)}")
+    named = [str(Path(m).resolve()) if isinstance(m, Path) or (isinstance(m, str) and Path(m).is_file()) else m
+             for m in models if isinstance(m, (str, Path))]
+    repeated = sorted({str(m) for m in named if named.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"{repeated[0]} is given more than once: agreement between a model and itself is 1 by "
+                          "construction; give different models (or seeds)")
 
 
 def compare_predictions(  # noqa: PLR0913 (a public facade: readable keywords)

@@ -255,8 +255,13 @@ def analyze_run(  # noqa: PLR0913 (a public facade: readable keywords)
     on every dataset, and rank; recorded in ``config.json``); ``figures=False`` draws none.
     The gathered result is written by :meth:`DynamicsResult.save`, ``config.json`` last.
     """
+    from ..metrics import PRESENTATIONS
     from ..report.dynamics import HEATMAP_METRICS
 
+    unknown = sorted(set(heatmaps or ()) - set(PRESENTATIONS))
+    if unknown:
+        raise ConfigError(f"no metric {', '.join(map(repr, unknown))} to draw as a heatmap; valid: "
+                          f"{', '.join(sorted(PRESENTATIONS))}")
     run_dir = Path(run_dir)
     available = checkpoints(run_dir, required=True)
     run = read_run(run_dir)

@@ -1,0 +1,26 @@
+"""Inputs that could only give a meaningless number are refused in one line, not answered."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunnelscope.errors import ConfigError
+
+
+def test_agreement_of_a_model_with_itself_is_refused(trained_mlp):
+    from tunnelscope.experiments.agreement import compare_predictions
+
+    result, ds = trained_mlp
+    with pytest.raises(ConfigError, match="given more than once: agreement between a model and itself"):
+        compare_predictions([result.final_checkpoint, str(result.final_checkpoint)], ds, progress=False)
+    with pytest.raises(ConfigError, match="mlp-3x16 is given more than once"):
+        compare_predictions(["mlp-3x16", "mlp-3x16"], ds, progress=False)
+
+
+def test_an_unknown_heatmap_metric_is_refused_before_any_analysis(trained_mlp, tmp_path):
+    from tunnelscope.experiments.dynamics import analyze_run
+
+    result, _ = trained_mlp
+    with pytest.raises(ConfigError, match="no metric 'bogus' to draw as a heatmap; valid: cdnv"):
+        analyze_run(result.out, heatmaps=["rank", "bogus"], out=tmp_path / "dyn")
+    assert not (tmp_path / "dyn").exists()
