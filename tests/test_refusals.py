@@ -24,3 +24,23 @@ def test_an_unknown_heatmap_metric_is_refused_before_any_analysis(trained_mlp, t
     with pytest.raises(ConfigError, match="no metric 'bogus' to draw as a heatmap; valid: cdnv"):
         analyze_run(result.out, heatmaps=["rank", "bogus"], out=tmp_path / "dyn")
     assert not (tmp_path / "dyn").exists()
+
+
+def test_explaining_a_constant_target_is_refused():
+    import pandas as pd
+
+    from tunnelscope.errors import InsufficientDataError
+    from tunnelscope.experiments.explain import explain
+
+    table = pd.DataFrame({"retained": [80.0] * 12, "aug": ["none", "crop"] * 6})
+    with pytest.raises(InsufficientDataError, match="takes one value .* in every row: there is nothing to explain"):
+        explain(table, "retained", ["aug"])
+
+
+def test_continual_learning_on_the_same_task_twice_is_refused(tmp_path):
+    from tunnelscope.experiments.continual import _load_tasks
+
+    with pytest.raises(ConfigError, match="are the same data"):
+        _load_tasks("digits[classes=0-4]", "digits[classes=0-4]", None)
+    first, second = _load_tasks("digits[classes=0-4]", "digits[classes=5-9]", None)
+    assert first.num_classes == second.num_classes == 5

@@ -304,6 +304,10 @@ class ContinualResult(ExperimentResult):
 def _load_tasks(task1: str, task2: str, data_root: str | Path | None) -> tuple[data_mod.Dataset, data_mod.Dataset]:
     """Both tasks, refused unless they have the same number of classes and input shape."""
     first, second = data_mod.load(task1, root=data_root), data_mod.load(task2, root=data_root)
+    same = ("base", "modifiers")
+    if [first.info.get(k) for k in same] == [second.info.get(k) for k in same]:
+        raise ConfigError(f"task 1 and task 2 are the same data ({task1!r}): there is no second task to forget the "
+                          "first on; give two class splits, e.g. classes=0-4 and classes=5-9")
     if first.num_classes != second.num_classes:
         raise ConfigError(f"task 1 {task1!r} has {first.num_classes} classes but task 2 {task2!r} has "
                           f"{second.num_classes}; give both tasks the same number of classes (classes=) so they "

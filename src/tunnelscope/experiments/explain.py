@@ -85,6 +85,9 @@ def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> 
     rows = table[np.isfinite(column.to_numpy(dtype=float))]
     if rows.empty:
         raise InsufficientDataError(f"target {target!r} has no finite value; check the table")
+    if rows[target].nunique() < 2:
+        raise InsufficientDataError(f"target {target!r} takes one value ({rows[target].iloc[0]!r}) in every row: there "
+                                    "is nothing to explain (an R² would be meaningless); choose a metric that varies")
     return rows
 
 
