@@ -44,3 +44,11 @@ def test_continual_learning_on_the_same_task_twice_is_refused(tmp_path):
         _load_tasks("digits[classes=0-4]", "digits[classes=0-4]", None)
     first, second = _load_tasks("digits[classes=0-4]", "digits[classes=5-9]", None)
     assert first.num_classes == second.num_classes == 5
+
+
+def test_cross_model_cka_from_a_handful_of_samples_is_refused():
+    from tunnelscope.engine import cross_model_cka
+    from tunnelscope.errors import InsufficientDataError
+
+    with pytest.raises(InsufficientDataError, match="CKA from 5 samples of digits .* at least 50"):
+        cross_model_cka("mlp-3x16", "mlp-4x16", "digits", max_samples=5, batch_size=4, progress=False, device="cpu")

@@ -12,11 +12,14 @@ from torch import nn
 from .. import data as data_mod
 from ..capture import capture_for
 from ..device import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, InsufficientDataError
 from ..metrics.cka import MIN_BATCH, MinibatchCKA
 from ..models import resolve_model
 from ..progress import progress_bar
 from .settings import AnalysisSettings, settings_from
+
+
+MIN_CKA_SAMPLES = 50  # below this, a CKA value says more about the draw than about the layers
 
 
 def cross_model_cka(  # noqa: PLR0913 (a public facade: readable keywords)
@@ -51,6 +54,9 @@ def cross_model_cka(  # noqa: PLR0913 (a public facade: readable keywords)
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, not {split!r}")
     chosen, n = data_mod.sample_split(getattr(dataset, split), s.max_samples, seed)
+    if n < MIN_CKA_SAMPLES:
+        raise InsufficientDataError(f"CKA from {n} samples of {dataset.spec} ({split}) is mostly noise (the unbiased "
+                                    f"estimator swings below 0); give at least {MIN_CKA_SAMPLES} (--max-samples)")
     example = next(dataset.test.batches(2, device=dev))[0]
     (net_a, name_a, _), (net_b, name_b, _) = (resolve_model(model, dev, dataset, seed=seed)
                                               for model in (model_a, model_b))
