@@ -18,7 +18,6 @@ from ..models import resolve_model
 from ..progress import progress_bar
 from .settings import AnalysisSettings, settings_from
 
-
 MIN_CKA_SAMPLES = 50  # below this, a CKA value says more about the draw than about the layers
 
 
