@@ -460,7 +460,8 @@ def report(run_dir: str, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"report": str(path), "figures": figures}))
     elif not quiet:
-        out_console.print(f"{figures} figures and {path}" if figures else f"inversion report {path}", markup=False)
+        analysis = (Path(run_dir) / "summary.json").exists()
+        out_console.print(f"{figures} figures and {path}" if analysis else f"inversion report {path}", markup=False)
 
 
 @cli.command()

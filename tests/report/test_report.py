@@ -295,3 +295,16 @@ def test_importing_and_drawing_leaves_the_users_matplotlib_backend_alone(runs, t
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "0"]
     assert (tmp_path / "figures" / "probes.png").stat().st_size > 5000
+
+
+def test_a_run_whose_table_has_no_rows_is_refused_not_called_an_inversion(runs, tmp_path, capsys):
+    import pandas as pd
+
+    path, _, _ = runs["mlp-6x64"]
+    copy = tmp_path / "empty"
+    shutil.copytree(path, copy)
+    table = pd.read_parquet(copy / "results.parquet")
+    table.iloc[:0].to_parquet(copy / "results.parquet")
+    code, out, err = run_cli(["report", copy], capsys)
+    assert code != 0 and "inversion" not in out + err
+    assert err.strip().startswith("tunnelscope: error:") and "holds no rows" in err

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RunDirectoryError
 from ..io import write_text
 from ..results import Results
-from ..rundir import FIGURES_DIR, INVERSION_CONFIG, REPORT_FILE, SUMMARY_FILE
+from ..rundir import FIGURES_DIR, INVERSION_CONFIG, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
 from .figures import FIGURES, run_figures, save_figures
 from .html import render_inversion_only, write_report
 
@@ -39,6 +40,9 @@ def refresh_report(directory: str | Path, redraw: bool = False, title: str | Non
         page = render_inversion_only(directory, title or f"tunnelscope: {directory}")
         return write_text(directory / REPORT_FILE, page), 0
     results = Results.load(directory)
+    if results.table.empty:
+        raise RunDirectoryError(f"{directory / RESULTS_FILE} holds no rows: the analysis did not finish writing; run "
+                                "it again with --overwrite")
     if redraw:
         pngs = save_run_figures(results, directory / FIGURES_DIR)
     else:
