@@ -50,6 +50,8 @@ MAX_DEFAULT_LEVELS = 20
 TABLE_FILES = {"group_means": "group_means.csv", "paired": "paired.csv", "slopes": "shap_slopes.csv"}
 
 
+MAX_TARGET = 1e15  # a metric beyond this is a unit or overflow problem, and breaks the tree models' sums
+
 # ------------------------------------------------------------------------------------- input tables
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a results table from a ``.csv`` or ``.parquet`` file."""
@@ -58,12 +60,24 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ConfigError(f"table {path} does not exist; give the path of a .csv or .parquet file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return pd.read_csv(path)
+        try:
+            table = pd.read_csv(path, encoding="utf-8", on_bad_lines="error")
+        except pd.errors.EmptyDataError:
+            raise ConfigError(f"table {path} is empty; give a CSV with a header row and one row per run") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"table {path} is not UTF-8 text; save it as a UTF-8 CSV") from None
+        except pd.errors.ParserError as exc:
+            raise ConfigError(f"table {path} is not a well-formed CSV ({str(exc).strip().splitlines()[-1]}); every "
+                              "row needs as many fields as the header") from None
+        return table
     if suffix in (".parquet", ".pq"):
         try:
             return pd.read_parquet(path)
         except ImportError as exc:
             raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow ({exc})") from exc
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError; a truncated file an OSError
+            raise ConfigError(f"table {path} is not a readable Parquet file ({str(exc).splitlines()[0][:120]})") \
+                from None
     raise ConfigError(f"table {path} is neither .csv nor .parquet; convert it to one of them")
 
 
@@ -85,6 +99,15 @@ def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> 
     rows = table[np.isfinite(column.to_numpy(dtype=float))]
     if rows.empty:
         raise InsufficientDataError(f"target {target!r} has no finite value; check the table")
+    for name in variables:  # a missing or infinite design value cannot be placed in any group or tree
+        bad = rows[name].isna() | (rows[name].isin([np.inf, -np.inf]) if pd.api.types.is_numeric_dtype(rows[name])
+                                   else False)
+        if bool(bad.any()):
+            raise ConfigError(f"column {name!r} is missing or infinite in {int(bad.sum())} of {len(rows)} rows; fill "
+                              "those values or drop the rows")
+    if float(rows[target].abs().max()) > MAX_TARGET:
+        raise ConfigError(f"target {target!r} holds values up to {float(rows[target].abs().max()):.3g}; the models "
+                          f"behind the slopes cannot fit values beyond {MAX_TARGET:.0e}: rescale the column")
     if rows[target].nunique() < 2:
         raise InsufficientDataError(f"target {target!r} takes one value ({rows[target].iloc[0]!r}) in every row: there "
                                     "is nothing to explain (an R² would be meaningless); choose a metric that varies")
