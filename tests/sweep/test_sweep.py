@@ -232,7 +232,10 @@ def test_the_examples_parse(name, cells):
 
 @pytest.mark.parametrize("change, message", [
     ({"cell": ["a"]}, "'cell' in the sweep must be a mapping"),
-    ({"cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": "fast"}}, "'cell.lr' must be a number"),
+    ({"cell": {"model": "mlp-{depth}x16", "data": "digits", "lr": "fast"}}, "'cell.lr' must be a finite number"),
+    ({"cell": {"model": "mlp-{depth}x16", "data": "digits", "checkpoint_every": "1e400"}},
+     "'cell.checkpoint_every' must be a finite integer"),
+    ({"resources": {"cpus": float("inf")}}, "'resources.cpus' .* must be a number > 0, not inf"),
     ({"analysis": {"checkpoints": "finall"}}, "'analysis.checkpoints' must be final, all or a list"),
     ({"grid": {"depth": [2, 2]}}, "lists a value twice"),
     ({"grid": {"depth": [[2], [3]]}}, "takes single values"),

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,17 @@ def _typed(section: dict[str, Any], where: str) -> dict[str, Any]:
         try:
             if key in INT_KEYS:
                 number = float(value)
-                if number != int(number):
+                if not math.isfinite(number) or number != int(number):
                     raise ValueError
                 out[key] = int(number)
             elif key in FLOAT_KEYS:
                 out[key] = float(value)
-        except (TypeError, ValueError):
+                if not math.isfinite(out[key]):
+                    raise ValueError
+        except (TypeError, ValueError, OverflowError):
             kind = "an integer" if key in INT_KEYS else "a number"
-            raise SweepConfigError(f"'{where}.{key}' must be {kind}, not {value!r}") from None
+            raise SweepConfigError(f"'{where}.{key}' must be a finite {kind.removeprefix('an ').removeprefix('a ')}, "
+                                   f"not {value!r}") from None
     which = out.get("checkpoints")
     if where == "analysis" and not (which in ("final", "all") or (
             isinstance(which, list) and which and all(isinstance(s, int) for s in which))):
@@ -128,7 +132,7 @@ def _check_resources(resources: dict[str, Any], where: str) -> None:
     """cpus > 0, gpus >= 0 (numbers), retries a whole number >= 0."""
     for key, low, strict in (("cpus", 0, True), ("gpus", 0, False), ("retries", 0, False)):
         value = resources[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > low if strict else value >= low) and (key != "retries" or float(value).is_integer())
         if not ok:
             need = {"cpus": "a number > 0", "gpus": "a number >= 0", "retries": "a whole number >= 0"}[key]
