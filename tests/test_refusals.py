@@ -88,3 +88,37 @@ def test_explain_refuses_unreadable_or_unusable_tables_in_one_line(tmp_path, cap
                               "--out", tmp_path / "out"], capsys)
     assert code != 0 and err.count("\n") == 1 and err.startswith("tunnelscope: error:"), err
     assert re.search(message, err), err
+
+
+def test_nan_inputs_are_refused_and_a_nan_model_gives_invalid_rows_not_a_crash():
+    import numpy as np
+    import torch
+
+    import tunnelscope as ts
+    from tunnelscope.engine import analyze_layers
+    from tunnelscope.errors import ShapeError
+
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype("float32")
+    y = np.arange(300) % 3
+    x[5, 2] = np.nan
+    with pytest.raises(ConfigError, match="holds 1 NaN or infinite input value"):
+        ts.analyze("mlp-3x16", (x, y), progress=False, device="cpu")
+    net = ts.models.build("mlp-3x16", 3, (8,))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    x[5, 2] = 0.0
+    with pytest.warns(UserWarning, match="NaN/Inf activations"):
+        r = analyze_layers(net, (x, y), metrics="rank,ncc,ridge", progress=False, device="cpu")
+    layers = r.table[r.table.point != "input"]
+    assert not layers.valid.any() and layers.value.isna().all()
+
+    class Ragged(torch.utils.data.Dataset):
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            return torch.zeros(8 if i % 2 else 9), i % 2
+
+    with pytest.raises(ShapeError, match=r"items have inputs of different shapes \(but got \[9\] at entry 0"):
+        ts.analyze("mlp-3x16", Ragged(), metrics="rank", progress=False, device="cpu")

@@ -101,6 +101,10 @@ def _as_inputs(a: Any, what: str) -> Tensor:
     a = a.detach().cpu()
     if a.is_complex():
         raise ConfigError(f"{what} holds complex values; inputs must be real numbers")
+    if a.is_floating_point() and not bool(torch.isfinite(a).all()):
+        bad = int((~torch.isfinite(a)).sum())
+        raise ConfigError(f"{what} holds {bad} NaN or infinite input value(s); every statistic of every layer "
+                          "would be NaN: fill or drop those samples")
     if a.dtype == torch.bool:
         return a.to(torch.uint8)
     if a.is_floating_point() and a.dtype != torch.float16:
@@ -181,6 +185,11 @@ def _read_loader(loader: Iterable, what: str) -> tuple[Tensor, Tensor]:
             raise
         raise ConfigError(f"{what} items cannot be batched ({str(exc).splitlines()[0]}); items must be (x, y) "
                           "with x a tensor or array and y an integer") from None
+    except RuntimeError as exc:
+        if "stack expects each tensor to be equal size" not in str(exc):
+            raise
+        raise ShapeError(f"{what} items have inputs of different shapes ({str(exc).splitlines()[0].split(', ', 1)[1]}"
+                         "); resize or pad them to one shape (e.g. a transform)") from None
     if not xs:
         raise InsufficientDataError(f"{what} holds no samples")
     shapes = {tuple(x.shape[1:]) for x in xs}

@@ -56,8 +56,8 @@ class NCCAccuracy(PointAccuracy):
     """
 
     def __init__(self, means: dict[str, Tensor], dtype: torch.dtype = torch.float64) -> None:
-        first = next(iter(means.values()))
-        super().__init__(list(means), first.device)
+        first = next(iter(means.values()), None)  # none when no point has finite features: every row NaN
+        super().__init__(list(means), first.device if first is not None else torch.device("cpu"))
         self.dtype = dtype
         self.means = {k: v.double() for k, v in means.items()}
         # argmin_c ‖x - μ_c‖² = argmin_c (‖μ_c - r‖² - 2 (x - r)ᵀ(μ_c - r)) for any r; r = mean of the μ_c

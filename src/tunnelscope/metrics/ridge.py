@@ -47,8 +47,8 @@ class RidgeAccuracy(PointAccuracy):
     """Accuracy of fixed ridge probes per point on a stream of batches, scored in ``dtype``."""
 
     def __init__(self, probes: dict[str, tuple[Tensor, Tensor, Tensor]], dtype: torch.dtype = torch.float64) -> None:
-        first = next(iter(probes.values()))[0]
-        super().__init__(list(probes), first.device)
+        first = next(iter(probes.values()), None)  # none when no point has finite features: every row NaN
+        super().__init__(list(probes), first[0].device if first is not None else torch.device("cpu"))
         self.dtype = dtype
         self.probes = {k: tuple(t.to(dtype) for t in v) for k, v in probes.items()}
 
