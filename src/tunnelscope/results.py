@@ -268,7 +268,34 @@ class Results:
         if missing_cols := [c for c in REQUIRED_COLUMNS if c not in table.columns]:
             raise RunDirectoryError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; "
                                     "it was not written by tunnelscope")
+        _check_read_back(d, table, summary, config)
         return cls(table, summary, config, d)
+
+
+ROW_KEY = ["split", "point", "metric", "other_point", "dataset", "reference"]  # one row per these
+
+
+def _check_read_back(d: Path, table: pd.DataFrame, summary: object, config: object) -> None:
+    """Refuse, in one line, a run directory whose files were damaged or edited: a summary or
+    config that is not a JSON object or holds values of the wrong type, a table with duplicate rows."""
+    from .summary import check_summary
+
+    try:
+        check_summary(summary, str(d / SUMMARY_FILE))
+    except ValueError as exc:
+        raise RunDirectoryError(str(exc)) from None
+    if not isinstance(config, dict):
+        raise RunDirectoryError(f"{d / CONFIG_FILE} holds a {type(config).__name__}, not a JSON object; the file was "
+                                "changed by hand or damaged")
+    points = config.get("points")
+    if points is not None and not (isinstance(points, list) and all(isinstance(p, str) for p in points)):
+        raise RunDirectoryError(f"{d / CONFIG_FILE}: 'points' is {points!r}, not a list of point names; the file was "
+                                "changed by hand or damaged")
+    key = [c for c in ROW_KEY if c in table.columns]
+    duplicated = int(table.duplicated(key).sum())
+    if duplicated:
+        raise RunDirectoryError(f"{d / RESULTS_FILE} holds {duplicated} duplicated row(s) (the same split, point, "
+                                "metric and dataset twice); it was changed by hand or damaged")
 
 
 def id_name_of(table: pd.DataFrame) -> str:

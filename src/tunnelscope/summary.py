@@ -97,7 +97,48 @@ def as_summary(values: Mapping[str, Any]) -> Summary:
 REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
                          EFFECTIVE_DEPTH)
 
-__all__ = ["BEST_TRANSFER_LAYER", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE", "RANK_COLLAPSE", "TUNNEL_CLAIMED",
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value read back fits a declared type (None stands for an undefined number)."""
+    import types
+    import typing
+
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin is list:
+        (inner,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(v is None or _matches(v, inner) for v in value)
+    if origin is dict or annotation is dict or typing.is_typeddict(annotation):
+        return isinstance(value, dict)
+    return True
+
+
+def check_summary(summary: Any, where: str) -> None:
+    """Refuse (``ValueError``, one line) a summary read back that is not a JSON object or whose
+    declared keys hold values of the wrong type."""
+    import typing
+
+    if not isinstance(summary, dict):
+        raise ValueError(f"{where} holds a {type(summary).__name__}, not a JSON object")
+    declared = typing.get_type_hints(Summary)
+    wrong = [k for k, t in declared.items() if k in summary and not _matches(summary[k], t)]
+    if wrong:
+        raise ValueError(f"{where}: {', '.join(wrong[:3])} {'has' if len(wrong) == 1 else 'have'} values of the wrong "
+                         f"type (e.g. {wrong[0]} = {summary[wrong[0]]!r}); the file was changed by hand or damaged")
+
+
+__all__ = ["check_summary", "BEST_TRANSFER_LAYER", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE", "RANK_COLLAPSE",
+           "TUNNEL_CLAIMED",
            "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",

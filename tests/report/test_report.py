@@ -308,3 +308,31 @@ def test_a_run_whose_table_has_no_rows_is_refused_not_called_an_inversion(runs, 
     code, out, err = run_cli(["report", copy], capsys)
     assert code != 0 and "inversion" not in out + err
     assert err.strip().startswith("tunnelscope: error:") and "holds no rows" in err
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("summary.json", "[]", "summary.json holds a list, not a JSON object"),
+    ("summary.json", '"x"', "holds a str"),
+    ("summary.json", '{"verdict": 3, "points": "a"}', "points, verdict have values of the wrong type"),
+    ("config.json", "[]", "config.json holds a list"),
+    ("config.json", '{"points": 5}', "'points' is 5, not a list of point names"),
+])
+def test_a_tampered_summary_or_config_is_refused_in_one_line(runs, tmp_path, capsys, name, content, message):
+    path, _, _ = runs["mlp-6x64"]
+    copy = tmp_path / "tampered"
+    shutil.copytree(path, copy)
+    (copy / name).write_text(content)
+    code, _, err = run_cli(["report", copy], capsys)
+    assert code != 0 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_results_table_with_duplicate_rows_is_refused(runs, tmp_path, capsys):
+    import pandas as pd
+
+    path, _, _ = runs["mlp-6x64"]
+    copy = tmp_path / "doubled"
+    shutil.copytree(path, copy)
+    table = pd.read_parquet(copy / "results.parquet")
+    pd.concat([table, table.iloc[:3]]).to_parquet(copy / "results.parquet")
+    code, _, err = run_cli(["report", copy], capsys)
+    assert code != 0 and "holds 3 duplicated row(s)" in err
