@@ -342,35 +342,39 @@ def analyze_section(results: list[dict]) -> list[str]:
     return lines + md_table(header, table) + [""] + ranks_lines(results)
 
 
-def ranks_lines(results: list[dict]) -> list[str]:
-    """The demo's analyze in one process and shared by two under torchrun (gloo, CPU)."""
-    lines = ["### The demo's analysis shared by two processes", "",
-             "`tunnelscope.analyze` on the demo's model and OOD sets (no untrained reference) in one process,",
-             "then under `torchrun --nproc-per-node 2` (gloo, one thread each); the time is the slower",
-             "process's, median of repeats. Goal: 1.7x.", ""]
-    rows = of_case(results, "analyze-ranks")
+def _case_lines(title: str, about: list[str], rows: list[dict], header: list[str], row) -> list[str]:
+    """A titled sub-section: what was measured, then one table row per result (or "Not run.")."""
+    lines = [title, "", *about, ""]
     if not rows:
         return lines + ["Not run.", ""]
-    table = [[f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]), fmt(r["two_processes_s"]),
-              f"**{fmt(r['speedup'])}x**", fmt(r["peak_rss_mib_one"], 0),
-              " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"]), "yes" if r["same_probe_mean"] else "**no**"]
-             for r in rows]
+    return lines + md_table(header, [row(r) for r in rows]) + [""]
+
+
+def ranks_lines(results: list[dict]) -> list[str]:
+    """The demo's analyze in one process and shared by two under torchrun (gloo, CPU)."""
+    about = ["`tunnelscope.analyze` on the demo's model and OOD sets (no untrained reference) in one process,",
+             "then under `torchrun --nproc-per-node 2` (gloo, one thread each); the time is the slower",
+             "process's, median of repeats. Goal: 1.7x."]
     header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
               "peak RSS per process, 2 (MiB)", "same probe accuracies"]
-    return lines + md_table(header, table) + [""] + stream_lines(results)
+    lines = _case_lines("### The demo's analysis shared by two processes", about, of_case(results, "analyze-ranks"),
+                        header, lambda r: [f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]),
+                                           fmt(r["two_processes_s"]), f"**{fmt(r['speedup'])}x**",
+                                           fmt(r["peak_rss_mib_one"], 0),
+                                           " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"]),
+                                           "yes" if r["same_probe_mean"] else "**no**"])
+    return lines + stream_lines(results)
 
 
 def stream_lines(results: list[dict]) -> list[str]:
     """Every sample of a generated dataset of 10^6 images, statistics shared by two processes."""
-    lines = ["### 10^6 samples streamed by two processes", "",
-             "`analyze_layers` (default statistics) of an untrained `mlp-4x64` on every sample of a generated",
+    about = ["`analyze_layers` (default statistics) of an untrained `mlp-4x64` on every sample of a generated",
              "dataset, under `torchrun --nproc-per-node 2`: the slower process's time and each process's peak",
-             "RSS. Goal: under 2 GB per process.", ""]
-    rows = of_case(results, "stream-1m")
-    if not rows:
-        return lines + ["Not run.", ""]
-    table = [[f"`{r['data']}`", fmt(r["seconds"]), " / ".join(fmt(m, 0) for m in r["peak_rss_mib"])] for r in rows]
-    return lines + md_table(["data", "seconds", "peak RSS per process (MiB)"], table) + [""]
+             "RSS. Goal: under 2 GB per process."]
+    return _case_lines("### 10^6 samples streamed by two processes", about, of_case(results, "stream-1m"),
+                       ["data", "seconds", "peak RSS per process (MiB)"],
+                       lambda r: [f"`{r['data']}`", fmt(r["seconds"]),
+                                  " / ".join(fmt(m, 0) for m in r["peak_rss_mib"])])
 
 
 def cka_section(results: list[dict]) -> list[str]:

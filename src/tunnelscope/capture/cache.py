@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CacheSpaceError
+from ..interrupts import pid_alive
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 
@@ -31,22 +32,11 @@ def remove_stale_spills(root: str | Path | None = None) -> list[Path]:
     removed = []
     for folder in Path(root or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*"):
         pid = folder.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)) or not folder.is_dir() or folder.is_symlink():
+        if not pid.isdigit() or pid_alive(int(pid)) or not folder.is_dir() or folder.is_symlink():
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """True when a process ``pid`` exists (ours or another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FeatureCache:

@@ -14,7 +14,6 @@ partial rows behind, and re-running never duplicates one.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..interrupts import pid_alive
 from ..io import atomic_write, write_json
 from ..results import column_name
 from ..rundir import step_name, steps_in
@@ -42,21 +42,16 @@ def live_status(record: dict) -> str:
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) process that could be a sweep worker."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     proc = Path(f"/proc/{pid}")
     if not proc.is_dir():  # not Linux: the pid exists
         return True
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    return state != "Z" and ("python" in cmdline or "ray" in cmdline or "tunnelscope" in cmdline)
+    return "python" in cmdline or "ray" in cmdline or "tunnelscope" in cmdline
 
 
 class Store:
