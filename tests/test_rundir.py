@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tunnelscope.rundir import check_free, claim
+from tunnelscope.rundir import check_free, claim, remove_stale_temps
 
 
 def test_overwriting_removes_half_written_temporary_files_and_nothing_else(tmp_path):
@@ -17,10 +17,11 @@ def test_overwriting_removes_half_written_temporary_files_and_nothing_else(tmp_p
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / ".keep.x.tmp").write_text("not ours")
-    os.symlink(outside, out / "linked")
     assert check_free(out, overwrite=True)
     assert not (out / ".config.json.a1b2.tmp").exists() and not (out / "figures" / ".rank.png.c3.tmp").exists()
-    assert (out / "notes.txt").exists() and (outside / ".keep.x.tmp").exists()  # links are not followed
+    assert (out / "notes.txt").exists()
+    os.symlink(outside, out / "linked")
+    assert remove_stale_temps(out) == [] and (outside / ".keep.x.tmp").exists()  # links are not followed
 
 
 def test_claiming_with_overwrite_removes_them_too(tmp_path):
@@ -30,3 +31,25 @@ def test_claiming_with_overwrite_removes_them_too(tmp_path):
     (out / ".step-0000001.parquet.zz.tmp").write_text("half")
     claim(out, "dynamics", overwrite=True)
     assert not any(out.glob(".*.tmp"))
+
+
+def test_output_directories_that_are_links_or_hold_linked_folders_are_refused(tmp_path):
+    import pytest
+
+    from tunnelscope.errors import RunDirectoryError
+    from tunnelscope.report.run import refresh_report
+
+    elsewhere = tmp_path / "v2"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep")
+    run = tmp_path / "r"
+    run.mkdir()
+    os.symlink(elsewhere, run / "dynamics")
+    with pytest.raises(RunDirectoryError, match="does not write through links"):
+        claim(run / "dynamics", "dynamics", overwrite=True)
+    with pytest.raises(RunDirectoryError, match="is a link to a folder"):
+        check_free(run, overwrite=True)
+    os.symlink(elsewhere, tmp_path / "figures-run")
+    with pytest.raises(RunDirectoryError, match="is a link"):
+        refresh_report(tmp_path / "figures-run", redraw=True)
+    assert (elsewhere / "precious.txt").read_text() == "keep"

@@ -11,6 +11,7 @@ A **comparison** writes ``compare.csv``, ``runs.csv`` and ``seeds.csv``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def kind_of(directory: str | Path) -> str | None:
     return None
 
 
+def refuse_links(directory: str | Path) -> None:
+    """Refuse an output directory that is a link, or holds a sub-folder that is one: writing or
+    deleting there would change files outside it (``run/dynamics -> ../v2``)."""
+    out = Path(directory)
+    if out.is_symlink():
+        raise RunDirectoryError(f"{out} is a link (to {os.readlink(out)}); tunnelscope does not write through links: "
+                                "give the real folder")
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.is_symlink() and child.is_dir():
+                raise RunDirectoryError(f"{child} is a link to a folder ({os.readlink(child)}); tunnelscope does not "
+                                        "write through links: remove the link or choose another --out")
+
+
 def claim(directory: str | Path, kind: str, overwrite: bool = False, files: tuple[str, ...] = ()) -> Path:
     """Take ``directory`` for an experiment of ``kind`` and return it, created.
 
@@ -98,6 +113,7 @@ def claim(directory: str | Path, kind: str, overwrite: bool = False, files: tupl
     which removes ``config.json`` first, so the directory reads as partial until the new
     experiment finishes."""
     out = Path(directory)
+    refuse_links(out)
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"{out} is a file, not a directory; choose another --out")
     held = kind_of(out)
@@ -138,6 +154,7 @@ def _article(word: str) -> str:
 def check_free(directory: str | Path, overwrite: bool) -> bool:
     """Whether ``directory`` already holds analysis results; refuses it unless ``overwrite``."""
     out = Path(directory)
+    refuse_links(out)
     complete = (out / SUMMARY_FILE).exists()
     taken = complete or (out / RESULTS_FILE).exists()
     if taken and not overwrite and not complete:
@@ -154,4 +171,4 @@ def check_free(directory: str | Path, overwrite: bool) -> bool:
 __all__ = ["CKPT_DIR", "COLLECTED_FILE", "COMPARE_FILE", "CONFIG_FILE", "FIGURES_DIR", "HISTORY_FILE",
            "INVERSION_CONFIG", "INVERSION_FILE", "KIND_KEY", "REPORT_FILE", "RESULTS_FILE", "RESUME_FILE", "RUNS_FILE",
            "RUN_FILE", "SEEDS_FILE", "SUMMARY_FILE", "check_free", "checkpoint_name", "checkpoints", "claim",
-           "kind_of", "remove_stale_temps", "step_name", "step_of", "steps_in"]
+           "kind_of", "refuse_links", "remove_stale_temps", "step_name", "step_of", "steps_in"]

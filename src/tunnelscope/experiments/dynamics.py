@@ -46,7 +46,7 @@ from ..io import atomic_write, jsonable, write_json, write_text
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import COLUMNS, Results, column_name, lower, upper
-from ..rundir import CONFIG_FILE, FIGURES_DIR, KIND_KEY, checkpoints, claim, kind_of, step_name, steps_in
+from ..rundir import CONFIG_FILE, FIGURES_DIR, KIND_KEY, checkpoints, claim, kind_of, refuse_links, step_name, steps_in
 from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
 from ..train.loop import read_run
 from .base import ExperimentResult, finish, read_config
@@ -308,6 +308,7 @@ def _chosen_settings(settings: AnalysisSettings | None, options: Mapping[str, An
 def _check_out(out: Path, run_dir: Path) -> None:
     """Refuse an ``out`` that is a file, a training run, an analysis or another kind's experiment
     (:func:`tunnelscope.rundir.kind_of`); a dynamics directory, finished or not, is resumed."""
+    refuse_links(out)
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"{out} is a file, not a directory; choose another out")
     held = kind_of(out)

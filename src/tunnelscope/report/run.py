@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import RunDirectoryError
 from ..io import write_text
 from ..results import Results
-from ..rundir import FIGURES_DIR, INVERSION_CONFIG, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
+from ..rundir import FIGURES_DIR, INVERSION_CONFIG, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, refuse_links
 from .figures import FIGURES, run_figures, save_figures
 from .html import render_inversion_only, write_report
 
@@ -36,6 +36,7 @@ def refresh_report(directory: str | Path, redraw: bool = False, title: str | Non
     redrawn from the saved table when ``redraw``, else the saved ones) with any inversion
     section, or an inversion alone. Returns the report's path and the analysis figures shown."""
     directory = Path(directory)
+    refuse_links(directory)  # figures and the page are rewritten in place
     if not (directory / SUMMARY_FILE).exists() and (directory / INVERSION_CONFIG).is_file():
         page = render_inversion_only(directory, title or f"tunnelscope: {directory}")
         return write_text(directory / REPORT_FILE, page), 0
