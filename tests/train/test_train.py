@@ -177,3 +177,35 @@ def test_the_interrupt_message_keeps_the_resume_options_on_one_line(tmp_path, mo
         ts.train("mlp-3x32", SMALL, out=out, epochs=1, batch_size=64, on_step=interrupt, progress=None)
     lines = sink.getvalue().splitlines()
     assert f"continue with the same command plus: --resume --out {out}" in lines, lines
+
+
+def test_a_full_disk_mid_training_keeps_the_run_and_resume_finishes_it(tmp_path, monkeypatch):
+    """Disk-full at the third checkpoint of a new run: the run, its checkpoints and resume.pt
+    stay (they were deleted, and --resume then found nothing), run.json says why, and
+    --resume completes it."""
+    import errno
+    import importlib
+
+    from tunnelscope import train
+
+    loop = importlib.import_module("tunnelscope.train.loop")  # the package attribute 'train' is the function
+
+    real, calls = loop.save_checkpoint, []
+
+    def filling(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 5:  # step 0 and the first checkpoint went through (each writes two files)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", filling)
+    data = "digits[classes=0-2,per_class=40,test_per_class=10]"
+    with pytest.raises(OSError, match="No space left"):
+        train("mlp-2x8", data, epochs=3, out=tmp_path / "run", batch_size=30, progress=False)
+    out = tmp_path / "run"
+    assert (out / "resume.pt").is_file() and any((out / "checkpoints").glob("*.pt"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "No space left" in run["error"] and "--resume" in run["resume_hint"]
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    result = train("mlp-2x8", data, epochs=3, out=out, batch_size=30, progress=False, resume=True)
+    assert len(result.history) == 3 and json.loads((out / "run.json").read_text())["status"] == "finished"

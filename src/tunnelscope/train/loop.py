@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -18,7 +19,14 @@ from torch import nn
 from .. import data as data_mod
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDirectoryError, TrainingDivergedError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    InsufficientDataError,
+    RunDirectoryError,
+    TrainingDivergedError,
+    TunnelscopeError,
+)
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
@@ -78,6 +86,20 @@ def _remove_run(out: Path, created: bool) -> None:
     _remove_stale_temporaries(out)
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
+
+
+def _keep_failed(out: Path, exc: BaseException) -> bool:
+    """Whether a new run that failed keeps what it wrote: it does once a complete training state
+    (``resume.pt``, written atomically with each checkpoint) exists and the failure is not the
+    training's own (a full disk, memory, a killed data worker), so that ``--resume`` continues it;
+    ``run.json`` then says it failed and why (when the disk still takes it)."""
+    if isinstance(exc, (TrainingDivergedError, TunnelscopeError)) or not (out / RESUME_FILE).is_file():
+        return False
+    with contextlib.suppress(Exception):  # a full disk may refuse this too: the checkpoints stay regardless
+        run = json.loads((out / RUN_FILE).read_text())
+        write_json(out / RUN_FILE, {**run, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                    "resume_hint": f"--resume --out {out}"})
+    return True
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -181,8 +203,8 @@ def train(  # noqa: PLR0913 (a public facade: readable keywords)
             return _finish(run)
         except KeyboardInterrupt:
             raise  # the checkpoints so far stay, for --resume
-        except BaseException:
-            if not resume:  # a new run that failed leaves nothing behind
+        except BaseException as exc:
+            if not resume and not _keep_failed(out, exc):  # a new run that failed early leaves nothing behind
                 _remove_run(out, created)
             raise
 
