@@ -122,3 +122,12 @@ def test_nan_inputs_are_refused_and_a_nan_model_gives_invalid_rows_not_a_crash()
 
     with pytest.raises(ShapeError, match=r"items have inputs of different shapes \(but got \[9\] at entry 0"):
         ts.analyze("mlp-3x16", Ragged(), metrics="rank", progress=False, device="cpu")
+
+
+def test_a_file_that_is_not_a_pytorch_file_is_named_so(tmp_path):
+    from tunnelscope.checkpoint import read_checkpoint
+    from tunnelscope.errors import CheckpointError
+
+    (tmp_path / "ck.json").write_text('{"a": 1}')
+    with pytest.raises(CheckpointError, match=r"is not a PyTorch file \(it starts with b'\{\"a\"'"):
+        read_checkpoint(tmp_path / "ck.json")

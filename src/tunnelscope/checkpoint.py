@@ -53,6 +53,11 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is not a file")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle stream
+        raise CheckpointError(f"{what} {path} is not a PyTorch file (it starts with {head!r}, not a zip archive or a "
+                              "pickle); give a .pt file written by torch.save or 'tunnelscope train'")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

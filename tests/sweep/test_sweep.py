@@ -236,6 +236,8 @@ def test_the_examples_parse(name, cells):
     ({"cell": {"model": "mlp-{depth}x16", "data": "digits", "checkpoint_every": "1e400"}},
      "'cell.checkpoint_every' must be a finite integer"),
     ({"resources": {"cpus": float("inf")}}, "'resources.cpus' .* must be a number > 0, not inf"),
+    ({"cell": {"model": "mlp-{depth}x16", "data": "digits"}, "analysis": {"ood": ["digits"]}},
+     "OOD set 'digits' is the ID data itself"),
     ({"analysis": {"checkpoints": "finall"}}, "'analysis.checkpoints' must be final, all or a list"),
     ({"grid": {"depth": [2, 2]}}, "lists a value twice"),
     ({"grid": {"depth": [[2], [3]]}}, "takes single values"),

@@ -146,6 +146,25 @@ def _check_spec(kind: str, text: str) -> None:
     (models.check_spec if kind == "model" else data.check_spec)(text)
 
 
+def _validate_specs(cell: Cell) -> None:
+    """The cell's model (a spec, or a checkpoint that exists), data and OOD specs; an OOD set
+    that is the ID data is refused."""
+    t, a = cell.train, cell.analysis
+    if not isinstance(t["model"], str) or not isinstance(t["data"], str):
+        raise SweepConfigError("'model' and 'data' must be strings")
+    if not cell.trains and is_checkpoint_path(t["model"]):
+        if not Path(t["model"]).is_file():
+            raise SweepConfigError(f"checkpoint {t['model']} does not exist (a path is relative to the sweep file)")
+    else:
+        _check_spec("model", t["model"])
+    _check_spec("data", t["data"])
+    for ood in a["ood"] if isinstance(a["ood"], list) else [a["ood"]]:
+        _check_spec("data", str(ood))
+        if str(ood).replace(" ", "") == t["data"].replace(" ", ""):
+            raise SweepConfigError(f"OOD set {ood!r} is the ID data itself; an OOD set must be other data "
+                                   "(other classes, another dataset)")
+
+
 def _validate(cell: Cell) -> None:
     """Everything about a cell that can be checked without data or a model, before any cell runs:
     a bad value fails the whole sweep at once, not each cell on a worker."""
@@ -157,17 +176,7 @@ def _validate(cell: Cell) -> None:
     t, a = cell.train, cell.analysis
     where = f"cell {cell.label()}"
     try:
-        if not isinstance(t["model"], str) or not isinstance(t["data"], str):
-            raise SweepConfigError("'model' and 'data' must be strings")
-        if not cell.trains and is_checkpoint_path(t["model"]):
-            if not Path(t["model"]).is_file():
-                raise SweepConfigError(f"checkpoint {t['model']} does not exist (a path is relative to the sweep "
-                                       "file)")
-        else:
-            _check_spec("model", t["model"])
-        _check_spec("data", t["data"])
-        for ood in a["ood"] if isinstance(a["ood"], list) else [a["ood"]]:
-            _check_spec("data", str(ood))
+        _validate_specs(cell)
         for key, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("checkpoint_every", 1),
                          ("max_samples", 0), ("probe_epochs", 1)):
             section = t if key in t else a
