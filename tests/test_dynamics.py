@@ -326,3 +326,16 @@ def test_the_command_prints_each_steps_tunnel_start_and_retained_with_intervals(
         assert f"{row[TUNNEL_START]:.0f}" in cells
         assert f"{row[TUNNEL_START + '_lo']:.0f}-{row[TUNNEL_START + '_hi']:.0f}" in cells, cells
         assert f"{row[MEAN_RETAINED + '_lo']:.1f}-{row[MEAN_RETAINED + '_hi']:.1f}" in cells, cells
+
+
+def test_damaged_step_files_are_analysed_again(run_dir, tmp_path, monkeypatch):
+    """A step table that is not parquet and a step record that is not an object (they ended in
+    internal errors) count as not done: those steps are analysed again, the others kept."""
+    out = tmp_path / "dyn"
+    first = analyze_run(run_dir, steps=[0, 2, 6], out=out, figures=False, **SETTINGS)
+    (out / "steps" / "step-0000000.parquet").write_bytes(b"\x00" * 64)
+    (out / "steps" / "step-0000002.json").write_text("[1, 2]")
+    calls = counting(monkeypatch)
+    again = analyze_run(run_dir, steps=[0, 2, 6], out=out, figures=False, **SETTINGS)
+    assert sorted(calls) == [str(run_dir / "checkpoints" / f"step-000000{s}.pt") for s in (0, 2)]
+    pd.testing.assert_frame_equal(again.table, first.table, check_exact=False, rtol=1e-9)

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .. import data as data_mod
 from ..device import resolve_device
@@ -391,6 +392,9 @@ def _clear(out: Path) -> None:
             (out / f"{name}.{fmt}").unlink(missing_ok=True)
 
 
+STEP_RECORD_KEYS = {"step", "epoch", "checkpoint", "digest", "settings", "summary", "config"}
+
+
 def _finished_steps(out: Path, selected: list[int], available: dict[int, Path], settings: dict) -> set[int]:
     """Selected steps already analysed in ``out`` with these settings and this checkpoint file;
     refuses finished steps that differ in either."""
@@ -402,8 +406,11 @@ def _finished_steps(out: Path, selected: list[int], available: dict[int, Path], 
         record_path = records[step]
         try:
             record = json.loads(record_path.read_text())
-        except ValueError:
+            pq.read_metadata(tables[step])  # a damaged table fails here (footer and schema)
+        except (ValueError, OSError):
             continue  # unreadable: analysed again
+        if not isinstance(record, dict) or not STEP_RECORD_KEYS <= set(record):
+            continue  # damaged or edited: analysed again
         if record.get("settings") != settings:
             raise RunDirectoryError(f"{out} holds results of step {step} analysed with other settings "
                                     f"({_differences(record.get('settings') or {}, settings)}); pass "
