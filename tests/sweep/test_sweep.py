@@ -330,3 +330,17 @@ def test_without_ray_an_address_is_refused_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
     with pytest.raises(RayError, match=r"pip install 'tunnelscope\[ray\]'"):
         init_ray("127.0.0.1:6379")
+
+
+def test_collect_over_a_damaged_step_table_says_how_to_redo_it(tmp_path, capsys):
+    path = tiny_spec(tmp_path, name="damaged", checkpoints="final")
+    spec = SweepSpec.load(path)
+    code, _, err = run_cli(["sweep", path, "-q"], capsys)
+    assert code == 0, err
+    store = Store(spec.store)
+    cell = spec.cells[0]
+    (step,) = store.done_steps(cell.key)
+    store.step_path(cell.key, step, "parquet").write_bytes(b"\x00" * 32)
+    for level in ("layer", "ood"):
+        code, _, err = run_cli(["sweep", "collect", path, "--level", level], capsys)
+        assert code != 0 and err.count("\n") == 1 and "is damaged" in err and "run the sweep again" in err

@@ -40,7 +40,7 @@ def ood_table(spec: SweepSpec, store: Store | None = None, layers: pd.DataFrame 
         if not summary.get(OOD):
             continue
         cell = cells[key]
-        table = by_step[(key, step)] if by_step is not None else pd.read_parquet(store.step_path(key, step, "parquet"))
+        table = by_step[(key, step)] if by_step is not None else store.read_step(key, step)
         if cell.train_key not in design:
             design[cell.train_key] = design_variables(cell, store)
         rows += _step_rows(cell, step, summary, table, design[cell.train_key])

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import SweepConfigError
 from ..interrupts import pid_alive
 from ..io import atomic_write, write_json
 from ..results import column_name
@@ -103,11 +104,20 @@ class Store:
     def collect(self, spec: SweepSpec) -> pd.DataFrame:
         """Every finished step's table, one tidy frame (cell columns first); the OOD-level table is
         :func:`tunnelscope.sweep.collect` with ``level="ood"``."""
-        frames = [pd.read_parquet(self.step_path(cell.key, step, "parquet"))
-                  for cell in spec.cells for step in self.done_steps(cell.key)]
+        frames = [self.read_step(cell.key, step) for cell in spec.cells for step in self.done_steps(cell.key)]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+    def read_step(self, key: str, step: int) -> pd.DataFrame:
+        """One finished step's table; a damaged one is a one-line error saying how to redo it."""
+        path = self.step_path(key, step, "parquet")
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise SweepConfigError(f"{path} is damaged ({str(exc).splitlines()[0][:80]}); delete it and "
+                                   f"{self.step_path(key, step, 'json').name} beside it, then run the sweep again "
+                                   "to redo that step") from None
 
     def step_summaries(self, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]]:
         """Every finished cell × step's summary, ``{(cell key, step): summary}`` in cell and step order."""
