@@ -56,3 +56,20 @@ def test_the_analysis_records_the_blocks_and_the_p_values(trained_mlp):
     assert r.config["cka_null"]["permutations"] == 20
     for block in r.config["cka_blocks"]:
         assert block["points"] >= 2 and block["min_cka"] >= 0.5
+
+
+def test_the_cka_heatmap_marks_the_cells_not_above_the_null(trained_mlp):
+    from tunnelscope.engine import analyze_layers
+    from tunnelscope.report.figures import cka_figure
+
+    result, ds = trained_mlp
+    r = analyze_layers(result.final_checkpoint, ds, metrics="cka,cka_null", max_samples=512, progress=False,
+                       device="cpu")
+    rows = r.table.metric == "cka_null"
+    pairs = r.table[rows & r.table.value.notna()].index[:3]  # three off-diagonal cells made "not above"
+    r.table.loc[pairs, "value"] = 0.5
+    fig = cka_figure(r)
+    (ax,) = fig.axes[:1]
+    marks = [t for t in ax.texts if t.get_text() == "×"]
+    expected = int(((r.table.metric == "cka_null") & (r.table.value >= 0.05)).sum())
+    assert len(marks) == expected >= 3 and "not above the permutation null" in ax.get_title()

@@ -221,17 +221,41 @@ def _heatmap(fig: Figure, ax, mat, results, label: str, title: str) -> None:
     ax.set_title(title, fontsize=10)
 
 
+NULL_LEVEL = 0.05  # a CKA cell with a permutation p-value at or above this is marked as not above the null
+
+
+def _mark_null(ax, results, mat) -> int:
+    """Mark with × the cells of a CKA heatmap that are not above the permutation null (``cka_null``
+    p-value >= :data:`NULL_LEVEL`; the diagonal is never marked); returns how many."""
+    if not results.has("cka_null"):
+        return 0
+    p = results.matrix("cka_null").reindex(index=mat.index, columns=mat.columns).to_numpy(dtype=float)
+    first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
+    marked = 0
+    for i in range(len(p)):
+        for j in range(len(p)):
+            if i != j and np.isfinite(p[i, j]) and p[i, j] >= NULL_LEVEL:
+                ax.text(first + j, first + i, "×", ha="center", va="center", color="white", fontsize=7)
+                marked += 1
+    ax.set_title(f"{ax.get_title()}; × not above the permutation null (p ≥ {NULL_LEVEL:g})", fontsize=9)
+    return marked
+
+
 def cka_figure(results) -> Figure | None:
     """Minibatch CKA between every pair of probe points (layer 0 = the input, when read), and
-    beside it, when measured, the same after removing each point's PC1 (Nguyen et al.)."""
+    beside it, when measured, the same after removing each point's PC1 (Nguyen et al.); with
+    ``cka_null`` measured, the cells not above its permutation null are marked ×."""
     if not results.has("cka"):
         return None
+    cka = results.matrix("cka")
     if not results.has("cka_nopc1"):
         fig, ax = subplots(figsize=(5.4, 4.6))
-        _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
+        _heatmap(fig, ax, cka, results, "CKA", "minibatch CKA (test)")
+        _mark_null(ax, results, cka)
         return fig
     fig, (ax, right) = subplots(1, 2, figsize=(10.8, 4.6))
-    _heatmap(fig, ax, results.matrix("cka"), results, "CKA", "minibatch CKA (test)")
+    _heatmap(fig, ax, cka, results, "CKA", "minibatch CKA (test)")
+    _mark_null(ax, results, cka)
     _heatmap(fig, right, results.matrix("cka_nopc1"), results, "CKA", "without each layer's PC1 (test)")
     return fig
 
