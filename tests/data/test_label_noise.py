@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from tunnelscope import data
-from tunnelscope.data.registry import COMMON_MODIFIERS, add_label_noise
+from tunnelscope.data.common import COMMON_MODIFIERS, add_label_noise
 from tunnelscope.errors import SpecError
 
 SMALL = "fashion-mnist[classes=0-4,per_class=200,test_per_class=50{}]"

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..data.common import Dataset
 from ..data.objects import (  # the object readers' checks and split, shared with as_dataset
     DEFAULT_TEST_FRACTION,
     SPLITS,
@@ -29,7 +30,6 @@ from ..data.objects import (  # the object readers' checks and split, shared wit
     _split_record,
     split_indices,
 )
-from ..data.registry import Dataset
 from ..errors import ConfigError, ShapeError
 from ..features import Features
 from .hooks import DEFAULT_MAX_DIM, INPUT_POINT, Capture

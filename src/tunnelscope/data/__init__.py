@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import Dataset, check_spec, list_datasets, load, valid_names
+from .common import Dataset
+from .registry import check_spec, list_datasets, load, valid_names
 from .split import FolderSplit, Split, TensorSplit, sample_split
 
 # read from .objects on first use, which plain loading does not need (precomputed features, which stand in

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..specs import parse_spec
-from .registry import Dataset, load
+from .common import Dataset
+from .registry import load
 
 
 def adapted_spec(spec: str, input_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> tuple[str, list[str]]:

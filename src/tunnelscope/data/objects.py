@@ -46,7 +46,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, InsufficientDataError, ShapeError
 from .adapt import load_adapted
-from .registry import Dataset, chunk_channel_stats, load
+from .common import Dataset, chunk_channel_stats
+from .registry import load
 from .split import FolderSplit, Split, TensorSplit, normalise
 
 DEFAULT_TEST_FRACTION = 0.2

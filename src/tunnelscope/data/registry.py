@@ -35,12 +35,9 @@ from torch import Tensor
 from ..errors import SpecError
 from ..specs import Spec, parse_spec
 from . import sources
-from .common import (  # noqa: F401  (re-exported: the names have long lived here)
+from .common import (
     AUGMENTATION,
     COMMON_MODIFIERS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LABEL_NOISE_STREAM,
     STATS_VERSION,
     Dataset,
     _modifier_help,
@@ -48,10 +45,8 @@ from .common import (  # noqa: F401  (re-exported: the names have long lived her
     _parse_options,
     _read_stats,
     _write_stats,
-    add_label_noise,
     cap_per_class,
     chunk_channel_stats,
-    parse_fraction,
     select_classes,
 )
 from .sources import SOURCES, LoadContext, RawData

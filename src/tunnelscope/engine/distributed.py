@@ -82,28 +82,26 @@ class World:
         process's rows, in the split's order."""
         if not self.parallel:
             return
-        import torch.distributed as dist
-
         n = cache.capacity
-        positions = [self.batch_positions(n, batch_size, rank=r) for r in range(self.size)]
-        longest = max(len(p) for p in positions)
-        device = _collective_device()
-        labels = torch.from_numpy(cache.labels[:cache.size].copy())
+        positions = [self.batch_positions(n, batch_size, rank=r).numpy() for r in range(self.size)]
+        local_labels = torch.from_numpy(cache.labels[:cache.size].copy())
         for array in cache.arrays.values():  # every process read a batch, so every cache is allocated
             local = torch.from_numpy(np.asarray(array[:cache.size], dtype=np.float32))
-            padded = torch.zeros(longest, local.shape[1], device=device)
-            padded[:len(local)] = local.to(device)
-            parts = [torch.empty_like(padded) for _ in range(self.size)]
-            dist.all_gather(parts, padded, group=self.group)
-            for pos, part in zip(positions, parts):
-                array[pos.numpy()] = part[:len(pos)].cpu().numpy().astype(array.dtype)
-        padded_y = torch.zeros(longest, dtype=torch.long, device=device)
-        padded_y[:len(labels)] = labels.to(device)
-        parts_y = [torch.empty_like(padded_y) for _ in range(self.size)]
-        dist.all_gather(parts_y, padded_y, group=self.group)
-        for pos, part in zip(positions, parts_y):
-            cache.labels[pos.numpy()] = part[:len(pos)].cpu().numpy()
+            self._gather_rows(local, positions, array)
+        self._gather_rows(local_labels, positions, cache.labels)
         cache.size = n
+
+    def _gather_rows(self, local: Tensor, positions: list[np.ndarray], into: np.ndarray) -> None:
+        """Every process's ``local`` rows written into ``into`` at that process's ``positions``."""
+        import torch.distributed as dist
+
+        device = _collective_device()
+        padded = local.new_zeros((max(len(p) for p in positions), *local.shape[1:]), device=device)
+        padded[:len(local)] = local.to(device)
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded, group=self.group)
+        for pos, part in zip(positions, parts):
+            into[pos] = part[:len(pos)].cpu().numpy().astype(into.dtype)
 
     def assign(self, costs: Sequence[float]) -> list[int]:
         """Indices of the jobs (with these ``costs``) this process runs: costliest first, each to

@@ -32,6 +32,11 @@ from .registry import Metric, Options, PointStats, Presentation, register
 MIN_BATCH = 4
 
 
+def _hsic(traces: Tensor, r_a: Tensor, r_b: Tensor, s: Tensor, n: int) -> Tensor:
+    """HSIC₁ of every pair from ``tr(K̃_a K̃_b)``, the row sums of both sides and the totals."""
+    return (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r_a @ r_b.T)) / (n * (n - 3))
+
+
 class MinibatchCKA(Accumulator):
     """The ``L x L`` matrix of summed HSIC₁ over minibatches, for the given points.
 
@@ -72,7 +77,7 @@ class MinibatchCKA(Accumulator):
         # tr(K̃_l K̃_m): each row's n products summed in the Gram's precision, rows summed in float64
         by_row = grams.transpose(0, 1)  # (n, L, n)
         traces = torch.bmm(by_row, by_row.transpose(1, 2)).sum(0, dtype=torch.float64)
-        batch = (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r @ r.T)) / (n * (n - 3))
+        batch = _hsic(traces, r, r, s, n)
         self.hsic = batch if self.hsic is None else self.hsic + batch
         self.batches += 1
 
@@ -118,11 +123,6 @@ def _hsic_terms(features: dict[str, Tensor], names: list[str], work: torch.dtype
     grams.diagonal(dim1=1, dim2=2).zero_()
     r = grams.sum(2, dtype=torch.float64)
     return grams, r, r.sum(1), n
-
-
-def _hsic(traces: Tensor, r_a: Tensor, r_b: Tensor, s: Tensor, n: int) -> Tensor:
-    """HSIC₁ of every pair from ``tr(K̃_a K̃_b)``, the row sums of both sides and the totals."""
-    return (traces + torch.outer(s, s) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (r_a @ r_b.T)) / (n * (n - 3))
 
 
 class CKANull(Accumulator):

@@ -30,7 +30,7 @@ from ..errors import (
 from ..io import write_json, write_text
 from ..models import build
 from ..progress import console, progress_bar, should_show
-from ..rundir import CKPT_DIR, HISTORY_FILE, RESUME_FILE, RUN_FILE, checkpoint_name
+from ..rundir import CKPT_DIR, HISTORY_FILE, RESUME_FILE, RUN_FILE, checkpoint_name, remove_stale_temps
 from ..threads import torch_threads
 from ..versions import environment, package_versions
 from .recipes import Recipe, default_recipe, early_steps
@@ -70,20 +70,12 @@ def read_run(out: str | Path) -> dict:
     return run if complete else {}
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary files of atomic writes that a killed process could not remove."""
-    for folder in (out, out / CKPT_DIR):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-
-
 def _remove_run(out: Path, created: bool) -> None:
     """Delete what a failed new run wrote (and ``out`` itself when this run created it)."""
     for name in (RUN_FILE, HISTORY_FILE, RESUME_FILE):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
-    _remove_stale_temporaries(out)
+    remove_stale_temps(out)
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 
@@ -103,7 +95,7 @@ def _keep_failed(out: Path, exc: BaseException) -> bool:
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    _remove_stale_temporaries(out)
+    remove_stale_temps(out)
     if resume:
         if not (out / RESUME_FILE).is_file():
             raise CheckpointError(f"nothing to resume in {out}: no {RESUME_FILE}; drop --resume to start a new run")
