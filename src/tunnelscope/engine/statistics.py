@@ -335,14 +335,23 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
         del one
 
 
+def _score_from_cache(run: Run, cache: FeatureCache, accs: list) -> None:
+    """Feed the cached training features to ``accs``; every process holds the whole cache, so
+    each scores its share of the chunks and the counts are summed (exact in any order)."""
+    world = run.world
+    for chunk, (feats, y) in enumerate(cache.batches(device=run.device)):
+        if chunk % world.size == world.rank:
+            for acc in accs:
+                acc.update(feats, y)
+    world.reduce(accs)
+
+
 def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_split=None) -> dict:
     """Score the read-outs on the training split, from ``cache`` or, without one, by reading
     ``train_split`` again (features too large to cache); their rows and summaries."""
     train_accs = [r["train"] for r in run.readouts.values() if "train" in r]
     if train_accs and cache is not None:
-        for feats, y in cache.batches(device=run.device):
-            for acc in train_accs:
-                acc.update(feats, y)
+        _score_from_cache(run, cache, train_accs)
     elif train_accs:
         _pass(run, train_split, train_accs, "train pass (read-out scoring)")
         run.world.reduce(train_accs)
