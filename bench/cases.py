@@ -866,7 +866,8 @@ def case_probes(device: torch.device, repeats: int, epochs: int) -> dict:
             sk[k] = clf.score(scaler.transform(test[k].cpu().numpy()), yt.cpu().numpy())
         return sk
 
-    lbfgs = measure(synced(lambda: train_probes(train, y, test, yt, C, ProbeConfig(), device=device, progress=False)),
+    lbfgs = measure(synced(lambda: train_probes(train, y, test, yt, C, ProbeConfig(C=1.0), device=device,
+                                                progress=False)),
                     repeats, warmup=False)
     joint = measure(synced(lambda: train_probes(train, y, test, yt, C, cfg, device=device, progress=False)),
                     repeats, warmup=False)
@@ -976,7 +977,7 @@ def probe_solver_row(d: int, c: int, n: int, m: int, points: int, repeats: int) 
     np_train = {k: v.double().numpy() for k, v in train.items()}
     np_test = {k: v.double().numpy() for k, v in test.items()}
     yn, ytn = y.numpy(), yt.numpy()
-    ours = measure(lambda: train_probes(train, y, test, yt, c, ProbeConfig(), progress=False), repeats)
+    ours = measure(lambda: train_probes(train, y, test, yt, c, ProbeConfig(C=1.0), progress=False), repeats)
     default = measure(lambda: {k: sklearn_probe(np_train[k], yn, np_test[k], ytn) for k in train}, repeats)
     optimum = measure(lambda: {k: sklearn_probe(np_train[k], yn, np_test[k], ytn, tol=1e-7) for k in train}, 1,
                       warmup=False)
@@ -1006,6 +1007,67 @@ def case_probe_solver(device: torch.device, repeats: int, points: int = 8) -> di
     try:
         with threadpool_limits(1):
             rows = [probe_solver_row(d, c, n, m, points, repeats) for d in (256, 2048) for c in (10, 100)]
+    finally:
+        torch.set_num_threads(threads)
+    return {"device": "cpu", "threads": 1, "points": points, "train": n, "test": m, "repeats": repeats, "rows": rows}
+
+
+def probe_select_row(d: int, c: int, n: int, m: int, points: int, repeats: int) -> dict:
+    """The default probe choosing C on a held-out 10% against the same choice made by a scikit-learn
+    loop (``StandardScaler`` on every training row, ``LogisticRegression`` at each C of the grid
+    on the other 90%, best held-out accuracy, ties to the lower held-out log-loss), and against the
+    probe at a fixed C = 1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    from tunnelscope.probes import ProbeConfig, train_probes, validation_split
+
+    train, y, test, yt = layer_like_features(d, c, n, m, points)
+    cfg = ProbeConfig()
+    fit_rows, held_out = (i.numpy() for i in validation_split(n, cfg))
+    yn, ytn = y.numpy(), yt.numpy()
+
+    def sklearn_select() -> dict[str, tuple[float, float, dict[float, float]]]:
+        out = {}
+        for k in train:
+            scaler = StandardScaler().fit(train[k].double().numpy())
+            xs, xts = scaler.transform(train[k].double().numpy()), scaler.transform(test[k].double().numpy())
+            scored = []
+            for value in cfg.c_grid:
+                clf = LogisticRegression(C=value, max_iter=1000).fit(xs[fit_rows], yn[fit_rows])
+                loss = log_loss(yn[held_out], clf.predict_proba(xs[held_out]), labels=clf.classes_)
+                scored.append((clf.score(xs[held_out], yn[held_out]), -loss, value, clf.score(xts, ytn)))
+            best = max(scored)  # the best held-out accuracy, ties to the lower held-out cross-entropy
+            out[k] = (best[2], best[3], {value: acc for acc, _, value, _ in scored})
+        return out
+
+    ours = measure(lambda: train_probes(train, y, test, yt, c, cfg, progress=False), repeats)
+    fixed = measure(lambda: train_probes(train, y, test, yt, c, ProbeConfig(C=1.0), progress=False), repeats)
+    loop = measure(sklearn_select, repeats)
+    res = ours.result
+    return {"dims": d, "classes": c, "ours_s": ours.seconds, "fixed_s": fixed.seconds, "sklearn_s": loop.seconds,
+            "speedup": loop.seconds / ours.seconds, "cost_vs_fixed": ours.seconds / fixed.seconds,
+            "same_c": sum(res.c[k] == loop.result[k][0] for k in train),
+            # scikit-learn's held-out accuracy at its choice minus at ours (0: our choice ties its best)
+            "max_held_out_gap_pp": max(100 * (loop.result[k][2][loop.result[k][0]] - loop.result[k][2][res.c[k]])
+                                       for k in train),
+            "max_diff_pp": max(100 * abs(res.accuracy[k] - loop.result[k][1]) for k in train),
+            "chosen": [res.c[k] for k in train], "sklearn_chosen": [loop.result[k][0] for k in train],
+            "converged": points - len(res.unconverged)}
+
+
+def case_probe_select(device: torch.device, repeats: int, points: int = 4) -> dict:
+    """Choosing the probe's C on data (the default) against the scikit-learn loop a user would write
+    for it, at D in {256, 1024}, C = 10, N = 10,000, on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    n, m = sample_cap(10_000), sample_cap(2000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            rows = [probe_select_row(d, 10, n, m, points, repeats) for d in (256, 1024)]
     finally:
         torch.set_num_threads(threads)
     return {"device": "cpu", "threads": 1, "points": points, "train": n, "test": m, "repeats": repeats, "rows": rows}
@@ -1047,7 +1109,7 @@ def case_probes_demo(device: torch.device) -> dict:
         train, y = split_features(capture, data.train, FULL_SAMPLES, 0, device)
         test, yt = split_features(capture, data.test, FULL_SAMPLES, 1, device)
         tic = time.perf_counter()
-        ours = train_probes(train, y, test, yt, data.num_classes, ProbeConfig(), progress=False)
+        ours = train_probes(train, y, test, yt, data.num_classes, ProbeConfig(C=1.0), progress=False)
         ours_s = time.perf_counter() - tic
         tic = time.perf_counter()
         default = {k: sklearn_probe(train[k].double().numpy(), y.numpy(), test[k].double().numpy(), yt.numpy())
@@ -1118,6 +1180,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "probes-mlp12": lambda dev, r: case_probes(dev, r, epochs=10),
     "probes-widths": lambda dev, r: case_probe_widths(dev, max(3, r)),
     "probes-solver": lambda dev, r: case_probe_solver(dev, r),
+    "probes-select": lambda dev, r: case_probe_select(dev, r),
     "probes-demo": lambda dev, r: case_probes_demo(dev),
     "invert-mlp12": lambda dev, r: case_invert(dev, steps=20 if quick() else 100),
 }

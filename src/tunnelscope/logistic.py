@@ -24,7 +24,7 @@ What makes it fast, without changing the optimum:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -54,6 +54,9 @@ class LogisticFit:
     evaluations: int
     preconditioned: bool
     converged: bool
+    preconditioner: Tensor | None = field(default=None, repr=False)  # (S + δI)⁻¹, for a warm start to reuse
+    penalty: float = math.nan  # the penalty it was fitted with
+    pairs: list[tuple[Tensor, Tensor, float]] = field(default_factory=list, repr=False)  # its last curvature pairs
 
     @property
     def finite(self) -> bool:
@@ -171,20 +174,32 @@ def stopping_tolerance(tol: float, samples: int, dims: int, num_classes: int) ->
 
 
 def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: float = 1e-4,
-                 max_iter: int = 1000, precondition: bool | None = None) -> LogisticFit:
+                 max_iter: int = 1000, precondition: bool | None = None,
+                 start: LogisticFit | None = None) -> LogisticFit:
     """Minimise the mean cross-entropy of ``xs @ W + b`` plus ``penalty/2 · ‖W‖²`` by L-BFGS
     until the largest absolute gradient entry is at most ``tol`` (or ``max_iter`` iterations).
 
     ``xs`` is ``(N, D)`` float32, standardised (:func:`standardise`); ``y`` holds class indices.
     ``precondition``: ``None`` (default) switches the feature preconditioner on once the plain
     solver has spent what building it costs; ``True`` from the start; ``False`` never.
+    ``start``: a fit of the same features to begin from (a warm start along a path of
+    penalties; zero weights without it). Its preconditioner is reused when it built one.
     """
     objective = _Objective(xs, y.long(), num_classes, penalty)
     history = _History()
     switch_at = max(MIN_SWITCH, objective.covariance_cost(num_classes))  # never more than twice the best choice
-    if precondition:
+    if start is not None and start.preconditioner is not None and precondition is not False:
+        history.preconditioner = start.preconditioner
+    elif precondition:
         history.preconditioner = objective.covariance_inverse()
     theta = torch.zeros(num_classes, objective.dims + 1, dtype=torch.float64, device=xs.device)
+    if start is not None:
+        theta[:, : objective.dims] = start.weight.t()
+        theta[:, objective.dims] = start.bias
+        for step, change, _ in start.pairs:  # the same curvature, shifted by the change of penalty on W
+            change = change.clone()
+            change[:, : objective.dims].add_(step[:, : objective.dims], alpha=penalty - start.penalty)
+            history.add(step, change)
     loss, grad = objective(theta)
     iterations = 0
     while (grad_max := float(grad.abs().max())) > tol and iterations < max_iter and math.isfinite(loss):
@@ -208,7 +223,8 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     dims = objective.dims
     return LogisticFit(theta[:, :dims].t().contiguous(), theta[:, dims].clone(), loss, grad_max, iterations,
                        objective.evaluations, history.preconditioner is not None,
-                       converged=grad_max <= tol and math.isfinite(loss))
+                       converged=grad_max <= tol and math.isfinite(loss), preconditioner=history.preconditioner,
+                       penalty=penalty, pairs=history.pairs)
 
 
 __all__ = ["LogisticFit", "fit_logistic", "standardise"]

@@ -3,13 +3,22 @@
 Three protocols:
 
 - ``lbfgs`` (default): multinomial logistic regression on standardised features with an L2
-  penalty (scikit-learn's objective, ``C = 1``), solved by :mod:`tunnelscope.logistic`
-  (L-BFGS with float32 passes over the features and a feature-covariance preconditioner)
-  until the largest absolute gradient of the mean objective is at most ``tol`` (1e-4,
-  scikit-learn's default) times ``min(1, N/P)`` for ``P`` parameters: scikit-learn's
-  stopping rule where the samples outnumber the parameters, tighter where they do not, so
-  that the accuracy is the optimum's. Deterministic; a probe that stops at ``max_iter``
-  first is reported as not converged.
+  penalty (scikit-learn's objective), solved by :mod:`tunnelscope.logistic` (L-BFGS with
+  float32 passes over the features and a feature-covariance preconditioner) until the
+  largest absolute gradient of the mean objective is at most ``tol`` (1e-4, scikit-learn's
+  default) times ``min(1, N/P)`` for ``P`` parameters: scikit-learn's stopping rule where
+  the samples outnumber the parameters, tighter where they do not, so that the accuracy is
+  the optimum's. Deterministic; a probe that stops at ``max_iter`` first is reported as not
+  converged. The penalty's ``C`` is chosen per point on data by default: a seeded
+  ``val_fraction`` (10%) of the training split is held out, a probe is fitted on the rest
+  for every ``C`` of ``c_grid`` (0.01, 0.1, 1, 10; strongest penalty first, each fit
+  warm-started from the one before), and the ``C`` with the best validation accuracy is kept
+  (ties: the lower validation cross-entropy; a ``C`` whose fit did not converge is kept only
+  when none converged). The kept probe is that fit: it has seen 90% of
+  the training rows, and every ``C`` of the grid is scored on the test split too, so that
+  the headline can be recomputed under each (:attr:`ProbeResult.grid`). A fixed ``C``
+  (``--probe-c``) fits once on every training row, as does a training split too small to
+  hold out :data:`MIN_VALIDATION` samples (then ``C = 1``, scikit-learn's default).
 - ``harun``: the papers' protocol (Harun et al. 2024, App. A.2): weights N(0, 0.01²), bias 0;
   AdamW lr 1e-3, weight decay 0; batch 128; 30 epochs; cross-entropy with label smoothing
   0.1; no feature standardisation. A fixed budget: a probe whose epoch-mean training loss
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -47,11 +56,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
-from .logistic import fit_logistic, standardise, stopping_tolerance
+from .logistic import LogisticFit, fit_logistic, standardise, stopping_tolerance
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
 PROTOCOLS = ("lbfgs", "harun", "ridge")
+DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0)  # lbfgs: the Cs chosen from on a validation split
+FALLBACK_C = 1.0  # scikit-learn's default: the C of a training split too small to hold out a validation part
+MIN_VALIDATION = 50  # validation samples needed to choose C on data
+C_REFERENCE = "C="  # the results table's rows of one C of the grid have reference "C=<C>"
+
+
+def c_reference(c: float) -> str:
+    """The ``reference`` of the results rows that hold the probes fitted at ``C = c`` (``"C=0.1"``)."""
+    return f"{C_REFERENCE}{c:g}"
 OBJECTIVE = "mean cross-entropy + ‖W‖²/(2·C·N) on standardised features"
 STOPPING = "max |gradient| <= tol · min(1, N/P), P = (D+1)·C parameters"
 PROTOCOL_NOTES = {
@@ -75,7 +93,8 @@ class ProbeConfig:
     select: str = "last"
     val_fraction: float = 0.1
     seed: int = 0
-    C: float = 1.0  # lbfgs: inverse L2 strength, as scikit-learn's LogisticRegression
+    C: float | None = None  # lbfgs: inverse L2 strength (scikit-learn's); None: chosen per point from c_grid
+    c_grid: tuple[float, ...] = DEFAULT_C_GRID  # lbfgs: the candidates when C is None, fitted in increasing order
     max_iter: int = 1000  # lbfgs
     tol: float = 1e-4  # lbfgs: converged when max |gradient of the mean objective| <= tol
     converge_rtol: float = 0.01  # harun: converged when the loss fell by at most this share over the last epochs
@@ -91,8 +110,26 @@ class ProbeConfig:
             raise ConfigError(f"selection {self.select!r} needs epochs; protocol {self.protocol!r} is fitted once")
         if self.epochs < 1 or self.batch_size < 1 or self.max_iter < 1 or self.seeds < 1:
             raise ConfigError("probe epochs, batch_size, max_iter and seeds must be >= 1")
-        if not (self.C > 0 and self.tol > 0 and self.lr > 0):
+        if not ((self.C is None or self.C > 0) and self.tol > 0 and self.lr > 0):
             raise ConfigError("probe C, tol and lr must be > 0")
+        grid = tuple(sorted({float(c) for c in self.c_grid}))
+        if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
+            raise ConfigError(f"probe c_grid must hold one or more finite values > 0, got {list(self.c_grid)}")
+        self.c_grid = grid
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"probe val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class GridProbe:
+    """One ``C`` of the grid at one point, fitted on the training rows not held out: its accuracy
+    and cross-entropy on the held-out rows, which test samples it classifies right, and whether
+    it converged."""
+
+    val_accuracy: float
+    val_loss: float
+    correct: np.ndarray
+    converged: bool
 
 
 @dataclass
@@ -111,6 +148,8 @@ class ProbeResult:
     converged: dict[str, bool] = field(default_factory=dict)
     iterations: dict[str, int] = field(default_factory=dict)
     correct: dict[str, np.ndarray] = field(default_factory=dict)  # bool per evaluation sample
+    c: dict[str, float] = field(default_factory=dict)  # lbfgs: the C each point's probe used
+    grid: dict[str, dict[float, GridProbe]] = field(default_factory=dict)  # lbfgs with C chosen: every C's fit
 
     @property
     def unconverged(self) -> list[str]:
@@ -260,13 +299,14 @@ def still_falling(losses: Sequence[float], rtol: float) -> bool:
 def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],  # noqa: PLR0913 (train and test features and labels, classes, config, device)
                  test_labels: Tensor, num_classes: int, config: ProbeConfig | None = None,
                  device: str | torch.device = "cpu", progress: bool | None = None,
-                 resident: bool | None = None) -> ProbeResult:
+                 resident: bool | None = None, chosen_c: Mapping[str, float] | None = None) -> ProbeResult:
     """Train a softmax probe per point on ``train`` features and score it on ``test``.
 
     ``train[point]`` is ``(N, D_point)`` and ``test[point]`` ``(M, D_point)``, in the same
     point order: tensors, numpy arrays, or memory-mapped arrays. ``resident`` (default:
     unless any array is memory-mapped) stacks the ``harun`` features on the device; otherwise
-    each minibatch is read from the arrays as it is needed. Returns a :class:`ProbeResult`.
+    each minibatch is read from the arrays as it is needed. ``chosen_c`` (``lbfgs``) fixes each
+    point's ``C`` (fitted on every training row), overriding the config. Returns a :class:`ProbeResult`.
     """
     cfg = config or ProbeConfig()
     dev = torch.device(device)
@@ -274,7 +314,7 @@ def train_probes(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
     if list(test) != names:
         raise ConfigError("train and test features must hold the same probe points in the same order")
     if cfg.protocol == "lbfgs":
-        return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev)
+        return _train_lbfgs(train, train_labels, test, test_labels, num_classes, cfg, dev, chosen_c)
     if cfg.protocol == "ridge":
         return _train_ridge(train, train_labels, test, test_labels, num_classes, cfg, dev)
     return _train_harun(train, train_labels, test, test_labels, num_classes, cfg, dev, progress, resident)
@@ -350,10 +390,16 @@ def _harun_data(train: dict[str, FeatureArray], train_labels: Tensor, test: dict
     fit_idx = torch.arange(len(labels), device=dev)
     val_idx = None
     if cfg.select == "val":
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed + 7)).to(dev)
-        n_val = max(1, int(round(cfg.val_fraction * len(labels))))
-        val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:]
+        fit_idx, val_idx = (i.to(dev) for i in validation_split(len(labels), cfg))
     return _HarunData(rows, labels, eval_rows, eval_labels, fit_idx, val_idx)
+
+
+def validation_split(rows: int, cfg: ProbeConfig) -> tuple[Tensor, Tensor]:
+    """``(fit, held out)`` row indices: a seeded ``cfg.val_fraction`` of ``rows`` (at least one)
+    held out for selection, sorted; the rest in the seeded order the ``harun`` epochs permute."""
+    perm = torch.randperm(rows, generator=torch.Generator().manual_seed(cfg.seed + 7))
+    n_val = max(1, int(round(cfg.val_fraction * rows)))
+    return perm[n_val:], perm[:n_val].sort().values
 
 
 def _harun_epoch(groups: list[_Group], data: _HarunData, epoch: int, step: int, num_classes: int,
@@ -434,34 +480,105 @@ def _harun_result(groups: list[_Group], data: _HarunData, track: _Tracking, name
 
 
 def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
-                 test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device) -> ProbeResult:
+                 test_labels: Tensor, num_classes: int, cfg: ProbeConfig, dev: torch.device,
+                 chosen_c: Mapping[str, float] | None = None) -> ProbeResult:
     """Multinomial logistic regression per point on standardised features, L2 penalty, by
     :func:`tunnelscope.logistic.fit_logistic`: ``CE + ‖W‖² / (2·C·N)`` (scikit-learn's objective
-    divided by ``C·N``; intercept unpenalised) until ``max |∇| <= tol · min(1, N / P)``."""
+    divided by ``C·N``; intercept unpenalised) until ``max |∇| <= tol · min(1, N / P)``. ``C`` is
+    ``chosen_c[point]``, else ``cfg.C``, else chosen on a validation split (module docstring)."""
     y, yt = train_labels.long().to(dev), test_labels.long().to(dev)
-    out = ProbeResult({}, {}, {}, [], {}, {**asdict(cfg), "objective": OBJECTIVE, "stopping": STOPPING})
+    split, selection = _c_selection(len(y), cfg, chosen_c)
+    out = ProbeResult({}, {}, {}, [], {}, {**asdict(cfg), "objective": OBJECTIVE, "stopping": STOPPING,
+                                           "c_selection": selection})
+    if split is not None:  # the rows reordered once, fitted rows first, so that both parts are slices
+        order, n_fit = torch.cat(split), len(split[0])
+        y = y[order.to(dev)]
     for name in train:
-        xs, mean, std = standardise(_tensor(train[name]).to(dev))
-        tol = stopping_tolerance(cfg.tol, len(y), xs.shape[1], num_classes)
-        fit = fit_logistic(xs, y, num_classes, 1.0 / (cfg.C * len(y)), tol=tol, max_iter=cfg.max_iter)
-        w, b = fit.weight, fit.bias
+        x = train[name] if split is None else _rows_of(train[name], order)
+        xs, mean, std = standardise(_tensor(x).to(dev))  # statistics of every training row (no labels)
+        del x
+        xt = (_tensor(test[name]).to(dev) - mean.float()).div_(std.float())
+        if split is None:
+            c = chosen_c[name] if chosen_c is not None else (cfg.C or FALLBACK_C)
+            fit, fitted = _fit_c(xs, y, num_classes, c, cfg), len(y)
+        else:
+            c, fit = _choose_c(xs, y, n_fit, num_classes, cfg, (xt, yt), out.grid.setdefault(name, {}))
+            fitted = n_fit
+        out.c[name] = c
         out.iterations[name] = fit.iterations
         if not fit.finite:
             out.diverged.append(name)
             out.accuracy[name] = out.train_accuracy[name] = math.nan
             out.correct[name] = np.zeros(len(yt), bool)
         else:
-            w32, b32 = w.float(), b.float()
-            out.train_accuracy[name] = float((torch.addmm(b32, xs, w32).argmax(1) == y).double().mean())
+            out.train_accuracy[name] = float((_scores(fit, xs[:fitted]).argmax(1) == y[:fitted]).double().mean())
             del xs
-            xt = (_tensor(test[name]).to(dev) - mean.float()).div_(std.float())
-            out.correct[name] = (torch.addmm(b32, xt, w32).argmax(1) == yt).cpu().numpy()
+            out.correct[name] = (_scores(fit, xt).argmax(1) == yt).cpu().numpy()
             out.accuracy[name] = float(out.correct[name].mean()) if len(yt) else math.nan
         out.train_loss[name] = fit.loss
         out.converged[name] = fit.converged and fit.finite
         out.epoch[name] = 0
-        out.weights[name] = ((w / std[:, None]).cpu(), (b - (mean / std) @ w).cpu())
+        out.weights[name] = ((fit.weight / std[:, None]).cpu(), (fit.bias - (mean / std) @ fit.weight).cpu())
     return out
+
+
+def _c_selection(rows: int, cfg: ProbeConfig, chosen_c: Mapping[str, float] | None
+                 ) -> tuple[tuple[Tensor, Tensor] | None, str]:
+    """The validation split that ``C`` is chosen on (None when it is not) and how ``C`` was set."""
+    if chosen_c is not None:
+        return None, "given per point"
+    if cfg.C is not None:
+        return None, f"fixed at {cfg.C:g}"
+    fit_rows, held_out = validation_split(rows, cfg)
+    if len(held_out) < MIN_VALIDATION:
+        return None, (f"fixed at {FALLBACK_C:g}: {rows} training samples hold out only {len(held_out)} for "
+                      f"validation (< {MIN_VALIDATION})")
+    return (fit_rows.sort().values, held_out), (
+        f"chosen per point from {', '.join(f'{c:g}' for c in cfg.c_grid)} by accuracy on a held-out "
+        f"{cfg.val_fraction:.0%} of the training split ({len(held_out)} samples; seed {cfg.seed}); the probe is "
+        f"the fit on the other {len(fit_rows)}")
+
+
+def _fit_c(xs: Tensor, y: Tensor, num_classes: int, c: float, cfg: ProbeConfig,
+           start: LogisticFit | None = None) -> LogisticFit:
+    """One probe at ``C = c`` on standardised features ``xs``, to the stopping rule of the module."""
+    tol = stopping_tolerance(cfg.tol, len(y), xs.shape[1], num_classes)
+    return fit_logistic(xs, y, num_classes, 1.0 / (c * len(y)), tol=tol, max_iter=cfg.max_iter, start=start)
+
+
+def _scores(fit: LogisticFit, xs: Tensor) -> Tensor:
+    """The logits of standardised features ``xs`` under ``fit`` (float32)."""
+    return torch.addmm(fit.bias.float(), xs, fit.weight.float())
+
+
+def _rows_of(x: FeatureArray, order: Tensor) -> FeatureArray:
+    """Rows ``order`` of a feature array (read straight from a memory-mapped one)."""
+    return x[order.to(x.device)] if isinstance(x, Tensor) else np.asarray(x[order.numpy()])
+
+
+def _choose_c(xs: Tensor, y: Tensor, n_fit: int, num_classes: int, cfg: ProbeConfig,
+              test: tuple[Tensor, Tensor], grid: dict[float, GridProbe]) -> tuple[float, LogisticFit]:
+    """Fit every ``C`` of ``cfg.c_grid`` on the first ``n_fit`` rows of ``xs`` (increasing,
+    warm-started), record each in ``grid`` with its scores on the other (held-out) rows and on
+    ``test`` (standardised features, labels), and return the best ``C`` on the held-out rows with its fit."""
+    xt, yt = test
+    xf, yf, xv, yv = xs[:n_fit], y[:n_fit], xs[n_fit:], y[n_fit:]
+    fits, previous = {}, None
+    for c in cfg.c_grid:
+        fit = _fit_c(xf, yf, num_classes, c, cfg, start=previous if previous is not None and previous.finite else None)
+        fits[c], previous = fit, fit
+        if fit.finite:
+            logits = _scores(fit, xv)
+            grid[c] = GridProbe(float((logits.argmax(1) == yv).double().mean()),
+                                float(F.cross_entropy(logits.double(), yv)),
+                                (_scores(fit, xt).argmax(1) == yt).cpu().numpy(), fit.converged)
+        else:
+            grid[c] = GridProbe(math.nan, math.nan, np.zeros(len(yt), bool), False)
+    scored = [c for c in cfg.c_grid if grid[c].converged] or [c for c in cfg.c_grid if fits[c].finite]
+    if not scored:  # every fit diverged
+        return cfg.c_grid[0], fits[cfg.c_grid[0]]
+    best = max(scored, key=lambda c: (grid[c].val_accuracy, -grid[c].val_loss))
+    return best, fits[best]
 
 
 def _train_ridge(train: dict[str, FeatureArray], train_labels: Tensor, test: dict[str, FeatureArray],
@@ -498,7 +615,8 @@ def merge_probe_results(parts: Sequence[ProbeResult], names: Sequence[str]) -> P
     if missing:
         raise ValueError(f"no probe result for points {missing}")
     merged = ProbeResult({}, {}, {}, [], {}, dict(parts[0].config))
-    per_point = ("accuracy", "train_accuracy", "epoch", "weights", "train_loss", "converged", "iterations", "correct")
+    per_point = ("accuracy", "train_accuracy", "epoch", "weights", "train_loss", "converged", "iterations", "correct",
+                 "c", "grid")
     for field_name in per_point:
         setattr(merged, field_name, {n: getattr(owner[n], field_name)[n] for n in names
                                      if n in getattr(owner[n], field_name)})
@@ -511,8 +629,8 @@ def train_probe_seeds(train: dict[str, FeatureArray], train_labels: Tensor, test
                       device: str | torch.device = "cpu", progress: bool | None = None) -> list[ProbeResult]:
     """``config.seeds`` probe results per point. Seed ``k`` of ``harun`` draws its own
     initialisation and minibatch order (``seed + k``); ``lbfgs`` and ``ridge`` are deterministic,
-    so their seed ``k >= 1`` is fitted on a seeded bootstrap resample of the training rows.
-    The first result is always the plain one."""
+    so their seed ``k >= 1`` is fitted on a seeded bootstrap resample of the training rows
+    (``lbfgs`` at the ``C`` each point's first probe used). The first result is always the plain one."""
     cfg = config or ProbeConfig()
     results = [train_probes(train, train_labels, test, test_labels, num_classes, cfg, device, progress)]
     for k in range(1, cfg.seeds):
@@ -525,5 +643,5 @@ def train_probe_seeds(train: dict[str, FeatureArray], train_labels: Tensor, test
         resampled = {name: _tensor(x)[rows] if not isinstance(x, np.ndarray) else np.asarray(x)[rows.numpy()]
                      for name, x in train.items()}
         results.append(train_probes(resampled, train_labels[rows], test, test_labels, num_classes, cfg, device,
-                                    progress))
+                                    progress, chosen_c=results[0].c or None))
     return results

@@ -22,6 +22,7 @@ from .errors import RunDirectoryError
 from .io import atomic_write, write_json
 from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
 from .summary import (
+    C_SENSITIVITY,
     MEAN_RETAINED,
     MEAN_RETAINED_CI,
     POINTS,
@@ -205,6 +206,12 @@ class Results:
             raise KeyError(f"no pairwise metric {metric!r} on split {split!r}")
         order = [p for p in [self.input_point, *self.points] if p in set(rows.point)]
         return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
+
+    def c_sensitivity(self) -> pd.DataFrame:
+        """The headline under each ``C`` of the default probe's grid, one row per ``C`` (columns
+        ``C``, ``points_choosing``, ``id_final``, the tunnel start, mean % retained, strength,
+        best transfer layer); empty when the probes' ``C`` was fixed."""
+        return pd.DataFrame(self.summary.get(C_SENSITIVITY) or [])
 
     def layer_table(self, split: str = "test", intervals: bool = False) -> pd.DataFrame:
         """One row per point (layer 0 first when read), one column per per-point metric (OOD columns

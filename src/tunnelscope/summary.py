@@ -50,6 +50,7 @@ FLAGS: Final = "flags"
 VERDICT: Final = "verdict"
 VERDICT_VALID: Final = "verdict_valid"
 REFERENCE: Final = "reference"
+C_SENSITIVITY: Final = "probe_c_sensitivity"  # the headline under each C of the probes' grid
 
 
 class OODRow(TypedDict, total=False):
@@ -79,7 +80,7 @@ Summary = TypedDict("Summary", {
     "tunnel_claimed": bool, "ood": list[OODRow], "ood_skipped": list[str],
     "effective_depth": "int | None", "effective_depth_point": "str | None", "ncc_eps": float,
     "model_accuracy": "float | None", "flags": list[dict[str, Any]], "verdict_valid": bool, "verdict": str,
-    "reference": dict[str, dict[str, Any]],
+    "reference": dict[str, dict[str, Any]], "probe_c_sensitivity": list[dict[str, Any]],
 }, total=False)
 Summary.__doc__ = """The keys a summary may hold (``total=False``: which ones depends on the metrics run)."""
 
@@ -137,8 +138,8 @@ def check_summary(summary: Any, where: str) -> None:
                          f"type (e.g. {wrong[0]} = {summary[wrong[0]]!r}); the file was changed by hand or damaged")
 
 
-__all__ = ["check_summary", "BEST_TRANSFER_LAYER", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE", "RANK_COLLAPSE",
-           "TUNNEL_CLAIMED",
+__all__ = ["check_summary", "BEST_TRANSFER_LAYER", "C_SENSITIVITY", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE",
+           "RANK_COLLAPSE", "TUNNEL_CLAIMED",
            "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",

@@ -15,7 +15,9 @@ flag makes ``summary["verdict_valid"]`` false and is named in the verdict):
   input), so the task is linearly solvable early; that is not evidence of a long tunnel;
 - ``non_monotone``: the ID curve falls by more than :data:`DROP_PP` points somewhere;
 - ``short_curve``: fewer than three points between the input and the output, so Pearson ρ
-  (±1 through any two points) is not reported.
+  (±1 through any two points) is not reported;
+- ``probe_c_sensitive``: the tunnel start or the strength label differs between the Cs of
+  the probes' grid (the headline uses the C chosen per point on validation data).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from .summary import (
     EFFECTIVE_DEPTH,
     ID_GAIN,
     ID_GAIN_SHARE,
+    MEAN_RETAINED,
     OOD_SKIPPED,
     POINTS,
     RANK_COLLAPSE,
+    STRENGTH,
     TUNNEL_CLAIMED,
     TUNNEL_START,
     ci_key,
@@ -181,6 +185,24 @@ def probe_flags(unconverged: dict[str, list[str]], diverged: dict[str, list[str]
         if points:
             flags.append(Flag("diverged", f"{dataset}: probes diverged at {', '.join(points)}", True))
     return flags
+
+
+def c_sensitivity_flags(rows: Sequence[dict]) -> list[Flag]:
+    """``probe_c_sensitive`` (not blocking): the tunnel start or the strength label differs between
+    the probes' Cs (the rows of :func:`tunnelscope.engine.probing.c_sensitivity`)."""
+    starts = sorted({r[TUNNEL_START] for r in rows if r.get(TUNNEL_START) is not None})
+    labels = list(dict.fromkeys(r[STRENGTH] for r in rows if r.get(STRENGTH)))
+    if len(starts) < 2 and len(labels) < 2:
+        return []
+    retained = [r[MEAN_RETAINED] for r in rows if r.get(MEAN_RETAINED) is not None]
+    parts = []
+    if len(starts) > 1:
+        parts.append(f"the tunnel start moves between layers {starts[0]} and {starts[-1]}")
+    if len(labels) > 1:
+        parts.append(f"mean % retained spans {min(retained):.1f}-{max(retained):.1f} ({' / '.join(labels)})")
+    grid = ", ".join(f"{r['C']:g}" for r in rows)
+    return [Flag("probe_c_sensitive", f"over the probes' C in {{{grid}}}, {' and '.join(parts)}: the headline uses "
+                                      "the C chosen per point on validation data; see the sensitivity table", False)]
 
 
 def _ci(summary: dict, key: str, digits: int = 1) -> str:

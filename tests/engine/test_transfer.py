@@ -6,7 +6,7 @@ from tunnelscope import data
 from tunnelscope.data.adapt import adapted_spec
 from tunnelscope.engine.probing import probe_layers
 from tunnelscope.errors import InsufficientDataError, ShapeError
-from tunnelscope.probes import ProbeConfig
+from tunnelscope.probes import ProbeConfig, validation_split
 
 
 def test_adapted_spec_resizes_and_converts_channels():
@@ -40,7 +40,7 @@ def test_end_to_end_id_accuracy_saturates_before_the_last_layer(small_mlp):
     curve = stats.curve("probe_acc", "digits[per_class=60]").to_numpy()[1:]
     assert ood["retained_in_sample"] == pytest.approx(100 * curve[-1] / curve.max())  # the plug-in
     assert abs(ood["retained"] - ood["retained_in_sample"]) < 15  # the headline: best layer chosen apart
-    assert set(stats.table.metric) == {"probe_acc", "probe_loss", "probe_converged", "ncc_acc"}
+    assert set(stats.table.metric) == {"probe_acc", "probe_loss", "probe_converged", "probe_c", "ncc_acc"}
     assert set(stats.config["datasets"]["id"]["iterations"]) == set(stats.curve("probe_acc").index)
 
 
@@ -102,8 +102,8 @@ def test_ncc_accuracy_and_effective_depth_match_a_numpy_nearest_centre(small_mlp
 
 def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(small_mlp):
     """The acceptance check of the default protocol, on a trained model with an OOD set: per layer,
-    within 1 pp of scikit-learn's LogisticRegression (standardised features, C = 1), fitted on the
-    same features independently."""
+    within 1 pp of scikit-learn's LogisticRegression (standardised features, at the C the probe
+    chose, on the training rows it did not hold out), fitted on the same features independently."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -122,7 +122,10 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
     for key, dataset in (("id", ds), (ood, load_adapted(ood, ds.input_shape)[0])):
         (tr, ytr), (te, yte) = features(capture, dataset.train), features(capture, dataset.test)
         ours = stats.curve("probe_acc", key)
+        chosen = stats.curve("probe_c", key, split="train")
+        fit_rows = validation_split(len(ytr), ProbeConfig())[0].numpy()
         for name in capture.names:
             scaler = StandardScaler().fit(tr[name])
-            ref = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(tr[name]), ytr)
+            ref = LogisticRegression(C=chosen[name], max_iter=5000).fit(scaler.transform(tr[name])[fit_rows],
+                                                                        ytr[fit_rows])
             assert abs(ours[name] - ref.score(scaler.transform(te[name]), yte)) <= 0.01, (key, name)

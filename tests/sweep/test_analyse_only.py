@@ -21,7 +21,7 @@ from tunnelscope.sweep import Store, SweepSpec
 DATA = "fashion-mnist[classes=0-4,per_class=60,test_per_class=30]"
 OOD = "fashion-mnist[classes=5-9,per_class=40,test_per_class=20]"
 OOD2 = "digits[size=28]"
-KEYS = ["cell", "step", "dataset", "split", "point", "metric", "other_point"]
+KEYS = ["cell", "step", "dataset", "split", "point", "metric", "other_point", "reference"]
 
 
 def _spec(tmp_path, models: list[str], name: str = "asis", **analysis) -> tuple:

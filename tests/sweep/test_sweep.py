@@ -20,7 +20,7 @@ from tunnelscope.errors import SweepConfigError
 from tunnelscope.sweep import Store, SweepSpec
 from tunnelscope.uncertainty import mean_ci
 
-KEY_COLUMNS = ["cell", "step", "dataset", "split", "point", "metric", "other_point"]
+KEY_COLUMNS = ["cell", "step", "dataset", "split", "point", "metric", "other_point", "reference"]
 
 
 def tiny_spec(tmp_path, name="tiny", per_class=100, epochs=1, checkpoints="all", **extra):

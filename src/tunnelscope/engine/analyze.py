@@ -236,7 +236,8 @@ class _Merged:
 
     def results(self) -> tuple[pd.DataFrame, dict, dict]:
         """The merged table (not yet a reference's), summary and configuration."""
-        table = pd.concat(self.frames, ignore_index=True).assign(reference=None)
+        table = pd.concat(self.frames, ignore_index=True)
+        table = table.assign(reference=table["reference"] if "reference" in table else None)
         self.summary["points"] = len(self.config["points"])
         return table, self.summary, self.config
 
@@ -248,7 +249,8 @@ def _with_untrained_reference(net: nn.Module, dataset: data_mod.Dataset, ood: li
     table, summary, config = merged
     reference = run_analysis(untrained_copy(net, settings.seed), dataset, ood, metrics, settings,
                              model_info={"untrained": True})
-    rows = reference.table.assign(reference="untrained", model=summary["model"])
+    own = reference.table[reference.table.reference.isna()]  # the reference's own probe variants are left out
+    rows = own.assign(reference="untrained", model=summary["model"])
     summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
     config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
                                         f"seed {settings.seed}; same data, points, probes and samples"}

@@ -33,11 +33,12 @@ from ..metrics.base import ModelAccuracy
 from ..metrics.collapse import NCCAccuracy, effective_depth_summary
 from ..metrics.moments import Moments
 from ..models import resolve_model
-from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, merge_probe_results, train_probe_seeds
+from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, c_reference, merge_probe_results, train_probe_seeds
 from ..progress import progress_bar
 from ..results import COLUMNS, Results
 from ..summary import (
     BEST_TRANSFER_LAYER,
+    C_SENSITIVITY,
     FLAGS,
     ID_GAIN,
     ID_GAIN_SHARE,
@@ -63,7 +64,15 @@ from ..uncertainty import (
     resampled_curves,
     tunnel_intervals,
 )
-from ..verdict import Flag, check_probe_samples, curve_flags, model_flags, probe_flags, verdict
+from ..verdict import (
+    Flag,
+    c_sensitivity_flags,
+    check_probe_samples,
+    curve_flags,
+    model_flags,
+    probe_flags,
+    verdict,
+)
 from ..versions import environment, package_versions
 from .distributed import World, current_world
 from .settings import AnalysisSettings, settings_from
@@ -104,6 +113,7 @@ class _Fitted:
     samples: np.ndarray  # (resamples, points) bootstrap accuracy curves, in point order
     retained: float = math.nan  # cross-fitted % retained over the tunnel's points (an OOD dataset's)
     retained_samples: np.ndarray | None = None  # its value on each resample of ``samples``
+    seed: int = 0  # of the resamples and the cross-fitting folds
 
     @classmethod
     def of(cls, results: list[ProbeResult], names: list[str], resamples: int, seed: int,
@@ -117,13 +127,18 @@ class _Fitted:
             samples, draw = resampled_curves(correct, resamples, np.random.default_rng(seed))
         else:
             samples = np.full((0, len(names)), np.nan)
-        fit = cls(results, mean("accuracy"), mean("train_accuracy"), samples)
+        fit = cls(results, mean("accuracy"), mean("train_accuracy"), samples, seed=seed)
         if tunnel_cols and len(correct[0]) >= 2:
             part = [c[:, tunnel_cols] for c in correct]
-            folds = crossfit_folds(len(part[0]), seed)
-            fit.retained = float(crossfit_retained(part, folds)[0])
-            fit.retained_samples = crossfit_retained(part, folds, draw) if draw is not None else None
+            fit.retained = fit.crossfitted(part)
+            if draw is not None:
+                fit.retained_samples = crossfit_retained(part, crossfit_folds(len(part[0]), seed), draw)
         return fit
+
+    def crossfitted(self, correct: list[np.ndarray]) -> float:
+        """The cross-fitted % retained of per-seed ``(test samples, tunnel points)`` correctness
+        matrices, on this dataset's folds."""
+        return float(crossfit_retained(correct, crossfit_folds(len(correct[0]), self.seed))[0])
 
     def interval(self, names: list[str]) -> dict[str, tuple[float, float]]:
         """Each point's test-accuracy interval: Clopper-Pearson over the test samples for one probe
@@ -358,6 +373,8 @@ class _Probing:
                           "test": te_info, "diverged": sorted({n for r in results for n in r.diverged}),
                           "unconverged": [n for n in names if not all(r.converged[n] for r in results)],
                           "iterations": dict(results[0].iterations), "epochs": dict(results[0].epoch)}
+        if results[0].c:  # lbfgs: each point's C and how it was set
+            self.info[key].update(probe_c=dict(results[0].c), c_selection=results[0].config.get("c_selection"))
 
     def judged_summary(self, datasets: dict, model_info: dict, num_classes: int, taus: Sequence[float],
                        ncc_eps: float) -> dict:
@@ -374,6 +391,7 @@ class _Probing:
             self.flags += curve_flags([fitted["id"].test[n] for n in modules],
                                       fitted["id"].test.get(input_point) if input_point else None,
                                       upper=[upper[n][1] for n in modules])
+        self.flags += c_sensitivity_flags(summary.get(C_SENSITIVITY, []))
         summary.update(effective_depth_summary(self.ncc_id_train or {}, modules, ncc_eps))
         summary.update({MODEL_ACCURACY: self.reuse.model_accuracy, FLAGS: [f.as_dict() for f in self.flags],
                         VERDICT_VALID: not any(f.blocking for f in self.flags)})
@@ -419,11 +437,58 @@ def _rows(model: str, dataset: str, names: list[str], capture: Capture, results:
         rows.append({**base, "split": "train", "metric": "probe_loss", "value": loss,
                      "valid": not any(name in r.diverged for r in results)})
         rows.append({**base, "split": "train", "metric": "probe_converged", "value": float(converged), "valid": True})
+        rows += _c_rows(base, results[0], name)
         if ncc is not None:
             for split in ("test", "train"):
                 value = ncc[split][name]
                 rows.append({**base, "split": split, "metric": "ncc_acc", "value": value,
                              "valid": not math.isnan(value)})
+    return rows
+
+
+def _c_rows(base: dict, result: ProbeResult, name: str) -> list[dict]:
+    """An ``lbfgs`` point's ``probe_c`` (the C its probe used; train split) and, when C was chosen
+    on data, every C of the grid as reference rows ``"C=<C>"``: accuracy on the held-out part of
+    the training split (split ``val``) and on the test split (with its Clopper-Pearson interval)."""
+    rows = []
+    if name in result.c:
+        rows.append({**base, "split": "train", "metric": "probe_c", "value": result.c[name], "valid": True})
+    for c, probe in result.grid.get(name, {}).items():
+        ref = {**base, "metric": "probe_acc", "reference": c_reference(c), "valid": probe.converged}
+        lo, hi = accuracy_interval(int(probe.correct.sum()), len(probe.correct))
+        rows.append({**ref, "split": "val", "value": probe.val_accuracy})
+        rows.append({**ref, "split": "test", "value": float(probe.correct.mean()) if len(probe.correct) else math.nan,
+                     "ci_lo": lo, "ci_hi": hi})
+    return rows
+
+
+def c_sensitivity(fitted: dict[str, _Fitted], datasets: dict, modules: list[str], ood: Sequence[str],
+                  taus: Sequence[float]) -> list[dict]:
+    """The headline under each C of the probes' grid (when the ID probes chose C on data): tunnel
+    start, final ID accuracy, cross-fitted mean % retained over ``ood``, strength, best transfer
+    layer, and how many ID points chose that C. A dataset whose probes did not choose (too few
+    training samples) keeps its one fitted curve in every row."""
+    id_grid = fitted["id"].results[0].grid
+    if not id_grid or not all(n in id_grid for n in modules):
+        return []
+    rows = []
+    for c in sorted(set.intersection(*(set(id_grid[n]) for n in modules))):
+        def correct(key: str, c: float = c) -> np.ndarray:
+            grid = fitted[key].results[0].grid
+            if all(c in grid.get(n, {}) for n in modules):
+                return np.stack([grid[n][c].correct for n in modules], axis=1)
+            return np.stack([fitted[key].results[0].correct[n] for n in modules], axis=1)
+
+        id_curve = correct("id").mean(0)
+        ood_curves = {k: (correct(k).mean(0), datasets[k][0].num_classes) for k in ood}
+        headline = summarize(id_curve, datasets["id"][0].num_classes, ood_curves, taus[:1])
+        row = {"C": c, TUNNEL_START: headline[TUNNEL_START], "id_final": float(id_curve[-1]),
+               "points_choosing": sum(fitted["id"].results[0].c.get(n) == c for n in modules)}
+        if ood:
+            retained = [fitted[k].crossfitted([correct(k)]) for k in ood]
+            row.update({MEAN_RETAINED: float(np.mean(retained)), STRENGTH: strength(float(np.mean(retained))),
+                        BEST_TRANSFER_LAYER: int(np.argmax(np.mean([v for v, _ in ood_curves.values()], 0))) + 1})
+        rows.append(row)
     return rows
 
 
@@ -454,6 +519,8 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
             for metric, value in cis["ood"][row.name].items():
                 setattr(row, ci_key(metric), value)
     _signatures(summary, curves["id"][0], fitted, cols, list(ood_curves))
+    if sensitivity := c_sensitivity(fitted, datasets, modules, list(ood_curves), taus):
+        summary[C_SENSITIVITY] = sensitivity
     summary["ood"] = [jsonable(vars(r)) for r in summary["ood"]]  # undefined values as None, as they are saved
     return summary
 

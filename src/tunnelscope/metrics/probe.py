@@ -17,5 +17,7 @@ PROBE_LOSS = present(Presentation("probe_loss", "probe training loss", bounds=(0
                                   figure="probes"))
 PROBE_CONVERGED = present(Presentation("probe_converged", "probe converged (1) or not (0)", bounds=(0, 1),
                                        figure="probes"))
+PROBE_C = present(Presentation("probe_c", "the probe's C (inverse L2 strength)", bounds=(0, None), log_scale=True,
+                               figure="probes", digits=2))
 
-__all__ = ["PROBE_ACC", "PROBE_CONVERGED", "PROBE_LOSS"]
+__all__ = ["PROBE_ACC", "PROBE_C", "PROBE_CONVERGED", "PROBE_LOSS"]

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..errors import ConfigError
 from ..io import atomic_write
 from ..metrics import PRESENTATIONS, presentation
+from ..probes import C_REFERENCE
 from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
 
 TUNNEL_COLOUR = "#f4d58d"
@@ -65,6 +66,8 @@ def _plot(ax, results, metric: str, dataset: str = "id", split: str = "test", la
     if rows.ci_lo.notna().any():
         ax.fill_between(rows.layer, rows.ci_lo, rows.ci_hi, color=line.get_color(), alpha=0.2, lw=0)
     for reference in results.references:
+        if reference.startswith(C_REFERENCE):  # the probes' C grid: the report's sensitivity table, not a curve
+            continue
         try:
             ref = results.interval(metric, dataset, split, reference=reference)
         except KeyError:

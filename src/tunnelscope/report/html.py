@@ -17,6 +17,7 @@ from ..results import Results, column_dataset, lower, upper
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG
 from ..summary import (
     BEST_TRANSFER_LAYER,
+    C_SENSITIVITY,
     EFFECTIVE_DEPTH,
     MEAN_RETAINED,
     MODEL_ACCURACY,
@@ -98,6 +99,10 @@ def summary_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         parts = [_with_ci(o, "retained", "{:.1f}"), _with_ci(o, "pearson", "{:.3f}"),
                  _with_ci(o, "alignment", "{:.3f}")]
         rows.append((f"OOD {o['name']}: % retained / Pearson ρ / alignment", " / ".join(p or "—" for p in parts)))
+    if sensitivity := summary.get(C_SENSITIVITY):
+        rows.append(("headline under each probe C (C: tunnel start / mean % retained)", "; ".join(
+            f"{r['C']:g}: {_fmt(r.get(TUNNEL_START))} / " + (f"{r[MEAN_RETAINED]:.1f}" if r.get(MEAN_RETAINED)
+                                                             is not None else "—") for r in sensitivity)))
     for reference, numbers in (summary.get("reference") or {}).items():
         rows.append((f"{reference} reference: the model's own accuracy / tunnel start / mean % retained",
                      " / ".join(_fmt(numbers.get(k))
@@ -161,7 +166,7 @@ def render(results: Results, figures: dict[str, Path]) -> str:
     return page(
         title,
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
-        f"<h2>Summary</h2><table>{summary_rows}</table>",
+        f"<h2>Summary</h2><table>{summary_rows}</table>", _sensitivity_html(s),
         "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
         inversion_section(results.path) if results.path else "",
         "<h2>Per layer (test split; layer 0 is the input; [95% interval])</h2>", layer_table,
@@ -169,6 +174,25 @@ def render(results: Results, figures: dict[str, Path]) -> str:
         "sample counts, versions.</p>",
         f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
     )
+
+
+SENSITIVITY_COLUMNS = (("C", "C"), ("points_choosing", "ID points choosing it"), ("id_final", "final ID accuracy"),
+                       (TUNNEL_START, "tunnel start (τ = 0.95)"), (MEAN_RETAINED, "mean % retained"),
+                       ("strength", "strength"), (BEST_TRANSFER_LAYER, "best transfer layer"))
+
+
+def _sensitivity_html(summary: Mapping[str, Any]) -> str:
+    """The headline under each C of the probes' grid, when the probes chose C on data; '' otherwise."""
+    rows = summary.get(C_SENSITIVITY)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in SENSITIVITY_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(key))}</td>" for key, _ in SENSITIVITY_COLUMNS) + "</tr>"
+                   for r in rows)
+    return ("<h2>Probe regularisation: the headline under each C</h2><p>Each point's probe chose its C by accuracy "
+            "on a held-out part of its training split (see probe and datasets in the configuration); each row "
+            "recomputes the headline with every probe fitted at one C instead (point estimates; the per-point "
+            f"accuracies are the results table's rows with reference 'C=…').</p><table><tr>{head}</tr>{body}</table>")
 
 
 def _layer_table_html(results: Results) -> str:
