@@ -272,6 +272,17 @@ def test_untrained_copy_redraws_parameters_no_module_resets():
     assert not torch.equal(fresh.attn.in_proj_weight, model.attn.in_proj_weight)  # via _reset_parameters
 
 
+def test_untrained_copy_of_an_untrained_batchnorm_keeps_its_constant_reset(recwarn):
+    """BatchNorm resets its weight to 1 and bias to 0: a copy of a model that is still at its
+    initialisation has them unchanged, and they must stay at 1 and 0, not be redrawn (they were
+    redrawn from N(0, 0.02²) before, shrinking every normalised unit 50-fold)."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    fresh = untrained_copy(model, seed=1)
+    assert torch.equal(fresh[1].weight, torch.ones(4)) and torch.equal(fresh[1].bias, torch.zeros(4))
+    assert not torch.equal(fresh[0].weight, model[0].weight)
+    assert not [w for w in recwarn if "no module resets" in str(w.message)]
+
+
 def test_invert_leaves_the_models_mode_alone():
     model = _orthogonal().train()
     invert(model, _images(1), ["1"], InvertConfig(steps=2), progress=False)

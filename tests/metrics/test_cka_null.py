@@ -4,6 +4,7 @@ not, and the blocks it finds."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tunnelscope.metrics.cka import CKANull, MinibatchCKA
@@ -73,3 +74,47 @@ def test_the_cka_heatmap_marks_the_cells_not_above_the_null(trained_mlp):
     marks = [t for t in ax.texts if t.get_text() == "×"]
     expected = int(((r.table.metric == "cka_null") & (r.table.value >= 0.05)).sum())
     assert len(marks) == expected >= 3 and "not above the permutation null" in ax.get_title()
+
+
+def test_the_random_network_reference_is_calibrated_for_random_networks():
+    """With the null true (the model is itself a random network of the architecture, exchangeable
+    with the references) a pair's p-value is uniform on {1/20, …, 1} at K = 19: over 40 random
+    networks the share at or below 0.05 is near 0.05 (binomial(40, 0.05): at most 6 of 40 with
+    probability > 0.999), for the pair of the first two points and for the pair farthest apart."""
+    from tunnelscope import data
+    from tunnelscope.engine import analyze_layers
+
+    ds = data.load("digits[per_class=30]")
+    firsts, farthest = [], []
+    for seed in range(1000, 1800, 20):  # 40 networks; their references (seeds + 1 … + 19) do not overlap
+        r = analyze_layers("mlp-4x16", ds, metrics="cka[random=19]", max_samples=256, batch_size=64,
+                           progress=False, device="cpu", seed=seed)
+        p = r.matrix("cka_random").to_numpy()
+        firsts.append(p[0, 1])
+        farthest.append(p[0, -1])
+    for values in (np.array(firsts), np.array(farthest)):
+        assert set(np.round(values * 20).astype(int)) <= set(range(1, 21))
+        assert int((values <= 0.05).sum()) <= 6
+        assert 0.35 <= float(values.mean()) <= 0.70  # uniform on {1/20, …, 1}: mean 0.525
+
+
+def test_the_random_network_p_values_are_the_ranks_among_the_copies(trained_mlp):
+    """The p-value of each pair is (1 + copies at or above the model's CKA) / (K + 1), counted here
+    from each copy's own CKA matrix."""
+    from tunnelscope.engine import analyze_layers
+    from tunnelscope.models import load_model, untrained_copy
+
+    result, ds = trained_mlp
+    r = analyze_layers(result.final_checkpoint, ds, metrics="cka[random=3]", max_samples=256, progress=False,
+                       device="cpu")
+    model, _ = load_model(result.final_checkpoint)
+    observed = r.matrix("cka").to_numpy()
+    count = np.zeros_like(observed)
+    for seed in r.config["cka_random"]["seeds"]:
+        copy = untrained_copy(model, seed)
+        ref = analyze_layers(copy, ds, metrics="cka", max_samples=256, progress=False, device="cpu")
+        count += ref.matrix("cka").to_numpy() >= observed
+    expected = (1 + count) / 4
+    np.fill_diagonal(expected, np.nan)
+    np.testing.assert_allclose(r.matrix("cka_random").to_numpy(), expected)
+    assert r.config["cka_random"]["seeds"] == [1, 2, 3]

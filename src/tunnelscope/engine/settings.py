@@ -43,7 +43,8 @@ class AnalysisSettings:
     ``max_samples``), ``seed``. Probes: ``probe`` (a :class:`ProbeConfig`; None: the default
     protocol seeded by ``seed``), ``resamples`` (bootstrap; 0: no intervals). Metric options:
     ``ncc_eps`` (NCC train error of the effective depth), ``cka_passes`` (shuffled passes
-    feeding minibatch CKA), ``ridge`` (the ridge proxy's strength), ``precision`` (of the
+    feeding minibatch CKA), ``cka_random`` (re-initialised networks CKA is compared with; 0: none),
+    ``ridge`` (the ridge proxy's strength), ``precision`` (of the
     per-batch products). Where data lives (``data_root``) and ``progress`` bars.
     """
 
@@ -61,6 +62,7 @@ class AnalysisSettings:
     resamples: int = DEFAULT_RESAMPLES
     ncc_eps: float = 0.01
     cka_passes: int = 1
+    cka_random: int = 0
     ridge: float = 1e-3
     precision: str = "float32"
     data_root: str | Path | None = None
@@ -176,6 +178,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "resamples": Interval(int, 0),
     "ncc_eps": Interval(float, 0, 1),
     "cka_passes": Interval(int, 1),
+    "cka_random": Interval(int, 0, 999),
     "ridge": Interval(float, 0, open_low=True),
     "precision": OneOf(("float32", "float64")),
     "data_root": InstanceOf((str, Path), none=True),

@@ -485,6 +485,13 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
     table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset=dataset.spec)
+    if s.cka_random and (table.metric == "cka").any():
+        from .random_reference import cka_random_rows
+
+        rows, config["cka_random"] = cka_random_rows(net, dataset, table, s)
+        table = pd.concat([table, rows], ignore_index=True)
+    elif s.cka_random:
+        raise ConfigError("cka[random=K] compares the model's CKA with random networks': add cka to the metrics")
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,7 +28,7 @@ from ..errors import TunnelscopeError
 from ..features import joint_features
 from .base import Accumulator
 from .moments import Moments
-from .registry import Metric, Options, PointStats, Presentation, register
+from .registry import Metric, Options, PointStats, Presentation, present, register
 
 MIN_BATCH = 4
 
@@ -213,8 +214,12 @@ class CKANull(Accumulator):
 
     def record(self) -> dict:
         """What the results record: the blocks and how the null was drawn."""
+        p = self.compute().numpy() if self.hsic is not None else np.full((0, 0), np.nan)
+        pairs = p[np.triu_indices(len(p), 1)]
+        pairs = pairs[np.isfinite(pairs)]
         return {"cka_blocks": self.blocks(), "cka_null": {
             "permutations": self.permutations, "level": self.level, "block_level": BLOCK_LEVEL,
+            "share_above": float((pairs < self.level).mean()) if len(pairs) else float("nan"),
             "method": "examples of one side shuffled within each minibatch; one-sided normal p-value over the "
                       "permutations' CKA"}}
 
@@ -334,7 +339,7 @@ def _full_cka_fits(dims) -> str | None:
 
 register(Metric("cka", "minibatch CKA (unbiased HSIC₁) between all points, on the test split",
                 stream=lambda names, opts: MinibatchCKA(names, gram_dtype=opts.matmul_dtype), repeatable=True,
-                min_batch=MIN_BATCH, options=(("passes", "cka_passes"),),
+                min_batch=MIN_BATCH, options=(("passes", "cka_passes"), ("random", "cka_random")),
                 shown=Presentation("cka", "minibatch CKA", shape="matrix", bounds=(0, 1), figure="cka")))
 register(Metric("cka_nopc1", "minibatch CKA after removing each point's first principal component, test split",
                 default=False, readout=_without_pc1, readout_moments="scatter", pairwise=True,
@@ -347,6 +352,8 @@ register(Metric("cka_null", "p-value of each minibatch CKA against a permutation
                 min_batch=MIN_BATCH,
                 shown=Presentation("cka_null", "CKA p-value against a permutation null", shape="matrix",
                                    bounds=(0, 1))))
+CKA_RANDOM = present(Presentation("cka_random", "CKA p-value against re-initialised networks (cka[random=K])",
+                                  shape="matrix", bounds=(0, 1)))
 register(Metric("cka_full", "full-data linear CKA (feature-space form), for narrow points only", default=False,
                 stream=lambda names, opts: FullCKA(names, FULL_CKA_MAX_DIM, opts.matmul_dtype), fits=_full_cka_fits,
                 shown=Presentation("cka_full", "full-data linear CKA", shape="matrix", bounds=(0, 1))))

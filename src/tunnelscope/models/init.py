@@ -27,14 +27,16 @@ def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     ``_reset_parameters``), seeded. Parameters no module resets (bare ``nn.Parameter``s such
     as a ViT's class token) are redrawn from N(0, 0.02²) and named in a warning."""
     fresh = copy.deepcopy(model)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    reset_by_a_module: set[str] = set()
     with seeded(seed):
-        for module in fresh.modules():
+        for prefix, module in fresh.named_modules():
             reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
             if callable(reset):
                 reset()
-        kept = [name for name, p in fresh.named_parameters()
-                if p.numel() > 1 and torch.equal(p.detach().cpu(), before[name].cpu())]
+                # its own parameters, even those reset to constants (a BatchNorm's weight 1 and bias 0)
+                reset_by_a_module |= {f"{prefix}.{name}" if prefix else name
+                                      for name, _ in module.named_parameters(recurse=False)}
+        kept = [name for name, p in fresh.named_parameters() if p.numel() > 1 and name not in reset_by_a_module]
         with torch.no_grad():
             for name, p in fresh.named_parameters():
                 if name in kept:

@@ -227,27 +227,36 @@ def _heatmap(fig: Figure, ax, mat, results, label: str, title: str) -> None:
 NULL_LEVEL = 0.05  # a CKA cell with a permutation p-value at or above this is marked as not above the null
 
 
+NULL_MARKS = (("cka_null", "×", "not above the permutation null", lambda p: p >= NULL_LEVEL),
+              ("cka_random", "○", "not above the random networks", lambda p: p > NULL_LEVEL))  # p = (1 + b)/(K + 1)
+
+
 def _mark_null(ax, results, mat) -> int:
-    """Mark with × the cells of a CKA heatmap that are not above the permutation null (``cka_null``
-    p-value >= :data:`NULL_LEVEL`; the diagonal is never marked); returns how many."""
-    if not results.has("cka_null"):
-        return 0
-    p = results.matrix("cka_null").reindex(index=mat.index, columns=mat.columns).to_numpy(dtype=float)
+    """Mark the cells of a CKA heatmap that are not above a null at :data:`NULL_LEVEL` (the diagonal
+    is never marked): × for the permutation null (``cka_null``, p >= level), ○ for the
+    re-initialised networks (``cka_random``, p > level: its p-values are ranks); returns how many marks."""
     first = _first_layer(results) if results.input_point in mat.index or not results.input_point else 1
-    marked = 0
-    for i in range(len(p)):
-        for j in range(len(p)):
-            if i != j and np.isfinite(p[i, j]) and p[i, j] >= NULL_LEVEL:
-                ax.text(first + j, first + i, "×", ha="center", va="center", color="white", fontsize=7)
-                marked += 1
-    ax.set_title(f"{ax.get_title()}; × not above the permutation null (p ≥ {NULL_LEVEL:g})", fontsize=9)
+    marked, said = 0, []
+    for metric, symbol, meaning, not_above in NULL_MARKS:
+        if not results.has(metric):
+            continue
+        p = results.matrix(metric).reindex(index=mat.index, columns=mat.columns).to_numpy(dtype=float)
+        for i in range(len(p)):
+            for j in range(len(p)):
+                if i != j and np.isfinite(p[i, j]) and not_above(p[i, j]):
+                    ax.text(first + j, first + i, symbol, ha="center", va="center", color="white", fontsize=7)
+                    marked += 1
+        said.append(f"{symbol} {meaning}")
+    if said:
+        ax.set_title(f"{ax.get_title()}; {', '.join(said)} (at {NULL_LEVEL:g})", fontsize=9)
     return marked
 
 
 def cka_figure(results) -> Figure | None:
     """Minibatch CKA between every pair of probe points (layer 0 = the input, when read), and
-    beside it, when measured, the same after removing each point's PC1 (Nguyen et al.); with
-    ``cka_null`` measured, the cells not above its permutation null are marked ×."""
+    beside it, when measured, the same after removing each point's PC1 (Nguyen et al.); the cells
+    not above the permutation null (``cka_null``) are marked ×, those not above the random
+    networks (``cka_random``) ○."""
     if not results.has("cka"):
         return None
     cka = results.matrix("cka")
