@@ -196,10 +196,10 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     if start is not None:
         theta[:, : objective.dims] = start.weight.t()
         theta[:, objective.dims] = start.bias
-        for step, change, _ in start.pairs:  # the same curvature, shifted by the change of penalty on W
-            change = change.clone()
-            change[:, : objective.dims].add_(step[:, : objective.dims], alpha=penalty - start.penalty)
-            history.add(step, change)
+        for move, change, _ in start.pairs:  # the same curvature, shifted by the change of penalty on W
+            shifted = change.clone()
+            shifted[:, : objective.dims].add_(move[:, : objective.dims], alpha=penalty - start.penalty)
+            history.add(move, shifted)
     loss, grad = objective(theta)
     iterations = 0
     while (grad_max := float(grad.abs().max())) > tol and iterations < max_iter and math.isfinite(loss):

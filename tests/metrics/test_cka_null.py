@@ -4,7 +4,6 @@ not, and the blocks it finds."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from tunnelscope.metrics.cka import CKANull, MinibatchCKA
