@@ -54,8 +54,17 @@ def test_the_analysis_records_the_blocks_and_the_p_values(trained_mlp):
     assert p.shape == r.matrix("cka").to_numpy().shape and np.isnan(np.diag(p)).all()
     assert ((p[np.triu_indices(len(p), 1)] >= 0) & (p[np.triu_indices(len(p), 1)] <= 1)).all()
     assert r.config["cka_null"]["permutations"] == 20
+    upper = p[np.triu_indices(len(p), 1)]
+    assert r.config["cka_null"]["share_above"] == float((upper < 0.05).mean())
     for block in r.config["cka_blocks"]:
         assert block["points"] >= 2 and block["min_cka"] >= 0.5
+    from tunnelscope.report.html import render
+
+    page = render(r, {})
+    assert "<h2>CKA blocks</h2>" in page and r.config["cka_blocks"]  # the trained MLP has at least one
+    assert page.count("<td>") >= 4 * len(r.config["cka_blocks"])
+    for block in r.config["cka_blocks"]:
+        assert f"<td>{block['first']}</td><td>{block['last']}</td><td>{block['points']}</td>" in page
 
 
 def test_the_cka_heatmap_marks_the_cells_not_above_the_null(trained_mlp):

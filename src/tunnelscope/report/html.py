@@ -167,7 +167,7 @@ def render(results: Results, figures: dict[str, Path]) -> str:
         title,
         f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>", _sensitivity_html(s),
-        "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()),
+        "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()), _blocks_html(results),
         inversion_section(results.path) if results.path else "",
         "<h2>Per layer (test split; layer 0 is the input; [95% interval])</h2>", layer_table,
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
@@ -193,6 +193,25 @@ def _sensitivity_html(summary: Mapping[str, Any]) -> str:
             "on a held-out part of its training split (see probe and datasets in the configuration); each row "
             "recomputes the headline with every probe fitted at one C instead (point estimates; the per-point "
             f"accuracies are the results table's rows with reference 'C=…').</p><table><tr>{head}</tr>{body}</table>")
+
+
+def _blocks_html(results: Results) -> str:
+    """Nguyen et al.'s block structure as a table, when the permutation null was measured: runs of
+    consecutive points whose every pair is above the null with CKA of at least the block level."""
+    record = results.config.get("statistics", results.config)
+    if "cka_null" not in record:
+        return ""
+    null = record["cka_null"]
+    blocks = record.get("cka_blocks") or []
+    rows = "".join(f"<tr><td>{html.escape(str(b['first']))}</td><td>{html.escape(str(b['last']))}</td>"
+                   f"<td>{b['points']}</td><td>{_fmt(b['min_cka'])}</td></tr>" for b in blocks)
+    body = (f"<table><tr><th>first point</th><th>last point</th><th>points</th><th>lowest CKA in it</th></tr>{rows}"
+            "</table>" if blocks else "<p>No block: no run of two or more consecutive points qualifies.</p>")
+    return (f"<h2>CKA blocks</h2><p>Runs of consecutive points whose every pair is above the permutation null "
+            f"(p &lt; {_fmt(null.get('level'))}, {null.get('permutations')} permutations) with CKA of at least "
+            f"{_fmt(null.get('block_level'))} (Nguyen et al.'s block structure); "
+            f"{_fmt(100 * null['share_above']) if null.get('share_above') is not None else '—'}% of all pairs "
+            f"are above the null.</p>{body}")
 
 
 def _layer_table_html(results: Results) -> str:
