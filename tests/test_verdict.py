@@ -141,9 +141,10 @@ def test_a_curve_too_short_for_pearson_is_flagged():
 
 def _signed(**extra) -> dict:
     """A summary whose signatures agree: plateau from layer 3 of 8 with 1 pp to come, the rank
-    collapsing from layer 4, OOD peaking at layer 3."""
+    falling from layer 3 to half its maximum at layer 5, OOD peaking at layer 3."""
     base = {"tunnel_start@0.95": 3, "tunnel_start@0.95_ci": [3, 3], "points": 8, "id_gain_after_start": 0.01,
-            "id_gain_after_start_ci": [0.004, 0.016], "id_gain_share": 0.1, "rank_collapse_layer": 4,
+            "id_gain_after_start_ci": [0.004, 0.016], "id_gain_share": 0.1, "rank_collapse_layer": 5,
+            "rank_decline_layer": 3,
             "best_transfer_layer": 3, "best_transfer_layer_ci": [2, 3], "mean_retained": 80.0,
             "mean_retained_ci": [78.0, 82.0], "strength": "medium", "flags": []}
     return {**base, **extra}
@@ -159,16 +160,17 @@ def test_a_tunnel_is_claimed_when_the_signatures_agree_and_named_with_intervals(
     assert tunnel_claim(summary) == (True, "")
     text = verdict(summary, NAMES)
     assert text.startswith("the tunnel starts at layer 3 [3, 3] of 8 (ID accuracy within 5% of its final value "
-                           "from layer 3 [3, 3], +1.0 pp [0.4, 1.6] after it, rank collapsing from layer 4, OOD "
-                           "accuracy peaking at layer 3 [2, 3])")
+                           "from layer 3 [3, 3], +1.0 pp [0.4, 1.6] after it, rank falling from layer 3 to half "
+                           "its maximum at layer 5, OOD accuracy peaking at layer 3 [2, 3])")
     assert summary["tunnel_claimed"] is True
 
 
 @pytest.mark.parametrize("change, reason", [
     ({"id_gain_share": 0.35}, "still closes 35% of the error left at layer 3"),
-    ({"rank_collapse_layer": 7}, "the rank collapses from layer 7, not near layer 3"),
-    ({"rank_collapse_layer": None}, "the rank does not collapse"),
-    ({"best_transfer_layer": 6, "rank_collapse_layer": 4}, "OOD accuracy peaks at layer 6, after the collapse"),
+    ({"rank_collapse_layer": 7, "rank_decline_layer": 6}, "the rank starts to fall at layer 6, not near layer 3"),
+    ({"rank_collapse_layer": 7, "rank_decline_layer": None}, "the rank starts to fall at layer 7"),  # an old run
+    ({"rank_collapse_layer": None, "rank_decline_layer": None}, "the rank does not collapse"),
+    ({"best_transfer_layer": 6}, "OOD accuracy peaks at layer 6, after the collapse"),
 ])
 def test_signatures_that_disagree_say_what_is_seen(change, reason):
     from tunnelscope.verdict import tunnel_claim, verdict
@@ -186,6 +188,32 @@ def test_without_rank_no_tunnel_is_claimed_and_the_verdict_says_to_measure_it():
     summary = _signed()
     del summary["rank_collapse_layer"]
     assert "rank was not measured (add rank to the metrics)" in verdict(summary, NAMES)
+
+
+def test_a_tunnel_from_the_first_layer_is_claimed_when_its_signatures_agree():
+    """Masarczyk et al.'s MLP on Fashion-MNIST 0-4: the input is already 87% linearly separable, so
+    ID accuracy is within 5% from layer 1, the rank falls from layer 1 and OOD accuracy peaks there:
+    a tunnel with a one-layer extractor, not "no tunnel evidence"."""
+    from tunnelscope.verdict import Flag, verdict
+
+    first = Flag("first_layer", "a probe on the raw input already reaches 0.871", False).as_dict()
+    summary = _signed(**{"tunnel_start@0.95": 1, "tunnel_start@0.95_ci": [1, 1], "rank_decline_layer": 1,
+                         "rank_collapse_layer": 4, "best_transfer_layer": 1, "best_transfer_layer_ci": [1, 1],
+                         "points": 11, "flags": [first]})
+    text = verdict(summary, [f"blocks.{i}" for i in range(11)])
+    assert text.startswith("the tunnel starts at layer 1 [1, 1] of 11") and "linearly solvable early" in text
+    unsigned = _signed(**{"tunnel_start@0.95": 1, "rank_decline_layer": 5, "rank_collapse_layer": 6, "points": 11,
+                          "flags": [first]})
+    assert verdict(unsigned, [f"blocks.{i}" for i in range(11)]).startswith("no tunnel evidence")
+
+
+def test_the_rank_decline_starts_at_the_last_layer_near_the_maximum_before_the_collapse():
+    from tunnelscope.tunnel import rank_decline_layer
+
+    assert rank_decline_layer([95, 83, 55, 38, 28, 25, 21, 20, 20, 22]) == 1  # the fixture's MLP-12: falls at once
+    assert rank_decline_layer([22, 56, 93, 94, 114, 59, 23, 11]) == 5  # the demo's VGG: rises, then falls
+    assert rank_decline_layer([100, 98, 95, 60, 40]) == 3  # a shoulder at 95% of the maximum
+    assert rank_decline_layer([64, 64, 50, 40]) is None  # no collapse, no decline
 
 
 def test_rank_collapse_is_where_the_rank_stays_at_or_below_half_its_maximum():

@@ -40,6 +40,7 @@ BEST_TRANSFER_LAYER: Final = "best_transfer_layer"
 ID_GAIN: Final = "id_gain_after_start"  # final ID accuracy minus the tunnel start's (a fraction)
 ID_GAIN_SHARE: Final = "id_gain_share"  # that gain over the error left at the start
 RANK_COLLAPSE: Final = "rank_collapse_layer"  # first layer from which the rank stays at or below half its maximum
+RANK_DECLINE: Final = "rank_decline_layer"  # the last layer before that still at 90% of the maximum: the fall starts
 TUNNEL_CLAIMED: Final = "tunnel_claimed"  # whether the signatures agree on a tunnel
 MODEL_ACCURACY: Final = "model_accuracy"
 EFFECTIVE_DEPTH: Final = "effective_depth"
@@ -77,6 +78,7 @@ Summary = TypedDict("Summary", {
     "mean_retained": float, "mean_retained_ci": list[float], "strength": str,
     "best_transfer_layer": int, "best_transfer_layer_ci": list[float], "id_gain_after_start": float,
     "id_gain_after_start_ci": list[float], "id_gain_share": float, "rank_collapse_layer": "int | None",
+    "rank_decline_layer": "int | None",
     "tunnel_claimed": bool, "ood": list[OODRow], "ood_skipped": list[str],
     "effective_depth": "int | None", "effective_depth_point": "str | None", "ncc_eps": float,
     "model_accuracy": "float | None", "flags": list[dict[str, Any]], "verdict_valid": bool, "verdict": str,
@@ -93,6 +95,12 @@ def as_summary(values: Mapping[str, Any]) -> Summary:
     if unknown:
         raise KeyError(f"summary keys not declared in tunnelscope.summary.Summary: {sorted(unknown)}")
     return cast(Summary, dict(values))
+
+
+def tunnel_claimed(summary: Mapping[str, Any]) -> bool:
+    """Whether a summary's verdict claims a tunnel: valid, with its signatures agreeing. The
+    report, the terminal and the figures name a tunnel (and shade it) only then."""
+    return bool(summary.get(TUNNEL_CLAIMED)) and bool(summary.get(VERDICT_VALID, False))
 
 
 REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
@@ -139,8 +147,8 @@ def check_summary(summary: Any, where: str) -> None:
 
 
 __all__ = ["check_summary", "BEST_TRANSFER_LAYER", "C_SENSITIVITY", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE",
-           "RANK_COLLAPSE", "TUNNEL_CLAIMED",
+           "RANK_COLLAPSE", "RANK_DECLINE", "TUNNEL_CLAIMED",
            "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",
-           "as_summary", "ci_key", "length_key", "start_key"]
+           "as_summary", "ci_key", "length_key", "start_key", "tunnel_claimed"]

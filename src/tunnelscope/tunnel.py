@@ -84,6 +84,22 @@ def rank_collapse_layer(rank: Curve, share: float = RANK_COLLAPSE_SHARE) -> int 
     return (above_after_peak[-1] + 1 if above_after_peak else peak) + 1
 
 
+RANK_DECLINE_SHARE = 0.9  # the rank's decline starts at the last layer at or above this share of its maximum
+
+
+def rank_decline_layer(rank: Curve, share: float = RANK_DECLINE_SHARE) -> int | None:
+    """Where the rank's collapse starts: the last layer (1-based), from its maximum up to the
+    collapse (:func:`rank_collapse_layer`), whose rank is still at least ``share`` of the maximum;
+    None when the rank does not collapse. A rank falling steadily from its peak starts there."""
+    collapse = rank_collapse_layer(rank)
+    if collapse is None:
+        return None
+    values = _curve(rank, "rank")
+    peak = int(np.argmax(values))
+    high = [i for i in range(peak, collapse - 1) if values[i] >= share * values[peak]]
+    return (high[-1] if high else peak) + 1
+
+
 def alignment(acc_id_penultimate: float, classes_id: int, acc_ood_penultimate: float, classes_ood: int) -> float:
     """``A = (α_ID - 1/C_ID)(α_OOD - 1/C_OOD)``, accuracies as fractions in [0, 1]."""
     for value in (acc_id_penultimate, acc_ood_penultimate):

@@ -17,13 +17,16 @@ flag makes ``summary["verdict_valid"]`` false and is named in the verdict):
 - ``short_curve``: fewer than three points between the input and the output, so Pearson ρ
   (±1 through any two points) is not reported;
 - ``probe_c_sensitive``: the tunnel start or the strength label differs between the Cs of
-  the probes' grid (the headline uses the C chosen per point on validation data).
+  the probes' grid (the headline uses the C chosen per point on validation data);
+- ``reference_retains_more``: the untrained reference keeps a larger share of its OOD peak
+  than the model (each curve is compared with its own peak).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +41,7 @@ from .summary import (
     OOD_SKIPPED,
     POINTS,
     RANK_COLLAPSE,
+    RANK_DECLINE,
     STRENGTH,
     TUNNEL_CLAIMED,
     TUNNEL_START,
@@ -205,6 +209,19 @@ def c_sensitivity_flags(rows: Sequence[dict]) -> list[Flag]:
                                       "the C chosen per point on validation data; see the sensitivity table", False)]
 
 
+def reference_flags(summary: Mapping[str, Any], reference: Mapping[str, Any]) -> list[Flag]:
+    """``reference_retains_more`` (not blocking): the untrained reference keeps a larger share of
+    its OOD peak than the model, which % retained allows (each curve is compared with its own
+    peak) but a reader may take for the random network transferring better."""
+    ours, theirs = summary.get(MEAN_RETAINED), reference.get(MEAN_RETAINED)
+    if ours is None or theirs is None or not theirs > ours:
+        return []
+    return [Flag("reference_retains_more", f"the untrained reference retains {theirs:.1f}% of its OOD peak against "
+                                           f"the model's {ours:.1f}%: % retained compares each curve with its own "
+                                           "peak, and a random network's flat, low curve keeps most of a low peak; "
+                                           "compare the OOD accuracies themselves, which the figure draws", False)]
+
+
 def _ci(summary: dict, key: str, digits: int = 1) -> str:
     ci = summary.get(ci_key(key))
     if not ci or any(v is None or not np.isfinite(v) for v in ci):
@@ -219,9 +236,10 @@ RANK_AGREEMENT = 1  # layers between the start and the rank's collapse that stil
 def tunnel_claim(summary: dict) -> tuple[bool, str]:
     """Whether the tunnel's signatures agree, and if not, why: ID accuracy within τ of its
     final value from layer l* with little still to gain after it (at most
-    :data:`MAX_GAIN_SHARE` of the error left at l*), the numerical rank collapsing (staying at
-    or below half its maximum) within :data:`RANK_AGREEMENT` layer of l*, and OOD accuracy
-    peaking no later than that collapse."""
+    :data:`MAX_GAIN_SHARE` of the error left at l*), the numerical rank starting to collapse
+    (its decline, :func:`tunnelscope.tunnel.rank_decline_layer`, on the way to staying at or
+    below half its maximum) within :data:`RANK_AGREEMENT` layer of l*, and OOD accuracy peaking
+    no later than the collapse. Runs saved before the decline was recorded use the collapse."""
     start, L = summary.get(TUNNEL_START), summary.get(POINTS)
     if start is None or L is None or start >= L:
         return False, "no layer after the start"
@@ -235,8 +253,9 @@ def tunnel_claim(summary: dict) -> tuple[bool, str]:
         reasons.append("the rank does not collapse")
     else:
         collapse = summary[RANK_COLLAPSE]
-        if abs(collapse - start) > RANK_AGREEMENT:
-            reasons.append(f"the rank collapses from layer {collapse}, not near layer {start}")
+        decline = summary.get(RANK_DECLINE) or collapse
+        if abs(decline - start) > RANK_AGREEMENT:
+            reasons.append(f"the rank starts to fall at layer {decline}, not near layer {start}")
         peak = summary.get(BEST_TRANSFER_LAYER)
         if peak is not None and peak > max(collapse, start):
             reasons.append(f"OOD accuracy peaks at layer {peak}, after the collapse")
@@ -253,7 +272,9 @@ def _signature_text(summary: dict) -> str:
         bounds = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci and all(np.isfinite(ci)) else ""
         parts.append(f"+{gain:.1f} pp{bounds} after it")
     if summary.get(RANK_COLLAPSE) is not None:
-        parts.append(f"rank collapsing from layer {summary[RANK_COLLAPSE]}")
+        collapse, decline = summary[RANK_COLLAPSE], summary.get(RANK_DECLINE)
+        parts.append(f"rank falling from layer {decline} to half its maximum at layer {collapse}"
+                     if decline is not None and decline < collapse else f"rank collapsing from layer {collapse}")
     elif RANK_COLLAPSE in summary:
         parts.append("no rank collapse")
     if summary.get(BEST_TRANSFER_LAYER):
@@ -273,7 +294,7 @@ def verdict(summary: dict, names: list[str]) -> str:
     codes = {f["code"] for f in flags}
     claimed, why_not = tunnel_claim(summary)
     summary[TUNNEL_CLAIMED] = claimed
-    if "first_layer" in codes:
+    if "first_layer" in codes and not claimed:
         text = (f"no tunnel evidence: ID probe accuracy is reached from the first layer (of {L}), "
                 "the task is linearly solvable early")
     elif start < L:
@@ -294,6 +315,8 @@ def verdict(summary: dict, names: list[str]) -> str:
                  f"from layer {summary['effective_depth']}")
     if "non_monotone" in codes:
         text += "; the ID curve is not monotone"
+    if "first_layer" in codes and claimed:
+        text += "; the task is linearly solvable early (a short extractor), see the first_layer note"
     blocking = [f["code"] for f in flags if f["blocking"]]
     if blocking:
         text = f"NOT A VALID VERDICT ({', '.join(dict.fromkeys(blocking))}): " + text

@@ -36,10 +36,10 @@ from ..metrics.registry import metric_names
 from ..models import resolve_model, untrained_copy
 from ..probes import ProbeConfig
 from ..results import COLUMNS, Results
-from ..summary import EFFECTIVE_DEPTH, MODEL_ACCURACY, RANK_COLLAPSE, REFERENCE_KEYS, as_summary
-from ..tunnel import rank_collapse_layer
+from ..summary import EFFECTIVE_DEPTH, FLAGS, MODEL_ACCURACY, RANK_COLLAPSE, RANK_DECLINE, REFERENCE_KEYS, as_summary
+from ..tunnel import rank_collapse_layer, rank_decline_layer
 from ..uncertainty import DEFAULT_RESAMPLES
-from ..verdict import model_flags, verdict
+from ..verdict import model_flags, reference_flags, verdict
 from ..versions import environment, package_versions
 from .distributed import current_world
 from .probing import IdReuse, probe_statistics
@@ -213,6 +213,7 @@ class _Merged:
         rank = self._rank_curve(transfer.config["points"])
         if rank is not None:
             self.summary[RANK_COLLAPSE] = rank_collapse_layer(rank)
+            self.summary[RANK_DECLINE] = rank_decline_layer(rank)
         self.summary["verdict"] = verdict(self.summary, transfer.config["points"])
         self.config["probes"] = transfer.config
         self.config["points"] = transfer.config["points"]
@@ -252,6 +253,7 @@ def _with_untrained_reference(net: nn.Module, dataset: data_mod.Dataset, ood: li
     own = reference.table[reference.table.reference.isna()]  # the reference's own probe variants are left out
     rows = own.assign(reference="untrained", model=summary["model"])
     summary["reference"] = {"untrained": {k: reference.summary.get(k) for k in REFERENCE_KEYS}}
+    summary[FLAGS] = [*summary.get(FLAGS, []), *(f.as_dict() for f in reference_flags(summary, reference.summary))]
     config["reference"] = {"untrained": f"the same architecture re-initialised by each module's reset_parameters, "
                                         f"seed {settings.seed}; same data, points, probes and samples"}
     return pd.concat([table, rows], ignore_index=True), summary, config

@@ -24,7 +24,8 @@ from ..errors import RunDirectoryError
 from ..io import write_json, write_text
 from ..report.experiments import draw_experiment, figure_names
 from ..report.figures import save_figures
-from ..rundir import CONFIG_FILE, KIND_KEY, claim
+from ..report.html import experiment_page
+from ..rundir import CONFIG_FILE, KIND_KEY, REPORT_FILE, claim
 
 
 class ExperimentResult(ABC):
@@ -83,12 +84,14 @@ class ExperimentResult(ABC):
 def finish(folder: Path, figures: Mapping[str, Any], stale: Sequence[str], config_path: Path,
            config: dict[str, Any]) -> list[Path]:
     """The end of every experiment's save: the figures (PNG and SVG) written after the ``stale``
-    ones of an earlier run are removed, then the config, which marks the directory complete;
-    returns the written paths."""
+    ones of an earlier run are removed, ``report.html`` (the figures and the config), then the
+    config, which marks the directory complete; returns the written paths."""
     paths: list[Path] = []
-    for png in save_figures(dict(figures), folder, replace=stale):
+    pngs = save_figures(dict(figures), folder, replace=stale)
+    for png in pngs:
         paths += [png, png.with_suffix(".svg")]
-    return [*paths, write_json(config_path, config)]
+    page = experiment_page(str(config.get(KIND_KEY, "experiment")), {p.stem: p for p in pngs}, config)
+    return [*paths, write_text(folder / REPORT_FILE, page), write_json(config_path, config)]
 
 
 def read_config(folder: Path, kind: str) -> dict[str, Any]:

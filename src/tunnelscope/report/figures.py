@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..io import atomic_write
 from ..metrics import PRESENTATIONS, presentation
 from ..probes import C_REFERENCE
-from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START
+from ..summary import BEST_TRANSFER_LAYER, TUNNEL_START, tunnel_claimed
 
 TUNNEL_COLOUR = "#f4d58d"
 
@@ -30,9 +30,21 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def _layer_axis(ax, first: int, n: int, label: str = "layer (probe point; 0 = the input)") -> None:
+NAMED_TICKS = 16  # up to this many layers, each tick also names its probe point
+
+
+def _layer_axis(ax, results, label: str = "layer (probe point; 0 = the input)") -> None:
+    """Layer ticks (at most 12 beyond 24 layers); up to :data:`NAMED_TICKS` layers, each names its
+    point under the number, turned when the names are long."""
+    first, n = _first_layer(results), len(results.points)
     ax.set_xlabel(label)
-    ax.set_xticks(range(first, n + 1) if n <= 24 else np.linspace(first, n, 12).round().astype(int))
+    ticks = list(range(first, n + 1)) if n <= 24 else list(np.linspace(first, n, 12).round().astype(int))
+    ax.set_xticks(ticks)
+    names = ([results.input_point] if first == 0 else []) + list(results.points)
+    if n + 1 - first <= NAMED_TICKS and len(names) == n + 1 - first:
+        long = max(len(name) for name in names) > 8
+        ax.set_xticklabels([f"{t}\n{names[t - first]}" for t in ticks], fontsize=7, rotation=30 if long else 0,
+                           ha="right" if long else "center")
     ax.grid(alpha=0.3)
 
 
@@ -41,9 +53,16 @@ def _first_layer(results) -> int:
 
 
 def _shade_tunnel(ax, results, n: int) -> None:
+    """The tunnel shaded from its start when the verdict claims one (:func:`tunnel_claimed`);
+    otherwise a dotted line where ID accuracy comes within 5% of its final value, named so."""
     start = results.summary.get(TUNNEL_START)
-    if start is not None and start < n:
+    if start is None or start >= n:
+        return
+    if tunnel_claimed(results.summary):
         ax.axvspan(start, n + 0.5, color=TUNNEL_COLOUR, alpha=0.5, lw=0, label=f"tunnel (from layer {start})")
+    else:
+        ax.axvline(start, color="0.4", ls=":", lw=1.2,
+                   label=f"ID accuracy within 5% of its final value from layer {start} (no tunnel claimed)")
 
 
 def _tunnel_axes(results, height: float):
@@ -92,7 +111,7 @@ def probe_figure(results) -> Figure | None:
         ax.axvline(best, color="k", ls="--", lw=1, label=f"best layer to transfer from ({best})")
     ax.set_ylabel("linear probe accuracy (test, 95% interval)")
     ax.set_title(results.summary.get("model", ""))
-    _layer_axis(ax, _first_layer(results), n)
+    _layer_axis(ax, results)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     return fig
 
@@ -112,7 +131,7 @@ def normalised_probe_figure(results) -> Figure | None:
         ax.plot(curve.layer, curve.value / peak, marker="o", ms=4, color=f"C{i}",
                 label="ID" if is_id else "OOD " + dataset, lw=2 if is_id else 1.5)
     ax.set_ylabel("probe accuracy / its maximum (test)")
-    _layer_axis(ax, _first_layer(results), n)
+    _layer_axis(ax, results)
     ax.legend(fontsize=8)
     return fig
 
@@ -127,7 +146,7 @@ def rank_figure(results) -> Figure | None:
         _plot(ax, results, m, label=presentation(m).title, colour=f"C{i}")
     ax.set_ylabel("rank of the representation (test)")
     ax.set_yscale("log")
-    _layer_axis(ax, _first_layer(results), n)
+    _layer_axis(ax, results)
     ax.legend(fontsize=8)
     return fig
 
@@ -153,7 +172,7 @@ def _curve_panel(ax, results, metric: str) -> None:
     if shown.log_scale:
         ax.set_yscale("log")
     ax.set_title(shown.title, fontsize=10)
-    _layer_axis(ax, _first_layer(results), n, "layer")
+    _layer_axis(ax, results, "layer")
     ax.legend(fontsize=8)
 
 
@@ -207,7 +226,7 @@ def pc1_figure(results) -> Figure | None:
     _plot(ax, results, "pc1", colour="C3")
     ax.set_ylabel(f"{presentation('pc1').title} (test)")
     ax.set_ylim(0, 1)
-    _layer_axis(ax, _first_layer(results), n)
+    _layer_axis(ax, results)
     return fig
 
 
@@ -309,10 +328,11 @@ def save_figures(figures: dict[str, Figure], folder: str | Path, replace: Sequen
 
 
 def _compare_rows(runs: Sequence, accuracy: Sequence[str | None]) -> list[str]:
-    """The panel rows some run has the metrics for: ``accuracy``, ``ncc_train``, ``rank``, in that order."""
+    """The panel rows some run has the metrics for: ``accuracy``, ``ood`` (the mean probe accuracy
+    over a run's OOD sets), ``ncc_train``, ``rank``, in that order."""
     ncc = any(r.has("ncc_acc") for r in runs)
-    rows = [name for name, present in (("accuracy", any(accuracy)), ("ncc_train", ncc),
-                                       ("rank", any(r.has("rank") for r in runs))) if present]
+    rows = [name for name, present in (("accuracy", any(accuracy)), ("ood", any(_ood_sets(r) for r in runs)),
+                                       ("ncc_train", ncc), ("rank", any(r.has("rank") for r in runs))) if present]
     if not rows:
         raise ConfigError("none of the runs has probe, NCC or rank results to compare; analyse them with "
                           "--metrics including probe, ncc or rank")
@@ -335,11 +355,25 @@ def _seed_lines(labels: Sequence[str], groups: Sequence[str | None]) -> list[tup
     return lines
 
 
-def _seed_mean_curve(seeds: Sequence, metric: str, split: str, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer mean of ``metric`` over the seeds and the half-width of its 95% Student-t interval."""
+def _ood_sets(run) -> list[str]:
+    """The OOD sets a run has probe curves for."""
+    return [d for d in run.datasets if d != run.id_dataset] if run.has("probe_acc") else []
+
+
+def _run_curve(run, kind: str, metric: str | None, split: str) -> np.ndarray:
+    """One run's curve for a row of the compare figure (points 1 … last): ``metric`` on ``split``,
+    or for ``ood`` the mean test probe accuracy over its OOD sets."""
+    if kind == "ood":
+        return np.mean([run.curve("probe_acc", d, with_input=False).to_numpy() for d in _ood_sets(run)], axis=0)
+    return run.curve(metric, split=split, with_input=False).to_numpy()
+
+
+def _seed_mean_curve(seeds: Sequence, kind: str, metric: str | None, split: str,
+                     label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer mean of a row's curve over the seeds and the half-width of its 95% Student-t interval."""
     from ..uncertainty import mean_ci
 
-    curves = [run.curve(metric, split=split, with_input=False).to_numpy() for run in seeds]
+    curves = [_run_curve(run, kind, metric, split) for run in seeds]
     if len({len(c) for c in curves}) != 1:
         raise ConfigError(f"runs grouped as seeds of {label} have different numbers of points")
     stacked = np.stack(curves)
@@ -373,7 +407,8 @@ def _mark_mean_tunnel_start(row, seeds: Sequence, points: int, colour: str) -> N
 
 def _label_compare_row(row, kind: str) -> None:
     """Axis labels, grid and legend of one row; numerical rank on a log scale."""
-    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked", "ncc_train": "NCC accuracy (train)",
+    ylabels = {"accuracy": "ID accuracy (test): probe, or NCC where marked",
+               "ood": "OOD probe accuracy (test; mean over the OOD sets)", "ncc_train": "NCC accuracy (train)",
                "rank": "numerical rank (test)"}
     for ax, xlabel in zip(row, ("layer index", "relative depth (layer / points)")):
         ax.set_xlabel(xlabel)
@@ -385,30 +420,31 @@ def _label_compare_row(row, kind: str) -> None:
 
 
 def compare_figure(runs: Sequence, labels: Sequence[str], groups: Sequence[str | None] | None = None) -> Figure:
-    """ID probe accuracy (NCC accuracy for a run without probes), NCC accuracy on the training
-    split (Galanti et al.'s effective depth: where it reaches 1 − ε) and numerical rank of
-    several runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
+    """ID probe accuracy (NCC accuracy for a run without probes), the mean OOD probe accuracy, NCC
+    accuracy on the training split (Galanti et al.'s effective depth: where it reaches 1 − ε) and
+    numerical rank of several runs, against layer index (left) and relative depth (right). Runs sharing a ``groups`` key
     (repeats with other training seeds) are drawn as their mean with a 95% Student-t band."""
     groups = list(groups) if groups is not None else [None] * len(runs)
     accuracy = [next((m for m in ("probe_acc", "ncc_acc") if r.has(m)), None) for r in runs]
     rows = _compare_rows(runs, accuracy)
     fig, axes = subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), squeeze=False)
-    metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test")}
+    metric_of = {"ncc_train": ("ncc_acc", "train"), "rank": ("rank", "test"), "ood": ("probe_acc", "test")}
     lines = _seed_lines(labels, groups)
     for row, kind in zip(axes, rows):
         for colour, (label, members) in enumerate(lines):
             seeds = [runs[m] for m in members]
             metric, split = (accuracy[members[0]], "test") if kind == "accuracy" else metric_of[kind]
-            if metric is None or not seeds[0].has(metric):
+            if metric is None or not seeds[0].has(metric) or (kind == "ood" and not all(map(_ood_sets, seeds))):
                 continue
-            mean, half = _seed_mean_curve(seeds, metric, split, label)
+            mean, half = _seed_mean_curve(seeds, kind, metric, split, label)
             name = _seed_line_name(seeds, label) + (" (NCC)" if kind == "accuracy" and metric == "ncc_acc" else "")
             _plot_seed_line(row, mean, half, len(seeds) > 1, f"C{colour}", name)
             if kind == rows[0]:
                 _mark_mean_tunnel_start(row, seeds, len(mean), f"C{colour}")
         _label_compare_row(row, kind)
-    fig.suptitle("dotted lines: tunnel start (τ = 0.95; mean over seeds); bands: 95% interval over training seeds",
-                 fontsize=9)
+    banded = any(len(members) > 1 for _, members in lines)
+    fig.suptitle("dotted lines: first layer within 5% of the final ID accuracy (τ = 0.95"
+                 + ("; mean over seeds); bands: 95% interval over training seeds" if banded else ")"), fontsize=9)
     return fig
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..io import write_text
-from ..results import Results, column_dataset, lower, upper
+from ..metrics import PRESENTATIONS
+from ..results import Results, column_dataset, column_metric, lower, upper
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG
 from ..summary import (
     BEST_TRANSFER_LAYER,
@@ -23,7 +24,9 @@ from ..summary import (
     MODEL_ACCURACY,
     TUNNEL_LENGTH,
     TUNNEL_START,
+    VERDICT_VALID,
     start_key,
+    tunnel_claimed,
 )
 
 _EXPLAIN_CAPTION = ("Mean of {} per level of each design variable that varies across the sweep (95% Student t "
@@ -34,8 +37,9 @@ CAPTIONS = {
     "explain-pearson": _EXPLAIN_CAPTION.format("the Pearson correlation of the ID and OOD probe curves"),
     "explain-alignment": _EXPLAIN_CAPTION.format("the ID/OOD alignment"),
     "probes": "Linear probe accuracy on each dataset's test split against layer, with 95% bootstrap intervals "
-              "(bands); layer 0 is the input, reduced like the layers. Shaded: the tunnel (from the first layer "
-              "reaching 95% of the penultimate point's ID accuracy). Vertical dashed line: the best layer to "
+              "(bands); layer 0 is the input, reduced like the layers. Shaded, when the verdict claims a tunnel: the "
+              "tunnel (from the first layer reaching 95% of the penultimate point's ID accuracy); without a claim a "
+              "dotted line marks that layer instead. Vertical dashed line: the best layer to "
               "transfer from (highest mean OOD accuracy). Dashed curves, when present: the same architecture "
               "re-initialised (untrained reference).",
     "probes_normalised": "Each dataset's probe accuracy divided by its own maximum over the layers (as Harun et al. "
@@ -51,6 +55,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 padding:0 1em;color:#222}
 h1{font-size:1.5em} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .verdict{font-size:1.1em;background:#fff6d9;border-left:4px solid #e0b400;padding:.6em 1em}
+.verdict.tunnel{background:#e8f4ea;border-left-color:#2e7d32}
+.verdict.invalid{background:#fde8e8;border-left-color:#c62828}
+.wide{overflow-x:auto;max-width:100%} .ci{white-space:nowrap;font-size:.85em;color:#555}
 figure{margin:1.5em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}
 table{border-collapse:collapse;font-size:.85em} td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right}
@@ -85,13 +92,17 @@ def summary_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     if summary.get(MODEL_ACCURACY) is not None:
         rows.append(("the model's own test accuracy", _fmt(summary[MODEL_ACCURACY])))
     formats = {MEAN_RETAINED: "{:.1f}", TUNNEL_START: "{:.0f}", start_key(0.98): "{:.0f}"}
-    for key, label in ((TUNNEL_START, "tunnel start (τ = 0.95)"),
-                       (TUNNEL_LENGTH, "tunnel length (τ = 0.95)"),
-                       (start_key(0.98), "tunnel start (τ = 0.98)"),
+    claimed = tunnel_claimed(summary)
+    for key, label in ((TUNNEL_START, "tunnel start (τ = 0.95)" if claimed else
+                        "first layer within 5% of the final ID accuracy (no tunnel claimed)"),
+                       (TUNNEL_LENGTH, "tunnel length (τ = 0.95)" if claimed else "layers from there to the last"),
+                       (start_key(0.98), "tunnel start (τ = 0.98)" if claimed else
+                        "first layer within 2% of the final ID accuracy"),
                        (BEST_TRANSFER_LAYER, "best layer to transfer from"),
                        (EFFECTIVE_DEPTH, "NCC effective depth (train error ≤ ε)"),
                        (MEAN_RETAINED, "mean OOD accuracy retained at the last layer (%)"),
-                       ("strength", "tunnel strength")):
+                       ("strength", "tunnel strength" if claimed else
+                        "strength of the OOD loss (no tunnel claimed)")):
         if key in summary:
             rows.append((label,
                          _with_ci(summary, key, formats.get(key, "{:.4g}")) if summary[key] is not None else None))
@@ -110,6 +121,14 @@ def summary_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     for flag in summary.get("flags", []):
         rows.append((("NOT VALID: " if flag["blocking"] else "note: ") + flag["code"], flag["message"]))
     return [(label, _fmt(v) if not isinstance(v, str) else v) for label, v in rows]
+
+
+def verdict_class(summary: Mapping[str, Any]) -> str:
+    """The banner's style: ``invalid`` (red) for a verdict with a blocking flag, ``tunnel``
+    (green) for a claimed tunnel, plain (yellow) otherwise."""
+    if not summary.get(VERDICT_VALID, True):
+        return "verdict invalid"
+    return "verdict tunnel" if tunnel_claimed(summary) else "verdict"
 
 
 def figure_html(name: str, path: Path) -> str:
@@ -151,6 +170,16 @@ def page(title: str, *parts: str) -> str:
                       f"<h1>{html.escape(title)}</h1>", *parts, "</body></html>"])
 
 
+def experiment_page(kind: str, figures: Mapping[str, Path], config: Mapping[str, Any]) -> str:
+    """An experiment's report (``dynamics``, ``cross-cka``, ``agreement``, ...): its figures and its
+    configuration, one self-contained page."""
+    body = [figure_html(name, path) for name, path in figures.items()] or ["<p>No figure for this run.</p>"]
+    return page(f"tunnelscope {kind}", "<h2>Figures</h2>", *body,
+                "<h2>Configuration</h2><p>Everything that changes a number; the tables are the CSV and parquet "
+                "files beside this report.</p>",
+                f"<pre>{html.escape(json.dumps(dict(config), indent=2, default=str))}</pre>")
+
+
 def render_inversion_only(directory: Path, title: str) -> str:
     """A report page holding only the inversion section."""
     return page(title, inversion_section(directory))
@@ -165,11 +194,12 @@ def render(results: Results, figures: dict[str, Path]) -> str:
     layer_table = _layer_table_html(results)
     return page(
         title,
-        f'<p class="verdict" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
+        f'<p class="{verdict_class(s)}" id="verdict">{html.escape(s.get("verdict", ""))}</p>',
         f"<h2>Summary</h2><table>{summary_rows}</table>", _sensitivity_html(s),
         "<h2>Figures</h2>", *(figure_html(name, path) for name, path in figures.items()), _blocks_html(results),
         inversion_section(results.path) if results.path else "",
-        "<h2>Per layer (test split; layer 0 is the input; [95% interval])</h2>", layer_table,
+        "<h2>Per layer (test split; layer 0 is the input; [95% interval])</h2>",
+        f'<div class="wide">{layer_table}</div>',
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
         f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
@@ -193,6 +223,23 @@ def _sensitivity_html(summary: Mapping[str, Any]) -> str:
             "on a held-out part of its training split (see probe and datasets in the configuration); each row "
             "recomputes the headline with every probe fitted at one C instead (point estimates; the per-point "
             f"accuracies are the results table's rows with reference 'C=…').</p><table><tr>{head}</tr>{body}</table>")
+
+
+def ordered_columns(columns: list[str], datasets: list[str]) -> list[str]:
+    """The per-layer table's columns in reading order: layer and point, the probe accuracies (ID,
+    then each OOD set as analysed), then the other metrics in the registry's order, each metric's
+    OOD columns after its ID one."""
+    metric_order = {name: i for i, name in enumerate(PRESENTATIONS)}
+    dataset_order = {d: i for i, d in enumerate(datasets)}
+
+    def key(column: str) -> tuple:
+        if column in ("layer", "point"):
+            return (0, column != "layer", 0)
+        metric, dataset = column_metric(column), column_dataset(column)
+        return (1 if metric == "probe_acc" else 2, metric_order.get(metric, len(metric_order)),
+                dataset_order.get(dataset, -1) if dataset else -1)
+
+    return sorted(columns, key=key)
 
 
 def _blocks_html(results: Results) -> str:
@@ -223,7 +270,7 @@ def _layer_table_html(results: Results) -> str:
         bad = t[(t.metric == "probe_converged") & (t.value < 1) & t.reference.isna()]
         unconverged = {(p, d) for p, d in zip(bad.point, bad.dataset)}
     bounds = {b for c in wide.columns for b in (lower(c), upper(c)) if b in wide.columns}
-    columns = [c for c in wide.columns if c not in bounds]
+    columns = ordered_columns([c for c in wide.columns if c not in bounds], results.datasets)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = []
     for row in wide.to_dict("records"):
@@ -231,7 +278,7 @@ def _layer_table_html(results: Results) -> str:
         for c in columns:
             text = _fmt(row[c]) if c not in ("layer", "point") else html.escape(str(row[c]))
             if lower(c) in row and row[lower(c)] == row[lower(c)]:
-                text += f" [{row[lower(c)]:.3g}, {row[upper(c)]:.3g}]"
+                text += f' <span class="ci">[{row[lower(c)]:.3g}, {row[upper(c)]:.3g}]</span>'
             dataset = column_dataset(c) or results.id_dataset
             if c.startswith("probe_acc") and (row["point"], dataset) in unconverged:
                 text += " *"
@@ -246,5 +293,5 @@ def write_report(results: Results, path: str | Path, figures: dict[str, Path]) -
     return write_text(path, render(results, figures))
 
 
-__all__ = ["figure_html", "inversion_section", "page", "render", "render_inversion_only",
-           "summary_lines", "write_report"]
+__all__ = ["experiment_page", "figure_html", "inversion_section", "ordered_columns", "page", "render",
+           "render_inversion_only", "summary_lines", "verdict_class", "write_report"]
