@@ -28,6 +28,8 @@ def check_contract(result: ExperimentResult, tmp_path) -> ExperimentResult:
     assert set(drawn) <= set(figure_names(result.kind))
     for name in figure_names(result.kind):  # every figure its tables can show, and none they cannot
         assert ((out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()) == (name in drawn), name
+    page = (out / "report.html").read_text()  # one self-contained page: every figure embedded, the config
+    assert page.count('src="data:image/png;base64,') == len(drawn) and f"tunnelscope {result.kind}" in page
     loaded = type(result).load(out)
     before, after = result.tables(), loaded.tables()
     assert set(before) == set(after)

@@ -249,7 +249,7 @@ def test_save_writes_tables_figure_and_config_and_loads_back(trained, tmp_path):
     paths = result.save(tmp_path / "agree")
     names = {p.name for p in paths}
     assert {"models.csv", "pairs.csv", "classes.csv", "group_pairs.csv", "group_classes.csv", "examples.csv",
-            "predictions.csv", "agreement.png", "agreement.svg", "config.json"} == names
+            "predictions.csv", "agreement.png", "agreement.svg", "report.html", "config.json"} == names
     assert (tmp_path / "agree" / "agreement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((tmp_path / "agree" / "config.json").read_text())
     assert config["samples"] == 200 and config["groups"] == ["small", "small", "deeper"]

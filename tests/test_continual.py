@@ -244,7 +244,7 @@ def test_save_writes_the_tables_the_figure_and_the_config(run, tmp_path):
     elsewhere = tmp_path / "copy"
     paths = run.save(elsewhere)
     assert sorted(p.name for p in elsewhere.iterdir()) == sorted(p.name for p in paths) == sorted(
-        ["config.json", "continual.png", "continual.svg", "forgetting.csv", "swaps.csv"])
+        ["config.json", "continual.png", "continual.svg", "forgetting.csv", "report.html", "swaps.csv"])
     with pytest.raises(RunDirectoryError, match="already holds"):
         continual(MODEL, TASK1, TASK2, epochs=1, out=out, device="cpu", progress=False, batch_size=BATCH)
 

@@ -281,7 +281,8 @@ def test_tables_are_saved_with_their_settings_and_figure(mlp_run, tmp_path):
     fig = interventions_figure(movement=movement, resets=resets)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
     paths = save_intervention(movement, tmp_path / "m")
-    assert [p.name for p in paths] == ["movement.csv", "interventions.png", "interventions.svg", "config.json"]
+    assert [p.name for p in paths] == ["movement.csv", "interventions.png", "interventions.svg", "report.html",
+                                       "config.json"]
     assert (tmp_path / "m" / "movement.csv").read_text() == movement.to_csv(index=False)  # the same text as before
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["kind"] == "interventions" and config["intervention"] == "movement"
@@ -344,7 +345,7 @@ def test_one_intervention_per_directory_and_missing_runs_are_named(mlp_run, tmp_
         save_intervention(resets, out)
     save_intervention(resets, out, overwrite=True)  # replaces the movement: none of its files is left
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "interventions.png", "interventions.svg",
-                                                     "reset.csv"]
+                                                     "report.html", "reset.csv"]
     assert InterventionResult.load(out).intervention == "resets"
     with pytest.raises(RunDirectoryError, match="does not exist"):
         weight_movement(tmp_path / "nowhere")

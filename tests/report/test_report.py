@@ -165,10 +165,14 @@ def test_compare_overlays_runs_of_different_depth(runs, tmp_path, capsys):
     np.testing.assert_allclose(lines[0].get_ydata(), deep[2].curve("probe_acc", with_input=False).to_numpy())
     ends = [line.get_xdata()[-1] for line in by_depth.get_lines() if line.get_label() in ("deep", "shallow")]
     assert ends == [1.0, 1.0]
-    ncc_train = [line for line in fig.axes[2].get_lines() if line.get_label() == "deep"][0]  # second row
-    assert fig.axes[2].get_ylabel() == "NCC accuracy (train)"
+    rows = {ax.get_ylabel(): ax for ax in fig.axes[::2]}  # the left panel of each row
+    ncc_train = [line for line in rows["NCC accuracy (train)"].get_lines() if line.get_label() == "deep"][0]
     np.testing.assert_allclose(ncc_train.get_ydata(),
                                deep[2].curve("ncc_acc", split="train", with_input=False).to_numpy())
+    ood = [line for line in rows["OOD probe accuracy (test; mean over the OOD sets)"].get_lines()
+           if line.get_label() == "deep"][0]
+    np.testing.assert_allclose(ood.get_ydata(), deep[2].curve("probe_acc", OOD, with_input=False).to_numpy())
+    assert "bands" not in fig._suptitle.get_text()  # no seed groups, so no bands to mention
 
 
 def test_analyze_command_json_and_bad_input(runs, tmp_path, capsys):
@@ -237,6 +241,7 @@ def test_compare_gives_the_spread_over_training_seeds(runs, tmp_path, capsys):
     assert [line.get_label() for line in fig.axes[0].get_lines() if line.get_label().startswith("mlp")] == \
         ["mlp-3x64 (2 seeds)"]
     assert len(fig.axes[0].collections) == 1  # the band over seeds
+    assert "bands: 95% interval over training seeds" in fig._suptitle.get_text()
 
 
 def test_results_save_writes_the_data_alone_and_save_run_adds_figures_and_report(runs, tmp_path):
@@ -336,3 +341,83 @@ def test_a_results_table_with_duplicate_rows_is_refused(runs, tmp_path, capsys):
     pd.concat([table, table.iloc[:3]]).to_parquet(copy / "results.parquet")
     code, _, err = run_cli(["report", copy], capsys)
     assert code != 0 and "holds 3 duplicated row(s)" in err
+
+
+def _variant(results: Results, **summary) -> Results:
+    """The run with its summary changed (a claimed, an unclaimed or an invalid verdict)."""
+    return Results(results.table, {**results.summary, **summary}, results.config, results.path)
+
+
+@pytest.mark.parametrize("claimed, valid, banner, start_label", [
+    (True, True, "verdict tunnel", "tunnel start (τ = 0.95)"),
+    (False, True, "verdict", "first layer within 5% of the final ID accuracy (no tunnel claimed)"),
+    (True, False, "verdict invalid", "first layer within 5% of the final ID accuracy (no tunnel claimed)"),
+])
+def test_the_banner_the_summary_and_the_shading_agree_on_whether_there_is_a_tunnel(runs, claimed, valid, banner,
+                                                                                 start_label):
+    from matplotlib.patches import Rectangle
+
+    from tunnelscope.report.figures import probe_figure
+    from tunnelscope.report.html import render
+
+    _, _, results = runs["mlp-6x64"]
+    run = _variant(results, tunnel_claimed=claimed, verdict_valid=valid, **{"tunnel_start@0.95": 2})
+    page = render(run, {})
+    assert f'<p class="{banner}" id="verdict">' in page
+    assert f"<th>{start_label}</th>" in page
+    assert ("<th>tunnel strength</th>" in page) == (claimed and valid)
+    ax = probe_figure(run).axes[0]
+    shaded = [p for p in ax.patches if isinstance(p, Rectangle) or "tunnel" in str(p.get_label())]
+    labels = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    assert any(label.startswith("tunnel (from layer 2)") for label in labels) == (claimed and valid)
+    assert any("no tunnel claimed" in label for label in labels) == (not (claimed and valid))
+    assert bool(shaded) == (claimed and valid)
+
+
+def test_the_per_layer_table_reads_probe_columns_first_and_keeps_intervals_on_one_line(runs):
+    from tunnelscope.metrics import PRESENTATIONS
+    from tunnelscope.report.html import render
+
+    _, _, results = runs["mlp-6x64"]
+    page = render(results, {})
+    table = page.split("<h2>Per layer")[1]
+    head = re.findall(r"<th>([^<]*)</th>", table.split("</tr>")[0])
+    assert head[:4] == ["layer", "point", "probe_acc", f"probe_acc@{OOD}"]
+    order = list(PRESENTATIONS)
+    rest = [h.split("@")[0] for h in head[4:]]
+    assert rest == sorted(rest, key=order.index)  # the registry's order, not the alphabet's
+    assert '<div class="wide"><table>' in page and '<span class="ci">[' in table
+    assert ".ci{white-space:nowrap" in page
+
+
+def test_the_report_fits_1400_pixels_in_chromium(runs, tmp_path):
+    """No horizontal overflow at 1400 px (the page's scroll width is its client width), even with
+    three long-named OOD sets, whose columns made the demo's report 1,581 px wide."""
+    from playwright.sync_api import sync_playwright
+
+    _, _, results = runs["mlp-6x64"]
+    table = results.table
+    extra = [table[table.dataset == OOD].assign(dataset=f"fashion-mnist[classes=5-9,per_class=1000,seed={k}]")
+             for k in range(2)]
+    path = tmp_path / "wide"
+    save_run(Results(pd.concat([table, *extra], ignore_index=True), results.summary, results.config), path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto((path / "report.html").as_uri())
+            page.wait_for_load_state("load")
+            scroll, client = page.evaluate("[document.documentElement.scrollWidth, "
+                                           "document.documentElement.clientWidth]")
+        finally:
+            browser.close()
+    assert scroll <= client, (scroll, client)
+
+
+def test_an_untrained_reference_that_retains_more_is_explained():
+    from tunnelscope.verdict import reference_flags
+
+    (flag,) = reference_flags({"mean_retained": 92.0}, {"mean_retained": 96.4})
+    assert flag.code == "reference_retains_more" and not flag.blocking and "96.4%" in flag.message
+    assert reference_flags({"mean_retained": 96.4}, {"mean_retained": 92.0}) == []
+    assert reference_flags({}, {"mean_retained": 92.0}) == []

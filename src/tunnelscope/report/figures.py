@@ -112,7 +112,7 @@ def probe_figure(results) -> Figure | None:
     ax.set_ylabel("linear probe accuracy (test, 95% interval)")
     ax.set_title(results.summary.get("model", ""))
     _layer_axis(ax, results)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=1, frameon=False)
     return fig
 
 

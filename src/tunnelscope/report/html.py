@@ -207,7 +207,8 @@ def render(results: Results, figures: dict[str, Path]) -> str:
 
 
 SENSITIVITY_COLUMNS = (("C", "C"), ("points_choosing", "ID points choosing it"), ("id_final", "final ID accuracy"),
-                       (TUNNEL_START, "tunnel start (τ = 0.95)"), (MEAN_RETAINED, "mean % retained"),
+                       (TUNNEL_START, "first layer within 5% of the final ID accuracy"),
+                       (MEAN_RETAINED, "mean % retained"),
                        ("strength", "strength"), (BEST_TRANSFER_LAYER, "best transfer layer"))
 
 
