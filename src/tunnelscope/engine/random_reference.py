@@ -13,12 +13,13 @@ layers *less* alike than a random network's, whose layers are strongly alike).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .. import data as data_mod
 from ..models.init import untrained_copy
 from ..progress import progress_bar
 from .settings import AnalysisSettings
@@ -27,23 +28,20 @@ LEVEL = 0.05  # a pair is above the reference when its p-value is at most this
 SEED_OFFSET = 1  # the random networks use seeds seed + 1 … seed + K (seed itself is the untrained reference's)
 
 
-def cka_random_rows(net: nn.Module, dataset: data_mod.Dataset, table: pd.DataFrame,
-                    settings: AnalysisSettings) -> tuple[pd.DataFrame, dict]:
-    """The ``cka_random`` rows of the model whose ``cka`` rows are in ``table``, and their record."""
-    from .statistics import layer_statistics
-
+def cka_random_rows(net: nn.Module, table: pd.DataFrame, settings: AnalysisSettings,
+                    cka_of: Callable[[nn.Module], pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+    """The ``cka_random`` rows of the model whose ``cka`` rows are in ``table``, and their record;
+    ``cka_of(model)`` is the CKA matrix (points x points) of a model on the same test samples."""
     cka = table[(table.metric == "cka") & (table.split == "test") & table.other_point.notna()]
     observed = cka.pivot(index="point", columns="other_point", values="value")
     exceeded, undercut = np.zeros(observed.shape), np.zeros(observed.shape)
     seeds = [settings.seed + SEED_OFFSET + k for k in range(settings.cka_random)]
-    quiet = settings.replace(cka_random=0, progress=False)
     with progress_bar(settings.progress) as bars:
         task = bars.add_task("random networks", total=len(seeds), info="CKA")
         for done, seed in enumerate(seeds, 1):
             with torch.no_grad():
                 copy = untrained_copy(net, seed).eval()
-            stats = layer_statistics(copy, dataset, ["cka"], quiet, model_accuracy=False, memory_budget=None)
-            reference = stats.matrix("cka").reindex(index=observed.index, columns=observed.columns)
+            reference = cka_of(copy).reindex(index=observed.index, columns=observed.columns)
             exceeded += (reference.to_numpy() >= observed.to_numpy())
             undercut += (reference.to_numpy() <= observed.to_numpy())
             bars.update(task, completed=done)

@@ -485,14 +485,25 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
     table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset=dataset.spec)
-    if s.cka_random and (table.metric == "cka").any():
-        from .random_reference import cka_random_rows
-
-        rows, config["cka_random"] = cka_random_rows(net, dataset, table, s)
-        table = pd.concat([table, rows], ignore_index=True)
-    elif s.cka_random:
-        raise ConfigError("cka[random=K] compares the model's CKA with random networks': add cka to the metrics")
+    if s.cka_random:
+        table = _with_random_reference(net, dataset, table, s, config)
     return Results(table.reindex(columns=COLUMNS), as_summary(summary), config)
+
+
+def _with_random_reference(net: nn.Module, dataset: data_mod.Dataset, table: pd.DataFrame, s: AnalysisSettings,
+                           config: dict) -> pd.DataFrame:
+    """``table`` with the ``cka_random`` rows of ``cka[random=K]`` (their record into ``config``)."""
+    from .random_reference import cka_random_rows
+
+    if not (table.metric == "cka").any():
+        raise ConfigError("cka[random=K] compares the model's CKA with random networks': add cka to the metrics")
+    quiet = s.replace(cka_random=0, progress=False)
+
+    def cka_of(copy: nn.Module) -> pd.DataFrame:
+        return layer_statistics(copy, dataset, ["cka"], quiet, model_accuracy=False, memory_budget=None).matrix("cka")
+
+    rows, config["cka_random"] = cka_random_rows(net, table, s, cka_of)
+    return pd.concat([table, rows], ignore_index=True)
 
 
 def _passes(run: Run, splits: dict[str, tuple], settings: AnalysisSettings, cache_budget: int, caches: tuple,
