@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs-test bench clean
 
 setup: $(STAMP)
 	@scripts/ensure-fashion-mnist.sh $(BIN)/python
@@ -23,6 +23,10 @@ test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	TUNNELSCOPE_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
+
+# every README and docs snippet, in order, in one fresh folder (about 15 minutes; CI runs it after test)
+docs-test: setup
+	TUNNELSCOPE_DOCS_TEST=1 TUNNELSCOPE_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q tests/test_docs_in_order.py
 
 bench: setup
 	scripts/pip-install.sh $(BIN)/python -e ".[test,bench]" -c constraints.txt

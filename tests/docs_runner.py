@@ -73,7 +73,7 @@ def steps(page: Path) -> list[Step]:
 
 def _commands(body: str) -> list[str]:
     """A bash block's commands, continuation lines joined, blank and comment-only lines dropped."""
-    joined = re.sub(r"\\\n\s*", " ", body)
+    joined = re.sub(r"\s*\\\n\s*", " ", body)
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
