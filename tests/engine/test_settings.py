@@ -22,7 +22,8 @@ from tunnelscope.errors import ConfigError, SpecError
 
 BAD = {"points": 3, "reduce": 2, "max_dim": 0, "include_input": "yes", "batch_size": 0, "device": 1,
        "max_samples": 0, "max_train": -1, "max_test": 1.5, "seed": -1, "probe": "lbfgs", "resamples": -1,
-       "ncc_eps": 1.5, "cka_passes": 0, "cka_random": -1, "ridge": 0.0, "precision": "float16", "data_root": 5, "progress": "no"}
+       "ncc_eps": 1.5, "cka_passes": 0, "cka_random": -1, "ridge": 0.0, "precision": "float16", "data_root": 5,
+       "progress": "no"}
 
 
 def test_every_field_has_a_declared_constraint_and_a_case_here():

@@ -421,3 +421,24 @@ def test_an_untrained_reference_that_retains_more_is_explained():
     assert flag.code == "reference_retains_more" and not flag.blocking and "96.4%" in flag.message
     assert reference_flags({"mean_retained": 96.4}, {"mean_retained": 92.0}) == []
     assert reference_flags({}, {"mean_retained": 92.0}) == []
+
+
+def test_a_notebook_gets_one_figure_or_the_whole_report_without_a_run_directory(runs):
+    from matplotlib.figure import Figure
+
+    from tunnelscope.errors import ConfigError
+    from tunnelscope.report import plot, view
+
+    _, _, results = runs["mlp-6x64"]
+    fig = plot(results)  # the probe figure: one line per dataset
+    assert isinstance(fig, Figure)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("ID") for label in labels) and any(OOD in label for label in labels)
+    assert isinstance(plot(results, "rank"), Figure)
+    with pytest.raises(ConfigError, match="no figure 'spectra' for this run; it has: probes"):
+        plot(results, "spectra")
+    page = view(results)._repr_html_()
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    import html
+
+    assert html.escape(results.summary["verdict"]) in page

@@ -131,8 +131,9 @@ def verdict_class(summary: Mapping[str, Any]) -> str:
     return "verdict tunnel" if tunnel_claimed(summary) else "verdict"
 
 
-def figure_html(name: str, path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
+def figure_html(name: str, path: Path | bytes) -> str:
+    """One figure embedded as a data URI (a PNG file, or its bytes) with its caption."""
+    data = base64.b64encode(path if isinstance(path, bytes) else path.read_bytes()).decode()
     caption = CAPTIONS.get(name, "")
     return (f'<figure id="fig-{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
