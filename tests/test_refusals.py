@@ -105,9 +105,13 @@ def test_nan_inputs_are_refused_and_a_nan_model_gives_invalid_rows_not_a_crash()
         ts.analyze("mlp-3x16", (x, y), progress=False, device="cpu")
     net = ts.models.build("mlp-3x16", 3, (8,))
     with torch.no_grad():
-        for p in net.parameters():
-            p.fill_(float("nan"))
+        next(net.parameters())[0, 0] = float("nan")
     x[5, 2] = 0.0
+    with pytest.raises(ConfigError, match=r"non-finite weights \(blocks.0.0.weight: 1 of 128 values\)"):
+        analyze_layers(net, (x, y), metrics="rank", progress=False, device="cpu")
+    with torch.no_grad():  # finite weights whose activations overflow: rows marked invalid, with a warning
+        for p in net.parameters():
+            p.fill_(1e30)
     with pytest.warns(UserWarning, match="NaN/Inf activations"):
         r = analyze_layers(net, (x, y), metrics="rank,ncc,ridge", progress=False, device="cpu")
     layers = r.table[r.table.point != "input"]
@@ -131,3 +135,29 @@ def test_a_file_that_is_not_a_pytorch_file_is_named_so(tmp_path):
     (tmp_path / "ck.json").write_text('{"a": 1}')
     with pytest.raises(CheckpointError, match=r"is not a PyTorch file \(it starts with b'\{\"a\"'"):
         read_checkpoint(tmp_path / "ck.json")
+
+
+@pytest.mark.parametrize("command", ["analyze", "agreement", "cross-cka", "invert"])
+def test_a_checkpoint_with_nan_weights_is_refused_in_one_line_by_every_command(trained_mlp, tmp_path, capsys,
+                                                                              command):
+    """A diverged or damaged checkpoint (one NaN weight) was analysed, compared and inverted as if
+    it were a model (agreement, cross-cka and invert exited 0)."""
+    import torch
+
+    from cli_helpers import run_cli
+
+    result, ds = trained_mlp
+    good = result.final_checkpoint
+    payload = torch.load(good, weights_only=True)
+    name = next(k for k in payload["model"] if k.endswith("weight"))
+    payload["model"][name] = payload["model"][name].clone()
+    payload["model"][name].view(-1)[3] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(payload, bad)
+    args = {"analyze": ["analyze", "--checkpoint", bad, "--data", ds.spec, "--out", tmp_path / "a"],
+            "agreement": ["agreement", bad, good, "--data", ds.spec, "--out", tmp_path / "a"],
+            "cross-cka": ["cross-cka", bad, good, "--data", ds.spec, "--out", tmp_path / "a"],
+            "invert": ["invert", "--checkpoint", bad, "--data", ds.spec, "--images", 2, "--out", tmp_path / "a"]}
+    code, _, err = run_cli(args[command], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"holds non-finite weights ({name}: 1 of" in err and not (tmp_path / "a").exists()

@@ -29,7 +29,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except RuntimeError as exc:
         first = " ".join(str(exc).strip().splitlines()[:2])
         raise CheckpointError(f"weights in {path} do not match {meta['model_spec']}: {first}") from None
+    if bad := non_finite(model):
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad}): the run diverged or the file was "
+                              "changed; use an earlier checkpoint of the run")
     return model.to(device).eval(), meta
+
+
+def non_finite(model: nn.Module) -> str | None:
+    """Where ``model`` holds NaN or infinite parameters (or NaN buffers: masks may hold -inf), as
+    ``"NAME: K of N values"`` for the first such tensor, or None when every value is finite."""
+    checks = [*((name, p, torch.isfinite) for name, p in model.named_parameters()),
+              *((name, b, lambda t: ~torch.isnan(t)) for name, b in model.named_buffers() if b.is_floating_point())]
+    for name, tensor, finite in checks:
+        bad = ~finite(tensor.detach())
+        if bool(bad.any()):
+            return f"{name}: {int(bad.sum())} of {tensor.numel()} values"
+    return None
 
 
 def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: Dataset | None = None,
@@ -41,6 +56,8 @@ def resolve_model(model: nn.Module | str | Path, device: torch.device, dataset: 
     same seed gives the same random model in every run. With ``dataset``, a checkpoint whose
     class count or input shape differs from it is refused."""
     if isinstance(model, nn.Module):
+        if bad := non_finite(model):
+            raise ConfigError(f"the model holds non-finite weights ({bad}); its outputs would be NaN")
         return model.to(device), getattr(model, "spec", type(model).__name__), {}
     if not isinstance(model, (str, Path)):
         raise ConfigError(f"model must be an nn.Module or a checkpoint path, not {type(model).__name__}")
