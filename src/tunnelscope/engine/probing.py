@@ -467,7 +467,8 @@ def c_sensitivity(fitted: dict[str, _Fitted], datasets: dict, modules: list[str]
     """The headline under each C of the probes' grid (when the ID probes chose C on data): tunnel
     start, final ID accuracy, cross-fitted mean % retained over ``ood``, strength, best transfer
     layer, and how many ID points chose that C. A dataset whose probes did not choose (too few
-    training samples) keeps its one fitted curve in every row."""
+    training samples) keeps its one fitted curve in every row. With several probe seeds the grid
+    is the first seed's (the others refit at its choice), so the rows are that seed's."""
     id_grid = fitted["id"].results[0].grid
     if not id_grid or not all(n in id_grid for n in modules):
         return []
