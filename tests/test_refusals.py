@@ -161,3 +161,26 @@ def test_a_checkpoint_with_nan_weights_is_refused_in_one_line_by_every_command(t
     code, _, err = run_cli(args[command], capsys)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert f"holds non-finite weights ({name}: 1 of" in err and not (tmp_path / "a").exists()
+
+
+def test_a_checkpoint_from_another_run_inside_a_run_directory_is_refused(tmp_path):
+    """Copied in under an unused step number, another run's checkpoint (same model, other seed) was
+    analysed by dynamics and measured by intervene movement as a step of this run."""
+    import shutil
+
+    from tunnelscope import train
+    from tunnelscope.errors import CheckpointError
+    from tunnelscope.experiments.dynamics import analyze_run
+    from tunnelscope.experiments.interventions import weight_movement
+    from tunnelscope.rundir import checkpoints
+
+    ours = train("mlp-3x16", "digits", epochs=1, out=tmp_path / "ours", progress=False, seed=0)
+    theirs = train("mlp-3x16", "digits", epochs=1, out=tmp_path / "theirs", progress=False, seed=1)
+    steps = checkpoints(ours.out)
+    assert 3 not in steps  # a free step number between the early checkpoints
+    shutil.copy(theirs.final_checkpoint, ours.out / "checkpoints" / "step-0000003.pt")
+    with pytest.raises(CheckpointError, match=r"step-0000003.pt is not a checkpoint of this run: its seed 1 "
+                                              r"\(the run's: 0\)"):
+        weight_movement(ours.out)
+    with pytest.raises(CheckpointError, match=r"step-0000003.pt is not a checkpoint of this run: its seed 1"):
+        analyze_run(ours.out, steps=[3], metrics="rank", max_samples=200, progress=False, device="cpu")

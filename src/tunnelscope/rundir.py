@@ -72,6 +72,19 @@ def checkpoints(run_dir: str | Path, required: bool = False) -> dict[int, Path]:
     return found
 
 
+def foreign_checkpoint(run: dict, path: str | Path, model_spec: object, data_spec: object, seed: object) -> str | None:
+    """Why the checkpoint at ``path`` (its model, training data and seed) is not one of the run
+    whose ``run.json`` is ``run``, or None when it is (or ``run`` records no configuration): a
+    checkpoint copied in from another run must not be read as a step of this one."""
+    config = run.get("config") if isinstance(run.get("config"), dict) else None
+    if config is None:
+        return None
+    theirs = {"model": model_spec, "data": data_spec, "seed": seed}
+    differ = [f"{key} {value!r} (the run's: {config.get(key)!r})" for key, value in theirs.items()
+              if key in config and config[key] != value]
+    return f"{path} is not a checkpoint of this run: its {', '.join(differ)}" if differ else None
+
+
 def kind_of(directory: str | Path) -> str | None:
     """What ``directory`` holds: an experiment's kind (from its ``config.json``), ``"analysis"``,
     ``"training"``, or None for a free (missing or empty-of-results) directory."""

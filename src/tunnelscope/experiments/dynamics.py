@@ -42,12 +42,23 @@ from .. import data as data_mod
 from ..device import resolve_device
 from ..engine.analyze import analyze, parse_metrics
 from ..engine.settings import DEFAULTS, FIELDS, AnalysisSettings, metric_options, settings_from, with_metric_options
-from ..errors import ConfigError, RunDirectoryError
+from ..errors import CheckpointError, ConfigError, RunDirectoryError
 from ..io import atomic_write, jsonable, write_json, write_text
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import COLUMNS, Results, column_name, lower, upper
-from ..rundir import CONFIG_FILE, FIGURES_DIR, KIND_KEY, checkpoints, claim, kind_of, refuse_links, step_name, steps_in
+from ..rundir import (
+    CONFIG_FILE,
+    FIGURES_DIR,
+    KIND_KEY,
+    checkpoints,
+    claim,
+    foreign_checkpoint,
+    kind_of,
+    refuse_links,
+    step_name,
+    steps_in,
+)
 from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
 from ..train.loop import read_run
 from .base import ExperimentResult, finish, read_config
@@ -288,6 +299,10 @@ def analyze_run(  # noqa: PLR0913 (a public facade: readable keywords)
             bars.update(task, info=f"step {step}")
             results = analyze(available[step], dataset, ood=list(ood), metrics=names,
                               untrained_reference=untrained_reference, settings=chosen.replace(progress=False))
+            info = results.config.get("model") or {}
+            if why := foreign_checkpoint(run, available[step], info.get("model"), info.get("data_spec"),
+                                         info.get("train_seed")):
+                raise CheckpointError(f"{why}; move it out of {run_dir / 'checkpoints'}")
             _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, record)
             bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
     drawn = list(HEATMAP_METRICS if heatmaps is None else heatmaps)

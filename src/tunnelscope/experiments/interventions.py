@@ -43,7 +43,8 @@ from ..errors import CheckpointError, ConfigError, InsufficientDataError, RunDir
 from ..models.probe_points import hooked_pass, order_by_execution, probe_points
 from ..models.resolve import load_model
 from ..report.interventions import HEAD, OTHER
-from ..rundir import CKPT_DIR, checkpoint_name, checkpoints
+from ..rundir import CKPT_DIR, checkpoint_name, checkpoints, foreign_checkpoint
+from ..train.loop import read_run
 from .base import ExperimentResult
 
 DIRECTIONS = ("k..L", "1..k")  # and "both": each in turn
@@ -238,6 +239,7 @@ def weight_movement(run_dir: str | Path, points: Points = "blocks", *, include_h
     Columns: step, epoch, point, layer, parameters, relative, absolute, step_relative, step_absolute.
     """
     paths = list(checkpoints(run_dir, required=True).values())
+    run = read_run(run_dir)
     first = read_checkpoint(paths[0])
     if first["meta"].get("step") != 0:
         raise CheckpointError(f"{paths[0]} is not the initialisation (step {first['meta'].get('step')}); "
@@ -256,6 +258,9 @@ def weight_movement(run_dir: str | Path, points: Points = "blocks", *, include_h
         payload = first if path == paths[0] else read_checkpoint(path)
         if payload["meta"]["model_spec"] != meta["model_spec"]:
             raise CheckpointError(f"{path} holds {payload['meta']['model_spec']}, not {meta['model_spec']}")
+        theirs = payload["meta"]
+        if why := foreign_checkpoint(run, path, theirs["model_spec"], theirs.get("data_spec"), theirs.get("seed")):
+            raise CheckpointError(f"{why}; move it out of {Path(run_dir) / 'checkpoints'}")
         now = _float64(payload["model"], wanted, path)
         for point, index, names in groups:
             rows.append({"step": payload["meta"].get("step"), "epoch": payload["meta"].get("epoch", math.nan),
