@@ -179,6 +179,36 @@ def test_the_interrupt_message_keeps_the_resume_options_on_one_line(tmp_path, mo
     assert f"continue with the same command plus: --resume --out {out}" in lines, lines
 
 
+def test_an_interrupted_continual_run_does_not_suggest_resume_which_it_lacks(tmp_path, monkeypatch):
+    """A killed ``continual`` told the user to add --resume, an option it does not have (Issue 26, item 8)."""
+    import io
+
+    from rich.console import Console
+
+    from tunnelscope.experiments.continual import continual
+    from tunnelscope.train import loop
+
+    sink = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=sink, width=200))
+    real_step = loop.train_step
+    calls = []
+
+    def interrupting_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", interrupting_step)
+    out = tmp_path / "cl"
+    with pytest.raises(KeyboardInterrupt):
+        continual("mlp-3x32", "digits[classes=0-4]", "digits[classes=5-9]", epochs=1, out=out, progress=None,
+                  device="cpu")
+    text = sink.getvalue()
+    assert "--resume" not in text and "run the same command again with --overwrite (overwrite=True)" in text
+    assert str(out) in text
+
+
 def test_a_full_disk_mid_training_keeps_the_run_and_resume_finishes_it(tmp_path, monkeypatch):
     """Disk-full at the third checkpoint of a new run: the run, its checkpoints and resume.pt
     stay (they were deleted, and --resume then found nothing), run.json says why, and

@@ -402,9 +402,14 @@ def _choose_split(split_at: int | None, m1_probes: Results) -> tuple[int, str, s
 
 def _train_m1(setup: _Setup, overwrite: bool):
     """M1: ``tunnelscope.train`` on task 1 into ``out/m1`` (final checkpoint only)."""
-    return train_model(setup.model, setup.tasks[0], setup.epochs, setup.out / M1_DIR, batch_size=setup.batch_size,
-                       seed=setup.seed, checkpoint_every=setup.epochs, early_checkpoints=False, device=setup.device,
-                       amp=setup.amp, overwrite=overwrite, progress=setup.progress, **setup.recipe_args)
+    from ..train.loop import resume_hint
+
+    with resume_hint(f"continual does not resume: run the same command again with --overwrite (overwrite=True), "
+                     f"which replaces the partial experiment in {setup.out}"):
+        return train_model(setup.model, setup.tasks[0], setup.epochs, setup.out / M1_DIR,
+                           batch_size=setup.batch_size, seed=setup.seed, checkpoint_every=setup.epochs,
+                           early_checkpoints=False, device=setup.device, amp=setup.amp, overwrite=overwrite,
+                           progress=setup.progress, **setup.recipe_args)
 
 
 def _continue_on_task2(setup: _Setup, m1: nn.Module, m1_ckpt: Path,

@@ -64,6 +64,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str 
     from ..engine.analyze import analyze
     from ..report import save_run
     from ..train import train
+    from ..train.loop import resume_hint
 
     say = log or (lambda text: None)
     out = Path(out)
@@ -72,8 +73,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, *, device: str 
     training_reused = finished is not None
     if finished is None:
         say(f"demo: training {DEMO_MODEL} on {data_spec} for {epochs} epochs -> {out}")
-        result = train(DEMO_MODEL, data_spec, epochs, out, progress=progress, on_epoch=on_epoch, device=device,
-                       data_root=data_root, download=download, resume=resume, overwrite=overwrite or not resume)
+        with resume_hint(f"run the demo again with the same --out ({out}): it resumes the interrupted training"):
+            result = train(DEMO_MODEL, data_spec, epochs, out, progress=progress, on_epoch=on_epoch, device=device,
+                           data_root=data_root, download=download, resume=resume, overwrite=overwrite or not resume)
         finished = result.final_checkpoint, result.test_accuracy
         say(f"demo: trained to test accuracy {result.test_accuracy:.4f}")
     checkpoint, accuracy = finished

@@ -6,7 +6,8 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,20 @@ def _evaluate_epoch(run: _Run, epoch: int, resume: bool) -> dict:
     }
 
 
+RESUME_HINT: ContextVar[str | None] = ContextVar("resume_hint", default=None)
+
+
+@contextlib.contextmanager
+def resume_hint(text: str) -> Iterator[None]:
+    """Inside the block, an interrupted run tells the user ``text`` instead of the training
+    command's ``--resume`` (for the commands that train without that option: the demo, continual)."""
+    token = RESUME_HINT.set(text)
+    try:
+        yield
+    finally:
+        RESUME_HINT.reset(token)
+
+
 def _record_interrupt(run: _Run, progress: bool | None) -> None:
     """Mark the run interrupted in ``run.json`` and say (when bars may show) how to continue it."""
     last = run.checkpoints[-1] if run.checkpoints else None
@@ -388,7 +403,8 @@ def _record_interrupt(run: _Run, progress: bool | None) -> None:
         # never wrapped: the path and the options must survive being copied from a narrow terminal
         console.print(f"interrupted at step {run.step}; last complete checkpoint: {last}", markup=False,
                       soft_wrap=True)
-        console.print(f"continue with the same command plus: --resume --out {run.out}", markup=False, soft_wrap=True)
+        hint = RESUME_HINT.get() or f"continue with the same command plus: --resume --out {run.out}"
+        console.print(hint, markup=False, soft_wrap=True)
 
 
 def _finish(run: _Run) -> TrainResult:
