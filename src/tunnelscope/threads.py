@@ -1,4 +1,5 @@
-"""Torch's intra-op thread count, set for one call and restored when it ends.
+"""Torch's intra-op thread count, set for one call and restored when it ends; and how many CPUs
+this process may use.
 
 ``torch.set_num_threads`` is process-wide: a library call that sets it and returns leaves the
 caller's session (a notebook, a test suite, another model) on another thread count.
@@ -6,12 +7,22 @@ caller's session (a notebook, a test suite, another model) on another thread cou
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from .errors import ConfigError
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or ``taskset``'s limit),
+    not the host's count, which is what torch's DataLoader checks its worker count against."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
 
 
 @contextmanager

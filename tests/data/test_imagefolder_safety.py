@@ -78,3 +78,20 @@ def test_linked_files_outside_the_root_are_followed(tmp_path):
                 os.symlink(store / split / cls / f"{i}.png", root / split / cls / f"{i}.png")
     ds, said = _load(root)
     assert (len(ds.train), ds.num_classes, said) == (4, 2, [])
+
+
+def test_workers_follow_the_cpus_this_process_may_use_not_the_hosts(tmp_path, monkeypatch):
+    """On a 64-CPU host with one CPU allowed (a container, taskset), the folder's DataLoader used
+    4 workers and torch warned about it before every refusal that followed."""
+    from tunnelscope.threads import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cpus() == 1
+    root = _folder(tmp_path / "imgs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load(f"imagefolder:{root}[size=8]")
+        next(ds.train.batches(4))
+    assert ds.train.num_workers == 1
+    assert not [w for w in caught if "worker processes" in str(w.message)]

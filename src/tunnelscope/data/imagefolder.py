@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import DataNotFoundError, SpecError
 from ..specs import Spec
+from ..threads import usable_cpus
 from . import sources
 from .common import (
     IMAGENET_MEAN,
@@ -200,7 +201,7 @@ def _imagefolder_stats(folder, transform, size: int, channels: int) -> tuple[tup
         return stats
     labels = torch.tensor(folder.targets, dtype=torch.long)
     split = FolderSplit(_FolderImages(folder, torch.arange(len(labels)), labels, transform), labels,
-                        num_workers=min(4, os.cpu_count() or 1))
+                        num_workers=min(4, usable_cpus()))
     stats = chunk_channel_stats(x for x, _ in split.batches(64))
     _write_stats(path, fingerprint, stats)
     return stats
@@ -262,7 +263,7 @@ def _imagefolder_splits(folders: dict, transforms: dict, class_names: list[str],
             split_labels, label_noise = _noisy_train_labels(
                 split_labels, options, len(options.get("classes") or class_names))
         images = _FolderImages(folder, keep[capped], split_labels, transforms[sub])
-        splits[sub] = FolderSplit(images, split_labels, num_workers=min(4, os.cpu_count() or 1))
+        splits[sub] = FolderSplit(images, split_labels, num_workers=min(4, usable_cpus()))
     return splits, label_noise
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
+from ..threads import usable_cpus
 from .spec import Cell
 
 PR_SET_PDEATHSIG = 1
@@ -56,7 +56,7 @@ def slots(cpus_per_cell: float, max_concurrent: int | None) -> int:
     """How many workers run at once: ``max_concurrent``, else the cores over each cell's cpus."""
     if max_concurrent:
         return max_concurrent
-    return max(1, int((os.cpu_count() or 1) // max(cpus_per_cell, 1e-9)))
+    return max(1, int(usable_cpus() // max(cpus_per_cell, 1e-9)))
 
 
 def run_local(groups: list[list[Cell]], store_root: str, device: str, threads: int, limit: int, retries: int,
