@@ -387,7 +387,10 @@ def test_the_per_layer_table_reads_probe_columns_first_and_keeps_intervals_on_on
     rest = [h.split("@")[0] for h in head[4:]]
     assert rest == sorted(rest, key=order.index)  # the registry's order, not the alphabet's
     assert '<div class="wide"><table>' in page and '<span class="ci">[' in table
-    assert ".ci{white-space:nowrap" in page
+    # every interval of the table sits in a no-wrap span: none is left bare to wrap over lines
+    body = table.split("<h2>")[0]
+    intervals = re.findall(r"\[[-\d.e]+, [-\d.e]+\]", body)
+    assert intervals and len(re.findall(r'<span class="ci">\[[-\d.e]+, [-\d.e]+\]</span>', body)) == len(intervals)
 
 
 def test_the_report_fits_1400_pixels_in_chromium(runs, tmp_path):
