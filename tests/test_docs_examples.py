@@ -5,19 +5,18 @@ installs it; see tests/optional.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
+import docs_runner
 from optional import require
 
 PAGE = Path(__file__).parents[1] / "docs" / "own-model-and-data.md"
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def _blocks() -> list[str]:
-    return BLOCK.findall(PAGE.read_text()) if PAGE.is_file() else []
+    return [s.code for s in docs_runner.steps(PAGE) if s.kind == "python"] if PAGE.is_file() else []
 
 
 def test_the_page_has_examples():

@@ -53,7 +53,7 @@ from ..summary import (
     as_summary,
     ci_key,
 )
-from ..tunnel import strength, summarize
+from ..tunnel import strength, summarize, tunnel_start
 from ..uncertainty import (
     DEFAULT_RESAMPLES,
     LEVEL,
@@ -462,7 +462,7 @@ def _c_rows(base: dict, result: ProbeResult, name: str) -> list[dict]:
     return rows
 
 
-def c_sensitivity(fitted: dict[str, _Fitted], datasets: dict, modules: list[str], ood: Sequence[str],
+def c_sensitivity(fitted: dict[str, _Fitted], modules: list[str], ood: Sequence[str],
                   taus: Sequence[float]) -> list[dict]:
     """The headline under each C of the probes' grid (when the ID probes chose C on data): tunnel
     start, final ID accuracy, cross-fitted mean % retained over ``ood``, strength, best transfer
@@ -481,14 +481,13 @@ def c_sensitivity(fitted: dict[str, _Fitted], datasets: dict, modules: list[str]
             return np.stack([fitted[key].results[0].correct[n] for n in modules], axis=1)
 
         id_curve = correct("id").mean(0)
-        ood_curves = {k: (correct(k).mean(0), datasets[k][0].num_classes) for k in ood}
-        headline = summarize(id_curve, datasets["id"][0].num_classes, ood_curves, taus[:1])
-        row = {"C": c, TUNNEL_START: headline[TUNNEL_START], "id_final": float(id_curve[-1]),
-               "points_choosing": sum(fitted["id"].results[0].c.get(n) == c for n in modules)}
+        row: dict[str, object] = {"C": c, TUNNEL_START: tunnel_start(id_curve, taus[0]),
+                                  "id_final": float(id_curve[-1]),
+                                  "points_choosing": sum(fitted["id"].results[0].c.get(n) == c for n in modules)}
         if ood:
-            retained = [fitted[k].crossfitted([correct(k)]) for k in ood]
-            row.update({MEAN_RETAINED: float(np.mean(retained)), STRENGTH: strength(float(np.mean(retained))),
-                        BEST_TRANSFER_LAYER: int(np.argmax(np.mean([v for v, _ in ood_curves.values()], 0))) + 1})
+            retained = float(np.mean([fitted[k].crossfitted([correct(k)]) for k in ood]))
+            row.update({MEAN_RETAINED: retained, STRENGTH: strength(retained),
+                        BEST_TRANSFER_LAYER: int(np.argmax(np.mean([correct(k).mean(0) for k in ood], 0))) + 1})
         rows.append(row)
     return rows
 
@@ -520,7 +519,7 @@ def _summary(fitted: dict[str, _Fitted], datasets: dict, names: list[str], modul
             for metric, value in cis["ood"][row.name].items():
                 setattr(row, ci_key(metric), value)
     _signatures(summary, curves["id"][0], fitted, cols, list(ood_curves))
-    if sensitivity := c_sensitivity(fitted, datasets, modules, list(ood_curves), taus):
+    if sensitivity := c_sensitivity(fitted, modules, list(ood_curves), taus):
         summary[C_SENSITIVITY] = sensitivity
     summary["ood"] = [jsonable(vars(r)) for r in summary["ood"]]  # undefined values as None, as they are saved
     return summary

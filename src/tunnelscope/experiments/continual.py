@@ -48,7 +48,7 @@ from ..rundir import CKPT_DIR, HISTORY_FILE, RUN_FILE, checkpoint_name, claim
 from ..summary import TUNNEL_START
 from ..train import Recipe, evaluate
 from ..train import train as train_model
-from ..train.loop import train_step
+from ..train.loop import resume_hint, train_step
 from ..versions import environment, package_versions
 from .base import ExperimentResult
 
@@ -402,8 +402,6 @@ def _choose_split(split_at: int | None, m1_probes: Results) -> tuple[int, str, s
 
 def _train_m1(setup: _Setup, overwrite: bool):
     """M1: ``tunnelscope.train`` on task 1 into ``out/m1`` (final checkpoint only)."""
-    from ..train.loop import resume_hint
-
     with resume_hint(f"continual does not resume: run the same command again with --overwrite (overwrite=True), "
                      f"which replaces the partial experiment in {setup.out}"):
         return train_model(setup.model, setup.tasks[0], setup.epochs, setup.out / M1_DIR,

@@ -131,6 +131,11 @@ def verdict_class(summary: Mapping[str, Any]) -> str:
     return "verdict tunnel" if tunnel_claimed(summary) else "verdict"
 
 
+def config_html(config: Mapping[str, Any]) -> str:
+    """A configuration as indented JSON in a ``<pre>`` block."""
+    return f"<pre>{html.escape(json.dumps(dict(config), indent=2, default=str))}</pre>"
+
+
 def figure_html(name: str, path: Path | bytes) -> str:
     """One figure embedded as a data URI (a PNG file, or its bytes) with its caption."""
     data = base64.b64encode(path if isinstance(path, bytes) else path.read_bytes()).decode()
@@ -159,7 +164,7 @@ def inversion_section(directory: Path) -> str:
         *(figure_html(p.stem, p) for p in figures),
         "<table><tr><th>model</th><th>layer</th><th>point</th><th>m_g</th><th>m_i</th><th>m_r</th>"
         "<th>non-unique</th></tr>", *rows, "</table>",
-        f"<pre>{html.escape(json.dumps(info.get('config', {}), indent=2, default=str))}</pre>",
+        config_html(info.get("config", {})),
     ])
 
 
@@ -178,7 +183,7 @@ def experiment_page(kind: str, figures: Mapping[str, Path], config: Mapping[str,
     return page(f"tunnelscope {kind}", "<h2>Figures</h2>", *body,
                 "<h2>Configuration</h2><p>Everything that changes a number; the tables are the CSV and parquet "
                 "files beside this report.</p>",
-                f"<pre>{html.escape(json.dumps(dict(config), indent=2, default=str))}</pre>")
+                config_html(config))
 
 
 def render_inversion_only(directory: Path, title: str) -> str:
@@ -203,7 +208,7 @@ def render(results: Results, figures: dict[str, Path]) -> str:
         f'<div class="wide">{layer_table}</div>',
         "<h2>Configuration</h2><p>Everything that changes a number: probe points, reduction, protocol, seeds, "
         "sample counts, versions.</p>",
-        f"<pre>{html.escape(json.dumps(results.config, indent=2, default=str))}</pre>",
+        config_html(results.config),
     )
 
 
