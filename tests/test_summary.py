@@ -33,6 +33,7 @@ def test_every_key_the_tunnel_metrics_write_is_declared():
 
 
 def test_as_summary_refuses_an_undeclared_key_and_keeps_declared_ones():
+
     import pytest
 
     from tunnelscope.summary import as_summary
@@ -51,3 +52,22 @@ def test_every_engine_entry_point_returns_the_one_results_container():
     for fn in (analyze, analyze_layers, probe_layers):
         assert typing.get_type_hints(fn)["return"] is Results, fn.__name__
     assert typing.get_type_hints(Results)["summary"] is Summary
+
+
+def test_a_summary_read_back_is_checked_into_its_nested_rows():
+    import re
+
+    import pytest
+
+    from tunnelscope.summary import check_summary
+
+    good = {"mean_retained_ci": [80.0, None], "flags": [{"code": "c", "message": "m", "blocking": False}],
+            "probe_c_sensitivity": [{"C": 0.1, "strength": None}], "ood": [{"name": "x", "pearson": None}]}
+    check_summary(good, "s.json")
+    damaged = [("mean_retained_ci", [80.0]), ("flags", [{"code": "c", "message": "m"}]),
+               ("probe_c_sensitivity", [{"strength": "weak"}]), ("probe_c_sensitivity", [{"C": None}]),
+               ("probe_c_sensitivity", [None]), ("ood", [{"name": "x", "best_point": "3"}]),
+               ("ood", [{"name": "x", "retained_ci": [1.0, 2.0, 3.0]}]), ("ood_datasets", ["a", None])]
+    for key, value in damaged:
+        with pytest.raises(ValueError, match=f"s.json: {re.escape(key)}[^ ]* is .*, not .*; the file was changed"):
+            check_summary({**good, key: value}, "s.json")

@@ -58,6 +58,14 @@ class RunDirectoryError(TunnelscopeError):
     """A run directory that is missing, partial, unreadable, or already taken."""
 
 
+class MissingRowsError(RunDirectoryError, KeyError):
+    """A saved results table lacks rows its summary or report needs (a ``KeyError`` too, as a
+    missing metric of an in-memory table is)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class TrainingDivergedError(TunnelscopeError):
     """The training loss became NaN or infinite."""
 

@@ -15,11 +15,13 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 
-from .errors import RunDirectoryError
+from .errors import MissingRowsError, RunDirectoryError
 from .io import atomic_write, write_json
+from .readback import check_run_files
 from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
 from .summary import (
     C_SENSITIVITY,
@@ -33,7 +35,7 @@ from .summary import (
     Summary,
 )
 
-REQUIRED_COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
+COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "other_point",
                     "other_layer", "valid"]
 COLUMNS = ["model", "dataset", "split", "point", "layer", "depth", "metric", "value", "ci_lo", "ci_hi",
            "other_point", "other_layer", "valid", "reference"]
@@ -178,10 +180,18 @@ class Results:
         rows = t[(t.metric == metric) & (t.dataset == dataset) & (t.split == split) & t.other_point.isna()
                  & self._is(reference)]
         if rows.empty:
-            raise KeyError(f"no {metric!r} for dataset {dataset!r} split {split!r}"
-                           f"{f' reference {reference!r}' if reference else ''}; metrics here: "
-                           f"{sorted(t.metric.unique())}")
+            self._missing(f"no {metric!r} for dataset {dataset!r} split {split!r}"
+                          f"{f' reference {reference!r}' if reference else ''}; metrics here: "
+                          f"{sorted(t.metric.unique())}")
         return rows.sort_values("layer")
+
+    def _missing(self, what: str) -> NoReturn:
+        """Raise ``KeyError(what)``; for a run read from a directory, a one-line
+        :class:`MissingRowsError` naming its table (its summary needs rows that are not there)."""
+        if self.path is None:
+            raise KeyError(what)
+        raise MissingRowsError(f"{self.path / RESULTS_FILE}: {what}; rows were removed, the file was changed by hand "
+                               "or damaged")
 
     def curve(self, metric: str, dataset: str = "id", split: str = "test", reference: str | None = None,
               with_input: bool = True) -> pd.Series:
@@ -203,7 +213,7 @@ class Results:
         t = self.table
         rows = t[(t.metric == metric) & (t.split == split) & t.other_point.notna() & self._is(None)]
         if rows.empty:
-            raise KeyError(f"no pairwise metric {metric!r} on split {split!r}")
+            self._missing(f"no pairwise metric {metric!r} on split {split!r}")
         order = [p for p in [self.input_point, *self.points] if p in set(rows.point)]
         return rows.pivot(index="point", columns="other_point", values="value").loc[order, order]
 
@@ -272,37 +282,8 @@ class Results:
             config = json.loads((d / CONFIG_FILE).read_text())
         except Exception as exc:  # pyarrow and json raise many types for a damaged file
             raise RunDirectoryError(f"cannot read the results in {d}: {type(exc).__name__}: {exc}") from None
-        if missing_cols := [c for c in REQUIRED_COLUMNS if c not in table.columns]:
-            raise RunDirectoryError(f"{d / RESULTS_FILE} lacks columns {missing_cols}; "
-                                    "it was not written by tunnelscope")
-        _check_read_back(d, table, summary, config)
+        check_run_files(d, table, summary, config)
         return cls(table, summary, config, d)
-
-
-ROW_KEY = ["split", "point", "metric", "other_point", "dataset", "reference"]  # one row per these
-
-
-def _check_read_back(d: Path, table: pd.DataFrame, summary: object, config: object) -> None:
-    """Refuse, in one line, a run directory whose files were damaged or edited: a summary or
-    config that is not a JSON object or holds values of the wrong type, a table with duplicate rows."""
-    from .summary import check_summary
-
-    try:
-        check_summary(summary, str(d / SUMMARY_FILE))
-    except ValueError as exc:
-        raise RunDirectoryError(str(exc)) from None
-    if not isinstance(config, dict):
-        raise RunDirectoryError(f"{d / CONFIG_FILE} holds a {type(config).__name__}, not a JSON object; the file was "
-                                "changed by hand or damaged")
-    points = config.get("points")
-    if points is not None and not (isinstance(points, list) and all(isinstance(p, str) for p in points)):
-        raise RunDirectoryError(f"{d / CONFIG_FILE}: 'points' is {points!r}, not a list of point names; the file was "
-                                "changed by hand or damaged")
-    key = [c for c in ROW_KEY if c in table.columns]
-    duplicated = int(table.duplicated(key).sum())
-    if duplicated:
-        raise RunDirectoryError(f"{d / RESULTS_FILE} holds {duplicated} duplicated row(s) (the same split, point, "
-                                "metric and dataset twice); it was changed by hand or damaged")
 
 
 def id_name_of(table: pd.DataFrame) -> str:

@@ -9,7 +9,9 @@ key functions here, never through string literals: ``summary[TUNNEL_START]``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, TypedDict, cast
+from typing import Annotated, Any, Final, Required, TypedDict, cast
+
+from .jsontypes import DEFINED, MISSING, Interval, first_misfit, short_repr, type_name
 
 TAUS: Final = (0.95, 0.98)  # thresholds of the tunnel's start and length (fraction of the final ID accuracy)
 DEFAULT_TAU: Final = 0.95
@@ -63,26 +65,43 @@ class OODRow(TypedDict, total=False):
     best_point: int
     pearson: float | None
     alignment: float
-    retained_ci: list[float | None]
-    pearson_ci: list[float | None]
-    alignment_ci: list[float | None]
+    retained_ci: Interval
+    pearson_ci: Interval
+    alignment_ci: Interval
     retained_in_sample: float | None
+
+
+class FlagRow(TypedDict):
+    """One flag (``summary["flags"]``): a short code, the sentence the report shows, and whether
+    it blocks the verdict."""
+
+    code: str
+    message: str
+    blocking: bool
+
+
+CSensitivityRow = TypedDict("CSensitivityRow", {
+    "C": Required[Annotated[float, DEFINED]], "points_choosing": int, "id_final": "float | None",
+    "tunnel_start@0.95": "int | None",
+    "mean_retained": "float | None", "strength": "str | None", "best_transfer_layer": "int | None",
+}, total=False)
+CSensitivityRow.__doc__ = """The headline under one ``C`` of the probes' grid (``summary["probe_c_sensitivity"]``)."""
 
 
 Summary = TypedDict("Summary", {
     "model": str, "data": str, "classes": int, "ood_datasets": list[str], "points": int,
     "tunnel_start@0.95": "int | None", "tunnel_length@0.95": "int | None",
     "tunnel_start@0.98": "int | None", "tunnel_length@0.98": "int | None",
-    "tunnel_start@0.95_ci": list[float], "tunnel_length@0.95_ci": list[float],
-    "tunnel_start@0.98_ci": list[float], "tunnel_length@0.98_ci": list[float],
-    "mean_retained": float, "mean_retained_ci": list[float], "strength": str,
-    "best_transfer_layer": int, "best_transfer_layer_ci": list[float], "id_gain_after_start": float,
-    "id_gain_after_start_ci": list[float], "id_gain_share": float, "rank_collapse_layer": "int | None",
+    "tunnel_start@0.95_ci": Interval, "tunnel_length@0.95_ci": Interval,
+    "tunnel_start@0.98_ci": Interval, "tunnel_length@0.98_ci": Interval,
+    "mean_retained": float, "mean_retained_ci": Interval, "strength": str,
+    "best_transfer_layer": int, "best_transfer_layer_ci": Interval, "id_gain_after_start": float,
+    "id_gain_after_start_ci": Interval, "id_gain_share": float, "rank_collapse_layer": "int | None",
     "rank_decline_layer": "int | None",
     "tunnel_claimed": bool, "ood": list[OODRow], "ood_skipped": list[str],
     "effective_depth": "int | None", "effective_depth_point": "str | None", "ncc_eps": float,
-    "model_accuracy": "float | None", "flags": list[dict[str, Any]], "verdict_valid": bool, "verdict": str,
-    "reference": dict[str, dict[str, Any]], "probe_c_sensitivity": list[dict[str, Any]],
+    "model_accuracy": "float | None", "flags": list[FlagRow], "verdict_valid": bool, "verdict": str,
+    "reference": dict[str, dict[str, Any]], "probe_c_sensitivity": list[CSensitivityRow],
 }, total=False)
 Summary.__doc__ = """The keys a summary may hold (``total=False``: which ones depends on the metrics run)."""
 
@@ -106,44 +125,17 @@ def tunnel_claimed(summary: Mapping[str, Any]) -> bool:
 REFERENCE_KEYS: Final = (MODEL_ACCURACY, TUNNEL_START, TUNNEL_START_CI, MEAN_RETAINED, MEAN_RETAINED_CI,
                          EFFECTIVE_DEPTH)
 
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value read back fits a declared type (None stands for an undefined number)."""
-    import types
-    import typing
-
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bool):
-        return isinstance(value, annotation)
-    if origin is list:
-        (inner,) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(v is None or _matches(v, inner) for v in value)
-    if origin is dict or annotation is dict or typing.is_typeddict(annotation):
-        return isinstance(value, dict)
-    return True
-
-
 def check_summary(summary: Any, where: str) -> None:
     """Refuse (``ValueError``, one line) a summary read back that is not a JSON object or whose
-    declared keys hold values of the wrong type."""
-    import typing
-
+    declared keys hold values of the wrong type (nested rows included)."""
     if not isinstance(summary, dict):
         raise ValueError(f"{where} holds a {type(summary).__name__}, not a JSON object")
-    declared = typing.get_type_hints(Summary)
-    wrong = [k for k, t in declared.items() if k in summary and not _matches(summary[k], t)]
+    wrong = first_misfit(summary, Summary)
     if wrong:
-        raise ValueError(f"{where}: {', '.join(wrong[:3])} {'has' if len(wrong) == 1 else 'have'} values of the wrong "
-                         f"type (e.g. {wrong[0]} = {summary[wrong[0]]!r}); the file was changed by hand or damaged")
+        where_in, value, declared = wrong
+        shown = MISSING if value is MISSING else short_repr(value)
+        raise ValueError(f"{where}: {where_in} is {shown}, not {type_name(declared)}; the file was changed by hand "
+                         "or damaged")
 
 
 __all__ = ["check_summary", "BEST_TRANSFER_LAYER", "C_SENSITIVITY", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE",
@@ -151,4 +143,4 @@ __all__ = ["check_summary", "BEST_TRANSFER_LAYER", "C_SENSITIVITY", "DEFAULT_TAU
            "EFFECTIVE_DEPTH", "FLAGS", "MEAN_RETAINED", "MEAN_RETAINED_CI",
            "MODEL_ACCURACY", "OOD", "OOD_SKIPPED", "POINTS", "REFERENCE", "REFERENCE_KEYS", "STRENGTH", "TAUS",
            "TUNNEL_LENGTH", "TUNNEL_START", "TUNNEL_START_CI", "VERDICT", "VERDICT_VALID", "OODRow", "Summary",
-           "as_summary", "ci_key", "length_key", "start_key", "tunnel_claimed"]
+           "CSensitivityRow", "FlagRow", "as_summary", "ci_key", "length_key", "start_key", "tunnel_claimed"]
