@@ -1,5 +1,7 @@
 """Hostile input, interruption and sweeps: no code runs from a file, every bad invocation gets one
-line and a non-zero exit with nothing left behind, and killed processes leave no orphans."""
+line and a non-zero exit with nothing left behind (part one of the bad-input suite; part two,
+damaged files, caps and full disks, is tests/test_bad_inputs.py), and killed processes leave no
+orphans."""
 
 from __future__ import annotations
 
@@ -208,6 +210,7 @@ def _spills() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("tunnelscope-cache-*")}
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("index", range(CASE_COUNT))
 def test_bad_input_gets_one_line_and_leaves_nothing(index, world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -53,3 +53,36 @@ def test_output_directories_that_are_links_or_hold_linked_folders_are_refused(tm
     with pytest.raises(RunDirectoryError, match="is a link"):
         refresh_report(tmp_path / "figures-run", redraw=True)
     assert (elsewhere / "precious.txt").read_text() == "keep"
+
+
+def test_whole_or_nothing_removes_what_the_block_wrote_and_keeps_what_was_there(tmp_path):
+    import errno
+
+    import pytest
+
+    from tunnelscope.errors import RunDirectoryError
+    from tunnelscope.rundir import whole_or_nothing
+
+    out = tmp_path / "run"
+    (out / "kept").mkdir(parents=True)
+    (out / "old.txt").write_text("old")
+    (out / "replaced.txt").write_text("before")
+    with pytest.raises(RunDirectoryError, match=r"no space left on device while writing .*new.txt: what this run "
+                                                r"had written there was removed"):
+        with whole_or_nothing(out):
+            (out / "figures").mkdir()
+            (out / "figures" / "a.png").write_text("new")
+            (out / "replaced.txt").write_text("after, longer")
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "new.txt"))
+    assert sorted(p.name for p in out.iterdir()) == ["kept", "old.txt"]  # a replaced file cannot come back
+    with pytest.raises(KeyboardInterrupt):
+        with whole_or_nothing(tmp_path / "fresh"):
+            (tmp_path / "fresh" / "deep").mkdir(parents=True)
+            raise KeyboardInterrupt
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(RunDirectoryError, match="what was finished is kept there"):
+        with whole_or_nothing(tmp_path / "steps", resumable=True):
+            (tmp_path / "steps" / "empty").mkdir(parents=True)
+            (tmp_path / "steps" / "step-1.parquet").write_text("done")
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert [p.name for p in (tmp_path / "steps").iterdir()] == ["step-1.parquet"]

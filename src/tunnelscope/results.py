@@ -22,7 +22,7 @@ import pandas as pd
 from .errors import MissingRowsError, RunDirectoryError
 from .io import atomic_write, write_json
 from .readback import check_run_files
-from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
+from .rundir import CONFIG_FILE, FIGURES_DIR, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, check_free, kind_of  # noqa: F401  (FIGURES_DIR, REPORT_FILE: re-exported for one release)
 from .summary import (
     C_SENSITIVITY,
     MEAN_RETAINED,
@@ -273,6 +273,10 @@ class Results:
         if not d.is_dir():
             raise RunDirectoryError(f"{d} is not a directory; give a run directory written by 'tunnelscope analyze'")
         missing = [f for f in (RESULTS_FILE, CONFIG_FILE, SUMMARY_FILE) if not (d / f).is_file()]
+        if missing and kind_of(d) == "training":
+            raise RunDirectoryError(f"{d} is a training run, not an analysis; analyse one of its checkpoints with "
+                                    f"'tunnelscope analyze --checkpoint {d}/checkpoints/step-NNNNNNN.pt --out DIR', or "
+                                    f"all of them with 'tunnelscope dynamics {d}'")
         if missing:
             raise RunDirectoryError(f"{d} holds no complete analysis (missing {', '.join(missing)}); "
                                "re-run 'tunnelscope analyze --out' on it with --overwrite")

@@ -10,9 +10,12 @@ A **comparison** writes ``compare.csv``, ``runs.csv`` and ``seeds.csv``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import RunDirectoryError
@@ -160,6 +163,62 @@ def remove_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # errors that mean "no room to write"
+
+
+@contextmanager
+def whole_or_nothing(directory: str | Path, resumable: bool = False) -> Iterator[None]:
+    """Write a run's files inside this block: if it fails (a full disk, an error, Ctrl-C), every
+    file the block wrote or replaced in ``directory`` is removed, and the folders it made, so no
+    partial run is left behind; with ``resumable`` the files stay (they are what a rerun goes on
+    from) and only folders left empty go. A full disk becomes a one-line
+    :class:`RunDirectoryError` that says so and how to go on."""
+    out = Path(directory)
+    files, folders = _stamps(out), _folders(out)
+    try:
+        yield
+    except BaseException as exc:
+        _remove_since(out, None if resumable else files, folders)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            kept = ("what was finished is kept there; free space and run the command again to go on" if resumable
+                    else "what this run had written there was removed; free space and run the command again")
+            raise RunDirectoryError(f"{os.strerror(exc.errno).lower()} while writing {exc.filename or out}: "
+                                    f"{kept}") from None
+        raise
+
+
+def _stamps(out: Path) -> dict[Path, tuple[int, int, int]]:
+    """Every file under ``out`` (links not followed) with its inode, size and modification time
+    (an atomic write replaces the inode; a write in place changes the size or the time)."""
+    stamps = {}
+    for path in _walk(out):
+        if path.is_file():
+            st = path.lstat()
+            stamps[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
+
+
+def _folders(out: Path) -> set[Path]:
+    """``out`` and every folder under it (links not followed), if it exists."""
+    return {out, *(p for p in _walk(out) if p.is_dir())} if out.is_dir() else set()
+
+
+def _walk(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if not p.is_symlink()] if out.is_dir() and not out.is_symlink() else []
+
+
+def _remove_since(out: Path, files: dict[Path, tuple[int, int, int]] | None, folders: set[Path]) -> None:
+    """Remove the files under ``out`` that are not in ``files`` as they were (none when ``files``
+    is None), then the empty folders that were not in ``folders``, deepest first."""
+    if files is not None:
+        for path, stamp in _stamps(out).items():
+            if files.get(path) != stamp:
+                path.unlink(missing_ok=True)
+    for folder in sorted(_folders(out) - folders, key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
@@ -181,7 +240,7 @@ def check_free(directory: str | Path, overwrite: bool) -> bool:
     return taken
 
 
-__all__ = ["CKPT_DIR", "COLLECTED_FILE", "COMPARE_FILE", "CONFIG_FILE", "FIGURES_DIR", "HISTORY_FILE",
+__all__ = ["CKPT_DIR", "COLLECTED_FILE", "COMPARE_FILE", "CONFIG_FILE", "DISK_FULL", "FIGURES_DIR", "HISTORY_FILE",
            "INVERSION_CONFIG", "INVERSION_FILE", "KIND_KEY", "REPORT_FILE", "RESULTS_FILE", "RESUME_FILE", "RUNS_FILE",
            "RUN_FILE", "SEEDS_FILE", "SUMMARY_FILE", "check_free", "checkpoint_name", "checkpoints", "claim",
-           "kind_of", "refuse_links", "remove_stale_temps", "step_name", "step_of", "steps_in"]
+           "kind_of", "refuse_links", "remove_stale_temps", "step_name", "step_of", "steps_in", "whole_or_nothing"]

@@ -3,20 +3,16 @@ import gzip
 import numpy as np
 import pytest
 
+from files import fashion_root, idx_bytes
 from tunnelscope.data.idx import read_idx
 from tunnelscope.errors import DataNotFoundError
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_roundtrip(tmp_path, gz):
     array = np.random.default_rng(0).integers(0, 256, size=(5, 3, 4), dtype=np.uint8)
     path = tmp_path / ("x.idx.gz" if gz else "x.idx")
-    raw = _idx_bytes(array)
+    raw = idx_bytes(array)
     path.write_bytes(gzip.compress(raw) if gz else raw)
     out = read_idx(path)
     assert out.shape == (5, 3, 4) and np.array_equal(out, array)
@@ -24,22 +20,12 @@ def test_read_idx_roundtrip(tmp_path, gz):
 
 def test_truncated_and_foreign_files_are_refused(tmp_path):
     array = np.zeros((4, 2), dtype=np.uint8)
-    (tmp_path / "short").write_bytes(_idx_bytes(array)[:-1])
+    (tmp_path / "short").write_bytes(idx_bytes(array)[:-1])
     (tmp_path / "text").write_bytes(b"hello world")
     with pytest.raises(DataNotFoundError, match="truncated"):
         read_idx(tmp_path / "short")
     with pytest.raises(DataNotFoundError, match="not an IDX"):
         read_idx(tmp_path / "text")
-
-
-def _fashion_root(root, train_labels=None, images=6):
-    root.mkdir(parents=True, exist_ok=True)
-    x = np.zeros((images, 28, 28), dtype=np.uint8)
-    y = np.arange(images) % 10 if train_labels is None else np.asarray(train_labels)
-    for stem, array in (("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
-                        ("t10k-images-idx3-ubyte", x), ("t10k-labels-idx1-ubyte", np.arange(images) % 10)):
-        (root / stem).write_bytes(_idx_bytes(array))
-    return root
 
 
 @pytest.mark.parametrize("labels, message", [
@@ -49,7 +35,7 @@ def _fashion_root(root, train_labels=None, images=6):
 def test_fashion_files_that_do_not_fit_together_are_refused(no_data, labels, message):
     from tunnelscope import data
 
-    root = _fashion_root(no_data / "root", labels)
+    root = fashion_root(no_data / "root", labels)
     with pytest.raises(DataNotFoundError, match=message):
         data.load("fashion-mnist", root=root)
 

@@ -25,7 +25,7 @@ from ..io import write_json, write_text
 from ..report.experiments import draw_experiment, figure_names
 from ..report.figures import save_figures
 from ..report.html import experiment_page
-from ..rundir import CONFIG_FILE, KIND_KEY, REPORT_FILE, claim
+from ..rundir import CONFIG_FILE, KIND_KEY, REPORT_FILE, claim, whole_or_nothing
 
 
 class ExperimentResult(ABC):
@@ -65,9 +65,10 @@ class ExperimentResult(ABC):
         tables, config = self.tables(), self.saved_config()
         # drawn first: a figure that cannot be drawn leaves nothing written
         figures = draw_experiment(self.kind, self.figure_tables(), config)
-        folder = claim(out, self.kind, overwrite, files=tuple(self.table_files.values()))
-        paths = [_write_csv(folder / self.table_files[name], frame) for name, frame in tables.items()]
-        return paths + finish(folder, figures, figure_names(self.kind), folder / CONFIG_FILE, config)
+        with whole_or_nothing(out):  # a full disk or an error leaves no partial result
+            folder = claim(out, self.kind, overwrite, files=tuple(self.table_files.values()))
+            paths = [_write_csv(folder / self.table_files[name], frame) for name, frame in tables.items()]
+            return paths + finish(folder, figures, figure_names(self.kind), folder / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, out: str | Path) -> Self:

@@ -48,7 +48,7 @@ from ..rundir import CKPT_DIR, HISTORY_FILE, RUN_FILE, checkpoint_name, claim
 from ..summary import TUNNEL_START
 from ..train import Recipe, evaluate
 from ..train import train as train_model
-from ..train.loop import resume_hint, train_step
+from ..train.loop import epoch_steps, resume_hint, train_step
 from ..versions import environment, package_versions
 from .base import ExperimentResult
 
@@ -205,10 +205,7 @@ def fit(net: nn.Module, dataset: data_mod.Dataset, epochs: int, recipe: Recipe, 
     included); ``frozen_modules`` stay in eval mode (their batch-norm statistics do not move).
     Returns one history row per epoch, as ``history.csv``'s."""
     dev = device or next(net.parameters()).device
-    steps_per_epoch = len(dataset.train) // batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{len(dataset.train)} training samples of {dataset.spec} is fewer than one batch of "
-                          f"{batch_size}; lower batch_size")
+    steps_per_epoch = epoch_steps(net, dataset, batch_size)
     optimizer = recipe.optimizer(net)
     scheduler = recipe.scheduler(optimizer, epochs * steps_per_epoch, steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)

@@ -58,6 +58,7 @@ from ..rundir import (
     refuse_links,
     step_name,
     steps_in,
+    whole_or_nothing,
 )
 from ..summary import FLAGS, OOD, TUNNEL_START, VERDICT, Summary
 from ..train.loop import read_run
@@ -142,11 +143,12 @@ class DynamicsResult(ExperimentResult):
 
         config = self.saved_config()
         drawn = draw_experiment(self.kind, self.figure_tables(), config) if figures else {}
-        folder = claim(out, self.kind, overwrite, files=(DYNAMICS_FILE, STEPS_FILE))
         table = self.table
-        paths = [atomic_write(folder / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False)),
-                 write_text(folder / STEPS_FILE, self.steps.to_csv(index=False))]
-        return paths + finish(folder, drawn, figure_names(self.kind), folder / CONFIG_FILE, config)
+        with whole_or_nothing(out):  # the step files of analyze_run were written before: they stay
+            folder = claim(out, self.kind, overwrite, files=(DYNAMICS_FILE, STEPS_FILE))
+            paths = [atomic_write(folder / DYNAMICS_FILE, lambda handle: table.to_parquet(handle, index=False)),
+                     write_text(folder / STEPS_FILE, self.steps.to_csv(index=False))]
+            return paths + finish(folder, drawn, figure_names(self.kind), folder / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, directory: str | Path) -> DynamicsResult:
@@ -288,26 +290,27 @@ def analyze_run(  # noqa: PLR0913 (a public facade: readable keywords)
     if overwrite:
         _clear(out)
     done = _finished_steps(out, selected, available, record)  # refuses before anything in out changes
-    claim(out, DynamicsResult.kind, overwrite=True)  # resumed: it reads as partial until the end
-    steps_per_epoch = run.get("steps_per_epoch")
-    tic = time.perf_counter()
-    with progress_bar(progress) as bars:
-        task = bars.add_task("checkpoints", total=len(selected), completed=len(done), info="")
-        for step in selected:
-            if step in done:
-                continue
-            bars.update(task, info=f"step {step}")
-            results = analyze(available[step], dataset, ood=list(ood), metrics=names,
-                              untrained_reference=untrained_reference, settings=chosen.replace(progress=False))
-            info = results.config.get("model") or {}
-            if why := foreign_checkpoint(run, available[step], info.get("model"), info.get("data_spec"),
-                                         info.get("train_seed")):
-                raise CheckpointError(f"{why}; move it out of {run_dir / 'checkpoints'}")
-            _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, record)
-            bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
-    drawn = list(HEATMAP_METRICS if heatmaps is None else heatmaps)
-    result = _gather(out, selected, run_dir, run, record, drawn, time.perf_counter() - tic)
-    paths = result.save(out, overwrite=True, figures=figures)  # out is this analysis's: checked above
+    with whole_or_nothing(out, resumable=True):  # finished steps stay; a folder left empty goes
+        claim(out, DynamicsResult.kind, overwrite=True)  # resumed: it reads as partial until the end
+        steps_per_epoch = run.get("steps_per_epoch")
+        tic = time.perf_counter()
+        with progress_bar(progress) as bars:
+            task = bars.add_task("checkpoints", total=len(selected), completed=len(done), info="")
+            for step in selected:
+                if step in done:
+                    continue
+                bars.update(task, info=f"step {step}")
+                results = analyze(available[step], dataset, ood=list(ood), metrics=names,
+                                  untrained_reference=untrained_reference, settings=chosen.replace(progress=False))
+                info = results.config.get("model") or {}
+                if why := foreign_checkpoint(run, available[step], info.get("model"), info.get("data_spec"),
+                                             info.get("train_seed")):
+                    raise CheckpointError(f"{why}; move it out of {run_dir / 'checkpoints'}")
+                _write_step(out, step, _epoch(step, steps_per_epoch), available[step], results, record)
+                bars.update(task, advance=1, info=f"step {step}: tunnel start {results.summary.get(TUNNEL_START)}")
+        drawn = list(HEATMAP_METRICS if heatmaps is None else heatmaps)
+        result = _gather(out, selected, run_dir, run, record, drawn, time.perf_counter() - tic)
+        paths = result.save(out, overwrite=True, figures=figures)  # out is this analysis's: checked above
     result.path, result.figures = out, [p for p in paths if p.suffix == ".png"]
     return result
 

@@ -50,7 +50,7 @@ MAX_DEFAULT_LEVELS = 20
 TABLE_FILES = {"group_means": "group_means.csv", "paired": "paired.csv", "slopes": "shap_slopes.csv"}
 
 
-MAX_TARGET = 1e15  # a metric beyond this is a unit or overflow problem, and breaks the tree models' sums
+MAX_TARGET = 1e15  # a metric or design value beyond this is a unit or overflow problem; breaks the trees' sums
 
 # ------------------------------------------------------------------------------------- input tables
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -99,12 +99,8 @@ def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> 
     rows = table[np.isfinite(column.to_numpy(dtype=float))]
     if rows.empty:
         raise InsufficientDataError(f"target {target!r} has no finite value; check the table")
-    for name in variables:  # a missing or infinite design value cannot be placed in any group or tree
-        bad = rows[name].isna() | (rows[name].isin([np.inf, -np.inf]) if pd.api.types.is_numeric_dtype(rows[name])
-                                   else False)
-        if bool(bad.any()):
-            raise ConfigError(f"column {name!r} is missing or infinite in {int(bad.sum())} of {len(rows)} rows; fill "
-                              "those values or drop the rows")
+    for name in variables:
+        _check_variable(rows[name], name)
     if float(rows[target].abs().max()) > MAX_TARGET:
         raise ConfigError(f"target {target!r} holds values up to {float(rows[target].abs().max()):.3g}; the models "
                           f"behind the slopes cannot fit values beyond {MAX_TARGET:.0e}: rescale the column")
@@ -112,6 +108,19 @@ def _target_rows(table: pd.DataFrame, target: str, variables: Sequence[str]) -> 
         raise InsufficientDataError(f"target {target!r} takes one value ({rows[target].iloc[0]!r}) in every row: there "
                                     "is nothing to explain (an R² would be meaningless); choose a metric that varies")
     return rows
+
+
+def _check_variable(values: pd.Series, name: str) -> None:
+    """Refuse a design column with a missing or infinite value (it cannot be placed in any group
+    or tree) or numbers beyond what the models behind the slopes can fit (float32 overflowed)."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    bad = values.isna() | (values.isin([np.inf, -np.inf]) if numeric else False)
+    if bool(bad.any()):
+        raise ConfigError(f"column {name!r} is missing or infinite in {int(bad.sum())} of {len(values)} rows; fill "
+                          "those values or drop the rows")
+    if numeric and float(values.abs().max()) > MAX_TARGET:
+        raise ConfigError(f"column {name!r} holds values up to {float(values.abs().max()):.3g}; the models behind the "
+                          f"slopes cannot fit values beyond {MAX_TARGET:.0e}: rescale the column")
 
 
 # ------------------------------------------------------------------------------------- group means

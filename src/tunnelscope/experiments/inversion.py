@@ -43,7 +43,7 @@ from ..models.init import untrained_copy
 from ..models.probe_points import order_by_execution, probe_points
 from ..progress import progress_bar
 from ..report.inversion import mean_scores
-from ..rundir import FIGURES_DIR, INVERSION_CONFIG, INVERSION_FILE, KIND_KEY
+from ..rundir import FIGURES_DIR, INVERSION_CONFIG, INVERSION_FILE, KIND_KEY, whole_or_nothing
 from .base import ExperimentResult, finish
 
 if TYPE_CHECKING:
@@ -309,11 +309,11 @@ class InversionResult(ExperimentResult):
 
         config = self.saved_config()
         drawn = {**draw_experiment(self.kind, self.tables(), config), **(figures or {})}
-        folder = claim_inversion(out, overwrite)
-        scores = self.scores
-        paths = [atomic_write(folder / INVERSION_FILE, lambda h: scores.to_parquet(h, index=False))]
-        stale = [f"{FIGURES_DIR}/{name}" for name in INVERSION_FIGURES]
-        return paths + finish(folder, drawn, stale, folder / INVERSION_CONFIG, config)
+        scores, stale = self.scores, [f"{FIGURES_DIR}/{name}" for name in INVERSION_FIGURES]
+        with whole_or_nothing(out):  # a full disk or an error leaves no partial inversion
+            folder = claim_inversion(out, overwrite)
+            paths = [atomic_write(folder / INVERSION_FILE, lambda h: scores.to_parquet(h, index=False))]
+            return paths + finish(folder, drawn, stale, folder / INVERSION_CONFIG, config)
 
     @classmethod
     def load(cls, out: str | Path) -> InversionResult:

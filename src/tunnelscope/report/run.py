@@ -8,7 +8,15 @@ from pathlib import Path
 from ..errors import RunDirectoryError
 from ..io import write_text
 from ..results import Results
-from ..rundir import FIGURES_DIR, INVERSION_CONFIG, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE, refuse_links
+from ..rundir import (
+    FIGURES_DIR,
+    INVERSION_CONFIG,
+    REPORT_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    refuse_links,
+    whole_or_nothing,
+)
 from .figures import FIGURES, run_figures, save_figures
 from .html import render_inversion_only, write_report
 
@@ -24,10 +32,11 @@ def save_run(results: Results, directory: str | Path, overwrite: bool = False, f
     (a directory without ``summary.json`` reads as partial). ``overwrite`` replaces an
     earlier analysis; without it a taken directory is refused."""
     out = Path(directory)
-    results.begin(out, overwrite)
-    pngs = save_run_figures(results, out / FIGURES_DIR) if figures else []
-    write_report(results, out / REPORT_FILE, {p.stem: p for p in pngs})
-    results.finish(out)
+    with whole_or_nothing(out):  # a full disk or an error leaves no partial run
+        results.begin(out, overwrite)
+        pngs = save_run_figures(results, out / FIGURES_DIR) if figures else []
+        write_report(results, out / REPORT_FILE, {p.stem: p for p in pngs})
+        results.finish(out)
     return out
 
 

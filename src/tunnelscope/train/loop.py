@@ -236,16 +236,26 @@ class _Run:
         return [str(p.relative_to(self.out)) for p in self.checkpoints]
 
 
+def epoch_steps(net: nn.Module, dataset: data_mod.Dataset, batch_size: int) -> int:
+    """Training steps per epoch in full batches of ``batch_size``; refuses (:class:`ConfigError`)
+    fewer training samples than one batch, and batches of one for a model with batch
+    normalisation (its training statistics need two samples per channel)."""
+    steps = len(dataset.train) // batch_size
+    if steps == 0:
+        raise ConfigError(f"{len(dataset.train)} training samples of {dataset.spec} is fewer than one batch of "
+                          f"{batch_size}; lower --batch-size")
+    if batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ConfigError("a batch of 1 cannot train a model with batch normalisation (it needs two samples per "
+                          "channel); use --batch-size 2 or more")
+    return steps
+
+
 def _set_up(out: Path, model: str, dataset: data_mod.Dataset, rec: Recipe, config: dict, dev: torch.device,
             use_amp: bool, resume: bool) -> _Run:
     """Seed and build the model, optimiser and schedule; restore them when resuming; describe the run."""
     torch.manual_seed(config["seed"])
     net = build(model, dataset.num_classes, dataset.input_shape).to(dev)
-    batch_size = config["batch_size"]
-    steps_per_epoch = len(dataset.train) // batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{len(dataset.train)} training samples is fewer than one batch of {batch_size}; "
-                          "lower --batch-size")
+    steps_per_epoch = epoch_steps(net, dataset, config["batch_size"])
     total_steps = config["epochs"] * steps_per_epoch
     optimizer = rec.optimizer(net)
     scheduler = rec.scheduler(optimizer, total_steps, steps_per_epoch)
