@@ -173,6 +173,16 @@ def _disk_full_after(writes: int) -> Setup:
     return setup
 
 
+def _read_only_folders(monkeypatch: pytest.MonkeyPatch, w: dict) -> None:
+    """Every folder refuses new files, as a read-only one does for a user who is not root."""
+    import tempfile
+
+    def refuse(prefix: str = "", suffix: str = "", dir: str | None = None, **kw) -> tuple[int, str]:
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir or "", f"{prefix}x1y2{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
 def _container_limit(monkeypatch: pytest.MonkeyPatch, w: dict) -> None:
     import tunnelscope.engine.statistics as statistics
 
@@ -279,6 +289,8 @@ def _cases(w: dict, out: Path) -> list[tuple]:
         (["intervene", "reset", w["root"] / "nowhere", "--out", out], 2, "does not exist"),
         (["analyze", "--model", "mlp-3x16", "--data", f"imagefolder:{w['links_only']}[size=8,channels=1]",
           "--out", out], 1, "no images"),
+        # a folder that cannot be written: the message names the file, not a temporary name
+        ([*an, *small], 1, "Permission denied: ", _read_only_folders),
         # a full disk while writing the results: nothing half-written is left
         ([*an, *small], 1, "no space left on device while writing", _disk_full_after(1)),
         ([*an, *small], 1, "no space left on device while writing", _disk_full_after(4)),
@@ -296,7 +308,7 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-CASE_COUNT = 75
+CASE_COUNT = 76
 
 
 @pytest.mark.timeout(120)
@@ -315,6 +327,6 @@ def test_bad_input_gets_one_line_and_leaves_nothing(index, world, tmp_path, caps
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("tunnelscope: error: "), (args, err)
     assert fragment in lines[0], (args, err)
-    assert "Traceback" not in err + stdout
+    assert "Traceback" not in err + stdout and ".tmp" not in err
     assert _tree(tmp_path) == before, f"left behind: {_tree(tmp_path) - before}"
     assert _tree(world["root"]) == world_before, f"changed: {_tree(world['root']) ^ world_before}"

@@ -25,7 +25,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with uninterrupted():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:  # a read-only or full folder: name the file the user asked for, not the temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         try:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
             with os.fdopen(fd, "wb") as handle:
@@ -33,6 +36,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.filename in (tmp, None) and exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
