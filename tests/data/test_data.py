@@ -117,7 +117,7 @@ def test_imagefolder_without_splits(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("fashion", "valid names: cifar10, cifar100, digits, fashion-mnist, mnist1d"),
+    ("fashion", "valid names: cifar10, cifar100, digits, fashion-mnist, mnist, mnist1d"),
     ("fashion-mnist[colour=1]", "valid modifiers for fashion-mnist: aug, channels, classes"),
     ("fashion-mnist[classes=8-12]", "do not exist"),
     ("fashion-mnist[size=0]", "must be >= 1"),
@@ -258,3 +258,48 @@ def test_synthetic_label_noise_changes_labels_not_inputs():
 def test_sizes_a_spec_asks_for_are_capped_before_anything_is_built(spec, message):
     with pytest.raises(SpecError, match=message):
         data.check_spec(spec)
+
+
+def test_mnist_is_read_from_idx_files_where_present_and_named_when_not(no_data):
+    from files import fashion_root
+
+    root = no_data / "root"
+    with pytest.raises(DataNotFoundError, match=r"mnist not found \(looked in: .*root, .*root/mnist, .*MNIST/raw"):
+        data.load("mnist", root=root)
+    fashion_root(root / "MNIST" / "raw", images=20)  # torchvision's layout
+    mnist = data.load("mnist[classes=0-4]", root=root)
+    assert (len(mnist.train), mnist.input_shape, mnist.class_names) == (10, (1, 28, 28), ["0", "1", "2", "3", "4"])
+    assert mnist.info["source"].endswith("MNIST/raw")
+    rows = {row["name"]: row for row in data.list_datasets(root)}
+    assert rows["mnist"]["available"] and "MNIST/raw" in rows["mnist"]["where"]
+
+
+def test_pad_adds_a_black_border_after_the_resize_and_normalises_what_the_model_sees():
+    plain, padded = data.load("digits"), data.load("digits[pad=2]")
+    assert padded.input_shape == (1, 12, 12)
+    assert torch.equal(padded.train.x[:, :, 2:-2, 2:-2], plain.train.x)
+    border = padded.train.x.clone()
+    border[:, :, 2:-2, 2:-2] = 1
+    assert int((border == 0).sum()) == (144 - 64) * len(padded.train)  # the border is 0 (black)
+    pixels = padded.train.x.double() / 255  # the normalisation is of the padded images (float64 reference)
+    assert padded.train.mean[0] == pytest.approx(float(pixels.mean()), rel=1e-9)
+    assert padded.train.std[0] == pytest.approx(float(pixels.std()), rel=1e-9)
+    resized = data.load("digits[size=28,pad=2]")
+    assert resized.input_shape == (1, 32, 32)  # Galanti et al.'s 28 + 2 x 2 = 32
+    with pytest.raises(SpecError, match="pad"):
+        data.load("digits[pad=-1]")
+
+
+def test_pad_on_an_image_folder_borders_every_image(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (8, 8), color=100 + 50 * i).save(tmp_path / split / cls / f"{i}.png")
+    ds = data.load(f"imagefolder:{tmp_path}[pad=3,norm=none]")
+    assert ds.input_shape == (1, 14, 14) and ds.info["format"]["pad"] == 3
+    x, _ = next(iter(ds.test.batches(4)))
+    assert x.shape == (4, 1, 14, 14) and float(x[:, :, :3].abs().max()) == 0.0
+    assert float(x[:, :, 3:-3, 3:-3].min()) > 0.3

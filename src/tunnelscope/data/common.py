@@ -27,6 +27,7 @@ COMMON_MODIFIERS: dict[str, str] = {
     "test_per_class": "at most N test samples per class (seeded)",
     "noise": "fraction F in [0, 1] of training labels replaced by uniformly random classes (seeded)",
     "size": "resize images to S x S",
+    "pad": "a border of P black pixels on every side, after the resize (28 + 2 x 2 = 32: Galanti et al.)",
     "channels": "1 or 3",
     "aug": "1 = RandomResizedCrop + horizontal flip on training images",
     "seed": "seed of the per-class subsampling and of the label noise (default 0)",
@@ -81,14 +82,15 @@ def _parse_options(spec: Spec, text: str, extra: dict[str, str], kind: str) -> d
             )
         options[key] = _option_value(key, value, text)
     if kind == "signal":
-        for key in ("size", "channels", "aug"):
+        for key in ("size", "pad", "channels", "aug"):
             if key in options:
                 raise SpecError(f"modifier {key!r} applies to images; {spec.name} holds 1-D signals")
     return options
 
 
-MODIFIER_CAPS = {"size": 4096, "n": 10_000_000}  # sizes a spec may ask for; beyond them memory runs out first
+MODIFIER_CAPS = {"size": 4096, "pad": 1024, "n": 10_000_000}  # what a spec may ask for; beyond, memory runs out
 MODIFIER_WHY = {"size": "an image side: 1,797 digits at 4096 x 4096 already take 30 GB",
+                "pad": "a border: 1,024 pixels on each side of a 28-pixel image is 2,076 x 2,076",
                 "n": "mnist1d samples are generated in memory, 40 floats each; use synthetic[...] for more"}
 
 
@@ -96,8 +98,8 @@ def _option_value(key: str, value: str, text: str) -> Any:
     """One modifier's value, parsed and checked by its key."""
     if key == "classes":
         return parse_index_set(value, key, text)
-    if key in ("per_class", "test_per_class", "size", "n"):
-        number = parse_int(value, key, text, minimum=1)
+    if key in ("per_class", "test_per_class", "size", "n", "pad"):
+        number = parse_int(value, key, text, minimum=0 if key == "pad" else 1)
         if key in MODIFIER_CAPS and number > MODIFIER_CAPS[key]:
             raise SpecError(f"modifier {key}={number} in {text!r} is above {MODIFIER_CAPS[key]:,}, "
                             f"the most tunnelscope builds ({MODIFIER_WHY[key]})")

@@ -186,12 +186,14 @@ def _native_format(folder) -> tuple[int, int, str]:
     return min(sides), 1 if grey else 3, "the first training image of each class"
 
 
-def _imagefolder_stats(folder, transform, size: int, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _imagefolder_stats(folder, transform, size: int, channels: int, pad: int = 0
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std over every image of ``folder`` as ``transform`` makes them (the
     model's view before normalisation), float64 sums; kept in the user cache keyed by every
     file's size and mtime."""
     paths = [Path(p) for p, _ in folder.samples]
-    fingerprint = {"key": ["imagefolder", str(Path(folder.root).resolve()), size, channels],
+    key = ["imagefolder", str(Path(folder.root).resolve()), size, channels, *([f"pad={pad}"] if pad else [])]
+    fingerprint = {"key": key,
                    "version": STATS_VERSION, "torch": torch.__version__,
                    "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]}
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
@@ -228,8 +230,8 @@ def _imagefolder_pipeline(channels: int, geometry: list, normalise: list):
     return v2.Compose(base + geometry + scaled + normalise)
 
 
-def _imagefolder_normalisation(norm: str, train_folder, root: Path, size: int,
-                               channels: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+def _imagefolder_normalisation(norm: str, train_folder, root: Path, size: int, channels: int,
+                               border: list) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """The per-channel mean and std that ``norm`` picks and a description of where they come from."""
     from torchvision.transforms import v2
 
@@ -239,8 +241,9 @@ def _imagefolder_normalisation(norm: str, train_folder, root: Path, size: int,
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
         return mean, std, "ImageNet statistics (norm=imagenet, the default)"
     if norm == "dataset":
-        view = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size)], [])
-        mean, std = _imagefolder_stats(train_folder, view, size, channels)
+        view = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size), *border], [])
+        pad = border[0].padding if border else 0
+        mean, std = _imagefolder_stats(train_folder, view, size, channels, pad)
         return mean, std, f"every image in {root / 'train'} at {size}x{size}, {channels} channel(s) (norm=dataset)"
     return (0.0,) * channels, (1.0,) * channels, "none (norm=none): pixel values scaled to [0, 1]"
 
@@ -284,13 +287,15 @@ def load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
     size = options.get("size", native_size)
     channels = options.get("channels", native_channels)
     norm = options["norm"]
-    mean, std, computed_on = _imagefolder_normalisation(norm, folders["train"], root, size, channels)
+    border = [v2.Pad(options["pad"])] if options.get("pad") else []
+    mean, std, computed_on = _imagefolder_normalisation(norm, folders["train"], root, size, channels, border)
     normalise = [v2.Normalize(mean, std)]
-    test_tf = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size)], normalise)
+    test_tf = _imagefolder_pipeline(channels, [v2.Resize(size, antialias=True), v2.CenterCrop(size), *border],
+                                    normalise)
     train_tf = test_tf
     if options.get("aug"):
         train_tf = _imagefolder_pipeline(
-            channels, [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()], normalise)
+            channels, [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *border], normalise)
     class_names: list[str] = list(folders["train"].classes)
     splits, label_noise = _imagefolder_splits(folders, {"train": train_tf, "test": test_tf}, class_names, root,
                                               options, text)
@@ -298,13 +303,14 @@ def load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
     info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
             "kind": "image", "normalisation": {"mode": norm, "mean": list(mean), "std": list(std),
                                                "computed_on": computed_on},
-            "format": {"size": size, "channels": channels,
+            "format": {"size": size, "pad": options.get("pad", 0), "channels": channels,
                        "size_from": "size= modifier" if "size" in options else f"native: {native_from}",
                        "channels_from": "channels= modifier" if "channels" in options else f"native: {native_from}"},
             "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
             "augmentation": "RandomResizedCrop + RandomHorizontalFlip" if options.get("aug") else None,
             "original_classes": classes, "label_noise": label_noise}
-    return Dataset(text, splits["train"], splits["test"], len(classes), (channels, size, size),
+    side = size + 2 * options.get("pad", 0)
+    return Dataset(text, splits["train"], splits["test"], len(classes), (channels, side, side),
                    [class_names[c] for c in classes], info)
 
 

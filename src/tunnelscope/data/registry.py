@@ -11,12 +11,13 @@ Modifiers, applied in this order whatever order they are written in:
                     classes, which may equal the true one; the test split is never changed.
                     Recorded in ``info["label_noise"]`` (see :func:`add_label_noise`).
 - ``size=S``        resize images to S x S (bilinear, antialiased).
+- ``pad=P``         then a border of P black (zero) pixels on every side.
 - ``channels=C``    1 or 3 (grey replicated to RGB, or RGB to luminance).
 - ``aug=1``         RandomResizedCrop + horizontal flip on training images, per sample.
 - ``seed=K``        seed of the subsampling and of the label noise (default 0).
 
 Normalisation uses per-channel mean and std of the *whole* base training split as the model
-sees it (after the resize and the channel conversion), so class subsets of one dataset share
+sees it (after the resize, the border and the channel conversion), so class subsets of one dataset share
 it; it is computed once per process, kept in the user cache for data read from files (keyed
 by the files' sizes and mtimes), and recorded in :attr:`Dataset.info`.
 """
@@ -139,36 +140,47 @@ def resize(x: Tensor, size: int | None, chunk: int = 4096) -> Tensor:
     return torch.cat(out) if out else x.new_zeros((0, x.shape[1], size, size))
 
 
+def pad_images(x: Tensor, pad: int | None) -> Tensor:
+    """A border of ``pad`` zero (black) pixels on every side of a batch of images."""
+    return F.pad(x, (pad,) * 4) if pad else x
+
+
+def geometry(x: Tensor, size: int | None, pad: int | None) -> Tensor:
+    """Images resized to ``size`` x ``size``, then given a border of ``pad`` pixels."""
+    return pad_images(resize(x, size), pad)
+
+
 def channel_stats(x: Tensor, scale: float, channels: int | None = None, size: int | None = None,
-                  chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                  chunk: int = 4096, pad: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std over a whole split, float64 sums over chunks of samples.
 
-    The images are taken as the model will see them: resized to ``size`` (when given) and
-    converted to ``channels`` first, one chunk at a time, so the converted split is never
-    materialised. Grey replicated to 3 channels has the grey stats three times.
+    The images are taken as the model will see them: resized to ``size`` and given a border
+    of ``pad`` pixels (when given) and converted to ``channels`` first, one chunk at a time,
+    so the converted split is never materialised. Grey replicated to 3 channels has the grey
+    stats three times.
     """
     if channels == 3 and x.shape[1] == 1:
-        grey_mean, grey_std = channel_stats(x, scale, None, size, chunk)
+        grey_mean, grey_std = channel_stats(x, scale, None, size, chunk, pad)
         return grey_mean * 3, grey_std * 3
     return chunk_channel_stats(
-        (convert_channels(resize(x[lo : lo + chunk], size) if x.dim() == 4 else x[lo : lo + chunk], channels)
+        (convert_channels(geometry(x[lo : lo + chunk], size, pad) if x.dim() == 4 else x[lo : lo + chunk], channels)
          for lo in range(0, len(x), chunk)), scale)
 
 
 _STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
 
-def normalisation(raw: RawData, key: tuple, size: int | None, channels: int | None
+def normalisation(raw: RawData, key: tuple, size: int | None, channels: int | None, pad: int | None = None
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """:func:`channel_stats` of a base training split after resize and channel conversion,
+    """:func:`channel_stats` of a base training split after resize, border and channel conversion,
     remembered for the process (``key`` names the base data: source and generator settings)
     and, for data read from files, across processes in the user cache (see :func:`_stats_file`)."""
-    full = (*key, size, channels)
+    full = (*key, size, channels) if not pad else (*key, size, channels, f"pad={pad}")
     if full not in _STATS:
         path, fingerprint = _stats_file(raw, full)
         stats = _read_stats(path, fingerprint) if path else None
         if stats is None:
-            stats = channel_stats(raw.train_x, raw.scale, channels, size)
+            stats = channel_stats(raw.train_x, raw.scale, channels, size, pad=pad)
             if path:
                 _write_stats(path, fingerprint, stats)
         _STATS[full] = stats
@@ -207,8 +219,9 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
     n_base = len(raw.class_names)
     channels = options.get("channels")
     size = options.get("size") if raw.kind == "image" else None
+    pad = options.get("pad") if raw.kind == "image" else None
     base = (parsed.name, raw.source, options.get("n"), options.get("data_seed"))
-    mean, std = normalisation(raw, base, size, channels)
+    mean, std = normalisation(raw, base, size, channels, pad)
     splits = {}
     label_noise: dict | None = None
     for name, x, y, cap in (("train", raw.train_x, raw.train_y, "per_class"),
@@ -219,7 +232,7 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
         if name == "train":
             y, label_noise = _noisy_train_labels(y, options, len(options.get("classes") or range(n_base)))
         if raw.kind == "image":
-            x = convert_channels(resize(x, options.get("size")), channels)
+            x = convert_channels(geometry(x, size, pad), channels)
         splits[name] = (x, y)
     input_shape = tuple(splits["train"][0].shape[1:])
     augment = RandomResizedCropFlip((input_shape[1], input_shape[2])) if options.get("aug") else None  # (C, H, W)
@@ -231,6 +244,7 @@ def _build(raw: RawData, parsed: Spec, text: str, options: dict) -> Dataset:
         "source": raw.source, "kind": raw.kind, "normalisation": {"mean": mean, "std": std,
         "computed_on": f"{parsed.name} full training split"
                        + (f", after resizing to {size}x{size}" if size else "")
+                       + (f", with a border of {pad} pixels" if pad else "")
                        + (f" and converting to {channels} channel(s)" if channels else "")},
         "train_samples": len(train), "test_samples": len(test),
         "augmentation": AUGMENTATION if augment else None, "original_classes": classes,

@@ -26,7 +26,7 @@ FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-_FASHION_FILES = {
+_IDX_FILES = {  # MNIST's layout, shared by Fashion-MNIST
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte",
@@ -97,14 +97,84 @@ class Source:
     extra_modifiers: dict[str, str] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- fashion-mnist
-def fashion_search_dirs(ctx: LoadContext) -> list[Path]:
-    """Every directory searched for Fashion-MNIST IDX files, in order."""
-    dirs: list[Path] = []
-    for root in ctx.user_roots():
-        dirs += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
-    dirs.append(SYSTEM_FASHION_DIR)
-    return dirs
+# ----------------------------------------------------------------------------- IDX datasets (fashion-mnist, mnist)
+@dataclass(frozen=True)
+class IdxData:
+    """A dataset stored as the four IDX files of MNIST's layout, 28 x 28 grey, 10 classes."""
+
+    name: str
+    classes: tuple[str, ...]
+    folders: tuple[str, ...]  # looked for under each user root (the root itself first)
+    torchvision_class: str  # what downloads it
+    system_dir: str | None = None  # the name of this module's constant holding a system folder (read when searched)
+    install: str = ""  # how to get it offline, besides tunnelscope fetch
+
+    def search_dirs(self, ctx: LoadContext) -> list[Path]:
+        """Every directory searched for the IDX files, in order."""
+        dirs = [root / sub if sub else root for root in ctx.user_roots() for sub in ("", *self.folders)]
+        return dirs + ([Path(globals()[self.system_dir])] if self.system_dir else [])
+
+    def find(self, ctx: LoadContext) -> dict[str, Path] | None:
+        """The first directory holding all four files, as a name → path map."""
+        for directory in self.search_dirs(ctx):
+            found = {key: path for key, stem in _IDX_FILES.items() if (path := _find_idx(directory, stem)) is not None}
+            if len(found) == len(_IDX_FILES):
+                return found
+        return None
+
+    def load(self, ctx: LoadContext, options: dict) -> RawData:
+        """Both splits from the IDX files (downloaded first with ``ctx.download``)."""
+        files = self.find(ctx)
+        if files is None and ctx.download:
+            files = self._download(ctx)
+        if files is None:
+            looked = ", ".join(str(d) for d in self.search_dirs(ctx))
+            raise DataNotFoundError(f"{self.name} not found (looked in: {looked}); {self.install}download it once with "
+                                    f"`tunnelscope fetch {self.name}` (needs network access)")
+        arrays = {k: _read_idx_cached(str(p), p.stat().st_mtime) for k, p in files.items()}
+        self._check(arrays, files)
+        return RawData(
+            train_x=torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
+            train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
+            test_x=torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
+            test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
+            class_names=list(self.classes), scale=1 / 255, source=str(files["train_x"].parent),
+            files=tuple(files.values()),
+        )
+
+    def _download(self, ctx: LoadContext) -> dict[str, Path] | None:
+        import torchvision
+
+        root = ctx.user_roots()[0]
+        try:
+            for train in (True, False):
+                getattr(torchvision.datasets, self.torchvision_class)(str(root), train=train, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise DataNotFoundError(f"downloading {self.name} into {root} failed: {exc}") from None
+        return self.find(ctx)
+
+    def _check(self, arrays: dict[str, np.ndarray], files: dict[str, Path]) -> None:
+        """Refuse files that do not fit together: images of 28 x 28, as many labels as images in
+        each split, labels in 0..9."""
+        for split in ("train", "test"):
+            x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+            if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1:
+                raise DataNotFoundError(f"{files[f'{split}_x']} holds arrays of shape {x.shape} and "
+                                        f"{files[f'{split}_y']} {y.shape}; {self.name} has 28 x 28 images and one "
+                                        "label each")
+            if len(x) != len(y):
+                raise DataNotFoundError(f"{files[f'{split}_x']} holds {len(x)} images but {files[f'{split}_y']} "
+                                        f"{len(y)} labels; the files do not belong together")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise DataNotFoundError(f"{files[f'{split}_y']} holds label {int(y.max())}; {self.name}'s labels "
+                                        f"are 0..{len(self.classes) - 1}")
+
+    def availability(self, ctx: LoadContext) -> tuple[bool, str]:
+        """Whether the files are here, and where (or how to get them)."""
+        files = self.find(ctx)
+        if files is None:
+            return False, f"missing: {self.install}`tunnelscope fetch {self.name}`"
+        return True, f"offline, {files['train_x'].parent}"
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -114,75 +184,14 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def find_fashion(ctx: LoadContext) -> dict[str, Path] | None:
-    """The first directory holding all four Fashion-MNIST files, as a name → path map."""
-    for directory in fashion_search_dirs(ctx):
-        found = {key: path for key, stem in _FASHION_FILES.items() if (path := _find_idx(directory, stem)) is not None}
-        if len(found) == len(_FASHION_FILES):
-            return found
-    return None
-
-
 @functools.lru_cache(maxsize=4)
 def _read_idx_cached(path: str, mtime: float) -> np.ndarray:
     return read_idx(path)
 
 
-def _load_fashion(ctx: LoadContext, options: dict) -> RawData:
-    files = find_fashion(ctx)
-    if files is None and ctx.download:
-        import torchvision
-
-        root = ctx.user_roots()[0]
-        try:
-            for train in (True, False):
-                torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
-        except Exception as exc:  # network errors come in many types
-            raise DataNotFoundError(f"downloading fashion-mnist into {root} failed: {exc}") from None
-        files = find_fashion(ctx)
-    if files is None:
-        looked = ", ".join(str(d) for d in fashion_search_dirs(ctx))
-        raise DataNotFoundError(
-            f"fashion-mnist not found (looked in: {looked}); install Debian's package "
-            "(apt-get install dataset-fashion-mnist) or download it once with `tunnelscope fetch fashion-mnist` "
-            "(needs network access)"
-        )
-    arrays = {k: _read_idx_cached(str(p), p.stat().st_mtime) for k, p in files.items()}
-    _check_fashion(arrays, files)
-    return RawData(
-        train_x=torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
-        train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
-        test_x=torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
-        test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
-        class_names=list(FASHION_CLASSES),
-        scale=1 / 255,
-        source=str(files["train_x"].parent),
-        files=tuple(files.values()),
-    )
-
-
-def _check_fashion(arrays: dict[str, np.ndarray], files: dict[str, Path]) -> None:
-    """Refuse Fashion-MNIST files that do not fit together: images of 28 x 28, as many labels as
-    images in each split, labels in 0..9."""
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1:
-            raise DataNotFoundError(f"{files[f'{split}_x']} holds arrays of shape {x.shape} and "
-                                    f"{files[f'{split}_y']} {y.shape}; Fashion-MNIST has 28 x 28 images and one "
-                                    "label each")
-        if len(x) != len(y):
-            raise DataNotFoundError(f"{files[f'{split}_x']} holds {len(x)} images but {files[f'{split}_y']} "
-                                    f"{len(y)} labels; the files do not belong together")
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(FASHION_CLASSES)):
-            raise DataNotFoundError(f"{files[f'{split}_y']} holds label {int(y.max())}; Fashion-MNIST's labels "
-                                    f"are 0..{len(FASHION_CLASSES) - 1}")
-
-
-def _fashion_availability(ctx: LoadContext) -> tuple[bool, str]:
-    files = find_fashion(ctx)
-    if files is None:
-        return False, "missing: apt-get install dataset-fashion-mnist, or `tunnelscope fetch fashion-mnist`"
-    return True, f"offline, {files['train_x'].parent}"
+FASHION = IdxData("fashion-mnist", tuple(FASHION_CLASSES), ("fashion-mnist", "FashionMNIST/raw"), "FashionMNIST",
+                  system_dir="SYSTEM_FASHION_DIR", install="apt-get install dataset-fashion-mnist, or ")
+MNIST = IdxData("mnist", tuple(str(d) for d in range(10)), ("mnist", "MNIST/raw"), "MNIST")
 
 
 # ----------------------------------------------------------------------------- digits
@@ -283,7 +292,11 @@ def _torchvision_source(name: str, cls_name: str, description: str, marker: str)
 SOURCES: dict[str, Source] = {
     "fashion-mnist": Source(
         "fashion-mnist", "Fashion-MNIST, 28x28 grey, 10 classes, 60000/10000",
-        "image", _load_fashion, _fashion_availability,
+        "image", FASHION.load, FASHION.availability,
+    ),
+    "mnist": Source(
+        "mnist", "MNIST handwritten digits, 28x28 grey, 10 classes, 60000/10000 (IDX files, as Fashion-MNIST's)",
+        "image", MNIST.load, MNIST.availability,
     ),
     "digits": Source(
         "digits", "scikit-learn's 8x8 handwritten digits, 10 classes, 1437/360 (seeded split)",
