@@ -352,6 +352,8 @@ def _print_steps(steps) -> None:
 @click.option("--batch-size", type=click.IntRange(min=4), default=256, show_default=True,
               help="The CKA minibatch size n.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--cka-passes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Passes over the split feeding minibatch CKA, each after the first shuffled (Nguyen et al. use 10).")
 @device_option
 @data_root_option
 @click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -359,8 +361,8 @@ def _print_steps(steps) -> None:
 @overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix and the settings as JSON.")
-def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, batch_size, seed, device, data_root,
-              out, overwrite, quiet, as_json) -> None:
+def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, batch_size, seed, cka_passes, device,
+              data_root, out, overwrite, quiet, as_json) -> None:
     """Minibatch CKA between every layer of MODEL_A and every layer of MODEL_B, read on the
     same batches (Nguyen et al. 2021): which layers of two models (of any depths, drawn at
     their relative depth) represent the data alike. MODEL_A/B are checkpoints or model specs.
@@ -373,7 +375,7 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
 
     result = run_cross_cka(model_a, model_b, data_spec, points=points, reduce=reduce, split=split,
                            batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
-                           data_root=data_root, progress=False if (quiet or as_json) else None)
+                           data_root=data_root, progress=False if (quiet or as_json) else None, cka_passes=cka_passes)
     paths = result.save(out, overwrite=overwrite)
     matrix, best = result.matrix, result.best_matches()
     if as_json:

@@ -36,9 +36,12 @@ def cross_model_cka(  # noqa: PLR0913 (a public facade: readable keywords)
     data_root: str | Path | None = None,
     progress: bool | None = None,
     settings: AnalysisSettings | None = None,
+    cka_passes: int = 1,
 ) -> pd.DataFrame:
     """Minibatch CKA between every probe point of ``model_a`` (rows) and of ``model_b``
-    (columns), both reading the same batches of one split in the same pass.
+    (columns), both reading the same batches of one split in the same pass. ``cka_passes``
+    passes feed the HSIC sums: the first in order, each later one shuffled (seeded by
+    ``seed + 1000 + pass``, as ``analyze`` does; Nguyen et al. use 10).
 
     Both models must take the dataset's inputs. The settings may come whole as ``settings``
     (:class:`AnalysisSettings`; keywords left at their defaults do not override it). Returns an
@@ -66,16 +69,20 @@ def cross_model_cka(  # noqa: PLR0913 (a public facade: readable keywords)
     for module in (net_a, net_b):
         module.eval()
     with progress_bar(s.progress) as bars, torch.inference_mode():
-        task = bars.add_task(f"{split} pass (2 models)", total=n, info="")
+        task = bars.add_task(f"{split} pass{'es' if s.cka_passes > 1 else ''} (2 models)", total=n * s.cka_passes,
+                             info="")
         seen = 0
-        for x, _ in chosen.batches(batch_size, device=dev):
-            fa, fb = cap_a(x), cap_b(x)
-            acc.update({**{f"a/{k}": v for k, v in fa.items()}, **{f"b/{k}": v for k, v in fb.items()}})
-            seen += len(x)
-            bars.update(task, completed=seen)
+        for extra in range(s.cka_passes):  # pass 1 in order; pass p > 1 shuffled by seed + 1000 + p - 1, as analyze
+            order = torch.Generator().manual_seed(seed + 1000 + extra) if extra else None
+            for x, _ in chosen.batches(batch_size, device=dev, shuffle=extra > 0, generator=order):
+                fa, fb = cap_a(x), cap_b(x)
+                acc.update({**{f"a/{k}": v for k, v in fa.items()}, **{f"b/{k}": v for k, v in fb.items()}})
+                seen += len(x)
+                bars.update(task, completed=seen)
     la = len(cap_a.names)
     mat = acc.compute()[:la, la:].cpu().numpy()
     frame = pd.DataFrame(mat, index=pd.Index(cap_a.names, name=name_a), columns=pd.Index(cap_b.names, name=name_b))
     frame.attrs.update({"data": dataset.spec, "split": split, "samples": n, "batch_size": batch_size,
+                        "cka_passes": s.cka_passes,
                         "reduce": s.reduce, "skipped_batches": acc.skipped, "precision": s.precision})
     return frame

@@ -85,13 +85,13 @@ def cross_cka(model_a: ModelLike, model_b: ModelLike, data: data_mod.Dataset | s
               points: str | Sequence[str] = "blocks", reduce: str = "pool2", split: str = "test",
               batch_size: int = 256, device: str | torch.device = "auto", max_samples: int | None = 10_000,
               seed: int = 0, precision: str = "float32", data_root: str | Path | None = None,
-              progress: bool | None = None) -> CrossCKAResult:
+              progress: bool | None = None, cka_passes: int = 1) -> CrossCKAResult:
     """Minibatch CKA between every probe point of ``model_a`` and of ``model_b`` on the same
     batches (:func:`tunnelscope.engine.cross_model.cross_model_cka`, whose arguments these are),
     as a :class:`CrossCKAResult` whose config records the settings and both models."""
     settings = AnalysisSettings(points=points, reduce=reduce, batch_size=batch_size, device=device,
                                 max_samples=max_samples, seed=seed, precision=precision, data_root=data_root,
-                                progress=progress)
+                                progress=progress, cka_passes=cka_passes)
     matrix = cross_model_cka(model_a, model_b, data, split=split, settings=settings)
     config = jsonable({**matrix.attrs, "model_a": _describe(model_a), "model_b": _describe(model_b),
                        "points": points if isinstance(points, str) else list(points), "seed": seed,
