@@ -92,7 +92,7 @@ def test_metrics_are_listed_in_their_documented_order():
     from tunnelscope.engine.analyze import parse_metrics
 
     assert list(REGISTRY) == ["rank", "erank", "pc1", "pc1_sim", "nc1", "cdnv", "trace_w", "trace_b", "ncc", "cka",
-                              "cka_nopc1", "cka_null", "cka_full", "ridge", "l1_step"]
+                              "cka_nopc1", "cka_null", "cka_full", "ridge", "l1_step", "inactive", "dead_units"]
     assert parse_metrics("default") == ["probe", "rank", "erank", "pc1", "pc1_sim", "nc1", "cdnv", "ncc", "cka",
                                         "ridge"]
     assert parse_metrics("nc,rank") == ["nc1", "cdnv", "ncc", "rank"]

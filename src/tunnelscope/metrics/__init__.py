@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # The import order is the registration order: that of ``metrics="all"`` and of the docs.
 # isort: off
-from . import spectrum, collapse, cka, ridge, distance, probe  # noqa: F401
+from . import spectrum, collapse, cka, ridge, distance, sparsity, probe  # noqa: F401
 # isort: on
 from .registry import (
     LEVELS,
