@@ -371,11 +371,13 @@ def cross_cka(model_a, model_b, data_spec, points, reduce, split, max_samples, b
     Examples:
       tunnelscope cross-cka runs/mlp6/checkpoints/step-0002340.pt runs/mlp12/checkpoints/step-0002340.pt --data "fashion-mnist[classes=0-4]" --out runs/cross
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    from .engine.settings import AnalysisSettings
     from .experiments.cross_cka import cross_cka as run_cross_cka
 
-    result = run_cross_cka(model_a, model_b, data_spec, points=points, reduce=reduce, split=split,
-                           batch_size=batch_size, device=device, max_samples=max_samples or None, seed=seed,
-                           data_root=data_root, progress=False if (quiet or as_json) else None, cka_passes=cka_passes)
+    settings = AnalysisSettings(points=points, reduce=reduce, batch_size=batch_size, device=device,
+                                max_samples=max_samples or None, seed=seed, data_root=data_root,
+                                progress=False if (quiet or as_json) else None, cka_passes=cka_passes)
+    result = run_cross_cka(model_a, model_b, data_spec, split=split, settings=settings)
     paths = result.save(out, overwrite=overwrite)
     matrix, best = result.matrix, result.best_matches()
     if as_json:
@@ -515,6 +517,41 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     out_console.print(f"wrote {Path(out) / 'swaps.csv'}, forgetting.csv, continual.png, config.json", markup=False)
 
 
-EXPERIMENT_COMMANDS: list[click.Command] = [agreement, cross_cka, intervene, dynamics, continual, explain]
+# ---------------------------------------------------------------------------------------- reproduce
+@click.command()
+@click.argument("paper")
+@click.option("--scale", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
+              help="tiny: synthetic stand-ins of the same shapes and class counts (minutes on a laptop); full: the "
+                   "paper's data and models.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the sweep store and report, the inversion (default: runs/reproduce/PAPER-SCALE).")
+@click.option("--address", default=None, help="Run the sweep's cells as tasks on a Ray cluster (ray://HOST:10001).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Cells running at once.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print what ran and where as JSON.")
+def reproduce(paper, scale, out, address, max_concurrent, device, quiet, as_json) -> None:
+    """Run one paper's recipe (examples/papers/PAPER.yaml: masarczyk, harun, galanti, nguyen,
+    badger): its sweep and report, or its training and inversion. Run again to resume.
 
-__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "cross_cka", "dynamics", "explain", "intervene"]
+    \b
+    Examples:
+      tunnelscope reproduce nguyen --scale tiny
+      tunnelscope reproduce masarczyk --scale full --address ray://head:10001 --max-concurrent 8
+      tunnelscope reproduce examples/papers/galanti.yaml --out runs/galanti
+    """
+    from .experiments.reproduce import reproduce as run_recipe
+
+    done = run_recipe(paper, scale, out, address=address, max_concurrent=max_concurrent, device=device,
+                      progress=False if (quiet or as_json) else None)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    elif not quiet:
+        reports = [part["report"] for part in (done.get("sweep"), done.get("invert")) if part]
+        out_console.print(f"{done['paper']} at scale {scale}: {', '.join(reports)}", markup=False)
+
+
+EXPERIMENT_COMMANDS: list[click.Command] = [agreement, cross_cka, intervene, dynamics, continual, explain, reproduce]
+
+__all__ = ["EXPERIMENT_COMMANDS", "agreement", "continual", "cross_cka", "dynamics", "explain", "intervene",
+           "reproduce"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..engine.cross_model import cross_model_cka
-from ..engine.settings import AnalysisSettings
+from ..engine.settings import AnalysisSettings, settings_from
 from ..errors import RunDirectoryError
 from ..io import jsonable
 from ..report.cross_cka import cross_cka_figure, matrix_of
@@ -85,17 +85,17 @@ def cross_cka(model_a: ModelLike, model_b: ModelLike, data: data_mod.Dataset | s
               points: str | Sequence[str] = "blocks", reduce: str = "pool2", split: str = "test",
               batch_size: int = 256, device: str | torch.device = "auto", max_samples: int | None = 10_000,
               seed: int = 0, precision: str = "float32", data_root: str | Path | None = None,
-              progress: bool | None = None, cka_passes: int = 1) -> CrossCKAResult:
+              progress: bool | None = None, cka_passes: int = 1,
+              settings: AnalysisSettings | None = None) -> CrossCKAResult:
     """Minibatch CKA between every probe point of ``model_a`` and of ``model_b`` on the same
-    batches (:func:`tunnelscope.engine.cross_model.cross_model_cka`, whose arguments these are),
-    as a :class:`CrossCKAResult` whose config records the settings and both models."""
-    settings = AnalysisSettings(points=points, reduce=reduce, batch_size=batch_size, device=device,
-                                max_samples=max_samples, seed=seed, precision=precision, data_root=data_root,
-                                progress=progress, cka_passes=cka_passes)
-    matrix = cross_model_cka(model_a, model_b, data, split=split, settings=settings)
+    batches (:func:`tunnelscope.engine.cross_model.cross_model_cka`, whose arguments these are;
+    ``settings`` may give them whole), as a :class:`CrossCKAResult` whose config records the
+    settings and both models."""
+    chosen = settings_from(settings, locals())
+    matrix = cross_model_cka(model_a, model_b, data, split=split, settings=chosen)
     config = jsonable({**matrix.attrs, "model_a": _describe(model_a), "model_b": _describe(model_b),
-                       "points": points if isinstance(points, str) else list(points), "seed": seed,
-                       "name_a": matrix.index.name, "name_b": matrix.columns.name})
+                       "points": chosen.points if isinstance(chosen.points, str) else list(chosen.points),
+                       "seed": chosen.seed, "name_a": matrix.index.name, "name_b": matrix.columns.name})
     return CrossCKAResult(matrix, config)
 
 

@@ -1,10 +1,12 @@
 """Sweep figures and the sweep's HTML report.
 
-- Aggregates (each cell's last analysed checkpoint): tunnel length and mean % OOD retained
+- Aggregates (each cell's last analysed checkpoint): tunnel length, mean % OOD retained and
+  the NCC effective depth (Galanti et al.)
   against each swept variable (and the number of classes when it varies), one line per
   combination of the other variables, mean ± 95% CI (Student t) over seeds.
 - Dynamics (cells with several analysed checkpoints): layer × checkpoint heatmaps of probe
   accuracy and numerical rank, and the tunnel start against training step.
+- CKA per cell (:func:`cka_grid_figure`): one heatmap per cell, laid out as the grid.
 - What explains transfer (:mod:`tunnelscope.report.sweep_explain`): group means, SHAP slopes and
   their figures for % retained, Pearson and alignment over the OOD-level table.
 """
@@ -30,7 +32,8 @@ from .html import figure_html, page
 from .sweep_explain import explain_section
 
 SEED_NAMES = ("seed", "seeds")
-Y_METRICS = {TUNNEL_LENGTH: "tunnel length (points, τ = 0.95)", MEAN_RETAINED: "mean % OOD retained"}
+Y_METRICS = {TUNNEL_LENGTH: "tunnel length (points, τ = 0.95)", MEAN_RETAINED: "mean % OOD retained",
+             EFFECTIVE_DEPTH: "NCC effective depth (layer)"}
 
 
 def final_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +111,44 @@ def dynamics_figure(table: pd.DataFrame, summaries: pd.DataFrame, label: str):
     return fig
 
 
+def cka_grid_figure(spec: SweepSpec, table: pd.DataFrame):
+    """One CKA heatmap (test split, model rows, last analysed checkpoint) per cell, laid out as
+    the grid: the first two swept variables as rows and columns (Nguyen et al.'s depth x width
+    figures); None when the table holds no CKA or a single cell."""
+    if table.empty or "cka" not in set(table.metric):
+        return None
+    rows = table[(table.metric == "cka") & (table.split == "test") & table.other_point.notna()
+                 & table.reference.isna()]
+    last = rows.groupby("cell").step.transform("max")
+    rows = rows[rows.step == last]
+    cells = [c for c in spec.cells if c.key in set(rows.cell)]
+    if len(cells) < 2:
+        return None
+    swept = [v for v in spec.grid if len({c.variables[v] for c in cells}) > 1][:2] or [next(iter(spec.grid))]
+    levels = [sorted({c.variables[v] for c in cells}, key=lambda x: (isinstance(x, str), x)) for v in swept]
+    n_rows, n_cols = (len(levels[0]), len(levels[1])) if len(swept) == 2 else (1, len(levels[0]))
+    fig, axes = subplots(n_rows, n_cols, figsize=(2.6 * n_cols + 1, 2.4 * n_rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    image = None
+    for cell in cells:
+        i = levels[0].index(cell.variables[swept[0]]) if len(swept) == 2 else 0
+        j = levels[-1].index(cell.variables[swept[-1]])
+        mine = rows[rows.cell == cell.key]
+        order = list(mine.sort_values("layer").point.unique())
+        matrix = mine.pivot_table(index="point", columns="other_point", values="value").loc[order, order]
+        ax = axes[i, j]
+        ax.set_visible(True)
+        image = ax.imshow(matrix.to_numpy(), vmin=0, vmax=1, cmap="magma", origin="lower")
+        ax.set_title(cell.label(), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="minibatch CKA (test)")
+    fig.suptitle(f"CKA between every pair of layers, per cell ({' x '.join(swept)})", fontsize=10)
+    return fig
+
+
 def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     """Figures into ``STORE/figures`` and ``STORE/report.html``; returns the report's path."""
     store = store or Store(spec.store)
@@ -121,6 +162,8 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
         if not rows.empty and rows.step.nunique() > 1:
             figures[f"dynamics-{cell.key}"] = dynamics_figure(rows, summaries[summaries.cell == cell.key],
                                                               cell.label())
+    if (grid := cka_grid_figure(spec, table)) is not None:
+        figures["cka-grid"] = grid
     pngs = save_figures(figures, spec.store / FIGURES_DIR)
     final = final_summaries(summaries)
     keep = [c for c in final.columns if c.startswith(VAR_PREFIX) or c in (
@@ -142,4 +185,4 @@ def write_sweep_report(spec: SweepSpec, store: Store | None = None) -> Path:
     return write_text(spec.store / "report.html", body)
 
 
-__all__ = ["aggregate_figures", "dynamics_figure", "write_sweep_report"]
+__all__ = ["aggregate_figures", "cka_grid_figure", "dynamics_figure", "write_sweep_report"]

@@ -42,7 +42,8 @@ TOP_KEYS = {"name", "store", "grid", "cell", "analysis", "resources"}
 CELL_KEYS = {"model", "data", "epochs", "recipe", "seed", "batch_size", "lr", "weight_decay", "schedule",
              "label_smoothing", "checkpoint_every", "early_checkpoints", "dense_steps", "train"}
 ANALYSE_ONLY_KEYS = {"model", "data", "seed", "train"}  # a cell with train: false keeps only these
-ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_samples", "probe_epochs", "protocol"}
+ANALYSIS_KEYS = {"ood", "metrics", "points", "reduce", "checkpoints", "max_samples", "probe_epochs", "protocol",
+                 "cka_passes"}  # cka_passes has no default here, so the keys of earlier sweeps' cells stay
 RESOURCE_KEYS = {"cpus", "gpus", "retries"}
 ANALYSIS_DEFAULTS: dict[str, Any] = {"ood": [], "metrics": "probe,rank,nc", "points": "blocks", "reduce": "pool2",
                                      "checkpoints": "final", "max_samples": 10_000, "probe_epochs": 30,
