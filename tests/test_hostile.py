@@ -170,7 +170,7 @@ def _cases(w: dict, out: str) -> list[tuple[list, int, str]]:
         # invert
         ([*iv, "--checkpoint", "/nonexistent.pt", "--data", "digits"], 1, "does not exist"),
         ([*iv, "--checkpoint", str(w["evil"]), "--data", "digits"], 1, "weights_only=True"),
-        ([*iv, "--checkpoint", ck, "--data", "digits[size=16]"], 1, "takes inputs"),
+        ([*iv, "--checkpoint", ck, "--data", "digits[size=16]"], 1, "expects inputs"),
         ([*iv, "--checkpoint", ck, "--data", "digits", "--images", "0"], 2, "--images"),
         ([*iv, "--checkpoint", ck, "--data", "digits", "--images", "100000"], 1, "more than the"),
         ([*iv, "--checkpoint", ck, "--data", "digits", "--tv", "-1"], 2, "--tv"),

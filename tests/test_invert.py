@@ -287,3 +287,21 @@ def test_invert_leaves_the_models_mode_alone():
     model = _orthogonal().train()
     invert(model, _images(1), ["1"], InvertConfig(steps=2), progress=False)
     assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_invert_takes_a_bare_model_spec_and_inverts_its_seeded_initialisation(tmp_path, capsys):
+    import json
+
+    from cli_helpers import run_cli
+
+    args = ["invert", "--model", "mlp-3x16", "--data", "synthetic[train=40,test=20,size=8,channels=1,pattern=0]",
+            "--images", "2", "--steps", "5", "--refine-steps", "0", "--seed", "3", "--json"]
+    code, out, err = run_cli([*args, "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    assert list(json.loads(out)["summary"]) == ["untrained"]  # a spec has no trained state
+    recorded = json.loads((tmp_path / "a" / "inversion.json").read_text())
+    assert recorded["init_seed"] == 3 and recorded["model"] == "mlp-3x16"
+    code, again, _ = run_cli([*args, "--out", tmp_path / "b"], capsys)
+    assert code == 0 and json.loads(again)["summary"] == json.loads(out)["summary"]  # the same seeded model
+    code, _, err = run_cli(["invert", "--data", "digits", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "exactly one of --checkpoint and --model" in err

@@ -498,7 +498,9 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 
 
 @cli.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="A checkpoint written by train.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by train.")
+@click.option("--model", "model_spec", default=None,
+              help="Or a model spec (resnet18): its random initialisation, seeded by --seed, is inverted.")
 @click.option("--data", "data_spec", required=True, help="Dataset spec; images are drawn from its test split.")
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="How many test images.")
 @points_option
@@ -520,18 +522,22 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @data_root_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer summary as JSON.")
-def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, refine_steps, untrained, seed,
-           device, out, overwrite, data_root, quiet, as_json) -> None:
+def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, tv, no_blur, refine_steps, untrained,
+           seed, device, out, overwrite, data_root, quiet, as_json) -> None:
     """Reconstruct test images from each layer's full activations (Badger 2022), for the
-    trained model and a re-initialised copy; write scores, figures and report.html.
+    trained model and a re-initialised copy (or a model spec's random initialisation); write
+    scores, figures and report.html.
 
     \b
     Examples:
       tunnelscope invert --checkpoint runs/demo/checkpoints/step-0000936.pt --data "fashion-mnist[classes=0-4]" \\
           --images 8 --out runs/demo
       tunnelscope invert --checkpoint ck.pt --data cifar10 --points conv --restarts 3 --steps 200 --out runs/inv
+      tunnelscope invert --model resnet18 --data "synthetic[pattern=0,test=100]" --images 4 --out runs/inv-noise
     """
-    if not Path(checkpoint).is_file():  # before importing torch: seconds saved
+    if (checkpoint is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --checkpoint and --model")
+    if checkpoint is not None and not Path(checkpoint).is_file():  # before importing torch: seconds saved
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
     from .experiments.inversion import InvertConfig, invert_checkpoint, summarize_inversions
     from .rundir import REPORT_FILE
@@ -540,7 +546,7 @@ def invert(checkpoint, data_spec, images, points, steps, restarts, tv, no_blur, 
     cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed,
                        refine_steps=refine_steps)
     pts = points
-    runs = invert_checkpoint(checkpoint, data_spec, out_path, images=images, points=pts, config=cfg,
+    runs = invert_checkpoint(checkpoint or model_spec, data_spec, out_path, images=images, points=pts, config=cfg,
                              untrained=untrained, device=device, overwrite=overwrite, data_root=data_root,
                              progress=False if (quiet or as_json) else None)
     summary = summarize_inversions(runs)

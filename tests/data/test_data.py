@@ -303,3 +303,16 @@ def test_pad_on_an_image_folder_borders_every_image(tmp_path):
     x, _ = next(iter(ds.test.batches(4)))
     assert x.shape == (4, 1, 14, 14) and float(x[:, :, :3].abs().max()) == 0.0
     assert float(x[:, :, 3:-3, 3:-3].min()) > 0.3
+
+
+def test_synthetic_pattern_zero_gives_the_same_noise_without_the_class_patterns():
+    from tunnelscope.data.synthetic import class_patterns
+
+    spec = "synthetic[train=40,test=30,size=8,channels=1,n_classes=3{}]"
+    plain, noise = data.load(spec.format("")), data.load(spec.format(",pattern=0"))
+    x, y = next(iter(plain.test.batches(30)))
+    z, y0 = next(iter(noise.test.batches(30)))
+    assert torch.equal(y, y0)
+    torch.testing.assert_close(z, x - class_patterns(3, 1, 8, 0)[y], rtol=0, atol=1e-6)
+    with pytest.raises(SpecError, match="pattern=-1.0"):
+        data.load(spec.format(",pattern=-1"))

@@ -1,6 +1,8 @@
 """``synthetic[...]``: a labelled image-shaped dataset of any size, generated on the fly.
 
-Sample ``i`` of a split has label ``i mod K`` and input ``prototype[label] + spread · z``, where
+Sample ``i`` of a split has label ``i mod K`` and input ``pattern · prototype[label] + spread · z``
+(``pattern`` 1 by default; ``pattern=0`` gives images of pure noise, as for inverting an untrained
+network), where
 each class's prototype is a smooth random pattern (a seeded ``C x 4 x 4`` draw, upsampled to
 ``S x S``, unit variance) and ``z`` is standard normal noise computed from ``(seed, split, i,
 coordinate)`` by an integer hash. Nothing is stored: a batch of any samples, in any order, on
@@ -28,11 +30,13 @@ SYNTHETIC_MODIFIERS: dict[str, str] = {
     "size": "image side S (default 32)",
     "channels": "channels C (default 3)",
     "spread": "noise standard deviation around each class's pattern (default 1.0)",
+    "pattern": "scale of the class patterns (default 1.0; 0: images of pure noise, the labels then carry nothing)",
     "seed": "seed of the patterns and the noise (default 0)",
     "noise": "fraction F in [0, 1] of training labels replaced by uniformly random classes (seeded, as for every "
              "dataset); the inputs keep their true class's pattern",
 }
-DEFAULTS = {"train": 10_000, "test": 2_000, "n_classes": 10, "size": 32, "channels": 3, "spread": 1.0, "seed": 0}
+DEFAULTS = {"train": 10_000, "test": 2_000, "n_classes": 10, "size": 32, "channels": 3, "spread": 1.0, "pattern": 1.0,
+            "seed": 0}
 MAX_SAMPLES = 100_000_000  # labels are materialised per split: 8 bytes each
 _MASK = 0xFFFFFFFF
 _SPLIT_SALT = {"train": 0x1B873593, "test": 0x2F1C3A5D}
@@ -47,7 +51,7 @@ def synthetic_options(parsed: Spec, text: str) -> dict:
     options = dict(DEFAULTS)
     for key, value in parsed.modifiers.items():
         try:
-            options[key] = float(value) if key in ("spread", "noise") else int(value)
+            options[key] = float(value) if key in ("spread", "noise", "pattern") else int(value)
         except ValueError:
             raise SpecError(f"modifier {key}={value!r} in {text!r} must be a number") from None
     limits = {"train": (2, MAX_SAMPLES), "test": (2, MAX_SAMPLES), "n_classes": (2, 100_000), "size": (1, 1024),
@@ -55,8 +59,9 @@ def synthetic_options(parsed: Spec, text: str) -> dict:
     for key, (low, high) in limits.items():
         if not low <= options[key] <= high:
             raise SpecError(f"{key}={options[key]} in {text!r} must be between {low} and {high}")
-    if not 0 <= options["spread"] <= 1e6:
-        raise SpecError(f"spread={options['spread']} in {text!r} must be between 0 and 1e6")
+    for key in ("spread", "pattern"):
+        if not 0 <= options[key] <= 1e6:
+            raise SpecError(f"{key}={options[key]} in {text!r} must be between 0 and 1e6")
     if not 0 <= options.get("noise", 0.0) <= 1:
         raise SpecError(f"noise={options['noise']} in {text!r} must be a fraction between 0 and 1")
     return options
@@ -142,7 +147,7 @@ def load_synthetic(parsed: Spec, text: str):
     """The :class:`~tunnelscope.data.registry.Dataset` a ``synthetic[...]`` spec names."""
 
     o = synthetic_options(parsed, text)
-    patterns = class_patterns(o["n_classes"], o["channels"], o["size"], o["seed"])
+    patterns = class_patterns(o["n_classes"], o["channels"], o["size"], o["seed"]) * o["pattern"]
     train, test = (SyntheticSplit(o[name], patterns, o["spread"], o["seed"], _SPLIT_SALT[name])
                    for name in ("train", "test"))
     label_noise = None

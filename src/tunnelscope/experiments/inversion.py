@@ -369,33 +369,37 @@ def invert_checkpoint(checkpoint: str | Path, data: str | Dataset, out: str | Pa
     """What ``tunnelscope invert`` does: reconstruct ``images`` test images of ``data`` (drawn
     with ``config.seed``) from every point of a checkpoint's model and, with ``untrained``, of
     a copy re-initialised with the same seed; write scores, figures and ``report.html`` into
-    ``out``. Returns the inversions, the trained model's first."""
+    ``out``. Returns the inversions, the trained model's first. ``checkpoint`` may also be a
+    model spec (``resnet18``): its random initialisation seeded by ``config.seed`` is inverted,
+    as the one state ``untrained`` (Badger inverts untrained networks too)."""
     from .. import data as data_mod
     from ..data import sample_split
     from ..device import resolve_device
-    from ..models import load_model
+    from ..models import resolve_model
     from ..report.run import refresh_report
 
     out = claim_inversion(out, overwrite, create=False)  # refused before any work
-    if not Path(checkpoint).is_file():
+    is_file = Path(checkpoint).suffix in (".pt", ".pth") or "/" in str(checkpoint)
+    if is_file and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist; give a file written by 'tunnelscope train'")
     cfg = config or InvertConfig()
     dev = resolve_device(device)
-    model, meta = load_model(checkpoint, dev)
     dataset = data_mod.load(data, root=data_root) if isinstance(data, str) else data
-    if tuple(dataset.input_shape) != tuple(meta["input_shape"]):
-        raise ShapeError(f"checkpoint {checkpoint} takes inputs {tuple(meta['input_shape'])} but {dataset.spec} gives "
-                         f"{tuple(dataset.input_shape)}; add size=/channels= modifiers to --data")
+    model, spec, info = resolve_model(checkpoint, dev, dataset, seed=cfg.seed)
     if images > len(dataset.test):
         raise ConfigError(f"--images {images} is more than the {len(dataset.test)} test images of {dataset.spec}")
     split, n = sample_split(dataset.test, images, cfg.seed)
     x = torch.cat([b for b, _ in split.batches(256, device=dev)])
-    runs = [invert(model, x, points, cfg, dev, "trained", progress)]
-    if untrained:
-        runs.append(invert(untrained_copy(model, cfg.seed), x, points, cfg, dev, "untrained", progress))
-    save_inversions(runs, out, {"checkpoint": str(checkpoint), "model": meta["model_spec"], "data": dataset.spec,
-                                "images": n, "device": str(dev)}, overwrite)
-    refresh_report(out, title=f"tunnelscope invert: {meta['model_spec']}")
+    if not is_file:  # a spec at its initialisation: the untrained state only
+        runs = [invert(model, x, points, cfg, dev, "untrained", progress)]
+    else:
+        runs = [invert(model, x, points, cfg, dev, "trained", progress)]
+        if untrained:
+            runs.append(invert(untrained_copy(model, cfg.seed), x, points, cfg, dev, "untrained", progress))
+    source = {"checkpoint": str(checkpoint)} if is_file else {"init_seed": cfg.seed}
+    save_inversions(runs, out, {**source, "model": spec, "data": dataset.spec, "images": n, "device": str(dev)},
+                    overwrite)
+    refresh_report(out, title=f"tunnelscope invert: {spec}")
     return runs
 
 
