@@ -67,6 +67,22 @@ def test_the_default_protocol_flags_a_map_that_loses_information_and_not_one_tha
     assert (paper.score("nonunique").value == 0).all()  # judged on a_g, as the paper does: the flag cannot fire
 
 
+def test_the_flag_fires_on_a_deep_layer_of_a_trained_network(trained_mlp):
+    """The suite's trained MLP (784 inputs, hidden layers of 64): every hidden layer loses
+    information, and the refined reconstruction of its deepest layer reaches the embedding (below
+    m_r) from inputs far from the image (Adam's refinement stalled at 0.3 against m_r 0.08)."""
+    from tunnelscope.models import load_model
+
+    result, ds = trained_mlp
+    model, _ = load_model(result.final_checkpoint, torch.device("cpu"))
+    images = torch.cat([x for x, _ in ds.test.batches(3)])[:3]
+    deep = invert(model, images, ["blocks.4"], InvertConfig(steps=50), progress=False)
+    table = deep.table.pivot_table(index="image", columns="metric", values="value")
+    assert (table.nonunique == 1).sum() >= 2, table
+    fired = table[table.nonunique == 1]
+    assert (fired.m_g_refined < fired.m_r).all() and (fired.m_i_refined > 2 * fired.input_perturbation).all()
+
+
 def test_scores_equal_direct_numpy_computations():
     images = _images(2, seed=3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))

@@ -511,7 +511,7 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
               help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
 @click.option("--refine-steps", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Adam steps on the embedding distance before non-uniqueness is judged (0: judge the "
+              help="L-BFGS iterations on the embedding distance before non-uniqueness is judged (0: judge the "
                    "protocol's reconstruction, as the paper does).")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")

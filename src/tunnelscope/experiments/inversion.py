@@ -10,8 +10,8 @@ optimisation (rows are independent: the model runs in eval mode). Scores per row
 - ``nonunique``: 1 when ``m_g < m_r`` while ``m_i > ratio · ‖a − a′‖`` (the embedding
   cannot tell the reconstruction from the image, yet they differ far more than ``a′``),
   judged on a *refined* reconstruction (``m_g_refined``, ``m_i_refined``): from ``a_g``,
-  ``refine_steps`` Adam steps on the squared relative embedding distance, without blur, the
-  step size falling linearly to 0. Badger's fixed-step L1 descent with a blur after every
+  up to ``refine_steps`` L-BFGS iterations (strong-Wolfe line search) on the squared relative
+  embedding distance, without blur. Badger's fixed-step L1 descent with a blur after every
   step stalls at an embedding distance proportional to its step, above ``m_r`` even for a
   linear map that provably loses information, so judged on ``a_g`` itself the flag could
   never fire there; ``refine_steps=0`` judges ``a_g`` as the paper does.
@@ -66,8 +66,8 @@ class InvertConfig:
     restarts: int = 1
     perturb_std: float = 1 / 18
     nonunique_ratio: float = 2.0
-    refine_steps: int = 200  # Adam steps on the embedding distance before non-uniqueness is judged
-    refine_lr: float = 0.05
+    refine_steps: int = 200  # L-BFGS iterations on the embedding distance before non-uniqueness is judged
+    refine_lr: float = 1.0  # L-BFGS's first step (a strong-Wolfe line search adapts it)
     seed: int = 0
     max_rows: int = 512  # images × points × restarts optimised together at most
 
@@ -133,24 +133,31 @@ def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]
 
 def _refine(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]], start: Tensor,
             targets: dict[str, Tensor], cfg: InvertConfig, bar, task) -> Tensor:
-    """``cfg.refine_steps`` Adam steps from ``start`` on each row's squared embedding distance
-    relative to its target's squared norm (rows are independent: Adam acts elementwise), no blur,
-    the step size falling linearly to 0."""
+    """Up to ``cfg.refine_steps`` L-BFGS iterations (strong-Wolfe line search, first step
+    ``cfg.refine_lr``) from ``start`` on the sum over rows of each row's squared embedding
+    distance relative to its target's squared norm, no blur. A least-squares fit of a piecewise
+    linear map: L-BFGS reaches embedding distances below ``m_r`` where Adam's fixed steps stall
+    (a trained MLP's deep layers: 0.3 against ``m_r`` 0.08 after 200 Adam steps)."""
     needed = names[: max(p for p, _, _ in rows) + 1]
     by_point, images = _row_groups(rows, start.device)
     scale = {p: targets[names[p]][images[p]].flatten(1).square().sum(1).clamp_min(1e-12) for p in by_point}
     x = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=cfg.refine_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / max(1, cfg.refine_steps))
-    for _ in range(cfg.refine_steps):
+    if not cfg.refine_steps:
+        return x.detach()
+    opt = torch.optim.LBFGS([x], lr=cfg.refine_lr, max_iter=cfg.refine_steps, history_size=50,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
         outs = activations(model, needed, x)
         loss = sum(((outs[names[p]][ix] - targets[names[p]][images[p]]).flatten(1).square().sum(1) / scale[p]).sum()
                    for p, ix in by_point.items())
-        opt.zero_grad()
-        loss.backward()  # type: ignore[union-attr]
-        opt.step()
-        sched.step()
-        bar.advance(task)
+        assert isinstance(loss, Tensor)  # by_point is never empty
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    bar.advance(task, cfg.refine_steps)
     return x.detach()
 
 
