@@ -321,3 +321,33 @@ def test_invert_takes_a_bare_model_spec_and_inverts_its_seeded_initialisation(tm
     assert code == 0 and json.loads(again)["summary"] == json.loads(out)["summary"]  # the same seeded model
     code, _, err = run_cli(["invert", "--data", "digits", "--out", tmp_path / "c"], capsys)
     assert code == 2 and "exactly one of --checkpoint and --model" in err
+
+
+def test_the_trajectory_starts_at_the_starts_and_ends_at_the_scored_reconstruction(tmp_path):
+    from tunnelscope.experiments.inversion import InversionResult, trajectory_steps
+
+    assert trajectory_steps(20) == [0, 1, 2, 4, 8, 16, 20] and trajectory_steps(1) == [0, 1]
+    images = _images(2, seed=5)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    res = invert(model, images, ["1", "2"], InvertConfig(steps=20, restarts=2, refine_steps=0), progress=False)
+    t = res.table
+    steps = t[t.metric == "trajectory_m_i"].step.unique()
+    assert sorted(steps) == [0, 1, 2, 4, 8, 16, 20]
+    for name in ("1", "2"):
+        for r in range(2):
+            def value(metric, step=None, rows=t[(t.point == name) & (t.restart == r)]):
+                chosen = rows[rows.metric == metric] if step is None else rows[(rows.metric == metric)
+                                                                             & (rows.step == step)]
+                return chosen.sort_values("image").value.to_numpy()
+            start = np.linalg.norm((res.starts[r] - images).double().numpy().reshape(2, -1), axis=1)
+            np.testing.assert_allclose(value("trajectory_m_i", 0), start, rtol=1e-5)
+            np.testing.assert_allclose(value("trajectory_m_i", 20), value("m_i"), rtol=1e-5)
+            np.testing.assert_allclose(value("trajectory_m_g", 20), value("m_g"), rtol=1e-4)
+    from tunnelscope.report.experiments import draw_experiment
+
+    result = InversionResult.from_inversions([res])
+    drawn = draw_experiment("inversion", result.tables(), result.saved_config())
+    lines = drawn["figures/inversion-trajectory"].axes[1].get_lines()  # m_i, one line per layer
+    assert len(lines) == 2
+    mean_end = t[(t.metric == "m_i") & (t.point == "2")].value.mean()
+    assert lines[1].get_ydata()[-1] == pytest.approx(mean_end, rel=1e-5) and lines[1].get_xdata()[-1] == 21

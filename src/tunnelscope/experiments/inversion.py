@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -98,27 +98,62 @@ def _tv(x: Tensor) -> Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
 
 
-def _row_groups(rows: list[tuple[int, int, int]], device: torch.device) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-    """Per point index of a chunk: the chunk rows reconstructed from that point, and their images."""
-    index = {p: torch.tensor([i for i, r in enumerate(rows) if r[0] == p], device=device)
-             for p in sorted({r[0] for r in rows})}
-    return index, {p: torch.tensor([rows[i][2] for i in ix.tolist()], device=device) for p, ix in index.items()}
+@dataclass
+class _Chunk:
+    """Rows ``(point index, restart, image)`` optimised together, what they aim at, and per point
+    index: the chunk positions of its rows (``index``) and their images (``images``)."""
+
+    rows: list[tuple[int, int, int]]
+    names: list[str]
+    targets: dict[str, Tensor]
+    originals: Tensor
+    index: dict[int, Tensor] = field(default_factory=dict)
+    images: dict[int, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        device = self.originals.device
+        self.index = {p: torch.tensor([i for i, r in enumerate(self.rows) if r[0] == p], device=device)
+                      for p in sorted({r[0] for r in self.rows})}
+        self.images = {p: torch.tensor([self.rows[i][2] for i in ix.tolist()], device=device)
+                       for p, ix in self.index.items()}
+
+    @property
+    def needed(self) -> list[str]:
+        """The points up to the deepest one of the chunk (what a forward pass must reach)."""
+        return self.names[: max(p for p, _, _ in self.rows) + 1]
+
+    def distances(self, outs: dict[str, Tensor], p: int, squared_relative: bool = False) -> Tensor:
+        """Each row of point index ``p``: its embedding's L2 distance to its target (or the squared
+        distance relative to the target's squared norm)."""
+        target = self.targets[self.names[p]][self.images[p]]
+        gap = (outs[self.names[p]][self.index[p]] - target).flatten(1)
+        if squared_relative:
+            return gap.square().sum(1) / target.flatten(1).square().sum(1).clamp_min(1e-12)
+        return gap.double().norm(dim=1)
 
 
-def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]], start: Tensor,
-             targets: dict[str, Tensor], cfg: InvertConfig, bar, task) -> Tensor:
-    """Gradient descent for one chunk of rows ``(point index, restart, image)``."""
-    needed = names[: max(p for p, _, _ in rows) + 1]
-    index, images = _row_groups(rows, start.device)
-    by_point = list(index)
+def trajectory_steps(steps: int) -> list[int]:
+    """The steps at which a descent's progress is recorded: 0, 1, 2, 4, ... and the last."""
+    return sorted({0, steps, *(2 ** k for k in range(max(1, steps).bit_length()) if 2 ** k < steps)})
+
+
+def _descend(model: nn.Module, chunk: _Chunk, start: Tensor, cfg: InvertConfig,
+             advance: Callable[[int], None]) -> tuple[Tensor, list[dict]]:
+    """Badger's gradient descent for one chunk; returns the reconstructions and the trajectory:
+    each row's ``m_g`` and ``m_i`` at :func:`trajectory_steps`."""
     image_like = start.dim() == 4
+    recorded, trajectory = set(trajectory_steps(cfg.steps)), []
     x = start.clone()
-    for step in range(cfg.steps):
-        x.requires_grad_(True)
-        outs = activations(model, needed, x)
-        loss = sum(cfg.l1_weight * (outs[names[p]][index[p]] - targets[names[p]][images[p]]).abs().sum()
-                   for p in by_point)
-        assert isinstance(loss, Tensor)  # by_point is never empty, so sum() never returns its start, 0
+    for step in range(cfg.steps + 1):
+        x.requires_grad_(step < cfg.steps)
+        outs = activations(model, chunk.needed, x)
+        if step in recorded:
+            trajectory += _progress(chunk, outs, x, step)
+        if step == cfg.steps:
+            break
+        loss = sum(cfg.l1_weight * (outs[chunk.names[p]][ix] - chunk.targets[chunk.names[p]][chunk.images[p]]).abs()
+                   .sum() for p, ix in chunk.index.items())
+        assert isinstance(loss, Tensor)  # index is never empty, so sum() never returns its start, 0
         if cfg.tv_weight and image_like:
             loss = loss + cfg.tv_weight * _tv(x)
         (grad,) = torch.autograd.grad(loss, x)
@@ -127,20 +162,31 @@ def _descend(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]
             if cfg.blur and image_like:
                 sigma = cfg.sigma_start + (cfg.sigma_end - cfg.sigma_start) * step / max(1, cfg.steps - 1)
                 x = gaussian_blur(x, [3, 3], [sigma, sigma])
-        bar.advance(task)
-    return x.detach()
+        advance(1)
+    return x.detach(), trajectory
 
 
-def _refine(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]], start: Tensor,
-            targets: dict[str, Tensor], cfg: InvertConfig, bar, task) -> Tensor:
+def _progress(chunk: _Chunk, outs: dict[str, Tensor], x: Tensor, step: int) -> list[dict]:
+    """Each row's embedding distance ``m_g`` and input distance ``m_i`` at ``step``."""
+    found = []
+    with torch.no_grad():
+        for p, ix in chunk.index.items():
+            m_g, m_i = chunk.distances(outs, p), _norms(x[ix] - chunk.originals[chunk.images[p]])
+            for k, position in enumerate(ix.tolist()):
+                _, restart, image = chunk.rows[position]
+                found += [{"image": image, "restart": restart, "point": chunk.names[p], "layer": p + 1, "step": step,
+                           "metric": metric, "value": float(value[k])}
+                          for metric, value in (("trajectory_m_g", m_g), ("trajectory_m_i", m_i))]
+    return found
+
+
+def _refine(model: nn.Module, chunk: _Chunk, start: Tensor, cfg: InvertConfig,
+            advance: Callable[[int], None]) -> Tensor:
     """Up to ``cfg.refine_steps`` L-BFGS iterations (strong-Wolfe line search, first step
     ``cfg.refine_lr``) from ``start`` on the sum over rows of each row's squared embedding
     distance relative to its target's squared norm, no blur. A least-squares fit of a piecewise
     linear map: L-BFGS reaches embedding distances below ``m_r`` where Adam's fixed steps stall
     (a trained MLP's deep layers: 0.3 against ``m_r`` 0.08 after 200 Adam steps)."""
-    needed = names[: max(p for p, _, _ in rows) + 1]
-    by_point, images = _row_groups(rows, start.device)
-    scale = {p: targets[names[p]][images[p]].flatten(1).square().sum(1).clamp_min(1e-12) for p in by_point}
     x = start.clone().requires_grad_(True)
     if not cfg.refine_steps:
         return x.detach()
@@ -149,15 +195,14 @@ def _refine(model: nn.Module, names: list[str], rows: list[tuple[int, int, int]]
 
     def closure() -> Tensor:
         opt.zero_grad()
-        outs = activations(model, needed, x)
-        loss = sum(((outs[names[p]][ix] - targets[names[p]][images[p]]).flatten(1).square().sum(1) / scale[p]).sum()
-                   for p, ix in by_point.items())
-        assert isinstance(loss, Tensor)  # by_point is never empty
+        outs = activations(model, chunk.needed, x)
+        loss = sum(chunk.distances(outs, p, squared_relative=True).sum() for p in chunk.index)
+        assert isinstance(loss, Tensor)  # index is never empty
         loss.backward()
         return loss
 
     opt.step(closure)
-    bar.advance(task, cfg.refine_steps)
+    advance(cfg.refine_steps)
     return x.detach()
 
 
@@ -190,18 +235,24 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
         rows = list(itertools.product(range(len(names)), range(R), range(n)))
         out = torch.empty(len(names), R, n, *images.shape[1:], device=dev)
         refined = torch.empty_like(out)
+        trajectory: list[dict] = []
         with progress_bar(progress) as bars:
             task = bars.add_task(f"inverting ({state})",
                                  total=(cfg.steps + cfg.refine_steps) * math.ceil(len(rows) / cfg.max_rows),
                                  info=f"{n} images × {len(names)} points × {R} restarts")
+            def advance(steps: int) -> None:
+                bars.advance(task, steps)
+
             for lo in range(0, len(rows), cfg.max_rows):
-                chunk = rows[lo : lo + cfg.max_rows]
-                start = torch.stack([starts[r, i] for _, r, i in chunk])
-                result = _descend(model, names, chunk, start, targets, cfg, bars, task)
-                polished = _refine(model, names, chunk, result, targets, cfg, bars, task)  # no steps: a copy
-                for (point, r, i), x, y in zip(chunk, result, polished):
+                chunk = _Chunk(rows[lo : lo + cfg.max_rows], names, targets, images)
+                start = torch.stack([starts[r, i] for _, r, i in chunk.rows])
+                result, progress_rows = _descend(model, chunk, start, cfg, advance)
+                trajectory += progress_rows
+                polished = _refine(model, chunk, result, cfg, advance)  # no steps: a copy
+                for (point, r, i), x, y in zip(chunk.rows, result, polished):
                     out[point, r, i], refined[point, r, i] = x, y
         table = _scores(model, names, images, perturbed, (out, refined), targets, cfg, state)
+        table = pd.concat([table, pd.DataFrame(trajectory).assign(state=state)], ignore_index=True)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
@@ -248,7 +299,8 @@ def _scores(model, names, images, perturbed, reconstructions: tuple[Tensor, Tens
 
 
 SUMMARY_KEY = "summary"  # the key of inversion.json that holds the per-layer means, after the config
-INVERSION_FIGURES = ("inversion-grid-trained", "inversion-grid-untrained", "inversion-scores")  # under figures/
+INVERSION_FIGURES = ("inversion-grid-trained", "inversion-grid-untrained", "inversion-scores",
+                     "inversion-trajectory")  # under figures/
 
 
 def summarize_scores(scores: pd.DataFrame) -> dict:
