@@ -351,3 +351,31 @@ def test_the_trajectory_starts_at_the_starts_and_ends_at_the_scored_reconstructi
     assert len(lines) == 2
     mean_end = t[(t.metric == "m_i") & (t.point == "2")].value.mean()
     assert lines[1].get_ydata()[-1] == pytest.approx(mean_end, rel=1e-5) and lines[1].get_xdata()[-1] == 21
+
+
+def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
+    """Against numpy: null_dim = D_in - rank(W), m_i_exact = distance to the least-squares
+    minimum-norm preimage; a ReLU network has no exact reference."""
+    from tunnelscope.experiments.inversion import linear_reference
+
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    narrow, wide = nn.Linear(784, 256), nn.Linear(784, 2048)
+    for layer in (narrow, wide):
+        nn.init.normal_(layer.weight, std=layer.in_features ** -0.5, generator=g)
+    x = images.double().numpy().reshape(3, -1)
+    for layer, null in ((narrow, 528), (wide, 0)):
+        rows = pd.DataFrame(linear_reference(nn.Sequential(nn.Flatten(), layer), "1", 1, images))
+        w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        assert (rows[rows.metric == "null_dim"].value == null).all()
+        assert null == 784 - np.linalg.matrix_rank(w)
+        preimage = np.linalg.lstsq(w, (x @ w.T).T, rcond=None)[0].T  # the minimum-norm input with the same embedding
+        expected = np.linalg.norm(preimage - x, axis=1)
+        np.testing.assert_allclose(rows[rows.metric == "m_i_exact"].sort_values("image").value, expected,
+                                   rtol=1e-6, atol=1e-8)
+        assert (expected > 1).all() if null else (expected < 1e-6).all()
+    relu = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32))
+    assert linear_reference(relu, "3", 3, images) == []
+    scored = invert(nn.Sequential(nn.Flatten(), narrow), images, ["1"], InvertConfig(steps=5, refine_steps=0),
+                    progress=False)
+    assert set(scored.table.metric) >= {"null_dim", "m_i_exact"}

@@ -23,6 +23,7 @@ space; Badger's start ``N(0,1)/20 + 0.7`` is applied there.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -252,7 +253,8 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
                 for (point, r, i), x, y in zip(chunk.rows, result, polished):
                     out[point, r, i], refined[point, r, i] = x, y
         table = _scores(model, names, images, perturbed, (out, refined), targets, cfg, state)
-        table = pd.concat([table, pd.DataFrame(trajectory).assign(state=state)], ignore_index=True)
+        exact = [row for p, name in enumerate(names) for row in linear_reference(model, name, p + 1, images)]
+        table = pd.concat([table, pd.DataFrame(trajectory + exact).assign(state=state)], ignore_index=True)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
@@ -260,6 +262,38 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
     recon = {name: out[p].cpu() for p, name in enumerate(names)}
     return Inversion(table, recon, images.cpu(), perturbed.cpu(), starts.cpu(),
                      {**asdict(cfg), "points": names, "state": state})
+
+
+MAX_JACOBIAN = 1 << 24  # entries of an input-to-point Jacobian computed for the exact reference (128 MiB in float64)
+
+
+def linear_reference(model: nn.Module, name: str, layer: int, images: Tensor) -> list[dict]:
+    """The exact answer where the map from the input to point ``name`` is affine (a linear MLP):
+    per image, ``null_dim`` (input dimensions the map cannot see: D_in − rank of its matrix; any
+    positive value makes every embedding non-unique, preimages at any distance) and
+    ``m_i_exact``, the distance from the image to the minimum-norm input with the same embedding
+    (the pseudo-inverse's). [] for a map that is not affine or whose matrix is too large."""
+    x = images.detach().double()
+    width = int(activations(model, [name], images[:1])[name][0].numel())
+    if width * x[0].numel() > MAX_JACOBIAN or len(x) < 1:
+        return []
+    model64 = copy.deepcopy(model).double()
+
+    def embed(v: Tensor) -> Tensor:
+        return activations(model64, [name], v.reshape(1, *x.shape[1:]))[name].flatten()
+
+    jacobian = torch.func.jacrev(embed)(torch.zeros_like(x[0]).flatten())
+    offset = embed(torch.zeros_like(x[0]).flatten())
+    with torch.no_grad():
+        outputs = activations(model64, [name], x)[name].flatten(1)
+        predicted = x.flatten(1) @ jacobian.T + offset
+        if not torch.allclose(predicted, outputs, rtol=1e-6, atol=1e-8 * float(outputs.abs().max().clamp_min(1))):
+            return []  # not affine: no exact reference
+        null_dim = x[0].numel() - int(torch.linalg.matrix_rank(jacobian))
+        preimage = (outputs - offset) @ torch.linalg.pinv(jacobian).T
+        distance = (preimage - x.flatten(1)).norm(dim=1)
+    return [{"image": i, "restart": -1, "point": name, "layer": layer, "metric": metric, "value": float(value)}
+            for i in range(len(x)) for metric, value in (("null_dim", null_dim), ("m_i_exact", distance[i]))]
 
 
 def _norms(x: Tensor) -> Tensor:
