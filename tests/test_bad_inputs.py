@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from cli_helpers import run_cli
+from cli_helpers import check_refusal, run_cli, tree
 from files import bad_explain_tables, fashion_root
 from tunnelscope import train
 
@@ -304,10 +304,6 @@ def _cases(w: dict, out: Path) -> list[tuple]:
     ]
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 CASE_COUNT = 76
 
 
@@ -318,15 +314,11 @@ def test_bad_input_gets_one_line_and_leaves_nothing(index, world, tmp_path, caps
     cases = _cases(world, tmp_path / "out")
     assert len(cases) == CASE_COUNT
     args, status, fragment, *setup = cases[index]
-    before, world_before = _tree(tmp_path), _tree(world["root"])
+    before, world_before = tree(tmp_path), tree(world["root"])
     for prepare in setup:
         prepare(monkeypatch, world)
     code, stdout, err = run_cli(args, capsys)
     monkeypatch.undo()
-    assert code == status, (args, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tunnelscope: error: "), (args, err)
-    assert fragment in lines[0], (args, err)
-    assert "Traceback" not in err + stdout and ".tmp" not in err
-    assert _tree(tmp_path) == before, f"left behind: {_tree(tmp_path) - before}"
-    assert _tree(world["root"]) == world_before, f"changed: {_tree(world['root']) ^ world_before}"
+    check_refusal(args, code, stdout, err, status, fragment)
+    assert tree(tmp_path) == before, f"left behind: {tree(tmp_path) - before}"
+    assert tree(world["root"]) == world_before, f"changed: {tree(world['root']) ^ world_before}"

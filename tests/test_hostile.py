@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from cli_helpers import run_cli
+from cli_helpers import check_refusal, run_cli, tree
 from tunnelscope import train
 
 MODEL_DATA = "digits"
@@ -202,10 +202,6 @@ def _cases(w: dict, out: str) -> list[tuple[list, int, str]]:
 CASE_COUNT = 86
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 def _spills() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("tunnelscope-cache-*")}
 
@@ -218,15 +214,11 @@ def test_bad_input_gets_one_line_and_leaves_nothing(index, world, tmp_path, caps
     cases = _cases(world, out)
     assert len(cases) == CASE_COUNT
     args, status, fragment = cases[index]
-    before, world_before, spills = _tree(tmp_path), _tree(world["root"]), _spills()
+    before, world_before, spills = tree(tmp_path), tree(world["root"]), _spills()
     code, stdout, err = run_cli(args, capsys)
-    assert code == status, (args, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tunnelscope: error: "), (args, err)
-    assert fragment in lines[0], (args, err)
-    assert "Traceback" not in err + stdout and "weights_only=False" not in err
-    assert _tree(tmp_path) == before, f"left behind: {_tree(tmp_path) - before}"
-    assert _tree(world["root"]) == world_before and _spills() == spills
+    check_refusal(args, code, stdout, err, status, fragment)
+    assert tree(tmp_path) == before, f"left behind: {tree(tmp_path) - before}"
+    assert tree(world["root"]) == world_before and _spills() == spills
     assert not world["marker"].exists(), "a file ran code"
 
 

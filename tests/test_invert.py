@@ -366,7 +366,7 @@ def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
     x = images.double().numpy().reshape(3, -1)
     for layer, null in ((narrow, 528), (wide, 0)):
         rows = pd.DataFrame(linear_reference(nn.Sequential(nn.Flatten(), layer), "1", 1, images))
-        w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        w = layer.weight.detach().double().numpy()
         assert (rows[rows.metric == "null_dim"].value == null).all()
         assert null == 784 - np.linalg.matrix_rank(w)
         preimage = np.linalg.lstsq(w, (x @ w.T).T, rcond=None)[0].T  # the minimum-norm input with the same embedding
