@@ -45,6 +45,10 @@ def world(tmp_path_factory) -> dict:
                        "--probe-c", "1", "--out", root / "analysis", "-q"])
     assert code == 0
     w.update(_damaged_analyses(root / "analysis", root))
+    code = _quiet_cli(["invert", "--checkpoint", ours.final_checkpoint, "--data", "digits", "--images", "2", "--steps",
+                       "5", "--refine-steps", "0", "--no-untrained", "--out", root / "inversion", "-q"])
+    assert code == 0
+    w.update(_damaged_inversions(root / "inversion", root))
     tables = root / "tables"
     tables.mkdir()
     bad_explain_tables(tables)
@@ -107,6 +111,18 @@ def _damaged_analyses(analysis: Path, root: Path) -> dict[str, Path]:
         "bad_interval": copy("bad-interval", summary_edit({"tunnel_start@0.95_ci": [1]})),
         "figures_link": copy("figures-link", figures_link),
     }
+
+
+def _damaged_inversions(inversion: Path, root: Path) -> dict[str, Path]:
+    """Copies of an inversion whose inversion.json was edited or damaged."""
+    damaged = {}
+    for name, text in (("inv_list", "[]"), ("inv_summary", '{"kind": "inversion", "summary": 3}'),
+                       ("inv_row", '{"kind": "inversion", "summary": {"trained": [{"layer": "x"}]}}')):
+        target = root / name
+        shutil.copytree(inversion, target)
+        (target / "inversion.json").write_text(text)
+        damaged[name] = target
+    return damaged
 
 
 def _data_roots(root: Path) -> dict[str, Path]:
@@ -226,6 +242,9 @@ def _cases(w: dict, out: Path) -> list[tuple]:
         (["report", w["nested_type"]], 1, "flags[0].code is 1, not text"),
         (["report", w["bad_interval"]], 1, "tunnel_start@0.95_ci is [1], not a pair [lo, hi] of numbers"),
         (["report", w["figures_link"]], 1, "does not write through links"),
+        (["report", w["inv_list"]], 1, "inversion.json holds a list, not a JSON object"),
+        (["report", w["inv_summary"]], 1, "inversion.json: summary is 3, not an object"),
+        (["report", w["inv_row"]], 1, "summary.trained[0].m_g is missing, not a number"),
         (["compare", w["dup_rows"], w["analysis"], "--out", out], 1, "duplicated row(s)"),
         (["compare", w["removed_rows"], w["analysis"], "--out", out], 1, "lacks"),
         (["compare", w["analysis"], w["analysis"], "--label", "one", "--out", out], 1, "label"),
@@ -304,7 +323,7 @@ def _cases(w: dict, out: Path) -> list[tuple]:
     ]
 
 
-CASE_COUNT = 76
+CASE_COUNT = 79
 
 
 @pytest.mark.timeout(120)

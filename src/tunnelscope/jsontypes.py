@@ -86,6 +86,12 @@ def _descend(value: Any, annotation: Any) -> tuple[str, Any, Any] | None:
         found = first_misfit(value, annotation)
         return (f".{found[0]}", found[1], found[2]) if found else None
     base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    if typing.get_origin(base) is dict and isinstance(value, dict) and typing.get_args(base):
+        inner = typing.get_args(base)[1]
+        for key, item in value.items():
+            if not fits(item, inner):
+                deeper = _descend(item, inner)
+                return (f".{key}{deeper[0]}", deeper[1], deeper[2]) if deeper else (f".{key}", item, inner)
     if typing.get_origin(base) is list and isinstance(value, list) and typing.get_args(base):
         inner = typing.get_args(base)[0]
         for index, item in enumerate(value):
@@ -111,10 +117,21 @@ def type_name(annotation: Any) -> str:
     return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+def misfit_message(value: dict, annotation: Any, where: str) -> str | None:
+    """``"WHERE: PATH is VALUE, not TYPE"`` for the first place ``value`` does not fit the TypedDict
+    ``annotation`` (:func:`first_misfit`), or None when it fits."""
+    found = first_misfit(value, annotation)
+    if found is None:
+        return None
+    path, wrong, declared = found
+    return f"{where}: {path} is {MISSING if wrong is MISSING else short_repr(wrong)}, not {type_name(declared)}"
+
+
 def short_repr(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, for one-line messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__ = ["DEFINED", "MISSING", "PAIR", "Interval", "first_misfit", "fits", "misfits", "short_repr", "type_name"]
+__all__ = ["DEFINED", "MISSING", "PAIR", "Interval", "first_misfit", "fits", "misfit_message", "misfits", "short_repr",
+           "type_name"]

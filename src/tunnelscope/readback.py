@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 import pandas as pd
 
 from .errors import RunDirectoryError
-from .jsontypes import first_misfit, short_repr, type_name
+from .jsontypes import misfit_message
 from .rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE
 from .summary import check_summary
 
@@ -41,6 +41,41 @@ class ConfigRecord(TypedDict, total=False):
     statistics: dict[str, Any]
 
 
+class InversionLayer(TypedDict):
+    """One point's mean inversion scores in ``inversion.json``'s summary."""
+
+    layer: int
+    point: str
+    m_g: float
+    m_i: float
+    m_r: float
+    nonunique: float
+
+
+class InversionRecord(TypedDict, total=False):
+    """What reading ``inversion.json`` back uses: the per-state layer rows and the settings."""
+
+    kind: str
+    summary: dict[str, list[InversionLayer]]
+    config: dict[str, Any]
+
+
+def read_inversion_record(path: Path) -> dict[str, Any]:
+    """``inversion.json`` read back and checked against :class:`InversionRecord`; a damaged or
+    edited file is a one-line :class:`RunDirectoryError` naming the place."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunDirectoryError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(record, dict):
+        raise RunDirectoryError(f"{path} holds a {type(record).__name__}, not a JSON object; {DAMAGED}")
+    if wrong := misfit_message(record, InversionRecord, str(path)):
+        raise RunDirectoryError(f"{wrong}; {DAMAGED}")
+    return record
+
+
 def check_run_files(d: Path, table: pd.DataFrame, summary: object, config: object) -> None:
     """Refuse, in one line, a run directory whose files were damaged or edited: a summary or config
     that is not a JSON object or holds a value of the wrong type, a results table that lacks a
@@ -51,9 +86,8 @@ def check_run_files(d: Path, table: pd.DataFrame, summary: object, config: objec
         raise RunDirectoryError(str(exc)) from None
     if not isinstance(config, dict):
         raise RunDirectoryError(f"{d / CONFIG_FILE} holds a {type(config).__name__}, not a JSON object; {DAMAGED}")
-    if wrong := first_misfit(config, ConfigRecord):
-        raise RunDirectoryError(f"{d / CONFIG_FILE}: '{wrong[0]}' is {short_repr(wrong[1])}, not "
-                                f"{type_name(wrong[2])}; {DAMAGED}")
+    if wrong := misfit_message(config, ConfigRecord, str(d / CONFIG_FILE)):
+        raise RunDirectoryError(f"{wrong}; {DAMAGED}")
     check_table(d / RESULTS_FILE, table)
 
 
@@ -106,4 +140,5 @@ def _incomplete_curve(table: pd.DataFrame) -> str | None:
     return None
 
 
-__all__ = ["ConfigRecord", "ProbesRecord", "REQUIRED_COLUMNS", "ROW_KEY", "check_run_files", "check_table"]
+__all__ = ["ConfigRecord", "InversionLayer", "InversionRecord", "ProbesRecord", "REQUIRED_COLUMNS", "ROW_KEY",
+           "check_run_files", "check_table", "read_inversion_record"]

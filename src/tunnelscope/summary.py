@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Required, TypedDict, cast
 
-from .jsontypes import DEFINED, MISSING, Interval, first_misfit, short_repr, type_name
+from .jsontypes import DEFINED, Interval, misfit_message
 
 TAUS: Final = (0.95, 0.98)  # thresholds of the tunnel's start and length (fraction of the final ID accuracy)
 DEFAULT_TAU: Final = 0.95
@@ -130,12 +130,8 @@ def check_summary(summary: Any, where: str) -> None:
     declared keys hold values of the wrong type (nested rows included)."""
     if not isinstance(summary, dict):
         raise ValueError(f"{where} holds a {type(summary).__name__}, not a JSON object")
-    wrong = first_misfit(summary, Summary)
-    if wrong:
-        where_in, value, declared = wrong
-        shown = MISSING if value is MISSING else short_repr(value)
-        raise ValueError(f"{where}: {where_in} is {shown}, not {type_name(declared)}; the file was changed by hand "
-                         "or damaged")
+    if wrong := misfit_message(summary, Summary, where):
+        raise ValueError(f"{wrong}; the file was changed by hand or damaged")
 
 
 __all__ = ["check_summary", "BEST_TRANSFER_LAYER", "C_SENSITIVITY", "DEFAULT_TAU", "ID_GAIN", "ID_GAIN_SHARE",

@@ -320,8 +320,8 @@ def test_a_run_whose_table_has_no_rows_is_refused_not_called_an_inversion(runs, 
     ("summary.json", '"x"', "holds a str"),
     ("summary.json", '{"verdict": 3, "points": "a"}', "summary.json: points is 'a', not an integer"),
     ("config.json", "[]", "config.json holds a list"),
-    ("config.json", '{"points": 5}', "'points' is 5, not a list of text"),
-    ("config.json", '{"probes": {"probe": "lbfgs"}}', "'probes.probe' is 'lbfgs', not an object"),
+    ("config.json", '{"points": 5}', "config.json: points is 5, not a list of text"),
+    ("config.json", '{"probes": {"probe": "lbfgs"}}', "config.json: probes.probe is 'lbfgs', not an object"),
 ])
 def test_a_tampered_summary_or_config_is_refused_in_one_line(runs, tmp_path, capsys, name, content, message):
     path, _, _ = runs["mlp-6x64"]

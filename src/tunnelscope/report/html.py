@@ -14,6 +14,7 @@ import numpy as np
 
 from ..io import write_text
 from ..metrics import PRESENTATIONS
+from ..readback import read_inversion_record
 from ..results import Results, column_dataset, column_metric, lower, upper
 from ..rundir import FIGURES_DIR, INVERSION_CONFIG
 from ..summary import (
@@ -149,7 +150,7 @@ def inversion_section(directory: Path) -> str:
     config_path = Path(directory) / INVERSION_CONFIG
     if not config_path.is_file():
         return ""
-    info = json.loads(config_path.read_text())
+    info = read_inversion_record(config_path)
     rows = []
     for state, points in info.get("summary", {}).items():
         for p in points:
