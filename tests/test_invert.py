@@ -365,7 +365,7 @@ def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
         nn.init.normal_(layer.weight, std=layer.in_features ** -0.5, generator=g)
     x = images.double().numpy().reshape(3, -1)
     for layer, null in ((narrow, 528), (wide, 0)):
-        rows = pd.DataFrame(linear_reference(nn.Sequential(nn.Flatten(), layer), "1", 1, images))
+        rows = pd.DataFrame(linear_reference(nn.Sequential(nn.Flatten(), layer), ["1"], images))
         w = layer.weight.detach().double().numpy()
         assert (rows[rows.metric == "null_dim"].value == null).all()
         assert null == 784 - np.linalg.matrix_rank(w)
@@ -375,7 +375,7 @@ def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
                                    rtol=1e-6, atol=1e-8)
         assert (expected > 1).all() if null else (expected < 1e-6).all()
     relu = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32))
-    assert linear_reference(relu, "3", 3, images) == []
+    assert linear_reference(relu, ["3"], images) == []
     scored = invert(nn.Sequential(nn.Flatten(), narrow), images, ["1"], InvertConfig(steps=5, refine_steps=0),
                     progress=False)
     assert set(scored.table.metric) >= {"null_dim", "m_i_exact"}

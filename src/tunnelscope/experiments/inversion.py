@@ -253,7 +253,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
                 for (point, r, i), x, y in zip(chunk.rows, result, polished):
                     out[point, r, i], refined[point, r, i] = x, y
         table = _scores(model, names, images, perturbed, (out, refined), targets, cfg, state)
-        exact = [row for p, name in enumerate(names) for row in linear_reference(model, name, p + 1, images)]
+        exact = linear_reference(model, names, images, {k: int(v[0].numel()) for k, v in targets.items()})
         table = pd.concat([table, pd.DataFrame(trajectory + exact).assign(state=state)], ignore_index=True)
     finally:
         for p, flag in zip(model.parameters(), flags):
@@ -267,33 +267,51 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
 MAX_JACOBIAN = 1 << 24  # entries of an input-to-point Jacobian computed for the exact reference (128 MiB in float64)
 
 
-def linear_reference(model: nn.Module, name: str, layer: int, images: Tensor) -> list[dict]:
-    """The exact answer where the map from the input to point ``name`` is affine (a linear MLP):
-    per image, ``null_dim`` (input dimensions the map cannot see: D_in − rank of its matrix; any
-    positive value makes every embedding non-unique, preimages at any distance) and
-    ``m_i_exact``, the distance from the image to the minimum-norm input with the same embedding
-    (the pseudo-inverse's). [] for a map that is not affine or whose matrix is too large."""
+def linear_reference(model: nn.Module, names: list[str], images: Tensor,
+                     widths: Mapping[str, int] | None = None) -> list[dict]:
+    """The exact answer at each point of ``names`` (layer = its position + 1) where the map from
+    the input to it is affine (a linear MLP): per image, ``null_dim`` (input dimensions the map
+    cannot see: D_in − rank of its matrix; any positive value makes every embedding non-unique,
+    preimages at any distance) and ``m_i_exact``, the distance from the image to the minimum-norm
+    input with the same embedding (the pseudo-inverse's). No rows for a point whose map is not
+    affine or whose matrix has more than :data:`MAX_JACOBIAN` entries. ``widths`` (each point's
+    feature count) spares a forward pass when the caller has the activations."""
     x = images.detach().double()
-    width = int(activations(model, [name], images[:1])[name][0].numel())
-    if width * x[0].numel() > MAX_JACOBIAN or len(x) < 1:
+    if widths is None:
+        widths = {k: int(v[0].numel()) for k, v in activations(model, names, images[:1]).items()}
+    small = [(p, name) for p, name in enumerate(names) if widths[name] * x[0].numel() <= MAX_JACOBIAN]
+    if not small or len(x) < 1:
         return []
-    model64 = copy.deepcopy(model).double()
+    model64 = copy.deepcopy(model).double()  # once for every point
+    return [row for p, name in small for row in _affine_reference(model64, name, p + 1, x)]
 
+
+def _affine_reference(model64: nn.Module, name: str, layer: int, x: Tensor) -> list[dict]:
+    """:func:`linear_reference` at one point, on the float64 copy of the model."""
     def embed(v: Tensor) -> Tensor:
         return activations(model64, [name], v.reshape(1, *x.shape[1:]))[name].flatten()
 
+    with torch.no_grad():  # an affine map keeps f(a) + f(-a) = 2 f(0) (a ReLU one, even without biases, does not):
+        ends = activations(model64, [name], torch.stack([torch.zeros_like(x[0]), x[0], -x[0]]))[name].flatten(1)
+        if not _close(ends[1] + ends[2], 2 * ends[0]):  # refused on three samples, before a Jacobian
+            return []
     jacobian = torch.func.jacrev(embed)(torch.zeros_like(x[0]).flatten())
     offset = embed(torch.zeros_like(x[0]).flatten())
     with torch.no_grad():
         outputs = activations(model64, [name], x)[name].flatten(1)
         predicted = x.flatten(1) @ jacobian.T + offset
-        if not torch.allclose(predicted, outputs, rtol=1e-6, atol=1e-8 * float(outputs.abs().max().clamp_min(1))):
+        if not _close(predicted, outputs):
             return []  # not affine: no exact reference
         null_dim = x[0].numel() - int(torch.linalg.matrix_rank(jacobian))
         preimage = (outputs - offset) @ torch.linalg.pinv(jacobian).T
         distance = (preimage - x.flatten(1)).norm(dim=1)
     return [{"image": i, "restart": -1, "point": name, "layer": layer, "metric": metric, "value": float(value)}
             for i in range(len(x)) for metric, value in (("null_dim", null_dim), ("m_i_exact", distance[i]))]
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal up to float64 rounding of a forward pass (relative to the larger values' scale)."""
+    return torch.allclose(a, b, rtol=1e-6, atol=1e-8 * float(torch.maximum(a.abs().max(), b.abs().max()).clamp_min(1)))
 
 
 def _norms(x: Tensor) -> Tensor:

@@ -161,19 +161,18 @@ def _with_environment(value: Any, recipe: Recipe) -> Any:
 
 
 def _run_inversion(settings: dict[str, Any], folder: Path, device: str, progress: bool | None) -> dict[str, Any]:
-    from ..train import train
+    from ..train.loop import train_once
     from .inversion import InvertConfig, invert_checkpoint
 
-    run = train(settings["model"], settings["data"], settings.get("epochs", 10), folder / "train",
-                batch_size=settings.get("batch_size", 128), recipe=settings.get("recipe"),
-                seed=settings.get("seed", 0), device=device, progress=progress, resume=(folder / "train").exists(),
-                early_checkpoints=False)
+    final = train_once(settings["model"], settings["data"], settings.get("epochs", 10), folder / "train",
+                       batch_size=settings.get("batch_size", 128), recipe=settings.get("recipe"),
+                       seed=settings.get("seed", 0), device=device, progress=progress, early_checkpoints=False)
     config = InvertConfig(steps=settings.get("steps", 500), restarts=settings.get("restarts", 1),
                           refine_steps=settings.get("refine_steps", 200), seed=settings.get("seed", 0))
-    invert_checkpoint(run.final_checkpoint, settings["data"], folder / "inversion", images=settings.get("images", 8),
+    invert_checkpoint(final, settings["data"], folder / "inversion", images=settings.get("images", 8),
                       points=settings.get("points", "blocks"), config=config, device=device, overwrite=True,
                       progress=progress)
-    return {"training": str(run.out), "inversion": str(folder / "inversion"),
+    return {"training": str(folder / "train"), "inversion": str(folder / "inversion"),
             "report": str(folder / "inversion" / "report.html")}
 
 

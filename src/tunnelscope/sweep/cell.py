@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..rundir import RESUME_FILE, checkpoints
+from ..rundir import checkpoints
 from ..threads import torch_threads
 from .spec import Cell
 from .store import Store
@@ -35,15 +35,11 @@ def chosen_steps(available: list[int], which) -> list[int]:
 
 
 def _train(cell: Cell, run_dir: Path, device: str) -> None:
-    from ..train import train
-    from ..train.loop import read_run
+    from ..train.loop import train_once
 
-    if read_run(run_dir).get("status") == "finished":
-        return
-    resume = (run_dir / RESUME_FILE).is_file()
     options = {k: v for k, v in cell.train.items() if k not in ("model", "data", "epochs")}
-    train(cell.train["model"], cell.train["data"], cell.train["epochs"], run_dir, device=device, progress=False,
-          resume=resume, overwrite=not resume, **options)
+    train_once(cell.train["model"], cell.train["data"], cell.train["epochs"], run_dir, device=device, progress=False,
+               **options)
 
 
 def run_cell(cell: Cell, store_root: str, device: str = "auto", threads: int | None = None) -> dict:

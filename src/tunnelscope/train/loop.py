@@ -71,6 +71,17 @@ def read_run(out: str | Path) -> dict:
     return run if complete else {}
 
 
+def train_once(model: str, data: str | data_mod.Dataset, epochs: int, out: str | Path, **options: Any) -> Path:
+    """Train into ``out`` once, for a command that may run again: a finished run there is kept,
+    an interrupted one (``resume.pt``) resumed, anything else replaced by a new run. Returns the
+    final checkpoint. ``options`` go to :func:`train`."""
+    run = read_run(out)
+    if run.get("status") == "finished":
+        return Path(out) / run["final_checkpoint"]
+    resume = (Path(out) / RESUME_FILE).is_file()
+    return train(model, data, epochs, out, resume=resume, overwrite=not resume, **options).final_checkpoint
+
+
 def _remove_run(out: Path, created: bool) -> None:
     """Delete what a failed new run wrote (and ``out`` itself when this run created it)."""
     for name in (RUN_FILE, HISTORY_FILE, RESUME_FILE):
