@@ -19,6 +19,8 @@ from tunnelscope.checkpoint import read_checkpoint
 from tunnelscope.errors import ConfigError, RunDirectoryError
 from tunnelscope.experiments.continual import (
     ContinualResult,
+    Head,
+    classifier_head,
     combine,
     continual,
     fine_tune_tunnel,
@@ -44,9 +46,26 @@ def tasks() -> tuple[data.Dataset, data.Dataset]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> ContinualResult:
+    """The default protocol: one classifier head per task."""
     out = tmp_path_factory.mktemp("continual")
     return continual(MODEL, TASK1, TASK2, epochs=1, finetune_epochs=1, out=out, device="cpu", progress=False,
                      batch_size=BATCH)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> ContinualResult:
+    """One classifier head for both tasks."""
+    out = tmp_path_factory.mktemp("continual-shared")
+    return continual(MODEL, TASK1, TASK2, epochs=1, finetune_epochs=1, out=out, device="cpu", progress=False,
+                     batch_size=BATCH, heads="shared")
+
+
+HEAD_KEYS = ("classifier.weight", "classifier.bias")  # the MLP's logits layer, written out by hand
+
+
+def _scored(state: dict[str, torch.Tensor], head_from: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """``state`` with the MLP's head tensors taken from ``head_from`` (None: its own)."""
+    return {k: (head_from if head_from is not None and k in HEAD_KEYS else state)[k] for k in state}
 
 
 def _state(path) -> dict[str, torch.Tensor]:
@@ -104,17 +123,43 @@ def test_swaps_give_back_each_model_exactly(run, tasks):
     assert any(not torch.equal(m1[k], m2[k]) for k in extractor)  # task 2 moved the extractor: a real swap
 
 
-def test_swap_accuracies_equal_a_plain_loop(run, tasks):
-    m1, m2 = _state(run.m1_checkpoint), _state(run.m2_checkpoint)
-    extractor = _extractor_by_prefix(m1, run.split_layer)
+@pytest.mark.parametrize("variant", ["run", "shared"])
+def test_swap_accuracies_equal_a_plain_loop(variant, request, tasks):
+    """Per-task heads: task t is scored through M_t's head whatever the combination; shared: the
+    combination's own head (the tunnel's) serves both tasks."""
+    result = request.getfixturevalue(variant)
+    m1, m2 = _state(result.m1_checkpoint), _state(result.m2_checkpoint)
+    extractor = _extractor_by_prefix(m1, result.split_layer)
     models = {"1": m1, "2": m2}
     for name in ("E1+T1", "E1+T2", "E2+T1", "E2+T2"):
         e, t = models[name[1]], models[name[4]]
         state = {k: (e if k in extractor else t)[k] for k in m1}
-        for column, task in zip(("task1_acc", "task2_acc"), tasks):
-            assert run.swaps.loc[name, column] == pytest.approx(_plain_accuracy(state, task.test), abs=1e-12), name
-    assert run.swaps.loc["E1+T1", "task1_acc"] == pytest.approx(run.config["model_accuracy"]["M1 task 1"])
-    assert run.swaps.loc["E2+T2", "task2_acc"] == pytest.approx(run.config["model_accuracy"]["M2 task 2"])
+        for column, task, own in zip(("task1_acc", "task2_acc"), tasks, (m1, m2)):
+            scored = _scored(state, own if variant == "run" else None)
+            assert result.swaps.loc[name, column] == pytest.approx(_plain_accuracy(scored, task.test),
+                                                                   abs=1e-12), name
+    accuracy = result.config["model_accuracy"]
+    assert result.swaps.loc["E1+T1", "task1_acc"] == pytest.approx(accuracy["M1 task 1"])
+    assert result.swaps.loc["E2+T2", "task2_acc"] == pytest.approx(accuracy["M2 task 2"])
+    assert result.config["heads"] == ("per-task" if variant == "run" else "shared")
+
+
+def test_per_task_heads_train_a_fresh_head_on_task_2_and_keep_m1s(run, tasks):
+    """M2 equals an independent reproduction: M1's weights with a head freshly initialised under
+    the recorded seed, trained on task 2 by ``fit``; M1's head stays what task 1 left."""
+    m1, m2 = _state(run.m1_checkpoint), _state(run.m2_checkpoint)
+    assert run.config["head"]["keys"] == list(HEAD_KEYS) and run.config["head"]["module"] == "classifier"
+    torch.manual_seed(run.config["seed"] + 0x7461736B32)
+    fresh = build(MODEL, 5, (1, 28, 28)).state_dict()
+    net = _net(_scored(m1, fresh))
+    fit(net, tasks[1], 1, Recipe.resolve("sgd", 1), batch_size=BATCH, seed=0, device=torch.device("cpu"),
+        progress=False)
+    assert all(torch.equal(v, m2[k]) for k, v in net.state_dict().items())
+    assert not torch.equal(m2["classifier.weight"], m1["classifier.weight"])
+    assert read_checkpoint(run.m2_checkpoint)["meta"]["heads"] == "per-task"
+    # forgetting through the network's own heads: M2 on task 1 is M2's body read by M1's head
+    assert run.config["model_accuracy"]["M2 task 1"] == pytest.approx(
+        _plain_accuracy(_scored(m2, m1), tasks[0].test), abs=1e-12)
 
 
 def test_fine_tuning_moves_only_the_tunnel_and_reproduces_the_reported_accuracy(run, tasks):
@@ -127,9 +172,10 @@ def test_fine_tuning_moves_only_the_tunnel_and_reproduces_the_reported_accuracy(
     tuned = {k: v.detach().clone() for k, v in net.state_dict().items()}
     assert all(torch.equal(tuned[k], m2[k]) for k in split.extractor)  # E2, batch-norm statistics included
     assert any(not torch.equal(tuned[k], m1[k]) for k in split.tunnel)
-    for column, task in zip(("task1_acc", "task2_acc"), tasks):
-        assert run.swaps.loc["E2+T1 fine-tuned", column] == pytest.approx(_plain_accuracy(tuned, task.test),
-                                                                           abs=1e-12)
+    # task 1 through the fine-tuned head (M1's head, trained again), task 2 through M2's head
+    for column, task, head in zip(("task1_acc", "task2_acc"), tasks, (None, m2)):
+        assert run.swaps.loc["E2+T1 fine-tuned", column] == pytest.approx(
+            _plain_accuracy(_scored(tuned, head), task.test), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- probes and forgetting
@@ -207,6 +253,23 @@ class _Shared(nn.Module):
         return self.layer(self.middle(self.layer(x)))
 
 
+class _Sliced(nn.Module):
+    """Logits cut from a wider last layer: its last weighted module is not a head of 2 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.wide = nn.Linear(4, 4), nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wide(self.body(x))[:, :2]
+
+
+def test_the_classifier_head_is_the_last_weighted_module_that_outputs_the_logits():
+    assert classifier_head(_Tokened(), torch.zeros(2, 4), 2) == Head("head", ("head.weight", "head.bias"))
+    with pytest.raises(ConfigError, match=r"'wide', outputs \(2, 6\), not 2 logits"):
+        classifier_head(_Sliced(), torch.zeros(2, 4), 2)
+
+
 def test_partition_of_other_modules():
     split = partition(_Tokened(), "first", torch.zeros(2, 4))
     assert set(split.extractor) == {"offset", "first.weight", "first.bias"} and split.straddling == ("offset",)
@@ -227,6 +290,10 @@ def test_mismatched_tasks_are_refused_before_training(tmp_path):
         continual(MODEL, TASK1, TASK2, split_at=4, out=out, device="cpu", progress=False)
     with pytest.raises(ConfigError, match="unknown training option"):
         continual(MODEL, TASK1, TASK2, out=out, device="cpu", progress=False, momentum=0.5)
+    with pytest.raises(ConfigError, match="heads must be one of per-task, shared"):
+        continual(MODEL, TASK1, TASK2, out=out, device="cpu", progress=False, heads="one")
+    with pytest.raises(ConfigError, match="'classifier' is or follows the classifier head 'classifier'"):
+        continual(MODEL, TASK1, TASK2, out=out, device="cpu", progress=False, points=["blocks.0", "classifier"])
     assert not out.exists()
 
 

@@ -448,62 +448,83 @@ def explain(table, target, variables, categorical, pair, pair_on, l1_normalise, 
 
 # ----------------------------------------------------------------------------------- continual learning
 @click.command()
-@click.option("--model", "model_spec", required=True, help="Model spec, e.g. mlp-6x128, vgg19-w0.5, resnet18.")
+@click.option("--model", "model_specs", required=True, multiple=True,
+              help="Model spec, e.g. mlp-6x128, vgg19-w0.5, resnet18; repeat it (one architecture at several depths) "
+                   "to measure forgetting against depth.")
 @click.option("--task1", required=True, help="Task 1 dataset spec, e.g. 'fashion-mnist[classes=0-4]'.")
 @click.option("--task2", required=True,
               help="Task 2 dataset spec with as many classes and the same inputs, e.g. 'fashion-mnist[classes=5-9]'.")
+@click.option("--heads", type=click.Choice(["per-task", "shared"]), default="per-task", show_default=True,
+              help="per-task: task 2 trains a fresh classifier head and each task is scored through its own (the "
+                   "papers' protocol); shared: one head serves both tasks.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs per task.")
 @click.option("--split-at", type=click.IntRange(min=1), default=None,
-              help="Probe point (1 = the first) where the extractor ends (default: M1's tunnel start on task 1).")
+              help="Probe point (1 = the first) where the extractor ends (default: M1's tunnel start on task 1; one "
+                   "model only).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=5, show_default=True,
               help="Epochs of training E2+T1's tunnel on task 1 with E2 frozen (0: skip).")
 @points_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", "seeds", type=click.IntRange(min=0), multiple=True, default=(0,), show_default=True,
+              help="Training seed; repeat it, with several models, for an interval over seeds.")
 @device_option
 @click.option("--out", type=click.Path(file_okay=False), default="runs/continual", show_default=True,
-              help="Directory to write (M1 and M2 runs, swaps.csv, forgetting.csv, continual.png, config.json).")
+              help="Directory to write (M1 and M2 runs, swaps.csv, forgetting.csv, continual.png, config.json; with "
+                   "several models one such folder per run under runs/, and depth.csv, depth_runs.csv, "
+                   "depth_layers.csv, continual-depth.png).")
 @click.option("--overwrite", is_flag=True, help="Replace a continual-learning run already in --out.")
 @data_root_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tables and the split as JSON.")
-def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: int | None, finetune_epochs: int,
-              points: str, batch_size: int, seed: int, device: str, out: str, overwrite: bool, data_root: str | None,
-              quiet: bool, as_json: bool) -> None:
+def continual(model_specs: tuple[str, ...], task1: str, task2: str, heads: str, epochs: int, split_at: int | None,
+              finetune_epochs: int, points: str, batch_size: int, seeds: tuple[int, ...], device: str, out: str,
+              overwrite: bool, data_root: str | None, quiet: bool, as_json: bool) -> None:
     """Train on task 1 (M1), then on task 2 (M2); swap the extractor and the tunnel of the two
     models and report each combination's accuracy on both tasks (Masarczyk et al. 2023), and
-    the per-layer forgetting of task 1.
+    the per-layer forgetting of task 1. With several --model, run the experiment for each (and
+    each --seed) and tabulate the network's forgetting of task 1 against depth.
 
     \b
     Examples:
       tunnelscope continual --model mlp-6x128 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --epochs 3
       tunnelscope continual --model vgg11-w0.25 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --split-at 4 --out runs/cl
+      tunnelscope continual --model mlp-3x64 --model mlp-6x64 --model mlp-12x64 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --epochs 3 --out runs/cl-depth
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
+    options = {"epochs": epochs, "finetune_epochs": finetune_epochs, "points": points, "device": device,
+               "data_root": data_root, "batch_size": batch_size, "heads": heads,
+               "progress": False if (quiet or as_json) else None, "overwrite": overwrite}
+    if len(model_specs) > 1 or len(seeds) > 1:
+        _continual_depth(model_specs, seeds, task1, task2, out, split_at, options, quiet, as_json)
+        return
+    from .experiments.continual import continual as run_continual
+
+    result = run_continual(model_specs[0], task1, task2, split_at=split_at, out=out, seed=seeds[0], **options)
+    if as_json:
+        _print_json({"out": str(out), "split": {"layer": result.split_layer, "point": result.split_point,
+                                                "source": result.split_source, "reason": result.split_reason},
+                     "swaps": result.swaps.reset_index().to_dict("records"),
+                     "forgetting": result.forgetting.to_dict("records"),
+                     "checkpoints": {"M1": str(result.m1_checkpoint), "M2": str(result.m2_checkpoint)}})
+    elif not quiet:
+        _print_continual(result, out)
+
+
+def _print_json(value: object) -> None:
+    from .io import jsonable
+
+    click.echo(json.dumps(jsonable(value), indent=2))
+
+
+def _print_continual(result, out: str) -> None:
+    """The swap table and the layer that forgot most, on standard output."""
     import math
 
     from rich import box
     from rich.table import Table
 
-    from .experiments.continual import continual as run_continual
-    from .io import jsonable
-
-    pts = points
-    result = run_continual(model_spec, task1, task2, epochs=epochs, split_at=split_at,
-                           finetune_epochs=finetune_epochs, out=out, points=pts, seed=seed, device=device,
-                           progress=False if (quiet or as_json) else None, data_root=data_root, overwrite=overwrite,
-                           batch_size=batch_size)
-    if as_json:
-        click.echo(json.dumps(jsonable({
-            "out": str(out), "split": {"layer": result.split_layer, "point": result.split_point,
-                                       "source": result.split_source, "reason": result.split_reason},
-            "swaps": result.swaps.reset_index().to_dict("records"),
-            "forgetting": result.forgetting.to_dict("records"),
-            "checkpoints": {"M1": str(result.m1_checkpoint), "M2": str(result.m2_checkpoint)}}), indent=2))
-        return
-    if quiet:
-        return
     table = Table(title=f"test accuracy, extractor (E) and tunnel (T) of M1 and M2 swapped at layer "
-                        f"{result.split_layer} ({result.split_point})", box=box.SIMPLE_HEAD, pad_edge=False)
+                        f"{result.split_layer} ({result.split_point}), {result.config['heads']} heads",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("combination", "task 1", "task 2"):
         table.add_column(col, justify="left" if col == "combination" else "right", no_wrap=True)
     for name, row in result.swaps.iterrows():
@@ -515,6 +536,24 @@ def continual(model_spec: str, task1: str, task2: str, epochs: int, split_at: in
     out_console.print(f"most forgetting at layer {worst['layer']} ({worst['point']}): task-1 probe accuracy "
                       f"{worst['acc_M1']:.4f} -> {worst['acc_M2']:.4f}", markup=False)
     out_console.print(f"wrote {Path(out) / 'swaps.csv'}, forgetting.csv, continual.png, config.json", markup=False)
+
+
+def _continual_depth(models: tuple[str, ...], seeds: tuple[int, ...], task1: str, task2: str, out: str,
+                     split_at: int | None, options: dict, quiet: bool, as_json: bool) -> None:
+    """``continual`` over several models (and seeds): forgetting against depth."""
+    from .experiments.continual_depth import continual_depth
+
+    result = continual_depth(models, task1, task2, seeds=seeds, out=out, split_at=split_at, **options)
+    if as_json:
+        _print_json({"out": str(out), "depth": result.depth.to_dict("records"),
+                     "runs": result.runs.to_dict("records")})
+    elif not quiet:
+        columns = ["model", "probe_points", "seeds", "forgetting", "forgetting_lo", "forgetting_hi", "task1_M1",
+                   "task2_M2"]
+        print_frame(result.depth[columns], f"forgetting of task 1 against depth ({options['heads']} heads; "
+                                           "task-1 accuracy of M1 minus M2, 95% interval)")
+        out_console.print(f"wrote {Path(out) / 'depth.csv'}, depth_runs.csv, depth_layers.csv, continual-depth.png, "
+                          "and one continual experiment per run under runs/", markup=False)
 
 
 # ---------------------------------------------------------------------------------------- reproduce

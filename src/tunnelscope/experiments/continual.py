@@ -1,16 +1,20 @@
 """The continual-learning experiment of Masarczyk et al. 2023 (§5), repeated by Harun et al. 2024.
 
 A model is trained on task 1 (M1), then its weights are trained on task 2 (M2); both tasks
-are class splits of one dataset with the same number of classes, so the classifier head is
-shared. Each model is cut at one probe point into an extractor E (every module that has
-finished running when that point's output is ready) and a tunnel T (the rest, the head
-included), and the halves are swapped: ``E_i+T_j`` takes E's weights from M_i and T's from
-M_j. The swap works on state dicts of one architecture, no model surgery.
+are class splits of one dataset with the same number of classes. By default each task has
+its own classifier head (the papers' protocol): task 2 starts from M1's weights with a fresh
+head, M1's head is kept, and a model is scored on task t through task t's head. With
+``heads="shared"`` one head serves both tasks and task 2 trains on in M1's. Each model is cut
+at one probe point into an extractor E (every module that has finished running when that
+point's output is ready) and a tunnel T (the rest, the head included), and the halves are
+swapped: ``E_i+T_j`` takes E's weights from M_i and T's from M_j (:mod:`.split`; on state
+dicts of one architecture, no model surgery).
 
 Reported: test accuracy on both tasks of E1+T1, E1+T2, E2+T1 and E2+T2; of E2+T1 after its
 tunnel is fine-tuned on task 1 with E2 frozen; and of a linear probe on E2's features at the
 split point (what the extractor still knows without any tunnel). Per layer: task-1 probe
-accuracy of M1 and M2 and their difference (forgetting). See docs/continual.md.
+accuracy of M1 and M2 and their difference (forgetting). See docs/continual.md;
+:mod:`.continual_depth` repeats the experiment over several depths.
 
 ``tunnelscope.train`` cannot start from given weights, nor freeze a part of the model, so
 task 2 and the fine-tuning run in :func:`fit`, a loop built from the same public pieces
@@ -37,10 +41,9 @@ from ..checkpoint import save_checkpoint
 from ..device import resolve_device
 from ..engine.probing import IdReuse, probe_statistics
 from ..engine.settings import AnalysisSettings
-from ..errors import ConfigError, ProbePointError, RunDirectoryError, TrainingDivergedError
+from ..errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build, check_spec, probe_points
-from ..models.probe_points import hooked_pass
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import Results
@@ -51,134 +54,18 @@ from ..train import train as train_model
 from ..train.loop import epoch_steps, resume_hint, train_step
 from ..versions import environment, package_versions
 from .base import ExperimentResult
+from .split import COMBINATIONS, Head, Partition, classifier_head, combine, partition, swap_states, with_head
 
 SWAPS_FILE, FORGETTING_FILE, FIGURE_NAME = "swaps.csv", "forgetting.csv", "continual"
 M1_DIR, M2_DIR = "m1", "m2"
-COMBINATIONS = ("E1+T1", "E1+T2", "E2+T1", "E2+T2")
 FINETUNED, LINEAR_HEAD = "E2+T1 fine-tuned", "E2 + linear head"
 SWAP_COLUMNS = ("task1_acc", "task2_acc")
 FORGETTING_COLUMNS = ("layer", "point", "acc_M1", "acc_M2", "forgetting")
 # what an earlier experiment in the same ``out`` leaves before its config.json
 PARTIAL_FILES = (SWAPS_FILE, FORGETTING_FILE, f"{M1_DIR}/{RUN_FILE}", f"{M2_DIR}/{RUN_FILE}", f"{M2_DIR}/{CKPT_DIR}")
+HEAD2_SEED_OFFSET = 0x7461736B32  # task 2's head is initialised under seed + this ("task2")
+HEADS = ("per-task", "shared")  # one classifier head per task (the papers' protocol), or one for both
 TRAIN_OPTIONS = ("recipe", "lr", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "batch_size", "amp")
-
-
-# ----------------------------------------------------------------------------- the split
-@dataclass(frozen=True)
-class Partition:
-    """State-dict keys of a model split at one probe point into extractor and tunnel.
-
-    ``keys`` lists every key in state-dict order; each is in exactly one of ``extractor`` and
-    ``tunnel``. ``extractor_modules`` are the modules that finished running by the time the
-    split point's output was ready. ``straddling`` are keys held directly by a module that
-    encloses the split point (a container that started before it and ends after it, such as
-    a transformer's class token on the root module): they are counted in the extractor.
-    ``unused`` are keys of modules that never ran in the forward pass (counted in the tunnel).
-    """
-
-    split_point: str
-    keys: tuple[str, ...]
-    extractor: tuple[str, ...]
-    tunnel: tuple[str, ...]
-    extractor_modules: tuple[str, ...]
-    straddling: tuple[str, ...] = ()
-    unused: tuple[str, ...] = ()
-
-    def describe(self) -> dict[str, Any]:
-        """What a config records of the split."""
-        return {"split_point": self.split_point, "extractor": list(self.extractor), "tunnel": list(self.tunnel),
-                "extractor_modules": list(self.extractor_modules), "straddling": list(self.straddling),
-                "unused": list(self.unused)}
-
-
-def _execution_times(model: nn.Module, example: Tensor) -> tuple[dict[int, int], dict[int, list[int]]]:
-    """When each module (by id) first starts and every time it finishes, on one forward pass of
-    ``example`` in eval mode; times are positions in one sequence of start and finish events."""
-    clock = [0]
-    starts: dict[int, int] = {}
-    finishes: dict[int, list[int]] = {}
-
-    def tick() -> int:
-        clock[0] += 1
-        return clock[0]
-
-    def on_start(module: nn.Module, _inputs: Any) -> None:
-        starts.setdefault(id(module), tick())
-
-    def on_finish(module: nn.Module, _inputs: Any, _output: Any) -> None:
-        finishes.setdefault(id(module), []).append(tick())
-
-    handles = []
-    for module in model.modules():
-        handles.append(module.register_forward_pre_hook(on_start))
-        handles.append(module.register_forward_hook(on_finish))
-    hooked_pass(model, example, handles)
-    return starts, finishes
-
-
-def partition(model: nn.Module, split_point: str, example: Tensor) -> Partition:
-    """Split ``model``'s state-dict keys at the module ``split_point`` (a probe point's name).
-
-    The extractor holds every parameter and buffer of the modules that finish running, in a
-    forward pass of ``example`` (a small batch), no later than ``split_point``; the tunnel holds
-    the rest. Raises :class:`ProbePointError` when the point is unknown or does not run exactly
-    once, and :class:`ConfigError` when a module holding weights runs on both sides of it.
-    """
-    modules = dict(model.named_modules(remove_duplicate=False))
-    if split_point not in modules:
-        raise ProbePointError(f"split point {split_point!r} is not a module of {type(model).__name__}")
-    starts, finishes = _execution_times(model, example)
-    split_times = finishes.get(id(modules[split_point]), [])
-    if len(split_times) != 1:
-        raise ProbePointError(f"split point {split_point!r} runs {len(split_times)} times in a forward pass; "
-                              "choose a probe point that runs exactly once")
-    cut = split_times[0]
-    keys = tuple(model.state_dict().keys())
-    extractor, tunnel, straddling, unused = [], [], [], []
-    for key in keys:
-        owner_name = key.rpartition(".")[0]
-        owner = modules.get(owner_name)
-        if owner is None:
-            raise ConfigError(f"state-dict key {key!r} belongs to no module; cannot split this model generically")
-        times = finishes.get(id(owner), [])
-        if not times:
-            tunnel.append(key)
-            unused.append(key)
-        elif max(times) <= cut:
-            extractor.append(key)
-        elif starts[id(owner)] > cut:
-            tunnel.append(key)
-        elif min(times) <= cut:
-            raise ConfigError(f"module {owner_name!r} runs both before and after the split point {split_point!r} "
-                              "(shared weights); choose another split point")
-        else:  # a container that encloses the split point holds this tensor itself
-            extractor.append(key)
-            straddling.append(key)
-    done = tuple(name for name, m in model.named_modules() if name and max(finishes.get(id(m), [cut + 1])) <= cut)
-    return Partition(split_point, keys, tuple(extractor), tuple(tunnel), done, tuple(straddling), tuple(unused))
-
-
-def combine(extractor_state: Mapping[str, Tensor], tunnel_state: Mapping[str, Tensor],
-            split: Partition) -> dict[str, Tensor]:
-    """A state dict whose extractor tensors come from ``extractor_state`` and tunnel tensors
-    from ``tunnel_state`` (copies, in ``split``'s key order). Both must hold exactly ``split``'s keys."""
-    expected = set(split.keys)
-    for role, state in (("extractor", extractor_state), ("tunnel", tunnel_state)):
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ConfigError(f"the {role} state dict does not fit the split model (missing {missing[:5]}, "
-                              f"unexpected {extra[:5]}); both models must share one architecture")
-    in_extractor = set(split.extractor)
-    return {key: (extractor_state if key in in_extractor else tunnel_state)[key].detach().clone()
-            for key in split.keys}
-
-
-def swap_states(m1_state: Mapping[str, Tensor], m2_state: Mapping[str, Tensor],
-                split: Partition) -> dict[str, dict[str, Tensor]]:
-    """The four state dicts ``E1+T1``, ``E1+T2``, ``E2+T1`` and ``E2+T2`` (``Ei`` and ``Ti``
-    from model i)."""
-    states = {"1": m1_state, "2": m2_state}
-    return {name: combine(states[name[1]], states[name[4]], split) for name in COMBINATIONS}
 
 
 # ----------------------------------------------------------------------------- training
@@ -332,6 +219,7 @@ class _Setup:
     device: torch.device
     amp: bool
     progress: bool | None
+    head: Head | None = None  # per-task heads: the head each task has its own copy of; None: one shared head
 
     def fit_options(self) -> dict[str, Any]:
         """The options :func:`fit` takes from the setup."""
@@ -342,6 +230,13 @@ class _Setup:
         """A freshly built model on the device."""
         first = self.tasks[0]
         return build(self.model, first.num_classes, first.input_shape).to(self.device)
+
+    def fresh_head(self) -> dict[str, Tensor]:
+        """Task 2's starting head (per-task heads): a model built under its own seed
+        (``seed + HEAD2_SEED_OFFSET``), so M1's head is not its starting point."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + HEAD2_SEED_OFFSET)
+            return self.net().state_dict()
 
 
 def _recipes(epochs: int, finetune_epochs: int, options: dict[str, Any]) -> tuple[Recipe, Recipe, dict, int, Any]:
@@ -409,17 +304,18 @@ def _train_m1(setup: _Setup, overwrite: bool):
 
 def _continue_on_task2(setup: _Setup, m1: nn.Module, m1_ckpt: Path,
                        m1_steps: int) -> tuple[nn.Module, Path, list[dict]]:
-    """M2: M1's weights trained on task 2 with a fresh optimiser; writes ``out/m2`` (final checkpoint,
-    history.csv, run.json)."""
+    """M2: M1's weights (with per-task heads, a fresh head) trained on task 2 with a fresh
+    optimiser; writes ``out/m2`` (final checkpoint, history.csv, run.json)."""
     task2, folder, dev = setup.tasks[1], setup.out / M2_DIR, setup.device
     net = setup.net()
-    net.load_state_dict(m1.state_dict())
+    net.load_state_dict(with_head(m1.state_dict(), setup.fresh_head(), setup.head))
     history = fit(net, task2, setup.epochs, setup.recipe, label="task 2", **setup.fit_options())
     steps = history[-1]["step"]
     path = folder / CKPT_DIR / checkpoint_name(m1_steps + steps)
     meta = {"model_spec": setup.model, "data_spec": task2.spec, "num_classes": task2.num_classes,
             "input_shape": list(task2.input_shape), "class_names": task2.class_names, "step": m1_steps + steps,
-            "task2_steps": steps, "epoch": float(setup.epochs), "seed": setup.seed, "recipe": asdict(setup.recipe),
+            "task2_steps": steps, "epoch": float(setup.epochs), "heads": _heads_name(setup), "seed": setup.seed,
+            "recipe": asdict(setup.recipe),
             "continued_from": str(m1_ckpt), "environment": environment(dev)}
     save_checkpoint(path, net, meta)
     write_text(folder / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
@@ -443,22 +339,32 @@ def _forgetting_table(m1_probes: Results, m2_probes: Results) -> pd.DataFrame:
     return table[list(FORGETTING_COLUMNS)]
 
 
+def _accuracies(setup: _Setup, net: nn.Module, state: Mapping[str, Tensor],
+                heads: tuple[Mapping[str, Tensor], Mapping[str, Tensor]]) -> list[float]:
+    """Test accuracy of ``state`` on each task; with per-task heads, task t reads its own head
+    from ``heads[t]`` (M1's for task 1, M2's for task 2), else ``state``'s head serves both."""
+    out = []
+    for task, head_state in zip(setup.tasks, heads):
+        net.load_state_dict(with_head(state, head_state, setup.head))
+        out.append(evaluate(net, task.test, setup.device, setup.amp)[1])
+    return out
+
+
 def _swap_rows(setup: _Setup, m1: nn.Module, m2: nn.Module, split: Partition) -> tuple[dict[str, list[float]],
                                                                                        list[dict]]:
     """Both tasks' test accuracy of the four combinations and of E2+T1 with its tunnel fine-tuned
     on task 1 (when ``finetune_epochs``); and the fine-tuning history."""
     net = setup.net()
-    states = swap_states(m1.state_dict(), m2.state_dict(), split)
-    rows = {}
-    for name, state in states.items():
-        net.load_state_dict(state)
-        rows[name] = [evaluate(net, task.test, setup.device, setup.amp)[1] for task in setup.tasks]
+    m1_state, m2_state = m1.state_dict(), m2.state_dict()
+    states = swap_states(m1_state, m2_state, split)
+    rows = {name: _accuracies(setup, net, state, (m1_state, m2_state)) for name, state in states.items()}
     if not setup.finetune_epochs:
         return rows, []
     net.load_state_dict(states["E2+T1"])
     history = fine_tune_tunnel(net, split, setup.tasks[0], setup.finetune_epochs, setup.finetune_recipe,
                                label="fine-tune E2+T1", **setup.fit_options())
-    rows[FINETUNED] = [evaluate(net, task.test, setup.device, setup.amp)[1] for task in setup.tasks]
+    tuned = {key: value.detach().clone() for key, value in net.state_dict().items()}
+    rows[FINETUNED] = _accuracies(setup, net, tuned, (tuned, m2_state))
     return rows, history
 
 
@@ -466,27 +372,30 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
               finetune_epochs: int = 5, out: str | Path = "runs/continual", points: str | Sequence[str] = "blocks",
               seed: int = 0, device: str | torch.device = "auto", progress: bool | None = None, *,
               probe: ProbeConfig | None = None, max_train: int | None = 10_000, max_test: int | None = 10_000,
-              data_root: str | Path | None = None, overwrite: bool = False,
+              data_root: str | Path | None = None, overwrite: bool = False, heads: str = "per-task",
               **train_options: Any) -> ContinualResult:
     """Train ``model`` on ``task1`` (M1), continue on ``task2`` (M2), split both at one probe
     point into extractor and tunnel, swap the halves, and measure (see the module docstring).
 
     ``split_at`` is a 1-based probe-point index (layer 1 = the first point of ``points``);
     by default M1's tunnel start on task 1. ``finetune_epochs`` (0: skip) trains E2+T1's
-    tunnel on task 1 with E2 frozen. ``train_options``: ``recipe``, ``lr``, ``weight_decay``,
+    tunnel on task 1 with E2 frozen. ``heads``: ``per-task`` (the papers' protocol: task 2
+    trains a fresh head, M1's head is kept for task 1, and each task is scored through its own
+    head) or ``shared`` (task 2 trains on in M1's head, which then serves both tasks).
+    ``train_options``: ``recipe``, ``lr``, ``weight_decay``,
     ``schedule``, ``warmup_epochs``, ``label_smoothing``, ``batch_size``, ``amp``, shared by
     both tasks and the fine-tuning (each with its own schedule). Probes follow ``probe``
     (default ``lbfgs``), on at most ``max_train`` / ``max_test`` samples per split (seeded
     subsets, as ``analyze``'s ``max_samples``; ``None``: all). Writes M1's training run to
     ``out/m1``, M2's to ``out/m2``, then the tables, the figure and ``config.json``
     (:meth:`ContinualResult.save`). Raises :class:`ConfigError` when the tasks differ in class
-    count or input shape, or ``split_at`` is out of range; nothing is trained before these checks.
+    count or input shape, ``split_at`` is out of range, or per-task heads are asked of a model
+    whose last weighted module does not output the logits; nothing is trained before these checks.
     """
     tic = time.perf_counter()
-    check_spec(model)
     recipe, finetune_recipe, recipe_args, batch_size, amp_option = _recipes(epochs, finetune_epochs, train_options)
     tasks = _load_tasks(task1, task2, data_root)
-    point_names = probe_points(build(model, tasks[0].num_classes, tasks[0].input_shape), points)
+    point_names, head = check_model(model, tasks[0], points, heads)
     if split_at is not None and not 1 <= split_at <= len(point_names):
         raise ConfigError(f"split_at={split_at} is out of range: {model} has {len(point_names)} probe points "
                           f"({points!r}), so give 1..{len(point_names)}")
@@ -497,6 +406,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
                                include_input=False, resamples=0)
     setup = _Setup(model, tasks, Path(out), epochs, finetune_epochs, recipe, finetune_recipe, recipe_args, batch_size,
                    seed, dev, amp, progress)
+    setup.head = head
     _claim_out(setup.out, overwrite)
 
     run1 = _train_m1(setup, overwrite)
@@ -505,7 +415,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
     m1_probes, m2_probes = (probe_statistics(m, tasks[0], (), probing, reuse=IdReuse(id_ncc=False)) for m in (m1, m2))
     forgetting = _forgetting_table(m1_probes, m2_probes)
     split_layer, split_source, split_reason = _choose_split(split_at, m1_probes)
-    split = partition(m1, point_names[split_layer - 1], next(tasks[0].test.batches(2, device=dev))[0])
+    split = partition(m1, point_names[split_layer - 1], _example(setup))
     rows, finetune_history = _swap_rows(setup, m1, m2, split)
     head2 = probe_statistics(m2, tasks[1], (), probing.replace(points=[split.split_point]), reuse=IdReuse(id_ncc=False))
     rows[LINEAR_HEAD] = [float(forgetting["acc_M2"].iloc[split_layer - 1]), float(_probe_curve(head2)["acc"].iloc[0])]
@@ -517,12 +427,45 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
         "probe_unconverged": {"M1 task 1": _unconverged(m1_probes), "M2 task 1": _unconverged(m2_probes),
                               "M2 task 2": _unconverged(head2)},
         "checkpoints": {"M1": str(m1_ckpt), "M2": str(m2_ckpt)},
-        "model_accuracy": {"M1 task 1": float(run1.test_accuracy), "M2 task 2": float(history2[-1]["test_acc"])},
+        "model_accuracy": {"M1 task 1": float(run1.test_accuracy), "M2 task 2": float(history2[-1]["test_acc"]),
+                           "M2 task 1": float(rows["E2+T2"][0])},
         "finetune_history": finetune_history, "seconds": time.perf_counter() - tic}
     result = ContinualResult(swaps, forgetting, split_layer, split.split_point, split_source, split_reason, m1_ckpt,
                              m2_ckpt, config, split)
     result.save(setup.out, overwrite=overwrite)
     return result
+
+
+def _example(setup: _Setup) -> Tensor:
+    """Two task-1 test images: the batch a forward pass orders the modules by."""
+    return next(setup.tasks[0].test.batches(2, device=setup.device))[0]
+
+
+def _heads_name(setup: _Setup) -> str:
+    return "shared" if setup.head is None else "per-task"
+
+
+def check_model(model: str, task: data_mod.Dataset, points: str | Sequence[str],
+                heads: str) -> tuple[list[str], Head | None]:
+    """``model``'s probe points for ``task`` and, with per-task ``heads``, its classifier head,
+    checked on an untrained copy before anything is trained: the spec is valid, ``points``
+    match, and (per-task) the last weighted module outputs the logits and every probe point
+    comes before it (:class:`ConfigError` or :class:`SpecError` otherwise)."""
+    if heads not in HEADS:
+        raise ConfigError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
+    check_spec(model)
+    net = build(model, task.num_classes, task.input_shape)
+    point_names = probe_points(net, points)
+    if heads == "shared":
+        return point_names, None
+    example = next(task.test.batches(2))[0]
+    head = classifier_head(net, example, task.num_classes)
+    last = partition(net, point_names[-1], example)
+    if set(head.keys) & set(last.extractor):
+        raise ConfigError(f"the probe point {point_names[-1]!r} is or follows the classifier head {head.name!r}: "
+                          "with per-task heads the head belongs to the tunnel; leave it out of the points (or use "
+                          "heads='shared')")
+    return point_names, head
 
 
 def _config(setup: _Setup, point_names: list[str], split: Partition, chosen: tuple[int, str, str, int | None],
@@ -540,6 +483,11 @@ def _config(setup: _Setup, point_names: list[str], split: Partition, chosen: tup
         "recipe": asdict(setup.recipe),
         "finetune_recipe": asdict(setup.finetune_recipe) if setup.finetune_epochs else None,
         "task2_init": "M1's final weights, a fresh optimiser and schedule",
+        "heads": _heads_name(setup),
+        "head": None if setup.head is None else {
+            "module": setup.head.name, "keys": list(setup.head.keys),
+            "task2_init": f"fresh, as a model built under seed {setup.seed} + {HEAD2_SEED_OFFSET} initialises it",
+            "scoring": "each task through its own head: task 1 through M1's, task 2 through M2's"},
         "finetune": ("E2+T1 with every extractor tensor frozen (extractor modules in eval mode), tunnel trained "
                      "on task 1") if setup.finetune_epochs else None,
         "linear_head": "linear probes on M2's features at the split point: task 1 (the forgetting table's acc_M2 "
@@ -551,5 +499,5 @@ def _config(setup: _Setup, point_names: list[str], split: Partition, chosen: tup
     }
 
 
-__all__ = ["COMBINATIONS", "ContinualResult", "Partition", "combine", "continual", "fine_tune_tunnel", "fit",
-           "partition", "swap_states"]
+__all__ = ["COMBINATIONS", "HEADS", "ContinualResult", "Head", "Partition", "check_model", "classifier_head", "combine",
+           "continual", "fine_tune_tunnel", "fit", "partition", "swap_states"]

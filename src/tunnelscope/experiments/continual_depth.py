@@ -1,0 +1,195 @@
+"""Forgetting against depth: the continual-learning experiment over several models in one call.
+
+Masarczyk et al. 2023 (by the summary docs/continual.md cites) report that deeper networks,
+whose tunnels are longer, forget the first task more, and shallower ones much less. This
+repeats :func:`~tunnelscope.experiments.continual.continual` for every model (typically one
+architecture at several depths, e.g. ``mlp-4x128``, ``mlp-8x128``, ``mlp-12x128``) and seed,
+each into its own folder under ``out/runs``, and gathers:
+
+- ``runs``: one row per (model, seed): the model's own forgetting of task 1 (task-1 test
+  accuracy of M1 minus that of M2, each through the network's own head for task 1) with a
+  paired bootstrap interval over task-1 test samples, task-2 accuracy, M1's tunnel start and
+  the probe forgetting at the last and the split point;
+- ``depth``: one row per model: the mean forgetting over seeds with its interval (the run's
+  bootstrap interval for one seed, a Student-t interval over seeds for several);
+- ``layers``: every run's per-layer forgetting table, stacked.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as data_mod
+from ..checkpoint import read_checkpoint
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..models import build
+from ..rundir import claim
+from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, interval, mean_ci, resampled_curves
+from ..versions import package_versions
+from .base import ExperimentResult
+from .continual import ContinualResult, check_model, continual
+from .split import Head, with_head
+
+RUNS_DIR = "runs"
+RUN_COLUMNS = ("model", "seed", "probe_points", "tunnel_start_M1", "split_layer", "task1_M1", "task1_M2",
+               "forgetting", "forgetting_lo", "forgetting_hi", "task2_M2", "probe_forgetting_split",
+               "probe_forgetting_last", "run")
+DEPTH_COLUMNS = ("model", "probe_points", "seeds", "forgetting", "forgetting_lo", "forgetting_hi", "interval",
+                 "task1_M1", "task2_M2")
+
+
+@dataclass
+class ContinualDepthResult(ExperimentResult):
+    """Forgetting against depth (see the module docstring): tables ``runs``, ``depth`` and
+    ``layers``; ``config`` holds the shared settings, the models, seeds and each run's folder."""
+
+    kind: ClassVar[str] = "continual-depth"
+    table_files: ClassVar[dict[str, str]] = {"runs": "depth_runs.csv", "depth": "depth.csv",
+                                              "layers": "depth_layers.csv"}
+
+    runs: pd.DataFrame
+    depth: pd.DataFrame
+    layers: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``runs``, ``depth`` and ``layers``."""
+        return {"runs": self.runs, "depth": self.depth, "layers": self.layers}
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], config: dict[str, Any]) -> ContinualDepthResult:
+        """The result whose tables and config were saved."""
+        return cls(tables["runs"], tables["depth"], tables["layers"], config)
+
+
+def run_label(model: str, seed: int) -> str:
+    """The folder name of one run under ``out/runs``: the spec with anything but letters, digits,
+    ``.``, ``_`` and ``-`` replaced, and the seed."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-seed{seed}"
+
+
+def _task1_correct(result: ContinualResult, task1: data_mod.Dataset, device: torch.device) -> np.ndarray:
+    """``(M, 2)`` per-sample correctness on task 1's test split of M1 and of M2, each through the
+    network's head for task 1 (M1's head for both with per-task heads, each model's own with a
+    shared head)."""
+    m1 = read_checkpoint(result.m1_checkpoint)["model"]
+    m2 = read_checkpoint(result.m2_checkpoint)["model"]
+    keys = (result.config.get("head") or {}).get("keys")
+    head = Head(str(result.config["head"]["module"]), tuple(keys)) if keys else None
+    net = build(result.config["model"], task1.num_classes, task1.input_shape).to(device).eval()
+    columns = []
+    amp = bool(result.config.get("amp")) and device.type == "cuda"  # as the experiment evaluated
+    for state in (m1, with_head(m2, m1, head)):
+        net.load_state_dict(state)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            columns.append(torch.cat([(net(x).argmax(1) == y).cpu() for x, y in task1.test.batches(1024,
+                                                                                                   device=device)]))
+    return torch.stack(columns, 1).numpy()
+
+
+def _run_row(result: ContinualResult, correct: np.ndarray, seed: int, resamples: int, label: str) -> dict[str, Any]:
+    """One row of the ``runs`` table; the forgetting's interval is a paired bootstrap over task-1
+    test samples (the same draw for M1 and M2)."""
+    curves, _ = resampled_curves([correct], resamples, np.random.default_rng(seed))
+    lo, hi = interval((curves[:, 0] - curves[:, 1])[:, None])
+    task1_m1, task1_m2 = correct.mean(axis=0)
+    swaps, layers = result.swaps, result.forgetting
+    if not np.isclose(task1_m1, swaps.loc["E1+T1", "task1_acc"]) or not np.isclose(
+            task1_m2, swaps.loc["E2+T2", "task1_acc"]):
+        raise RuntimeError(f"{label}: task-1 accuracies read back from the checkpoints ({task1_m1}, {task1_m2}) "
+                           "differ from the experiment's swaps table")
+    return {"model": result.config["model"], "seed": seed, "probe_points": len(layers),
+            "tunnel_start_M1": result.config["split"].get("tunnel_start_M1"), "split_layer": result.split_layer,
+            "task1_M1": float(task1_m1), "task1_M2": float(task1_m2), "forgetting": float(task1_m1 - task1_m2),
+            "forgetting_lo": float(lo[0]), "forgetting_hi": float(hi[0]),
+            "task2_M2": float(swaps.loc["E2+T2", "task2_acc"]),
+            "probe_forgetting_split": float(layers["forgetting"].iloc[result.split_layer - 1]),
+            "probe_forgetting_last": float(layers["forgetting"].iloc[-1]), "run": f"{RUNS_DIR}/{label}"}
+
+
+def _by_model(runs: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
+    """One row per model, in the order given: mean forgetting over seeds and its interval."""
+    rows = []
+    for model in models:
+        mine = runs[runs["model"] == model]
+        if len(mine) == 1:
+            mean, lo, hi = mine.iloc[0][["forgetting", "forgetting_lo", "forgetting_hi"]]
+            how = f"bootstrap over task-1 test samples ({LEVEL:.0%})"
+        else:
+            mean, half = mean_ci(mine["forgetting"])
+            lo, hi = mean - half, mean + half
+            how = f"Student t over {len(mine)} seeds ({LEVEL:.0%})"
+        rows.append({"model": model, "probe_points": int(mine["probe_points"].iloc[0]), "seeds": len(mine),
+                     "forgetting": float(mean), "forgetting_lo": float(lo), "forgetting_hi": float(hi),
+                     "interval": how, "task1_M1": float(mine["task1_M1"].mean()),
+                     "task2_M2": float(mine["task2_M2"].mean())})
+    return pd.DataFrame(rows, columns=list(DEPTH_COLUMNS))
+
+
+def _check(models: Sequence[str], seeds: Sequence[int], task1: str, options: Mapping[str, Any]) -> None:
+    """Refuse, before anything is trained, what cannot give a forgetting-vs-depth table."""
+    if len(models) < 2 or len(set(models)) != len(models):
+        raise ConfigError(f"give at least two different models to compare forgetting over depth, got {list(models)}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"give one or more different seeds >= 0, got {list(seeds)}")
+    if options.get("split_at") is not None:
+        raise ConfigError("split_at does not apply over several depths: each model is split at its own tunnel start")
+    task = data_mod.load(task1, root=options.get("data_root"))
+    for model in models:
+        check_model(model, task, options.get("points", "blocks"), options.get("heads", "per-task"))
+
+
+def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequence[int] = (0,),
+                    out: str | Path = "runs/continual-depth", *, resamples: int = DEFAULT_RESAMPLES,
+                    progress: bool | None = None, overwrite: bool = False,
+                    **options: Any) -> ContinualDepthResult:
+    """Run :func:`~tunnelscope.experiments.continual.continual` for every model in ``models``
+    and seed in ``seeds`` (``out/runs/<model>-seed<seed>``) and tabulate forgetting against
+    depth (module docstring). ``options`` are ``continual``'s (``epochs``, ``finetune_epochs``,
+    ``points``, ``heads``, ``device``, ``probe``, ``max_train``, ``max_test``, ``data_root`` and
+    the training options), shared by every run; ``split_at`` is refused (each model splits at
+    its own tunnel start). Every model is checked before anything is trained. ``out`` holding a
+    finished or partial experiment is refused unless ``overwrite``.
+    """
+    tic = time.perf_counter()
+    _check(models, seeds, task1, options)
+    folder = claim(out, ContinualDepthResult.kind, overwrite, files=(RUNS_DIR,))
+    task = data_mod.load(task1, root=options.get("data_root"))
+    device = resolve_device(options.get("device", "auto"))
+    rows, layer_tables, settings = [], [], None
+    for model in models:
+        for seed in seeds:
+            label = run_label(model, seed)
+            result = continual(model, task1, task2, seed=seed, out=folder / RUNS_DIR / label, progress=progress,
+                               overwrite=overwrite, **options)
+            rows.append(_run_row(result, _task1_correct(result, task, device), seed, resamples, label))
+            layer_tables.append(result.forgetting.assign(model=model, seed=seed))
+            settings = settings or result.config
+    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    layers = pd.concat(layer_tables, ignore_index=True)[["model", "seed", "layer", "point", "acc_M1", "acc_M2",
+                                                         "forgetting"]]
+    config = {"experiment": "forgetting against depth: continual learning over several models (Masarczyk et al. "
+                            "2023)", "out": str(folder), "models": list(models), "seeds": list(seeds), "task1": task1, "task2": task2,
+              "runs": {row["run"]: {"model": row["model"], "seed": row["seed"]} for row in rows},
+              "forgetting": "task-1 test accuracy of M1 minus that of M2, each through the network's head for task 1",
+              "interval": {"level": LEVEL, "resamples": resamples, "per_run": "paired bootstrap over task-1 test "
+                           "samples", "per_model": "the run's bootstrap for one seed, Student t over seeds for more"},
+              "shared": {k: settings[k] for k in ("heads", "epochs", "finetune_epochs", "batch_size", "recipe",
+                                                  "points", "probe", "probe_samples", "tasks")},
+              "device": str(device), "versions": package_versions(), "seconds": time.perf_counter() - tic}
+    result = ContinualDepthResult(runs, _by_model(runs, models), layers, config)
+    result.save(folder, overwrite=True)
+    return result
+
+
+__all__ = ["ContinualDepthResult", "continual_depth", "run_label"]
