@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunnelscope.errors import RunDirectoryError
+from tunnelscope.errors import ConfigError, RunDirectoryError
 from tunnelscope.experiments.inversion import (
     InversionResult,
     InvertConfig,
@@ -47,6 +47,28 @@ def test_a_pixel_average_is_not_unique():
     assert (wide.m_g < wide.m_r).all()  # the embedding cannot tell them apart ...
     assert (wide.m_i > 2 * wide.input_perturbation).all()  # ... yet the inputs differ far more than a'
     assert (wide.nonunique == 1).all()
+
+
+def test_diverse_starts_begin_apart_and_show_a_lossy_map_has_many_inverses():
+    """Restarts after the first start uniform over the images' range; on a non-injective linear
+    map they end far apart (many inputs fit), on an orthogonal one they all reach the image."""
+    images = _images()
+    lossy = nn.Sequential(nn.Flatten(), nn.Linear(64, 16, bias=False))
+    nn.init.normal_(lossy[1].weight, std=0.125, generator=torch.Generator().manual_seed(4))
+    cfg = {"steps": 300, "blur": False, "restarts": 3}
+    near = invert(lossy, images, ["1"], InvertConfig(**cfg), progress=False)
+    apart = invert(lossy, images, ["1"], InvertConfig(**cfg, starts="diverse"), progress=False)
+    assert torch.equal(near.starts[0], apart.starts[0])  # the first restart is Badger's start either way
+    lo, hi = images.min(), images.max()
+    assert ((apart.starts[1:] >= lo) & (apart.starts[1:] <= hi)).all()
+    start_gap = torch.pdist(apart.starts[:, 0].flatten(1)).mean()
+    assert start_gap > 4 * torch.pdist(near.starts[:, 0].flatten(1)).mean()
+    spread_near, spread_apart = (r.score("spread").value.iloc[0] for r in (near, apart))
+    assert spread_apart > 3 * spread_near and spread_apart > 0.5 * start_gap
+    kept = invert(_orthogonal(), images, ["1"], InvertConfig(**cfg, starts="diverse"), progress=False)
+    assert kept.score("spread").value.iloc[0] < 0.05 * start_gap
+    with pytest.raises(ConfigError, match="starts must be one of badger, diverse"):
+        InvertConfig(starts="far")
 
 
 def test_the_default_protocol_flags_a_map_that_loses_information_and_not_one_that_keeps_it():

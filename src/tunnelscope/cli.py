@@ -507,6 +507,9 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
+@click.option("--starts", type=click.Choice(["badger", "diverse"]), default="badger", show_default=True,
+              help="badger: every start near 0.7 (the paper's); diverse: restarts after the first uniform over the "
+                   "images' value range, so that restarts begin far apart.")
 @click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
@@ -522,8 +525,8 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @data_root_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer summary as JSON.")
-def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, tv, no_blur, refine_steps, untrained,
-           seed, device, out, overwrite, data_root, quiet, as_json) -> None:
+def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, starts, tv, no_blur, refine_steps,
+           untrained, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
     """Reconstruct test images from each layer's full activations (Badger 2022), for the
     trained model and a re-initialised copy (or a model spec's random initialisation); write
     scores, figures and report.html.
@@ -543,7 +546,7 @@ def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, t
     from .rundir import REPORT_FILE
 
     out_path = Path(out)
-    cfg = InvertConfig(steps=steps, restarts=restarts, tv_weight=tv, blur=not no_blur, seed=seed,
+    cfg = InvertConfig(steps=steps, restarts=restarts, starts=starts, tv_weight=tv, blur=not no_blur, seed=seed,
                        refine_steps=refine_steps)
     pts = points
     runs = invert_checkpoint(checkpoint or model_spec, data_spec, out_path, images=images, points=pts, config=cfg,

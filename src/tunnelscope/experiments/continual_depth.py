@@ -179,7 +179,8 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
     layers = pd.concat(layer_tables, ignore_index=True)[["model", "seed", "layer", "point", "acc_M1", "acc_M2",
                                                          "forgetting"]]
     config = {"experiment": "forgetting against depth: continual learning over several models (Masarczyk et al. "
-                            "2023)", "out": str(folder), "models": list(models), "seeds": list(seeds), "task1": task1, "task2": task2,
+                            "2023)", "out": str(folder), "models": list(models), "seeds": list(seeds),
+              "task1": task1, "task2": task2,
               "runs": {row["run"]: {"model": row["model"], "seed": row["seed"]} for row in rows},
               "forgetting": "task-1 test accuracy of M1 minus that of M2, each through the network's head for task 1",
               "interval": {"level": LEVEL, "resamples": resamples, "per_run": "paired bootstrap over task-1 test "

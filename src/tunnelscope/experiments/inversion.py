@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from ..data import Dataset
 
 
+START_KINDS = ("badger", "diverse")
+
+
 @dataclass
 class InvertConfig:
     """Badger's protocol by default; every field is recorded with the results."""
@@ -65,6 +68,7 @@ class InvertConfig:
     sigma_end: float = 0.4
     tv_weight: float = 0.0  # optional total-variation prior
     restarts: int = 1
+    starts: str = "badger"  # badger: all near init_mean; diverse: restarts after the first uniform over the range
     perturb_std: float = 1 / 18
     nonunique_ratio: float = 2.0
     refine_steps: int = 200  # L-BFGS iterations on the embedding distance before non-uniqueness is judged
@@ -77,6 +81,8 @@ class InvertConfig:
             raise ConfigError("steps, restarts and max_rows must be >= 1")
         if self.refine_steps < 0 or not self.refine_lr > 0:
             raise ConfigError("refine_steps must be >= 0 and refine_lr > 0")
+        if self.starts not in START_KINDS:
+            raise ConfigError(f"starts must be one of {', '.join(START_KINDS)}, got {self.starts!r}")
 
 
 @dataclass
@@ -207,13 +213,24 @@ def _refine(model: nn.Module, chunk: _Chunk, start: Tensor, cfg: InvertConfig,
     return x.detach()
 
 
+def _draw_starts(cfg: InvertConfig, images: Tensor, g: torch.Generator) -> Tensor:
+    """``(restarts, N, *input)`` starting points from ``g``: every restart at ``N(0,1)·init_std +
+    init_mean`` (Badger's), or with ``starts="diverse"`` the first so and the others uniform
+    between the images' smallest and largest value, so that restarts begin far apart."""
+    drawn = torch.randn(cfg.restarts, *images.shape, generator=g) * cfg.init_std + cfg.init_mean
+    if cfg.starts == "diverse" and cfg.restarts > 1:
+        lo, hi = float(images.min()), float(images.max())
+        drawn[1:] = lo + (hi - lo) * torch.rand(cfg.restarts - 1, *images.shape, generator=g)
+    return drawn
+
+
 def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks", config: InvertConfig | None = None,
            device: str | torch.device = "cpu", state: str = "trained", progress: bool | None = None,
            starts: Tensor | None = None) -> Inversion:
     """Reconstruct ``images`` (N, *input shape) from every chosen point's full activations.
 
-    ``starts`` ``(restarts, N, *input shape)`` replaces the seeded ``N(0,1)·init_std +
-    init_mean`` starting points (the same start serves every point)."""
+    ``starts`` ``(restarts, N, *input shape)`` replaces the seeded starting points of
+    ``config.starts`` (the same start serves every point)."""
     cfg = config or InvertConfig()
     dev = torch.device(device)
     was_training = model.training
@@ -228,7 +245,7 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
             targets = {k: v.detach() for k, v in activations(model, names, images).items()}
         g = torch.Generator().manual_seed(cfg.seed)
         n, R = len(images), cfg.restarts
-        drawn = torch.randn(R, n, *images.shape[1:], generator=g) * cfg.init_std + cfg.init_mean
+        drawn = _draw_starts(cfg, images.cpu(), g)
         starts = (drawn if starts is None else starts).to(dev)
         if starts.shape != (R, n, *images.shape[1:]):
             raise ShapeError(f"starts must have shape {(R, n, *images.shape[1:])}, got {tuple(starts.shape)}")

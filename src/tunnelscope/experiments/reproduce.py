@@ -29,7 +29,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[3] / "examples" / "papers"  # in 
 SCALES = ("tiny", "full")
 RECIPE_KEYS = {"paper", "title", "claim", "figures", "compute", "sweep", "invert", "tiny"}
 INVERT_KEYS = {"model", "data", "epochs", "batch_size", "recipe", "images", "points", "steps", "restarts",
-               "refine_steps", "seed"}
+               "starts", "refine_steps", "seed"}
 RECIPE_FILE, SWEEP_FILE = "recipe.json", "sweep.yaml"
 
 
@@ -168,7 +168,8 @@ def _run_inversion(settings: dict[str, Any], folder: Path, device: str, progress
                        batch_size=settings.get("batch_size", 128), recipe=settings.get("recipe"),
                        seed=settings.get("seed", 0), device=device, progress=progress, early_checkpoints=False)
     config = InvertConfig(steps=settings.get("steps", 500), restarts=settings.get("restarts", 1),
-                          refine_steps=settings.get("refine_steps", 200), seed=settings.get("seed", 0))
+                          starts=settings.get("starts", "badger"), refine_steps=settings.get("refine_steps", 200),
+                          seed=settings.get("seed", 0))
     invert_checkpoint(final, settings["data"], folder / "inversion", images=settings.get("images", 8),
                       points=settings.get("points", "blocks"), config=config, device=device, overwrite=True,
                       progress=progress)
