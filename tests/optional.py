@@ -10,7 +10,8 @@ from types import ModuleType
 
 import pytest
 
-EXTRAS = {"shap": "explain", "timm": "timm", "transformers": "hf"}
+EXTRAS = {"shap": "explain", "timm": "timm", "transformers": "hf", "accelerate": "hf", "lightning": "lightning",
+          "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def require(package: str) -> ModuleType:

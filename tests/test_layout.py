@@ -130,6 +130,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("training and sweeps", {"train", "sweep"}),
     ("report", {"report"}),
     ("experiments", {"experiments"}),
+    ("integrations", {"integrations"}),
     ("cli and the package facade", {"cli", "cli_experiments", "cli_support", ""}),
 ]
 

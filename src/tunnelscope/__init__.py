@@ -19,6 +19,7 @@ from .errors import (
     DataNotFoundError,
     InsufficientDataError,
     MemoryBudgetError,
+    MonitorBudgetError,
     ProbePointError,
     RunDirectoryError,
     ShapeError,
@@ -31,6 +32,7 @@ from .errors import (
 if TYPE_CHECKING:
     from . import data, models, report
     from .engine.analyze import analyze, analyze_features
+    from .experiments.monitor import Monitor
     from .models import load_model
     from .results import Results
     from .train import train
@@ -41,6 +43,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Results": ("results", "Results"), "train": ("train", "train"),
     "load_model": ("models", "load_model"), "data": ("data", None), "models": ("models", None),
     "report": ("report", None), "analyze_run": ("experiments.dynamics", "analyze_run"),
+    "Monitor": ("experiments.monitor", "Monitor"),
 }
 
 
@@ -71,8 +74,8 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataNotFoundError", "InsufficientDataError", "MemoryBudgetError",
-    "ProbePointError", "Results", "RunDirectoryError", "ShapeError", "SpecError", "SweepConfigError",
-    "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "analyze_features", "analyze_run", "data",
-    "load_model", "models", "report", "train",
+    "CheckpointError", "ConfigError", "DataNotFoundError", "InsufficientDataError", "MemoryBudgetError", "Monitor",
+    "MonitorBudgetError", "ProbePointError", "Results", "RunDirectoryError", "ShapeError", "SpecError",
+    "SweepConfigError", "TrainingDivergedError", "TunnelscopeError", "__version__", "analyze", "analyze_features",
+    "analyze_run", "data", "load_model", "models", "report", "train",
 ]

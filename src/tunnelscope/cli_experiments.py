@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -490,9 +491,9 @@ def continual(model_specs: tuple[str, ...], task1: str, task2: str, heads: str, 
       tunnelscope continual --model vgg11-w0.25 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --split-at 4 --out runs/cl
       tunnelscope continual --model mlp-3x64 --model mlp-6x64 --model mlp-12x64 --task1 "fashion-mnist[classes=0-4]" --task2 "fashion-mnist[classes=5-9]" --epochs 3 --out runs/cl-depth
     """  # noqa: E501  (click prints \b blocks verbatim: each example stays one line)
-    options = {"epochs": epochs, "finetune_epochs": finetune_epochs, "points": points, "device": device,
-               "data_root": data_root, "batch_size": batch_size, "heads": heads,
-               "progress": False if (quiet or as_json) else None, "overwrite": overwrite}
+    options: dict[str, Any] = {"epochs": epochs, "finetune_epochs": finetune_epochs, "points": points,
+                               "device": device, "data_root": data_root, "batch_size": batch_size, "heads": heads,
+                               "progress": False if (quiet or as_json) else None, "overwrite": overwrite}
     if len(model_specs) > 1 or len(seeds) > 1:
         _continual_depth(model_specs, seeds, task1, task2, out, split_at, options, quiet, as_json)
         return

@@ -40,6 +40,10 @@ class MemoryBudgetError(TunnelscopeError, MemoryError):
     """A computation whose planned state does not fit in the memory available."""
 
 
+class MonitorBudgetError(TunnelscopeError, RuntimeError):
+    """A training monitor whose measurements would take more of the training time than its budget."""
+
+
 class CacheSpaceError(TunnelscopeError, OSError):
     """The feature cache could not reserve the disk space it needs to spill to."""
 

@@ -97,6 +97,11 @@ def _task1_correct(result: ContinualResult, task1: data_mod.Dataset, device: tor
     return torch.stack(columns, 1).numpy()
 
 
+def _cell(frame: pd.DataFrame, row: str, column: str) -> float:
+    """One number of a table indexed by name."""
+    return float(frame[column].to_numpy(dtype=float)[frame.index.get_loc(row)])
+
+
 def _run_row(result: ContinualResult, correct: np.ndarray, seed: int, resamples: int, label: str) -> dict[str, Any]:
     """One row of the ``runs`` table; the forgetting's interval is a paired bootstrap over task-1
     test samples (the same draw for M1 and M2)."""
@@ -104,15 +109,15 @@ def _run_row(result: ContinualResult, correct: np.ndarray, seed: int, resamples:
     lo, hi = interval((curves[:, 0] - curves[:, 1])[:, None])
     task1_m1, task1_m2 = correct.mean(axis=0)
     swaps, layers = result.swaps, result.forgetting
-    if not np.isclose(task1_m1, swaps.loc["E1+T1", "task1_acc"]) or not np.isclose(
-            task1_m2, swaps.loc["E2+T2", "task1_acc"]):
+    if not np.isclose(task1_m1, _cell(swaps, "E1+T1", "task1_acc")) or not np.isclose(
+            task1_m2, _cell(swaps, "E2+T2", "task1_acc")):
         raise RuntimeError(f"{label}: task-1 accuracies read back from the checkpoints ({task1_m1}, {task1_m2}) "
                            "differ from the experiment's swaps table")
     return {"model": result.config["model"], "seed": seed, "probe_points": len(layers),
             "tunnel_start_M1": result.config["split"].get("tunnel_start_M1"), "split_layer": result.split_layer,
             "task1_M1": float(task1_m1), "task1_M2": float(task1_m2), "forgetting": float(task1_m1 - task1_m2),
             "forgetting_lo": float(lo[0]), "forgetting_hi": float(hi[0]),
-            "task2_M2": float(swaps.loc["E2+T2", "task2_acc"]),
+            "task2_M2": _cell(swaps, "E2+T2", "task2_acc"),
             "probe_forgetting_split": float(layers["forgetting"].iloc[result.split_layer - 1]),
             "probe_forgetting_last": float(layers["forgetting"].iloc[-1]), "run": f"{RUNS_DIR}/{label}"}
 
@@ -166,15 +171,17 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
     folder = claim(out, ContinualDepthResult.kind, overwrite, files=(RUNS_DIR,))
     task = data_mod.load(task1, root=options.get("data_root"))
     device = resolve_device(options.get("device", "auto"))
-    rows, layer_tables, settings = [], [], None
+    rows: list[dict[str, Any]] = []
+    layer_tables: list[pd.DataFrame] = []
+    settings: dict[str, Any] = {}
     for model in models:
         for seed in seeds:
             label = run_label(model, seed)
-            result = continual(model, task1, task2, seed=seed, out=folder / RUNS_DIR / label, progress=progress,
-                               overwrite=overwrite, **options)
-            rows.append(_run_row(result, _task1_correct(result, task, device), seed, resamples, label))
-            layer_tables.append(result.forgetting.assign(model=model, seed=seed))
-            settings = settings or result.config
+            run = continual(model, task1, task2, seed=seed, out=folder / RUNS_DIR / label, progress=progress,
+                            overwrite=overwrite, **options)
+            rows.append(_run_row(run, _task1_correct(run, task, device), seed, resamples, label))
+            layer_tables.append(run.forgetting.assign(model=model, seed=seed))
+            settings = settings or run.config
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     layers = pd.concat(layer_tables, ignore_index=True)[["model", "seed", "layer", "point", "acc_M1", "acc_M2",
                                                          "forgetting"]]

@@ -25,15 +25,17 @@ def continual_depth_figure(tables: Tables, config: dict[str, Any]) -> Figure:
     depth, runs, layers = tables["depth"], tables["runs"], tables["layers"]
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for i, row in enumerate(depth.itertuples()):
+    columns = ("forgetting", "forgetting_lo", "forgetting_hi", "probe_points", "seeds")
+    numbers = {column: depth[column].to_numpy(dtype=float) for column in columns}
+    for i, model in enumerate(depth["model"].astype(str)):
         color = f"C{i % 10}"
-        err = [[row.forgetting - row.forgetting_lo], [row.forgetting_hi - row.forgetting]]
-        left.errorbar([row.probe_points], [row.forgetting], yerr=err, fmt="o", ms=7, capsize=4, color=color,
-                      label=f"{row.model} ({row.seeds} seed{'s' if row.seeds > 1 else ''})")
-        mine = runs[runs["model"] == row.model]
+        mean, lo, hi, points, seeds = (float(numbers[column][i]) for column in columns)
+        left.errorbar([points], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", ms=7, capsize=4, color=color,
+                      label=f"{model} ({seeds:.0f} seed{'s' if seeds > 1 else ''})")
+        mine = runs[runs["model"] == model]
         left.scatter(mine["probe_points"], mine["forgetting"], s=12, color=color, alpha=0.5)
-        curve = layers[layers["model"] == row.model].groupby("layer")["forgetting"].mean()
-        right.plot(curve.index / curve.index.max(), curve.to_numpy(), marker="o", ms=3, color=color, label=row.model)
+        curve = layers[layers["model"] == model].groupby("layer")["forgetting"].mean()
+        right.plot(curve.index / curve.index.max(), curve.to_numpy(), marker="o", ms=3, color=color, label=model)
     left.plot(depth["probe_points"], depth["forgetting"], color="0.6", lw=1, zorder=0)
     left.axhline(0, color="k", lw=0.8)
     left.set_xticks(np.unique(depth["probe_points"]))

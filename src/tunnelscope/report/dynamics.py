@@ -116,9 +116,10 @@ def heatmap_panels(table: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS
 
 
 def heatmap_figure(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence[str] = HEATMAP_METRICS,
-                   steps_per_epoch: int | None = None, title: str = "") -> Figure | None:
+                   steps_per_epoch: int | None = None, title: str = "", stable: int | None = None) -> Figure | None:
     """One layer × step heatmap per panel (:func:`heatmap_panels`), stacked with a shared step
-    axis, the tunnel start of each step drawn as a line; None when no metric is in the table."""
+    axis, the tunnel start of each step drawn as a line and, given ``stable``, the step from
+    which it stays within one layer marked; None when no metric is in the table."""
     panels = heatmap_panels(table, metrics)
     if not panels:
         return None
@@ -133,16 +134,23 @@ def heatmap_figure(table: pd.DataFrame, steps: pd.DataFrame, metrics: Sequence[s
                              shading="flat")
         fig.colorbar(mesh, ax=ax, pad=0.01)
         _overlay_start(ax, steps)
+        _mark_stable(ax, stable)
         ax.set_ylabel("layer (0 = input)")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel_title, fontsize=9)
         step_axis(ax, all_steps, steps_per_epoch)
     for ax in axes[:-1, 0]:
         ax.set_xlabel("")
-    if TUNNEL_START in steps and steps[TUNNEL_START].notna().any():
+    if (TUNNEL_START in steps and steps[TUNNEL_START].notna().any()) or stable is not None:
         axes[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.6)
     fig.suptitle(title or "layers over training", fontsize=10)
     return fig
+
+
+def _mark_stable(ax: Axes, stable: int | None) -> None:
+    """A dashed line at the step from which the tunnel start stays within one layer (a monitor's)."""
+    if stable is not None:
+        ax.axvline(stable, color="white", ls="--", lw=1.2, label=f"tunnel start stable from step {stable}")
 
 
 def _overlay_start(ax: Axes, steps: pd.DataFrame) -> None:
@@ -209,7 +217,8 @@ def heatmaps_from_tables(tables: Tables, config: dict[str, Any]) -> Figure | Non
     metrics = config.get("heatmaps")
     metrics = HEATMAP_METRICS if metrics is None else metrics
     steps_per_epoch = (config.get("run") or {}).get("steps_per_epoch")
-    return heatmap_figure(tables[LAYER_TABLE], tables["steps"], metrics, steps_per_epoch, _title(config))
+    return heatmap_figure(tables[LAYER_TABLE], tables["steps"], metrics, steps_per_epoch, _title(config),
+                          config.get("tunnel_stable_step"))
 
 
 @experiment_figure("dynamics", f"{FIGURES_DIR}/tunnel")
