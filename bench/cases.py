@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -1161,6 +1162,60 @@ def case_invert(device: torch.device, images: int = 4, steps: int = 100) -> dict
             "max_abs_diff": max(diffs)}
 
 
+def _monitored_loop(ds, device: torch.device, steps: int, batch: int,
+                    monitor_options: dict | None) -> tuple[float, Any]:
+    """Seconds of ``steps`` SGD steps on the demo's model (a fresh seeded copy), with a Monitor
+    of ``monitor_options`` watching when given; and the monitor."""
+    from tunnelscope.experiments.demo import DEMO_MODEL
+    from tunnelscope.experiments.monitor import Monitor
+
+    torch.manual_seed(0)
+    net = ts.models.build(DEMO_MODEL, ds.num_classes, ds.input_shape).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    batches = list(ds.train.batches(batch, shuffle=True, generator=torch.Generator().manual_seed(0), device=device,
+                                    drop_last=True))
+    batches = (batches * math.ceil(steps / len(batches)))[:steps]
+    monitor = Monitor(net, ds, **monitor_options) if monitor_options is not None else None
+    sync(device)
+    tic = time.perf_counter()
+    for x, y in (monitor.watch(batches) if monitor else batches):
+        net.train()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    sync(device)
+    return time.perf_counter() - tic, monitor
+
+
+def case_monitor(device: torch.device, repeats: int, every: int = 50, batch: int = 128) -> dict:
+    """The training monitor's cost: a plain loop of SGD steps on the demo's model and data
+    (batch 128) alone and watched by a Monitor with its defaults (256 samples per split reduced
+    by GAP, a ridge probe, rank, NCC, CKA) at ``every`` steps, without and with the dense early
+    steps; the three loops interleaved, medians of ``repeats``."""
+    from tunnelscope.experiments.demo import DEMO_DATA
+
+    ds = ts.data.load(DEMO_DATA)
+    steps = 100 if quick() else 300
+    _monitored_loop(ds, device, 20, batch, None)  # warm-up
+    settings: dict[str, dict | None] = {"alone": None, "steady": {"dense_early": False}, "dense": {"dense_early": True}}
+    runs: dict[str, list] = {label: [] for label in settings}
+    for _ in range(repeats):  # interleaved, so that a noisy neighbour slows every setting alike
+        for label, options in settings.items():
+            runs[label].append(_monitored_loop(ds, device, steps, batch,
+                                               None if options is None else {"every": every, **options}))
+    alone = statistics.median(t for t, _ in runs["alone"])
+    out: dict[str, Any] = {"device": str(device), "model": "demo VGG (vgg11-w0.125)", "steps": steps, "batch": batch,
+                           "every": every, "train_s": alone, "train_step_s": alone / steps}
+    for label in ("steady", "dense"):
+        seconds = statistics.median(t for t, _ in runs[label])
+        monitor = runs[label][0][1]
+        out |= {f"{label}_s": seconds, f"{label}_measurements": len(monitor.seconds),
+                f"{label}_overhead": (seconds - alone) / alone,
+                f"{label}_measurement_s": statistics.median(monitor.seconds)}
+    out["measurement_over_step"] = out["steady_measurement_s"] / out["train_step_s"]
+    return out
+
+
 # ---------------------------------------------------------------------------------- dispatch
 
 CASES: dict[str, Callable[[torch.device, int], dict]] = {
@@ -1183,6 +1238,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "probes-select": lambda dev, r: case_probe_select(dev, r),
     "probes-demo": lambda dev, r: case_probes_demo(dev),
     "invert-mlp12": lambda dev, r: case_invert(dev, steps=20 if quick() else 100),
+    "monitor-demo": lambda dev, r: case_monitor(dev, r),
 }
 
 

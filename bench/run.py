@@ -37,7 +37,7 @@ from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
          "analyze-ranks", "stream-1m", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12",
          "probes-widths",
-         "probes-solver", "probes-select", "probes-demo", "invert-mlp12",
+         "probes-solver", "probes-select", "probes-demo", "invert-mlp12", "monitor-demo",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
 # nothing in these runs on a device: measured once
@@ -561,6 +561,28 @@ def invert_section(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def monitor_section(results: list[dict]) -> list[str]:
+    """The training monitor's overhead against the training it watches."""
+    rows = of_case(results, "monitor-demo")
+    lines = [
+        "## 9. Training monitor",
+        "",
+        "A plain loop of SGD steps on the demo's model and data (batch 128), alone and watched by a",
+        "`Monitor` with its defaults (256 samples per split reduced by GAP, a ridge probe, rank, NCC, CKA)",
+        "every K steps, and also with the dense early steps (1, 2, 4, ... below K). Overhead: the watched",
+        "loop's extra time over the loop alone (the three loops interleaved, medians).",
+        "",
+    ]
+    lines += md_table(
+        ["device", "model", "steps", "K", "train step (s)", "measurement (s)", "measurement / step", "overhead at K",
+         "with the dense early steps"],
+        [[r["device"], r["model"], r["steps"], r["every"], fmt(r["train_step_s"], 4),
+          fmt(r["steady_measurement_s"], 3), fmt(r["measurement_over_step"], 1),
+          f"**{pct(r['steady_overhead'])}** ({r['steady_measurements']} measurements)",
+          f"{pct(r['dense_overhead'])} ({r['dense_measurements']} measurements)"] for r in rows])
+    return lines + [""]
+
+
 def training_section(training: list[dict]) -> list[str]:
     """Batching and an SGD epoch against the forward pass."""
     lines = [
@@ -601,7 +623,7 @@ def write_report(out: Path, results: list[dict], training: list[dict], repeats: 
                      "the cases, not for comparison with full runs.")
     lines.append("")
     for section in (statistics_section, width_section, help_section, analyze_section, cka_section, probes_section,
-                    invert_section):
+                    invert_section, monitor_section):
         lines += section(results)
     lines += training_section(training)
     lines += failures_section(results)

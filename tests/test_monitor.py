@@ -20,8 +20,7 @@ from optional import require
 from tunnelscope import data
 from tunnelscope.errors import ConfigError, MonitorBudgetError
 from tunnelscope.experiments.dynamics import DynamicsResult
-from tunnelscope.experiments.monitor import MONITOR_METRICS, Monitor, due, stable_step
-from tunnelscope.probes import ProbeConfig
+from tunnelscope.experiments.monitor import Monitor, due, stable_step
 from tunnelscope.summary import TUNNEL_START
 
 DATA = "digits[classes=0-4]"
@@ -50,7 +49,7 @@ class Net(nn.Module):
         return self.head(x)
 
 
-def _train(dataset, monitor_kwargs: dict | None, epochs: int = 2, snapshot_at: int | None = None):
+def _train(dataset, monitor_kwargs: dict | None, epochs: int = 10, snapshot_at: int | None = None):
     """A plain loop (SGD with momentum, seeded shuffles); with ``monitor_kwargs`` a monitor
     watches it. Returns the model, the monitor and a copy of the model taken at ``snapshot_at``."""
     torch.manual_seed(0)
@@ -72,10 +71,9 @@ def _train(dataset, monitor_kwargs: dict | None, epochs: int = 2, snapshot_at: i
     return net, monitor, snapshot
 
 
-def _offline(model: nn.Module, dataset, **settings) -> ts.Results:
-    """An offline analysis with the monitor's default settings."""
-    return ts.analyze(model, dataset, metrics=list(MONITOR_METRICS), points=POINTS, max_samples=512, resamples=0,
-                      probe=ProbeConfig(protocol="ridge"), device="cpu", progress=False, **settings)
+def _offline(model: nn.Module, dataset, monitor: Monitor) -> ts.Results:
+    """An offline analysis of ``model`` with the monitor's settings (probe set, metrics, reduction)."""
+    return ts.analyze(model, dataset, metrics=monitor.metrics, settings=monitor.settings)
 
 
 def _rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -103,14 +101,15 @@ def test_training_with_a_monitor_gives_bit_identical_weights(dataset, watched):
     net, monitor, _ = watched
     expected = plain.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in net.state_dict().items())  # BN statistics too
-    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, 20, 40]  # 2 epochs of 22 full batches of 32
-    np.testing.assert_allclose(monitor.steps["epoch"].iloc[-1], 1 + 18 / 22)
+    # 10 epochs of 22 full batches of 32: 220 steps
+    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, *range(20, 221, 20)]
+    np.testing.assert_allclose(monitor.steps["epoch"].iloc[-1], 10.0)
     assert net.training  # the loop's mode, as the loop left it
 
 
 def test_a_measurement_equals_an_offline_analysis_of_the_model_at_that_step(dataset, watched):
     _, monitor, snapshot = watched
-    offline = _offline(snapshot, dataset)
+    offline = _offline(snapshot, dataset, monitor)
     measured = monitor.table[monitor.table.step == 40]
     pd.testing.assert_frame_equal(_rows(measured), _rows(offline.table.reindex(columns=measured.columns[2:])),
                                   check_exact=False, rtol=1e-6, atol=1e-9)
@@ -255,12 +254,12 @@ def test_lightning_callback_measures_what_an_offline_analysis_gives(dataset, tmp
     module = Module()
     monitor = Monitor(module.net, dataset, points=POINTS, every=20)
     snapshot = Snapshot()
-    trainer = lightning.Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = lightning.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,
                                 callbacks=[MonitorCallback(monitor, out=tmp_path / "lightning"), snapshot])
     trainer.fit(module, loader)
-    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, 20, 40, 60, 80, 100]
-    offline = _offline(snapshot.model, dataset)
+    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, *range(20, 201, 20)]
+    offline = _offline(snapshot.model, dataset, monitor)
     measured = monitor.table[monitor.table.step == 40]
     pd.testing.assert_frame_equal(_rows(measured), _rows(offline.table.reindex(columns=measured.columns[2:])),
                                   check_exact=False, rtol=1e-6, atol=1e-9)
@@ -298,20 +297,19 @@ def test_hugging_face_trainer_callback_on_a_random_init_vit(dataset, tmp_path):
     model = transformers.ViTForImageClassification(config)
     view = Logits(model)
     monitor = Monitor(view, dataset, points=["m.vit.layers.?"], every=20)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=60, per_device_train_batch_size=32,
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=200, per_device_train_batch_size=32,
                                           learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
                                           logging_strategy="no", seed=0, disable_tqdm=True, dataloader_num_workers=0)
     x, y = next(dataset.train.batches(len(dataset.train)))
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Images(x, y),
                                    callbacks=[MonitorTrainerCallback(monitor, out=tmp_path / "monitored")])
     trainer.train()
-    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, 20, 40, 60]
+    assert monitor.steps["step"].tolist() == [0, 1, 2, 4, 8, 16, *range(20, 201, 20)]
     tx, ty = next(dataset.test.batches(len(dataset.test)))
     with torch.no_grad():
         accuracy = float((view.eval()(tx).argmax(1) == ty).double().mean())  # the model after the last step
-    assert monitor.summaries[60]["model_accuracy"] == pytest.approx(accuracy, abs=1e-12)
-    offline = ts.analyze(view, dataset, metrics=list(MONITOR_METRICS), points=["m.vit.layers.?"], max_samples=512,
-                         resamples=0, probe=ProbeConfig(protocol="ridge"), device="cpu", progress=False)
-    measured = monitor.table[monitor.table.step == 60]
+    assert monitor.summaries[200]["model_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    offline = _offline(view, dataset, monitor)
+    measured = monitor.table[monitor.table.step == 200]
     pd.testing.assert_frame_equal(_rows(measured), _rows(offline.table.reindex(columns=measured.columns[2:])),
                                   check_exact=False, rtol=1e-6, atol=1e-9)

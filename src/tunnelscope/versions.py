@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
 
@@ -9,7 +10,13 @@ PACKAGES = ("tunnelscope", "torch", "torchvision", "numpy", "scipy", "scikit-lea
 
 
 def package_versions() -> dict[str, str]:
-    """Python, platform and the installed version of each package that affects results."""
+    """Python, platform and the installed version of each package that affects results (read
+    once per process: a training monitor records them at every measurement)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in PACKAGES:
         try:

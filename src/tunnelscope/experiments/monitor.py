@@ -46,7 +46,8 @@ from .dynamics import STEP_COLUMNS, DynamicsResult, step_row
 
 T = TypeVar("T")
 MONITOR_METRICS = ("probe", "rank", "ncc", "cka")  # a closed-form probe, rank, NCC, CKA between points
-MONITOR_SAMPLES = 512  # per split: a monitor's probe set is small, so that a measurement is cheap
+MONITOR_SAMPLES = 256  # per split: a monitor's probe set is small, so that a measurement is cheap
+MONITOR_REDUCE = "gap"  # one number per channel: on the demo VGG a quarter of pool2's cost (docs/monitor.md)
 
 
 class Writer(Protocol):
@@ -117,6 +118,8 @@ class Monitor:
 
     ``data`` (and each ``ood`` set) is anything :func:`tunnelscope.analyze` accepts; at most
     ``max_samples`` samples per split are read (a seeded subset, the same at every step).
+    Feature maps are reduced by ``reduce`` (``gap`` by default, one number per channel: a
+    monitor watches; ``pool2``, the analyses' default, costs about 4x more on the demo VGG).
     ``metrics`` default to a closed-form ``ridge`` probe (``probe``), ``rank``, ``ncc`` and
     ``cka`` (between every pair of points, the previous layer included); ``probe`` sets the
     probe protocol, ``resamples`` the bootstrap behind the intervals (0: none, the default:
@@ -131,7 +134,8 @@ class Monitor:
 
     def __init__(self, model: nn.Module, data: object, ood: object = (), *, every: int = 50,  # noqa: PLR0913 (a public facade: readable keywords)
                  dense_early: bool = True, metrics: str | Sequence[str] = MONITOR_METRICS,
-                 points: str | Sequence[str] = "blocks", max_samples: int | None = MONITOR_SAMPLES,
+                 points: str | Sequence[str] = "blocks", reduce: str = MONITOR_REDUCE,
+                 max_samples: int | None = MONITOR_SAMPLES,
                  probe: ProbeConfig | None = None, resamples: int = 0, seed: int = 0, budget: float | None = None,
                  writers: Sequence[Writer] = (), data_root: str | Path | None = None,
                  settings: AnalysisSettings | None = None) -> None:
@@ -142,8 +146,8 @@ class Monitor:
         self.model, self.every, self.dense_early, self.budget = model, every, dense_early, budget
         self.metrics = parse_metrics(metrics)
         device = next(model.parameters()).device
-        base = settings or AnalysisSettings(points=points, max_samples=max_samples, resamples=resamples, seed=seed,
-                                            probe=probe or ProbeConfig(protocol="ridge", seed=seed))
+        base = settings or AnalysisSettings(points=points, reduce=reduce, max_samples=max_samples, resamples=resamples,
+                                            seed=seed, probe=probe or ProbeConfig(protocol="ridge", seed=seed))
         self.settings = base.replace(device=device, progress=False, data_root=data_root or base.data_root)
         self.dataset, ood_sets = resolve_data(data, ood, data_root)
         self.ood, self.ood_changes = self._load_ood(ood_sets)
@@ -275,5 +279,5 @@ class Monitor:
             writer.close()
 
 
-__all__ = ["MONITOR_METRICS", "MONITOR_SAMPLES", "Monitor", "MonitorBudgetError", "Writer", "due", "stable_step",
-           "undisturbed"]
+__all__ = ["MONITOR_METRICS", "MONITOR_REDUCE", "MONITOR_SAMPLES", "Monitor", "MonitorBudgetError", "Writer", "due",
+           "stable_step", "undisturbed"]
