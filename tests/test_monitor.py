@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import tunnelscope as ts
+from cli_helpers import run_cli
 from optional import require
 from tunnelscope import data
 from tunnelscope.errors import ConfigError, MonitorBudgetError
@@ -116,19 +117,24 @@ def test_a_measurement_equals_an_offline_analysis_of_the_model_at_that_step(data
     assert monitor.summaries[40][TUNNEL_START] == offline.summary[TUNNEL_START]
 
 
-def test_the_result_saves_as_a_dynamics_analysis_with_the_stable_step_marked(dataset, watched, tmp_path):
+def test_the_result_saves_as_a_dynamics_analysis_with_the_stable_step_marked(dataset, watched, tmp_path, capsys):
     _, monitor, _ = watched
     result = monitor.save(tmp_path / "monitored")
+    (tmp_path / "monitored" / "figures" / "heatmaps.png").unlink()
+    code, out, err = run_cli(["report", tmp_path / "monitored", "--json"], capsys)  # redrawn from the saved tables
+    assert code == 0, err
+    assert json.loads(out)["figures"] == 2 and (tmp_path / "monitored" / "figures" / "heatmaps.png").is_file()
     loaded = DynamicsResult.load(tmp_path / "monitored")
     assert loaded.step_list == monitor.steps["step"].tolist()
     stable, why = stable_step(monitor.steps)
+    assert stable is not None  # this MLP's start settles: the mark below is checked, not skipped
     assert loaded.config["tunnel_stable_step"] == stable and loaded.config["tunnel_stable"] == why
     assert (tmp_path / "monitored" / "figures" / "heatmaps.png").stat().st_size > 0
     from tunnelscope.report.experiments import draw_experiment
 
     figure = draw_experiment("dynamics", result.figure_tables(), result.saved_config())["figures/heatmaps"]
     marks = [line for line in figure.axes[0].get_lines() if "stable from step" in line.get_label()]
-    assert (len(marks) == 1 and marks[0].get_xdata()[0] == stable) if stable is not None else not marks
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == stable
 
 
 def test_the_stable_step_is_where_the_start_stays_within_one_layer_of_its_last_value():
@@ -140,10 +146,11 @@ def test_the_stable_step_is_where_the_start_stays_within_one_layer_of_its_last_v
     assert stable_step(steps([1, 5, 1, 5]))[0] is None  # it moved at the last step: not seen to stay
     assert stable_step(steps([2, np.nan, 2, 2]))[0] == 20  # an undefined start breaks the run
     assert "undefined" in stable_step(steps([2, 2, np.nan]))[1]
+    assert stable_step(steps([3]))[0] is None  # one measurement: nothing was seen to stay
 
 
 def test_a_schedule_over_the_budget_is_refused_in_one_line(dataset):
-    with pytest.raises(MonitorBudgetError, match=r"budget 0%\); measure every \d+ steps or more") as caught:
+    with pytest.raises(MonitorBudgetError, match=r"budget 0.0001%\); measure every \d+ steps or more") as caught:
         _train(dataset, {"every": 1, "budget": 1e-6})
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="every must be >= 1"):
@@ -297,9 +304,10 @@ def test_hugging_face_trainer_callback_on_a_random_init_vit(dataset, tmp_path):
     model = transformers.ViTForImageClassification(config)
     view = Logits(model)
     monitor = Monitor(view, dataset, points=["m.vit.layers.?"], every=20)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=200, per_device_train_batch_size=32,
-                                          learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
-                                          logging_strategy="no", seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=200,
+                                          per_device_train_batch_size=32, learning_rate=1e-3, report_to=[],
+                                          use_cpu=True, save_strategy="no", logging_strategy="no", seed=0,
+                                          disable_tqdm=True, dataloader_num_workers=0)
     x, y = next(dataset.train.batches(len(dataset.train)))
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Images(x, y),
                                    callbacks=[MonitorTrainerCallback(monitor, out=tmp_path / "monitored")])

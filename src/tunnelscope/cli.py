@@ -453,12 +453,25 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's path and figure count as JSON.")
 def report(run_dir: str, quiet: bool, as_json: bool) -> None:
-    """Rebuild figures/ and report.html of a saved run, without running a model.
+    """Rebuild figures/ and report.html of a saved run (an analysis, an inversion or an
+    experiment: dynamics, a monitored training, continual learning ...), without running a model.
 
     \b
     Examples:
       tunnelscope report runs/demo
     """
+    from .rundir import kind_of
+
+    if kind_of(run_dir) not in (None, "analysis", "training", "unknown"):
+        from .experiments.base import refresh_experiment
+
+        written = refresh_experiment(run_dir)
+        page = next(p for p in written if p.name == "report.html")
+        if as_json:
+            click.echo(json.dumps({"report": str(page), "figures": sum(p.suffix == ".png" for p in written)}))
+        elif not quiet:
+            out_console.print(f"{kind_of(run_dir)} report {page}", markup=False)
+        return
     from .report import refresh_report
 
     path, figures = refresh_report(run_dir, redraw=True)

@@ -551,8 +551,10 @@ def _continual_depth(models: tuple[str, ...], seeds: tuple[int, ...], task1: str
     elif not quiet:
         columns = ["model", "probe_points", "seeds", "forgetting", "forgetting_lo", "forgetting_hi", "task1_M1",
                    "task2_M2"]
+        from .uncertainty import LEVEL
+
         print_frame(result.depth[columns], f"forgetting of task 1 against depth ({options['heads']} heads; "
-                                           "task-1 accuracy of M1 minus M2, 95% interval)")
+                                           f"task-1 accuracy of M1 minus M2, {LEVEL:.0%} interval)")
         out_console.print(f"wrote {Path(out) / 'depth.csv'}, depth_runs.csv, depth_layers.csv, continual-depth.png, "
                           "and one continual experiment per run under runs/", markup=False)
 

@@ -56,6 +56,12 @@ def parse_spec(text: str, kind: str = "spec") -> Spec:
     return Spec(match.group("name").strip(), modifiers)
 
 
+def safe_name(spec: str) -> str:
+    """``spec`` with every run of characters other than letters, digits, ``.``, ``_`` and ``-``
+    replaced by one ``_`` (trimmed): a folder name or a logged metric's key."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")
+
+
 def parse_int(value: str, key: str, spec: str, minimum: int | None = None) -> int:
     """Convert a modifier value to int, with an error naming the modifier and the spec."""
     try:

@@ -25,7 +25,7 @@ from ..io import write_json, write_text
 from ..report.experiments import draw_experiment, figure_names
 from ..report.figures import save_figures
 from ..report.html import experiment_page
-from ..rundir import CONFIG_FILE, KIND_KEY, REPORT_FILE, claim, whole_or_nothing
+from ..rundir import CONFIG_FILE, KIND_KEY, REPORT_FILE, claim, kind_of, whole_or_nothing
 
 
 class ExperimentResult(ABC):
@@ -113,8 +113,32 @@ def read_config(folder: Path, kind: str) -> dict[str, Any]:
     return config
 
 
+def result_class(kind: str) -> type[ExperimentResult]:
+    """The :class:`ExperimentResult` subclass of ``kind``, from the module named after it
+    (``cross-cka``: :mod:`tunnelscope.experiments.cross_cka`)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"{__package__}.{kind.replace('-', '_')}")
+    except ModuleNotFoundError:
+        raise RunDirectoryError(f"no experiment of kind {kind!r} is known to this version of tunnelscope") from None
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, ExperimentResult) and getattr(value, "kind", None) == kind:
+            return value
+    raise RunDirectoryError(f"no experiment of kind {kind!r} is known to this version of tunnelscope")
+
+
+def refresh_experiment(folder: str | Path) -> list[Path]:
+    """Redraw a finished experiment's figures and ``report.html`` from its saved tables and
+    config (the tables are written back unchanged); returns the written paths."""
+    kind = kind_of(folder)
+    if kind is None or kind in ("analysis", "training", "unknown"):
+        raise RunDirectoryError(f"{folder} holds no finished experiment ({CONFIG_FILE} names none)")
+    return result_class(kind).load(folder).save(folder, overwrite=True)
+
+
 def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return write_text(path, frame.to_csv(index=False))
 
 
-__all__ = ["ExperimentResult", "finish", "read_config"]
+__all__ = ["ExperimentResult", "finish", "read_config", "refresh_experiment", "result_class"]

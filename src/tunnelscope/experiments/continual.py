@@ -44,6 +44,7 @@ from ..engine.settings import AnalysisSettings
 from ..errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from ..io import write_json, write_text
 from ..models import build, check_spec, probe_points
+from ..models.init import seeded
 from ..probes import ProbeConfig
 from ..progress import progress_bar
 from ..results import Results
@@ -194,8 +195,8 @@ def _load_tasks(task1: str, task2: str, data_root: str | Path | None) -> tuple[d
                           "first on; give two class splits, e.g. classes=0-4 and classes=5-9")
     if first.num_classes != second.num_classes:
         raise ConfigError(f"task 1 {task1!r} has {first.num_classes} classes but task 2 {task2!r} has "
-                          f"{second.num_classes}; give both tasks the same number of classes (classes=) so they "
-                          "share the classifier head")
+                          f"{second.num_classes}; give both tasks the same number of classes (classes=): the "
+                          "swapped tunnels and heads must fit both")
     if tuple(first.input_shape) != tuple(second.input_shape):
         raise ConfigError(f"task 1 {task1!r} has inputs {tuple(first.input_shape)} but task 2 {task2!r} has "
                           f"{tuple(second.input_shape)}; use two class splits of one dataset (or size=/channels=)")
@@ -234,12 +235,12 @@ class _Setup:
     def fresh_head(self) -> dict[str, Tensor]:
         """Task 2's starting head (per-task heads): a model built under its own seed
         (``seed + HEAD2_SEED_OFFSET``), so M1's head is not its starting point."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + HEAD2_SEED_OFFSET)
+        with seeded(self.seed + HEAD2_SEED_OFFSET):
             return self.net().state_dict()
 
 
-def _recipes(epochs: int, finetune_epochs: int, options: dict[str, Any]) -> tuple[Recipe, Recipe, dict, int, Any]:
+def training_recipes(epochs: int, finetune_epochs: int,
+                     options: dict[str, Any]) -> tuple[Recipe, Recipe, dict, int, Any]:
     """``(recipe, fine-tuning recipe, recipe arguments, batch size, amp)`` from checked training
     options (``TRAIN_OPTIONS``)."""
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
@@ -393,7 +394,8 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
     whose last weighted module does not output the logits; nothing is trained before these checks.
     """
     tic = time.perf_counter()
-    recipe, finetune_recipe, recipe_args, batch_size, amp_option = _recipes(epochs, finetune_epochs, train_options)
+    recipe, finetune_recipe, recipe_args, batch_size, amp_option = training_recipes(epochs, finetune_epochs,
+                                                                                    train_options)
     tasks = _load_tasks(task1, task2, data_root)
     point_names, head = check_model(model, tasks[0], points, heads)
     if split_at is not None and not 1 <= split_at <= len(point_names):
@@ -500,4 +502,4 @@ def _config(setup: _Setup, point_names: list[str], split: Partition, chosen: tup
 
 
 __all__ = ["COMBINATIONS", "HEADS", "ContinualResult", "Head", "Partition", "check_model", "classifier_head", "combine",
-           "continual", "fine_tune_tunnel", "fit", "partition", "swap_states"]
+           "continual", "training_recipes", "fine_tune_tunnel", "fit", "partition", "swap_states"]

@@ -17,7 +17,6 @@ each into its own folder under ``out/runs``, and gathers:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..models import build
 from ..rundir import claim
+from ..specs import safe_name
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, interval, mean_ci, resampled_curves
 from ..versions import package_versions
 from .base import ExperimentResult
-from .continual import ContinualResult, check_model, continual
+from .continual import TRAIN_OPTIONS, ContinualResult, check_model, continual, training_recipes
 from .split import Head, with_head
 
 RUNS_DIR = "runs"
@@ -73,9 +73,9 @@ class ContinualDepthResult(ExperimentResult):
 
 
 def run_label(model: str, seed: int) -> str:
-    """The folder name of one run under ``out/runs``: the spec with anything but letters, digits,
-    ``.``, ``_`` and ``-`` replaced, and the seed."""
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-seed{seed}"
+    """The folder name of one run under ``out/runs``: the spec made file-safe
+    (:func:`~tunnelscope.specs.safe_name`) and the seed."""
+    return f"{safe_name(model)}-seed{seed}"
 
 
 def _task1_correct(result: ContinualResult, task1: data_mod.Dataset, device: torch.device) -> np.ndarray:
@@ -97,27 +97,19 @@ def _task1_correct(result: ContinualResult, task1: data_mod.Dataset, device: tor
     return torch.stack(columns, 1).numpy()
 
 
-def _cell(frame: pd.DataFrame, row: str, column: str) -> float:
-    """One number of a table indexed by name."""
-    return float(frame[column].to_numpy(dtype=float)[frame.index.get_loc(row)])
-
-
 def _run_row(result: ContinualResult, correct: np.ndarray, seed: int, resamples: int, label: str) -> dict[str, Any]:
-    """One row of the ``runs`` table; the forgetting's interval is a paired bootstrap over task-1
-    test samples (the same draw for M1 and M2)."""
+    """One row of the ``runs`` table from the per-sample task-1 correctness of M1 and M2
+    (``correct``, ``(M, 2)``); the forgetting's interval is a paired bootstrap over task-1 test
+    samples (the same draw for M1 and M2)."""
     curves, _ = resampled_curves([correct], resamples, np.random.default_rng(seed))
     lo, hi = interval((curves[:, 0] - curves[:, 1])[:, None])
     task1_m1, task1_m2 = correct.mean(axis=0)
     swaps, layers = result.swaps, result.forgetting
-    if not np.isclose(task1_m1, _cell(swaps, "E1+T1", "task1_acc")) or not np.isclose(
-            task1_m2, _cell(swaps, "E2+T2", "task1_acc")):
-        raise RuntimeError(f"{label}: task-1 accuracies read back from the checkpoints ({task1_m1}, {task1_m2}) "
-                           "differ from the experiment's swaps table")
+    task2 = swaps["task2_acc"].to_numpy(dtype=float)[swaps.index.get_loc("E2+T2")]
     return {"model": result.config["model"], "seed": seed, "probe_points": len(layers),
             "tunnel_start_M1": result.config["split"].get("tunnel_start_M1"), "split_layer": result.split_layer,
             "task1_M1": float(task1_m1), "task1_M2": float(task1_m2), "forgetting": float(task1_m1 - task1_m2),
-            "forgetting_lo": float(lo[0]), "forgetting_hi": float(hi[0]),
-            "task2_M2": _cell(swaps, "E2+T2", "task2_acc"),
+            "forgetting_lo": float(lo[0]), "forgetting_hi": float(hi[0]), "task2_M2": float(task2),
             "probe_forgetting_split": float(layers["forgetting"].iloc[result.split_layer - 1]),
             "probe_forgetting_last": float(layers["forgetting"].iloc[-1]), "run": f"{RUNS_DIR}/{label}"}
 
@@ -142,13 +134,20 @@ def _by_model(runs: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
 
 
 def _check(models: Sequence[str], seeds: Sequence[int], task1: str, options: Mapping[str, Any]) -> None:
-    """Refuse, before anything is trained, what cannot give a forgetting-vs-depth table."""
-    if len(models) < 2 or len(set(models)) != len(models):
-        raise ConfigError(f"give at least two different models to compare forgetting over depth, got {list(models)}")
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"give one or more different seeds >= 0, got {list(seeds)}")
+    """Refuse, before anything is trained or written, what cannot give a forgetting table."""
+    if len(set(models)) != len(models) or len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
+        raise ConfigError(f"give different models and different seeds >= 0, got models {list(models)} and seeds "
+                          f"{list(seeds)}")
+    if len(models) < 2 and len(seeds) < 2:
+        raise ConfigError("give at least two models (forgetting against depth) or two seeds (an interval over "
+                          "seeds); for one run use continual()")
+    labels = [run_label(model, 0) for model in models]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two model specs share a folder name after cleaning ({labels}); give distinct specs")
     if options.get("split_at") is not None:
-        raise ConfigError("split_at does not apply over several depths: each model is split at its own tunnel start")
+        raise ConfigError("split_at does not apply over several runs: each model is split at its own tunnel start")
+    training_recipes(options.get("epochs", 10), options.get("finetune_epochs", 5),
+                     {k: v for k, v in options.items() if k in TRAIN_OPTIONS})
     task = data_mod.load(task1, root=options.get("data_root"))
     for model in models:
         check_model(model, task, options.get("points", "blocks"), options.get("heads", "per-task"))
@@ -163,8 +162,9 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
     depth (module docstring). ``options`` are ``continual``'s (``epochs``, ``finetune_epochs``,
     ``points``, ``heads``, ``device``, ``probe``, ``max_train``, ``max_test``, ``data_root`` and
     the training options), shared by every run; ``split_at`` is refused (each model splits at
-    its own tunnel start). Every model is checked before anything is trained. ``out`` holding a
-    finished or partial experiment is refused unless ``overwrite``.
+    its own tunnel start). One model over several seeds gives its forgetting with an interval
+    over seeds. Every model and option is checked before anything is trained or written.
+    ``out`` holding a finished or partial experiment is refused unless ``overwrite``.
     """
     tic = time.perf_counter()
     _check(models, seeds, task1, options)

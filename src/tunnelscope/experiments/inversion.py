@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 
 START_KINDS = ("badger", "diverse")
+DIVERSE_SEED_OFFSET = 0x64697665  # "dive": the diverse starts' generator is seeded with seed + this
 
 
 @dataclass
@@ -218,9 +219,10 @@ def _draw_starts(cfg: InvertConfig, images: Tensor, g: torch.Generator) -> Tenso
     init_mean`` (Badger's), or with ``starts="diverse"`` the first so and the others uniform
     between the images' smallest and largest value, so that restarts begin far apart."""
     drawn = torch.randn(cfg.restarts, *images.shape, generator=g) * cfg.init_std + cfg.init_mean
-    if cfg.starts == "diverse" and cfg.restarts > 1:
+    if cfg.starts == "diverse" and cfg.restarts > 1:  # a generator of their own: g's later draws stay the same
         lo, hi = float(images.min()), float(images.max())
-        drawn[1:] = lo + (hi - lo) * torch.rand(cfg.restarts - 1, *images.shape, generator=g)
+        own = torch.Generator().manual_seed(cfg.seed + DIVERSE_SEED_OFFSET)
+        drawn[1:] = lo + (hi - lo) * torch.rand(cfg.restarts - 1, *images.shape, generator=own)
     return drawn
 
 

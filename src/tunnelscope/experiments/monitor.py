@@ -36,6 +36,7 @@ from torch import nn
 from ..data import Dataset, resolve_data
 from ..data.objects import ood_dataset
 from ..engine.analyze import parse_metrics, run_analysis
+from ..engine.distributed import current_world
 from ..engine.settings import AnalysisSettings
 from ..errors import ConfigError, MonitorBudgetError
 from ..probes import ProbeConfig
@@ -77,7 +78,7 @@ def undisturbed(model: nn.Module) -> Iterator[None]:
     whether gradients are enabled."""
     modes = [(module, module.training) for module in model.modules()]
     cpu_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # no new CUDA context
     grad_enabled = torch.is_grad_enabled()
     try:
         yield
@@ -99,6 +100,8 @@ def stable_step(steps: pd.DataFrame) -> tuple[int | None, str]:
     if TUNNEL_START not in steps or steps.empty:
         return None, "no tunnel start was measured (the monitor's metrics need 'probe')"
     rows = steps.sort_values("step")
+    if len(rows) < 2:
+        return None, "one step measured: a start cannot be seen to stay"
     starts = rows[TUNNEL_START].astype(float).to_numpy()
     if not math.isfinite(starts[-1]):
         return None, "the tunnel start is undefined at the last measured step"
@@ -149,7 +152,7 @@ class Monitor:
         base = settings or AnalysisSettings(points=points, reduce=reduce, max_samples=max_samples, resamples=resamples,
                                             seed=seed, probe=probe or ProbeConfig(protocol="ridge", seed=seed))
         self.settings = base.replace(device=device, progress=False, data_root=data_root or base.data_root)
-        self.dataset, ood_sets = resolve_data(data, ood, data_root)
+        self.dataset, ood_sets = resolve_data(data, ood, self.settings.data_root)
         self.ood, self.ood_changes = self._load_ood(ood_sets)
         self.writers = list(writers)
         self.frames: list[pd.DataFrame] = []
@@ -198,8 +201,10 @@ class Monitor:
     def measure(self, step: int, epoch: float | None = None) -> Results:
         """Analyse the model now, whatever the schedule, and record it as step ``step``."""
         tic = time.perf_counter()
+        # the model's device now: a trainer may have moved it since the monitor was made
+        settings = self.settings.replace(device=next(self.model.parameters()).device)
         with undisturbed(self.model):
-            results = run_analysis(self.model, self.dataset, list(self.ood), self.metrics, self.settings,
+            results = run_analysis(self.model, self.dataset, list(self.ood), self.metrics, settings,
                                    model_info={"step": step})
         seconds = time.perf_counter() - tic
         self.seconds.append(seconds)
@@ -208,9 +213,10 @@ class Monitor:
         self.rows.append({**step_row(step, epoch_value, "", results.summary), "seconds": seconds})
         self.summaries[step] = results.summary
         self.last_config = dict(results.config)
-        history = self.table
-        for writer in self.writers:
-            writer.write(step, results, history)
+        if current_world().leader:  # under torchrun every process measures (the engine shares the passes)
+            history = self.table
+            for writer in self.writers:
+                writer.write(step, results, history)
         self._check_budget(step, tic)
         return results
 
@@ -226,13 +232,13 @@ class Monitor:
             return
         training = (tic - start) - sum(self.seconds[1:-1])
         per_step = max(training, 1e-9) / (step - first_step)
-        cost = float(np.mean(self.seconds))
+        cost = float(np.mean(self.seconds[1:]))  # the first measurement pays for warming up
         share = cost / (self.every * per_step)
         if share > self.budget:
             needed = math.ceil(cost / (self.budget * per_step))
             raise MonitorBudgetError(
                 f"a measurement takes {cost:.3f} s and {self.every} training steps {self.every * per_step:.3f} s: the "
-                f"monitor would add {share:.0%} to the training time (budget {self.budget:.0%}); measure every "
+                f"monitor would add {share:.0%} to the training time (budget {self.budget * 100:g}%); measure every "
                 f"{needed} steps or more (every=), or read fewer samples (max_samples={self.settings.max_samples}) "
                 "or metrics")
 

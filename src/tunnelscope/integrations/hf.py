@@ -41,7 +41,7 @@ class MonitorTrainerCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Save the monitor's result into ``out`` (when given) and close its writers."""
-        if self.out is not None:
+        if self.out is not None and state.is_world_process_zero:  # one process writes under DDP
             self.monitor.save(self.out, overwrite=self.overwrite)
         self.monitor.close()
 

@@ -29,7 +29,7 @@ class MonitorCallback(Callback):
         self.monitor, self.out, self.overwrite = monitor, out, overwrite
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Measure the model as training starts (step 0, or the step a resumed run is at)."""
+        """Measure the model as training starts (step 0; a resumed run's step when the schedule picks it)."""
         self.monitor.step(trainer.global_step, epoch=float(trainer.current_epoch))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
@@ -40,8 +40,8 @@ class MonitorCallback(Callback):
         self.monitor.step(trainer.global_step, epoch=epoch)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        """Save the monitor's result into ``out`` (when given) and close its writers."""
-        if self.out is not None:
+        """Save the monitor's result into ``out`` (when given; the first process only) and close its writers."""
+        if self.out is not None and trainer.is_global_zero:  # one process writes under DDP
             self.monitor.save(self.out, overwrite=self.overwrite)
         self.monitor.close()
 

@@ -11,7 +11,6 @@ accuracy; :class:`WandbWriter` and :class:`MLflowWriter` log the scalars to a ru
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..io import atomic_write
 from ..results import Results, id_name_of
+from ..specs import safe_name
 from ..summary import MODEL_ACCURACY, TUNNEL_START
 
 CELL = 8  # pixels per (layer, step) cell of the TensorBoard heatmap image
@@ -29,7 +29,7 @@ CELL = 8  # pixels per (layer, step) cell of the TensorBoard heatmap image
 
 def _dataset_label(name: str, id_name: str) -> str:
     """``id`` for the ID data, else the spec with what metric names cannot hold replaced."""
-    return "id" if name == id_name else re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+    return "id" if name == id_name else safe_name(name)
 
 
 def _named(metric: str, rows: pd.DataFrame, id_name: str) -> dict[str, float]:
