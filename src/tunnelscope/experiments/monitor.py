@@ -130,9 +130,9 @@ class Monitor:
     at every ``every``-th step and, with ``dense_early``, at steps 1, 2, 4, 8, ... below it.
     ``budget`` (a fraction, e.g. 0.1) refuses (:class:`MonitorBudgetError`), as soon as
     ``every`` training steps have been timed, a schedule whose measurements would add more than
-    that share to the training time. ``writers`` receive
-    each measurement. ``settings`` (an :class:`AnalysisSettings`) replaces the capture and
-    sampling settings whole; the device is always the model's.
+    that share to the training time. ``writers`` receive each measurement (from the first
+    process only under ``torchrun``). ``settings`` (an :class:`AnalysisSettings`) replaces the
+    capture and sampling settings whole; the device is always the model's at the time.
     """
 
     def __init__(self, model: nn.Module, data: object, ood: object = (), *, every: int = 50,  # noqa: PLR0913 (a public facade: readable keywords)
