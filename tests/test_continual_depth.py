@@ -52,10 +52,10 @@ def _task1_correct(run_dir, model: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _task2_accuracy(run_dir, model: str) -> float:
-    """M2 on task 2 through its own head, by a plain forward pass."""
+def _m2_accuracy(run_dir, model: str, task_spec: str = TASK2) -> float:
+    """M2 through its own head on a task's test split, by a plain forward pass."""
     config = json.loads((run_dir / "config.json").read_text())
-    task = data.load(TASK2)
+    task = data.load(task_spec)
     x, y = next(task.test.batches(len(task.test)))
     net = build(model, 5, task.input_shape)
     net.load_state_dict(read_checkpoint(config["checkpoints"]["M2"])["model"])
@@ -75,7 +75,7 @@ def test_each_runs_forgetting_equals_a_plain_loop_over_its_checkpoints(result, t
         assert row.task1_M1 == pytest.approx(c1.mean(), abs=1e-12)
         assert row.task1_M2 == pytest.approx(c2.mean(), abs=1e-12)
         assert row.forgetting == pytest.approx(c1.mean() - c2.mean(), abs=1e-12)
-        assert row.task2_M2 == pytest.approx(_task2_accuracy(run_dir, row.model), abs=1e-12)
+        assert row.task2_M2 == pytest.approx(_m2_accuracy(run_dir, row.model), abs=1e-12)
         # the paired bootstrap interval against the normal approximation of a paired difference
         d = c1.astype(float) - c2.astype(float)
         half = 1.96 * d.std(ddof=0) / np.sqrt(len(d))
@@ -150,7 +150,9 @@ def test_the_command_runs_several_models_and_refuses_one_line(tmp_path, capsys):
     assert code == 0, err
     printed = json.loads(out)
     assert [row["model"] for row in printed["depth"]] == list(MODELS)
-    config = json.loads((tmp_path / "d" / "config.json").read_text())
-    assert config["kind"] == "continual-depth" and config["shared"]["heads"] == "shared"
+    # one shared head: the forgetting reads M2 on task 1 through M2's own head (per-task: M1's)
+    runs = ContinualDepthResult.load(tmp_path / "d").runs
+    for row in runs.itertuples():
+        assert row.task1_M2 == pytest.approx(_m2_accuracy(tmp_path / "d" / row.run, row.model, TASK1), abs=1e-12)
     code, _, err = run_cli([*args[:-2], "--split-at", 1, "--out", tmp_path / "e"], capsys)
     assert code == 1 and err.count("\n") == 1 and "split_at" in err and not (tmp_path / "e").exists()
