@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -52,7 +53,7 @@ from ..rundir import CKPT_DIR, HISTORY_FILE, RUN_FILE, checkpoint_name, claim
 from ..summary import TUNNEL_START
 from ..train import Recipe, evaluate
 from ..train import train as train_model
-from ..train.loop import epoch_steps, resume_hint, train_step
+from ..train.loop import correct_per_sample, epoch_steps, resume_hint, train_step
 from ..versions import environment, package_versions
 from .base import ExperimentResult
 from .split import COMBINATIONS, Head, Partition, classifier_head, combine, partition, swap_states, with_head
@@ -151,7 +152,9 @@ class ContinualResult(ExperimentResult):
     ``split_layer`` (1-based), ``split_point``, chosen by ``split_source`` (``split_at`` or
     ``tunnel_start``) for ``split_reason``. ``config`` holds everything that changes a number,
     the split (``config["split"]``) and both checkpoints (``config["checkpoints"]``) included,
-    so :meth:`load` rebuilds the result; ``partition`` is only known to the run that computed it.
+    so :meth:`load` rebuilds the result; ``partition`` and ``task1_correct`` (per-sample task-1
+    correctness of M1 and M2, each through the network's head for task 1) are only known to the
+    run that computed them.
     """
 
     kind: ClassVar[str] = "continual"
@@ -167,6 +170,7 @@ class ContinualResult(ExperimentResult):
     m2_checkpoint: Path
     config: dict[str, Any] = field(default_factory=dict)
     partition: Partition | None = None
+    task1_correct: np.ndarray | None = None  # (M, 2): task-1 test correctness of M1 and M2, per sample
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """``swaps`` (flat: its index as the first column, ``combination``) and ``forgetting``."""
@@ -340,33 +344,41 @@ def _forgetting_table(m1_probes: Results, m2_probes: Results) -> pd.DataFrame:
     return table[list(FORGETTING_COLUMNS)]
 
 
-def _accuracies(setup: _Setup, net: nn.Module, state: Mapping[str, Tensor],
-                heads: tuple[Mapping[str, Tensor], Mapping[str, Tensor]]) -> list[float]:
-    """Test accuracy of ``state`` on each task; with per-task heads, task t reads its own head
-    from ``heads[t]`` (M1's for task 1, M2's for task 2), else ``state``'s head serves both."""
+def _correct(setup: _Setup, net: nn.Module, state: Mapping[str, Tensor],
+             heads: tuple[Mapping[str, Tensor], Mapping[str, Tensor]]) -> list[Tensor]:
+    """Per-sample test correctness of ``state`` on each task; with per-task heads, task t reads
+    its own head from ``heads[t]`` (M1's for task 1, M2's for task 2), else ``state``'s head
+    serves both."""
     out = []
     for task, head_state in zip(setup.tasks, heads):
         net.load_state_dict(with_head(state, head_state, setup.head))
-        out.append(evaluate(net, task.test, setup.device, setup.amp)[1])
+        out.append(correct_per_sample(net, task.test, setup.device, setup.amp))
     return out
 
 
-def _swap_rows(setup: _Setup, m1: nn.Module, m2: nn.Module, split: Partition) -> tuple[dict[str, list[float]],
-                                                                                       list[dict]]:
+def _accuracy(correct: Tensor) -> float:
+    return int(correct.sum()) / len(correct)
+
+
+def _swap_rows(setup: _Setup, m1: nn.Module, m2: nn.Module,
+               split: Partition) -> tuple[dict[str, list[float]], list[dict], np.ndarray]:
     """Both tasks' test accuracy of the four combinations and of E2+T1 with its tunnel fine-tuned
-    on task 1 (when ``finetune_epochs``); and the fine-tuning history."""
+    on task 1 (when ``finetune_epochs``); the fine-tuning history; and the per-sample task-1
+    correctness of M1 and M2 (``(M, 2)``: E1+T1 and E2+T2)."""
     net = setup.net()
     m1_state, m2_state = m1.state_dict(), m2.state_dict()
     states = swap_states(m1_state, m2_state, split)
-    rows = {name: _accuracies(setup, net, state, (m1_state, m2_state)) for name, state in states.items()}
+    correct = {name: _correct(setup, net, state, (m1_state, m2_state)) for name, state in states.items()}
+    rows = {name: [_accuracy(c) for c in per_task] for name, per_task in correct.items()}
+    task1 = torch.stack([correct["E1+T1"][0], correct["E2+T2"][0]], 1).numpy()
     if not setup.finetune_epochs:
-        return rows, []
+        return rows, [], task1
     net.load_state_dict(states["E2+T1"])
     history = fine_tune_tunnel(net, split, setup.tasks[0], setup.finetune_epochs, setup.finetune_recipe,
                                label="fine-tune E2+T1", **setup.fit_options())
     tuned = {key: value.detach().clone() for key, value in net.state_dict().items()}
-    rows[FINETUNED] = _accuracies(setup, net, tuned, (tuned, m2_state))
-    return rows, history
+    rows[FINETUNED] = [_accuracy(c) for c in _correct(setup, net, tuned, (tuned, m2_state))]
+    return rows, history, task1
 
 
 def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: int | None = None,  # noqa: PLR0913 (a public facade: readable keywords)
@@ -418,7 +430,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
     forgetting = _forgetting_table(m1_probes, m2_probes)
     split_layer, split_source, split_reason = _choose_split(split_at, m1_probes)
     split = partition(m1, point_names[split_layer - 1], _example(setup))
-    rows, finetune_history = _swap_rows(setup, m1, m2, split)
+    rows, finetune_history, task1_correct = _swap_rows(setup, m1, m2, split)
     head2 = probe_statistics(m2, tasks[1], (), probing.replace(points=[split.split_point]), reuse=IdReuse(id_ncc=False))
     rows[LINEAR_HEAD] = [float(forgetting["acc_M2"].iloc[split_layer - 1]), float(_probe_curve(head2)["acc"].iloc[0])]
     swaps = pd.DataFrame.from_dict(rows, orient="index", columns=list(SWAP_COLUMNS)).rename_axis("combination")
@@ -433,7 +445,7 @@ def continual(model: str, task1: str, task2: str, epochs: int = 10, split_at: in
                            "M2 task 1": float(rows["E2+T2"][0])},
         "finetune_history": finetune_history, "seconds": time.perf_counter() - tic}
     result = ContinualResult(swaps, forgetting, split_layer, split.split_point, split_source, split_reason, m1_ckpt,
-                             m2_ckpt, config, split)
+                             m2_ckpt, config, split, task1_correct)
     result.save(setup.out, overwrite=overwrite)
     return result
 

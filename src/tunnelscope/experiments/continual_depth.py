@@ -25,20 +25,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import data as data_mod
-from ..checkpoint import read_checkpoint
-from ..device import resolve_device
 from ..errors import ConfigError
-from ..models import build
 from ..rundir import claim
 from ..specs import safe_name
 from ..uncertainty import DEFAULT_RESAMPLES, LEVEL, interval, mean_ci, resampled_curves
 from ..versions import package_versions
 from .base import ExperimentResult
 from .continual import TRAIN_OPTIONS, ContinualResult, check_model, continual, training_recipes
-from .split import Head, with_head
 
 RUNS_DIR = "runs"
 RUN_COLUMNS = ("model", "seed", "probe_points", "tunnel_start_M1", "split_layer", "task1_M1", "task1_M2",
@@ -78,29 +73,13 @@ def run_label(model: str, seed: int) -> str:
     return f"{safe_name(model)}-seed{seed}"
 
 
-def _task1_correct(result: ContinualResult, task1: data_mod.Dataset, device: torch.device) -> np.ndarray:
-    """``(M, 2)`` per-sample correctness on task 1's test split of M1 and of M2, each through the
-    network's head for task 1 (M1's head for both with per-task heads, each model's own with a
-    shared head)."""
-    m1 = read_checkpoint(result.m1_checkpoint)["model"]
-    m2 = read_checkpoint(result.m2_checkpoint)["model"]
-    keys = (result.config.get("head") or {}).get("keys")
-    head = Head(str(result.config["head"]["module"]), tuple(keys)) if keys else None
-    net = build(result.config["model"], task1.num_classes, task1.input_shape).to(device).eval()
-    columns = []
-    amp = bool(result.config.get("amp")) and device.type == "cuda"  # as the experiment evaluated
-    for state in (m1, with_head(m2, m1, head)):
-        net.load_state_dict(state)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            columns.append(torch.cat([(net(x).argmax(1) == y).cpu() for x, y in task1.test.batches(1024,
-                                                                                                   device=device)]))
-    return torch.stack(columns, 1).numpy()
-
-
-def _run_row(result: ContinualResult, correct: np.ndarray, seed: int, resamples: int, label: str) -> dict[str, Any]:
-    """One row of the ``runs`` table from the per-sample task-1 correctness of M1 and M2
-    (``correct``, ``(M, 2)``); the forgetting's interval is a paired bootstrap over task-1 test
-    samples (the same draw for M1 and M2)."""
+def _run_row(result: ContinualResult, seed: int, resamples: int, label: str) -> dict[str, Any]:
+    """One row of the ``runs`` table from the run's per-sample task-1 correctness of M1 and M2
+    (``result.task1_correct``, ``(M, 2)``, measured by the run itself); the forgetting's
+    interval is a paired bootstrap over task-1 test samples (the same draw for M1 and M2)."""
+    correct = result.task1_correct
+    if correct is None:
+        raise ConfigError("a continual result read back from disk has no per-sample correctness; run it again")
     curves, _ = resampled_curves([correct], resamples, np.random.default_rng(seed))
     lo, hi = interval((curves[:, 0] - curves[:, 1])[:, None])
     task1_m1, task1_m2 = correct.mean(axis=0)
@@ -169,8 +148,6 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
     tic = time.perf_counter()
     _check(models, seeds, task1, options)
     folder = claim(out, ContinualDepthResult.kind, overwrite, files=(RUNS_DIR,))
-    task = data_mod.load(task1, root=options.get("data_root"))
-    device = resolve_device(options.get("device", "auto"))
     rows: list[dict[str, Any]] = []
     layer_tables: list[pd.DataFrame] = []
     settings: dict[str, Any] = {}
@@ -179,7 +156,7 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
             label = run_label(model, seed)
             run = continual(model, task1, task2, seed=seed, out=folder / RUNS_DIR / label, progress=progress,
                             overwrite=overwrite, **options)
-            rows.append(_run_row(run, _task1_correct(run, task, device), seed, resamples, label))
+            rows.append(_run_row(run, seed, resamples, label))
             layer_tables.append(run.forgetting.assign(model=model, seed=seed))
             settings = settings or run.config
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
@@ -194,7 +171,7 @@ def continual_depth(models: Sequence[str], task1: str, task2: str, seeds: Sequen
                            "samples", "per_model": "the run's bootstrap for one seed, Student t over seeds for more"},
               "shared": {k: settings[k] for k in ("heads", "epochs", "finetune_epochs", "batch_size", "recipe",
                                                   "points", "probe", "probe_samples", "tasks")},
-              "device": str(device), "versions": package_versions(), "seconds": time.perf_counter() - tic}
+              "device": settings.get("device"), "versions": package_versions(), "seconds": time.perf_counter() - tic}
     result = ContinualDepthResult(runs, _by_model(runs, models), layers, config)
     result.save(folder, overwrite=True)
     return result

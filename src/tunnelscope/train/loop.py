@@ -448,22 +448,39 @@ def _fold(sums: dict, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, 
     sums["seconds"] += time.perf_counter() - tic
 
 
+def _eval_logits(model: nn.Module, split: data_mod.Split, device: torch.device, amp: bool,
+                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, labels)`` of each batch of ``split`` in eval mode (the mode put back after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in split.batches(batch_size, device=device):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                yield model(x).float(), y
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: data_mod.Split, device: torch.device,
              amp: bool = False, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on a split, in eval mode."""
-    was_training = model.training
-    model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in split.batches(batch_size, device=device):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x).float()
+    for logits, y in _eval_logits(model, split, device, amp, batch_size):
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
     n = len(split)
     return float(loss) / n, int(correct) / n
+
+
+@torch.inference_mode()
+def correct_per_sample(model: nn.Module, split: data_mod.Split, device: torch.device, amp: bool = False,
+                       batch_size: int = 1024) -> torch.Tensor:
+    """Whether ``model`` classifies each sample of ``split`` right (bool, on the CPU, in the
+    split's order), in eval mode: :func:`evaluate`'s accuracy is its mean."""
+    return torch.cat([(logits.argmax(1) == y).cpu() for logits, y in _eval_logits(model, split, device, amp,
+                                                                                   batch_size)])
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
