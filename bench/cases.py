@@ -609,14 +609,16 @@ def case_analyze_demo(device: torch.device) -> dict:
             "analysis_share": phases["analysis_s"] / total_s}
 
 
-def ranks_run(processes: int, model: str, s: dict, kind: str = "analyze", samples: int | None = None) -> dict:
+def ranks_run(processes: int, model: str, s: dict, kind: str = "analyze", samples: int | None = None,
+              env: dict[str, str] | None = None) -> dict:
     """:file:`bench/ranks_worker.py` (``kind``: analyze or statistics) in one process or under
-    ``torchrun`` with ``processes``, one thread each; its JSON report."""
+    ``torchrun`` with ``processes``, one thread each, with ``env`` added to the environment; its
+    JSON report."""
     cap = sample_cap() if samples is None else samples
     worker = [str(ROOT / "bench" / "ranks_worker.py"), kind, model, s["data"], json.dumps(s["ood"]), str(cap)]
     launch = ([sys.executable] if processes == 1 else
               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run([*launch, *worker], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -658,6 +660,63 @@ def case_stream(repeats: int) -> dict:
             "seconds": float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs])),
             "peak_rss_mib": [max(r["per_process"][k]["peak_rss_mib"] for r in runs) for k in range(2)],
             "runs": len(runs)}
+
+
+SHARD_SAMPLES = 100_000  # training images of the stream-shards case (test: a fifth)
+
+
+def write_png_shards(root: Path, train: int, test: int, per_shard: int = 10_000, classes: int = 10) -> None:
+    """Grey 8 x 8 PNGs (brightness by class, plus noise) in WebDataset tar shards,
+    ``root/train/*.tar`` and ``root/test/*.tar``: ``KEY.png`` and ``KEY.cls`` per sample."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    def member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+    rng = np.random.default_rng(0)
+    for sub, count in (("train", train), ("test", test)):
+        (root / sub).mkdir(parents=True)
+        for first in range(0, count, per_shard):
+            with tarfile.open(root / sub / f"part-{first // per_shard:05d}.tar", "w") as tar:
+                for i in range(first, min(first + per_shard, count)):
+                    label = int(rng.integers(classes))
+                    pixels = np.clip(rng.normal(20 + 20 * label, 25, (8, 8)), 0, 255).astype(np.uint8)
+                    png = io.BytesIO()
+                    Image.fromarray(pixels).save(png, format="PNG")
+                    member(tar, f"{sub}{i:08d}.png", png.getvalue())
+                    member(tar, f"{sub}{i:08d}.cls", str(label).encode())
+
+
+def case_stream_shards(repeats: int) -> dict:
+    """The default statistics of an untrained ``mlp-4x64`` on every sample of WebDataset tar
+    shards (10^5 training and 2·10^4 test PNGs, 8 x 8), shared by two processes under ``torchrun``,
+    each decoding its own batches in DataLoader workers: seconds (the first run indexes the shards,
+    later runs read the index from the cache) and each process's peak RSS (its DataLoader workers are
+    forked copies of it, not counted)."""
+    import tempfile
+
+    train = SHARD_SAMPLES // 10 if quick() else SHARD_SAMPLES
+    with tempfile.TemporaryDirectory() as tmp:
+        root, cache = Path(tmp) / "shards", Path(tmp) / "cache"
+        tic = time.perf_counter()
+        write_png_shards(root, train, train // 5)
+        write_s = time.perf_counter() - tic
+        data = f"webdataset:{root}[norm=none]"
+        env = {"XDG_CACHE_HOME": str(cache)}
+        runs = [ranks_run(2, "mlp-4x64", {"data": data, "ood": []}, kind="statistics", samples=0, env=env)
+                for _ in range(1 + max(1, min(repeats, 2)))]
+    first, rest = runs[0], runs[1:]
+    return {"model": "mlp-4x64 (untrained)", "data": f"webdataset: {train} + {train // 5} PNGs (8 x 8) in shards of "
+            "10,000", "device": "cpu", "processes": 2, "write_s": write_s,
+            "first_s": max(p["seconds"] for p in first["per_process"]),
+            "seconds": float(np.median([max(p["seconds"] for p in r["per_process"]) for r in rest])),
+            "peak_rss_mib": [max(r["per_process"][k]["peak_rss_mib"] for r in runs) for k in range(2)],
+            "runs": len(rest)}
 
 
 # ---------------------------------------------------------------------------------- 5. CKA against peers
@@ -1228,6 +1287,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
     "analyze-ranks": lambda dev, r: case_analyze_ranks(dev, r),
     "stream-1m": lambda dev, r: case_stream(r),
+    "stream-shards": lambda dev, r: case_stream_shards(r),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),
     "cka-mlp12-offset": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000, offset=20.0),
     "cka-mlp12x4096": lambda dev, r: case_cka_peer(wide_mlp(4096), MLP_DATA, "pool2", dev, r, limit=2048),

@@ -1,4 +1,4 @@
-"""One process of the ``analyze-ranks`` and ``stream-1m`` cases: ``tunnelscope.analyze`` (or,
+"""One process of the ``analyze-ranks``, ``stream-1m`` and ``stream-shards`` cases: ``tunnelscope.analyze`` (or,
 with ``statistics``, ``analyze_layers``) on a model and data, timed; under ``torchrun`` every
 process reports to rank 0, which prints one JSON line (seconds and peak RSS per process).
 Arguments: ``analyze|statistics MODEL DATA OOD_JSON MAX_SAMPLES`` (0: every sample). Run by

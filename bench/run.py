@@ -35,13 +35,13 @@ from cases import CASES as KNOWN_CASES  # noqa: E402
 from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
-         "analyze-ranks", "stream-1m", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg", "probes-mlp12",
-         "probes-widths",
+         "analyze-ranks", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg",
+         "probes-mlp12", "probes-widths",
          "probes-solver", "probes-select", "probes-demo", "invert-mlp12", "monitor-demo",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
 # nothing in these runs on a device: measured once
-CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "stream-1m"}
+CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "stream-1m", "stream-shards"}
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
 
@@ -375,6 +375,18 @@ def stream_lines(results: list[dict]) -> list[str]:
     return _case_lines("### 10^6 samples streamed by two processes", about, of_case(results, "stream-1m"),
                        ["data", "seconds", "peak RSS per process (MiB)"],
                        lambda r: [f"`{r['data']}`", fmt(r["seconds"]),
+                                  " / ".join(fmt(m, 0) for m in r["peak_rss_mib"])]) + shards_lines(results)
+
+
+def shards_lines(results: list[dict]) -> list[str]:
+    """WebDataset tar shards streamed by two processes and their DataLoader workers."""
+    about = ["`analyze_layers` (default statistics) of an untrained `mlp-4x64` on every sample of WebDataset tar",
+             "shards (`webdataset:PATH`), under `torchrun --nproc-per-node 2`, each process decoding its own",
+             "batches in DataLoader workers: the first run (which indexes the shards), the median of later runs",
+             "(index from the cache) and each process's peak RSS. Goal: under 2 GB per process."]
+    return _case_lines("### WebDataset shards streamed by two processes", about, of_case(results, "stream-shards"),
+                       ["data", "first run (s)", "later runs (s)", "peak RSS per process (MiB)"],
+                       lambda r: [r["data"], fmt(r["first_s"]), fmt(r["seconds"]),
                                   " / ".join(fmt(m, 0) for m in r["peak_rss_mib"])])
 
 

@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 
 EXTRAS = {"shap": "explain", "timm": "timm", "transformers": "hf", "accelerate": "hf", "lightning": "lightning",
-          "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+          "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow",
+          "webdataset": "test"}
 
 
 def require(package: str) -> ModuleType:

@@ -56,6 +56,8 @@ class ScannedFolder:
     skipped_links: list[str] = field(default_factory=list)
     skipped_special: list[str] = field(default_factory=list)
 
+    kind = "imagefolder"
+
     @property
     def targets(self) -> list[int]:
         return [t for _, t in self.samples]
@@ -65,6 +67,17 @@ class ScannedFolder:
         from torchvision.datasets.folder import default_loader
 
         return default_loader(path)
+
+    @staticmethod
+    def open_image(path: str) -> Any:
+        """The image file at ``path``, opened lazily by PIL (a context manager)."""
+        from PIL import Image
+
+        return Image.open(path)
+
+    def files(self) -> list[list]:
+        """What identifies the images' contents for a cache key: every file's path, size and mtime."""
+        return [[p, st.st_size, st.st_mtime_ns] for p, st in ((p, Path(p).stat()) for p, _ in self.samples)]
 
 
 def _regular_image(path: str, skipped_special: list[str]) -> str | None:
@@ -167,15 +180,13 @@ def imagefolder_options(parsed: Spec, text: str) -> dict:
 def _native_format(folder) -> tuple[int, int, str]:
     """The default size (the smallest shorter side) and channels (1 when all are grey) of the
     first image of each class of ``folder``, read from the files' headers, and a description."""
-    from PIL import Image
-
-    firsts: dict[int, str] = {}
+    firsts: dict[int, Any] = {}
     for path, target in folder.samples:
         firsts.setdefault(target, path)
     sides, grey = [], True
     for path in firsts.values():
         try:
-            with Image.open(path) as image:
+            with folder.open_image(path) as image:
                 sides.append(min(image.size))
                 grey = grey and image.mode in GREY_MODES
         except Exception as exc:  # PIL raises several types for unreadable files
@@ -191,11 +202,8 @@ def _imagefolder_stats(folder, transform, size: int, channels: int, pad: int = 0
     """Per-channel mean and std over every image of ``folder`` as ``transform`` makes them (the
     model's view before normalisation), float64 sums; kept in the user cache keyed by every
     file's size and mtime."""
-    paths = [Path(p) for p, _ in folder.samples]
-    key = ["imagefolder", str(Path(folder.root).resolve()), size, channels, *([f"pad={pad}"] if pad else [])]
-    fingerprint = {"key": key,
-                   "version": STATS_VERSION, "torch": torch.__version__,
-                   "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]}
+    key = [folder.kind, str(Path(folder.root).resolve()), size, channels, *([f"pad={pad}"] if pad else [])]
+    fingerprint = {"key": key, "version": STATS_VERSION, "torch": torch.__version__, "files": folder.files()}
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
     path = sources.user_cache_dir() / "normalisation" / f"{digest}.json"
     stats = _read_stats(path, fingerprint)
@@ -209,15 +217,14 @@ def _imagefolder_stats(folder, transform, size: int, channels: int, pad: int = 0
     return stats
 
 
-def _imagefolder_root(parsed: Spec) -> Path:
-    """The folder an imagefolder spec names, checked to hold ``train/`` and ``test/``."""
-    root = Path(parsed.name.split(":", 1)[1]).expanduser()
+def spec_root(parsed: Spec, holding: str = "one folder per class") -> Path:
+    """The folder a ``KIND:PATH`` spec names, checked to hold ``train/`` and ``test/``."""
+    kind, path = parsed.name.split(":", 1)
+    root = Path(path).expanduser()
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
-            raise DataNotFoundError(
-                f"imagefolder {root} needs train/ and test/ subfolders with one folder per class; "
-                f"{root / sub} is missing"
-            )
+            raise DataNotFoundError(f"{kind} {root} needs train/ and test/ subfolders with {holding}; "
+                                    f"{root / sub} is missing")
     return root
 
 
@@ -274,15 +281,22 @@ def load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
     """``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` streamed from disk. Without ``size``
     / ``channels`` the images keep their native format (see :func:`_native_format`); ``norm``
     picks ImageNet's statistics (default), those of train/ or none."""
-    from torchvision.transforms import v2
-
-    root = _imagefolder_root(parsed)
+    root = spec_root(parsed)
     folders = {sub: scan_folder(root / sub) for sub in ("train", "test")}
     for sub, folder in folders.items():
         if not folder.samples:
             raise DataNotFoundError(f"{root / sub} holds no images (regular files named *.png, *.jpg, ...) in "
                                     "class folders")
     _warn_skipped(folders)
+    return load_scanned(folders, root, parsed, text, options)
+
+
+def load_scanned(folders: dict[str, Any], root: Path, parsed: Spec, text: str, options: dict) -> Dataset:
+    """The dataset of scanned ``train`` and ``test`` images (:class:`ScannedFolder` or anything with
+    its ``kind``, ``root``, ``classes``, ``samples``, ``targets``, ``loader``, ``open_image`` and
+    ``files``), streamed by DataLoader workers with the spec's format, normalisation and selection."""
+    from torchvision.transforms import v2
+
     native_size, native_channels, native_from = _native_format(folders["train"])
     size = options.get("size", native_size)
     channels = options.get("channels", native_channels)
@@ -300,7 +314,7 @@ def load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
     splits, label_noise = _imagefolder_splits(folders, {"train": train_tf, "test": test_tf}, class_names, root,
                                               options, text)
     classes = options.get("classes") or list(range(len(class_names)))
-    info = {"spec": text, "base": "imagefolder", "modifiers": dict(parsed.modifiers), "source": str(root),
+    info = {"spec": text, "base": folders["train"].kind, "modifiers": dict(parsed.modifiers), "source": str(root),
             "kind": "image", "normalisation": {"mode": norm, "mean": list(mean), "std": list(std),
                                                "computed_on": computed_on},
             "format": {"size": size, "pad": options.get("pad", 0), "channels": channels,
@@ -314,4 +328,5 @@ def load_imagefolder(parsed: Spec, text: str, options: dict) -> Dataset:
                    [class_names[c] for c in classes], info)
 
 
-__all__ = ["IMAGEFOLDER_MODIFIERS", "ScannedFolder", "imagefolder_options", "load_imagefolder", "scan_folder"]
+__all__ = ["IMAGEFOLDER_MODIFIERS", "ScannedFolder", "imagefolder_options", "load_imagefolder", "load_scanned",
+           "scan_folder", "spec_root"]

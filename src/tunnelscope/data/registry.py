@@ -55,15 +55,15 @@ from .split import TensorSplit
 
 
 def valid_names() -> list[str]:
-    """All base dataset names, plus the ``imagefolder:PATH`` form."""
-    return sorted([*SOURCES, "synthetic"]) + ["imagefolder:PATH"]
+    """All base dataset names, plus the ``imagefolder:PATH`` and ``webdataset:PATH`` forms."""
+    return sorted([*SOURCES, "synthetic"]) + ["imagefolder:PATH", "webdataset:PATH"]
 
 
 def check_spec(spec: str) -> None:
     """Raise :class:`SpecError` unless ``spec`` is a valid dataset spec (name and modifiers),
     without reading any file."""
     parsed = parse_spec(spec, "dataset spec")
-    if parsed.name.startswith("imagefolder:"):
+    if parsed.name.startswith(("imagefolder:", "webdataset:")):
         from .imagefolder import imagefolder_options
 
         imagefolder_options(parsed, spec)
@@ -93,6 +93,11 @@ def load(spec: str, root: str | os.PathLike | None = None, download: bool = Fals
         from .imagefolder import imagefolder_options, load_imagefolder
 
         return load_imagefolder(parsed, spec, imagefolder_options(parsed, spec))
+    if parsed.name.startswith("webdataset:"):
+        from .imagefolder import imagefolder_options
+        from .shards import load_webdataset
+
+        return load_webdataset(parsed, spec, imagefolder_options(parsed, spec))
     if parsed.name == "synthetic":
         from .synthetic import load_synthetic
 
@@ -267,6 +272,9 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
 
     rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/train/<class>/*, PATH/test/<class>/*",
                  "available": True, "where": "read from PATH",
+                 "modifiers": sorted({**COMMON_MODIFIERS, **IMAGEFOLDER_MODIFIERS})})
+    rows.append({"name": "webdataset:PATH", "description": "your images in WebDataset tar shards: PATH/train/*.tar, "
+                 "PATH/test/*.tar (KEY.png or .jpg, KEY.cls)", "available": True, "where": "read from PATH",
                  "modifiers": sorted({**COMMON_MODIFIERS, **IMAGEFOLDER_MODIFIERS})})
     rows.append({"name": "synthetic", "description": "generated class patterns + noise, any size, nothing stored "
                  "(stand-in for a real dataset of the same shape; the scale benchmarks)", "available": True,
