@@ -99,3 +99,36 @@ def test_a_starved_or_poisoned_fit_is_not_converged():
     poisoned[0, 0] = float("nan")
     bad = fit_logistic(poisoned, y, 3, 1 / 300)
     assert not bad.converged and not bad.finite
+
+
+def test_a_path_of_penalties_reaches_each_optimum_from_the_shared_covariance():
+    x, y = _problem(1000, 80, 5, seed=4)
+    xs, _, _ = standardise(x)
+    xd, yn = xs.double().numpy(), y.numpy()
+    previous = None
+    for c in (0.01, 0.1, 1.0, 10.0):
+        penalty = 1.0 / (c * len(y))
+        fit = fit_logistic(xs, y, 5, penalty, tol=1e-5, precondition=True if previous is None else None,
+                           start=previous)
+        assert fit.converged and fit.preconditioned
+        assert fit.delta == pytest.approx(max(1e-3, penalty * 25 / 4))  # the penalty over the start's p(1 - p)
+        if previous is not None:
+            assert fit.covariance is previous.covariance  # S built once along the path
+        _, gw, gb = _objective_and_gradient(xd, yn, fit.weight.numpy(), fit.bias.numpy(), penalty)
+        assert max(np.abs(gw).max(), np.abs(gb).max()) <= 1e-5 * 1.05
+        previous = fit
+
+
+def test_a_strong_penalty_is_preconditioned_with_its_own_damping(monkeypatch):
+    import tunnelscope.logistic as logistic
+
+    x, y = _problem(2000, 120, 5, seed=5)
+    xs, _, _ = standardise(x)
+    penalty = 1.0 / (0.01 * len(y))  # C = 0.01
+    damped = fit_logistic(xs, y, 5, penalty, tol=1e-5, precondition=True)
+    monkeypatch.setattr(logistic, "damping", lambda penalty, classes: logistic.DAMPING)
+    undamped = fit_logistic(xs, y, 5, penalty, tol=1e-5, precondition=True)
+    assert damped.converged and undamped.converged
+    assert damped.loss == pytest.approx(undamped.loss, rel=1e-7)  # one optimum
+    np.testing.assert_allclose(damped.weight.numpy(), undamped.weight.numpy(), atol=1e-3)
+    assert damped.iterations < undamped.iterations  # the Hessian's λI is in the preconditioner, not ignored

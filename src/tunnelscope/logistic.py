@@ -15,7 +15,8 @@ What makes it fast, without changing the optimum:
   feature covariance ``S = XᵀX/N`` costs in passes, it switches to a preconditioned L-BFGS whose
   initial inverse Hessian is ``γ·(S + δI)⁻¹`` (per class), so strongly correlated features
   (real networks' layers) need about a third of the iterations. Easy problems finish before
-  the switch and never pay for ``S``.
+  the switch and never pay for ``S``. ``δ`` follows the penalty (:func:`damping`), and a warm
+  start at another penalty reuses ``S``.
 
 :func:`standardise` centres and scales features the way scikit-learn's ``StandardScaler`` does
 (population standard deviation; a constant feature is left at zero), accumulating in float64.
@@ -34,7 +35,7 @@ from .metrics.moments import add_gram, symmetrise
 HISTORY = 10  # curvature pairs kept (scikit-learn's L-BFGS keeps 10)
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MIN_STEP = 1e-10  # a line search that needs a smaller step has failed
-DAMPING = 1e-3  # δ of the preconditioner, relative to the unit variance of standardised features
+DAMPING = 1e-3  # the least δ of the preconditioner, relative to the unit variance of standardised features
 MIN_SWITCH = 8  # iterations before the preconditioner is considered at all
 TRANSPOSED_COPY_BYTES = 512 * 2**20  # features up to this size also get a contiguous transposed copy
 
@@ -55,6 +56,8 @@ class LogisticFit:
     preconditioned: bool
     converged: bool
     preconditioner: Tensor | None = field(default=None, repr=False)  # (S + δI)⁻¹, for a warm start to reuse
+    covariance: Tensor | None = field(default=None, repr=False)  # S, for a warm start at another δ
+    delta: float = math.nan  # the δ of the preconditioner
     penalty: float = math.nan  # the penalty it was fitted with
     pairs: list[tuple[Tensor, Tensor, float]] = field(default_factory=list, repr=False)  # its last curvature pairs
 
@@ -107,18 +110,32 @@ class _Objective:
         grad[:, self.dims] = residual.sum(1, dtype=torch.float64).div_(self.n)
         return loss, grad
 
-    def covariance_inverse(self) -> Tensor:
-        """``(S + δI)⁻¹`` for ``S = XᵀX / N`` of the standardised features (float64, ``(D, D)``)."""
+    def covariance(self) -> Tensor:
+        """``S = XᵀX / N`` of the standardised features (float64, ``(D, D)``)."""
         s = torch.zeros(self.dims, self.dims, dtype=torch.float64, device=self.xs.device)
         if add_gram(s, self.xs):  # the upper triangle by syrk on the CPU
             symmetrise(s)
-        s.div_(self.n).diagonal().add_(DAMPING)
-        return torch.cholesky_inverse(torch.linalg.cholesky(s)).float()  # applied in float32: it only steers
+        return s.div_(self.n)
 
     def covariance_cost(self, num_classes: int) -> int:
-        """What building :meth:`covariance_inverse` costs, in evaluations (by arithmetic: ``N·D²``
+        """What building the preconditioner costs, in evaluations (by arithmetic: ``N·D²``
         for ``S`` and ``D³`` to invert it, against ``2·N·D·C`` for an evaluation)."""
         return math.ceil((self.dims + self.dims**2 / self.n) / (2 * num_classes))
+
+
+def damping(penalty: float, num_classes: int) -> float:
+    """δ of the preconditioner ``(S + δI)⁻¹`` for a fit at ``penalty``: each class's block of the
+    Hessian is about ``ω·S + penalty·I``, ``ω`` the mean softmax curvature ``p(1 - p)``, which is
+    ``(C - 1)/C²`` at the zero start; so ``δ = penalty / ω``, and at least :data:`DAMPING`."""
+    curvature = (num_classes - 1) / num_classes**2 if num_classes > 1 else 0.25
+    return max(DAMPING, penalty / curvature)
+
+
+def preconditioner(covariance: Tensor, delta: float) -> Tensor:
+    """``(S + δI)⁻¹`` in float32 (applied in float32: it only steers the solver)."""
+    s = covariance.clone()
+    s.diagonal().add_(delta)
+    return torch.cholesky_inverse(torch.linalg.cholesky(s)).float()
 
 
 class _History:
@@ -188,10 +205,14 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     objective = _Objective(xs, y.long(), num_classes, penalty)
     history = _History()
     switch_at = max(MIN_SWITCH, objective.covariance_cost(num_classes))  # never more than twice the best choice
-    if start is not None and start.preconditioner is not None and precondition is not False:
-        history.preconditioner = start.preconditioner
+    delta, covariance = damping(penalty, num_classes), None
+    if start is not None and start.covariance is not None and precondition is not False:
+        covariance = start.covariance
+        history.preconditioner = (start.preconditioner if start.preconditioner is not None and start.delta == delta
+                                  else preconditioner(covariance, delta))
     elif precondition:
-        history.preconditioner = objective.covariance_inverse()
+        covariance = objective.covariance()
+        history.preconditioner = preconditioner(covariance, delta)
     theta = torch.zeros(num_classes, objective.dims + 1, dtype=torch.float64, device=xs.device)
     if start is not None:
         theta[:, : objective.dims] = start.weight.t()
@@ -204,7 +225,8 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     iterations = 0
     while (grad_max := float(grad.abs().max())) > tol and iterations < max_iter and math.isfinite(loss):
         if precondition is None and history.preconditioner is None and iterations >= switch_at:
-            history.preconditioner = objective.covariance_inverse()
+            covariance = objective.covariance()
+            history.preconditioner = preconditioner(covariance, delta)
         direction = history.direction(grad)
         slope = float((grad * direction).sum())
         if not slope < 0:  # not a descent direction (round-off): restart from the gradient
@@ -224,7 +246,7 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     return LogisticFit(theta[:, :dims].t().contiguous(), theta[:, dims].clone(), loss, grad_max, iterations,
                        objective.evaluations, history.preconditioner is not None,
                        converged=grad_max <= tol and math.isfinite(loss), preconditioner=history.preconditioner,
-                       penalty=penalty, pairs=history.pairs)
+                       covariance=covariance, delta=delta, penalty=penalty, pairs=history.pairs)
 
 
 __all__ = ["LogisticFit", "fit_logistic", "standardise"]
