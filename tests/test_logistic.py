@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope.logistic import fit_logistic, standardise, stopping_tolerance
+from tunnelscope.logistic import column_sums, fit_logistic, standardise, stopping_tolerance, transposed_features
 
 
 def _problem(n: int, d: int, c: int, seed: int, rank: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,3 +132,21 @@ def test_a_strong_penalty_is_preconditioned_with_its_own_damping(monkeypatch):
     assert damped.loss == pytest.approx(undamped.loss, rel=1e-7)  # one optimum
     np.testing.assert_allclose(damped.weight.numpy(), undamped.weight.numpy(), atol=1e-3)
     assert damped.iterations < undamped.iterations  # the Hessian's λI is in the preconditioner, not ignored
+
+
+def test_column_sums_cross_blocks_of_rows_as_float64_numpy_sums():
+    x, _ = _problem(1300, 30, 3, seed=6)  # 1,300 rows: three blocks of 512, the last partial
+    x[:, 3] += 1e4  # large values keep their float64 digits
+    ref = x.double().numpy()
+    np.testing.assert_allclose(column_sums(x).numpy(), ref.sum(0), rtol=1e-14)
+    np.testing.assert_allclose(column_sums(x, square=True).numpy(), (ref**2).sum(0), rtol=1e-14)
+
+
+def test_a_shared_transposed_copy_gives_the_same_fit():
+    x, y = _problem(900, 50, 4, seed=7)
+    xs, _, _ = standardise(x)
+    rows = xs[:700]  # the fitted rows of a held-out split are a leading slice
+    alone = fit_logistic(rows, y[:700], 4, 1e-3, tol=1e-5)
+    shared = fit_logistic(rows, y[:700], 4, 1e-3, tol=1e-5, transposed=transposed_features(xs)[:, :700])
+    assert alone.iterations == shared.iterations
+    assert torch.equal(alone.weight, shared.weight) and torch.equal(alone.bias, shared.bias)

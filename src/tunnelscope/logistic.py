@@ -67,26 +67,47 @@ class LogisticFit:
         return bool(torch.isfinite(self.weight).all() and torch.isfinite(self.bias).all()) and math.isfinite(self.loss)
 
 
+SUM_ROWS = 512  # rows converted to float64 at a time by column_sums
+
+
+def column_sums(x: Tensor, square: bool = False) -> Tensor:
+    """``Σ_i x_i`` (or ``Σ_i x_i²``) over the rows of ``x``, in float64, a block of rows at a time:
+    8x faster on the CPU than ``x.sum(0, dtype=float64)``, which converts element by element
+    across the rows."""
+    out = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for lo in range(0, x.shape[0], SUM_ROWS):
+        block = x[lo:lo + SUM_ROWS].double()
+        out += (block.square_() if square else block).sum(0)
+    return out
+
+
 def standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``((x - mean) / std, mean, std)``: the float32 standardised copy and the float64 mean and
     population standard deviation (a constant feature's std is 1, so it stays at zero)."""
     n = x.shape[0]
-    mean = x.sum(0, dtype=torch.float64) / max(1, n)
+    mean = column_sums(x) / max(1, n)
     centred = x.float() - mean.float()
-    std = (centred.square().sum(0, dtype=torch.float64) / max(1, n)).sqrt()
+    std = (column_sums(centred, square=True) / max(1, n)).sqrt()
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     return centred.div_(std.float()), mean, std
+
+
+def transposed_features(xs: Tensor) -> Tensor:
+    """``Xᵀ`` as the logits pass reads it: a contiguous copy for features up to
+    :data:`TRANSPOSED_COPY_BYTES` (that pass is 1.1-1.5x faster on it), else a view. Made once per
+    set of features and given to every fit on them (or on their first rows: ``[:, :n]``)."""
+    small = xs.numel() * xs.element_size() <= TRANSPOSED_COPY_BYTES
+    return xs.t().contiguous() if small else xs.t()
 
 
 class _Objective:
     """The penalised mean cross-entropy of one problem and its gradient, as one ``(C, D + 1)``
     float64 parameter matrix (weights, then the bias column)."""
 
-    def __init__(self, xs: Tensor, y: Tensor, num_classes: int, penalty: float) -> None:
+    def __init__(self, xs: Tensor, y: Tensor, num_classes: int, penalty: float,
+                 transposed: Tensor | None = None) -> None:
         self.xs, self.n, self.dims, self.penalty = xs, xs.shape[0], xs.shape[1], penalty
-        # the logits read the features column-wise: a contiguous copy of Xᵀ makes that pass ~1.5x faster
-        small = xs.numel() * xs.element_size() <= TRANSPOSED_COPY_BYTES
-        self.xs_t = xs.t().contiguous() if small else xs.t()
+        self.xs_t = transposed_features(xs) if transposed is None else transposed
         self.labels = y.view(1, -1)
         self.target = torch.zeros(num_classes, self.n, dtype=torch.float32, device=xs.device)
         self.target.scatter_(0, self.labels, 1.0)
@@ -190,9 +211,9 @@ def stopping_tolerance(tol: float, samples: int, dims: int, num_classes: int) ->
     return tol * min(1.0, samples / ((dims + 1) * num_classes))
 
 
-def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: float = 1e-4,
+def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: float = 1e-4,  # noqa: PLR0913 (the solver's keyword options)
                  max_iter: int = 1000, precondition: bool | None = None,
-                 start: LogisticFit | None = None) -> LogisticFit:
+                 start: LogisticFit | None = None, transposed: Tensor | None = None) -> LogisticFit:
     """Minimise the mean cross-entropy of ``xs @ W + b`` plus ``penalty/2 · ‖W‖²`` by L-BFGS
     until the largest absolute gradient entry is at most ``tol`` (or ``max_iter`` iterations).
 
@@ -200,9 +221,11 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     ``precondition``: ``None`` (default) switches the feature preconditioner on once the plain
     solver has spent what building it costs; ``True`` from the start; ``False`` never.
     ``start``: a fit of the same features to begin from (a warm start along a path of
-    penalties; zero weights without it). Its preconditioner is reused when it built one.
+    penalties; zero weights without it). Its feature covariance is reused when it built one.
+    ``transposed``: :func:`transposed_features` of ``xs``, when the caller fits the same features
+    more than once (made here without it).
     """
-    objective = _Objective(xs, y.long(), num_classes, penalty)
+    objective = _Objective(xs, y.long(), num_classes, penalty, transposed)
     history = _History()
     switch_at = max(MIN_SWITCH, objective.covariance_cost(num_classes))  # never more than twice the best choice
     delta, covariance = damping(penalty, num_classes), None
@@ -249,4 +272,4 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
                        covariance=covariance, delta=delta, penalty=penalty, pairs=history.pairs)
 
 
-__all__ = ["LogisticFit", "fit_logistic", "standardise"]
+__all__ = ["LogisticFit", "column_sums", "fit_logistic", "standardise", "transposed_features"]

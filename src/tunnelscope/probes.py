@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
-from .logistic import LogisticFit, fit_logistic, standardise, stopping_tolerance
+from .logistic import LogisticFit, fit_logistic, standardise, stopping_tolerance, transposed_features
 from .progress import progress_bar
 
 SELECTIONS = ("last", "val", "test")
@@ -540,10 +540,12 @@ def _c_selection(rows: int, cfg: ProbeConfig, chosen_c: Mapping[str, float] | No
 
 
 def _fit_c(xs: Tensor, y: Tensor, num_classes: int, c: float, cfg: ProbeConfig,
-           start: LogisticFit | None = None) -> LogisticFit:
-    """One probe at ``C = c`` on standardised features ``xs``, to the stopping rule of the module."""
+           start: LogisticFit | None = None, transposed: Tensor | None = None) -> LogisticFit:
+    """One probe at ``C = c`` on standardised features ``xs``, to the stopping rule of the module
+    (``transposed``: their :func:`~tunnelscope.logistic.transposed_features`, when at hand)."""
     tol = stopping_tolerance(cfg.tol, len(y), xs.shape[1], num_classes)
-    return fit_logistic(xs, y, num_classes, 1.0 / (c * len(y)), tol=tol, max_iter=cfg.max_iter, start=start)
+    return fit_logistic(xs, y, num_classes, 1.0 / (c * len(y)), tol=tol, max_iter=cfg.max_iter, start=start,
+                        transposed=transposed)
 
 
 def _scores(fit: LogisticFit, xs: Tensor) -> Tensor:
@@ -563,9 +565,11 @@ def _choose_c(xs: Tensor, y: Tensor, n_fit: int, num_classes: int, cfg: ProbeCon
     ``test`` (standardised features, labels), and return the best ``C`` on the held-out rows with its fit."""
     xt, yt = test
     xf, yf, xv, yv = xs[:n_fit], y[:n_fit], xs[n_fit:], y[n_fit:]
+    transposed = transposed_features(xf)  # one copy for every C
     fits, previous = {}, None
     for c in cfg.c_grid:
-        fit = _fit_c(xf, yf, num_classes, c, cfg, start=previous if previous is not None and previous.finite else None)
+        fit = _fit_c(xf, yf, num_classes, c, cfg, start=previous if previous is not None and previous.finite else None,
+                     transposed=transposed)
         fits[c], previous = fit, fit
         if fit.finite:
             logits = _scores(fit, xv)
