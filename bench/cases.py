@@ -1119,7 +1119,7 @@ def probe_select_row(d: int, c: int, n: int, m: int, points: int, repeats: int) 
 
 def case_probe_select(device: torch.device, repeats: int, points: int = 4) -> dict:
     """Choosing the probe's C on data (the default) against the scikit-learn loop a user would write
-    for it, at D in {256, 1024}, C = 10, N = 10,000, on one thread."""
+    for it, at D x C in {256, 2048} x {10, 100} (issue 22's points), N = 10,000, on one thread."""
     from threadpoolctl import threadpool_limits
 
     n, m = sample_cap(10_000), sample_cap(2000)
@@ -1127,7 +1127,7 @@ def case_probe_select(device: torch.device, repeats: int, points: int = 4) -> di
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1):
-            rows = [probe_select_row(d, 10, n, m, points, repeats) for d in (256, 1024)]
+            rows = [probe_select_row(d, c, n, m, points, repeats) for d in (256, 2048) for c in (10, 100)]
     finally:
         torch.set_num_threads(threads)
     return {"device": "cpu", "threads": 1, "points": points, "train": n, "test": m, "repeats": repeats, "rows": rows}

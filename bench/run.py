@@ -525,17 +525,17 @@ def solver_lines(results: list[dict]) -> list[str]:
             "Choosing C on data (the default probe: each C of 0.01, 0.1, 1, 10 fitted on 90% of the training",
             "rows, warm-started, the best on the held-out 10% kept) against the scikit-learn loop that makes the",
             "same choice on the same rows, and against the probe at a fixed C = 1; synthetic layer-like features",
-            f"as above, {r['points']} points, {r['train']} train and {r['test']} test rows, 10 classes, one thread;",
+            f"as above, {r['points']} points, {r['train']} train and {r['test']} test rows, one thread;",
             f"median of {r['repeats']}. The held-out gap is scikit-learn's held-out accuracy at its own choice minus",
             "at tunnelscope's: where the two choose differently, how much better scikit-learn's choice scored.",
             "",
         ]
         lines += md_table(
-            ["D", "C chosen (s)", "C = 1 fixed (s)", "cost of choosing", "scikit-learn loop (s)", "speed-up",
+            ["D", "C", "C chosen (s)", "C = 1 fixed (s)", "cost of choosing", "scikit-learn loop (s)", "speed-up",
              "same C as scikit-learn", "held-out gap at ours (pp)", "max test diff. (pp)", "converged"],
-            [[w["dims"], fmt(w["ours_s"]), fmt(w["fixed_s"]), f"{fmt(w['cost_vs_fixed'], 2)}×", fmt(w["sklearn_s"]),
-              f"**{fmt(w['speedup'], 2)}×**", f"{w['same_c']}/{r['points']}", fmt(w.get("max_held_out_gap_pp")),
-              fmt(w["max_diff_pp"]),
+            [[w["dims"], w["classes"], fmt(w["ours_s"]), fmt(w["fixed_s"]), f"{fmt(w['cost_vs_fixed'], 2)}×",
+              fmt(w["sklearn_s"]), f"**{fmt(w['speedup'], 2)}×**", f"{w['same_c']}/{r['points']}",
+              fmt(w.get("max_held_out_gap_pp")), fmt(w["max_diff_pp"]),
               f"{w['converged']}/{r['points']}"] for w in r["rows"]])
         lines.append("")
     for r in of_case(results, "probes-demo"):
