@@ -230,6 +230,27 @@ def test_the_writers_files_read_back_with_each_librarys_reader(dataset, tmp_path
     np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-12)
 
 
+def test_mlflow_writer_logs_to_a_run_given_by_id_without_an_active_run(dataset, tmp_path, monkeypatch):
+    mlflow = require("mlflow")
+    from tunnelscope.errors import ConfigError
+    from tunnelscope.integrations.writers import MLflowWriter
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    assert mlflow.active_run() is None
+    with pytest.raises(ConfigError, match="no MLflow run is active"):
+        MLflowWriter()
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("tunnelscope-test")).info.run_id
+    _, monitor, _ = _train(dataset, {"every": 20, "writers": [MLflowWriter(run_id=run_id)]}, epochs=1)
+    monitor.close()
+    table = monitor.table
+    rows = table[(table.metric == "probe_acc") & (table.split == "test") & (table.layer == 2)]
+    history = sorted(client.get_metric_history(run_id, "tunnelscope/probe_acc/id/layer_02"), key=lambda m: m.step)
+    assert len(history) >= 2 and [m.step for m in history] == rows.step.astype(int).tolist()
+    np.testing.assert_allclose([m.value for m in history], rows.value.to_numpy(), rtol=1e-12)
+
+
 def test_lightning_callback_measures_what_an_offline_analysis_gives(dataset, tmp_path):
     lightning = require("lightning")
     from tunnelscope.integrations.lightning import MonitorCallback
