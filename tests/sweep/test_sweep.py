@@ -195,7 +195,13 @@ def test_a_worker_killed_mid_cell_then_rerun_gives_a_complete_table(tmp_path):
     reference = Store(tmp_path / "clean").collect(spec)
     resumed = table[table.cell == killed["key"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(resumed.drop(columns="value"), reference.drop(columns="value"))
-    np.testing.assert_allclose(resumed.value, reference.value, rtol=1e-4, atol=1e-6)
+    # The killed cell resumed in a one-thread Ray worker, the reference runs in this process: float noise in
+    # the features. A probe's training loss is pinned down only to its stopping rule (max |gradient| <= tol
+    # leaves it within |gradient|^2 / 2*penalty of the optimum, 3e-3 at C = 10 here), and that noise moves
+    # the stop: the loss agrees to 2e-3, every other number (accuracies, C, ranks, CKA) to 1e-4.
+    loss = (resumed.metric == "probe_loss").to_numpy()
+    np.testing.assert_allclose(resumed.value[~loss], reference.value[~loss], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(resumed.value[loss], reference.value[loss], rtol=2e-3)
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
