@@ -619,7 +619,9 @@ def ranks_run(processes: int, model: str, s: dict, kind: str = "analyze", sample
     launch = ([sys.executable] if processes == 1 else
               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([*launch, *worker], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    done = subprocess.run([*launch, *worker], capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(launch[-2:])} {kind} exited with {done.returncode}:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -145,3 +145,20 @@ def test_retained_intervals_cover_at_the_level_with_a_flat_or_tied_top():
         coverage[name], plain[name] = hits / reps, plain_hits / reps
     assert all(0.93 <= c <= 0.97 for c in coverage.values()), (coverage, plain)
     assert plain["flat top"] < 0.93, plain  # the contrast: the plug-in's interval misses there
+
+
+def test_resample_counts_are_multinomial_with_equal_probabilities():
+    from tunnelscope.uncertainty import Resamples
+
+    rows, resamples = 40, 20_000
+    draw = Resamples.draw(3, rows, resamples, np.random.default_rng(5))
+    assert draw.counts.shape == (resamples, rows) and (draw.counts.sum(1) == rows).all()
+    assert (draw.counts == np.round(draw.counts)).all() and draw.counts.min() >= 0
+    assert set(np.unique(draw.seeds)) == {0, 1, 2}
+    # Multinomial(rows, 1/rows): mean 1, variance 1 - 1/rows, covariance -1/rows between rows; within
+    # about five standard errors over 20,000 resamples
+    np.testing.assert_allclose(draw.counts.mean(0), 1.0, atol=5 * np.sqrt(1 / resamples))
+    cov = np.cov(draw.counts, rowvar=False)
+    np.testing.assert_allclose(np.diag(cov), 1 - 1 / rows, atol=5 * np.sqrt(2 / resamples))
+    off = cov[~np.eye(rows, dtype=bool)]
+    assert abs(off.mean() + 1 / rows) < 0.005
