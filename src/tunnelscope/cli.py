@@ -279,15 +279,15 @@ def _analyze(model, data_spec: str, ood, metrics: str, settings, out: Path, over
     taken one first); ``options``: ``weights``, ``untrained_reference``. Under ``torchrun`` the
     processes share the passes and rank 0 alone writes; the others return None."""
     from .engine.analyze import analyze
-    from .engine.distributed import join_launched_group
+    from .engine.distributed import launched_group
     from .report import save_run
     from .rundir import check_free
 
     check_free(out, overwrite)  # before the model runs, not after (every process: the same answer)
-    world = join_launched_group(settings.device)
-    if not world.leader:
-        settings = settings.replace(progress=False)
-    results = analyze(model, data_spec, ood=list(ood), metrics=metrics, settings=settings, **options)
+    with launched_group(settings.device) as world:
+        if not world.leader:
+            settings = settings.replace(progress=False)
+        results = analyze(model, data_spec, ood=list(ood), metrics=metrics, settings=settings, **options)
     if not world.leader:
         return None
     save_run(results, out, overwrite=overwrite)

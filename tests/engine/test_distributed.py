@@ -110,3 +110,34 @@ def test_each_process_streams_exactly_its_batches_of_a_generated_split():
         local = [x for x, _ in World(rank, 3).local(split, 96).batches(96)]
         assert len(local) == len(batches[rank::3])
         assert all(torch.equal(a, b) for a, b in zip(local, batches[rank::3]))
+
+
+LEAVE_SCRIPT = """
+import torch.distributed as dist
+from tunnelscope.engine.distributed import launched_group
+with launched_group("cpu") as world:
+    assert dist.is_initialized() and world.size == 2
+    total = world.collect(world.rank)
+print("left", world.rank, sum(total), dist.is_initialized())
+"""
+
+
+def test_a_command_leaves_the_group_it_joined(tmp_path):
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("left")) == [
+        "left 0 1 False", "left 1 1 False"]
+
+
+def test_outside_torchrun_a_command_joins_nothing(monkeypatch):
+    import torch.distributed as dist
+
+    from tunnelscope.engine.distributed import launched_group
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with launched_group("cpu") as world:
+        assert world == World() and not dist.is_initialized()

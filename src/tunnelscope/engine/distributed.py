@@ -17,7 +17,8 @@ single-process world and nothing here communicates.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,4 +166,20 @@ def join_launched_group(device: str) -> World:
     return current_world()
 
 
-__all__ = ["World", "current_world", "join_launched_group", "launched_world_size"]
+@contextmanager
+def launched_group(device: str) -> Iterator[World]:
+    """:func:`join_launched_group` for the length of a command: a group joined here is left
+    (destroyed) at the end, so that no process exits holding a live group, whose background
+    threads can abort the exiting process (``terminate called without an active exception``)."""
+    import torch.distributed as dist
+
+    joined_here = launched_world_size() > 1 and dist.is_available() and not dist.is_initialized()
+    world = join_launched_group(device)
+    try:
+        yield world
+    finally:
+        if joined_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+__all__ = ["World", "current_world", "join_launched_group", "launched_group", "launched_world_size"]
