@@ -136,13 +136,28 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+_alone: list[bool] = []  # set inside alone(): analyses run in this process by itself
+
+
 def current_world() -> World:
-    """The process group this analysis runs in: the initialised default group, else one process."""
+    """The process group this analysis runs in: the initialised default group, else (or inside
+    :func:`alone`) one process."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not _alone and dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Analyses started inside run in this process by itself, whatever group it is in: no
+    sharding and no collective (each process computes the whole analysis)."""
+    _alone.append(True)
+    try:
+        yield
+    finally:
+        _alone.pop()
 
 
 def launched_world_size() -> int:
@@ -182,4 +197,4 @@ def launched_group(device: str) -> Iterator[World]:
             dist.destroy_process_group()
 
 
-__all__ = ["World", "current_world", "join_launched_group", "launched_group", "launched_world_size"]
+__all__ = ["World", "alone", "current_world", "join_launched_group", "launched_group", "launched_world_size"]

@@ -36,7 +36,7 @@ from torch import nn
 from ..data import Dataset, resolve_data
 from ..data.objects import ood_dataset
 from ..engine.analyze import parse_metrics, run_analysis
-from ..engine.distributed import current_world
+from ..engine.distributed import alone, current_world
 from ..engine.settings import AnalysisSettings
 from ..errors import ConfigError, MonitorBudgetError
 from ..probes import ProbeConfig
@@ -131,7 +131,10 @@ class Monitor:
     ``budget`` (a fraction, e.g. 0.1) refuses (:class:`MonitorBudgetError`), as soon as
     ``every`` training steps have been timed, a schedule whose measurements would add more than
     that share to the training time. ``writers`` receive each measurement (from the first
-    process only under ``torchrun``). ``settings`` (an :class:`AnalysisSettings`) replaces the
+    process only under ``torchrun``). Under ``torchrun`` (DDP, say) every process measures the
+    whole probe set by itself: the same numbers on every process, and no collective of the
+    monitor's inside a training step (a small probe set could not give every process a batch
+    anyway). ``settings`` (an :class:`AnalysisSettings`) replaces the
     capture and sampling settings whole; the device is always the model's at the time.
     """
 
@@ -203,7 +206,7 @@ class Monitor:
         tic = time.perf_counter()
         # the model's device now: a trainer may have moved it since the monitor was made
         settings = self.settings.replace(device=next(self.model.parameters()).device)
-        with undisturbed(self.model):
+        with undisturbed(self.model), alone():  # see the class docstring: each process measures by itself
             results = run_analysis(self.model, self.dataset, list(self.ood), self.metrics, settings,
                                    model_info={"step": step})
         seconds = time.perf_counter() - tic
@@ -213,7 +216,7 @@ class Monitor:
         self.rows.append({**step_row(step, epoch_value, "", results.summary), "seconds": seconds})
         self.summaries[step] = results.summary
         self.last_config = dict(results.config)
-        if current_world().leader:  # under torchrun every process measures (the engine shares the passes)
+        if current_world().leader:  # under torchrun every process measures, the first one writes
             history = self.table
             for writer in self.writers:
                 writer.write(step, results, history)
