@@ -113,12 +113,14 @@ def test_each_process_streams_exactly_its_batches_of_a_generated_split():
 
 
 LEAVE_SCRIPT = """
+import sys
+from pathlib import Path
 import torch.distributed as dist
 from tunnelscope.engine.distributed import launched_group
 with launched_group("cpu") as world:
     assert dist.is_initialized() and world.size == 2
     total = world.collect(world.rank)
-print("left", world.rank, sum(total), dist.is_initialized())
+Path(sys.argv[1], f"rank-{world.rank}.txt").write_text(f"{sum(total)} {dist.is_initialized()}")
 """
 
 
@@ -127,10 +129,10 @@ def test_a_command_leaves_the_group_it_joined(tmp_path):
     script.write_text(LEAVE_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script)], capture_output=True, text=True, env=env, timeout=120)
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("left")) == [
-        "left 0 1 False", "left 1 1 False"]
+    # each process summed both ranks (0 + 1) in the group, then was no longer in one
+    assert [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)] == ["1 False", "1 False"]
 
 
 def test_outside_torchrun_a_command_joins_nothing(monkeypatch):
