@@ -17,21 +17,14 @@ from tunnelscope.engine.distributed import launched_group
 from tunnelscope.experiments.monitor import Monitor
 from tunnelscope.integrations.writers import TableWriter
 
-POINTS = ["blocks.0", "blocks.1", "blocks.2"]
+POINTS = ["1.0", "1.1", "1.2"]  # the three blocks of net()
 SNAPSHOT_STEP = 8
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(n_in, 32), nn.ReLU()) for n_in in (64, 32, 32))
-        self.head = nn.Linear(32, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+def net() -> nn.Module:
+    """Three blocks of 32 ReLU units and a head; no batch norm, whose buffers DDP re-broadcasts."""
+    blocks = nn.Sequential(*(nn.Sequential(nn.Linear(n_in, 32), nn.ReLU()) for n_in in (64, 32, 32)))
+    return nn.Sequential(nn.Flatten(), blocks, nn.Linear(32, 5))
 
 
 def main() -> None:
@@ -39,10 +32,10 @@ def main() -> None:
     with launched_group("cpu") as world:
         ds = data.load("digits[classes=0-4]")
         torch.manual_seed(0)
-        net = Net()
-        model = nn.parallel.DistributedDataParallel(net)
+        local = net()
+        model = nn.parallel.DistributedDataParallel(local)
         writer = TableWriter(out / f"written-by-rank-{world.rank}.parquet")
-        monitor = Monitor(net, ds, points=POINTS, every=4, writers=[writer])
+        monitor = Monitor(local, ds, points=POINTS, every=4, writers=[writer])
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         batches = list(ds.train.batches(32, shuffle=True, generator=torch.Generator().manual_seed(1), drop_last=True))
         steps = 0
@@ -52,7 +45,7 @@ def main() -> None:
             optimizer.step()
             steps += 1
             if steps == SNAPSHOT_STEP and world.leader:
-                torch.save(net.state_dict(), out / "snapshot.pt")
+                torch.save(local.state_dict(), out / "snapshot.pt")
         monitor.close()
         monitor.table.to_parquet(out / f"table-{world.rank}.parquet")
 

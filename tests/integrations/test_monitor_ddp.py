@@ -18,7 +18,7 @@ from tunnelscope import data
 from tunnelscope.experiments.monitor import Monitor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from monitor_ddp_worker import POINTS, SNAPSHOT_STEP, Net
+from monitor_ddp_worker import POINTS, SNAPSHOT_STEP, net
 
 WORKER = Path(__file__).parent / "monitor_ddp_worker.py"
 
@@ -41,11 +41,11 @@ def test_a_monitor_under_ddp_measures_alike_on_every_process_and_as_one_process_
     pd.testing.assert_frame_equal(tables[0], tables[1])  # DDP keeps the replicas equal: so are the measurements
     assert (tmp_path / "written-by-rank-0.parquet").is_file()
     assert not (tmp_path / "written-by-rank-1.parquet").exists()  # writers on the first process only
-    net = Net()
-    net.load_state_dict(torch.load(tmp_path / "snapshot.pt", weights_only=True))
+    model = net()
+    model.load_state_dict(torch.load(tmp_path / "snapshot.pt", weights_only=True))
     ds = data.load("digits[classes=0-4]")
-    monitor = Monitor(net, ds, points=POINTS, every=4)  # the settings of the worker's monitor
-    offline = ts.analyze(net, ds, metrics=monitor.metrics, settings=monitor.settings)
+    monitor = Monitor(model, ds, points=POINTS, every=4)  # the settings of the worker's monitor
+    offline = ts.analyze(model, ds, metrics=monitor.metrics, settings=monitor.settings)
     measured = tables[0][tables[0].step == SNAPSHOT_STEP]
     # each process measured by itself: one process's analysis (this one runs on more threads)
     pd.testing.assert_frame_equal(_rows(measured), _rows(offline.table.reindex(columns=measured.columns[2:])),

@@ -147,10 +147,8 @@ class _Samples(Sequence):
     def __len__(self) -> int:
         return len(self.shards.label)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[MemberRef, int]:  # type: ignore[override]
         s = self.shards
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
         shard = s.paths[int(s.shard[i])]
         return MemberRef(shard, int(s.offset[i]), int(s.size[i]), str(s.name[i])), int(s.label[i])
 
