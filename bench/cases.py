@@ -628,20 +628,29 @@ def ranks_run(processes: int, model: str, s: dict, kind: str = "analyze", sample
 def case_analyze_ranks(device: torch.device, repeats: int) -> dict:
     """The demo's ``analyze`` (its trained model and OOD sets, no untrained reference) in one
     process and shared by two under ``torchrun`` (gloo, one thread each): the speed-up of the
-    slower process over one, and each process's peak RSS. Median over ``repeats`` runs each."""
+    slower process over one, and each process's peak RSS; and two independent one-process runs at
+    once, whose slower time gives the machine's ceiling for the speed-up (``2 · one / pair``: the
+    most two processes that share nothing could gain). Median over ``repeats`` runs each."""
     if device.type != "cpu":
         raise ValueError("analyze-ranks measures CPU processes (gloo); run it with device cpu")
     s = demo_settings()
     model = (s["model"] if quick() else
              str(trained_checkpoint(s["model"], s["data"], s["epochs"], "bench-demo")))
+    from concurrent.futures import ThreadPoolExecutor
+
     runs: dict[int, list[dict]] = {1: [], 2: []}
+    pairs: list[float] = []  # two independent one-process runs at once: what sharing the machine costs
     for _ in range(max(1, repeats)):
         for processes in (1, 2):
             runs[processes].append(ranks_run(processes, model, s))
+        with ThreadPoolExecutor(2) as pool:
+            pair = list(pool.map(lambda _: ranks_run(1, model, s), range(2)))
+        pairs.append(max(r["per_process"][0]["seconds"] for r in pair))
     one = float(np.median([r["per_process"][0]["seconds"] for r in runs[1]]))
     two = float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs[2]]))
     return {"model": model, "data": s["data"], "ood": s["ood"], "device": "cpu", "max_samples": sample_cap(),
             "runs": len(runs[1]), "one_process_s": one, "two_processes_s": two, "speedup": one / two,
+            "pair_s": float(np.median(pairs)), "ceiling": 2 * one / float(np.median(pairs)),
             "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
             "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)],
             "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}

@@ -320,7 +320,7 @@ def analyze_section(results: list[dict]) -> list[str]:
         "",
     ]
     if not rows:
-        return lines + ["Not run.", ""]
+        return lines + ["Not run.", ""] + ranks_lines(results)
     for r in rows:
         ood = ", ".join(f"`{o}`" for o in r["ood"])
         note = (f"- {r['device']}: `{r['model']}` on `{r['data']}`, OOD {ood}, at most {r['max_samples']} samples per "
@@ -355,12 +355,15 @@ def ranks_lines(results: list[dict]) -> list[str]:
     """The demo's analyze in one process and shared by two under torchrun (gloo, CPU)."""
     about = ["`tunnelscope.analyze` on the demo's model and OOD sets (no untrained reference) in one process,",
              "then under `torchrun --nproc-per-node 2` (gloo, one thread each); the time is the slower",
-             "process's, median of repeats. Goal: 1.7x."]
-    header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
-              "peak RSS per process, 2 (MiB)", "same probe accuracies"]
+             "process's, median of repeats. Goal: 1.7x. The ceiling is what the machine allows: two independent",
+             "one-process runs started together take `pair` seconds (the slower), so two processes that shared",
+             "nothing would gain at most `2 x one / pair`."]
+    header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "pair of 1-process runs (s)",
+              "ceiling", "peak RSS, 1 (MiB)", "peak RSS per process, 2 (MiB)", "same probe accuracies"]
     lines = _case_lines("### The demo's analysis shared by two processes", about, of_case(results, "analyze-ranks"),
                         header, lambda r: [f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]),
                                            fmt(r["two_processes_s"]), f"**{fmt(r['speedup'])}x**",
+                                           fmt(r.get("pair_s", math.nan)), f"{fmt(r.get('ceiling', math.nan))}x",
                                            fmt(r["peak_rss_mib_one"], 0),
                                            " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"]),
                                            "yes" if r["same_probe_mean"] else "**no**"])

@@ -99,13 +99,14 @@ class FeatureCache:
         self.labels[lo:hi] = labels.cpu().numpy()
         self.size = hi
 
-    def batches(self, batch_size: int = 4096,
-                device: str | torch.device = "cpu") -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        """Read the rows back in order, as float32 tensors on ``device``."""
+    def batches(self, batch_size: int = 4096, device: str | torch.device = "cpu",
+                points: list[str] | None = None) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Read the rows back in order, as float32 tensors on ``device`` (of ``points`` only, when given)."""
+        arrays = self.arrays if points is None else {k: self.arrays[k] for k in points}
         for lo in range(0, self.size, batch_size):
             hi = min(lo + batch_size, self.size)
             feats = {k: torch.from_numpy(np.asarray(a[lo:hi], dtype=np.float32)).to(device)
-                     for k, a in self.arrays.items()}
+                     for k, a in arrays.items()}
             yield feats, torch.from_numpy(self.labels[lo:hi]).to(device)
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ class World:
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded, group=self.group)
         for pos, part in zip(positions, parts):
-            into[pos] = part[:len(pos)].cpu().numpy().astype(into.dtype)
+            into[pos] = np.asarray(part[:len(pos)].cpu().numpy(), dtype=into.dtype)  # no copy when the dtypes agree
 
     def assign(self, costs: Sequence[float]) -> list[int]:
         """Indices of the jobs (with these ``costs``) this process runs: costliest first, each to

@@ -88,16 +88,18 @@ def _read(cache: FeatureCache, **info) -> tuple[FeatureCache, dict, torch.Tensor
     return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
 
 
-def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device) -> dict[str, dict[str, float]]:
-    """Nearest-class-centre accuracy per point on both splits, class means from the train cache."""
+def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device,
+         points: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Nearest-class-centre accuracy per point (of ``points``, default all) on both splits, class
+    means from the train cache."""
     moments = Moments(num_classes, torch.float64, scatter=False)  # class means are all NCC needs
-    for feats, y in train.batches(device=device):
+    for feats, y in train.batches(device=device, points=points):
         moments.update(feats, y)
     means = {name: point.class_means() for name, point in moments.points.items()}
     out = {}
     for split, cache in (("train", train), ("test", test)):
         acc = NCCAccuracy(means)
-        for feats, y in cache.batches(device=device):
+        for feats, y in cache.batches(device=device, points=points):
             acc.update(feats, y)
         out[split] = acc.compute()
     return out
@@ -294,7 +296,7 @@ class _Probing:
             self.flags += check_probe_samples(ytr, yte, ds.num_classes, "the ID data" if key == "id" else key,
                                               ds.class_names)
             results = self._train(tr, ytr, te, yte, ds.num_classes)
-            ncc = _ncc(tr_cache, te_cache, ds.num_classes, self.dev) if key != "id" or self.reuse.id_ncc else None
+            ncc = self._ncc(tr_cache, te_cache, ds.num_classes) if key != "id" or self.reuse.id_ncc else None
             if key == "id" and ncc:
                 self.ncc_id_train = ncc["train"]
         finally:
@@ -312,11 +314,27 @@ class _Probing:
         if not self.world.parallel or self.cfg.protocol == "harun":
             return train_probe_seeds(tr, ytr, te, yte, num_classes, self.cfg, device=self.dev,
                                      progress=self.settings.progress)
-        mine = [names[i] for i in self.world.assign([float(np.shape(tr[n])[1]) for n in names])]
+        mine = self._mine({n: np.shape(tr[n])[1] for n in names})
         local = (train_probe_seeds({n: tr[n] for n in mine}, ytr, {n: te[n] for n in mine}, yte, num_classes,
                                    self.cfg, device=self.dev, progress=False) if mine else None)
         parts = [p for p in self.world.collect(local) if p is not None]
         return [merge_probe_results([part[k] for part in parts], names) for k in range(len(parts[0]))]
+
+    def _mine(self, widths: dict[str, int]) -> list[str]:
+        """The points this process trains and measures: with several processes, a share balanced
+        by width (the same split on every process); alone, every point."""
+        names = list(widths)
+        return [names[i] for i in self.world.assign([float(widths[n]) for n in names])]
+
+    def _ncc(self, train: FeatureCache, test: FeatureCache, num_classes: int) -> dict[str, dict[str, float]]:
+        """NCC accuracy per point on both splits; with several processes each measures its share
+        of the points (:meth:`_mine`) and the results are shared."""
+        if not self.world.parallel:
+            return _ncc(train, test, num_classes, self.dev)
+        mine = self._mine({n: a.shape[1] for n, a in train.arrays.items()})
+        parts = [p for p in self.world.collect(_ncc(train, test, num_classes, self.dev, mine) if mine else None) if p]
+        shared = {split: {n: v for part in parts for n, v in part[split].items()} for split in ("train", "test")}
+        return {split: {n: values[n] for n in train.arrays} for split, values in shared.items()}  # in point order
 
     def _shared_splits(self, shared: tuple[FeatureCache, FeatureCache]) -> tuple[tuple, tuple]:
         """The ID train and test caches the statistics pass filled, checked to hold the same points."""
