@@ -195,23 +195,17 @@ MNIST = IdxData("mnist", tuple(str(d) for d in range(10)), ("mnist", "MNIST/raw"
 
 
 # ----------------------------------------------------------------------------- digits
-DIGITS_SPLIT_SEED = 0
-
-
 def _load_digits(ctx: LoadContext, options: dict) -> RawData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from .digits import SPLIT_SEED, digits_split, digits_table
 
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, bunch.target, test_size=0.2, random_state=DIGITS_SPLIT_SEED, stratify=bunch.target
-    )
+    table = digits_table()
+    images = torch.from_numpy(np.rint(table[:, :64].reshape(-1, 1, 8, 8) * (255.0 / 16.0)).astype(np.uint8))
+    labels = torch.from_numpy(table[:, 64])
+    train, test = (torch.from_numpy(rows) for rows in digits_split(table[:, 64], user_cache_dir()))
     return RawData(
-        train_x=torch.from_numpy(x_tr), train_y=torch.from_numpy(y_tr.astype(np.int64)),
-        test_x=torch.from_numpy(x_te), test_y=torch.from_numpy(y_te.astype(np.int64)),
+        train_x=images[train], train_y=labels[train], test_x=images[test], test_y=labels[test],
         class_names=[str(d) for d in range(10)], scale=1 / 255,
-        source=f"scikit-learn load_digits, stratified 80/20 split, seed {DIGITS_SPLIT_SEED}",
+        source=f"scikit-learn load_digits, stratified 80/20 split, seed {SPLIT_SEED}",
     )
 
 

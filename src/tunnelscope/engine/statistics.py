@@ -335,11 +335,17 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
         del one
 
 
+SCORE_CHUNK = 4096  # cached rows scored at a time by the read-outs
+
+
 def _score_from_cache(run: Run, cache: FeatureCache, accs: list) -> None:
     """Feed the cached training features to ``accs``; every process holds the whole cache, so
-    each scores its share of the chunks and the counts are summed (exact in any order)."""
+    each scores its share of the chunks (chunks sized so that the shares are equal) and the
+    counts are summed (exact in any order)."""
     world = run.world
-    for chunk, (feats, y) in enumerate(cache.batches(device=run.device)):
+    chunks = world.size * max(1, -(-cache.size // (world.size * SCORE_CHUNK)))  # a multiple of the processes
+    chunk_rows = max(1, -(-cache.size // chunks))
+    for chunk, (feats, y) in enumerate(cache.batches(chunk_rows, device=run.device)):
         if chunk % world.size == world.rank:
             for acc in accs:
                 acc.update(feats, y)
