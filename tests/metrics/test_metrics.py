@@ -329,3 +329,21 @@ def test_symmetrise_copies_the_upper_triangle_exactly(d, dtype):
             total = torch.from_numpy(source.copy()).to(dtype)
         symmetrise(total)
         np.testing.assert_array_equal(total.numpy(), expected.astype(total.numpy().dtype))
+
+
+def test_derived_quantities_handed_to_another_process_are_used_not_recomputed():
+    """What one process derives from a point's moments (eigenvalues, PC1, ridge weights) is taken
+    over by the same point's stats elsewhere: the values are the owner's, and nothing is
+    recomputed (a poisoned ridge function would show)."""
+    from tunnelscope.metrics.registry import REGISTRY, Options, PointStats
+
+    x, y = clusters(classes=4, d=9)
+    owner = PointStats(stream(Moments(4, torch.float64), x, y).points["a"])
+    other = PointStats(stream(Moments(4, torch.float64), x, y).points["a"])
+    REGISTRY["ridge"].new_readout({"a": owner}, Options())
+    _ = owner.pc1, owner.second_moment_eigenvalues
+    other.adopt(owner.computed())
+    assert other.once(("ridge", Options().ridge), lambda: pytest.fail("ridge weights recomputed")) is not None
+    np.testing.assert_allclose(np.sort(other.covariance_eigenvalues.numpy()), np.sort(cov_eigvals(x)), rtol=1e-9,
+                               atol=1e-12)
+    assert other.pc1 is owner.pc1 and other.second_moment_eigenvalues is owner.second_moment_eigenvalues

@@ -268,11 +268,26 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
         return
     run.note_gram_side("train", moments)
     stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
+    _derive_shared(run, stats)
     for metric in run.plan.readouts:  # fitted once, before point_rows releases the scatter; a copy per split
         fitted = metric.new_readout(stats, run.options)
         run.readouts[metric.name] = {s: fitted if i == 0 else copy.deepcopy(fitted)
                                      for i, s in enumerate(metric.readout_splits)}
     point_rows(run, "train", moments, stats)
+
+
+def _derive_shared(run: Run, stats: dict[str, PointStats]) -> None:
+    """With several processes, what the read-outs derive from each point's training moments
+    (eigenvalues, PC1, ridge weights) is computed by the point's owner (:func:`_my_points`) and
+    handed to the others, instead of by every process for every point."""
+    if not run.world.parallel or not run.plan.readouts:
+        return
+    mine = {name: stats[name] for name in _my_points(run, {n: s.moments.dims for n, s in stats.items()})}
+    for metric in run.plan.readouts:
+        metric.new_readout(mine, run.options)  # derives this process's share; the scorer itself is not kept
+    for part in run.world.collect({name: s.computed() for name, s in mine.items()}):
+        for name, computed in part.items():
+            stats[name].adopt(computed)
 
 
 def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | None, cka_passes: int,
@@ -310,7 +325,8 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
 # ---------------------------------------------------------------------------------------------- table
 def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointStats] | None = None) -> None:
     """Rows of every point metric on ``split`` (from ``stats``, the split's :class:`PointStats`
-    when already made); each point's ``D x D`` state is released after."""
+    when already made); each point's ``D x D`` state is released after. With several processes
+    each computes the metrics of its share of the points and they share the values."""
     points_m = moments.points
     shared = stats if stats is not None else {}
     names = run.capture.names
@@ -324,15 +340,32 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
     if absent:
         run.warnings.append(f"{split}: classes absent from the sample: {absent}; class metrics use the others")
     metrics = run.plan.points_metrics()
+    mine = set(_my_points(run, {name: points_m[name].dims for name in names}))
+    values: dict[str, list[float]] = {}
     for name in names:
         point = points_m.pop(name)  # no view left behind, so that release() frees the state
-        one = shared.pop(name, None) or PointStats(point)
-        del point
-        for metric in metrics:
-            value = float("nan") if name in run.invalid[split] else metric.point_value(one)
-            run.add(split, name, metric.table_name, value)
+        one = shared.pop(name, None)
+        if name in mine:
+            one = one or PointStats(point)
+            values[name] = [float("nan") if name in run.invalid[split] else metric.point_value(one)
+                            for metric in metrics]
+        del point, one
         moments.release(name)
-        del one
+    if run.world.parallel:  # each process measured its share of the points: every process gets them all
+        values = {name: v for part in run.world.collect(values) for name, v in part.items()}
+    for name in names:
+        for metric, value in zip(metrics, values[name]):
+            run.add(split, name, metric.table_name, value)
+
+
+def _my_points(run: Run, widths: dict[str, int]) -> list[str]:
+    """The points whose metrics this process computes: alone, all; with several processes, a
+    share balanced by the cost of a point's dense linear algebra (``D³``; the same split on
+    every process)."""
+    names = list(widths)
+    if not run.world.parallel:
+        return names
+    return [names[i] for i in run.world.assign([float(widths[n]) ** 3 for n in names])]
 
 
 SCORE_CHUNK = 4096  # cached rows scored at a time by the read-outs

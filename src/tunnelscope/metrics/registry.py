@@ -23,7 +23,7 @@ A new point metric is one decorated function::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -55,8 +55,28 @@ class PointStats:
     point wider than its samples answers from the ``N x N`` Gram side instead
     (:class:`~tunnelscope.metrics.moments.PointMoments`)."""
 
+    DERIVED = ("covariance_eigenvalues", "second_moment_eigenvalues", "pc1")  # the cached properties below
+
     def __init__(self, moments: PointMoments) -> None:
         self.moments = moments
+        self.memo: dict[Hashable, Any] = {}  # other derived quantities, by key (:meth:`once`)
+
+    def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``key`` is asked for, its stored value after (for derived
+        quantities that take a setting, e.g. a read-out's weights at one strength)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def computed(self) -> dict[str, Any]:
+        """What has been derived so far (cached properties and :meth:`once` values), to hand to
+        the same point's stats in another process (:meth:`adopt`)."""
+        return {**{k: self.__dict__[k] for k in self.DERIVED if k in self.__dict__}, "memo": dict(self.memo)}
+
+    def adopt(self, computed: dict[str, Any]) -> None:
+        """Take over quantities another process derived from the same moments (:meth:`computed`)."""
+        self.memo.update(computed.get("memo", {}))
+        self.__dict__.update({k: v for k, v in computed.items() if k in self.DERIVED})
 
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:

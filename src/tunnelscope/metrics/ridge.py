@@ -62,7 +62,10 @@ class RidgeAccuracy(PointAccuracy):
 
 def _ridge_readout(train: dict[str, PointStats], options: Options) -> RidgeAccuracy:
     """Ridge probes fitted on each point's training moments (points with non-finite features get none)."""
-    probes = {n: ridge_weights(s.moments, options.ridge) for n, s in train.items() if int(s.moments.nonfinite) == 0}
+    def weights(stats: PointStats) -> tuple[Tensor, Tensor, Tensor]:
+        return stats.once(("ridge", options.ridge), lambda: ridge_weights(stats.moments, options.ridge))
+
+    probes = {n: weights(s) for n, s in train.items() if int(s.moments.nonfinite) == 0}
     return RidgeAccuracy(probes, options.matmul_dtype)
 
 
