@@ -362,8 +362,9 @@ class Moments(Accumulator):
             if i in self.rows and self.rows[i]:
                 rows, labels = self._joined_rows(i)
                 rows += di.to(rows.dtype)[labels]
-            elif w2 is not None:
-                w2 += s.T @ di + di.T @ s + (di.T * cn) @ di
+            elif w2 is not None:  # sᵀd + dᵀs + dᵀ diag(n) d = uᵀd + dᵀu, u = s + (n/2) d: one product of depth 2C
+                u = s + (cn / 2)[:, None] * di
+                w2.addmm_(torch.cat([u, di]).T, torch.cat([di, u]))
         st["cq"] += 2 * self._segment_sums(cs1 * d) + cn[:, None] * self._segment_sums(d * d)
         st["cs1"] += cn[:, None] * d
         st["shift"] = new.clone()
