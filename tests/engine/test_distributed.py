@@ -23,11 +23,15 @@ INTEGER_METRICS = {"rank", "probe_converged"}
 ACCURACIES = {"probe_acc", "ncc_acc", "ridge_acc"}
 
 
-def _analyze(launcher: list[str], checkpoint: Path, out: Path) -> subprocess.CompletedProcess:
+OOD = ("--ood", "fashion-mnist[classes=5-9,per_class=100,test_per_class=60]")
+
+
+def _analyze(launcher: list[str], checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``tunnelscope analyze`` of the demo-like data launched by ``launcher``, with ``extra`` arguments
+    (the OOD set unless they name metrics without probes)."""
     args = ["analyze", "--checkpoint", str(checkpoint), "--data", "fashion-mnist[classes=0-4,per_class=300,"
-            "test_per_class=100]", "--ood", "fashion-mnist[classes=5-9,per_class=100,test_per_class=60]",
-            "--batch-size", "128", "--cka-passes", "2", "--resamples", "200", "--device", "cpu", "--quiet",
-            "--out", str(out)]
+            "test_per_class=100]", "--batch-size", "128", "--cka-passes", "2", "--resamples", "200", "--device",
+            "cpu", "--quiet", "--out", str(out), *(extra or OOD)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
 
@@ -56,6 +60,28 @@ def test_two_processes_give_the_one_process_rows(trained_mlp, tmp_path):
     assert s1 == s2  # verdict, tunnel start, % retained and every bootstrap interval
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["statistics"]["processes"] == 2
+
+
+def test_statistics_alone_on_two_processes_give_the_one_process_rows(trained_mlp, tmp_path):
+    """Without probes the statistics keep their own training cache: each process scores the
+    read-outs on its own rows (nothing gathered), and owners share each point's dense algebra."""
+    result, _ = trained_mlp
+    metrics = ("--metrics", "rank,erank,pc1,pc1_sim,ridge,ncc,nc1")
+    one = _analyze([sys.executable, "-m", "tunnelscope.cli"], result.final_checkpoint, tmp_path / "one", *metrics)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "tunnelscope.cli"]
+    two = _analyze(torchrun, result.final_checkpoint, tmp_path / "two", *metrics)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = pd.read_parquet(tmp_path / "one" / "results.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "results.parquet")
+    both = a.merge(b, on=KEYS, suffixes=("_1", "_2"), how="outer", indicator=True)
+    assert (both["_merge"] == "both").all() and "probe_acc" not in set(both.metric)
+    assert {"ridge_acc", "ncc_acc", "pc1_sim", "erank"} <= set(both.metric) and {"train", "test"} <= set(both.split)
+    exact = both[both.metric.isin(INTEGER_METRICS | ACCURACIES)]
+    np.testing.assert_array_equal(exact.value_1.to_numpy(), exact.value_2.to_numpy())
+    rest = both[~both.metric.isin(INTEGER_METRICS | ACCURACIES)]
+    np.testing.assert_allclose(rest.value_2.to_numpy(), rest.value_1.to_numpy(), rtol=1e-5, atol=1e-9)
 
 
 def test_batches_are_dealt_whole_and_in_turn():

@@ -250,9 +250,11 @@ class Run:
                           "valid": not bad and math.isfinite(value)})
 
 
-def train_pass(run: Run, split, cache: FeatureCache) -> None:
+def train_pass(run: Run, split, cache: FeatureCache, gather: bool = True) -> None:
     """Read the training split (if the plan needs it): its point metrics, then the read-outs
-    fitted on its moments; its scatter matrices are released before the test pass."""
+    fitted on its moments; its scatter matrices are released before the test pass. With several
+    processes the feature cache is gathered whole only when ``gather`` (someone else reads it:
+    the probes); the read-outs alone score each process's own rows."""
     level = run.plan.moments["train"]
     if not run.plan.train_pass:
         return
@@ -261,7 +263,7 @@ def train_pass(run: Run, split, cache: FeatureCache) -> None:
     accs = ([moments] if moments else []) + ([cache] if run.plan.train_cache else [])
     _pass(run, split, accs, "train pass")
     run.world.reduce([moments] if moments else [])
-    if run.plan.train_cache:
+    if run.plan.train_cache and gather:
         run.world.gather(cache, run.batch_size)
     run.passes.append("train")
     if moments is None:
@@ -371,26 +373,29 @@ def _my_points(run: Run, widths: dict[str, int]) -> list[str]:
 SCORE_CHUNK = 4096  # cached rows scored at a time by the read-outs
 
 
-def _score_from_cache(run: Run, cache: FeatureCache, accs: list) -> None:
-    """Feed the cached training features to ``accs``; every process holds the whole cache, so
-    each scores its share of the chunks (chunks sized so that the shares are equal) and the
-    counts are summed (exact in any order)."""
+def _score_from_cache(run: Run, cache: FeatureCache, accs: list, whole: bool) -> None:
+    """Feed the cached training features to ``accs`` and sum the counts over the processes (exact
+    in any order). A ``whole`` cache (every process holds every row) is dealt in equal chunks;
+    otherwise each process holds and scores its own rows."""
     world = run.world
-    chunks = world.size * max(1, -(-cache.size // (world.size * SCORE_CHUNK)))  # a multiple of the processes
+    share = world.size if whole else 1
+    chunks = share * max(1, -(-cache.size // (share * SCORE_CHUNK)))  # a multiple of the processes sharing it
     chunk_rows = max(1, -(-cache.size // chunks))
     for chunk, (feats, y) in enumerate(cache.batches(chunk_rows, device=run.device)):
-        if chunk % world.size == world.rank:
+        if not whole or chunk % world.size == world.rank:
             for acc in accs:
                 acc.update(feats, y)
     world.reduce(accs)
 
 
-def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_split=None) -> dict:
-    """Score the read-outs on the training split, from ``cache`` or, without one, by reading
-    ``train_split`` again (features too large to cache); their rows and summaries."""
+def readout_rows(run: Run, cache: FeatureCache | None, points: list[str], train_split=None,
+                 whole: bool = True) -> dict:
+    """Score the read-outs on the training split, from ``cache`` (``whole``: gathered, see
+    :func:`_score_from_cache`) or, without one, by reading ``train_split`` again (features too
+    large to cache); their rows and summaries."""
     train_accs = [r["train"] for r in run.readouts.values() if "train" in r]
     if train_accs and cache is not None:
-        _score_from_cache(run, cache, train_accs)
+        _score_from_cache(run, cache, train_accs, whole)
     elif train_accs:
         _pass(run, train_split, train_accs, "train pass (read-out scoring)")
         run.world.reduce(train_accs)
@@ -560,7 +565,7 @@ def _passes(run: Run, splits: dict[str, tuple], settings: AnalysisSettings, cach
                  else contextlib.nullcontext(train_cache))
     with progress_bar(settings.progress) as bars, cache_ctx as cache:
         run.bars = bars
-        train_pass(run, splits["train"][0], cache)
+        train_pass(run, splits["train"][0], cache, gather=train_cache is not None)  # ours: read-outs alone read it
         if cache.spilled_to is not None:
             run.warnings.append(f"feature cache of {cache.nbytes / 2**20:.0f} MiB exceeded the budget "
                                 f"({cache_budget / 2**20:.0f} MiB) and was spilled to {cache.spilled_to}")
@@ -570,7 +575,7 @@ def _passes(run: Run, splits: dict[str, tuple], settings: AnalysisSettings, cach
             point_rows(run, "test", test_m)
         scored = None if reread else cache
         summary = {MODEL_ACCURACY: own.compute() if own is not None else None,
-                   **readout_rows(run, scored, run.capture.points, splits["train"][0])}
+                   **readout_rows(run, scored, run.capture.points, splits["train"][0], whole=train_cache is not None)}
     return run, summary
 
 
