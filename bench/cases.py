@@ -656,6 +656,30 @@ def case_analyze_ranks(device: torch.device, repeats: int) -> dict:
             "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}
 
 
+WIDE_RANKS_MODEL, WIDE_RANKS_SAMPLES = "mlp-6x2048", 5000
+
+
+def case_stats_ranks_wide(device: torch.device, repeats: int) -> dict:
+    """The default statistics (``analyze_layers``) of an untrained ``mlp-6x2048`` (wide points, whose
+    eigenvalues, PC1 and ridge weights dominate) on 5,000 samples per split of the demo's data, in one
+    process and shared by two under ``torchrun`` (one thread each): the speed-up of the slower
+    process over one, and each process's peak RSS. Median over ``repeats`` runs each."""
+    if device.type != "cpu":
+        raise ValueError("stats-ranks-wide measures CPU processes (gloo); run it with device cpu")
+    s = {"data": demo_settings()["data"], "ood": []}
+    samples = sample_cap(WIDE_RANKS_SAMPLES)
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(max(1, repeats)):
+        for processes in (1, 2):
+            runs[processes].append(ranks_run(processes, WIDE_RANKS_MODEL, s, kind="statistics", samples=samples))
+    one = float(np.median([r["per_process"][0]["seconds"] for r in runs[1]]))
+    two = float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs[2]]))
+    return {"model": f"{WIDE_RANKS_MODEL} (untrained)", "data": s["data"], "device": "cpu", "max_samples": samples,
+            "runs": len(runs[1]), "one_process_s": one, "two_processes_s": two, "speedup": one / two,
+            "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
+            "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)]}
+
+
 STREAM_DATA = "synthetic[train=1000000,test=200000,size=8]"
 
 
@@ -1297,6 +1321,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "help-time": lambda dev, r: case_help(),
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
     "analyze-ranks": lambda dev, r: case_analyze_ranks(dev, r),
+    "stats-ranks-wide": lambda dev, r: case_stats_ranks_wide(dev, r),
     "stream-1m": lambda dev, r: case_stream(r),
     "stream-shards": lambda dev, r: case_stream_shards(r),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),

@@ -35,13 +35,15 @@ from cases import CASES as KNOWN_CASES  # noqa: E402
 from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
-         "analyze-ranks", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset", "cka-mlp12x4096", "cka-vgg",
+         "analyze-ranks", "stats-ranks-wide", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset",
+         "cka-mlp12x4096", "cka-vgg",
          "probes-mlp12", "probes-widths",
          "probes-solver", "probes-select", "probes-demo", "invert-mlp12", "monitor-demo",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
 # nothing in these runs on a device: measured once
-CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "stream-1m", "stream-shards"}
+CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "stats-ranks-wide", "stream-1m",
+            "stream-shards"}
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
 
@@ -367,7 +369,22 @@ def ranks_lines(results: list[dict]) -> list[str]:
                                            fmt(r["peak_rss_mib_one"], 0),
                                            " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"]),
                                            "yes" if r["same_probe_mean"] else "**no**"])
-    return lines + stream_lines(results)
+    return lines + wide_ranks_lines(results) + stream_lines(results)
+
+
+def wide_ranks_lines(results: list[dict]) -> list[str]:
+    """Wide points' statistics in one process and shared by two."""
+    about = ["`analyze_layers` (default statistics) of an untrained `mlp-6x2048` in one process, then under",
+             "`torchrun --nproc-per-node 2` (gloo, one thread each). Each point's eigenvalues, PC1 and ridge weights",
+             "are computed by one process (balanced by D³) and shared; the time is the slower process's, median of",
+             "repeats."]
+    header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
+              "peak RSS per process, 2 (MiB)"]
+    return _case_lines("### Wide points' statistics shared by two processes", about,
+                       of_case(results, "stats-ranks-wide"), header,
+                       lambda r: [f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]),
+                                  fmt(r["two_processes_s"]), f"**{fmt(r['speedup'])}x**", fmt(r["peak_rss_mib_one"], 0),
+                                  " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"])])
 
 
 def stream_lines(results: list[dict]) -> list[str]:
