@@ -665,7 +665,7 @@ def case_stats_ranks_wide(device: torch.device, repeats: int) -> dict:
     process and shared by two under ``torchrun`` (one thread each): the speed-up of the slower
     process over one, and each process's peak RSS. Median over ``repeats`` runs each."""
     if device.type != "cpu":
-        raise ValueError("stats-ranks-wide measures CPU processes (gloo); run it with device cpu")
+        raise ValueError("ranks-wide measures CPU processes (gloo); run it with device cpu")
     s = {"data": demo_settings()["data"], "ood": []}
     samples = sample_cap(WIDE_RANKS_SAMPLES)
     runs: dict[int, list[dict]] = {1: [], 2: []}
@@ -1321,7 +1321,7 @@ CASES: dict[str, Callable[[torch.device, int], dict]] = {
     "help-time": lambda dev, r: case_help(),
     "analyze-demo": lambda dev, r: case_analyze_demo(dev),
     "analyze-ranks": lambda dev, r: case_analyze_ranks(dev, r),
-    "stats-ranks-wide": lambda dev, r: case_stats_ranks_wide(dev, r),
+    "ranks-wide": lambda dev, r: case_stats_ranks_wide(dev, r),
     "stream-1m": lambda dev, r: case_stream(r),
     "stream-shards": lambda dev, r: case_stream_shards(r),
     "cka-mlp12": lambda dev, r: case_cka_peer(mlp12, MLP_DATA, "pool2", dev, r, limit=5000),

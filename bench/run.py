@@ -35,14 +35,14 @@ from cases import CASES as KNOWN_CASES  # noqa: E402
 from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
-         "analyze-ranks", "stats-ranks-wide", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset",
+         "analyze-ranks", "ranks-wide", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset",
          "cka-mlp12x4096", "cka-vgg",
          "probes-mlp12", "probes-widths",
          "probes-solver", "probes-select", "probes-demo", "invert-mlp12", "monitor-demo",
          *[f"width-{w}-n{n}" for n in (1000, 10_000) for w in (256, 1024, 4096, 8192)
            if not (n == 10_000 and w > 1024)]]
 # nothing in these runs on a device: measured once
-CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "stats-ranks-wide", "stream-1m",
+CPU_ONLY = {"help-time", "probes-solver", "probes-select", "analyze-ranks", "ranks-wide", "stream-1m",
             "stream-shards"}
 FRESH_RUNS = {"analyze-demo"}  # repeated in fresh processes (cold imports count); medians taken here
 DEFAULT_OUT, QUICK_OUT = ROOT / "docs" / "benchmarks.md", ROOT / "runs" / "benchmarks-quick.md"
@@ -381,7 +381,7 @@ def wide_ranks_lines(results: list[dict]) -> list[str]:
     header = ["data", "samples per split", "1 process (s)", "2 processes (s)", "speed-up", "peak RSS, 1 (MiB)",
               "peak RSS per process, 2 (MiB)"]
     return _case_lines("### Wide points' statistics shared by two processes", about,
-                       of_case(results, "stats-ranks-wide"), header,
+                       of_case(results, "ranks-wide"), header,
                        lambda r: [f"`{r['data']}`", r["max_samples"], fmt(r["one_process_s"]),
                                   fmt(r["two_processes_s"]), f"**{fmt(r['speedup'])}x**", fmt(r["peak_rss_mib_one"], 0),
                                   " / ".join(fmt(m, 0) for m in r["peak_rss_mib_two"])])
@@ -681,6 +681,9 @@ def main() -> int:
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = run_cases(args.cases, devices, repeats, args.quick)
+    raw = ROOT / "runs" / "bench-results.json"  # kept before the report is written, so that no measurement is lost
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(results, indent=1, default=str))
     training = [] if args.quick else [
         bench_training(m, d, torch.device(dev), b, repeats) for dev in devices
         for m, d, b in (("mlp-12x256", "fashion-mnist[classes=0-4]", 512),

@@ -116,6 +116,12 @@ class World:
                 mine.append(job)
         return sorted(mine)
 
+    def share(self, costs: dict[str, float]) -> list[str]:
+        """The named jobs (with these ``costs``) this process runs, in the given order: all of them
+        alone; with several processes, a balanced share (:meth:`assign`)."""
+        names = list(costs)
+        return [names[i] for i in self.assign([float(costs[n]) for n in names])]
+
     def collect(self, value: Any) -> list[Any]:
         """Every process's ``value`` (picklable), in rank order, on every process."""
         if not self.parallel:

@@ -314,24 +314,18 @@ class _Probing:
         if not self.world.parallel or self.cfg.protocol == "harun":
             return train_probe_seeds(tr, ytr, te, yte, num_classes, self.cfg, device=self.dev,
                                      progress=self.settings.progress)
-        mine = self._mine({n: np.shape(tr[n])[1] for n in names})
+        mine = self.world.share({n: np.shape(tr[n])[1] for n in names})  # by width
         local = (train_probe_seeds({n: tr[n] for n in mine}, ytr, {n: te[n] for n in mine}, yte, num_classes,
                                    self.cfg, device=self.dev, progress=False) if mine else None)
         parts = [p for p in self.world.collect(local) if p is not None]
         return [merge_probe_results([part[k] for part in parts], names) for k in range(len(parts[0]))]
 
-    def _mine(self, widths: dict[str, int]) -> list[str]:
-        """The points this process trains and measures: with several processes, a share balanced
-        by width (the same split on every process); alone, every point."""
-        names = list(widths)
-        return [names[i] for i in self.world.assign([float(widths[n]) for n in names])]
-
     def _ncc(self, train: FeatureCache, test: FeatureCache, num_classes: int) -> dict[str, dict[str, float]]:
         """NCC accuracy per point on both splits; with several processes each measures its share
-        of the points (:meth:`_mine`) and the results are shared."""
+        of the points (the probes' split, by width) and the results are shared."""
         if not self.world.parallel:
             return _ncc(train, test, num_classes, self.dev)
-        mine = self._mine({n: a.shape[1] for n, a in train.arrays.items()})
+        mine = self.world.share({n: a.shape[1] for n, a in train.arrays.items()})  # the probes' split
         parts = [p for p in self.world.collect(_ncc(train, test, num_classes, self.dev, mine) if mine else None) if p]
         shared = {split: {n: v for part in parts for n, v in part[split].items()} for split in ("train", "test")}
         return {split: {n: values[n] for n in train.arrays} for split, values in shared.items()}  # in point order

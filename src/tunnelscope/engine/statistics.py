@@ -361,13 +361,9 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
 
 
 def _my_points(run: Run, widths: dict[str, int]) -> list[str]:
-    """The points whose metrics this process computes: alone, all; with several processes, a
-    share balanced by the cost of a point's dense linear algebra (``D³``; the same split on
-    every process)."""
-    names = list(widths)
-    if not run.world.parallel:
-        return names
-    return [names[i] for i in run.world.assign([float(widths[n]) ** 3 for n in names])]
+    """The points whose metrics this process computes: all alone; with several processes a share
+    balanced by the cost of a point's dense linear algebra (``D³``), the same split on every process."""
+    return run.world.share({name: float(d) ** 3 for name, d in widths.items()})
 
 
 SCORE_CHUNK = 4096  # cached rows scored at a time by the read-outs
