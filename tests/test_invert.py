@@ -92,13 +92,16 @@ def test_the_default_protocol_flags_a_map_that_loses_information_and_not_one_tha
 def test_the_flag_fires_on_a_deep_layer_of_a_trained_network(trained_mlp):
     """The suite's trained MLP (784 inputs, hidden layers of 64): every hidden layer loses
     information, and the refined reconstruction of its deepest layer reaches the embedding (below
-    m_r) from inputs far from the image (Adam's refinement stalled at 0.3 against m_r 0.08)."""
+    m_r) from inputs far from the image (Adam's refinement stalled at 0.3 against m_r 0.08).
+    The L-BFGS refinement runs 1,500 iterations here: the trained fixture differs from CPU to CPU,
+    and the default 200 reached below m_r on one machine (AMD EPYC) but on only one image of
+    three on another (Intel Xeon); 1,500 reach 2.5-33x below m_r there."""
     from tunnelscope.models import load_model
 
     result, ds = trained_mlp
     model, _ = load_model(result.final_checkpoint, torch.device("cpu"))
     images = torch.cat([x for x, _ in ds.test.batches(3)])[:3]
-    deep = invert(model, images, ["blocks.4"], InvertConfig(steps=50), progress=False)
+    deep = invert(model, images, ["blocks.4"], InvertConfig(steps=50, refine_steps=1500), progress=False)
     table = deep.table.pivot_table(index="image", columns="metric", values="value")
     assert (table.nonunique == 1).sum() >= 2, table
     fired = table[table.nonunique == 1]
