@@ -638,22 +638,35 @@ def case_analyze_ranks(device: torch.device, repeats: int) -> dict:
              str(trained_checkpoint(s["model"], s["data"], s["epochs"], "bench-demo")))
     from concurrent.futures import ThreadPoolExecutor
 
-    runs: dict[int, list[dict]] = {1: [], 2: []}
     pairs: list[float] = []  # two independent one-process runs at once: what sharing the machine costs
-    for _ in range(max(1, repeats)):
-        for processes in (1, 2):
-            runs[processes].append(ranks_run(processes, model, s))
+
+    def pair_run() -> None:
         with ThreadPoolExecutor(2) as pool:
             pair = list(pool.map(lambda _: ranks_run(1, model, s), range(2)))
         pairs.append(max(r["per_process"][0]["seconds"] for r in pair))
+
+    runs, out = one_and_two(model, s, repeats, after_each=pair_run)
+    return {**out, "model": model, "ood": s["ood"], "max_samples": sample_cap(), "pair_s": float(np.median(pairs)),
+            "ceiling": 2 * out["one_process_s"] / float(np.median(pairs)),
+            "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}
+
+
+def one_and_two(model: str, s: dict, repeats: int, kind: str = "analyze", samples: int | None = None,
+                after_each=None) -> tuple[dict[int, list[dict]], dict]:
+    """``repeats`` runs of :func:`ranks_run` in one process and in two (then ``after_each()``): the
+    runs, and the medians of the one process and of the slower of two, their ratio and peak RSS."""
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(max(1, repeats)):
+        for processes in (1, 2):
+            runs[processes].append(ranks_run(processes, model, s, kind=kind, samples=samples))
+        if after_each is not None:
+            after_each()
     one = float(np.median([r["per_process"][0]["seconds"] for r in runs[1]]))
     two = float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs[2]]))
-    return {"model": model, "data": s["data"], "ood": s["ood"], "device": "cpu", "max_samples": sample_cap(),
-            "runs": len(runs[1]), "one_process_s": one, "two_processes_s": two, "speedup": one / two,
-            "pair_s": float(np.median(pairs)), "ceiling": 2 * one / float(np.median(pairs)),
-            "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
-            "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)],
-            "same_probe_mean": all(r["probe_acc_mean"] == runs[1][0]["probe_acc_mean"] for r in runs[1] + runs[2])}
+    return runs, {"data": s["data"], "device": "cpu", "runs": len(runs[1]), "one_process_s": one,
+                  "two_processes_s": two, "speedup": one / two,
+                  "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
+                  "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)]}
 
 
 WIDE_RANKS_MODEL, WIDE_RANKS_SAMPLES = "mlp-6x2048", 5000
@@ -668,16 +681,8 @@ def case_stats_ranks_wide(device: torch.device, repeats: int) -> dict:
         raise ValueError("ranks-wide measures CPU processes (gloo); run it with device cpu")
     s = {"data": demo_settings()["data"], "ood": []}
     samples = sample_cap(WIDE_RANKS_SAMPLES)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
-    for _ in range(max(1, repeats)):
-        for processes in (1, 2):
-            runs[processes].append(ranks_run(processes, WIDE_RANKS_MODEL, s, kind="statistics", samples=samples))
-    one = float(np.median([r["per_process"][0]["seconds"] for r in runs[1]]))
-    two = float(np.median([max(p["seconds"] for p in r["per_process"]) for r in runs[2]]))
-    return {"model": f"{WIDE_RANKS_MODEL} (untrained)", "data": s["data"], "device": "cpu", "max_samples": samples,
-            "runs": len(runs[1]), "one_process_s": one, "two_processes_s": two, "speedup": one / two,
-            "peak_rss_mib_one": max(r["per_process"][0]["peak_rss_mib"] for r in runs[1]),
-            "peak_rss_mib_two": [max(r["per_process"][k]["peak_rss_mib"] for r in runs[2]) for k in range(2)]}
+    _, out = one_and_two(WIDE_RANKS_MODEL, s, repeats, kind="statistics", samples=samples)
+    return {**out, "model": f"{WIDE_RANKS_MODEL} (untrained)", "max_samples": samples}
 
 
 STREAM_DATA = "synthetic[train=1000000,test=200000,size=8]"

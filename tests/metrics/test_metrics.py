@@ -343,7 +343,8 @@ def test_derived_quantities_handed_to_another_process_are_used_not_recomputed():
     REGISTRY["ridge"].new_readout({"a": owner}, Options())
     _ = owner.pc1, owner.second_moment_eigenvalues
     other.adopt(owner.computed())
-    assert other.once(("ridge", Options().ridge), lambda: pytest.fail("ridge weights recomputed")) is not None
+    key = ("ridge", Options().ridge)
+    assert other.once(key, lambda: pytest.fail("ridge weights recomputed")) is owner.memo[key]
     np.testing.assert_allclose(np.sort(other.covariance_eigenvalues.numpy()), np.sort(cov_eigvals(x)), rtol=1e-9,
                                atol=1e-12)
     assert other.pc1 is owner.pc1 and other.second_moment_eigenvalues is owner.second_moment_eigenvalues

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,3 +230,25 @@ def _write_stats(path: Path, fingerprint: dict, stats: tuple[tuple[float, ...], 
         atomic_write(path, lambda h: h.write(text.encode()))
     except OSError:
         pass  # a read-only cache only costs the recomputation
+
+
+def cached_arrays(folder: Path, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()``'s arrays, kept in ``folder`` under a name derived from ``key`` and read back
+    while the stored key matches; an absent, unreadable or foreign file is computed again, and a
+    read-only folder only costs the computation."""
+    import hashlib
+
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                return {name: saved[name] for name in saved.files if name != "key"}
+    except (OSError, ValueError, KeyError):
+        pass
+    arrays = compute()
+    payload: dict[str, Any] = {"key": np.array(key), **arrays}
+    try:
+        atomic_write(path, lambda h: np.savez(h, **payload))
+    except OSError:
+        pass
+    return arrays

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
+from .common import cached_arrays
 
 DIGITS_FILE = ("datasets", "data", "digits.csv.gz")  # inside the scikit-learn package: 64 pixels (0-16), label
 TEST_SIZE = 0.2
@@ -58,22 +58,11 @@ def digits_split(labels: np.ndarray, cache_dir: Path) -> tuple[np.ndarray, np.nd
     for this scikit-learn version and data file (and the same labels), else computed and kept."""
     path = digits_file()
     stamp = f"{path.stat().st_size}|{path.stat().st_mtime_ns}" if path is not None else "load_digits"
-    key = f"{SPLIT_VERSION}|{importlib.metadata.version('scikit-learn')}|{stamp}|{TEST_SIZE}|{SPLIT_SEED}"
     labels_sum = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
-    cached = cache_dir / "digits-split" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
-    try:
-        with np.load(cached, allow_pickle=False) as saved:
-            if str(saved["key"]) == key and str(saved["labels"]) == labels_sum:
-                return saved["train"], saved["test"]
-    except (OSError, ValueError, KeyError):
-        pass  # absent, unreadable or foreign: split again
-    train, test = sklearn_split(labels)
-    try:
-        atomic_write(cached, lambda h: np.savez(h, key=np.array(key), labels=np.array(labels_sum), train=train,
-                                                test=test))
-    except OSError:
-        pass  # a read-only cache only costs the import
-    return train, test
+    key = (f"{SPLIT_VERSION}|{importlib.metadata.version('scikit-learn')}|{stamp}|{TEST_SIZE}|{SPLIT_SEED}|"
+           f"{labels_sum}")
+    split = cached_arrays(cache_dir / "digits-split", key, lambda: dict(zip(("train", "test"), sklearn_split(labels))))
+    return split["train"], split["test"]
 
 
 __all__ = ["digits_file", "digits_split", "digits_table", "sklearn_split"]

@@ -17,7 +17,6 @@ time. Shards must be uncompressed tar files (as ``webdataset.ShardWriter`` write
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -29,10 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import DataNotFoundError
-from ..io import atomic_write
 from ..specs import Spec
 from . import sources
-from .common import Dataset
+from .common import Dataset, cached_arrays
 from .imagefolder import IMAGE_EXTENSIONS, load_scanned, spec_root
 
 LABEL_EXTENSION = "cls"
@@ -122,20 +120,8 @@ def shard_index(shard: Path) -> ShardIndex:
     """One shard's index, from the user cache when the shard has not changed since it was made."""
     st = shard.stat()
     key = f"{INDEX_VERSION}|{shard.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    path = sources.user_cache_dir() / "shard-index" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["key"]) == key:
-                return ShardIndex(saved["offset"], saved["size"], saved["label"], saved["name"])
-    except (OSError, ValueError, KeyError):
-        pass  # absent, unreadable or foreign: index the shard again
-    index = _read_index(shard)
-    try:
-        atomic_write(path, lambda h: np.savez(h, key=np.array(key), offset=index.offset, size=index.size,
-                                              label=index.label, name=index.name))
-    except OSError:
-        pass  # a read-only cache only costs the indexing
-    return index
+    arrays = cached_arrays(sources.user_cache_dir() / "shard-index", key, lambda: vars(_read_index(shard)))
+    return ShardIndex(arrays["offset"], arrays["size"], arrays["label"], arrays["name"])
 
 
 class _Samples(Sequence):

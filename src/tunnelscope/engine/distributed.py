@@ -122,6 +122,10 @@ class World:
         names = list(costs)
         return [names[i] for i in self.assign([float(costs[n]) for n in names])]
 
+    def union(self, mapping: dict) -> dict:
+        """Every process's ``mapping`` merged into one (their keys are disjoint), on every process."""
+        return {k: v for part in self.collect(mapping) for k, v in part.items()}
+
     def collect(self, value: Any) -> list[Any]:
         """Every process's ``value`` (picklable), in rank order, on every process."""
         if not self.parallel:

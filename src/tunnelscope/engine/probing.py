@@ -326,9 +326,9 @@ class _Probing:
         if not self.world.parallel:
             return _ncc(train, test, num_classes, self.dev)
         mine = self.world.share({n: a.shape[1] for n, a in train.arrays.items()})  # the probes' split
-        parts = [p for p in self.world.collect(_ncc(train, test, num_classes, self.dev, mine) if mine else None) if p]
-        shared = {split: {n: v for part in parts for n, v in part[split].items()} for split in ("train", "test")}
-        return {split: {n: values[n] for n in train.arrays} for split, values in shared.items()}  # in point order
+        local = _ncc(train, test, num_classes, self.dev, mine) if mine else {"train": {}, "test": {}}
+        by_point = self.world.union({n: (local["train"][n], local["test"][n]) for n in mine})
+        return {split: {n: by_point[n][i] for n in train.arrays} for i, split in enumerate(("train", "test"))}
 
     def _shared_splits(self, shared: tuple[FeatureCache, FeatureCache]) -> tuple[tuple, tuple]:
         """The ID train and test caches the statistics pass filled, checked to hold the same points."""

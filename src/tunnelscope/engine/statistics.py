@@ -287,9 +287,8 @@ def _derive_shared(run: Run, stats: dict[str, PointStats]) -> None:
     mine = {name: stats[name] for name in _my_points(run, {n: s.moments.dims for n, s in stats.items()})}
     for metric in run.plan.readouts:
         metric.new_readout(mine, run.options)  # derives this process's share; the scorer itself is not kept
-    for part in run.world.collect({name: s.computed() for name, s in mine.items()}):
-        for name, computed in part.items():
-            stats[name].adopt(computed)
+    for name, computed in run.world.union({name: s.computed() for name, s in mine.items()}).items():
+        stats[name].adopt(computed)
 
 
 def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | None, cka_passes: int,
@@ -354,7 +353,7 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
         del point, one
         moments.release(name)
     if run.world.parallel:  # each process measured its share of the points: every process gets them all
-        values = {name: v for part in run.world.collect(values) for name, v in part.items()}
+        values = run.world.union(values)
     for name in names:
         for metric, value in zip(metrics, values[name]):
             run.add(split, name, metric.table_name, value)
