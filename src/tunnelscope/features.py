@@ -26,7 +26,11 @@ class Features(dict):
     def joint(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """All points' features concatenated along dim 1, in ``dtype`` (cached)."""
         if dtype not in self._joint:
-            self._joint[dtype] = torch.cat([x.to(dtype) for x in self.values()], dim=1)
+            narrow = self._joint.get(torch.float32)
+            if dtype == torch.float64 and narrow is not None and all(x.dtype == torch.float32 for x in self.values()):
+                self._joint[dtype] = narrow.to(dtype)  # exact, and one copy instead of a conversion and a cat
+            else:
+                self._joint[dtype] = torch.cat([x.to(dtype) for x in self.values()], dim=1)
         return self._joint[dtype]
 
     def bounds(self) -> dict[str, tuple[int, int]]:

@@ -67,6 +67,9 @@ class PC1Similarity(Accumulator):
         self.directions = {k: (mu.double(), v.double()) for k, (mu, v) in directions.items()}
         device = next(iter(self.directions.values()))[0].device if directions else "cpu"
         count = len(self.names)
+        # a score is x·v − μ·v: the features are projected as they are, with no centred copy
+        self.offsets = torch.tensor([float(mu @ v) for mu, v in self.directions.values()], dtype=torch.float64,
+                                    device=device)
         self.total = torch.zeros(count, dtype=torch.float64, device=device)
         self.gram = torch.zeros(count, count, dtype=torch.float64, device=device)
         self.seen = 0
@@ -75,8 +78,10 @@ class PC1Similarity(Accumulator):
         self.add_state("seen", 0)
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
+        if not self.names:
+            return
         views = point_views(features, torch.float64)
-        scores = torch.stack([(views[n] - mu) @ v for n, (mu, v) in self.directions.items()], dim=1)
+        scores = torch.stack([views[n] @ v for n, (_, v) in self.directions.items()], dim=1).sub_(self.offsets)
         self.total += scores.sum(0)
         self.gram += scores.T @ scores
         self.seen += len(labels)
