@@ -89,21 +89,96 @@ def test_the_default_protocol_flags_a_map_that_loses_information_and_not_one_tha
     assert (paper.score("nonunique").value == 0).all()  # judged on a_g, as the paper does: the flag cannot fire
 
 
+def _linear_maps():
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    narrow, wide = nn.Linear(784, 256), nn.Linear(784, 2048)
+    for layer in (narrow, wide):
+        nn.init.normal_(layer.weight, std=layer.in_features ** -0.5, generator=g)
+    return images, nn.Sequential(nn.Flatten(), narrow), nn.Sequential(nn.Flatten(), wide)
+
+
+def test_a_refinement_cut_short_leaves_its_rows_undecided_and_a_finished_one_decides_them():
+    """With a perturbation of 1e-4 (so m_r is small), 3 or 10 L-BFGS iterations leave the lossy
+    784 -> 256 map's rows above m_r: not non-unique but undecided, after 3 because so few
+    evaluations cannot show a pace (NaN), after 10 because m_g was still falling fast (the
+    warning of a budget too small). The default refinement goes on until every row is below
+    m_r or settled, and decides them: non-unique there, unique on the injective 784 -> 2048 map."""
+    images, lossy, kept = _linear_maps()
+    small = {"steps": 20, "perturb_std": 1e-4}
+    for steps in (3, 10):
+        short = invert(lossy, images, ["1"], InvertConfig(**small, refine_steps=steps), progress=False).table
+        table = short.pivot_table(index="image", columns="metric", values="value", dropna=False)
+        assert (table.m_g_refined > 2 * table.m_r).all(), table
+        pace = table.refine_pace
+        assert pace.isna().all() if steps == 3 else (pace > 2).all(), table
+        assert (table.nonunique == 0).all() and (table.undecided == 1).all(), table
+    for model, verdict in ((lossy, 1), (kept, 0)):
+        done = invert(model, images, ["1"], InvertConfig(**small), progress=False)
+        table = done.table.pivot_table(index="image", columns="metric", values="value")
+        assert (table.m_g_refined < table.m_r).all() and (table.undecided == 0).all(), table
+        assert (table.nonunique == verdict).all()
+    summary = summarize_inversions([invert(lossy, images, ["1"], InvertConfig(**small, refine_steps=10),
+                                           progress=False)])["trained"]
+    assert [(r["nonunique"], r["undecided"]) for r in summary] == [(0.0, 1.0)]
+
+
+def test_the_refinement_in_segments_is_one_lbfgs_run_and_stops_once_every_row_is_decided(monkeypatch):
+    """Segments of 50 iterations carry the solver's state over: 120 iterations in three segments
+    give the very reconstructions of one run of 120 (a perturbation of 1e-9 keeps every row above
+    m_r and still falling, so none stops early). With the default cap of 2,000 the lossy map's rows
+    fall below m_r within the first segment, and the refinement stops there."""
+    from tunnelscope.experiments import inversion
+
+    images, lossy, _ = _linear_maps()
+    cfg = InvertConfig(steps=20, refine_steps=120, perturb_std=1e-9)
+    segmented = invert(lossy, images, ["1"], cfg, progress=False)
+    monkeypatch.setattr(inversion, "REFINE_SEGMENT", 10**9)
+    whole = invert(lossy, images, ["1"], cfg, progress=False)
+    pd.testing.assert_frame_equal(segmented.table, whole.table, check_exact=True)
+    monkeypatch.undo()
+    calls = []
+    lossy.register_forward_hook(lambda *_: calls.append(1))
+    decided = invert(lossy, images, ["1"], InvertConfig(steps=20), progress=False)
+    assert (decided.score("nonunique").value == 1).all() and len(calls) < 100, len(calls)
+
+
+def test_the_pace_is_the_fall_of_each_rows_distance_over_the_second_half():
+    from tunnelscope.experiments.inversion import _pace
+
+    first = [torch.tensor([4.0, 1.0, 9.0]), torch.tensor([1.0, 1.0, 9.0])] + [torch.full((3,), 9.0)] * 3
+    second = [torch.tensor([0.5, 2.0, 1.0])] * 5
+    final = torch.tensor([0.25, 2.0, 1.0])  # squared distances; the pace is in distances
+    expected = [np.sqrt(1 / 0.25), 1.0, 3.0]  # best of the first half over the final; a rise counts as 1
+    np.testing.assert_allclose(_pace(first + second, final, settled=False).numpy(), expected, rtol=1e-12)
+    assert torch.equal(_pace(first + second, final, settled=True), torch.ones(3))
+    assert _pace(first + second[:4], final, settled=False).isnan().all()  # 9 evaluations show no pace
+
+
+def test_a_table_saved_before_undecided_rows_summarises_them_as_unknown():
+    from tunnelscope.experiments.inversion import summarize_scores
+
+    images, lossy, _ = _linear_maps()
+    table = invert(lossy, images[:1], ["1"], InvertConfig(steps=2, refine_steps=2), progress=False).table
+    old = summarize_scores(table[~table.metric.isin(["undecided", "refine_pace"])])["trained"][0]
+    assert np.isnan(old["undecided"]) and old["m_r"] == summarize_scores(table)["trained"][0]["m_r"]
+
+
 def test_the_flag_fires_on_a_deep_layer_of_a_trained_network(trained_mlp):
     """The suite's trained MLP (784 inputs, hidden layers of 64): every hidden layer loses
     information, and the refined reconstruction of its deepest layer reaches the embedding (below
     m_r) from inputs far from the image (Adam's refinement stalled at 0.3 against m_r 0.08).
-    The L-BFGS refinement runs 1,500 iterations here: the trained fixture differs from CPU to CPU,
-    and the default 200 reached below m_r on one machine (AMD EPYC) but on only one image of
-    three on another (Intel Xeon); 1,500 reach 2.5-33x below m_r there."""
+    The trained fixture differs from CPU to CPU: a fixed 200 L-BFGS iterations reached below m_r
+    on one machine (AMD EPYC) but on only one image of three on another (Intel Xeon), where
+    1,500 reach 2.5-33x below m_r; the default refines until every row is decided (2,000 at most)."""
     from tunnelscope.models import load_model
 
     result, ds = trained_mlp
     model, _ = load_model(result.final_checkpoint, torch.device("cpu"))
     images = torch.cat([x for x, _ in ds.test.batches(3)])[:3]
-    deep = invert(model, images, ["blocks.4"], InvertConfig(steps=50, refine_steps=1500), progress=False)
+    deep = invert(model, images, ["blocks.4"], InvertConfig(steps=50), progress=False)
     table = deep.table.pivot_table(index="image", columns="metric", values="value")
-    assert (table.nonunique == 1).sum() >= 2, table
+    assert (table.nonunique == 1).sum() >= 2 and (table.undecided == 0).all(), table
     fired = table[table.nonunique == 1]
     assert (fired.m_g_refined < fired.m_r).all() and (fired.m_i_refined > 2 * fired.input_perturbation).all()
 
@@ -222,6 +297,12 @@ def test_invert_command_writes_scores_figures_and_a_report_section(trained, tmp_
     assert "Input reconstruction from each layer" in (out / "report.html").read_text()
     code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--out", str(out)])
     assert code == 1 and "already holds an inversion" in capsys.readouterr().err
+    # a refinement of 3 iterations cannot decide: the table says so and a warning says what to do
+    code = main(["invert", "--checkpoint", str(run.final_checkpoint), "--data", ds.spec, "--images", "2",
+                 "--steps", "3", "--refine-steps", "3", "--no-untrained", "--out", str(tmp_path / "short")])
+    printed = capsys.readouterr()
+    assert code == 0 and "undecided" in printed.out
+    assert "stopped after 3 iterations before m_g had settled" in printed.err and "--refine-steps" in printed.err
     # next to an analysis, the run's report gains the inversion section
     analysed = tmp_path / "analysed"
     from tunnelscope import analyze
@@ -404,3 +485,11 @@ def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
     scored = invert(nn.Sequential(nn.Flatten(), narrow), images, ["1"], InvertConfig(steps=5, refine_steps=0),
                     progress=False)
     assert set(scored.table.metric) >= {"null_dim", "m_i_exact"}
+
+
+def test_the_command_line_defaults_are_the_configs():
+    from tunnelscope.cli import invert as command
+
+    defaults = InvertConfig()
+    given = {p.name: p.default for p in command.params}
+    assert given["refine_steps"] == defaults.refine_steps and given["steps"] == defaults.steps

@@ -526,9 +526,10 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
-@click.option("--refine-steps", type=click.IntRange(min=0), default=200, show_default=True,
-              help="L-BFGS iterations on the embedding distance before non-uniqueness is judged (0: judge the "
-                   "protocol's reconstruction, as the paper does).")
+@click.option("--refine-steps", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="L-BFGS iterations at most on the embedding distance before non-uniqueness is judged; it stops "
+                   "once every row is below m_r or has settled (0: judge the protocol's reconstruction, as the paper "
+                   "does).")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -570,13 +571,17 @@ def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, s
         click.echo(json.dumps({"out": str(out_path), "summary": summary}, indent=2))
     elif not quiet:
         table = Table(title="input reconstruction, mean over images (m_i: input distance)")
-        for col in ("model", "layer", "point", "m_g", "m_i", "m_r", "non-unique"):
+        for col in ("model", "layer", "point", "m_g", "m_i", "m_r", "non-unique", "undecided"):
             table.add_column(col, justify="right")
         for state, rows in summary.items():
             for r in rows:
                 table.add_row(state, str(r["layer"]), r["point"],
-                              *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique")))
+                              *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique", "undecided")))
         print_table(table)
+        if any(r["undecided"] > 0 for rows in summary.values() for r in rows):
+            err_console.print(f"warning: some rows are undecided: their refinement stopped after {refine_steps} "
+                              "iterations before m_g had settled (it was still falling); rerun with a larger "
+                              "--refine-steps", markup=False)
         out_console.print(f"report: {out_path / REPORT_FILE}", markup=False)
 
 

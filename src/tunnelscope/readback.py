@@ -5,7 +5,7 @@ what is wrong, before any code uses a value of the wrong type or a curve with a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pandas as pd
 
@@ -50,6 +50,7 @@ class InversionLayer(TypedDict):
     m_i: float
     m_r: float
     nonunique: float
+    undecided: NotRequired[float]  # absent from inversions saved before it was judged
 
 
 class InversionRecord(TypedDict, total=False):

@@ -15,6 +15,8 @@ optimisation (rows are independent: the model runs in eval mode). Scores per row
   step stalls at an embedding distance proportional to its step, above ``m_r`` even for a
   linear map that provably loses information, so judged on ``a_g`` itself the flag could
   never fire there; ``refine_steps=0`` judges ``a_g`` as the paper does.
+- ``undecided``: 1 for a row that is not non-unique only because the refinement ran out of
+  ``refine_steps`` while its ``m_g`` was still falling (``refine_pace``): no verdict.
 - ``spread``: the mean pairwise input distance between restarts (per image and point).
 
 All norms are L2 over the whole tensor. Inputs live in the model's (normalised) input
@@ -52,6 +54,10 @@ if TYPE_CHECKING:
 
 
 START_KINDS = ("badger", "diverse")
+SETTLED_PACE = 1.1  # a refinement that cut a row's m_g by more than this over its last half had not settled
+PACE_EVALUATIONS = 10  # fewer evaluations than this do not show whether a row has settled
+REFINE_SEGMENT = 50  # refinement iterations between checks of whether every row is decided
+CROSSED_MARGIN = 0.99  # a row decided below m_r is below this share of it (rounding cannot undo it)
 DIVERSE_SEED_OFFSET = 0x64697665  # "dive": the diverse starts' generator is seeded with seed + this
 
 
@@ -72,7 +78,7 @@ class InvertConfig:
     starts: str = "badger"  # badger: all near init_mean; diverse: restarts after the first uniform over the range
     perturb_std: float = 1 / 18
     nonunique_ratio: float = 2.0
-    refine_steps: int = 200  # L-BFGS iterations on the embedding distance before non-uniqueness is judged
+    refine_steps: int = 2000  # L-BFGS iterations at most on the embedding distance before non-uniqueness is judged
     refine_lr: float = 1.0  # L-BFGS's first step (a strong-Wolfe line search adapts it)
     seed: int = 0
     max_rows: int = 512  # images × points × restarts optimised together at most
@@ -188,30 +194,85 @@ def _progress(chunk: _Chunk, outs: dict[str, Tensor], x: Tensor, step: int) -> l
     return found
 
 
-def _refine(model: nn.Module, chunk: _Chunk, start: Tensor, cfg: InvertConfig,
-            advance: Callable[[int], None]) -> Tensor:
+def _refine(model: nn.Module, chunk: _Chunk, start: Tensor, cfg: InvertConfig, advance: Callable[[int], None],
+            m_r: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Up to ``cfg.refine_steps`` L-BFGS iterations (strong-Wolfe line search, first step
     ``cfg.refine_lr``) from ``start`` on the sum over rows of each row's squared embedding
     distance relative to its target's squared norm, no blur. A least-squares fit of a piecewise
     linear map: L-BFGS reaches embedding distances below ``m_r`` where Adam's fixed steps stall
-    (a trained MLP's deep layers: 0.3 against ``m_r`` 0.08 after 200 Adam steps)."""
+    (a trained MLP's deep layers: 0.3 against ``m_r`` 0.08 after 200 Adam steps).
+
+    It runs in segments of :data:`REFINE_SEGMENT` iterations (one L-BFGS run: its curvature pairs
+    carry over) and stops early once every row is decided: below ``m_r`` (each point's
+    ``(images,)`` distances in ``m_r``) with a margin, or settled (:data:`SETTLED_PACE`). Returns
+    the refined inputs and each row's pace (:func:`_pace`)."""
     x = start.clone().requires_grad_(True)
     if not cfg.refine_steps:
-        return x.detach()
-    opt = torch.optim.LBFGS([x], lr=cfg.refine_lr, max_iter=cfg.refine_steps, history_size=50,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
+        return x.detach(), torch.ones(len(x), dtype=torch.float64)
+    opt = torch.optim.LBFGS([x], lr=cfg.refine_lr, history_size=50, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+    evaluated: list[Tensor] = []  # every row's squared relative distance at each evaluation
+    below = _by_row(chunk, {p: (m_r[chunk.names[p]][chunk.images[p]] * CROSSED_MARGIN).square()
+                            / chunk.targets[chunk.names[p]][chunk.images[p]].flatten(1).double().square().sum(1)
+                            for p in chunk.index})
 
     def closure() -> Tensor:
         opt.zero_grad()
         outs = activations(model, chunk.needed, x)
-        loss = sum(chunk.distances(outs, p, squared_relative=True).sum() for p in chunk.index)
+        parts = {p: chunk.distances(outs, p, squared_relative=True) for p in chunk.index}
+        loss = sum(part.sum() for part in parts.values())
         assert isinstance(loss, Tensor)  # index is never empty
         loss.backward()
+        evaluated.append(_by_row(chunk, parts))
         return loss
 
+    done = 0
+    while done < cfg.refine_steps:
+        segment = min(REFINE_SEGMENT, cfg.refine_steps - done)
+        converged = _lbfgs_segment(opt, x, closure, segment)
+        done += segment
+        advance(segment)
+        with torch.no_grad():
+            outs = activations(model, chunk.needed, x)
+            final = _by_row(chunk, {p: chunk.distances(outs, p, squared_relative=True) for p in chunk.index})
+        pace = _pace(evaluated, final, converged)
+        if converged or ((final < below) | (pace <= SETTLED_PACE)).all():
+            break
+    advance(cfg.refine_steps - done)
+    return x.detach(), pace
+
+
+def _lbfgs_segment(opt: torch.optim.LBFGS, x: Tensor, closure: Callable[[], Tensor], iterations: int) -> bool:
+    """Up to ``iterations`` more iterations of ``opt`` (its state carries over from earlier calls);
+    whether it stopped on its own tolerances rather than on the iterations or evaluations allowed."""
+    group = opt.param_groups[0]
+    group.update(max_iter=iterations, max_eval=iterations * 5 // 4)
+    state = opt.state[x]
+    iterations_before, evaluations_before = state.get("n_iter", 0), state.get("func_evals", 0)
     opt.step(closure)
-    advance(cfg.refine_steps)
-    return x.detach()
+    ran, evaluations = state["n_iter"] - iterations_before, state["func_evals"] - evaluations_before
+    return ran < group["max_iter"] and evaluations < group["max_eval"]
+
+
+def _by_row(chunk: _Chunk, parts: Mapping[int, Tensor]) -> Tensor:
+    """Per point index values of a chunk's rows (``chunk.index`` order) as one float64 vector in row order."""
+    out = torch.empty(len(chunk.rows), dtype=torch.float64)
+    for p, values in parts.items():
+        out[chunk.index[p].cpu()] = values.detach().double().cpu()
+    return out
+
+
+def _pace(evaluated: list[Tensor], final: Tensor, settled: bool) -> Tensor:
+    """How many times each row's embedding distance fell over the second half of the refinement's
+    evaluations: ``sqrt(best squared distance of the first half / final one)``, at least 1; 1 for
+    every row when the solver stopped before its budget (its own tolerances met: more iterations
+    would not move it); NaN (not judged) after fewer than :data:`PACE_EVALUATIONS` evaluations."""
+    if settled:
+        return torch.ones_like(final)
+    if len(evaluated) < PACE_EVALUATIONS:
+        return torch.full_like(final, math.nan)
+    half = torch.stack(evaluated[: (len(evaluated) + 1) // 2]).amin(0)
+    return (half / final.clamp_min(1e-300)).sqrt().nan_to_num(1.0).clamp_min(1.0)
 
 
 def _draw_starts(cfg: InvertConfig, images: Tensor, g: torch.Generator) -> Tensor:
@@ -252,9 +313,11 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
         if starts.shape != (R, n, *images.shape[1:]):
             raise ShapeError(f"starts must have shape {(R, n, *images.shape[1:])}, got {tuple(starts.shape)}")
         perturbed = images + (torch.randn(images.shape, generator=g) * cfg.perturb_std).to(dev)
+        references = _references(model, names, images, perturbed, targets)
         rows = list(itertools.product(range(len(names)), range(R), range(n)))
         out = torch.empty(len(names), R, n, *images.shape[1:], device=dev)
         refined = torch.empty_like(out)
+        paces = torch.ones(len(names), R, n, dtype=torch.float64)
         trajectory: list[dict] = []
         with progress_bar(progress) as bars:
             task = bars.add_task(f"inverting ({state})",
@@ -268,10 +331,10 @@ def invert(model: nn.Module, images: Tensor, layers: str | list[str] = "blocks",
                 start = torch.stack([starts[r, i] for _, r, i in chunk.rows])
                 result, progress_rows = _descend(model, chunk, start, cfg, advance)
                 trajectory += progress_rows
-                polished = _refine(model, chunk, result, cfg, advance)  # no steps: a copy
-                for (point, r, i), x, y in zip(chunk.rows, result, polished):
-                    out[point, r, i], refined[point, r, i] = x, y
-        table = _scores(model, names, images, perturbed, (out, refined), targets, cfg, state)
+                polished, pace = _refine(model, chunk, result, cfg, advance, references[0])  # no steps: a copy
+                for (point, r, i), x, y, rate in zip(chunk.rows, result, polished, pace):
+                    out[point, r, i], refined[point, r, i], paces[point, r, i] = x, y, rate
+        table = _scores(model, names, images, references, (out, refined, paces), targets, cfg, state)
         exact = linear_reference(model, names, images, {k: int(v[0].numel()) for k, v in targets.items()})
         table = pd.concat([table, pd.DataFrame(trajectory + exact).assign(state=state)], ignore_index=True)
     finally:
@@ -333,19 +396,27 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-6, atol=1e-8 * float(torch.maximum(a.abs().max(), b.abs().max()).clamp_min(1)))
 
 
+def _references(model: nn.Module, names: list[str], images: Tensor, perturbed: Tensor,
+                targets: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """Each point's ``m_r = ‖O(a) − O(a′)‖`` per image, and the input perturbation ``‖a′ − a‖``."""
+    with torch.no_grad():
+        m_r = {k: _norms(v - targets[k]) for k, v in activations(model, names, perturbed).items()}
+    return m_r, _norms(perturbed - images)
+
+
 def _norms(x: Tensor) -> Tensor:
     return x.flatten(1).double().norm(dim=1)
 
 
-def _scores(model, names, images, perturbed, reconstructions: tuple[Tensor, Tensor], targets, cfg: InvertConfig,
-            state: str) -> pd.DataFrame:
-    out, refined = reconstructions
+def _scores(model, names, images, references: tuple[dict[str, Tensor], Tensor],
+            reconstructions: tuple[Tensor, Tensor, Tensor], targets, cfg: InvertConfig, state: str) -> pd.DataFrame:
+    """The tidy score rows; ``references``: each point's ``m_r`` and the input perturbation ``‖a′ − a‖``."""
+    out, refined, paces = reconstructions
+    perturbation, input_perturb = references
     rows = []
     with torch.no_grad():
-        ref = activations(model, names, perturbed)
-        input_perturb = _norms(perturbed - images)
         for p, name in enumerate(names):
-            m_r = _norms(ref[name] - targets[name])
+            m_r = perturbation[name]
             for r in range(out.shape[1]):
                 emb = activations(model, names[: p + 1], out[p, r])[name]
                 m_g = _norms(emb - targets[name])
@@ -354,11 +425,14 @@ def _scores(model, names, images, perturbed, reconstructions: tuple[Tensor, Tens
                 if cfg.refine_steps:
                     m_g_ref = _norms(activations(model, names[: p + 1], refined[p, r])[name] - targets[name])
                     m_i_ref = _norms(refined[p, r] - images)
-                nonunique = (m_g_ref < m_r) & (m_i_ref > cfg.nonunique_ratio * input_perturb)
+                far = m_i_ref > cfg.nonunique_ratio * input_perturb
+                nonunique = (m_g_ref < m_r) & far
+                undecided = far & (m_g_ref >= m_r) & ~(paces[p, r].to(m_g_ref.device) <= SETTLED_PACE)  # NaN too
                 for i in range(len(images)):
                     for metric, value in (("m_g", m_g[i]), ("m_i", m_i[i]), ("m_r", m_r[i]),
                                           ("m_g_refined", m_g_ref[i]), ("m_i_refined", m_i_ref[i]),
-                                          ("input_perturbation", input_perturb[i]), ("nonunique", nonunique[i])):
+                                          ("input_perturbation", input_perturb[i]), ("nonunique", nonunique[i]),
+                                          ("refine_pace", paces[p, r, i]), ("undecided", undecided[i])):
                         rows.append({"state": state, "image": i, "restart": r, "point": name, "layer": p + 1,
                                      "metric": metric, "value": float(value)})
             if out.shape[1] > 1:
@@ -374,20 +448,24 @@ INVERSION_FIGURES = ("inversion-grid-trained", "inversion-grid-untrained", "inve
                      "inversion-trajectory")  # under figures/
 
 
+SUMMARY_METRICS = ("m_g", "m_i", "m_r", "nonunique", "undecided")  # averaged per point by summarize_scores
+
+
 def summarize_scores(scores: pd.DataFrame) -> dict:
-    """Per model state (in the table's order) and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+    """Per model state (in the table's order) and point: mean m_g, m_i, m_r and the shares of
+    non-unique and of undecided rows (NaN for a table saved before rows were judged undecided)."""
     out: dict = {}
     for state in dict.fromkeys(scores.state):
         t = scores[scores.state == state]
-        per = t[t.metric.isin(["m_g", "m_i", "m_r", "nonunique"])].groupby(["layer", "point", "metric"]).value.mean()
-        out[state] = [{"layer": int(layer), "point": point, **{m: float(per[(layer, point, m)])
-                       for m in ("m_g", "m_i", "m_r", "nonunique")}}
+        per = t[t.metric.isin(SUMMARY_METRICS)].groupby(["layer", "point", "metric"]).value.mean()
+        out[state] = [{"layer": int(layer), "point": point, **{m: float(per.get((layer, point, m), math.nan))
+                       for m in SUMMARY_METRICS}}
                       for layer, point in sorted({(lay, p) for lay, p, _ in per.index})]
     return out
 
 
 def summarize_inversions(inversions: list[Inversion]) -> dict:
-    """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+    """Per model state and point: mean m_g, m_i, m_r and the shares of non-unique and undecided rows."""
     return summarize_scores(pd.concat([inv.table for inv in inversions], ignore_index=True))
 
 
@@ -422,7 +500,7 @@ class InversionResult(ExperimentResult):
         return cls(tables["scores"], {k: v for k, v in config.items() if k not in (KIND_KEY, SUMMARY_KEY)})
 
     def summary(self) -> dict:
-        """Per model state and point: mean m_g, m_i, m_r and the share of non-unique rows."""
+        """Per model state and point: mean m_g, m_i, m_r and the shares of non-unique and undecided rows."""
         return summarize_scores(self.scores)
 
     def saved_config(self) -> dict[str, Any]:

@@ -167,9 +167,10 @@ def _run_inversion(settings: dict[str, Any], folder: Path, device: str, progress
     final = train_once(settings["model"], settings["data"], settings.get("epochs", 10), folder / "train",
                        batch_size=settings.get("batch_size", 128), recipe=settings.get("recipe"),
                        seed=settings.get("seed", 0), device=device, progress=progress, early_checkpoints=False)
-    config = InvertConfig(steps=settings.get("steps", 500), restarts=settings.get("restarts", 1),
-                          starts=settings.get("starts", "badger"), refine_steps=settings.get("refine_steps", 200),
-                          seed=settings.get("seed", 0))
+    defaults = InvertConfig()
+    config = InvertConfig(steps=settings.get("steps", defaults.steps), restarts=settings.get("restarts", 1),
+                          starts=settings.get("starts", "badger"), seed=settings.get("seed", 0),
+                          refine_steps=settings.get("refine_steps", defaults.refine_steps))
     invert_checkpoint(final, settings["data"], folder / "inversion", images=settings.get("images", 8),
                       points=settings.get("points", "blocks"), config=config, device=device, overwrite=True,
                       progress=progress)

@@ -155,16 +155,18 @@ def inversion_section(directory: Path) -> str:
     for state, points in info.get("summary", {}).items():
         for p in points:
             rows.append(f"<tr><td>{html.escape(state)}</td><td>{p['layer']}</td><td>{html.escape(p['point'])}</td>"
-                        + "".join(f"<td>{_fmt(p[m])}</td>" for m in ("m_g", "m_i", "m_r", "nonunique")) + "</tr>")
+                        + "".join(f"<td>{_fmt(p.get(m))}</td>" for m in ("m_g", "m_i", "m_r", "nonunique", "undecided"))
+                        + "</tr>")
     figures = sorted((Path(directory) / FIGURES_DIR).glob("inversion-*.png"))
     return "\n".join([
         "<h2>Input reconstruction from each layer</h2>",
         "<p>Gradient descent on the input to match a layer's full activations (Badger 2022): m_g embedding "
         "distance, m_i input distance, m_r the embedding distance of a barely visible perturbation; "
-        "non-unique where m_g &lt; m_r while m_i is large (share of images).</p>",
+        "non-unique where m_g &lt; m_r while m_i is large (share of images); undecided where the refinement "
+        "stopped on its budget while m_g was still falling (raise --refine-steps).</p>",
         *(figure_html(p.stem, p) for p in figures),
         "<table><tr><th>model</th><th>layer</th><th>point</th><th>m_g</th><th>m_i</th><th>m_r</th>"
-        "<th>non-unique</th></tr>", *rows, "</table>",
+        "<th>non-unique</th><th>undecided</th></tr>", *rows, "</table>",
         config_html(info.get("config", {})),
     ])
 
