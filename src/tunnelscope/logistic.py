@@ -37,7 +37,7 @@ ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MIN_STEP = 1e-10  # a line search that needs a smaller step has failed
 DAMPING = 1e-3  # the least δ of the preconditioner, relative to the unit variance of standardised features
 MIN_SWITCH = 8  # iterations before the preconditioner is considered at all
-TRANSPOSED_COPY_BYTES = 512 * 2**20  # features up to this size also get a contiguous transposed copy
+EVALUATION_BLOCK_BYTES = 4 * 2**20  # features larger than 4 such blocks are evaluated a block of rows at a time
 
 
 @dataclass
@@ -92,12 +92,20 @@ def standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return centred.div_(std.float()), mean, std
 
 
+def block_rows(xs: Tensor) -> int:
+    """Rows of features that one evaluation reads together: all of them for features up to four
+    :data:`EVALUATION_BLOCK_BYTES`, else blocks of that size, so that both products of a block
+    (logits, then gradient) read it from the cache: one pass over memory per evaluation, not two
+    (1.2-1.3x faster at 9,000 x 2,048 and 10 classes, equal at 100 classes; measured)."""
+    whole = xs.numel() * xs.element_size() <= 4 * EVALUATION_BLOCK_BYTES
+    return max(1, xs.shape[0]) if whole else max(32, EVALUATION_BLOCK_BYTES // (xs.element_size() * xs.shape[1]))
+
+
 def transposed_features(xs: Tensor) -> Tensor:
-    """``Xᵀ`` as the logits pass reads it: a contiguous copy for features up to
-    :data:`TRANSPOSED_COPY_BYTES` (that pass is 1.1-1.5x faster on it), else a view. Made once per
-    set of features and given to every fit on them (or on their first rows: ``[:, :n]``)."""
-    small = xs.numel() * xs.element_size() <= TRANSPOSED_COPY_BYTES
-    return xs.t().contiguous() if small else xs.t()
+    """``Xᵀ`` as the logits pass reads it: a contiguous copy for features evaluated whole
+    (:func:`block_rows`; that pass is 1.1-1.5x faster on it), else a view. Made once per set of
+    features and given to every fit on them (or on their first rows: ``[:, :n]``)."""
+    return xs.t().contiguous() if block_rows(xs) >= xs.shape[0] else xs.t()
 
 
 class _Objective:
@@ -107,28 +115,40 @@ class _Objective:
     def __init__(self, xs: Tensor, y: Tensor, num_classes: int, penalty: float,
                  transposed: Tensor | None = None) -> None:
         self.xs, self.n, self.dims, self.penalty = xs, xs.shape[0], xs.shape[1], penalty
-        self.xs_t = transposed_features(xs) if transposed is None else transposed
+        self.num_classes, self.rows = num_classes, block_rows(xs)
+        self.xs_t = (transposed_features(xs) if transposed is None else transposed) if self.rows >= self.n else None
         self.labels = y.view(1, -1)
-        self.target = torch.zeros(num_classes, self.n, dtype=torch.float32, device=xs.device)
-        self.target.scatter_(0, self.labels, 1.0)
+        blocks = [y[lo:lo + self.rows] for lo in range(0, self.n, self.rows)]
+        # where each block's one-hot targets sit in its flattened (C, rows) softmax
+        self.targets = [labels * len(labels) + torch.arange(len(labels), device=y.device) for labels in blocks]
         self.evaluations = 0
 
     def __call__(self, theta: Tensor) -> tuple[float, Tensor]:
-        """``(loss, gradient)`` at ``theta``; both passes over the features in float32."""
+        """``(loss, gradient)`` at ``theta``; the passes over the features in float32, a block of
+        rows at a time (:func:`block_rows`), the loss summed in float64."""
         self.evaluations += 1
         w, b = theta[:, : self.dims], theta[:, self.dims]
-        logits = torch.addmm(b.float()[:, None], w.float(), self.xs_t)  # (C, N)
-        top = logits.amax(0)
-        shifted = logits.sub_(top)  # the logits are not needed again: shifted, then exponentiated, in place
-        shifted_true = shifted.gather(0, self.labels).sum(dtype=torch.float64)
-        exp = shifted.exp_()
-        total = exp.sum(0)
-        cross = torch.log(total).sum(dtype=torch.float64) - shifted_true
-        loss = float(cross) / self.n + 0.5 * self.penalty * float(w.square().sum())
-        residual = exp.div_(total).sub_(self.target)  # softmax minus one-hot, (C, N)
-        grad = torch.empty_like(theta)
-        grad[:, : self.dims] = (residual @ self.xs).double().div_(self.n).add_(w, alpha=self.penalty)
-        grad[:, self.dims] = residual.sum(1, dtype=torch.float64).div_(self.n)
+        weight, bias = w.float(), b.float()[:, None]
+        grad32 = torch.zeros(self.num_classes, self.dims + 1, dtype=torch.float32, device=self.xs.device)
+        cross = 0.0
+        for lo, targets in zip(range(0, self.n, self.rows), self.targets):
+            hi = min(self.n, lo + self.rows)
+            block = self.xs[lo:hi]
+            logits = torch.addmm(bias, weight, block.t() if self.xs_t is None else self.xs_t[:, lo:hi])  # (C, rows)
+            top = logits.amax(0)
+            shifted = logits.sub_(top)  # the logits are not needed again: shifted, then exponentiated, in place
+            labels = self.labels[:, lo:hi]
+            shifted_true = shifted.gather(0, labels).sum(dtype=torch.float64)
+            exp = shifted.exp_()
+            total = exp.sum(0)
+            cross += float(torch.log(total).sum(dtype=torch.float64) - shifted_true)
+            residual = exp.div_(total)  # softmax, then minus the one-hot target: (C, rows)
+            residual.view(-1)[targets] -= 1
+            grad32[:, : self.dims].addmm_(residual, block)
+            grad32[:, self.dims] += residual.sum(1)
+        loss = cross / self.n + 0.5 * self.penalty * float(w.square().sum())
+        grad = grad32.double().div_(self.n)
+        grad[:, : self.dims].add_(w, alpha=self.penalty)
         return loss, grad
 
     def covariance(self) -> Tensor:
@@ -272,4 +292,4 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
                        covariance=covariance, delta=delta, penalty=penalty, pairs=history.pairs)
 
 
-__all__ = ["LogisticFit", "column_sums", "fit_logistic", "standardise", "transposed_features"]
+__all__ = ["LogisticFit", "block_rows", "column_sums", "fit_logistic", "standardise", "transposed_features"]
