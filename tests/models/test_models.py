@@ -131,3 +131,23 @@ def test_each_familys_declared_example_point_counts_equal_a_build(family):
     model = models.build(family.example, 10, (3, 32, 32))
     counts = {k: len(v) for k, v in model.probe_sets.items()}
     assert family.example_points == (counts.get("blocks"), counts.get("conv"))
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil", [((5, 3, 28, 28), 2, 2, 0, True),
+                                                                  ((4, 6, 7, 7), 2, 2, 0, True),
+                                                                  ((3, 4, 9, 11), 3, 2, 1, False)])
+def test_the_zoos_max_pool_gives_torchs_values_and_gradients(shape, kernel, stride, padding, ceil):
+    """Pooled channels-last without gradients (odd sides with ceil_mode included), plain with them:
+    both equal to nn.MaxPool2d, values and input gradients, and the output comes back contiguous."""
+    from tunnelscope.models.base import MaxPool2d
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).relu()  # ties at zero, as after a ReLU
+    ours = MaxPool2d(kernel, stride, padding, ceil_mode=ceil)
+    torchs = nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil)
+    with torch.inference_mode():
+        fast = ours(x)
+    assert torch.equal(fast, torchs(x)) and fast.is_contiguous()
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours(a).square().sum().backward()
+    torchs(b).square().sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ZooModel, scaled
+from .base import MaxPool2d, ZooModel, scaled
 
 STAGES = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
@@ -36,7 +36,7 @@ class ResNet(ZooModel):
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         if imagenet_stem:
             stem = [nn.Conv2d(input_shape[0], widths[0], 7, stride=2, padding=3, bias=False),
-                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), MaxPool2d(3, stride=2, padding=1)]
         else:
             stem = [nn.Conv2d(input_shape[0], widths[0], 3, stride=1, padding=1, bias=False),
                     nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]

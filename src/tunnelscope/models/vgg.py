@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ZooModel, scaled
+from .base import MaxPool2d, ZooModel, scaled
 
 CONFIGS: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -41,7 +41,7 @@ class VGG(ZooModel):
         for item in config:
             if item == "M":
                 if pools_seen >= skip_pools:
-                    layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                    layers.append(MaxPool2d(2, ceil_mode=True))
                 pools_seen += 1
                 continue
             out = scaled(int(item), width)
