@@ -291,6 +291,8 @@ def test_invert_command_writes_scores_figures_and_a_report_section(trained, tmp_
                  "--steps", "5", "--out", str(out), "--json"])
     summary = json.loads(capsys.readouterr().out)["summary"]
     assert code == 0 and set(summary) == {"trained", "untrained"} and len(summary["trained"]) == 2
+    recorded = json.loads((out / "inversion.json").read_text())["config"]
+    assert recorded["refine_steps"] == InvertConfig().refine_steps and recorded["steps"] == 5  # unset: the config's
     for name in ("inversion.parquet", "inversion.json", "report.html", "figures/inversion-grid-trained.png",
                  "figures/inversion-grid-untrained.png", "figures/inversion-scores.svg"):
         assert (out / name).is_file(), name
@@ -486,10 +488,3 @@ def test_an_affine_map_gets_the_exact_reference_and_a_nonlinear_one_none():
                     progress=False)
     assert set(scored.table.metric) >= {"null_dim", "m_i_exact"}
 
-
-def test_the_command_line_defaults_are_the_configs():
-    from tunnelscope.cli import invert as command
-
-    defaults = InvertConfig()
-    given = {p.name: p.default for p in command.params}
-    assert given["refine_steps"] == defaults.refine_steps and given["steps"] == defaults.steps

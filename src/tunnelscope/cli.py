@@ -517,7 +517,8 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--data", "data_spec", required=True, help="Dataset spec; images are drawn from its test split.")
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="How many test images.")
 @points_option
-@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Gradient steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Gradient steps (default: InvertConfig's, 500 as in the paper).")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts per image and layer (their spread is reported).")
 @click.option("--starts", type=click.Choice(["badger", "diverse"]), default="badger", show_default=True,
@@ -526,10 +527,10 @@ def compare(run_dirs, out, labels, quiet, as_json) -> None:
 @click.option("--tv", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a total-variation prior.")
 @click.option("--no-blur", is_flag=True, help="Skip the 3x3 Gaussian blur after each step.")
-@click.option("--refine-steps", type=click.IntRange(min=0), default=2000, show_default=True,
+@click.option("--refine-steps", type=click.IntRange(min=0), default=None,
               help="L-BFGS iterations at most on the embedding distance before non-uniqueness is judged; it stops "
-                   "once every row is below m_r or has settled (0: judge the protocol's reconstruction, as the paper "
-                   "does).")
+                   "once every row is below m_r or has settled (default: InvertConfig's, 2000; 0: judge the "
+                   "protocol's reconstruction, as the paper does).")
 @click.option("--untrained/--no-untrained", default=True, show_default=True,
               help="Also invert a re-initialised copy of the model, side by side.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -560,8 +561,8 @@ def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, s
     from .rundir import REPORT_FILE
 
     out_path = Path(out)
-    cfg = InvertConfig(steps=steps, restarts=restarts, starts=starts, tv_weight=tv, blur=not no_blur, seed=seed,
-                       refine_steps=refine_steps)
+    given = {k: v for k, v in (("steps", steps), ("refine_steps", refine_steps)) if v is not None}
+    cfg = InvertConfig(restarts=restarts, starts=starts, tv_weight=tv, blur=not no_blur, seed=seed, **given)
     pts = points
     runs = invert_checkpoint(checkpoint or model_spec, data_spec, out_path, images=images, points=pts, config=cfg,
                              untrained=untrained, device=device, overwrite=overwrite, data_root=data_root,
@@ -579,7 +580,7 @@ def invert(checkpoint, model_spec, data_spec, images, points, steps, restarts, s
                               *(f"{r[m]:.3g}" for m in ("m_g", "m_i", "m_r", "nonunique", "undecided")))
         print_table(table)
         if any(r["undecided"] > 0 for rows in summary.values() for r in rows):
-            err_console.print(f"warning: some rows are undecided: their refinement stopped after {refine_steps} "
+            err_console.print(f"warning: some rows are undecided: their refinement stopped after {cfg.refine_steps} "
                               "iterations before m_g had settled (it was still falling); rerun with a larger "
                               "--refine-steps", markup=False)
         out_console.print(f"report: {out_path / REPORT_FILE}", markup=False)
