@@ -30,6 +30,7 @@ SCALES = ("tiny", "full")
 RECIPE_KEYS = {"paper", "title", "claim", "figures", "compute", "sweep", "invert", "tiny"}
 INVERT_KEYS = {"model", "data", "epochs", "batch_size", "recipe", "images", "points", "steps", "restarts",
                "starts", "refine_steps", "seed"}
+INVERT_CONFIG_KEYS = ("steps", "restarts", "starts", "refine_steps", "seed")  # the invert keys that are InvertConfig's
 RECIPE_FILE, SWEEP_FILE = "recipe.json", "sweep.yaml"
 
 
@@ -167,10 +168,7 @@ def _run_inversion(settings: dict[str, Any], folder: Path, device: str, progress
     final = train_once(settings["model"], settings["data"], settings.get("epochs", 10), folder / "train",
                        batch_size=settings.get("batch_size", 128), recipe=settings.get("recipe"),
                        seed=settings.get("seed", 0), device=device, progress=progress, early_checkpoints=False)
-    defaults = InvertConfig()
-    config = InvertConfig(steps=settings.get("steps", defaults.steps), restarts=settings.get("restarts", 1),
-                          starts=settings.get("starts", "badger"), seed=settings.get("seed", 0),
-                          refine_steps=settings.get("refine_steps", defaults.refine_steps))
+    config = InvertConfig(**{k: settings[k] for k in INVERT_CONFIG_KEYS if k in settings})  # unset: the config's
     invert_checkpoint(final, settings["data"], folder / "inversion", images=settings.get("images", 8),
                       points=settings.get("points", "blocks"), config=config, device=device, overwrite=True,
                       progress=progress)
