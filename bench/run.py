@@ -13,6 +13,7 @@ inference pass of the same model over the same samples; seconds are context only
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import math
@@ -21,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +33,8 @@ from tunnelscope.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from cases import CACHED, LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 from cases import CASES as KNOWN_CASES  # noqa: E402
-from cases import LONG_RUN_S, QUICK_ENV, QUICK_SAMPLES, timed  # noqa: E402
 
 CASES = ["stats-mlp12", "stats-vgg", "width-256", "width-1024", "width-4096", "help-time", "analyze-demo",
          "analyze-ranks", "ranks-wide", "stream-1m", "stream-shards", "cka-mlp12", "cka-mlp12-offset",
@@ -57,11 +59,19 @@ def md_table(header: list[str], rows: list[list]) -> list[str]:
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+@functools.cache
+def bench_cache() -> Path:
+    """A user cache folder of this bench run only, so that a case measured with the input point
+    cached reads only what its own warm-up wrote."""
+    return Path(tempfile.mkdtemp(prefix="tunnelscope-bench-cache-"))
+
+
 def run_case(name: str, device: str, repeats: int, quick: bool) -> dict:
     """One case in a fresh process: its JSON line, or ``{"case", "device", "case_failed"}``
     with the end of its error output when it fails (the other cases still run)."""
     print(f"bench: {name} on {device} ...", file=sys.stderr, flush=True)
     env = {**os.environ, QUICK_ENV: "1" if quick else "0"}
+    env.setdefault("TUNNELSCOPE_CACHE", str(bench_cache()))  # the input point's cache: this bench run's own
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cases.py"), name, device, str(repeats)],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
@@ -186,6 +196,9 @@ def statistics_section(results: list[dict]) -> list[str]:
         "splits, timed in the same process before any statistics ran and with no hook on the model. Default",
         "`blocks` probe points and `pool2` reduction, batches of 256. Peak memory is the high-water mark",
         "while each metric set ran, above what the process held once data and model were loaded.",
+        f"Every set computes the input point (layer 0) except those marked `{CACHED.strip()}`, which read",
+        "its statistics from the user cache written by their warm-up run, as every analysis after the",
+        "first of the same samples does (`engine/input_cache.py`); the numbers are the same.",
         "A metric set that refuses to run shows its error. In brackets, for a pass that read fewer samples",
         "than both splits (a CKA-only pass needs the test split alone), the ratio over the forward floor",
         "of the samples it read.",

@@ -27,6 +27,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """tunnelscope's user cache in a folder of each test's own (inherited by the processes it
+    starts): no test reads what another left, and none writes into the user's home."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("TUNNELSCOPE_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fashion() -> data.Dataset:
     return data.load("fashion-mnist")

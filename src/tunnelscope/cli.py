@@ -392,6 +392,9 @@ def _metrics_help() -> str:
 @click.option("--untrained-reference", is_flag=True,
               help="Also analyse the same architecture re-initialised (seed --seed), drawn beside the model.")
 @click.option("--no-input", "no_input", is_flag=True, help="Leave out layer 0 (the input, reduced like the layers).")
+@click.option("--no-input-cache", "no_input_cache", is_flag=True,
+              help="Compute layer 0's statistics even when an earlier analysis of the same samples kept them in "
+                   "the user cache ($TUNNELSCOPE_CACHE); the results are the same, bit for bit.")
 @click.option("--max-samples", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Samples read per split (a seeded subset; 0 for all).")
 @click.option("--max-train", type=click.IntRange(min=1), default=None,
@@ -413,8 +416,8 @@ def _metrics_help() -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
 def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, reduce, protocol, select, probe_epochs,
-            probe_c, probe_seeds, resamples, untrained_reference, no_input, max_samples, max_train, batch_size, ncc_eps,
-            cka_passes, max_dim, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
+            probe_c, probe_seeds, resamples, untrained_reference, no_input, no_input_cache, max_samples, max_train,
+            batch_size, ncc_eps, cka_passes, max_dim, seed, device, out, overwrite, data_root, quiet, as_json) -> None:
     """Analyse every layer of a model: probes in and out of distribution, rank, neural
     collapse, CKA; write results, figures and report.html to --out.
 
@@ -438,7 +441,8 @@ def analyze(checkpoint, model_spec, weights, data_spec, ood, metrics, points, re
         "points": points, "reduce": reduce, "device": device, "data_root": data_root,
         "max_samples": max_samples or None, "max_train": max_train, "batch_size": batch_size, "seed": seed,
         "resamples": resamples,
-        "include_input": not no_input, "ncc_eps": ncc_eps, "cka_passes": cka_passes, "max_dim": max_dim or None,
+        "include_input": not no_input, "input_cache": not no_input_cache, "ncc_eps": ncc_eps,
+        "cka_passes": cka_passes, "max_dim": max_dim or None,
         "progress": False if (quiet or as_json) else None,
         "probe": ProbeConfig(protocol=protocol, select=select, epochs=probe_epochs, seed=seed, seeds=probe_seeds,
                              C=probe_c)})

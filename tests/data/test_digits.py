@@ -58,7 +58,7 @@ def test_the_cached_split_is_used_and_a_foreign_or_broken_one_is_not(monkeypatch
 def test_a_later_process_loads_the_digits_without_importing_scikit_learn(tmp_path):
     probe = ("import json, sys; from tunnelscope import data; d = data.load('digits'); "
              "print(json.dumps(['sklearn' in sys.modules, int(d.train.labels[:50].sum()), len(d.test)]))")
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env = {**os.environ, "TUNNELSCOPE_CACHE": str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
             for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr

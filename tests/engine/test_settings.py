@@ -20,7 +20,7 @@ from tunnelscope.engine.settings import (
 )
 from tunnelscope.errors import ConfigError, SpecError
 
-BAD = {"points": 3, "reduce": 2, "max_dim": 0, "include_input": "yes", "batch_size": 0, "device": 1,
+BAD = {"points": 3, "reduce": 2, "max_dim": 0, "include_input": "yes", "input_cache": 1, "batch_size": 0, "device": 1,
        "max_samples": 0, "max_train": -1, "max_test": 1.5, "seed": -1, "probe": "lbfgs", "resamples": -1,
        "ncc_eps": 1.5, "cka_passes": 0, "cka_random": -1, "ridge": 0.0, "precision": "float16", "data_root": 5,
        "progress": "no"}

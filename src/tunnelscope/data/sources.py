@@ -79,7 +79,11 @@ class LoadContext:
 
 
 def user_cache_dir() -> Path:
-    """tunnelscope's per-user cache directory for downloaded data."""
+    """tunnelscope's per-user cache directory (downloaded data, normalisation statistics, the
+    input point's statistics): ``$TUNNELSCOPE_CACHE`` when set, else the platform's user cache."""
+    chosen = os.environ.get("TUNNELSCOPE_CACHE")
+    if chosen:
+        return Path(chosen).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("tunnelscope"))

@@ -38,7 +38,8 @@ class AnalysisSettings:
     """How an analysis captures, samples and probes its data; every field is recorded.
 
     Capture: ``points`` (a set name or module-name globs), ``reduce``, ``max_dim``,
-    ``include_input``, ``batch_size``, ``device``. Sampling: ``max_samples`` per split (a
+    ``include_input`` (and ``input_cache``: its statistics kept between analyses of the same
+    data, :mod:`tunnelscope.engine.input_cache`), ``batch_size``, ``device``. Sampling: ``max_samples`` per split (a
     seeded subset; None: all), ``max_train`` / ``max_test`` for the probes (None: as
     ``max_samples``), ``seed``. Probes: ``probe`` (a :class:`ProbeConfig`; None: the default
     protocol seeded by ``seed``), ``resamples`` (bootstrap; 0: no intervals). Metric options:
@@ -52,6 +53,7 @@ class AnalysisSettings:
     reduce: str = "pool2"
     max_dim: int | None = DEFAULT_MAX_DIM
     include_input: bool = True
+    input_cache: bool = True
     batch_size: int = 256
     device: str | torch.device = "auto"
     max_samples: int | None = 10_000
@@ -168,6 +170,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "reduce": InstanceOf((str,)),
     "max_dim": Interval(int, 1, none=True),
     "include_input": InstanceOf((bool,)),
+    "input_cache": InstanceOf((bool,)),
     "batch_size": Interval(int, 1),
     "device": InstanceOf((str, torch.device)),
     "max_samples": Interval(int, 1, none=True),

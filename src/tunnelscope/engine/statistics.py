@@ -47,6 +47,7 @@ from ..summary import MODEL_ACCURACY, as_summary
 from ..verdict import check_statistics_samples
 from ..versions import environment, package_versions
 from .distributed import World, current_world
+from .input_cache import InputCache, open_input_cache
 from .settings import AnalysisSettings, metric_options, settings_from, with_metric_options
 
 TABLE_COLUMNS = ["model", "split", "point", "layer", "depth", "metric", "value", "other_point", "other_layer",
@@ -230,6 +231,7 @@ class Run:
     widths: list[int] = field(default_factory=list)  # each point's reduced width
     gram_side: dict[str, list[str]] = field(default_factory=dict)  # split → points wider than its samples
     world: World = field(default_factory=World)  # the processes sharing the passes (one by default)
+    inputs: InputCache = field(default_factory=lambda: InputCache(None, None, "not opened"))  # the input point's cache
 
     def note_gram_side(self, split: str, moments: Moments) -> None:
         """Record which points of ``split`` kept rows (statistics from the N x N side)."""
@@ -258,8 +260,8 @@ def train_pass(run: Run, split, cache: FeatureCache, gather: bool = True) -> Non
     level = run.plan.moments["train"]
     if not run.plan.train_pass:
         return
-    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split))
-               if level else None)
+    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split),
+                       skip=run.inputs.skip()) if level else None)
     accs = ([moments] if moments else []) + ([cache] if run.plan.train_cache else [])
     _pass(run, split, accs, "train pass")
     run.world.reduce([moments] if moments else [])
@@ -269,7 +271,8 @@ def train_pass(run: Run, split, cache: FeatureCache, gather: bool = True) -> Non
     if moments is None:
         return
     run.note_gram_side("train", moments)
-    stats = {name: PointStats(m) for name, m in moments.points.items()}  # shared: eigenvalues, PC1 once
+    cached = run.inputs.stats("train", moments)  # the input point's, on a cache hit
+    stats = {name: cached.get(name) or PointStats(m) for name, m in moments.points.items()}  # eigenvalues, PC1 once
     _derive_shared(run, stats)
     for metric in run.plan.readouts:  # fitted once, before point_rows releases the scatter; a copy per split
         fitted = metric.new_readout(stats, run.options)
@@ -296,8 +299,8 @@ def test_pass(run: Run, split, extra: Sequence, model_accuracy: ModelAccuracy | 
     """Read the test split once for its moments, the streams, the read-outs and the model's
     own accuracy; then the extra shuffled passes of repeatable streams (CKA)."""
     level = run.plan.moments["test"]
-    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split))
-               if level else None)
+    moments = (Moments(run.num_classes, run.options.matmul_dtype, scatter=level == "scatter", samples=len(split),
+                       skip=run.inputs.skip()) if level else None)
     names = run.capture.names
     run.streams = {}
     for m in run.plan.streams:
@@ -350,6 +353,8 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
             one = one or PointStats(point)
             values[name] = [float("nan") if name in run.invalid[split] else metric.point_value(one)
                             for metric in metrics]
+        if name == run.inputs.point:
+            run.inputs.keep(split, point, one)  # after a cache miss: kept for the next analysis of this data
         del point, one
         moments.release(name)
     if run.world.parallel:  # each process measured its share of the points: every process gets them all
@@ -509,7 +514,11 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     options = Options(eps=s.ncc_eps, ridge=s.ridge,
                       matmul_dtype=torch.float64 if s.precision == "float64" else torch.float32)
     tic = time.perf_counter()
-    run = Run(capture, plan, options, dataset.num_classes, s.batch_size, dev, None, widths=widths, world=world)
+    inputs = open_input_cache(s.input_cache, capture, splits, plan.moments, widths,
+                              {"batch_size": s.batch_size, "precision": s.precision, "classes": dataset.num_classes,
+                               "device": dev, "processes": world.size})
+    run = Run(capture, plan, options, dataset.num_classes, s.batch_size, dev, None, widths=widths, world=world,
+              inputs=inputs)
     run, summary = _passes(run, splits, s, cache_budget, (train_cache, test_cache), model_accuracy)
     record = stream_rows(run)
     for w in run.warnings:
@@ -523,6 +532,7 @@ def layer_statistics(model: nn.Module | str | Path, data: data_mod.Dataset | str
     config = _config(recorded, capture, plan, run.passes, run.warnings, record, need)
     config["seconds"] = time.perf_counter() - tic
     config["id_dataset"] = dataset.spec
+    config["input_cache"] = inputs.record()
     table = pd.DataFrame(run.rows, columns=TABLE_COLUMNS).assign(model=model_name, dataset=dataset.spec)
     if s.cka_random:
         table = _with_random_reference(net, dataset, table, s, config)
@@ -567,7 +577,7 @@ def _passes(run: Run, splits: dict[str, tuple], settings: AnalysisSettings, cach
         test_m = test_pass(run, splits["test"][0], [c for c in (test_cache,) if c is not None], own,
                            settings.cka_passes, settings.seed)
         if test_m is not None:
-            point_rows(run, "test", test_m)
+            point_rows(run, "test", test_m, run.inputs.stats("test", test_m))
         scored = None if reread else cache
         summary = {MODEL_ACCURACY: own.compute() if own is not None else None,
                    **readout_rows(run, scored, run.capture.points, splits["train"][0], whole=train_cache is not None)}

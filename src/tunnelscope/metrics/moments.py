@@ -224,16 +224,19 @@ class Moments(Accumulator):
     Running sums are always float64. ``samples`` (the number of samples that will be added,
     when known): a point wider than it keeps its rows instead of a ``D x D`` scatter (see the
     module docstring). ``merge`` and ``all_reduce`` override the base class's plain sums:
-    shards are first re-expressed around common shifts.
+    shards are first re-expressed around common shifts. ``skip``: points whose features are
+    left out (their moments come from elsewhere, :meth:`adopt_point`).
     """
 
     def __init__(self, num_classes: int, matmul_dtype: torch.dtype = torch.float32, scatter: bool = True,
-                 samples: int | None = None) -> None:
+                 samples: int | None = None, skip: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matmul_dtype = matmul_dtype
         self.scatter = scatter  # False: class counts, means and norms only, no D x D products
         self.samples = samples
+        self.skip = skip
+        self.external: dict[str, PointMoments] = {}  # skipped points' moments, adopted whole
         self.names: list[str] = []
         self.dims: list[int] = []
         self.state: dict[str, Tensor] = {}
@@ -279,6 +282,8 @@ class Moments(Accumulator):
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         """Add one batch: ``features[point]`` is ``(B, D)``, ``labels`` is ``(B,)``."""
+        if self.skip:
+            features = {name: x for name, x in features.items() if name not in self.skip}
         full = self.matmul_dtype == f64 or any(x.dtype == f64 for x in features.values())
         work = f64 if full else torch.float32
         joint, _ = joint_features(features, list(features), work)
@@ -311,11 +316,20 @@ class Moments(Accumulator):
 
     def reset(self) -> None:
         """Forget every sample (and the points and shifts)."""
-        self.__init__(self.num_classes, self.matmul_dtype, self.scatter, self.samples)  # type: ignore[misc]
+        self.__init__(self.num_classes, self.matmul_dtype, self.scatter, self.samples, self.skip)  # type: ignore[misc]
+
+    def adopt_point(self, name: str, point: PointMoments) -> None:
+        """Take the finished moments of a skipped point (read back from a cache): :attr:`points`
+        lists it first, and :meth:`release` drops it."""
+        if name not in self.skip:
+            raise ValueError(f"point {name!r} is not skipped by these moments: its sums are their own")
+        self.external[name] = point
 
     def release(self, name: str) -> None:
         """Free the ``D x D`` scatter of one point once its metrics are computed; its class
         counts, means and norms stay (NCC and CDNV still work)."""
+        if self.external.pop(name, None) is not None:
+            return
         i = self.names.index(name)
         if self.w2:
             self.w2[i] = None
@@ -371,7 +385,7 @@ class Moments(Accumulator):
 
     def _copy(self) -> Moments:
         self._check_updatable()
-        other = Moments(self.num_classes, self.matmul_dtype, self.scatter, self.samples)
+        other = Moments(self.num_classes, self.matmul_dtype, self.scatter, self.samples, self.skip)
         other.names, other.dims = list(self.names), list(self.dims)
         other.state = {k: v.clone() for k, v in self.state.items()}
         other.w2 = [None if s is None else s.clone() for s in self.w2]
@@ -446,14 +460,14 @@ class Moments(Accumulator):
     # ------------------------------------------------------------------ results
     @property
     def points(self) -> dict[str, PointMoments]:
-        """Per-point views of the state."""
+        """Per-point views of the state (adopted points first)."""
         st = self.state
         for i in self._stale:
             w2 = self.w2[i]
             if w2 is not None:
                 symmetrise(w2)
         self._stale = set()
-        out = {}
+        out = dict(self.external)
         for i, (name, (lo, hi)) in enumerate(zip(self.names, self.bounds)):
             rows, labels = self._joined_rows(i) if self.rows.get(i) else (None, None)
             out[name] = PointMoments(st["shift"][:, lo:hi], st["cn"], st["cs1"][:, lo:hi], st["cq"][:, i],
