@@ -170,6 +170,32 @@ def test_cka_invariances(kind):
         assert linear_cka(torch.as_tensor(x), torch.as_tensor(y)) == pytest.approx(ref_linear_cka(x, y), rel=1e-10)
 
 
+def test_full_cka_gathers_batches_into_blocks_and_matches_float64():
+    """Batches are gathered into blocks of BLOCK_ROWS rows before each float32 product; the
+    rows left over are added when the value is read or the shards merged."""
+    from tunnelscope.metrics.cka import BLOCK_ROWS
+
+    x = RNG.normal(size=(2 * BLOCK_ROWS + 300, 12)) @ RNG.normal(size=(12, 12)) + 4.0
+    y = np.maximum(x @ RNG.normal(size=(12, 20)), 0)
+    want = ref_linear_cka(x, y)
+
+    def streamed(rows: slice) -> FullCKA:
+        full = FullCKA(["x", "y"], matmul_dtype=torch.float32)
+        for lo in range(rows.start, rows.stop, 100):
+            hi = min(lo + 100, rows.stop)
+            full.update({"x": torch.as_tensor(x[lo:hi], dtype=torch.float32),
+                         "y": torch.as_tensor(y[lo:hi], dtype=torch.float32)})
+        return full
+
+    whole = streamed(slice(0, len(x)))
+    left = sum(len(block) for block in whole.pending)  # rows past the last block, not yet in the sums
+    assert 0 < left < BLOCK_ROWS and whole.moments.points["joint"].count == len(x) - left
+    assert whole.compute()[0, 1].item() == pytest.approx(want, rel=1e-6) and not whole.pending
+    merged = streamed(slice(0, 750)).merge(streamed(slice(750, len(x))))  # both shards hold pending rows
+    assert merged.compute()[0, 1].item() == pytest.approx(want, rel=1e-6)
+    assert merged.moments.points["joint"].count == len(x)
+
+
 # ----------------------------------------------------------------------------- merging and precision
 def test_merging_shards_equals_one_pass():
     x, y = clusters(n_per=100, d=9, offset=5.0, seed=5)

@@ -232,13 +232,19 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     return float((y.T @ x).square().sum() / (torch.linalg.norm(x.T @ x) * torch.linalg.norm(y.T @ y)))
 
 
+BLOCK_ROWS = 1024  # rows of joint features gathered before FullCKA adds their product to its sums
+
+
 class FullCKA(Accumulator):
     """Full-data linear CKA for all pairs of points, from streamed joint moments.
 
     Keeps the covariance of the concatenated features, so its state is ``(Σ D_l)²``:
     only for points whose total width is at most ``max_total_dim``. ``matmul_dtype`` is the
-    precision of the per-batch products of the centred features (sums are float64), as for
-    every other moment; the analyses pass their ``precision`` setting.
+    precision of the products of the centred features (sums are float64), as for every other
+    moment; the analyses pass their ``precision`` setting. Batches are gathered into blocks of
+    :data:`BLOCK_ROWS` rows before each product: adding a ``(Σ D)²`` product to the float64 sums
+    costs as much memory traffic as a 256-row product itself (1.8x faster at Σ D = 3,600 on one
+    core, measured); a float32 product then sums 1,024 rows instead of a batch.
     """
 
     def __init__(self, names: Sequence[str], max_total_dim: int = 4096,
@@ -249,6 +255,7 @@ class FullCKA(Accumulator):
         self.matmul_dtype = matmul_dtype
         self.moments = Moments(num_classes=1, matmul_dtype=matmul_dtype)
         self.dims: list[int] = []
+        self.pending: list[Tensor] = []  # joint features of the batches not yet in the sums
 
     def update(self, features: dict[str, Tensor], labels: Tensor | None = None) -> None:
         if not self.dims:
@@ -258,21 +265,36 @@ class FullCKA(Accumulator):
                     f"full-data CKA over {sum(self.dims)} dims exceeds max_total_dim={self.max_total_dim}; "
                     "use minibatch CKA, fewer points, or a smaller reduction (gap, project:D)")
         joint, _ = joint_features(features, self.names, self.matmul_dtype)
-        self.moments.update({"joint": joint}, torch.zeros(len(joint), dtype=torch.long, device=joint.device))
+        self.pending.append(joint)
+        if sum(len(x) for x in self.pending) >= BLOCK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the gathered batches to the joint moments, as one block."""
+        if not self.pending:
+            return
+        with torch.inference_mode(self.pending[0].is_inference()):  # as the pass that read them, when called after it
+            block = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            self.moments.update({"joint": block}, torch.zeros(len(block), dtype=torch.long, device=block.device))
 
     def merge(self, other: Accumulator) -> FullCKA:
         """The joint moments are shifted sums: merged by :meth:`Moments.merge`."""
         self._check_mergeable(other)
         assert isinstance(other, FullCKA)
+        self.flush()
+        other.flush()
         self.moments.merge(other.moments)
         self.dims = self.dims or other.dims
         return self
 
     def all_reduce(self, group=None) -> None:
+        self.flush()
         self.moments.all_reduce(group)
 
     def compute(self) -> Tensor:
         """The full-data linear CKA matrix (float64)."""
+        self.flush()
         scatter = self.moments.points["joint"].scatter()
         bounds = torch.tensor([0] + self.dims).cumsum(0).tolist()
         blocks = [slice(bounds[i], bounds[i + 1]) for i in range(len(self.dims))]
