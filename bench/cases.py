@@ -467,8 +467,8 @@ def case_help() -> dict:
 # none of whose names exists is reported as not instrumented: add the new name here when a
 # module moves.
 ANALYZE_PHASES = {
-    "statistics": ("tunnelscope.engine.analyze:analyze_layers",),
-    "probes": ("tunnelscope.engine.analyze:probe_layers",),
+    "statistics": ("tunnelscope.engine.analyze:layer_statistics",),
+    "probes": ("tunnelscope.engine.analyze:probe_statistics",),
     # inside the probes: reading and adapting the OOD sets, not analysis
     "ood_loads": ("tunnelscope.engine.probing:_datasets",),
     "figures": ("tunnelscope.report.run:save_run_figures",),
