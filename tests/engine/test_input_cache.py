@@ -171,3 +171,19 @@ def test_the_command_line_reads_the_cache_and_can_switch_it_off(tmp_path, capsys
     assert analyse("b")["source"] == "cache"
     assert analyse("c", "--no-input-cache") == {"source": "computed", "cached": False,
                                                 "why": "switched off (input_cache=False)"}
+
+
+def test_a_hit_reuses_what_was_derived_from_the_input(cache_dir, digits, monkeypatch):
+    """The input's ridge weights (a D x D solve) come from the entry: one solve fewer on a hit."""
+    from tunnelscope.metrics import ridge
+
+    calls: list[int] = []
+    original = ridge.ridge_weights
+    monkeypatch.setattr(ridge, "ridge_weights", lambda m, r=ridge.DEFAULT_RIDGE: calls.append(m.dims) or original(m, r))
+    model = _model(digits)
+    cold = _analyse(model, digits, metrics="ridge")
+    solved_cold, calls[:] = list(calls), []
+    warm = _analyse(model, digits, metrics="ridge")
+    assert len(solved_cold) == len(cold.config["points"]) + 1 and solved_cold.count(64) == 1  # the input: 64 pixels
+    assert 64 not in calls and len(calls) == len(solved_cold) - 1
+    np.testing.assert_array_equal(_values(warm), _values(cold))
