@@ -110,9 +110,11 @@ class InputCache:
         read-only or full cache folder only costs the write)."""
         if self.hit or self.key is None or stats is None or point.w2 is None:
             return
-        moments = {k: getattr(point, k).clone() for k in MOMENT_FIELDS}
-        computed = stats.computed()
-        computed["memo"] = {k: v for k, v in computed["memo"].items() if _storable(k, v)}
+        moments = {k: getattr(point, k).clone() for k in MOMENT_FIELDS}  # copies: a view would save its whole base
+        derived = stats.computed()
+        memo = {k: (v.clone() if isinstance(v, Tensor) else tuple(t.clone() for t in v))
+                for k, v in derived["memo"].items() if _storable(k, v)}
+        computed: dict[str, Any] = {k: v.clone() for k, v in derived.items() if isinstance(v, Tensor)} | {"memo": memo}
         payload = {"format": FORMAT, "key": self.key, "split": split, "moments": moments, "computed": computed}
         try:
             atomic_write(_path(self.key, split), lambda handle: torch.save(payload, handle))
