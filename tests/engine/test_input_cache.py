@@ -187,3 +187,12 @@ def test_a_hit_reuses_what_was_derived_from_the_input(cache_dir, digits, monkeyp
     assert len(solved_cold) == len(cold.config["points"]) + 1 and solved_cold.count(64) == 1  # the input: 64 pixels
     assert 64 not in calls and len(calls) == len(solved_cold) - 1
     np.testing.assert_array_equal(_values(warm), _values(cold))
+
+
+def test_a_change_to_the_code_that_makes_the_numbers_misses(cache_dir, digits, monkeypatch):
+    from tunnelscope.engine import input_cache
+
+    model = _model(digits)
+    _analyse(model, digits)
+    monkeypatch.setattr(input_cache, "_source_digest", lambda: "another version of moments.py")
+    assert _analyse(model, digits).config["input_cache"]["source"] == "computed"

@@ -47,12 +47,12 @@ def _source_digest() -> str:
     """SHA-256 of the modules whose code makes the cached numbers: a change to any of them
     misses every earlier entry."""
     from .. import features
-    from ..capture import hooks
+    from ..capture import hooks, reduce
     from ..data import split
     from ..metrics import linalg, moments, registry, ridge
 
     digest = hashlib.sha256()
-    for module in (features, hooks, split, linalg, moments, registry, ridge):
+    for module in (features, hooks, reduce, split, linalg, moments, registry, ridge):
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()
 
