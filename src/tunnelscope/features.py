@@ -45,10 +45,16 @@ class Features(dict):
 def joint_features(features: dict[str, Tensor], names: list[str],
                    dtype: torch.dtype) -> tuple[Tensor, list[tuple[int, int]]]:
     """The ``B x Σ D`` matrix of ``names`` in ``dtype`` and each point's column range,
-    reusing a :class:`Features` cache when the points are all of it, in order."""
-    if isinstance(features, Features) and list(features) == list(names):
+    reusing a :class:`Features` cache when the points are a run of its points, in order (all of
+    them, or all but some left out at either end: a column slice of its joint matrix)."""
+    order = list(features)
+    if isinstance(features, Features) and names and order[order.index(names[0]):][:len(names)] == list(names):
         bounds = features.bounds()
-        return features.joint(dtype), [bounds[n] for n in names]
+        start = bounds[names[0]][0]
+        joint = features.joint(dtype)
+        if len(names) < len(order):
+            joint = joint[:, start:bounds[names[-1]][1]]
+        return joint, [(bounds[n][0] - start, bounds[n][1] - start) for n in names]
     parts = [features[n].to(dtype) for n in names]
     ends = torch.tensor([p.shape[1] for p in parts]).cumsum(0).tolist()
     return torch.cat(parts, dim=1), [(e - p.shape[1], e) for p, e in zip(parts, ends)]

@@ -19,9 +19,9 @@ DATA = "digits"  # 64 pixels: the input is kept as a D x D scatter at any of the
 
 
 @pytest.fixture()
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNNELSCOPE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / FOLDER
+def cache_dir(user_cache):
+    """Where this test's entries go (its own user cache, from conftest)."""
+    return user_cache / FOLDER
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ not used (and why) is recorded in the results' config (``input_cache``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ MAX_BYTES = 1 << 30  # the folder's size beyond which the least recently used en
 MOMENT_FIELDS = ("shift", "cn", "cs1", "cq", "w2", "nonfinite")
 
 
+@functools.cache
 def _source_digest() -> str:
     """SHA-256 of the modules whose code makes the cached numbers: a change to any of them
     misses every earlier entry."""
@@ -95,9 +97,8 @@ class InputCache:
     def stats(self, split: str, moments: Moments) -> dict[str, PointStats]:
         """On a hit, put the cached moments of ``split``'s input into ``moments`` and return its
         stats with the derived values adopted; else nothing."""
-        if not self.hit or self.point is None:
+        if self.entry is None or self.point is None:
             return {}
-        assert self.entry is not None
         saved = self.entry[split]
         point = PointMoments(**{k: saved["moments"][k] for k in MOMENT_FIELDS})
         moments.adopt_point(self.point, point)

@@ -282,16 +282,15 @@ class Moments(Accumulator):
 
     def update(self, features: dict[str, Tensor], labels: Tensor) -> None:
         """Add one batch: ``features[point]`` is ``(B, D)``, ``labels`` is ``(B,)``."""
-        if self.skip:
-            features = {name: x for name, x in features.items() if name not in self.skip}
-        full = self.matmul_dtype == f64 or any(x.dtype == f64 for x in features.values())
+        kept = [name for name in features if name not in self.skip]
+        full = self.matmul_dtype == f64 or any(features[name].dtype == f64 for name in kept)
         work = f64 if full else torch.float32
-        joint, _ = joint_features(features, list(features), work)
+        joint, _ = joint_features(features, kept, work)  # the batch's shared joint matrix, or a slice of it
         labels = labels.long()
         if not self.state:
-            self._init(features, joint.shape[1], joint.device)
-        elif list(features) != self.names:
-            raise ValueError(f"moments were started on points {self.names}, not {list(features)}")
+            self._init({name: features[name] for name in kept}, joint.shape[1], joint.device)
+        elif kept != self.names:
+            raise ValueError(f"moments were started on points {self.names}, not {kept}")
         if self._unseen:
             self._set_new_shifts(joint, labels)
         st = self.state
