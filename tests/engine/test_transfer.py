@@ -129,3 +129,18 @@ def test_default_probes_agree_with_scikit_learn_within_a_point_and_all_converge(
             ref = LogisticRegression(C=chosen[name], max_iter=5000).fit(scaler.transform(tr[name])[fit_rows],
                                                                         ytr[fit_rows])
             assert abs(ours[name] - ref.score(scaler.transform(te[name]), yte)) <= 0.01, (key, name)
+
+
+def test_class_means_of_a_cache_match_numpy_and_mark_absent_classes():
+    from tunnelscope.capture.cache import FeatureCache
+    from tunnelscope.engine.probing import class_means
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(3.0, 1.0, (1000, 7)).astype(np.float32), rng.integers(0, 3, 1000)  # class 3 of 4 absent
+    with FeatureCache(len(y)) as cache:
+        for lo in range(0, len(y), 300):
+            cache.update({"a": torch.from_numpy(x[lo:lo + 300])}, torch.from_numpy(y[lo:lo + 300]))
+        means = class_means(cache, 4, "cpu")["a"].numpy()
+    expected = np.stack([x[y == c].astype(np.float64).mean(0) for c in range(3)])
+    np.testing.assert_allclose(means[:3], expected, rtol=1e-13)
+    assert np.isnan(means[3]).all()

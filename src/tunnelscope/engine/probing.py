@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import data as data_mod
 from ..capture import DEFAULT_MAX_DIM, Capture, capture_for
@@ -31,7 +31,6 @@ from ..errors import InsufficientDataError
 from ..io import jsonable
 from ..metrics.base import ModelAccuracy
 from ..metrics.collapse import NCCAccuracy, effective_depth_summary
-from ..metrics.moments import Moments
 from ..models import resolve_model
 from ..probes import PROTOCOL_NOTES, ProbeConfig, ProbeResult, c_reference, merge_probe_results, train_probe_seeds
 from ..progress import progress_bar
@@ -88,14 +87,26 @@ def _read(cache: FeatureCache, **info) -> tuple[FeatureCache, dict, torch.Tensor
     return cache, dict(cache.arrays), torch.from_numpy(cache.labels), info
 
 
+def class_means(cache: FeatureCache, num_classes: int, device, points: list[str] | None = None) -> dict[str, Tensor]:
+    """``(C, D)`` float64 class means of every point (of ``points``) in a feature cache; rows of
+    absent classes are NaN. Per-class sums of each batch in float64, with none of the norms and
+    products of :class:`~tunnelscope.metrics.moments.Moments` (NCC needs the means alone)."""
+    sums: dict[str, Tensor] = {}
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    for feats, y in cache.batches(device=device, points=points):
+        y = y.long()
+        for name, x in feats.items():
+            total = sums.setdefault(name, torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=device))
+            total.index_add_(0, y, x.double())
+        counts += torch.bincount(y, minlength=num_classes).double()
+    return {name: total / counts[:, None] for name, total in sums.items()}
+
+
 def _ncc(train: FeatureCache, test: FeatureCache, num_classes: int, device,
          points: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Nearest-class-centre accuracy per point (of ``points``, default all) on both splits, class
     means from the train cache."""
-    moments = Moments(num_classes, torch.float64, scatter=False)  # class means are all NCC needs
-    for feats, y in train.batches(device=device, points=points):
-        moments.update(feats, y)
-    means = {name: point.class_means() for name, point in moments.points.items()}
+    means = class_means(train, num_classes, device, points)
     out = {}
     for split, cache in (("train", train), ("test", test)):
         acc = NCCAccuracy(means)
