@@ -111,8 +111,9 @@ def test_a_path_of_penalties_reaches_each_optimum_from_the_shared_covariance():
         fit = fit_logistic(xs, y, 5, penalty, tol=1e-5, precondition=True if previous is None else None,
                            start=previous)
         assert fit.converged and fit.preconditioned
-        if previous is not None:
-            assert fit.covariance is previous.covariance  # S built once along the path
+        if previous is not None:  # S and (S + δI)⁻¹ made once, at the strongest penalty, for the whole path
+            assert fit.covariance is previous.covariance and fit.preconditioner is previous.preconditioner
+            assert fit.delta == previous.delta
         _, gw, gb = _objective_and_gradient(xd, yn, fit.weight.numpy(), fit.bias.numpy(), penalty)
         assert max(np.abs(gw).max(), np.abs(gb).max()) <= 1e-5 * 1.05
         previous = fit

@@ -139,3 +139,17 @@ def test_a_warm_start_reaches_the_same_optimum():
     assert cold.converged and warm.converged
     assert warm.loss == pytest.approx(cold.loss, rel=1e-6)  # both stopped at |gradient| <= 1e-6
     torch.testing.assert_close(warm.weight, cold.weight, atol=1e-3, rtol=0)
+
+
+def test_choosing_c_standardises_its_own_copy_of_the_rows_and_leaves_the_callers_features_alone():
+    train, y, test, yt = _points(seed=3)
+    kept = {name: x.clone() for name, x in train.items()}
+    for cfg in (ProbeConfig(), ProbeConfig(C=1.0)):  # rows reordered (a copy), then every row as given
+        train_probes(train, y, test, yt, 5, cfg, progress=False)
+        assert all(torch.equal(train[name], kept[name]) for name in train)
+    x = train["mid"]
+    copy, mean, std = standardise(x)
+    own = x.clone()
+    overwritten, mean2, std2 = standardise(own, in_place=True)
+    assert overwritten.data_ptr() == own.data_ptr() and torch.equal(overwritten, copy)
+    assert torch.equal(mean, mean2) and torch.equal(std, std2) and torch.equal(x, kept["mid"])

@@ -15,8 +15,12 @@ What makes it fast, without changing the optimum:
   feature covariance ``S = XᵀX/N`` costs in passes, it switches to a preconditioned L-BFGS whose
   initial inverse Hessian is ``γ·(S + δI)⁻¹`` (per class), so strongly correlated features
   (real networks' layers) need about a third of the iterations. Easy problems finish before
-  the switch and never pay for ``S``. ``δ`` follows the penalty (:func:`damping`), and a warm
-  start at another penalty reuses ``S``.
+  the switch and never pay for ``S``. ``δ`` follows the penalty (:func:`damping`). A warm start
+  at a weaker penalty (the path of Cs) reuses ``S`` and its start's ``(S + δI)⁻¹`` as they are:
+  the softmax curvature ``ω`` falls as the classes separate (measured at the optima of 2,048 units
+  and 100 classes: 25-3,000x below its value at the zero start), so the ideal ``δ = penalty/ω`` of
+  each later fit is no smaller than the first fit's, and making a new inverse per C costs more
+  than it saves (2,048 x 100: 18.0 → 14.2 s, 157 → 133 evaluations for two points).
 
 :func:`standardise` centres and scales features the way scikit-learn's ``StandardScaler`` does
 (population standard deviation; a constant feature is left at zero), accumulating in float64.
@@ -81,12 +85,13 @@ def column_sums(x: Tensor, square: bool = False) -> Tensor:
     return out
 
 
-def standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``((x - mean) / std, mean, std)``: the float32 standardised copy and the float64 mean and
-    population standard deviation (a constant feature's std is 1, so it stays at zero)."""
+def standardise(x: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``((x - mean) / std, mean, std)``: the float32 standardised features and the float64 mean
+    and population standard deviation (a constant feature's std is 1, so it stays at zero).
+    ``in_place``: overwrite ``x`` (float32) instead of making a standardised copy."""
     n = x.shape[0]
     mean = column_sums(x) / max(1, n)
-    centred = x.float() - mean.float()
+    centred = x.sub_(mean.float()) if in_place and x.dtype == torch.float32 else x.float() - mean.float()
     std = (column_sums(centred, square=True) / max(1, n)).sqrt()
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     return centred.div_(std.float()), mean, std
@@ -251,8 +256,10 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     delta, covariance = damping(penalty, num_classes), None
     if start is not None and start.covariance is not None and precondition is not False:
         covariance = start.covariance
-        history.preconditioner = (start.preconditioner if start.preconditioner is not None and start.delta == delta
-                                  else preconditioner(covariance, delta))
+        if start.preconditioner is not None:  # the start's, at its stronger penalty's δ (see the module docstring)
+            delta, history.preconditioner = start.delta, start.preconditioner
+        else:
+            history.preconditioner = preconditioner(covariance, delta)
     elif precondition:
         covariance = objective.covariance()
         history.preconditioner = preconditioner(covariance, delta)

@@ -495,7 +495,8 @@ def _train_lbfgs(train: dict[str, FeatureArray], train_labels: Tensor, test: dic
         y = y[order.to(dev)]
     for name in train:
         x = train[name] if split is None else _rows_of(train[name], order)
-        xs, mean, std = standardise(_tensor(x).to(dev))  # statistics of every training row (no labels)
+        # statistics of every training row (no labels); the reordered rows are a copy of our own
+        xs, mean, std = standardise(_tensor(x).to(dev), in_place=split is not None)
         del x
         xt = (_tensor(test[name]).to(dev) - mean.float()).div_(std.float())
         if split is None:
