@@ -351,8 +351,9 @@ def point_rows(run: Run, split: str, moments: Moments, stats: dict[str, PointSta
         one = shared.pop(name, None)
         if name in mine:
             one = one or PointStats(point)
-            values[name] = [float("nan") if name in run.invalid[split] else metric.point_value(one)
-                            for metric in metrics]
+            with one.scatter_held():
+                values[name] = [float("nan") if name in run.invalid[split] else metric.point_value(one)
+                                for metric in metrics]
         if name == run.inputs.point:
             run.inputs.keep(split, point, one)  # after a cache miss: kept for the next analysis of this data
         del point, one

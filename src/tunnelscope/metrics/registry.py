@@ -23,7 +23,8 @@ A new point metric is one decorated function::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from .linalg import RANK_TOL, count_above, eigenvalues, numerical_rank, pc1_ratio, top_eigenpair, top_eigenvector
 from .moments import PointMoments
 
 Level = Literal["means", "scatter"]
@@ -55,11 +57,35 @@ class PointStats:
     point wider than its samples answers from the ``N x N`` Gram side instead
     (:class:`~tunnelscope.metrics.moments.PointMoments`)."""
 
-    DERIVED = ("covariance_eigenvalues", "second_moment_eigenvalues", "pc1")  # the cached properties below
+    DERIVED = ("covariance_eigenvalues", "second_moment_eigenvalues", "pc1", "centred_top", "pc1_share")  # cached
+    WIDE = 512  # from this width, rank and PC1 come from Lanczos and one LDLᵀ, not the full centred spectrum
 
     def __init__(self, moments: PointMoments) -> None:
         self.moments = moments
         self.memo: dict[Hashable, Any] = {}  # other derived quantities, by key (:meth:`once`)
+        self._held: list[Tensor] | None = None  # the scatter while :meth:`scatter_held` keeps it
+
+    @contextmanager
+    def scatter_held(self) -> Iterator[PointStats]:
+        """Within the block the ``D x D`` scatter is built once and shared by every derived
+        quantity (covariance, second moment: 0.23 s a build at 4,096 units); it is freed after."""
+        self._held = []
+        try:
+            yield self
+        finally:
+            self._held = None
+
+    def _scatter(self) -> Tensor:
+        """The point's scatter: the held one inside :meth:`scatter_held`, else built afresh."""
+        if self._held is None:
+            return self.moments.scatter()
+        if not self._held:
+            self._held.append(self.moments.scatter())
+        return self._held[0]
+
+    def covariance(self) -> Tensor:
+        """The centred covariance (``D x D`` side; see :meth:`scatter_held`)."""
+        return self.moments.covariance(self._scatter())
 
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for, its stored value after (for derived
@@ -81,17 +107,60 @@ class PointStats:
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending."""
-        return self.moments.covariance_eigenvalues()
+        if self.moments.rows is not None:
+            return self.moments.covariance_eigenvalues()
+        return eigenvalues(self.covariance())
 
     @cached_property
     def second_moment_eigenvalues(self) -> Tensor:
         """Eigenvalues of the uncentred ``Hᵀ H``, descending."""
-        return self.moments.second_moment_eigenvalues()
+        if self.moments.rows is not None:
+            return self.moments.second_moment_eigenvalues()
+        return eigenvalues(self.moments.second_moment(self._scatter()))
 
     @cached_property
     def pc1(self) -> Tensor:
         """The first principal direction (unit vector)."""
-        return self.moments.principal_direction(self.covariance_eigenvalues[0])
+        top, vector = self.centred_top
+        if vector is not None:
+            return vector
+        return self.moments.principal_direction(top) if self.moments.rows is not None else top_eigenvector(
+            self.covariance(), top)
+
+    def _wide(self) -> bool:
+        """Whether the centred quantities skip the full spectrum: a point of :data:`WIDE` units or
+        more answered from its ``D x D`` scatter, whose centred eigenvalues are not at hand. Its
+        erank still takes every eigenvalue of the uncentred matrix; rank, PC1 and PC1's share need
+        only the top eigenpair (Lanczos, 15 products on MLP layers), the trace, and how many
+        eigenvalues exceed ``tol · s₁`` (one ``LDLᵀ``): 2.2 s → 1.1 s per point and split at 4,096."""
+        at_hand = "covariance_eigenvalues" in self.__dict__
+        return self.moments.rows is None and self.moments.dims >= self.WIDE and not at_hand
+
+    @cached_property
+    def centred_top(self) -> tuple[float, Tensor | None]:
+        """The covariance's largest eigenvalue ``s₁``, with its eigenvector when Lanczos found it
+        (wide points; the full spectrum's top otherwise)."""
+        if self._wide():
+            pair = top_eigenpair(self.covariance())
+            if pair is not None:
+                return pair
+        return float(self.covariance_eigenvalues[0]), None
+
+    def covariance_rank(self, tol: float = RANK_TOL) -> int:
+        """The numerical rank ``#{i : s_i > tol · s₁}`` of the centred covariance."""
+        top = self.centred_top[0]  # first: where Lanczos gives way, the full spectrum is at hand after it
+        if not self._wide() or not top > 0:
+            return numerical_rank(self.covariance_eigenvalues, tol)
+        return self.once(("covariance_rank", tol), lambda: count_above(self.covariance(), tol * top))
+
+    @cached_property
+    def pc1_share(self) -> float:
+        """``s₁ / Σ s_i``, the share of variance along the first principal component."""
+        top = self.centred_top[0]
+        if not self._wide():
+            return pc1_ratio(self.covariance_eigenvalues)
+        total = float(self.covariance().diagonal().sum())
+        return max(top, 0.0) / total if total > 0 else float("nan")
 
 
 @dataclass(frozen=True)

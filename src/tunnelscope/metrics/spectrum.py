@@ -9,27 +9,13 @@ from ..features import point_views
 from .base import Accumulator
 
 # Re-exported for callers of this module (the `x as x` form marks them public).
+from .linalg import RANK_TOL as RANK_TOL
 from .linalg import eigen as eigen
 from .linalg import eigenvalues as eigenvalues
+from .linalg import numerical_rank as numerical_rank
+from .linalg import pc1_ratio as pc1_ratio
 from .linalg import top_eigenvector as top_eigenvector
 from .registry import Metric, Options, PointStats, Presentation, point_metric, register
-
-RANK_TOL = 1e-3
-
-
-def numerical_rank(eigenvalues: Tensor, tol: float = RANK_TOL) -> int:
-    """``#{i : s_i > tol · s_1}`` for covariance eigenvalues ``s`` (METRICS.md §3)."""
-    top = eigenvalues.max()
-    if not torch.isfinite(top) or top <= 0:
-        return 0
-    return int((eigenvalues > tol * top).sum())
-
-
-def pc1_ratio(eigenvalues: Tensor) -> float:
-    """Share of variance along the first principal component, ``s_1 / Σ s_i``."""
-    clipped = eigenvalues.clamp_min(0)
-    total = clipped.sum()
-    return float(clipped.max() / total) if total > 0 else float("nan")
 
 
 def effective_rank(second_moment_eigenvalues: Tensor, n_samples: int | None = None) -> float:
@@ -107,7 +93,7 @@ def _pc1_directions(train: dict[str, PointStats], options: Options) -> PC1Simila
               shown=Presentation("rank", "numerical rank (eigenvalues > 1e-3·s₁)", bounds=(1, None), direction="higher",
                                  log_scale=True, figure="rank", terminal=True, digits=0))
 def _rank(stats: PointStats) -> float:
-    return numerical_rank(stats.covariance_eigenvalues)
+    return stats.covariance_rank(RANK_TOL)
 
 
 @point_metric("erank", "effective rank (RankMe) of the uncentred features", default=True,
@@ -120,7 +106,7 @@ def _erank(stats: PointStats) -> float:
 @point_metric("pc1", "share of variance on the first principal component", default=True,
               shown=Presentation("pc1", "variance share of PC1", bounds=(0, 1), direction="higher", figure="pc1"))
 def _pc1(stats: PointStats) -> float:
-    return pc1_ratio(stats.covariance_eigenvalues)
+    return stats.pc1_share
 
 
 register(Metric(
