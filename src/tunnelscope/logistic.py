@@ -236,6 +236,24 @@ def stopping_tolerance(tol: float, samples: int, dims: int, num_classes: int) ->
     return tol * min(1.0, samples / ((dims + 1) * num_classes))
 
 
+def _initial_preconditioner(objective: _Objective, history: _History, delta: float, precondition: bool | None,
+                            start: LogisticFit | None) -> tuple[float, Tensor | None]:
+    """Set ``history``'s preconditioner before the first iteration: a warm start's ``S`` and its
+    ``(S + δI)⁻¹`` at the start's stronger penalty (see the module docstring), or one made now
+    when ``precondition`` is True; returns the δ in use and ``S`` (None: not made yet)."""
+    if start is not None and start.covariance is not None and precondition is not False:
+        if start.preconditioner is not None:
+            history.preconditioner = start.preconditioner
+            return start.delta, start.covariance
+        history.preconditioner = preconditioner(start.covariance, delta)
+        return delta, start.covariance
+    if precondition:
+        covariance = objective.covariance()
+        history.preconditioner = preconditioner(covariance, delta)
+        return delta, covariance
+    return delta, None
+
+
 def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: float = 1e-4,  # noqa: PLR0913 (the solver's keyword options)
                  max_iter: int = 1000, precondition: bool | None = None,
                  start: LogisticFit | None = None, transposed: Tensor | None = None) -> LogisticFit:
@@ -253,16 +271,7 @@ def fit_logistic(xs: Tensor, y: Tensor, num_classes: int, penalty: float, tol: f
     objective = _Objective(xs, y.long(), num_classes, penalty, transposed)
     history = _History()
     switch_at = max(MIN_SWITCH, objective.covariance_cost(num_classes))  # never more than twice the best choice
-    delta, covariance = damping(penalty, num_classes), None
-    if start is not None and start.covariance is not None and precondition is not False:
-        covariance = start.covariance
-        if start.preconditioner is not None:  # the start's, at its stronger penalty's δ (see the module docstring)
-            delta, history.preconditioner = start.delta, start.preconditioner
-        else:
-            history.preconditioner = preconditioner(covariance, delta)
-    elif precondition:
-        covariance = objective.covariance()
-        history.preconditioner = preconditioner(covariance, delta)
+    delta, covariance = _initial_preconditioner(objective, history, damping(penalty, num_classes), precondition, start)
     theta = torch.zeros(num_classes, objective.dims + 1, dtype=torch.float64, device=xs.device)
     if start is not None:
         theta[:, : objective.dims] = start.weight.t()
