@@ -196,3 +196,22 @@ def test_a_change_to_the_code_that_makes_the_numbers_misses(cache_dir, digits, m
     _analyse(model, digits)
     monkeypatch.setattr(input_cache, "_source_digest", lambda: "another version of moments.py")
     assert _analyse(model, digits).config["input_cache"]["source"] == "computed"
+
+
+def test_a_hit_on_a_wide_input_runs_none_of_its_decompositions(cache_dir, digits, monkeypatch):
+    """With the wide path from 32 units, the 64-pixel input's top eigenpair, rank count and both
+    spectra come from the entry (numbers, tuples and tensors alike): none is computed on a hit."""
+    from tunnelscope.metrics import registry
+
+    monkeypatch.setattr(registry.PointStats, "WIDE", 32)
+    sizes: list[int] = []
+    for name in ("top_eigenpair", "count_above", "eigenvalues", "top_eigenvector"):
+        original = getattr(registry, name)
+        monkeypatch.setattr(registry, name, lambda m, *a, f=original, **k: sizes.append(m.shape[0]) or f(m, *a, **k))
+    model = _model(digits)
+    cold = _analyse(model, digits, metrics="rank,erank,pc1,pc1_sim")
+    assert sizes.count(64) == 6  # per split: Lanczos (λ₁ and PC1), the LDLᵀ count, the uncentred spectrum
+    sizes.clear()
+    warm = _analyse(model, digits, metrics="rank,erank,pc1,pc1_sim")
+    assert warm.config["input_cache"]["source"] == "cache" and 64 not in sizes and sizes
+    np.testing.assert_array_equal(_values(warm), _values(cold))

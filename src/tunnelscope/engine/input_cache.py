@@ -113,9 +113,9 @@ class InputCache:
             return
         moments = {k: getattr(point, k).clone() for k in MOMENT_FIELDS}  # copies: a view would save its whole base
         derived = stats.computed()
-        memo = {k: (v.clone() if isinstance(v, Tensor) else tuple(t.clone() for t in v))
-                for k, v in derived["memo"].items() if _storable(k, v)}
-        computed: dict[str, Any] = {k: v.clone() for k, v in derived.items() if isinstance(v, Tensor)} | {"memo": memo}
+        memo = {k: _copy(v) for k, v in derived["memo"].items() if _storable(k, v)}
+        computed: dict[str, Any] = {k: _copy(v) for k, v in derived.items() if k != "memo" and _plain(v)}
+        computed["memo"] = memo
         payload = {"format": FORMAT, "key": self.key, "split": split, "moments": moments, "computed": computed}
         try:
             atomic_write(_path(self.key, split), lambda handle: torch.save(payload, handle))
@@ -132,12 +132,26 @@ class InputCache:
                 "key": self.key[:24]}
 
 
+def _plain(value: Any) -> bool:
+    """Whether a derived value is read back without unpickling objects: a tensor, a number, a
+    string or None, or a tuple of those."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (Tensor, bool, int, float, str))
+
+
+def _copy(value: Any) -> Any:
+    """A derived value with its tensors copied (a view would save its whole base)."""
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    return value.clone() if isinstance(value, Tensor) else value
+
+
 def _storable(key: Any, value: Any) -> bool:
     """Whether a derived value of :meth:`PointStats.once` can be stored and read back without
-    unpickling objects (a tuple of strings and numbers, to a tensor or a tuple of tensors)."""
+    unpickling objects (a tuple of strings and numbers, to a plain value: :func:`_plain`)."""
     plain_key = isinstance(key, tuple) and all(isinstance(k, (str, int, float)) for k in key)
-    tensors = isinstance(value, Tensor) or (isinstance(value, tuple) and all(isinstance(v, Tensor) for v in value))
-    return plain_key and tensors
+    return plain_key and _plain(value)
 
 
 def prune(folder: Path, limit: int = MAX_BYTES) -> None:
