@@ -201,13 +201,14 @@ def test_a_change_to_the_code_that_makes_the_numbers_misses(cache_dir, digits, m
 def test_a_hit_on_a_wide_input_runs_none_of_its_decompositions(cache_dir, digits, monkeypatch):
     """With the wide path from 32 units, the 64-pixel input's top eigenpair, rank count and both
     spectra come from the entry (numbers, tuples and tensors alike): none is computed on a hit."""
-    from tunnelscope.metrics import registry
+    from tunnelscope.metrics import moments, registry
 
     monkeypatch.setattr(registry.PointStats, "WIDE", 32)
     sizes: list[int] = []
-    for name in ("top_eigenpair", "count_above", "eigenvalues", "top_eigenvector"):
-        original = getattr(registry, name)
-        monkeypatch.setattr(registry, name, lambda m, *a, f=original, **k: sizes.append(m.shape[0]) or f(m, *a, **k))
+    for module, name in ((registry, "top_eigenpair"), (registry, "count_above"), (moments, "eigenvalues"),
+                         (moments, "top_eigenvector")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda m, *a, f=original, **k: sizes.append(m.shape[0]) or f(m, *a, **k))
     model = _model(digits)
     cold = _analyse(model, digits, metrics="rank,erank,pc1,pc1_sim")
     assert sizes.count(64) == 6  # per split: Lanczos (λ₁ and PC1), the LDLᵀ count, the uncentred spectrum

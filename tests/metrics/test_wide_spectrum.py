@@ -52,7 +52,6 @@ def _wide_stats(x: np.ndarray, y: np.ndarray) -> PointStats:
 @pytest.mark.parametrize("rank", [40, 600])
 def test_a_wide_point_gives_the_full_spectrums_rank_share_and_direction(rank):
     d, n = 600, 1500  # wider than PointStats.WIDE, fewer units than samples: the D x D side
-    assert d >= PointStats.WIDE
     x = RNG.normal(size=(n, rank)) @ RNG.normal(size=(rank, d)) * np.linspace(0.5, 3.0, d)
     x += 1e-4 * RNG.normal(size=(n, d)) + 5.0  # a noise floor below the rank's threshold, and an offset
     y = RNG.integers(0, 3, n)

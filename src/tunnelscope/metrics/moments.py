@@ -191,28 +191,30 @@ class PointMoments:
         vals = eigenvalues(gram)
         return torch.cat([vals, vals.new_zeros(max(0, self.dims - len(vals)))])[: self.dims]
 
-    def covariance_eigenvalues(self) -> Tensor:
-        """Eigenvalues of the centred covariance, descending (from the Gram side for rows)."""
+    def covariance_eigenvalues(self, scatter: Tensor | None = None) -> Tensor:
+        """Eigenvalues of the centred covariance, descending (from the Gram side for rows;
+        ``scatter``: :meth:`scatter`, if at hand)."""
         if self.rows is not None:
             return self._padded(self.gram()) / (self.n - 1)
-        return eigenvalues(self.covariance())
+        return eigenvalues(self.covariance(scatter))
 
-    def second_moment_eigenvalues(self) -> Tensor:
-        """Eigenvalues of the uncentred ``Hᵀ H``, descending (from the Gram side for rows)."""
+    def second_moment_eigenvalues(self, scatter: Tensor | None = None) -> Tensor:
+        """Eigenvalues of the uncentred ``Hᵀ H``, descending (from the Gram side for rows;
+        ``scatter`` as above)."""
         if self.rows is not None:  # XXᵀ = (X̃ + 1μᵀ)(X̃ + 1μᵀ)ᵀ = X̃X̃ᵀ + a1ᵀ + 1aᵀ + ‖μ‖² 11ᵀ, a = X̃μ
             mu = self.mean()
             a = self.centred_rows() @ mu
             return self._padded(self.gram() + a[:, None] + a[None, :] + mu @ mu)
-        return eigenvalues(self.second_moment())
+        return eigenvalues(self.second_moment(scatter))
 
-    def principal_direction(self, top: float | Tensor) -> Tensor:
+    def principal_direction(self, top: float | Tensor, scatter: Tensor | None = None) -> Tensor:
         """The unit eigenvector of the covariance's largest eigenvalue ``top`` (for rows: ``Xᵀu``
-        normalised, ``u`` the Gram's top eigenvector)."""
+        normalised, ``u`` the Gram's top eigenvector; ``scatter`` as above)."""
         if self.rows is not None:
             u = top_eigenvector(self.gram(), float(top) * float(self.n - 1))
             v = self.centred_rows().T @ u
             return v / torch.linalg.vector_norm(v)
-        return top_eigenvector(self.covariance(), top)
+        return top_eigenvector(self.covariance(scatter), top)
 
 
 class Moments(Accumulator):

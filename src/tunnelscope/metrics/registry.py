@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .linalg import RANK_TOL, count_above, eigenvalues, numerical_rank, pc1_ratio, top_eigenpair, top_eigenvector
+from .linalg import RANK_TOL, count_above, numerical_rank, pc1_ratio, top_eigenpair
 from .moments import PointMoments
 
 Level = Literal["means", "scatter"]
@@ -75,8 +75,11 @@ class PointStats:
         finally:
             self._held = None
 
-    def _scatter(self) -> Tensor:
-        """The point's scatter: the held one inside :meth:`scatter_held`, else built afresh."""
+    def _scatter(self) -> Tensor | None:
+        """The point's scatter: the held one inside :meth:`scatter_held`, else built afresh; None
+        for a point kept as rows (it answers from the ``N x N`` side and needs no ``D x D`` matrix)."""
+        if self.moments.rows is not None:
+            return None
         if self._held is None:
             return self.moments.scatter()
         if not self._held:
@@ -107,25 +110,18 @@ class PointStats:
     @cached_property
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the centred covariance, descending."""
-        if self.moments.rows is not None:
-            return self.moments.covariance_eigenvalues()
-        return eigenvalues(self.covariance())
+        return self.moments.covariance_eigenvalues(self._scatter())
 
     @cached_property
     def second_moment_eigenvalues(self) -> Tensor:
         """Eigenvalues of the uncentred ``Hᵀ H``, descending."""
-        if self.moments.rows is not None:
-            return self.moments.second_moment_eigenvalues()
-        return eigenvalues(self.moments.second_moment(self._scatter()))
+        return self.moments.second_moment_eigenvalues(self._scatter())
 
     @cached_property
     def pc1(self) -> Tensor:
         """The first principal direction (unit vector)."""
         top, vector = self.centred_top
-        if vector is not None:
-            return vector
-        return self.moments.principal_direction(top) if self.moments.rows is not None else top_eigenvector(
-            self.covariance(), top)
+        return vector if vector is not None else self.moments.principal_direction(top, self._scatter())
 
     def _wide(self) -> bool:
         """Whether the centred quantities skip the full spectrum: a point of :data:`WIDE` units or
@@ -159,7 +155,9 @@ class PointStats:
         top = self.centred_top[0]
         if not self._wide():
             return pc1_ratio(self.covariance_eigenvalues)
-        total = float(self.covariance().diagonal().sum())
+        scatter = self._scatter()
+        assert scatter is not None  # a wide point answers from its D x D side
+        total = float(scatter.diagonal().sum()) / float(self.moments.n - 1)  # the covariance's trace
         return max(top, 0.0) / total if total > 0 else float("nan")
 
 
